@@ -1,0 +1,1 @@
+"""CLI commands beyond the core, one module per area; each adds itself to ``rehead.cli.app``."""

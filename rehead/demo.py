@@ -1,0 +1,37 @@
+"""``rehead demo``: the main job on a built-in default, offline.
+
+Transfer the packaged ImageNet EfficientNet-Lite0 to scikit-learn's handwritten digits
+(UCI optical digits, shipped inside scikit-learn): 50 images per class, 8x8 pixels
+upscaled, an 80/20 stratified split, extract strategy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_digits(root: Path, per_class: int = 50, seed: int = 0) -> Path:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    for c in range(10):
+        idx = rng.choice(np.flatnonzero(d.target == c), per_class, replace=False)
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            px = (d.images[i] * (255 / 16)).astype(np.uint8)
+            Image.fromarray(px).resize((64, 64), Image.NEAREST).convert("RGB").save(root / str(c) / f"{i}.png")
+    return root
+
+
+def run_demo(out: str = "runs/demo", overwrite: bool = True, echo=print):
+    from .features import default_cache_dir
+    from .fit import fit
+    data = default_cache_dir() / "demo" / "digits"
+    if not data.exists():
+        echo(f"writing scikit-learn's digits as images to {data}")
+        write_digits(data)
+    echo("fitting a new head on packaged:efficientnet_lite0 (ImageNet) for 10-class digits")
+    return fit(str(data), model="packaged:efficientnet_lite0", out=out, strategy="extract", overwrite=overwrite,
+               echo=echo)

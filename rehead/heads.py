@@ -1,0 +1,28 @@
+"""Heads: the new, untrained layers grafted on a cut backbone."""
+from __future__ import annotations
+
+from torch import nn
+
+TASKS = ("multiclass", "multilabel", "regression")
+
+
+def make_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int = 512,
+              dropout: float = 0.0) -> nn.Module:
+    """``linear``: [dropout] -> linear. ``mlp``: linear -> ReLU -> dropout -> linear."""
+    if kind == "linear":
+        layers = ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(in_dim, out_dim)]
+    elif kind == "mlp":
+        layers = [nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out_dim)]
+    else:
+        raise ValueError(f"head kind must be 'linear' or 'mlp', got {kind!r}")
+    return nn.Sequential(*layers)
+
+
+def loss_for(task: str) -> nn.Module:
+    if task == "multiclass":
+        return nn.CrossEntropyLoss()
+    if task == "multilabel":
+        return nn.BCEWithLogitsLoss()
+    if task == "regression":
+        return nn.MSELoss()
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")

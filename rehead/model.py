@@ -1,0 +1,106 @@
+"""TransferModel: a cut backbone plus a grafted head, with per-stage freezing."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .zoo.backbone import Backbone
+
+
+class TransferModel(nn.Module):
+    def __init__(self, backbone: Backbone, head: nn.Module, train_frozen_bn: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.train_frozen_bn = train_frozen_bn
+        self.frozen = [False] * len(backbone)
+
+    # -- freezing --------------------------------------------------------------
+    def freeze(self, stages=None) -> "TransferModel":
+        """Freeze the given stage indices (0-based), or every backbone stage."""
+        for i in range(len(self.backbone)) if stages is None else stages:
+            self.frozen[i] = True
+        self._apply_flags()
+        return self
+
+    def unfreeze(self, stages=None) -> "TransferModel":
+        for i in range(len(self.backbone)) if stages is None else stages:
+            self.frozen[i] = False
+        self._apply_flags()
+        return self
+
+    def set_trainable_last(self, n: int) -> "TransferModel":
+        """Train the head and the last ``n`` stages; freeze the rest (n=-1: everything)."""
+        depth = len(self.backbone)
+        n = depth if n < 0 else min(n, depth)
+        self.frozen = [i < depth - n for i in range(depth)]
+        self._apply_flags()
+        return self
+
+    def _apply_flags(self):
+        for flag, stage in zip(self.frozen, self.backbone.stages.values()):
+            for p in stage.parameters():
+                p.requires_grad_(not flag)
+        self.train(self.training)
+
+    @property
+    def n_frozen_prefix(self) -> int:
+        n = 0
+        while n < len(self.frozen) and self.frozen[n]:
+            n += 1
+        return n
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and not self.train_frozen_bn:
+            # A frozen BatchNorm keeps its pretrained statistics (eval mode).
+            for flag, stage in zip(self.frozen, self.backbone.stages.values()):
+                if flag:
+                    stage.eval()
+        return self
+
+    # -- forward ---------------------------------------------------------------
+    def features(self, inputs) -> torch.Tensor:
+        bb, k = self.backbone, self.n_frozen_prefix
+        if k:
+            # The frozen prefix runs without autograd: no activations are stored for it.
+            with torch.no_grad():
+                state = bb.begin(inputs)
+                for i in range(k):
+                    state = bb.run_stage(i, state)
+        else:
+            state = bb.begin(inputs)
+        for i in range(k, len(bb)):
+            state = bb.run_stage(i, state)
+        return bb.pool(state)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.features(inputs))
+
+    # -- parameter groups --------------------------------------------------------
+    def param_groups(self, lr: float, lr_decay: float = 1.0, weight_decay: float = 0.0,
+                     lr_min: float | None = None) -> list[dict]:
+        """One group per trainable stage plus the head, the head at ``lr``.
+
+        Discriminative LRs: each earlier stage is ``lr_decay`` times lower, or, with
+        ``lr_min``, the LRs are spread geometrically from lr_min (first trainable stage)
+        to lr (head). Norms and biases get no weight decay.
+        """
+        trainable = [i for i, f in enumerate(self.frozen) if not f]
+        units = [(f"stage:{self.backbone.stage_names[i]}", self.backbone.stages[self.backbone.stage_names[i]])
+                 for i in trainable] + [("head", self.head)]
+        n = len(units)
+        if lr_min is not None and n > 1:
+            lrs = [lr_min * (lr / lr_min) ** (j / (n - 1)) for j in range(n)]
+        else:
+            lrs = [lr / lr_decay ** (n - 1 - j) for j in range(n)]
+        groups = []
+        for (name, mod), group_lr in zip(units, lrs):
+            decay, no_decay = [], []
+            for pname, p in mod.named_parameters():
+                if p.requires_grad:
+                    (no_decay if p.ndim <= 1 else decay).append(p)
+            for params, wd, tag in ((decay, weight_decay, ""), (no_decay, 0.0, ":no_decay")):
+                if params:
+                    groups.append({"params": params, "lr": group_lr, "weight_decay": wd, "name": name + tag})
+        return groups

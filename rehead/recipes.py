@@ -1,0 +1,73 @@
+"""Strategies: a strategy is a list of phases (see ``rehead.train.loop.Phase``).
+
+``extract``  head on cached features (no augmentation; the fastest)
+``head``     frozen prefix, live forward (augmentation applies)
+``finetune`` head first, then the last n stages at a much lower LR (fastai ``fine_tune``)
+``gradual``  ULMFiT: head, then one more stage per phase, discriminative LRs
+``full``     everything trains from the start, discriminative LRs
+``auto``     picks one from the number of training samples and says why
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .train.loop import Phase
+
+STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
+
+
+@dataclass
+class Recipe:
+    strategy: str
+    phases: list[Phase]
+    reason: str = ""
+    uses_cache: bool = False
+
+
+def auto_strategy(n_train: int) -> tuple[str, str]:
+    """The rule of thumb: the less data, the less of the backbone should move."""
+    if n_train < 1000:
+        return "extract", (f"{n_train} training samples (< 1000): train only a new head on frozen "
+                           "features; fine-tuning the backbone would overfit")
+    if n_train < 50000:
+        return "finetune", (f"{n_train} training samples (1000-50000): train the head, then unfreeze "
+                            "the last stages at a lower LR")
+    return "full", f"{n_train} training samples (>= 50000): enough data to train every stage"
+
+
+def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = None, lr: float | None = None,
+                 unfreeze: int = 2, lr_decay: float = 3.0, lr_min: float | None = None,
+                 schedule: str = "onecycle", augment: bool = False, **phase_kw) -> Recipe:
+    """Phases for ``strategy`` on a backbone of ``depth`` stages."""
+    reason = ""
+    if strategy == "auto":
+        strategy, reason = auto_strategy(n_train)
+        if strategy == "extract" and augment:
+            strategy, reason = "head", reason + "; augmentation is on, so features are computed live"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+    def ph(name, ep, lr_, trainable, **kw):
+        return Phase(name, ep, lr_, trainable=trainable, **{"schedule": schedule, **phase_kw, **kw})
+
+    if strategy == "extract":
+        phases = [ph("head", epochs or 60, lr or 3e-3, 0, schedule="constant" if schedule == "onecycle" else schedule)]
+        return Recipe("extract", phases, reason, uses_cache=True)
+    if strategy == "head":
+        phases = [ph("head", epochs or 8, lr or 3e-3, 0)]
+    elif strategy == "finetune":
+        unfreeze = min(unfreeze, depth) if unfreeze >= 0 else depth
+        e = epochs or 5
+        top = lr or 1e-3
+        # fastai fine_tune: frozen epoch(s) at lr, then unfrozen at lr/2 spread down the stages.
+        phases = [ph("head", max(1, e // 3), top, 0),
+                  ph(f"unfreeze{unfreeze}", e, top / 10, unfreeze, lr_decay=lr_decay, lr_min=lr_min)]
+    elif strategy == "gradual":
+        e = epochs or 2
+        top = lr or 1e-3
+        n = min(unfreeze if unfreeze > 0 else depth, depth)
+        phases = [ph("head", e, top, 0)]
+        phases += [ph(f"unfreeze{k}", e, top / (2 * k), k, lr_decay=lr_decay, lr_min=lr_min) for k in range(1, n + 1)]
+    else:  # full
+        phases = [ph("full", epochs or 10, lr or 1e-3, -1, lr_decay=lr_decay, lr_min=lr_min)]
+    return Recipe(strategy, phases, reason)

@@ -1,0 +1,168 @@
+"""Backbone: a pretrained network as an ordered list of stages, input side first.
+
+A backbone runs in three steps so that every modality fits one shape:
+``begin(inputs) -> state``, ``stage i: state -> state``, ``pool(state) -> (B, D)``.
+For images the state is a feature map; for text it is (hidden states, attention mask).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    modality = "image"
+
+    def __init__(self, stages: dict[str, nn.Module], data_config: dict, spec: str,
+                 source_head: nn.Module | None = None):
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+        self.data_config = dict(data_config)
+        self.spec = spec
+        # The pretrained task head (e.g. ImageNet classifier), kept aside, never trained.
+        self.source_head = [source_head]  # a list so it is not a registered submodule
+        self.full_depth = len(stages)
+        self._weights_id = None
+
+    # -- structure -------------------------------------------------------------
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stages.keys())
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def stage_index(self, cut: int | str) -> int:
+        """Number of stages kept for a cut given as a count or a stage name (inclusive)."""
+        names = self.stage_names
+        if isinstance(cut, str) and not cut.lstrip("-").isdigit():
+            if cut not in names:
+                raise ValueError(f"no stage named {cut!r}; stages are: {', '.join(names)}")
+            return names.index(cut) + 1
+        k = int(cut)
+        if k < 0:
+            k = len(names) + k
+        if not 1 <= k <= len(names):
+            raise ValueError(f"cut must be between 1 and {len(names)} stages (or a stage name), got {cut}")
+        return k
+
+    def cut(self, cut: int | str) -> "Backbone":
+        """Keep the first k stages; shares modules with self."""
+        k = self.stage_index(cut)
+        new = self.__class__.__new__(self.__class__)
+        nn.Module.__init__(new)
+        new.__dict__.update({key: v for key, v in self.__dict__.items()
+                             if key not in ("_modules", "_parameters", "_buffers")})
+        new.stages = nn.ModuleDict(list(self.stages.items())[:k])
+        for name, mod in self._modules.items():
+            if name != "stages":
+                new.add_module(name, mod)
+        new._weights_id = None  # identity of the prefix alone: equal weights, equal id
+        return new
+
+    # -- forward ---------------------------------------------------------------
+    def begin(self, inputs):
+        return inputs
+
+    def run_stage(self, i: int, state):
+        return self.stages[self.stage_names[i]](state)
+
+    def pool(self, state) -> torch.Tensor:
+        if state.dim() == 4:
+            return state.mean((2, 3))
+        if state.dim() == 3:
+            return state.mean(1)
+        return state
+
+    def forward(self, inputs) -> torch.Tensor:
+        state = self.begin(inputs)
+        for i in range(len(self)):
+            state = self.run_stage(i, state)
+        return self.pool(state)
+
+    def forward_cuts(self, inputs, cuts: list[int]) -> dict[int, torch.Tensor]:
+        """Pooled features after each of several cuts, from one forward pass."""
+        state, out = self.begin(inputs), {}
+        for i in range(max(cuts)):
+            state = self.run_stage(i, state)
+            if i + 1 in cuts:
+                out[i + 1] = self.pool(state)
+        return out
+
+    # -- identity --------------------------------------------------------------
+    @property
+    def weights_id(self) -> str:
+        """Hash of the architecture spec and every weight this (possibly cut) backbone holds."""
+        if self._weights_id is None:
+            h = hashlib.sha256(self.spec.encode())
+            for name, t in self.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_id = h.hexdigest()[:32]
+        return self._weights_id
+
+    def preprocessing_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.data_config, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self, example=None) -> list[dict]:
+        """One row per stage: index, name, output shape, parameter count."""
+        rows, state = [], None
+        if example is not None:
+            state = self.begin(example)
+        for i, name in enumerate(self.stage_names):
+            shape = None
+            if state is not None:
+                with torch.inference_mode():
+                    state = self.run_stage(i, state)
+                t = state[0] if isinstance(state, tuple) else state
+                shape = tuple(t.shape[1:])
+            params = sum(p.numel() for p in self.stages[name].parameters())
+            rows.append({"index": i + 1, "name": name, "output_shape": shape, "params": params})
+        return rows
+
+
+def image_data_config(cfg: dict) -> dict:
+    """Preprocessing from a timm pretrained_cfg: nothing guessed, everything recorded."""
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    return {
+        "modality": "image",
+        "input_size": int(size),
+        "crop_pct": float(cfg.get("crop_pct", 0.875)),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": [float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))],
+        "std": [float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))],
+    }
+
+
+def split_stages(model: nn.Module) -> tuple[dict[str, nn.Module], nn.Module | None]:
+    """Split a timm or torchvision CNN into stages and its source classifier."""
+    ch = dict(model.named_children())
+    seq = nn.Sequential
+    if "blocks" in ch and "conv_stem" in ch:  # timm EfficientNet / MobileNet family
+        stages = {"stem": seq(ch["conv_stem"], ch["bn1"])}
+        stages.update({f"block{i}": b for i, b in enumerate(ch["blocks"])})
+        if "conv_head" in ch:
+            stages["head_conv"] = seq(ch["conv_head"], ch["bn2"])
+        return stages, ch.get("classifier")
+    if "layer1" in ch and "conv1" in ch:  # ResNet family (timm and torchvision)
+        stem = [ch[n] for n in ("conv1", "bn1", "act1", "relu", "maxpool") if n in ch]
+        stages = {"stem": seq(*stem)}
+        stages.update({n: ch[n] for n in ("layer1", "layer2", "layer3", "layer4") if n in ch})
+        return stages, ch.get("fc")
+    if "stem" in ch and "stages" in ch:  # ConvNeXt, RegNet, ByobNet ...
+        stages = {"stem": ch["stem"]}
+        stages.update({f"stage{i}": s for i, s in enumerate(ch["stages"])})
+        tail = [ch[n] for n in ("final_conv", "norm_pre") if n in ch and not isinstance(ch[n], nn.Identity)]
+        if tail:
+            stages["final"] = seq(*tail)
+        head = ch.get("head")
+        return stages, head
+    if "features" in ch and isinstance(ch["features"], nn.Sequential):  # torchvision VGG/EfficientNet/MobileNet
+        stages = {f"features{i}": m for i, m in enumerate(ch["features"])}
+        return stages, ch.get("classifier")
+    raise ValueError(
+        f"rehead does not know how to split {type(model).__name__} into stages "
+        "(supported: EfficientNet/MobileNet, ResNet, ConvNeXt-like stem+stages, torchvision 'features' models)")

@@ -1,0 +1,70 @@
+"""``file:PATH#ARCH``: your own weights (safetensors or a state_dict) for a known architecture.
+
+ARCH is ``timm:<name>`` or ``torchvision:<name>``. Nothing is unpickled: ``.pth`` files
+load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import ModelNotFound, register_source
+from .backbone import Backbone
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise ModelNotFound(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelNotFound(f"{path} is not a safetensors file or a plain state_dict "
+                            f"loadable with weights_only=True: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ModelNotFound(f"{path} holds a {type(sd).__name__}, not a state_dict")
+    return sd
+
+
+def load_into(model: torch.nn.Module, sd: dict, what: str) -> None:
+    """Strict load that names the keys that do not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        def show(xs):
+            return ", ".join(xs[:8]) + (f" ... ({len(xs)} in all)" if len(xs) > 8 else "")
+        parts = [f"missing: {show(missing)}" if missing else "",
+                 f"unexpected: {show(unexpected)}" if unexpected else "",
+                 f"shape mismatch: {show(wrong)}" if wrong else ""]
+        raise ModelNotFound(f"{what} does not fit the architecture: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(sd, strict=True)
+
+
+@register_source("file", "your weights: file:PATH#timm:<arch> or file:PATH#torchvision:<arch>")
+def load_file(name: str, pretrained: bool = True) -> Backbone:
+    if "#" not in name:
+        raise ModelNotFound(f"file:{name} needs its architecture: file:{name}#timm:<arch> "
+                            "(or #torchvision:<arch>)")
+    path, arch = name.rsplit("#", 1)
+    from .hubs import build_timm, build_torchvision, wrap_timm, wrap_torchvision
+    src, arch_name = arch.split(":", 1) if ":" in arch else ("", arch)
+    if src == "timm":
+        model = build_timm(arch_name, pretrained=False)
+        if pretrained:
+            load_into(model, read_state_dict(Path(path)), f"file:{path}")
+        return wrap_timm(model, f"file:{name}")
+    if src == "torchvision":
+        model, cfg = build_torchvision(arch_name, pretrained=False)
+        if pretrained:
+            load_into(model, read_state_dict(Path(path)), f"file:{path}")
+        return wrap_torchvision(model, cfg, f"file:{name}")
+    raise ModelNotFound(f"architecture {arch!r} in file:{name}: use timm:<name> or torchvision:<name>")

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models built here, generated images, the real data when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def shared_dataset(name: str) -> Path:
+    p = SHARED / name
+    if not p.exists():
+        pytest.skip(f"{p} is absent (a fresh clone has no ../shared): real-data test skipped")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REHEAD_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory) -> str:
+    """A tiny timm EfficientNet (random init, seeded) saved as safetensors: loads via file:."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    m = timm.create_model("test_efficientnet", pretrained=False)
+    p = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
+    return f"file:{p}#timm:test_efficientnet"
+
+
+def make_images(root: Path, classes=("red", "blue"), n: int = 10, size: int = 40, seed: int = 0) -> Path:
+    """Class folders of JPEGs whose colour is the label (learnable by any backbone)."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = np.array(colours.get(c, (128, 128, 128)), dtype=np.float32)
+            px = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / c / f"{c}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_images(tmp_path / "imgs")

@@ -1,0 +1,95 @@
+"""Sources: packaged weights are real and mapped right; file:/timm: give clear errors."""
+import pytest
+import torch
+
+from rehead import zoo
+from rehead.zoo.packaged import lite0_key_to_timm, lite0_weights_path
+from tests.conftest import shared_dataset
+
+
+def test_lite0_mapping_covers_every_key_one_to_one():
+    import timm
+    sd = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    mapped = {lite0_key_to_timm(k): v for k, v in sd.items()}
+    assert len(mapped) == len(sd) == len(target)
+    assert set(mapped) == set(target)
+    assert all(mapped[k].shape == target[k].shape for k in target)
+
+
+def test_packaged_backbone_carries_its_preprocessing():
+    bb = zoo.load("packaged:efficientnet_lite0")
+    assert bb.stage_names[0] == "stem" and bb.stage_names[-1] == "head_conv" and len(bb) == 9
+    # TF-trained weights: inputs scaled to [-1, 1], not ImageNet mean/std.
+    assert bb.data_config["mean"] == [0.5, 0.5, 0.5] and bb.data_config["std"] == [0.5, 0.5, 0.5]
+    assert bb.data_config["input_size"] == 224 and bb.data_config["interpolation"] == "bicubic"
+    assert bb.source_head[0].out_features == 1000
+
+
+def _imagenet_top5(bb, paths, cfg=None):
+    from rehead.data.images import ImageDataset
+    ds = ImageDataset(paths, None, cfg or bb.data_config)
+    top5, top1 = [], []
+    with torch.inference_mode():
+        for i in range(0, len(ds), 32):
+            x = torch.stack([ds[j][1] for j in range(i, min(i + 32, len(ds)))])
+            logits = bb.source_head[0](bb(x))
+            top5.append(logits.topk(5).indices)
+    return torch.cat(top5)
+
+
+def test_packaged_weights_are_real_imagenet_weights():
+    """The ImageNet head finds 'ant' (310) / 'bee' (309) in the top 5 for >= 90% of val photos."""
+    root = shared_dataset("hymenoptera_data") / "val"
+    paths = sorted(str(p) for p in root.glob("*/*.jpg"))
+    want = torch.tensor([310 if "/ants/" in p else 309 for p in paths])
+    bb = zoo.load("packaged:efficientnet_lite0").eval()
+    top5 = _imagenet_top5(bb, paths)
+    hit = (top5 == want[:, None]).any(1).float().mean().item()
+    assert hit >= 0.90, hit
+    # The right normalisation matters: ImageNet mean/std on these weights is clearly worse.
+    wrong = dict(bb.data_config, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    hit_wrong = (_imagenet_top5(bb, paths[::3], wrong) == want[::3, None]).any(1).float().mean().item()
+    hit_right = (top5[::3] == want[::3, None]).any(1).float().mean().item()
+    assert hit_right > hit_wrong
+
+
+def test_unknown_models_and_sources_say_what_exists():
+    with pytest.raises(zoo.ModelNotFound, match="packaged models"):
+        zoo.load("packaged:nope")
+    with pytest.raises(zoo.ModelNotFound, match="sources are"):
+        zoo.load("zzz:resnet18")
+    with pytest.raises(zoo.ModelNotFound, match="did you mean"):
+        zoo.load("timm:resnet1")
+    with pytest.raises(zoo.ModelNotFound, match="not a model spec"):
+        zoo.load("efficientnet_lite0")
+
+
+def test_timm_offline_error_points_to_file(monkeypatch):
+    import timm
+    def boom(*a, **k):
+        if k.get("pretrained"):
+            raise OSError("network is unreachable")
+        return orig(*a, **k)
+    orig = timm.create_model
+    monkeypatch.setattr(timm, "create_model", boom)
+    with pytest.raises(zoo.ModelNotFound, match=r"file:PATH#timm:resnet18"):
+        zoo.load("timm:resnet18")
+
+
+def test_file_source_loads_weights_and_names_mismatched_keys(tmp_path, tiny_spec):
+    from safetensors.torch import save_file
+    bb = zoo.load(tiny_spec)
+    assert len(bb) >= 3 and bb.data_config["input_size"] == 160
+    # The same weights as a torch state_dict (.pth) load too, with weights_only=True.
+    import timm
+    m = timm.create_model("test_efficientnet")
+    sd = m.state_dict()
+    torch.save(sd, tmp_path / "w.pth")
+    zoo.load(f"file:{tmp_path / 'w.pth'}#timm:test_efficientnet")
+    # Weights of another architecture: the error names the keys.
+    save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(zoo.ModelNotFound, match=r"unexpected: foo.weight"):
+        zoo.load(f"file:{tmp_path / 'bad.safetensors'}#timm:test_efficientnet")
+    with pytest.raises(zoo.ModelNotFound, match="needs its architecture"):
+        zoo.load(f"file:{tmp_path / 'w.pth'}")
