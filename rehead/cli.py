@@ -116,6 +116,22 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
             data_kw={"text_column": text_column, "label_column": label_column})
 
 
+@app.command("lr-find")
+@guarded
+def lr_find_cmd(data: str, model: str = typer.Option("packaged:efficientnet_lite0", "--model", "-m"),
+                out: Optional[str] = typer.Option(None, "--out", "-o", help="where lr_find.png/json go"),
+                cut: Optional[str] = None, head: str = "linear",
+                unfreeze: int = typer.Option(0, help="0: head only (cached features); n: also the last n stages"),
+                lr_decay: float = 3.0, steps: int = 100, batch_size: int = 32, workers: int = 2, seed: int = 0,
+                start_lr: float = 1e-7, end_lr: float = 10.0, quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """LR range test: a plot and a suggested range. Weights, optimizer and RNG are left untouched."""
+    from .fit import find_lr
+    c = int(cut) if cut is not None and cut.lstrip("-").isdigit() else cut
+    find_lr(data, model=model, out=out or f"runs/lr_find-{Path(data).stem}", cut=c, head=head, unfreeze=unfreeze,
+            lr_decay=lr_decay, steps=steps, batch_size=batch_size, workers=workers, seed=seed,
+            start_lr=start_lr, end_lr=end_lr, progress=not quiet)
+
+
 def _eval_items(run, data: Optional[str]):
     """The run's own val split, or DATA (its val/test split if it has one, else all of it)."""
     if data is None:

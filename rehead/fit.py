@@ -35,12 +35,27 @@ def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strat
     """Train a new head (and as much of the backbone as the strategy says) on ``data``."""
     t_start = time.perf_counter()
     out = Path(out)
+    args = {k: v for k, v in locals().items() if k in FIT_ARGS}
+    accelerator = accelerator or _accelerator()
+    if not accelerator.is_main_process:
+        echo = _silent
+    progress = progress and accelerator.is_local_main_process
     if resume:
         return _resume(out, echo=echo, progress=progress, accelerator=accelerator)
-    args = {k: v for k, v in locals().items() if k in FIT_ARGS}
     args["data"] = str(data) if not isinstance(data, Dataset) else data.source
-    prepare_run_dir(out, overwrite=overwrite)
+    if accelerator.is_main_process:
+        prepare_run_dir(out, overwrite=overwrite)
+    accelerator.wait_for_everyone()
     return _run(out, args, data, echo, progress, hooks or [], accelerator, t_start)
+
+
+def _accelerator():
+    from accelerate import Accelerator
+    return Accelerator()
+
+
+def _silent(*_a, **_k):
+    pass
 
 
 FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "lr", "unfreeze", "lr_decay",
@@ -48,13 +63,23 @@ FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "
             "use_cache", "strict", "val_fraction", "data_kw")
 
 
-def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
+def _build(args: dict, data):
+    """Data, backbone prefix and a fresh model as ``args`` describe them."""
     seed_everything(args["seed"])
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
     backbone = zoo.load(args["model"])
     k = len(backbone) if args["cut"] is None else backbone.stage_index(args["cut"])
     prefix = backbone.cut(k)
+    in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
+    seed_everything(args["seed"])
+    head = make_head(in_dim, len(ds.classes), args["head"], args["hidden"], args["dropout"])
+    return ds, backbone, k, TransferModel(prefix, head)
+
+
+def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
+    ds, backbone, k, model = _build(args, data)
+    prefix, in_dim = model.backbone, model.head[-1].in_features
     recipe = build_recipe(args["strategy"], len(ds.train), k, epochs=args["epochs"], lr=args["lr"],
                           unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
                           schedule=args["schedule"], augment=bool(args["augment"]))
@@ -65,22 +90,19 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
              "use --strategy head to train on augmented images")
     if args["augment"] and not recipe.uses_cache:
         echo("augmentation on: features are computed live each epoch, not cached")
-    in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
     head_cfg = {"kind": args["head"], "in_dim": int(in_dim), "out_dim": len(ds.classes),
                 "hidden": args["hidden"], "dropout": args["dropout"]}
     config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": prefix.stage_names[-1],
               "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
               "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
               "data_summary": ds.summary(), "args": args}
-    if resume_state is None:
+    if resume_state is None and accelerator.is_main_process:
         write_yaml(out / "config.yaml", config)
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
-    seed_everything(args["seed"])
-    head = make_head(in_dim, len(ds.classes), args["head"], args["hidden"], args["dropout"])
-    model = TransferModel(prefix, head)
-    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks),
+    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"],
+                                  progress=progress, hooks=hooks),
                       run_dir=out, accelerator=accelerator)
     cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
     if recipe.uses_cache:
@@ -156,3 +178,41 @@ def _resume(out: Path, echo, progress, accelerator) -> Run:
     echo(f"resuming {out}")
     return _run(out, cfg["args"], cfg["args"]["data"], echo, progress, [], accelerator, time.perf_counter(),
                 resume_state=True)
+
+
+def find_lr(data, model: str = DEFAULT_MODEL, out: str | Path | None = None, cut=None, head: str = "linear",
+            hidden: int = 512, dropout: float = 0.0, unfreeze: int = 0, lr_decay: float = 3.0,
+            batch_size: int = 32, workers: int = 2, seed: int = 0, steps: int = 100, start_lr: float = 1e-7,
+            end_lr: float = 10.0, cache_dir: str | None = None, use_cache: bool = True,
+            val_fraction: float = 0.2, data_kw: dict | None = None, progress: bool = True, echo=print) -> dict:
+    """LR range test for the head (``unfreeze=0``: on cached features) or the head plus the last
+    ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
+    from .train.lr_find import lr_find, plot
+    args = {"model": model, "cut": cut, "head": head, "hidden": hidden, "dropout": dropout, "seed": seed,
+            "val_fraction": val_fraction, "data_kw": data_kw}
+    ds, _, k, tm = _build(args, data)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    if unfreeze == 0:
+        cache = FeatureCache(cache_dir) if use_cache else None
+        f, kept, _ = extract(tm.backbone, ds.train.items, [k], cache, batch_size=batch_size, workers=workers,
+                             progress=progress, desc="extract train")
+        y = torch.tensor([ds.train.labels[i] for i in kept])
+        loader = torch.utils.data.DataLoader(IndexedTensors(f[k], y), batch_size=batch_size, shuffle=True,
+                                             generator=gen)
+        res = lr_find(tm.head, loader, loss_fn, start_lr, end_lr, steps)
+    else:
+        tm.set_trainable_last(unfreeze)
+        pipe = pipeline(tm.backbone.modality)
+        loader = pipe.make_loader(tm.backbone, ds.train.items, ds.train.labels, batch_size=batch_size,
+                                  workers=workers, shuffle=True, generator=gen)
+        res = lr_find(tm, loader, loss_fn, start_lr, end_lr, steps, param_groups=tm.param_groups(1.0, lr_decay))
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lr_find.json").write_text(json.dumps(res))
+        plot(res, out / "lr_find.png")
+    lo, hi = res["range"]
+    echo(f"suggested LR {res['suggested']:.2e} (steepest descent); try {lo:.1e} .. {hi:.1e}"
+         + (f"; plot: {out / 'lr_find.png'}" if out else ""))
+    return res
