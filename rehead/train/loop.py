@@ -71,6 +71,7 @@ class TrainConfig:
     task: str = "multiclass"
     mixed_precision: str = "no"
     progress: bool = True
+    select_best: bool = True  # end with the weights of the best val epoch, not the last
     hooks: list = field(default_factory=list)  # objects with penalty(model) / after_backward(model)
 
 
@@ -204,7 +205,7 @@ class Trainer:
                 if cfg.patience and bad >= cfg.patience:
                     break
         outer.close()
-        if best_state is not None:  # best-checkpoint selection over the whole run
+        if best_state is not None and cfg.select_best:  # best-checkpoint selection over the whole run
             _unwrap(model).load_state_dict(best_state)
         return self.history
 

@@ -1,0 +1,178 @@
+"""The fine-tuning engine: strategies, schedules, LR finder, resume after a kill, several processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import rehead
+from rehead.recipes import auto_strategy, build_recipe
+from rehead.train.loop import Phase, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_auto_follows_the_rule_of_thumb():
+    assert auto_strategy(300)[0] == "extract"
+    assert auto_strategy(5000)[0] == "finetune"
+    assert auto_strategy(60000)[0] == "full"
+    r = build_recipe("auto", 300, depth=9, augment=True)
+    assert r.strategy == "head" and "augmentation" in r.reason
+
+
+def test_strategies_are_lists_of_phases():
+    ft = build_recipe("finetune", 2000, depth=9, lr=1e-3, unfreeze=2)
+    assert [p.trainable for p in ft.phases] == [0, 2]
+    assert ft.phases[1].lr < ft.phases[0].lr  # unfrozen stages at a much lower LR
+    gr = build_recipe("gradual", 2000, depth=9, unfreeze=3)
+    assert [p.trainable for p in gr.phases] == [0, 1, 2, 3]
+    assert build_recipe("full", 10, depth=9).phases[0].trainable == -1
+    assert build_recipe("extract", 10, depth=9).uses_cache
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        build_recipe("magic", 10, depth=9)
+
+
+def test_schedules():
+    steps = 100
+    one = [lr_factor(Phase("p", 1, 1.0, schedule="onecycle"), s, steps, steps) for s in range(steps)]
+    assert one[0] == pytest.approx(1 / 25, rel=1e-3) and max(one) == pytest.approx(1.0, abs=1e-3)
+    assert one.index(max(one)) == 25 and one[-1] < 1e-3
+    cos = [lr_factor(Phase("p", 1, 1.0, schedule="cosine", warmup=0.1), s, steps, steps) for s in range(steps)]
+    assert cos[0] < cos[9] and cos[10] == pytest.approx(1.0) and cos[-1] < 0.01
+    # SGDR: 10 epochs of 10 steps, first cycle 1 epoch, doubling: restarts at epochs 1, 3, 7
+    sg = Phase("p", 10, 1.0, schedule="sgdr", sgdr_cycle=1, sgdr_mult=2)
+    f = [lr_factor(sg, s, 100, 10) for s in range(100)]
+    restarts = [s for s in range(1, 100) if f[s] > f[s - 1] + 0.5]
+    assert restarts == [10, 30, 70]
+
+
+def _fit(data, out, spec, **kw):
+    return rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=lambda *a: None, **kw)
+
+
+def test_phases_train_the_unfrozen_stages_only(tmp_path, image_folder, tiny_spec):
+    from rehead import zoo
+    from rehead.data import load_dataset, pipeline
+    from rehead.heads import make_head
+    from rehead.model import TransferModel
+    from rehead.train.loop import TrainConfig, Trainer
+    bb = zoo.load(tiny_spec)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    model = TransferModel(bb, make_head(bb.eval()(torch.zeros(1, 3, 32, 32)).shape[1], 2))
+    ds = load_dataset(image_folder)
+    pipe = pipeline("image")
+    def loader(split, shuffle, generator):
+        s = getattr(ds, split)
+        return pipe.make_loader(bb, s.items, s.labels, batch_size=8, workers=0, shuffle=shuffle, generator=generator)
+    phases = [Phase("head", 1, 1e-2), Phase("unfreeze1", 1, 1e-3, trainable=1)]
+    Trainer(TrainConfig(progress=False, select_best=False)).fit(model, "train", "val", phases, make_loader=loader)
+    names = bb.stage_names
+    changed = {k.split(".")[1] for k, v in bb.state_dict().items()
+               if k.endswith("weight") and not torch.equal(before[k], v)}
+    assert changed == {names[-1]}
+
+
+def test_finetune_and_gradual_run_their_phases(tmp_path, image_folder, tiny_spec):
+    _fit(image_folder, tmp_path / "ft", tiny_spec, strategy="finetune", epochs=2, unfreeze=1, batch_size=8)
+    rows = (tmp_path / "ft" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["head", "unfreeze1", "unfreeze1"]
+    _fit(image_folder, tmp_path / "gr", tiny_spec, strategy="gradual", epochs=1, unfreeze=2, batch_size=8)
+    phases = [r.split(",")[0] for r in (tmp_path / "gr" / "metrics.csv").read_text().splitlines()[1:]]
+    assert phases == ["head", "unfreeze1", "unfreeze2"]
+
+
+def test_augmentation_applies_to_training_images_only(image_folder, tiny_spec):
+    from rehead import zoo
+    from rehead.data import pipeline
+    bb = zoo.load(tiny_spec)
+    pipe = pipeline("image")
+    tf = pipe.train_transform(bb, "classic")
+    items = [str(next(image_folder.glob("red/*.jpg")))]
+    aug = pipe.make_loader(bb, items, [0], workers=0, transform=tf)
+    plain = pipe.make_loader(bb, items, [0], workers=0)
+    a1, a2 = next(iter(aug))[1], next(iter(aug))[1]
+    p1, p2 = next(iter(plain))[1], next(iter(plain))[1]
+    assert not torch.equal(a1, a2) and torch.equal(p1, p2)
+
+
+def test_lr_find_leaves_weights_and_rng_untouched(tmp_path, image_folder, tiny_spec):
+    from rehead.fit import find_lr
+    res = find_lr(str(image_folder), model=tiny_spec, out=tmp_path / "lrf", unfreeze=1, steps=12, workers=0,
+                  batch_size=8, progress=False, echo=lambda *a: None)
+    assert len(res["lrs"]) == len(res["losses"]) >= 5 and res["suggested"] > 0
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
+    from rehead.train.lr_find import lr_find
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [(torch.arange(16), torch.randn(16, 4), torch.randint(0, 2, (16,)))] * 3
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    lr_find(model, data, torch.nn.CrossEntropyLoss(), steps=9)
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.rand(3), expected_next)
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "rehead", *map(str, args)]
+
+
+def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path, image_folder, tiny_spec):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    common = ["fit", image_folder, "--model", tiny_spec, "--strategy", "finetune", "--unfreeze", "2",
+              "--epochs", "6", "--batch-size", "4", "--workers", "0", "--dropout", "0.3", "--augment", "light", "-q"]
+    ref = tmp_path / "ref"
+    subprocess.run(_cli(*common, "--out", ref), env=env, check=True, capture_output=True)
+    run = tmp_path / "killed"
+    p = subprocess.Popen(_cli(*common, "--out", run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it mid-way through the second phase
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1 + 2 + 1:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
+    subprocess.run(_cli("fit", "--resume", run, "-q"), env=env, check=True, capture_output=True)
+    strip = lambda path: [r.rsplit(",", 1)[0] for r in path.read_text().splitlines()]  # drop seconds
+    assert strip(run / "metrics.csv") == strip(ref / "metrics.csv")
+    assert json.loads((run / "summary.json").read_text())["val_acc"] == json.loads((ref / "summary.json").read_text())["val_acc"]
+
+
+def test_two_processes_end_with_identical_weights(tmp_path, image_folder, tiny_spec):
+    script = tmp_path / "ddp.py"
+    script.write_text(r'''
+import hashlib, sys
+from accelerate import Accelerator
+from rehead.fit import fit
+import rehead.train.loop as loop
+acc = Accelerator(cpu=True)
+seen = {}
+orig = loop.Trainer.fit
+def spy(self, model, *a, **k):
+    out = orig(self, model, *a, **k)
+    seen["model"] = loop._unwrap(model)
+    return out
+loop.Trainer.fit = spy
+fit(sys.argv[1], model=sys.argv[2], out=sys.argv[3], strategy="finetune", unfreeze=1, epochs=2,
+    batch_size=4, workers=0, progress=False, accelerator=acc, echo=lambda *a: None)
+h = hashlib.sha256()
+for k, v in sorted(seen["model"].state_dict().items()):
+    h.update(v.detach().contiguous().numpy().tobytes())
+open(f"{sys.argv[3]}.rank{acc.process_index}", "w").write(f"{acc.num_processes} {h.hexdigest()}")
+''')
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                        str(image_folder), tiny_spec, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [Path(f"{out}.rank{i}").read_text().split() for i in (0, 1)]
+    assert ranks[0][0] == ranks[1][0] == "2"
+    assert ranks[0][1] == ranks[1][1]
+    assert (out / "model.safetensors").exists()

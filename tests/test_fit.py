@@ -1,0 +1,107 @@
+"""fit -> run directory -> evaluate / predict, from Python and from the command line."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import rehead
+from rehead.cli import app
+from rehead.run import Run, RunExists
+from tests.conftest import make_images, shared_dataset
+
+runner = CliRunner()
+
+
+def _fit(data, out, spec, **kw):
+    kw.setdefault("strategy", "extract")
+    kw.setdefault("epochs", 15)
+    return rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=lambda *a: None, **kw)
+
+
+def test_fit_extract_learns_and_the_run_directory_reloads_identically(tmp_path, image_folder, tiny_spec):
+    run = _fit(image_folder, tmp_path / "run", tiny_spec, lr=1e-2)
+    for f in ("config.yaml", "labels.json", "split.json", "metrics.csv", "model.safetensors", "summary.json"):
+        assert (tmp_path / "run" / f).exists(), f
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val_acc"] >= 0.75  # colour is learnable even from random features
+    items, labels = run.val_split()
+    in_memory, _, _ = run.logits(items)
+    loaded = Run(tmp_path / "run")
+    from_disk, _, _ = loaded.logits(items)
+    assert torch.allclose(in_memory, from_disk, atol=1e-6)
+    res = loaded.evaluate(items, labels)
+    assert res["n"] == len(items) and sum(map(sum, res["confusion_matrix"])) == len(items)
+    pred = loaded.predict(items[:2], top_k=2)
+    assert [p["item"] for p in pred] == items[:2]
+    assert abs(sum(t["prob"] for t in pred[0]["top"]) - 1) < 1e-5
+
+
+def test_second_fit_with_same_inputs_runs_no_forward(tmp_path, image_folder, tiny_spec, monkeypatch):
+    _fit(image_folder, tmp_path / "a", tiny_spec)
+    from rehead.zoo.backbone import Backbone
+    calls = []
+    orig = Backbone.forward_cuts
+    monkeypatch.setattr(Backbone, "forward_cuts", lambda self, x, c: calls.append(x.shape[0]) or orig(self, x, c))
+    _fit(image_folder, tmp_path / "b", tiny_spec)
+    assert calls == [1]  # only the 1-sample shape probe when building the head; no data forward
+
+
+def test_a_run_directory_is_never_overwritten_without_asking(tmp_path, image_folder, tiny_spec):
+    _fit(image_folder, tmp_path / "run", tiny_spec, epochs=1)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(RunExists, match="--overwrite"):
+        _fit(image_folder, tmp_path / "run", tiny_spec, epochs=1)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    _fit(image_folder, tmp_path / "run", tiny_spec, epochs=1, overwrite=True)
+
+
+def test_checkpoint_for_another_architecture_is_a_clear_error(tmp_path, image_folder, tiny_spec):
+    from safetensors.torch import save_file
+    _fit(image_folder, tmp_path / "run", tiny_spec, epochs=1)
+    save_file({"head.0.weight": torch.zeros(3, 3)}, str(tmp_path / "run" / "model.safetensors"))
+    with pytest.raises(ValueError, match="another architecture"):
+        Run(tmp_path / "run")
+
+
+def test_cli_models_inspect_fit_evaluate_predict(tmp_path, image_folder, tiny_spec):
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "packaged:efficientnet_lite0" in r.output
+    r = runner.invoke(app, ["inspect", tiny_spec])
+    assert r.exit_code == 0 and "stem" in r.output and "params" in r.output
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--strategy", "extract",
+                            "--out", str(out), "--epochs", "5", "--workers", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "val accuracy" in r.output
+    r = runner.invoke(app, ["evaluate", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res["per_class"]) == {"blue", "red"} and len(res["confusion_matrix"]) == 2
+    r = runner.invoke(app, ["evaluate", str(out), str(image_folder)])  # DATA: every image of a class folder
+    assert r.exit_code == 0 and "on 20 samples" in r.output
+    one = next(image_folder.glob("red/*.jpg"))
+    r = runner.invoke(app, ["predict", str(out), str(one), str(image_folder / "blue"), "--json"])
+    rows = json.loads(r.output)
+    assert len(rows) == 11 and all(len(x["top"]) == 2 for x in rows)
+    r = runner.invoke(app, ["fit", str(image_folder), "--model", "timm:no_such_net", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "timm has no model" in r.output
+
+
+def test_auto_strategy_says_what_it_chose(tmp_path, image_folder, tiny_spec):
+    said = []
+    rehead.fit(str(image_folder), model=tiny_spec, out=str(tmp_path / "r"), epochs=1, workers=0,
+               progress=False, echo=said.append)
+    assert any("strategy auto -> extract" in s and "< 1000" in s for s in said)
+
+
+@pytest.mark.slow
+def test_hymenoptera_extract_reaches_the_tutorial_accuracy(tmp_path):
+    """Real weights on real photos: the figure of issue 3 (>= 0.92 val accuracy)."""
+    data = shared_dataset("hymenoptera_data")
+    run = rehead.fit(str(data), model="packaged:efficientnet_lite0", out=str(tmp_path / "ants"),
+                     strategy="extract", progress=False, echo=lambda *a: None)
+    summary = json.loads((tmp_path / "ants" / "summary.json").read_text())
+    assert summary["val_acc"] >= 0.92
+    items, labels = run.val_split()
+    assert Run(tmp_path / "ants").evaluate(items, labels)["accuracy"] >= 0.92
