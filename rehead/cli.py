@@ -84,10 +84,17 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
         hidden: int = 512, dropout: float = 0.0,
         epochs: Optional[int] = typer.Option(None, help="epochs per phase (strategy default when unset)"),
         lr: Optional[float] = typer.Option(None, help="top learning rate (the head's)"),
+        find_lr: bool = typer.Option(False, "--find-lr", help="run the LR finder first and use its suggestion"),
         unfreeze: int = typer.Option(2, help="finetune/gradual: how many last stages to unfreeze"),
         lr_decay: float = typer.Option(3.0, help="each earlier stage's LR is this many times lower"),
         lr_min: Optional[float] = typer.Option(None, help="or spread LRs geometrically from lr-min to lr"),
         schedule: str = typer.Option("onecycle", help="onecycle | cosine | sgdr | constant"),
+        warmup: float = typer.Option(0.1, help="cosine: fraction of steps warming up"),
+        sgdr_cycle: float = typer.Option(1.0, help="sgdr: first cycle length in epochs"),
+        sgdr_mult: float = typer.Option(2.0, help="sgdr: each cycle this many times longer"),
+        weight_decay: float = typer.Option(0.01, help="AdamW weight decay (never on norms and biases)"),
+        train_frozen_bn: bool = typer.Option(False, help="let frozen BatchNorm layers update their statistics"),
+        precision: str = typer.Option("no", help="mixed precision: no | fp16 | bf16"),
         augment: Optional[str] = typer.Option(None, help="light | classic (training data only)"),
         batch_size: int = 32, workers: int = 2, seed: int = 0,
         patience: Optional[int] = typer.Option(None, help="early stopping: epochs without val improvement"),
@@ -112,7 +119,8 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
             epochs=epochs, lr=lr, unfreeze=unfreeze, lr_decay=lr_decay, lr_min=lr_min, schedule=schedule,
             augment=augment, batch_size=batch_size, workers=workers, seed=seed, patience=patience,
             cache_dir=cache_dir, use_cache=not no_cache, strict=strict, val_fraction=val_fraction,
-            overwrite=overwrite, progress=not quiet,
+            overwrite=overwrite, progress=not quiet, warmup=warmup, sgdr_cycle=sgdr_cycle, sgdr_mult=sgdr_mult,
+            weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, precision=precision, find_lr=find_lr,
             data_kw={"text_column": text_column, "label_column": label_column})
 
 

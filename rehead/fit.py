@@ -31,12 +31,14 @@ def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strat
         cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
         val_fraction: float = 0.2, overwrite: bool = False, resume: bool = False,
         progress: bool = True, hooks: list | None = None, data_kw: dict | None = None,
+        weight_decay: float = 0.01, warmup: float = 0.1, sgdr_cycle: float = 1.0, sgdr_mult: float = 2.0,
+        train_frozen_bn: bool = False, precision: str = "no", find_lr: bool = False,
         echo=print, accelerator=None) -> Run:
     """Train a new head (and as much of the backbone as the strategy says) on ``data``."""
     t_start = time.perf_counter()
     out = Path(out)
     args = {k: v for k, v in locals().items() if k in FIT_ARGS}
-    accelerator = accelerator or _accelerator()
+    accelerator = accelerator or _accelerator(precision)
     if not accelerator.is_main_process:
         echo = _silent
     progress = progress and accelerator.is_local_main_process
@@ -49,9 +51,9 @@ def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strat
     return _run(out, args, data, echo, progress, hooks or [], accelerator, t_start)
 
 
-def _accelerator():
+def _accelerator(precision: str = "no"):
     from accelerate import Accelerator
-    return Accelerator()
+    return Accelerator(mixed_precision=precision)
 
 
 def _silent(*_a, **_k):
@@ -60,7 +62,8 @@ def _silent(*_a, **_k):
 
 FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "lr", "unfreeze", "lr_decay",
             "lr_min", "schedule", "augment", "batch_size", "workers", "seed", "patience", "cache_dir",
-            "use_cache", "strict", "val_fraction", "data_kw")
+            "use_cache", "strict", "val_fraction", "data_kw", "weight_decay", "warmup", "sgdr_cycle", "sgdr_mult",
+            "train_frozen_bn", "precision", "find_lr")
 
 
 def _build(args: dict, data):
@@ -74,15 +77,24 @@ def _build(args: dict, data):
     in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
     seed_everything(args["seed"])
     head = make_head(in_dim, len(ds.classes), args["head"], args["hidden"], args["dropout"])
-    return ds, backbone, k, TransferModel(prefix, head)
+    return ds, backbone, k, TransferModel(prefix, head, train_frozen_bn=args.get("train_frozen_bn", False))
 
 
 def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
+    if args.get("find_lr") and args.get("lr") is None and resume_state is None:
+        # fastai-style: run the LR range test into the run directory and train at its suggestion.
+        res = find_lr(data, model=args["model"], out=out if accelerator.is_main_process else None,
+                      cut=args["cut"], head=args["head"], hidden=args["hidden"], dropout=args["dropout"],
+                      batch_size=args["batch_size"], workers=args["workers"], seed=args["seed"],
+                      cache_dir=args["cache_dir"], use_cache=args["use_cache"], val_fraction=args["val_fraction"],
+                      data_kw=args.get("data_kw"), progress=progress, echo=echo)
+        args["lr"] = res["suggested"]
     ds, backbone, k, model = _build(args, data)
     prefix, in_dim = model.backbone, model.head[-1].in_features
     recipe = build_recipe(args["strategy"], len(ds.train), k, epochs=args["epochs"], lr=args["lr"],
                           unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
-                          schedule=args["schedule"], augment=bool(args["augment"]))
+                          schedule=args["schedule"], augment=bool(args["augment"]),
+                          **{k: args[k] for k in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if k in args})
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
     if args["augment"] and recipe.uses_cache:
@@ -95,7 +107,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": prefix.stage_names[-1],
               "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
               "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
-              "data_summary": ds.summary(), "args": args}
+              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False), "args": args}
     if resume_state is None and accelerator.is_main_process:
         write_yaml(out / "config.yaml", config)
         (out / "labels.json").write_text(json.dumps(ds.classes))
