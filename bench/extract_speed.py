@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import rehead  # noqa: F401  first, as the CLI does (sets OMP_WAIT_POLICY before torch loads)
 import torch
 from torchvision import datasets, transforms
 
