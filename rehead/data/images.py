@@ -173,7 +173,10 @@ def collate_skip(batch):
     if not good:
         return torch.empty(0, dtype=torch.long), None, torch.empty(0, dtype=torch.long)
     idx, xs, ys = zip(*good)
-    return torch.tensor(idx), torch.stack(xs), torch.tensor(ys)
+    # channels_last: oneDNN's convolutions (depthwise ones above all) run ~1.5-2x faster
+    # on CPU in NHWC, forward and backward; the model follows the input's format.
+    x = torch.stack(xs).contiguous(memory_format=torch.channels_last)
+    return torch.tensor(idx), x, torch.tensor(ys)
 
 
 # -- the pipeline interface (see rehead.data.pipeline) ----------------------------------

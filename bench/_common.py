@@ -1,0 +1,50 @@
+"""Shared bits of the bench scripts: machine notes and writing results JSON."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HYMENOPTERA = Path(os.environ.get("REHEAD_HYMENOPTERA", "/work/shared/datasets/hymenoptera_data"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    import torch
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"nproc": os.cpu_count(), "sched_affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
+            "loadavg": list(os.getloadavg()), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "git_commit": commit,
+            "note": "2 CPU cores shared with other helpers running in parallel: timings are noisy; "
+                    "compared pipelines run interleaved in one process and medians are reported"}
+
+
+def write(name: str, figures: dict, extra: dict | None = None, started: dict | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"name": name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "machine_at_start": started, "machine_at_end": machine(), "figures": figures, **(extra or {})}
+    p = RESULTS / f"{name}.json"
+    p.write_text(json.dumps(out, indent=1, default=str))
+    print(json.dumps(figures, indent=1, default=str))
+    print(f"-> {p}")
+    return p
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
