@@ -56,7 +56,7 @@ def load_dataset(path, modality: str | None = None, **kw) -> Dataset:
     if not p.exists():
         raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, or a CSV")
     if modality is None:
-        modality = infer_modality(p)
+        modality = infer_modality(p, kw.get("text_column") or "text")
     if modality == "image":
         from .images import load_images
         return load_images(p, **kw)
@@ -69,7 +69,7 @@ def load_dataset(path, modality: str | None = None, **kw) -> Dataset:
     raise DataError(f"unknown modality {modality!r}")
 
 
-def infer_modality(p) -> str:
+def infer_modality(p, text_column: str = "text") -> str:
     import csv
     from .images import IMAGE_EXTS
     csvs = [p] if p.is_file() else [p / "train.csv"] if (p / "train.csv").exists() else []
@@ -78,7 +78,7 @@ def infer_modality(p) -> str:
             header = next(csv.reader(f), [])
         if "path" in header:
             return "image"
-        if "text" in header:
+        if text_column in header:
             return "text"
         return "tabular"
     if p.is_dir():

@@ -1,0 +1,38 @@
+"""Shared bits of the text bench scripts: where the data is, machine notes, writing results JSON."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATASETS = Path(os.environ.get("REHEAD_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+if not DATASETS.exists():
+    DATASETS = Path("/work/shared/datasets")
+
+
+def machine() -> dict:
+    import torch
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"nproc": os.cpu_count(), "cpu": cpu, "gpu": gpu, "loadavg": list(os.getloadavg()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def write(name: str, figures: dict, notes: str = "") -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"name": name, "command": " ".join(["python"] + sys.argv),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "machine": machine(), "notes": notes, "figures": figures}
+    p = RESULTS / f"{name}.json"
+    p.write_text(json.dumps(out, indent=1))
+    print(json.dumps(figures, indent=1))
+    return p

@@ -1,0 +1,276 @@
+"""Text: stages of HF encoders/decoders, the text data pipeline, classification strategies,
+domain adaptation (`adapt`), GloVe vectors. Tiny BERT / GPT-2 built here, offline."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+from rehead import zoo
+from rehead.data import DataError, load_dataset
+from tests.conftest import shared_dataset
+
+POS = ["good", "great", "excellent", "wonderful", "superb"]
+NEG = ["bad", "awful", "terrible", "horrible", "dreadful"]
+FILL = ["the", "movie", "was", "really", "quite", "plot", "acting", "film", "story", "overall"]
+
+
+def sentence(rng, words):
+    s = rng.sample(FILL, 4) + [rng.choice(words)]
+    rng.shuffle(s)
+    return " ".join(s)
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def sentiment_rows(n, seed):
+    rng = random.Random(seed)
+    return [(sentence(rng, POS if i % 2 else NEG), "pos" if i % 2 else "neg") for i in range(n)]
+
+
+@pytest.fixture
+def sentiment_folder(tmp_path):
+    d = tmp_path / "sent"
+    d.mkdir()
+    write_csv(d / "train.csv", sentiment_rows(40, 0))
+    write_csv(d / "test.csv", sentiment_rows(16, 1))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT masked LM, random init, with the packaged MiniLM's WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    from rehead.zoo.hf import minilm_path
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForMaskedLM(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A 2-layer GPT-2 causal LM with a 120-token BPE tokenizer trained here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [s for s, _ in sentiment_rows(200, 5)]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<unk>", "<eos>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    cfg = GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    GPT2LMHeadModel(cfg).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+# -- backbones -------------------------------------------------------------------------------
+def test_minilm_through_stages_equals_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+    from rehead.zoo.hf import minilm_path
+    bb = zoo.load("packaged:minilm").eval()
+    assert bb.modality == "text" and bb.stage_names == ["embeddings"] + [f"layer{i}" for i in range(6)]
+    assert bb.data_config["max_length"] == 256 and bb.data_config["pooling"] == "mean"
+    texts = ["Operating profit rose to EUR 13.1 mn", "short", "A longer sentence, padded against the short one."]
+    with torch.inference_mode():
+        ours = bb(bb.tokenize(texts))
+    ref = torch.from_numpy(SentenceTransformer(minilm_path(), device="cpu").encode(texts))
+    cos = torch.nn.functional.cosine_similarity(ours, ref)
+    assert cos.min() > 0.9999, cos
+
+
+@pytest.mark.parametrize("which", ["bert", "gpt2"])
+def test_stages_reproduce_the_hf_model_with_padding(which, tiny_bert_dir, tiny_gpt2_dir):
+    """Stage by stage equals the model's own forward, padded batches included (masks right)."""
+    from transformers import AutoModel
+    d = tiny_bert_dir if which == "bert" else tiny_gpt2_dir
+    bb = zoo.load(f"hf:{d}").eval()
+    ref = AutoModel.from_pretrained(d).eval()
+    inputs = bb.tokenize(["the plot was good", "awful", "the film was quite really terrible overall"])
+    assert (inputs["attention_mask"] == 0).any()
+    with torch.inference_mode():
+        state = bb.begin(inputs)
+        for i in range(len(bb)):
+            state = bb.run_stage(i, state)
+        want = ref(**inputs).last_hidden_state
+    m = inputs["attention_mask"].bool()
+    assert torch.allclose(state[0][m], want[m], atol=1e-5)
+    assert bb.stage_names[-1] == ("layer1" if which == "bert" else "norm")
+    # cut keeps the tokenizer; features at several cuts come from one pass
+    feats = bb.forward_cuts(inputs, [1, 2])
+    assert feats[1].shape == feats[2].shape == (3, 32)
+    assert bb.cut(2).tokenize(["x"])["input_ids"].shape[0] == 1
+
+
+def test_hf_offline_error_says_how_to_use_a_local_dir(monkeypatch):
+    import transformers
+    def boom(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", boom)
+    with pytest.raises(zoo.ModelNotFound, match=r"hf:DIR"):
+        zoo.load("hf:bert-base-uncased")
+    with pytest.raises(zoo.ModelNotFound, match="config.json"):
+        zoo.load(f"hf:{__file__.rsplit('/', 1)[0]}")  # a local dir that is not a model
+
+
+# -- data ------------------------------------------------------------------------------------
+def test_text_data_errors_and_warnings(tmp_path, caplog):
+    bad = write_csv(tmp_path / "a.csv", [("hello", "x")], header=("sentence", "label"))
+    with pytest.raises(DataError, match=r"no column\(s\) 'text'.*--text-column"):
+        load_dataset(bad, modality="text")
+    ds = load_dataset(bad, text_column="sentence", label_column="label", eval_only=True)  # inferred: text
+    assert ds.val.items == ["hello"]
+    once = write_csv(tmp_path / "b.csv", sentiment_rows(10, 0) + [("odd one", "rare")])
+    with pytest.raises(DataError, match="'rare' .* appear only once"):
+        load_dataset(once)
+    single = write_csv(tmp_path / "c.csv", [("a", "x"), ("b", "x")])
+    with pytest.raises(DataError, match="single label"):
+        load_dataset(single)
+    d = tmp_path / "folder"
+    d.mkdir()
+    write_csv(d / "train.csv", sentiment_rows(10, 0) + [("", "pos"), ("odd one", "rare")])
+    write_csv(d / "test.csv", sentiment_rows(4, 1))
+    ds = load_dataset(d)
+    assert ds.modality == "text" and ds.classes == ["neg", "pos", "rare"] and len(ds.train) == 11
+    warnings = " ".join(ds.info["warnings"])
+    assert "empty text were left out (line(s) 12)" in warnings and "'rare' appear only once" in warnings
+    write_csv(d / "test.csv", [("new", "unseen")])
+    with pytest.raises(DataError, match="not in"):
+        load_dataset(d)
+
+
+def test_folder_train_test_and_eval_only(sentiment_folder):
+    ds = load_dataset(sentiment_folder)
+    assert (len(ds.train), len(ds.val)) == (40, 16) and ds.classes == ["neg", "pos"]
+    ev = load_dataset(sentiment_folder, eval_only=True)
+    assert len(ev.train) == 0 and ev.val.items == ds.val.items
+
+
+# -- classification ------------------------------------------------------------------------
+def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    from rehead.features import FeatureCache
+    from rehead.fit import fit
+    run = fit(sentiment_folder, model="packaged:minilm", out=tmp_path / "run", strategy="extract",
+              epochs=30, progress=False, echo=lambda *a: None)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_acc"] >= 0.9
+    entries = FeatureCache().size()["entries"]
+    assert entries == 56
+    # the same data again: every feature from the cache
+    fit(sentiment_folder, model="packaged:minilm", out=tmp_path / "run2", strategy="extract", epochs=5,
+        progress=False, echo=lambda *a: None)
+    assert FeatureCache().size()["entries"] == entries
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "what a wonderful and superb film"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("what a wonderful and superb film: pos 0.")
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(sentiment_folder), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["accuracy"] >= 0.9 and sum(map(sum, res["confusion_matrix"])) == 16
+
+
+def test_gradual_unfreezes_top_blocks_with_lower_lrs(sentiment_folder, tmp_path, tiny_bert_dir):
+    from rehead.fit import fit
+    from rehead.run import Run
+    before = zoo.load(f"hf:{tiny_bert_dir}").state_dict()
+    fit(sentiment_folder, model=f"hf:{tiny_bert_dir}", out=tmp_path / "g", strategy="gradual", epochs=1,
+        unfreeze=2, progress=False, echo=lambda *a: None)
+    run = Run(tmp_path / "g")
+    assert [p["trainable"] for p in run.config["phases"]] == [0, 1, 2]
+    after = run.model.backbone.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"layer0", "layer1"}  # the embeddings never unfroze
+    assert len(run.predict(["a good film"])[0]["top"]) == 2
+
+
+# -- domain adaptation ---------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["gpt2", "bert"])
+def test_adapt_lowers_heldout_perplexity_and_fit_takes_the_result(which, tmp_path, sentiment_folder,
+                                                                   tiny_bert_dir, tiny_gpt2_dir):
+    from rehead.adapt import adapt
+    from rehead.fit import fit
+    from rehead.run import Run
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(s for s, _ in sentiment_rows(120, 3)) + "\n\n")
+    d = tiny_gpt2_dir if which == "gpt2" else tiny_bert_dir
+    rep = adapt(corpus, f"hf:{d}", tmp_path / "lm", epochs=3, lr=3e-3, batch_size=16, progress=False,
+                echo=lambda *a: None)
+    assert rep["objective"] == ("causal" if which == "gpt2" else "masked")
+    assert rep["perplexity_after"] < 0.7 * rep["perplexity_before"], rep
+    assert (rep["train_passages"], rep["heldout_passages"]) == (108, 12)
+    bb = zoo.load(str(tmp_path / "lm"))
+    assert bb.modality == "text" and bb.family == which
+    orig = zoo.load(f"hf:{d}")
+    w = "stages.embeddings." + ("wte.weight" if which == "gpt2" else "embeddings.word_embeddings.weight")
+    assert not torch.equal(bb.state_dict()[w], orig.state_dict()[w])  # the adapted weights, not the originals
+    with pytest.raises(Exception, match="not empty"):
+        adapt(corpus, f"hf:{d}", tmp_path / "lm", progress=False, echo=lambda *a: None)
+    fit(sentiment_folder, model=str(tmp_path / "lm"), out=tmp_path / "cls", strategy="finetune", epochs=1,
+        unfreeze=1, progress=False, echo=lambda *a: None)
+    assert Run(tmp_path / "cls").predict(["good"])[0]["top"][0]["label"] in ("pos", "neg")
+
+
+def test_adapt_cli_and_clear_errors(tmp_path, tiny_gpt2_dir):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    corpus = tmp_path / "c.csv"
+    write_csv(corpus, sentiment_rows(30, 0))
+    r = CliRunner().invoke(app, ["adapt", str(corpus), "--model", f"hf:{tiny_gpt2_dir}", "--out",
+                                 str(tmp_path / "lm"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "held-out perplexity" in r.output and "rehead fit DATA --model" in r.output
+    r = CliRunner().invoke(app, ["adapt", str(corpus), "--model", "packaged:efficientnet_lite0", "--out",
+                                 str(tmp_path / "x")])
+    assert r.exit_code == 2 and "adapt needs a transformers language model" in r.output
+    (tmp_path / "one.txt").write_text("only one line\n")
+    r = CliRunner().invoke(app, ["adapt", str(tmp_path / "one.txt"), "--model", f"hf:{tiny_gpt2_dir}",
+                                 "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "need at least 2" in r.output
+
+
+# -- GloVe -----------------------------------------------------------------------------------
+def test_glove_vectors_as_a_frozen_baseline(tmp_path, sentiment_folder):
+    from rehead.fit import fit
+    from rehead.run import Run
+    rng = torch.Generator().manual_seed(0)
+    lines = ["7 4"]  # word2vec header: count dim
+    for w in POS + NEG + FILL[:2]:
+        v = torch.randn(4, generator=rng) * 0.1 + (torch.tensor([1.0, 0, 0, 0]) if w in POS else
+                                                   torch.tensor([-1.0, 0, 0, 0]) if w in NEG else 0)
+        lines.append(w + " " + " ".join(f"{x:.4f}" for x in v.tolist()))
+    vec = tmp_path / "vectors.txt"
+    vec.write_text("\n".join(lines) + "\n")
+    bb = zoo.load(f"glove:{vec}")
+    x = bb.tokenize(["The GOOD film", "zzz"])
+    assert x["attention_mask"].tolist()[1] == [0, 0, 0]  # unknown words are left out of the pooling
+    assert bb(x).shape == (2, 8)  # mean and max
+    fit(sentiment_folder, model=f"glove:{vec}", out=tmp_path / "run", strategy="extract", epochs=40, lr=3e-2,
+        progress=False, echo=lambda *a: None)
+    run = Run(tmp_path / "run")
+    assert run.predict(["a superb plot"])[0]["top"][0]["label"] == "pos"
+    assert run.evaluate(*run.val_split())["accuracy"] >= 0.9
+    vec.write_text("good 1 2\nbad 1\n")
+    with pytest.raises(zoo.ModelNotFound, match=":2 has 1 numbers"):
+        zoo.load(f"glove:{vec}")
+
+
+def test_real_financial_phrasebank_loads_with_its_test_split():
+    d = shared_dataset("financial_phrasebank_allagree")
+    ds = load_dataset(d)
+    assert ds.classes == ["negative", "neutral", "positive"]
+    assert (len(ds.train), len(ds.val)) == (1812, 452)
