@@ -113,7 +113,9 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
-    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"],
+    # A head on cached features costs milliseconds an epoch: stop it once val stops improving.
+    patience = args["patience"] if args["patience"] is not None else (15 if recipe.uses_cache else None)
+    trainer = Trainer(TrainConfig(seed=args["seed"], patience=patience,
                                   progress=progress, hooks=hooks),
                       run_dir=out, accelerator=accelerator)
     cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
