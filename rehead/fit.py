@@ -16,7 +16,7 @@ from .heads import make_head
 from .model import TransferModel
 from .recipes import build_recipe
 from .run import Run, prepare_run_dir, read_config, save_weights, write_yaml
-from .train.loop import IndexedTensors, Phase, TrainConfig, Trainer, seed_everything
+from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 
 log = logging.getLogger("rehead")
 
@@ -97,10 +97,10 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
                           **{k: args[k] for k in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if k in args})
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
-    if args["augment"] and recipe.uses_cache:
+    if args["augment"] and recipe.strategy == "extract":
         echo("note: --augment is ignored by --strategy extract (features are cached once); "
-             "use --strategy head to train on augmented images")
-    if args["augment"] and not recipe.uses_cache:
+             "use --strategy head or finetune to train on augmented images")
+    elif args["augment"]:
         echo("augmentation on: features are computed live each epoch, not cached")
     head_cfg = {"kind": args["head"], "in_dim": int(in_dim), "out_dim": len(ds.classes),
                 "hidden": args["hidden"], "dropout": args["dropout"]}
@@ -113,16 +113,18 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
-    # A head on cached features costs milliseconds an epoch: stop it once val stops improving.
-    patience = args["patience"] if args["patience"] is not None else (15 if recipe.uses_cache else None)
-    trainer = Trainer(TrainConfig(seed=args["seed"], patience=patience,
-                                  progress=progress, hooks=hooks),
+    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks),
                       run_dir=out, accelerator=accelerator)
-    cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
+    info, features = {}, None
     if recipe.uses_cache:
-        info = _fit_on_features(model, ds, recipe.phases, trainer, cache, args, progress, echo, resume_state)
-    else:
-        info = _fit_live(model, ds, recipe.phases, trainer, args, echo, resume_state)
+        cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
+        features, info = _cached_features(model, ds, cache, args, progress, echo)
+    make_loader = None
+    if any(not p.on_features for p in recipe.phases):
+        make_loader = _live_loaders(model, ds, args, echo)
+    resume = trainer.load_checkpoint() if resume_state is not None else None
+    trainer.fit(model, "train", "val", recipe.phases, batch_size=args["batch_size"], make_loader=make_loader,
+                features=features, resume=resume)
     if not trainer.acc.is_main_process:
         return None
     save_weights(model, out / "model.safetensors")
@@ -143,28 +145,25 @@ def _example(backbone):
     return pipeline(backbone.modality).example_input(backbone)
 
 
-def _fit_on_features(model, ds, phases, trainer, cache, args, progress, echo, resume_state) -> dict:
+def _cached_features(model, ds, cache, args, progress, echo):
+    """(train, val) datasets of the prefix's features, through the shared cache."""
     k = len(model.backbone)
-    feats, y = {}, {}
-    skipped = []
     t0 = time.perf_counter()
+    out, skipped = [], []
     for split in ("train", "val"):
         s = getattr(ds, split)
         f, kept, sk = extract(model.backbone, s.items, [k], cache, batch_size=args["batch_size"],
                               workers=args["workers"], strict=args["strict"], progress=progress,
                               desc=f"extract {split}")
-        feats[split], y[split] = f[k], torch.tensor([s.labels[i] for i in kept])
+        out.append(IndexedTensors(f[k], torch.tensor([s.labels[i] for i in kept])))
         skipped += sk
     if skipped:
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    extract_s = time.perf_counter() - t0
-    resume = trainer.load_checkpoint() if resume_state is not None else None
-    trainer.fit(model.head, IndexedTensors(feats["train"], y["train"]), IndexedTensors(feats["val"], y["val"]),
-                phases, batch_size=args["batch_size"], resume=resume)
-    return {"extract_seconds": extract_s, "skipped": skipped}
+    return tuple(out), {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}
 
 
-def _fit_live(model, ds, phases: list[Phase], trainer, args, echo, resume_state) -> dict:
+def _live_loaders(model, ds, args, echo):
+    """``make_loader(split, shuffle, generator)`` for phases that run the backbone live."""
     pipe = pipeline(model.backbone.modality)
     if hasattr(pipe, "check_items"):
         bad = pipe.check_items(ds, strict=args["strict"])
@@ -177,9 +176,7 @@ def _fit_live(model, ds, phases: list[Phase], trainer, args, echo, resume_state)
         return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=args["batch_size"],
                                 workers=args["workers"], shuffle=shuffle, generator=generator,
                                 transform=train_tf if split == "train" else None, strict=args["strict"])
-    resume = trainer.load_checkpoint() if resume_state is not None else None
-    trainer.fit(model, "train", "val", phases, make_loader=make_loader, resume=resume)
-    return {}
+    return make_loader
 
 
 def _resume(out: Path, echo, progress, accelerator) -> Run:

@@ -50,24 +50,33 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
     def ph(name, ep, lr_, trainable, **kw):
         return Phase(name, ep, lr_, trainable=trainable, **{"schedule": schedule, **phase_kw, **kw})
 
+    def head_phase(ep=None, lr_=None):
+        # Without augmentation the frozen prefix gives the same features every epoch: train the
+        # head on cached features (milliseconds an epoch) until val stops improving.
+        if augment:
+            return ph("head", ep or max(1, (epochs or 6) // 3), lr_ or lr or 3e-3, 0)
+        return ph("head", 60, lr_ or lr or 3e-3, 0, on_features=True, patience=15,
+                  schedule="constant" if schedule == "onecycle" else schedule)
+
     if strategy == "extract":
-        phases = [ph("head", epochs or 60, lr or 3e-3, 0, schedule="constant" if schedule == "onecycle" else schedule)]
-        return Recipe("extract", phases, reason, uses_cache=True)
+        return Recipe("extract", [ph("head", epochs or 60, lr or 3e-3, 0, on_features=True, patience=15,
+                                     schedule="constant" if schedule == "onecycle" else schedule)],
+                      reason, uses_cache=True)
     if strategy == "head":
         phases = [ph("head", epochs or 8, lr or 3e-3, 0)]
     elif strategy == "finetune":
         unfreeze = min(unfreeze, depth) if unfreeze >= 0 else depth
         e = epochs or 5
         top = lr or 1e-3
-        # fastai fine_tune: frozen epoch(s) at lr, then unfrozen at lr/2 spread down the stages.
-        phases = [ph("head", max(1, e // 3), top, 0),
+        # fastai fine_tune: the head first, then the unfrozen stages at a much lower LR, spread down.
+        phases = [head_phase(),
                   ph(f"unfreeze{unfreeze}", e, top / 10, unfreeze, lr_decay=lr_decay, lr_min=lr_min)]
     elif strategy == "gradual":
         e = epochs or 2
         top = lr or 1e-3
         n = min(unfreeze if unfreeze > 0 else depth, depth)
-        phases = [ph("head", e, top, 0)]
+        phases = [head_phase(e)]
         phases += [ph(f"unfreeze{k}", e, top / (2 * k), k, lr_decay=lr_decay, lr_min=lr_min) for k in range(1, n + 1)]
     else:  # full
         phases = [ph("full", epochs or 10, lr or 1e-3, -1, lr_decay=lr_decay, lr_min=lr_min)]
-    return Recipe(strategy, phases, reason)
+    return Recipe(strategy, phases, reason, uses_cache=any(p.on_features for p in phases))

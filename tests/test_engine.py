@@ -79,9 +79,11 @@ def test_phases_train_the_unfrozen_stages_only(tmp_path, image_folder, tiny_spec
 
 def test_finetune_and_gradual_run_their_phases(tmp_path, image_folder, tiny_spec):
     _fit(image_folder, tmp_path / "ft", tiny_spec, strategy="finetune", epochs=2, unfreeze=1, batch_size=8)
-    rows = (tmp_path / "ft" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["head", "unfreeze1", "unfreeze1"]
-    _fit(image_folder, tmp_path / "gr", tiny_spec, strategy="gradual", epochs=1, unfreeze=2, batch_size=8)
+    phases = [r.split(",")[0] for r in (tmp_path / "ft" / "metrics.csv").read_text().splitlines()[1:]]
+    # without augmentation the head phase trains on cached features, then the live phase
+    assert set(phases[:-2]) == {"head"} and phases[-2:] == ["unfreeze1", "unfreeze1"]
+    _fit(image_folder, tmp_path / "gr", tiny_spec, strategy="gradual", epochs=1, unfreeze=2, batch_size=8,
+         augment="light")
     phases = [r.split(",")[0] for r in (tmp_path / "gr" / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["head", "unfreeze1", "unfreeze2"]
 

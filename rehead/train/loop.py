@@ -35,6 +35,8 @@ class Phase:
     sgdr_cycle: float = 1.0     # first restart cycle length, epochs
     sgdr_mult: float = 2.0      # each next cycle this many times longer
     weight_decay: float = 0.01
+    on_features: bool = False   # train the head alone on cached features of the frozen prefix
+    patience: int | None = None  # early stopping for this phase (else TrainConfig.patience)
 
 
 SCHEDULES = ("onecycle", "cosine", "sgdr", "constant")
@@ -132,12 +134,16 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, model, train_data, val_data, phases: list[Phase], batch_size: int = 32,
-            make_loader=None, resume: dict | None = None) -> list[dict]:
+            make_loader=None, resume: dict | None = None, features=None) -> list[dict]:
         """Train ``model`` through ``phases``. ``train_data``/``val_data`` are torch Datasets
-        (or anything ``make_loader(data, shuffle, generator)`` accepts). Returns the history."""
+        (or anything ``make_loader(data, shuffle, generator)`` accepts). ``features``: (train, val)
+        datasets of cached features, for phases ``on_features`` (``model.head`` trains on them).
+        Returns the history."""
         cfg, acc = self.cfg, self.acc
-        make_loader = make_loader or (lambda data, shuffle, generator: torch.utils.data.DataLoader(
-            data, batch_size=batch_size, shuffle=shuffle, generator=generator))
+
+        def tensor_loader(data, shuffle, generator):
+            return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+        make_loader = make_loader or tensor_loader
         seed_everything(cfg.seed)
         start_phase, start_epoch, best, bad = 0, 0, None, 0
         if resume:
@@ -149,15 +155,23 @@ class Trainer:
         if self.run_dir and (self.run_dir / "best.safetensors").exists() and resume:
             from safetensors.torch import load_file
             best_state = load_file(str(self.run_dir / "best.safetensors"))
-        val_loader = acc.prepare_data_loader(make_loader(val_data, False, None))
+        val_loaders = {}
         outer = tqdm(total=sum(p.epochs for p in phases), initial=len(self.history), desc="epochs", unit="ep",
                      disable=not (cfg.progress and acc.is_local_main_process))
         for pi, ph in enumerate(phases):
             if pi < start_phase:
                 continue
             base = _unwrap(model)
+            on_feats = ph.on_features and features is not None
             if hasattr(base, "set_trainable_last"):
-                base.set_trainable_last(ph.trainable)
+                base.set_trainable_last(0 if on_feats else ph.trainable)
+            net = base.head if on_feats else base
+            tr_data, va_data = features if on_feats else (train_data, val_data)
+            loader_fn = tensor_loader if on_feats else make_loader
+            if on_feats not in val_loaders:
+                val_loaders[on_feats] = acc.prepare_data_loader(loader_fn(va_data, False, None))
+            val_loader = val_loaders[on_feats]
+            patience = ph.patience if ph.patience is not None else cfg.patience
             groups = (base.param_groups(ph.lr, ph.lr_decay, ph.weight_decay, ph.lr_min)
                       if hasattr(base, "param_groups") else
                       [{"params": [p for p in base.parameters() if p.requires_grad], "lr": ph.lr,
@@ -165,7 +179,7 @@ class Trainer:
             for g in groups:
                 g["initial_lr"] = g["lr"]
             opt = torch.optim.AdamW(groups)
-            wrapped = acc.prepare_model(base)
+            wrapped = acc.prepare_model(net)
             opt = acc.prepare_optimizer(opt)
             resuming_here = resume is not None and pi == start_phase
             e0 = start_epoch if resuming_here else 0
@@ -174,12 +188,12 @@ class Trainer:
                 set_rng_state(resume["rng"])
             else:
                 bad = 0
-            if e0 >= ph.epochs or (cfg.patience and bad >= cfg.patience):
+            if e0 >= ph.epochs or (patience and bad >= patience):
                 continue
             steps_per_epoch = None
             for epoch in range(e0, ph.epochs):
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + pi * 1009 + epoch)
-                train_loader = acc.prepare_data_loader(make_loader(train_data, True, gen))
+                train_loader = acc.prepare_data_loader(loader_fn(tr_data, True, gen))
                 steps_per_epoch = steps_per_epoch or max(1, len(train_loader))
                 total = steps_per_epoch * ph.epochs
                 t0 = time.perf_counter()
@@ -201,8 +215,8 @@ class Trainer:
                     self._save_best(best_state)
                 else:
                     bad += 1
-                self._save_ckpt(wrapped, opt, pi, epoch, best, bad)
-                if cfg.patience and bad >= cfg.patience:
+                self._save_ckpt(base, opt, pi, epoch, best, bad)
+                if patience and bad >= patience:
                     break
         outer.close()
         if best_state is not None and cfg.select_best:  # best-checkpoint selection over the whole run
