@@ -68,7 +68,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if fmt == "onnx":
         meta["opset"] = opset
     sidecar.write_text(json.dumps(meta, indent=1))
-    return {"model": str(out), "sidecar": str(sidecar), **meta}
+    return {**meta, "path": str(out), "sidecar": str(sidecar)}
 
 
 def load_exported(path):
@@ -78,7 +78,9 @@ def load_exported(path):
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: sess.run(["logits"], {"input": x})[0]
-    m = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated; it still works
+        m = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(x):
         with torch.no_grad():

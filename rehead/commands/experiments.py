@@ -103,5 +103,5 @@ def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", he
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
-    typer.echo(f"{res['model']}  (input {res['input']['shape']}, {len(res['labels'])} classes)")
+    typer.echo(f"{res['path']}  (input {res['input']['shape']}, {len(res['labels'])} classes)")
     typer.echo(f"{res['sidecar']}  (preprocessing and label map)")
