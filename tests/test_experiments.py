@@ -25,10 +25,10 @@ def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec,
     from rehead.experiments.probe import probe
     depth = len(zoo.load(tiny_spec))
     calls = _count_stage_runs(monkeypatch)
-    res = probe(str(image_folder), model=tiny_spec, cuts="all", out=tmp_path / "p", batch_size=64, workers=0,
+    res = probe(str(image_folder), model=tiny_spec, cuts="all", out=tmp_path / "p", batch_size=8, workers=0,
                 progress=False, echo=lambda *_: None)
-    # One batch per split, each through every stage once: not once per cut.
-    assert calls["n"] == 2 * depth
+    # 20 images in batches of 8: each batch through every stage once, not once per cut.
+    assert calls["n"] == 3 * depth
     assert [r["cut"] for r in res["rows"]] == list(range(1, depth + 1))
     assert all(0 <= r["val_acc"] <= 1 for r in res["rows"])
     best = res["best"]
@@ -42,6 +42,11 @@ def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec,
     probe(str(image_folder), model=tiny_spec, cuts="1,3", out=tmp_path / "p2", workers=0, progress=False,
           echo=lambda *_: None)
     assert calls["n"] == 0
+    # `rehead fit --cut N` (a prefix of the backbone) reuses the probe's features for that depth.
+    from rehead.fit import fit
+    fit(str(image_folder), model=tiny_spec, cut=2, out=tmp_path / "f", strategy="extract", epochs=1,
+        workers=0, progress=False, echo=lambda *_: None)
+    assert calls["n"] == 2  # only the one example pass fit makes to size its head
 
 
 def test_parse_cuts_accepts_indices_ranges_and_names(tiny_spec):

@@ -63,17 +63,21 @@ def linear_probe(x_train, y_train, x_val, y_val, C: float = 1.0, seed: int = 0) 
 
 def split_features(backbone, ds, cuts: list[int], cache, batch_size: int, workers: int, strict: bool,
                    progress: bool, echo=print) -> tuple[dict, dict, dict]:
-    """Features of both splits at every cut from one pass each: ({split: {cut: X}}, {split: y}, info)."""
+    """Features of both splits at every cut: ({split: {cut: X}}, {split: y}, info).
+
+    One ``extract`` call over train + val together: one data loader, one forward pass per sample."""
     from ..features import extract
-    feats, ys, skipped = {}, {}, []
     t0 = time.perf_counter()
-    for split in ("train", "val"):
-        s = getattr(ds, split)
-        f, kept, sk = extract(backbone, s.items, cuts, cache, batch_size=batch_size, workers=workers,
-                              strict=strict, progress=progress, desc=f"extract {split}")
-        feats[split] = {k: v.numpy() for k, v in f.items()}
-        ys[split] = np.array([s.labels[i] for i in kept])
-        skipped += sk
+    n_train = len(ds.train)
+    items, labels = ds.train.items + ds.val.items, ds.train.labels + ds.val.labels
+    f, kept, skipped = extract(backbone, items, cuts, cache, batch_size=batch_size, workers=workers, strict=strict,
+                               progress=progress, desc="extract")
+    kept = np.asarray(kept, dtype=np.int64)
+    is_train = kept < n_train
+    feats = {split: {k: v.numpy()[mask] for k, v in f.items()}
+             for split, mask in (("train", is_train), ("val", ~is_train))}
+    y = np.asarray(labels)[kept] if len(kept) else np.zeros(0, dtype=np.int64)
+    ys = {"train": y[is_train], "val": y[~is_train]}
     if skipped:
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]))
     return feats, ys, {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}

@@ -64,7 +64,7 @@ def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="run
     probe_s = time.perf_counter() - t_probe
     # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
     best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
-    source = ds.source if not isinstance(data, Dataset) else "DATA"
+    source = ds.source
     result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
                        "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}"},
               "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
