@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from . import linear_probe, split_features, start_run, write_results
 from .logme import logme
