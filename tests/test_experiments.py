@@ -165,3 +165,18 @@ def test_packaged_lite_variants_map_every_key(v):
     assert set(mapped) == set(target) and all(mapped[k].shape == target[k].shape for k in target)
     bb = zoo.load(f"packaged:efficientnet_lite{v}")
     assert bb.data_config["input_size"] == {1: 240, 2: 260}[v] and bb.data_config["mean"] == [0.5] * 3
+
+
+def test_probe_cli_prints_the_best_depth_and_writes_the_report(tmp_path, tiny_spec, image_folder):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    out = tmp_path / "p"
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--cuts", "1,2", "--out", str(out),
+                                 "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "best depth: cut" in r.output and "rehead fit" in r.output and (out / "report.html").exists()
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--cuts", "99", "--out",
+                                 str(tmp_path / "q"), "--quiet"])
+    assert r.exit_code == 2 and "error: cut must be between 1 and" in r.output
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--out", str(out), "--quiet"])
+    assert r.exit_code == 2 and "--overwrite" in r.output
