@@ -44,7 +44,10 @@ class FeatureCache:
 
     # -- keys ------------------------------------------------------------------
     def model_key(self, backbone, cut: int) -> str:
-        parts = [backbone.spec, backbone.weights_id, str(cut), backbone.preprocessing_id()]
+        # Features at cut k depend on the first k stages only: key them by that prefix's weights,
+        # so a probe over every depth (full backbone) and `fit --cut k` (the prefix) share entries.
+        wid = backbone.weights_id if cut == len(backbone) else backbone.cut(cut).weights_id
+        parts = [backbone.spec, wid, str(cut), backbone.preprocessing_id()]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
     def file_digest(self, path: str) -> str:

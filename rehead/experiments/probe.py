@@ -1,0 +1,78 @@
+"""Cut-depth sweep (Yosinski et al. 2014): how transferable is each depth of a backbone?
+
+Features after every chosen cut come from ONE forward pass per sample (``Backbone.forward_cuts``)
+and are cached; a linear probe is then fit per depth. The best depth is named with the
+``rehead fit --cut N`` command that uses it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from . import linear_probe, split_features, start_run, write_results
+
+
+def parse_cuts(cuts, backbone) -> list[int]:
+    """``all``, a list like ``1,3,5`` or stage names, or ranges like ``3-9``; as stage counts."""
+    if cuts in (None, "all"):
+        return list(range(1, len(backbone) + 1))
+    parts = cuts.split(",") if isinstance(cuts, str) else list(cuts)
+    out = []
+    for p in parts:
+        p = str(p).strip()
+        m = re.fullmatch(r"(\w+)-(\w+)", p)
+        if m:
+            a, b = m.groups()
+            out += range(backbone.stage_index(a), backbone.stage_index(b) + 1)
+        elif p:
+            out.append(backbone.stage_index(p))
+    if not out:
+        raise ValueError(f"no cuts in {cuts!r}: give 'all', indices like 3,5,9, a range like 3-9, or stage names")
+    return sorted(set(out))
+
+
+def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="runs/probe", C: float = 1.0,
+          batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
+          cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
+          overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
+    """Train a linear head at each cut depth; returns ``results.json``'s content."""
+    from .. import zoo
+    from ..data import Dataset, load_dataset
+    from ..features import FeatureCache
+    t_start = time.perf_counter()
+    ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
+                                                             **(data_kw or {}))
+    backbone = zoo.load(model)
+    ks = parse_cuts(cuts, backbone)
+    args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
+            "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size, "data_kw": data_kw}
+    out = start_run(out, "probe", {"model": model, "cuts": ks, "stage_names": backbone.stage_names,
+                                   "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
+                                   "data_config": backbone.data_config, "data_summary": ds.summary(),
+                                   "args": args}, overwrite=overwrite)
+    (out / "labels.json").write_text(json.dumps(ds.classes))
+    cache = FeatureCache(cache_dir) if use_cache else None
+    feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
+    t_probe = time.perf_counter()
+    rows = []
+    for k in ks:
+        r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+        rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]), **r})
+        echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}")
+    probe_s = time.perf_counter() - t_probe
+    # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
+    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
+    source = ds.source
+    result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
+                       "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}"},
+              "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
+              "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
+              "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
+    write_results(out, rows, result)
+    from ..report.plots import plot_probe
+    plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}")
+    echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
+         f"{result['best']['fit_command']}")
+    return {"rows": rows, **result, "dir": str(out)}

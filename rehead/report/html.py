@@ -1,0 +1,236 @@
+"""One self-contained ``report.html`` per run: every image is embedded as a data: URI, no
+script, no stylesheet or font fetched, so it opens offline and can be mailed as one file.
+
+What a report shows depends on the run's ``kind`` (config.yaml): a fit run gets its
+learning curves, LR finder, confusion matrix and a gallery of val predictions; probe,
+rank and compare runs get their results table and plot. The plots are also written
+next to the report as PNG files.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import io
+import json
+from html import escape
+from pathlib import Path
+
+import yaml
+
+from . import plots
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.muted{color:#777;font-size:.9em}table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}
+tr.best td{background:#fff3d6;font-weight:600}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em;max-height:30em}
+img.plot{max-width:100%;border:1px solid #eee}.finding{background:#eef6ff;border-left:4px solid #1f77b4;padding:.6em 1em}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:132px;font-size:.72em;border:4px solid;border-radius:4px;padding:3px;overflow:hidden}
+.card.ok{border-color:#2e7d32}.card.bad{border-color:#c62828}.card img{width:100%;display:block}
+.card .t{max-height:9em;overflow:hidden;white-space:pre-wrap}
+"""
+
+
+def data_uri(png_path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png_path).read_bytes()).decode()
+
+
+def img(png_path: Path, alt: str) -> str:
+    return f'<img class="plot" src="{data_uri(png_path)}" alt="{escape(alt)}">'
+
+
+def table(rows: list[dict], cols: list[str] | None = None, best=None, left=()) -> str:
+    """An HTML table; ``best(row) -> bool`` highlights rows; columns in ``left`` align left."""
+    if not rows:
+        return "<p class='muted'>no rows</p>"
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+        return escape(str(v)) if v is not None else ""
+    head = "".join(f"<th class='{'l' if c in left else ''}'>{escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr class='{'best' if best and best(r) else ''}'>"
+        + "".join(f"<td class='{'l' if c in left else ''}'>{fmt(r.get(c))}</td>" for c in cols) + "</tr>"
+        for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def kv_table(d: dict) -> str:
+    return table([{"key": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v} for k, v in d.items()],
+                 ["key", "value"], left=("key", "value"))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+            except (ValueError, AttributeError):
+                pass
+    return rows
+
+
+# -- sections per kind ---------------------------------------------------------------------
+def _fit_sections(d: Path, cfg: dict, gallery: int, echo) -> list[tuple[str, str]]:
+    secs = []
+    if (d / "summary.json").exists():
+        s = json.loads((d / "summary.json").read_text())
+        secs.append(("Metrics", kv_table({k: v for k, v in s.items() if k != "skipped"})))
+    if (d / "metrics.csv").exists():
+        rows = read_csv(d / "metrics.csv")
+        if rows:
+            p = plots.plot_curves(rows, d / "curves.png")
+            secs.append(("Learning curves",
+                         img(p, "learning curves") + "<p class='muted'>dashed lines: phase boundaries</p>"
+                         + "<details><summary>per-epoch table</summary>" + table(rows) + "</details>"))
+    lr = _lr_find(d)
+    if lr:
+        secs.append(("Learning-rate finder", lr))
+    secs += _evaluation_sections(d, gallery, echo)
+    return secs
+
+
+def _lr_find(d: Path) -> str:
+    j, p = d / "lr_find.json", d / "lr_find.png"
+    note = ""
+    if j.exists():
+        lf = json.loads(j.read_text())
+        if not p.exists():
+            plots.plot_lr_find(lf["lrs"], lf["losses"], lf.get("suggested"), p)
+        if lf.get("suggested"):
+            note = f"<p>suggested learning rate: <b>{lf['suggested']:.3g}</b></p>"
+    return (img(p, "learning-rate finder") + note) if p.exists() else ""
+
+
+def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
+    from ..run import Run
+    try:
+        run = Run(d)
+        items, labels = run.val_split()
+        missing = [i for i in items if run.modality == "image" and not Path(i).exists()]
+        if missing:
+            return [("Validation predictions", f"<p class='muted'>{len(missing)} val image(s) are no longer at "
+                                               f"their paths (e.g. {escape(missing[0])}): no confusion matrix "
+                                               "or gallery</p>")]
+        echo(f"evaluating {len(items)} val samples for the confusion matrix and gallery")
+        res = run.evaluate(items, labels)
+    except Exception as e:  # a report should still come out for a run that cannot be re-evaluated
+        return [("Validation predictions", f"<p class='muted'>could not evaluate the run: {escape(str(e))}</p>")]
+    p = plots.plot_confusion(res["confusion_matrix"], res["classes"], d / "confusion.png")
+    per_class = [{"class": c, **{k: (int(v) if k == "support" else v) for k, v in m.items()}}
+                 for c, m in res["per_class"].items()]
+    secs = [("Confusion matrix", f"<p>accuracy <b>{res['accuracy']:.4f}</b> on {res['n']} val samples</p>"
+             + img(p, "confusion matrix") + table(per_class, left=("class",)))]
+    secs.append(("Validation predictions", _gallery(res, run.modality, gallery)))
+    return secs
+
+
+def _gallery(res: dict, modality: str, limit: int) -> str:
+    """Mistakes first, the most confident first; then correct ones, the least confident first."""
+    cards = list(zip(res["items"], res["predictions"], res["targets"], res["probs"]))
+    wrong = sorted((c for c in cards if c[1] != c[2]), key=lambda c: -c[3])
+    right = sorted((c for c in cards if c[1] == c[2]), key=lambda c: c[3])
+    shown = (wrong + right)[:limit]
+    classes = res["classes"]
+    html = [f"<p>{len(wrong)} mistake(s) of {len(cards)}; showing {len(shown)}: "
+            "<span style='color:#c62828'>wrong</span> (most confident first), then "
+            "<span style='color:#2e7d32'>correct</span> (least confident first)</p><div class='gallery'>"]
+    for item, pred, true, prob in shown:
+        body = _thumb(item) if modality == "image" else f"<div class='t'>{escape(str(item)[:300])}</div>"
+        html.append(f"<div class='card {'ok' if pred == true else 'bad'}'>{body}"
+                    f"<div>pred <b>{escape(classes[pred])}</b> {prob:.2f}</div>"
+                    f"<div>true {escape(classes[true])}</div></div>")
+    return "".join(html) + "</div>"
+
+
+def _thumb(path: str, side: int = 128) -> str:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (side, side))
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=80)
+    except Exception:  # noqa: BLE001
+        return "<div class='t'>(unreadable)</div>"
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return f'<img src="{uri}" alt="{escape(Path(path).name)}">'
+
+
+def _results(d: Path) -> dict:
+    p = d / "results.json"
+    if not p.exists():
+        from ..run import BadRun
+        raise BadRun(f"{d} has no results.json: the experiment did not finish")
+    return json.loads(p.read_text())
+
+
+def _probe_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
+    r = _results(d)
+    b = r["best"]
+    find = (f"<p class='finding'>best depth: <b>cut {b['cut']} ({escape(b['stage'])})</b>, val accuracy "
+            f"{b['val_acc']:.4f}. Use it: <code>{escape(b['fit_command'])}</code></p>")
+    timing = (f"<p class='muted'>features for all {len(r['rows'])} depths from one pass: "
+              f"{r['extract_seconds']:.1f}s; {len(r['rows'])} probes: {r['probe_seconds']:.1f}s</p>")
+    cols = ["cut", "stage", "dim", "train_acc", "val_acc", "val_loss", "fit_seconds"]
+    return [("Best depth", find), ("Accuracy against depth", img(d / "probe.png", "probe plot")
+             + table(r["rows"], cols, best=lambda x: x["cut"] == b["cut"], left=("stage",)) + timing)]
+
+
+def _rank_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
+    r = _results(d)
+    a = r.get("agreement", {})
+    tau = a.get("kendall_tau")
+    find = (f"<p class='finding'>best by LogME: <b>{escape(r['best'])}</b>"
+            + (f"; Kendall tau between LogME and probe accuracy: {tau:+.2f}" if tau is not None else "")
+            + ("; the probe agrees on the best" if a.get("same_best") else "; the probe prefers another") + "</p>")
+    cols = ["rank", "model", "cut", "stage", "dim", "input_size", "logme", "probe_val_acc", "probe_train_acc", "seconds"]
+    secs = [("Ranking", find + img(d / "rank.png", "rank plot")
+             + table(r["rows"], cols, best=lambda x: x["rank"] == 1, left=("model", "stage")))]
+    if r.get("unavailable"):
+        secs.append(("Not loadable here", table(r["unavailable"], left=("model", "reason"))))
+    return secs
+
+
+def _compare_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
+    r = _results(d)
+    cols = ["fraction", "n_train", "arm", "val_acc", "val_loss", "strategy", "epochs", "seconds"]
+    return [("Transfer vs scratch", f"<p class='finding'>{escape(r['finding']['text'])}</p>"
+             + img(d / "compare.png", "compare plot") + table(r["rows"], cols, left=("arm", "strategy")))]
+
+
+SECTIONS = {"fit": _fit_sections, "probe": _probe_sections, "rank": _rank_sections, "compare": _compare_sections}
+
+
+def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
+    """Write ``report.html`` (and the PNG plots) for a run directory; returns the report's path."""
+    from ..run import read_config
+    d = Path(run_dir)
+    cfg = read_config(d)
+    kind = cfg.get("kind", "fit")
+    if kind not in SECTIONS:
+        from ..run import BadRun
+        raise BadRun(f"{d} is a {kind!r} run: reports exist for {', '.join(SECTIONS)}")
+    secs = SECTIONS[kind](d, cfg, gallery, echo)
+    summary = cfg.get("data_summary")
+    if summary:
+        secs.append(("Data", kv_table(summary)))
+    secs.append(("Configuration", "<pre>" + escape(yaml.safe_dump(
+        {k: v for k, v in cfg.items() if k != "data_summary"}, sort_keys=False)) + "</pre>"))
+    title = f"rehead {kind}: {d.resolve().name}"
+    model = cfg.get("model") or ", ".join(cfg.get("models", []))
+    body = "".join(f"<h2>{escape(t)}</h2>\n{h}\n" for t, h in secs)
+    html = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{escape(title)}</title>\n"
+            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
+            f"<p class='muted'>{escape(str(model))} &middot; {escape(str(d))} &middot; report written "
+            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>\n{body}</body>\n</html>\n")
+    out = Path(out) if out else d / "report.html"
+    out.write_text(html, encoding="utf-8")
+    return out

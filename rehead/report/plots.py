@@ -1,0 +1,126 @@
+"""Plots as PNG files (matplotlib, Agg: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+GREEN, RED, BLUE, ORANGE = "#2e7d32", "#c62828", "#1f77b4", "#ff7f0e"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_probe(rows: list[dict], best_cut: int, path, title: str = "") -> Path:
+    """Val (and train) accuracy of a linear probe against cut depth; the best depth marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cuts = [r["cut"] for r in rows]
+    ax.plot(cuts, [r["val_acc"] for r in rows], "o-", color=BLUE, label="val accuracy")
+    ax.plot(cuts, [r["train_acc"] for r in rows], "o--", color="grey", alpha=0.6, label="train accuracy")
+    b = next(r for r in rows if r["cut"] == best_cut)
+    ax.plot([best_cut], [b["val_acc"]], "*", ms=16, color=ORANGE, label=f"best: cut {best_cut} ({b['stage']})")
+    ax.set_xticks(cuts, [f"{r['cut']}\n{r['stage']}" for r in rows], fontsize=7)
+    ax.set_xlabel("cut depth (stages kept)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "linear probe at each depth", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_rank(rows: list[dict], path) -> Path:
+    """LogME per candidate (bars, ranked) with the probe's val accuracy beside it."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
+    names = [r["model"] for r in rows][::-1]
+    scores = [r["logme"] for r in rows][::-1]
+    ax.barh(names, scores, color=BLUE)
+    ax.set_xlabel("LogME (higher: should transfer better)")
+    lo = min(scores)
+    span = (max(scores) - lo) or abs(lo) or 1.0
+    ax.set_xlim(lo - 0.5 * span, max(scores) + 0.8 * span)
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r["logme"], i, f"  probe acc {r['probe_val_acc']:.3f}", va="center", fontsize=8)
+    ax.set_title("backbone ranking (LogME), linear probe as a check", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_compare(rows: list[dict], path, reference: dict | None = None, title: str = "") -> Path:
+    """Val accuracy against number of training samples, transfer vs scratch."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, color, label in (("transfer", BLUE, "transfer (pretrained)"), ("scratch", RED, "small CNN from scratch")):
+        pts = sorted((r["n_train"], r["val_acc"]) for r in rows if r["arm"] == arm)
+        if pts:
+            ax.plot(*zip(*pts), "o-", color=color, label=label)
+    if reference:
+        ax.axhline(reference["val_acc"], color=BLUE, ls=":", alpha=0.7,
+                   label=f"transfer at {reference['fraction']:g} ({reference['n_train']} samples)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(title or "transfer vs training from scratch", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_curves(rows: list[dict], path) -> Path:
+    """Train/val loss and accuracy per epoch, phase boundaries as vertical lines."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    x = [int(r["global_epoch"]) for r in rows]
+    for ax, key, name in ((a1, "loss", "loss"), (a2, "acc", "accuracy")):
+        ax.plot(x, [float(r[f"train_{key}"]) for r in rows], "-", color=BLUE, label=f"train {name}")
+        ax.plot(x, [float(r[f"val_{key}"]) for r in rows], "-", color=ORANGE, label=f"val {name}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        prev = None
+        for r in rows:
+            if r["phase"] != prev:
+                e = int(r["global_epoch"]) - 0.5
+                if prev is not None:
+                    ax.axvline(e, color="grey", ls="--", lw=1)
+                ax.text(e + 0.1, 1.0, f" {r['phase']}", transform=ax.get_xaxis_transform(), fontsize=7,
+                        va="top", color="grey")
+                prev = r["phase"]
+        ax.legend(fontsize=8, loc="center right")
+    return _save(fig, path)
+
+
+def plot_lr_find(lrs, losses, suggested, path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(lrs, losses, color=BLUE)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    if suggested:
+        ax.axvline(suggested, color=ORANGE, ls="--", label=f"suggested {suggested:.2g}")
+        ax.legend(fontsize=8)
+    ax.set_title("learning-rate finder", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_confusion(cm, classes: list[str], path) -> Path:
+    import numpy as np
+    cm = np.asarray(cm)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n + 2, 1 + 0.5 * n + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = cm.max() if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > top / 2 else "black")
+    ax.set_title("confusion matrix (val)", fontsize=10)
+    return _save(fig, path)

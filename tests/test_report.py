@@ -1,0 +1,128 @@
+"""report.html: self-contained (valid HTML, only embedded images), the sections a user looks for."""
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from tests.conftest import make_images
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Checker(HTMLParser):
+    """Well-formedness (every element closed, in order) and every reference it makes."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.imgs, self.refs, self.cards = [], [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        for k in ("src", "href", "action", "data", "poster"):
+            if a.get(k):
+                self.refs.append(a[k])
+        if tag == "div" and "card" in (a.get("class") or "").split():
+            self.cards.append({"ok": "ok" in a["class"].split(), "text": ""})
+        if tag in ("script", "link", "iframe", "object"):
+            self.errors.append(f"<{tag}> in a self-contained report")
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if self.cards and "div" in self.stack:
+            self.cards[-1]["text"] += data
+
+
+def check_self_contained(html: str) -> Checker:
+    assert html.startswith("<!DOCTYPE html>")
+    c = Checker()
+    c.feed(html)
+    c.close()
+    assert not c.errors, c.errors[:5]
+    assert not c.stack, f"unclosed: {c.stack}"
+    assert c.imgs and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in c.imgs)
+    assert all(r.startswith("data:") for r in c.refs), [r[:60] for r in c.refs if not r.startswith("data:")]
+    assert not re.search(r"url\(\s*['\"]?https?:", html) and "@import" not in html
+    return c
+
+
+@pytest.fixture(scope="module")
+def fit_run(tmp_path_factory, tiny_spec):
+    """A fit run whose val split has a relabelled image: the model gets it wrong, confidently."""
+    from rehead.fit import fit
+    tmp_path = tmp_path_factory.mktemp("fitrun")
+    root = make_images(tmp_path / "imgs", n=8)
+    rows = ["path,label,split"]
+    for c in ("red", "blue"):
+        for i in range(8):
+            rows.append(f"{c}/{c}_{i}.jpg,{c},{'train' if i < 5 else 'val'}")
+    rows[-1] = rows[-1].replace(",blue,", ",red,")  # a blue image labelled red, in val
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    run = fit(str(root / "data.csv"), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=20, lr=1e-2,
+              workers=0, cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+    (run.dir / "lr_find.json").write_text(json.dumps({"lrs": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                                                      "losses": [0.7, 0.69, 0.5, 0.4, 2.0], "suggested": 1e-3}))
+    return run
+
+
+def test_fit_report_is_self_contained_with_curves_confusion_and_gallery(fit_run):
+    from rehead.report import write_report
+    path = write_report(fit_run.dir, echo=lambda *_: None)
+    html = path.read_text()
+    c = check_self_contained(html)
+    for section in ("Metrics", "Learning curves", "Learning-rate finder", "Confusion matrix",
+                    "Validation predictions", "Data", "Configuration"):
+        assert f"<h2>{section}</h2>" in html
+    for png in ("curves.png", "confusion.png", "lr_find.png"):
+        assert (fit_run.dir / png).stat().st_size > 1000
+    # Every val sample has a card; the mistakes come first, in red, the most confident first.
+    items, labels = fit_run.val_split()
+    res = fit_run.evaluate(items, labels)
+    assert len(c.cards) == len(items)
+    n_wrong = sum(p != t for p, t in zip(res["predictions"], res["targets"]))
+    assert n_wrong >= 1
+    assert [card["ok"] for card in c.cards] == [False] * n_wrong + [True] * (len(items) - n_wrong)
+    probs = [float(re.search(r"pred \S+ ([\d.]+)", card["text"]).group(1)) for card in c.cards]
+    assert probs[:n_wrong] == sorted(probs[:n_wrong], reverse=True)
+    assert probs[n_wrong:] == sorted(probs[n_wrong:])
+
+
+def test_report_of_a_probe_run_names_the_best_depth(tmp_path, tiny_spec, image_folder):
+    from rehead.experiments.probe import probe
+    from rehead.report import write_report
+    res = probe(str(image_folder), model=tiny_spec, out=tmp_path / "p", workers=0, progress=False,
+                echo=lambda *_: None)
+    html = write_report(tmp_path / "p").read_text()
+    check_self_contained(html)
+    assert f"cut {res['best']['cut']} ({res['best']['stage']})" in html
+    # One row per depth, the best one highlighted.
+    rows = re.findall(r"<tr class='(best|)'><td class=''>(\d+)</td><td class='l'>", html)
+    assert [int(cut) for _, cut in rows] == [r["cut"] for r in res["rows"]]
+    assert [int(cut) for flag, cut in rows if flag] == [res["best"]["cut"]]
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path):
+    from rehead.report import write_report
+    from rehead.run import BadRun
+    with pytest.raises(BadRun, match="not a rehead run directory"):
+        write_report(tmp_path)
+
+
+def test_report_cli_prints_the_path(fit_run):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    r = CliRunner().invoke(app, ["report", str(fit_run.dir), "--gallery", "3"])
+    assert r.exit_code == 0, r.output
+    assert str(fit_run.dir / "report.html") in r.output
+    assert check_self_contained((fit_run.dir / "report.html").read_text()).cards.__len__() == 3
