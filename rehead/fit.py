@@ -72,6 +72,9 @@ def _build(args: dict, data):
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
     backbone = zoo.load(args["model"])
+    pipe = pipeline(backbone.modality)
+    if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
+        pipe.prepare_backbone(backbone, ds)
     k = len(backbone) if args["cut"] is None else backbone.stage_index(args["cut"])
     prefix = backbone.cut(k)
     in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
@@ -107,7 +110,12 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": prefix.stage_names[-1],
               "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
               "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
-              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False), "args": args}
+              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False), "args": args,
+              "methods": [h.config() for h in hooks if hasattr(h, "config")]}
+    if any(getattr(h, "replaces_weight_decay", False) for h in hooks):
+        for p in recipe.phases:  # L2-SP replaces decay towards 0 by decay towards the pretrained weights
+            p.weight_decay = 0.0
+        config["phases"] = [asdict(p) for p in recipe.phases]
     if resume_state is None and accelerator.is_main_process:
         write_yaml(out / "config.yaml", config)
         (out / "labels.json").write_text(json.dumps(ds.classes))
@@ -115,6 +123,11 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
     trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks),
                       run_dir=out, accelerator=accelerator)
+    only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
+    for h in hooks:
+        if hasattr(h, "setup"):  # before training: L2-SP records w0, guided runs its scouts
+            h.setup(model, ds=ds, phases=recipe.phases, args=args, out=out, uses_cache=only_features,
+                    resume=resume_state is not None)
     info, features = {}, None
     if recipe.uses_cache:
         cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
@@ -187,8 +200,9 @@ def _resume(out: Path, echo, progress, accelerator) -> Run:
     if not (out / "checkpoint.pt").exists():
         echo(f"{out} has no checkpoint yet: starting it again from the beginning")
     echo(f"resuming {out}")
-    return _run(out, cfg["args"], cfg["args"]["data"], echo, progress, [], accelerator, time.perf_counter(),
-                resume_state=True)
+    from .methods import hooks_from_config
+    return _run(out, cfg["args"], cfg["args"]["data"], echo, progress, hooks_from_config(cfg.get("methods")),
+                accelerator, time.perf_counter(), resume_state=True)
 
 
 def find_lr(data, model: str = DEFAULT_MODEL, out: str | Path | None = None, cut=None, head: str = "linear",

@@ -57,6 +57,8 @@ def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
     """The architecture a config describes (weights loaded separately)."""
     from . import zoo
     bb = zoo.load(cfg["model"], pretrained=pretrained).cut(cfg["cut"])
+    if cfg.get("data_config"):  # what the run recorded wins (e.g. a table's fitted feature columns)
+        bb.data_config = dict(cfg["data_config"])
     h = cfg["head"]
     head = make_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden", 512), h.get("dropout", 0.0))
     return TransferModel(bb, head, train_frozen_bn=cfg.get("train_frozen_bn", False))
@@ -163,6 +165,8 @@ def load_backbone_from_run(run_dir: Path, pretrained: bool = True):
         bb = zoo.load(cfg["model"], pretrained=False)
         if len(bb) != cfg["depth"]:
             bb = bb.cut(cfg["depth"])
+        if cfg.get("data_config"):
+            bb.data_config = dict(cfg["data_config"])
         if pretrained:
             load_weights(bb, Path(run_dir) / "backbone.safetensors")
         bb.spec = str(Path(run_dir).resolve())

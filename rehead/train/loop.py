@@ -198,7 +198,7 @@ class Trainer:
                 total = steps_per_epoch * ph.epochs
                 t0 = time.perf_counter()
                 tr = self._train_epoch(wrapped, opt, train_loader, ph, epoch, steps_per_epoch, total,
-                                       f"{ph.name} {epoch + 1}/{ph.epochs}")
+                                       f"{ph.name} {epoch + 1}/{ph.epochs}", base)
                 va = self.evaluate(wrapped, val_loader)
                 row = {"phase": ph.name, "phase_index": pi, "epoch": epoch + 1,
                        "global_epoch": len(self.history) + 1,
@@ -229,7 +229,10 @@ class Trainer:
             atomic_write_bytes(self.run_dir / "best.safetensors",
                                save({k: v.contiguous() for k, v in state.items()}))
 
-    def _train_epoch(self, model, opt, loader, ph, epoch, steps_per_epoch, total, desc):
+    def _train_epoch(self, model, opt, loader, ph, epoch, steps_per_epoch, total, desc, base=None):
+        """One epoch of ``model`` (the network being stepped); hooks always see ``base``, the
+        whole model, even when only its head trains on cached features."""
+        base = base if base is not None else _unwrap(model)
         model.train()
         tot_loss, correct, n, lr = 0.0, 0, 0, 0.0
         # Step bars only where an epoch takes a while; tiny feature epochs get the outer bar only.
@@ -247,12 +250,12 @@ class Trainer:
                 loss = self.loss_fn(out, y)
                 for h in self.cfg.hooks:
                     if hasattr(h, "penalty"):
-                        loss = loss + h.penalty(_unwrap(model))
+                        loss = loss + h.penalty(base)
             opt.zero_grad(set_to_none=True)
             self.acc.backward(loss)
             for h in self.cfg.hooks:
                 if hasattr(h, "after_backward"):
-                    h.after_backward(_unwrap(model))
+                    h.after_backward(base)
             opt.step()
             bs = len(y)
             tot_loss += loss.item() * bs

@@ -59,7 +59,7 @@ def list_models() -> list[dict]:
 
 
 def _import_sources():
-    from . import packaged, hubs, file  # noqa: F401  (registration side effects)
+    from . import packaged, hubs, file, tabular  # noqa: F401  (registration side effects)
     try:
         from . import hf  # noqa: F401
     except ImportError:

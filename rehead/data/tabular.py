@@ -1,0 +1,277 @@
+"""Tabular data: a CSV of numeric feature columns, one label column, optional id and split columns.
+
+An item is a reference to one row, ``"/abs/path/table.csv#ROW"`` (ROW counts data rows
+from 0), so run directories stay small and ``evaluate RUN`` can reread its val rows.
+A plain sequence of numbers is accepted as an item too (the Python API).
+
+Which columns are features: every column except the label, id and split columns, in file
+order. A backbone fitted on a table records its feature columns (``data_config["columns"]``)
+and later tables are read by those names, so column order and extra columns do not matter.
+
+Standardisation is not done here: the encoder holds the training-row mean/std as buffers
+(see ``rehead.zoo.tabular``), fitted by ``prepare_backbone`` on training rows only, so
+they travel with the weights and predict/evaluate standardise identically.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DataError, Dataset, Samples, stratified_split
+
+TRAIN_VALUES = ("train",)
+
+
+class Table:
+    """A parsed CSV: header, raw string cells. Numeric conversion happens per column on demand."""
+
+    def __init__(self, path: Path, header: list[str], rows: list[list[str]]):
+        self.path, self.header, self.rows = path, header, rows
+        self.index = {c: i for i, c in enumerate(header)}
+        self._numeric: dict[tuple, np.ndarray] = {}
+
+    def column(self, name: str) -> list[str]:
+        j = self.index[name]
+        return [r[j] for r in self.rows]
+
+    def matrix(self, columns: list[str]) -> np.ndarray:
+        """(rows, columns) float32; empty / NaN cells become NaN; other text is an error."""
+        key = tuple(columns)
+        if key not in self._numeric:
+            missing = [c for c in columns if c not in self.index]
+            if missing:
+                raise DataError(f"{self.path} lacks feature column(s) the model was trained on: "
+                                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                                f"({len(missing)} missing)")
+            cols = [self.index[c] for c in columns]
+            out = np.empty((len(self.rows), len(cols)), dtype=np.float32)
+            for i, r in enumerate(self.rows):
+                for k, j in enumerate(cols):
+                    cell = r[j].strip()
+                    if cell == "" or cell.lower() in ("nan", "na"):
+                        out[i, k] = np.nan
+                        continue
+                    try:
+                        out[i, k] = float(cell)
+                    except ValueError:
+                        raise DataError(
+                            f"{self.path}: column {columns[k]!r}, row {i + 1} holds {cell!r}, which is not a "
+                            "number. Tabular features must be numeric: name identifier columns with "
+                            "--id-columns, or encode categories as numbers") from None
+            if not np.isfinite(out[~np.isnan(out)]).all():
+                raise DataError(f"{self.path} holds infinite values: replace them before training")
+            self._numeric[key] = out
+        return self._numeric[key]
+
+
+_TABLES: dict[tuple, Table] = {}
+
+
+def read_table(path) -> Table:
+    """Parse a CSV once per (path, size, mtime); later reads of the same file are free."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _TABLES:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path} is empty: a table needs a header row and data rows")
+            rows = [r for r in reader if r]
+        if not rows:
+            raise DataError(f"{path} has a header but no data rows")
+        dup = sorted({c for c in header if header.count(c) > 1})
+        if dup:
+            raise DataError(f"{path} has duplicate column name(s): {', '.join(dup[:5])}")
+        bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
+        if bad:
+            raise DataError(f"{path}: line(s) {', '.join(map(str, bad[:5]))} have a different number of "
+                            f"cells than the header ({len(header)})")
+        _TABLES.clear()  # keep one table in memory: tables can be large
+        _TABLES[key] = Table(path, header, rows)
+    return _TABLES[key]
+
+
+def feature_columns(table: Table, label_column, id_columns, split_column) -> list[str]:
+    skip = set(id_columns) | {split_column} | set([label_column] if isinstance(label_column, str) else label_column or [])
+    cols = [c for c in table.header if c not in skip]
+    if not cols:
+        raise DataError(f"{table.path} has no feature columns left after the label/id/split columns")
+    return cols
+
+
+def _as_list(v) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [c.strip() for c in v.split(",") if c.strip()]
+    return list(v)
+
+
+def load_table(path, label_column: str = "label", id_columns=None, split_column: str = "split",
+               eval_only: bool = False, val_fraction: float = 0.2, seed: int = 0,
+               missing: str = "error", **_) -> Dataset:
+    """A CSV as a Dataset of row references.
+
+    ``split_column`` (default ``split``), when the table has it: rows whose value is ``train``
+    train, every other value (``val``, ``test``, ``independent`` ...) is the val split. Without
+    it: a seeded stratified split of ``val_fraction``. ``eval_only``: the non-train rows if
+    there is a split column, else every row. ``missing``: ``error`` (default) or ``mean``
+    (empty cells take the training mean of their column).
+    """
+    table = read_table(path)
+    ids = _as_list(id_columns)
+    for c in ids + [label_column]:
+        if c not in table.index:
+            raise DataError(f"{table.path} has no column {c!r} (columns start: {', '.join(table.header[:8])} ...): "
+                            "name the label with --label-column and identifiers with --id-columns")
+    if missing not in ("error", "mean"):
+        raise DataError(f"missing must be 'error' or 'mean', got {missing!r}")
+    # Cells are parsed later, for the columns the model actually reads (a pretrained encoder
+    # reads its own columns by name, so extra text columns in the table are no obstacle).
+    cols = feature_columns(table, label_column, ids, split_column)
+    labels_raw = [v.strip() for v in table.column(label_column)]
+    empty = [i + 1 for i, v in enumerate(labels_raw) if v == ""]
+    if empty and not eval_only:
+        raise DataError(f"{table.path}: rows {', '.join(map(str, empty[:5]))} have no {label_column!r}")
+    classes = sorted({v for v in labels_raw if v})
+    if len(classes) < 2 and not eval_only:
+        raise DataError(f"{table.path}: column {label_column!r} holds a single class; a classifier needs two")
+    items = [f"{table.path}#{i}" for i in range(len(table.rows))]
+    samples = Samples(items, [classes.index(v) if v else -1 for v in labels_raw])
+    has_split = split_column in table.index
+    if has_split:
+        split = [v.strip() for v in table.column(split_column)]
+        tr = [i for i, v in enumerate(split) if v in TRAIN_VALUES]
+        va = [i for i, v in enumerate(split) if v not in TRAIN_VALUES]
+        how = f"column {split_column!r}: train = {'/'.join(TRAIN_VALUES)}, val = the other values"
+        if not tr and not eval_only:
+            raise DataError(f"{table.path}: no row has {split_column}=train")
+    elif eval_only:
+        tr, va, how = [], list(range(len(items))), "every row"
+    else:
+        counts = [samples.labels.count(i) for i in range(len(classes))]
+        few = [c for c, n in zip(classes, counts) if n < 2]
+        if few:
+            raise DataError(f"class(es) {', '.join(few)} have fewer than 2 rows: cannot split train/val")
+        tr, va = stratified_split(samples.labels, val_fraction, seed)
+        how = f"stratified {val_fraction:.0%} val, seed {seed}"
+    if eval_only:
+        tr = []
+    ds = Dataset("tabular", classes, samples.subset(tr), samples.subset(va), str(table.path),
+                 info={"split": how, "features": len(cols), "missing": missing})
+    ds.feature_columns = cols  # not in info: a gene table has thousands of columns
+    ds.missing = missing
+    return ds
+
+
+def rows_of(items: list, columns: list[str]) -> np.ndarray:
+    """Raw feature values (N, F) float32 of row references or number sequences."""
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            path, _, row = it.rpartition("#")
+            if not path or not row.isdigit():
+                raise DataError(f"{it!r} is not a table row reference (expected /path/table.csv#ROW)")
+            table = read_table(path)
+            r = int(row)
+            if r >= len(table.rows):
+                raise DataError(f"{path} has {len(table.rows)} rows, no row {r}")
+            out.append(table.matrix(columns)[r])
+        else:
+            v = np.asarray(it, dtype=np.float32)
+            if v.shape != (len(columns),):
+                raise DataError(f"a row of {v.size} values was given; the model expects {len(columns)} features")
+            out.append(v)
+    return np.stack(out) if out else np.zeros((0, len(columns)), np.float32)
+
+
+def expand_inputs(inputs: list[str]) -> list:
+    """For ``predict``: each CSV given expands to references to all its rows."""
+    items = []
+    for s in inputs:
+        t = read_table(s)
+        items += [f"{t.path}#{i}" for i in range(len(t.rows))]
+    return items
+
+
+# -- fitting the encoder's input standardisation ---------------------------------------------
+def prepare_backbone(backbone, ds: Dataset) -> None:
+    """Before training: an encoder that has not seen data yet records the table's feature
+    columns and fits its standardisation on the training rows only; a pretrained encoder
+    checks that the table has the columns it was trained on."""
+    cols = getattr(ds, "feature_columns", None)
+    if cols is None:
+        raise DataError("a tabular backbone needs a table loaded with rehead.data.tabular.load_table")
+    missing = getattr(ds, "missing", "error")
+    if backbone.is_fitted():
+        cols = backbone.data_config["columns"]
+        missing = backbone.data_config.get("missing", "error")
+        check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
+        return
+    if len(cols) != backbone.in_features:
+        raise DataError(f"{backbone.spec} takes {backbone.in_features} features but the table has {len(cols)} "
+                        f"feature columns: use tabular:mlp-{len(cols)}-<width>x<depth>, or leave columns out "
+                        "with --id-columns")
+    check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
+    backbone.fit_scaler(rows_of(ds.train.items, cols), cols, missing)
+
+
+def check_values(x: np.ndarray, cols: list[str], where, missing: str) -> None:
+    if missing == "error" and np.isnan(x).any():
+        i, j = np.argwhere(np.isnan(x))[0]
+        raise DataError(f"{where}: {int(np.isnan(x).sum())} empty or NaN cell(s), first in column {cols[j]!r} "
+                        f"(row {i + 1} of those read). Fill them, or pass missing='mean' (--missing mean) to "
+                        "replace them by the training mean of their column")
+
+
+# -- the pipeline interface (see rehead.data.pipeline) ---------------------------------------
+unit = "row"
+
+
+def sample_key(item, cache, backbone) -> str:
+    v = rows_of([item], backbone.data_config["columns"])[0]
+    return hashlib.sha256(v.tobytes()).hexdigest()
+
+
+def batch_len(inputs, idx) -> int:
+    return len(idx)
+
+
+class RowDataset(torch.utils.data.Dataset):
+    def __init__(self, x: np.ndarray, labels):
+        self.x, self.labels = torch.from_numpy(x), labels
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return i, self.x[i], (self.labels[i] if self.labels is not None else -1)
+
+
+def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False, shuffle=False,
+                transform=None, generator=None, drop_last=False):
+    cols = backbone.data_config.get("columns")
+    if cols is None:
+        raise DataError(f"{backbone.spec} has not been fitted to a table yet (no feature columns): "
+                        "train it with `rehead fit TABLE` or `rehead pretrain TABLE` first")
+    x = rows_of(items, cols)
+    if np.isnan(x).any() and backbone.data_config.get("missing", "error") != "mean":
+        raise DataError(f"{int(np.isnan(x).any(1).sum())} row(s) have empty/NaN features; this model was "
+                        "trained with missing='error': fill them first")
+    # Rows are in memory already: worker processes would only add start-up time.
+    return torch.utils.data.DataLoader(RowDataset(x, labels), batch_size=batch_size, shuffle=shuffle,
+                                       num_workers=0, generator=generator, drop_last=drop_last)
+
+
+def example_input(backbone) -> torch.Tensor:
+    return torch.zeros(2, backbone.in_features)
+

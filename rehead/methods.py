@@ -1,0 +1,249 @@
+"""Fine-tuning methods that plug into the training loop as hooks (``TrainConfig.hooks``).
+
+``L2SP``            Li, Grandvalet, Davoine (2018), "Explicit inductive bias for transfer
+                    learning with convolutional networks": penalise the distance of the
+                    transferred weights from their pretrained values (alpha/2 * ||w - w0||^2)
+                    and plain L2 on the new head (beta/2 * ||w_head||^2), instead of weight decay.
+``GuidedTransfer``  Nikolic, Andric, Nikolic (2023), "Guided Transfer Learning", arXiv 2303.16154:
+                    scouts (copies of the pretrained model) train briefly on small sub-problems
+                    drawn from the target data; each weight's guide value is the mean squared
+                    change across scouts, min-max normalised per tensor to [0, 1]; during
+                    fine-tuning every gradient is multiplied by its guide value.
+
+A hook has optional ``setup(model, ...)`` (before training), ``penalty(model) -> loss term`` and
+``after_backward(model)``; ``config()`` records it in the run so ``--resume`` rebuilds it.
+``source_agreement`` measures forgetting: how often the backbone's original task head
+(e.g. ImageNet) still predicts what it predicted before fine-tuning.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+METHODS = ("plain", "l2sp", "guided")
+
+
+def _split_params(model) -> tuple[list, list]:
+    """(transferred, new) trainable-or-not parameters with their names. A bare head (the
+    extract strategy trains the head alone on cached features) has no transferred part."""
+    if hasattr(model, "backbone") and hasattr(model, "head"):
+        return list(model.backbone.named_parameters()), list(model.head.named_parameters())
+    return [], list(model.named_parameters())
+
+
+class L2SP:
+    """alpha/2 * ||w_S - w0_S||^2 over transferred weights + beta/2 * ||w_new||^2 over the head.
+
+    w0 is captured when the hook first sees the model, i.e. before the first optimizer step:
+    the pretrained values. Norm and bias parameters of the head are penalised too, as in the
+    paper (it penalises every new parameter). Weight decay is switched off (``replaces_weight_decay``):
+    decay towards 0 is exactly what L2-SP replaces.
+    """
+    replaces_weight_decay = True
+
+    def __init__(self, alpha: float = 0.1, beta: float = 0.01):
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"L2-SP alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self._w0: list[tuple[nn.Parameter, torch.Tensor]] | None = None
+        self._new: list[nn.Parameter] = []
+
+    def config(self) -> dict:
+        return {"method": "l2sp", "alpha": self.alpha, "beta": self.beta}
+
+    def bind(self, model) -> None:
+        transferred, new = _split_params(model)
+        self._w0 = [(p, p.detach().clone()) for _, p in transferred]
+        self._new = [p for _, p in new]
+
+    def setup(self, model, uses_cache: bool = False, **_) -> None:
+        if uses_cache:  # extract: only the head trains, on cached features
+            self._w0, self._new = [], list(model.head.parameters())
+        else:
+            self.bind(model)
+
+    def penalty(self, model) -> torch.Tensor:
+        if self._w0 is None:
+            self.bind(model)
+        sp = sum(((p - w0) ** 2).sum() for p, w0 in self._w0 if p.requires_grad)
+        l2 = sum((p ** 2).sum() for p in self._new if p.requires_grad)
+        return 0.5 * self.alpha * sp + 0.5 * self.beta * l2
+
+    def distance(self) -> float:
+        """||w - w0|| over the transferred weights now (how far fine-tuning moved them)."""
+        return float(sum(((p.detach() - w0) ** 2).sum() for p, w0 in self._w0 or []) ** 0.5)
+
+
+# -- Guided Transfer Learning -------------------------------------------------------------------
+def scout_subsets(labels: list[int], n_scouts: int, size: int, seed: int) -> list[list[int]]:
+    """Index subsets (sub-problems) of the training set, one per scout: ``size`` samples drawn
+    at random, stratified so every class present appears at least once when size allows."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    n = len(labels)
+    size = max(1, min(size, n))
+    subsets = []
+    for _ in range(n_scouts):
+        first = [rng.choice(v) for v in by_class.values()][:size]
+        rest = [i for i in rng.sample(range(n), n) if i not in first][: size - len(first)]
+        subsets.append(sorted(first + rest))
+    return subsets
+
+
+def train_scout(model, loader, epochs: int, lr: float, loss_fn) -> None:
+    """A short plain fine-tune: AdamW, constant LR, the model's own trainable set."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(epochs):
+        for _, x, y in loader:
+            if len(y) == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+
+def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scout_size: int = 8,
+                  epochs: int = 5, lr: float = 1e-3, trainable: int | None = None, seed: int = 0,
+                  loss_fn=None) -> dict[str, torch.Tensor]:
+    """Guide values for every parameter of ``model`` (names as in ``model.named_parameters()``).
+
+    ``make_loader(indices, generator)`` gives a shuffled loader over those training samples.
+    ``trainable``: the scouts train the head and the last ``trainable`` stages (a TransferModel);
+    parameters no scout trains get guide 0 (they stay where the pretrained model put them).
+    """
+    if n_scouts < 1:
+        raise ValueError(f"guided transfer learning needs at least 1 scout, got {n_scouts}")
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sq = {n: torch.zeros_like(p) for n, p in start.items()}
+    for s, idx in enumerate(scout_subsets(labels, n_scouts, scout_size, seed)):
+        scout = copy.deepcopy(model)
+        if trainable is not None and hasattr(scout, "set_trainable_last"):
+            scout.set_trainable_last(trainable)
+        torch.manual_seed(seed * 7919 + s)
+        train_scout(scout, make_loader(idx, torch.Generator().manual_seed(seed * 7919 + s)), epochs, lr, loss_fn)
+        for n, p in scout.named_parameters():
+            sq[n] += (p.detach() - start[n]) ** 2
+        del scout
+    guide = {}
+    for n, v in sq.items():
+        v = v / n_scouts
+        lo, hi = v.min(), v.max()
+        # Min-max per tensor (as the authors' code does); a tensor no scout moved stays 0.
+        guide[n] = (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
+    return guide
+
+
+class GuidedTransfer:
+    """Multiply every gradient by its guide value. ``setup`` runs the scouts (inside ``fit``)."""
+
+    def __init__(self, scouts: int = 5, scout_size: int = 8, scout_epochs: int = 5,
+                 scout_lr: float | None = None, guide: dict[str, torch.Tensor] | None = None):
+        self.scouts, self.scout_size, self.scout_epochs, self.scout_lr = scouts, scout_size, scout_epochs, scout_lr
+        self.guide = guide
+        self._by_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
+
+    def config(self) -> dict:
+        return {"method": "guided", "scouts": self.scouts, "scout_size": self.scout_size,
+                "scout_epochs": self.scout_epochs, "scout_lr": self.scout_lr}
+
+    def setup(self, model, ds=None, phases=None, args=None, out=None, uses_cache=False, resume=False, **_):
+        """Inside ``rehead.fit``: scouts on random subsets of the training split, live data."""
+        if uses_cache:
+            raise ValueError("--method guided fine-tunes the backbone: use --strategy head, finetune, "
+                             "gradual or full (not extract)")
+        guide_file = Path(out) / "guide.safetensors" if out else None
+        if resume and guide_file and guide_file.exists():
+            self.load(guide_file)
+            return
+        if self.guide is None:
+            from .data import pipeline
+            pipe = pipeline(model.backbone.modality)
+            trainable = max((p.trainable if p.trainable >= 0 else len(model.backbone)) for p in phases)
+            lr = self.scout_lr or max(p.lr for p in phases)
+
+            def make_loader(idx, generator):
+                s = ds.train.subset(idx)
+                return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=args["batch_size"],
+                                        workers=args["workers"], shuffle=True, generator=generator,
+                                        strict=args["strict"])
+            self.guide = compute_guide(model, make_loader, ds.train.labels, self.scouts, self.scout_size,
+                                       self.scout_epochs, lr, trainable, seed=args["seed"])
+        if guide_file:
+            self.save(guide_file)
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+        save_file({n: v.contiguous() for n, v in self.guide.items()}, str(path))
+
+    def load(self, path) -> None:
+        from safetensors.torch import load_file
+        self.guide = load_file(str(path))
+
+    def after_backward(self, model) -> None:
+        if self._by_param is None:
+            if self.guide is None:
+                raise RuntimeError("GuidedTransfer has no guide values: call setup() or compute_guide() first")
+            named = dict(model.named_parameters())
+            missing = [n for n in named if n not in self.guide]
+            if missing:
+                raise ValueError(f"guide values do not cover parameter(s) {', '.join(missing[:5])}: "
+                                 "they were computed for another model")
+            self._by_param = [(p, self.guide[n].to(p.device, p.dtype)) for n, p in named.items()]
+        for p, g in self._by_param:
+            if p.grad is not None:
+                p.grad.mul_(g)
+
+
+def method_hooks(method: str | None, alpha: float = 0.1, beta: float = 0.01, scouts: int = 5,
+                 scout_size: int = 8, scout_epochs: int = 5, scout_lr: float | None = None) -> list:
+    """Hooks for ``rehead fit --method``: plain (none), l2sp, guided."""
+    if method in (None, "", "plain", "none"):
+        return []
+    if method == "l2sp":
+        return [L2SP(alpha, beta)]
+    if method == "guided":
+        return [GuidedTransfer(scouts, scout_size, scout_epochs, scout_lr)]
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def hooks_from_config(rows: list[dict] | None) -> list:
+    """Rebuild the hooks a run recorded (for --resume)."""
+    hooks = []
+    for r in rows or []:
+        r = dict(r)
+        hooks += method_hooks(r.pop("method"), **r)
+    return hooks
+
+
+# -- forgetting -------------------------------------------------------------------------------
+@torch.no_grad()
+def source_predictions(backbone, inputs: torch.Tensor, batch_size: int = 64, from_stage: int = 0) -> torch.Tensor:
+    """argmax of the backbone's original task head (``source_head[0]``, e.g. the ImageNet
+    classifier) on ``inputs``. ``from_stage``: the inputs are states entering that stage."""
+    head = backbone.source_head[0]
+    if head is None:
+        raise ValueError(f"{backbone.spec} kept no source head: forgetting cannot be measured on it")
+    was = backbone.training
+    backbone.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        state = inputs[i:i + batch_size] if from_stage else backbone.begin(inputs[i:i + batch_size])
+        for k in range(from_stage, len(backbone)):
+            state = backbone.run_stage(k, state)
+        out.append(head(backbone.pool(state)).argmax(1))
+    backbone.train(was)
+    return torch.cat(out)
+
+
+def source_agreement(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Fraction of inputs whose source-task prediction did not change."""
+    return float((before == after).float().mean())

@@ -1,0 +1,137 @@
+"""L2-SP, Guided Transfer Learning, forgetting: the hooks do what the papers say, inside fit."""
+import pytest
+import torch
+from torch import nn
+
+from rehead import zoo
+from rehead.fit import fit
+from rehead.heads import make_head
+from rehead.methods import (GuidedTransfer, L2SP, compute_guide, hooks_from_config, method_hooks,
+                            scout_subsets, source_agreement, source_predictions)
+from rehead.model import TransferModel
+
+
+def quiet(*_):
+    pass
+
+
+def drift(run, spec):
+    """||w - w_pretrained|| over the run's backbone."""
+    w0 = zoo.load(spec).cut(len(run.model.backbone)).state_dict()
+    return sum(((v.float() - w0[k].float()) ** 2).sum() for k, v in run.model.backbone.state_dict().items()
+               if v.is_floating_point() and "running" not in k) ** 0.5
+
+
+def test_l2sp_penalty_is_distance_from_pretrained_plus_l2_on_head(tiny_spec):
+    bb = zoo.load(tiny_spec)
+    model = TransferModel(bb, make_head(bb(torch.zeros(1, 3, 64, 64)).shape[1], 2))
+    hook = L2SP(alpha=2.0, beta=0.5)
+    hook.bind(model)
+    head_l2 = sum((p ** 2).sum() for p in model.head.parameters())
+    assert torch.allclose(hook.penalty(model), 0.5 * 0.5 * head_l2)
+    p = next(model.backbone.stages[bb.stage_names[-1]].parameters())
+    with torch.no_grad():
+        p.add_(0.1)
+    expected = 0.5 * 2.0 * 0.01 * p.numel() + 0.5 * 0.5 * head_l2
+    assert torch.allclose(hook.penalty(model), expected, rtol=1e-4)
+    model.freeze()  # frozen weights cannot move: they are not penalised
+    assert torch.allclose(hook.penalty(model), 0.5 * 0.5 * head_l2)
+
+
+def test_l2sp_in_fit_keeps_the_backbone_near_its_pretrained_weights(tmp_path):
+    from rehead.pretrain import pretrain
+    from tests.test_tabular import low_rank_table
+    p, _ = low_rank_table(tmp_path / "t.csv")
+    pretrain(p, tmp_path / "enc", width=16, depth=2, epochs=5, label_column="a", id_columns="patient,b",
+             progress=False, echo=quiet)
+    kw = dict(model=str(tmp_path / "enc"), strategy="full", epochs=6, lr=1e-2, batch_size=8, progress=False,
+              data_kw={"label_column": "a"}, echo=quiet)
+    plain = fit(p, out=tmp_path / "plain", **kw)
+    l2sp = fit(p, out=tmp_path / "l2sp", hooks=method_hooks("l2sp", alpha=100.0, beta=0.01), **kw)
+    spec = str(tmp_path / "enc")
+    assert drift(l2sp, spec) < 0.5 * drift(plain, spec)
+    assert l2sp.config["methods"] == [{"method": "l2sp", "alpha": 100.0, "beta": 0.01}]
+    assert all(p["weight_decay"] == 0.0 for p in l2sp.config["phases"])  # L2-SP replaces weight decay
+    assert plain.config["methods"] == [] and plain.config["phases"][0]["weight_decay"] > 0
+
+
+def test_scout_subsets_are_small_seeded_and_cover_every_class():
+    labels = [0] * 30 + [1] * 3
+    subs = scout_subsets(labels, 4, 5, seed=1)
+    assert len(subs) == 4 and all(len(s) == 5 for s in subs)
+    assert all({labels[i] for i in s} == {0, 1} for s in subs)
+    assert subs == scout_subsets(labels, 4, 5, seed=1) and subs != scout_subsets(labels, 4, 5, seed=2)
+
+
+def _loader_over(x, y):
+    data = torch.utils.data.TensorDataset(torch.arange(len(y)), x, y)
+
+    def make_loader(idx, generator):
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=4, shuffle=True,
+                                           generator=generator)
+    return make_loader
+
+
+def test_guide_values_are_normalised_squared_scout_changes():
+    torch.manual_seed(0)
+    bb = zoo.load("tabular:mlp-6-8x3")
+    model = TransferModel(bb, nn.Linear(8, 2))
+    x, y = torch.randn(24, 6), torch.randint(0, 2, (24,))
+    guide = compute_guide(model, _loader_over(x, y), y.tolist(), n_scouts=3, scout_size=8, epochs=3,
+                          lr=1e-2, trainable=1, seed=0)
+    assert set(guide) == {n for n, _ in model.named_parameters()}
+    for n, g in guide.items():
+        assert g.shape == dict(model.named_parameters())[n].shape
+        assert g.min() >= 0 and g.max() <= 1
+    # Scouts trained the head and the last block only: earlier blocks get guide 0 (they may not move).
+    assert all(guide[n].abs().sum() == 0 for n in guide if "block0" in n or "block1" in n)
+    assert guide["head.weight"].max() == 1 and guide["backbone.stages.block2.0.weight"].max() == 1
+    # The scouts started from the model and left it untouched.
+    assert model.head.weight.requires_grad
+
+
+def test_guided_hook_multiplies_every_gradient_by_its_guide():
+    lin = nn.Linear(3, 2)
+    guide = {"weight": torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]]), "bias": torch.tensor([0.5, 0.0])}
+    lin(torch.randn(4, 3)).pow(2).sum().backward()
+    raw = {n: p.grad.clone() for n, p in lin.named_parameters()}
+    GuidedTransfer(guide=guide).after_backward(lin)
+    for n, p in lin.named_parameters():
+        assert torch.allclose(p.grad, raw[n] * guide[n])
+    with pytest.raises(ValueError, match="another model"):
+        GuidedTransfer(guide={"weight": guide["weight"]}).after_backward(nn.Linear(3, 2))
+
+
+def test_guided_fit_runs_scouts_saves_guides_and_freezes_zero_guide_weights(tmp_path, image_folder, tiny_spec):
+    from safetensors.torch import load_file
+    hooks = method_hooks("guided", scouts=2, scout_size=6, scout_epochs=1)
+    run = fit(image_folder, model=tiny_spec, out=tmp_path / "g", strategy="finetune", unfreeze=1, epochs=1,
+              batch_size=8, workers=0, progress=False, hooks=hooks, echo=quiet)
+    guide = load_file(str(tmp_path / "g" / "guide.safetensors"))
+    assert set(guide) == {n for n, _ in run.model.named_parameters()}
+    last = run.model.backbone.stage_names[-1]
+    assert any(guide[n].max() > 0 for n in guide if f"stages.{last}." in n)
+    assert all(guide[n].max() == 0 for n in guide if ".stages.stem." in n)  # never trained by a scout
+    assert run.config["methods"][0]["method"] == "guided"
+    rebuilt = hooks_from_config(run.config["methods"])
+    assert isinstance(rebuilt[0], GuidedTransfer) and rebuilt[0].scouts == 2
+    with pytest.raises(ValueError, match="not extract"):
+        fit(image_folder, model=tiny_spec, out=tmp_path / "x", strategy="extract", workers=0, progress=False,
+            hooks=method_hooks("guided"), echo=quiet)
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_hooks("sgd")
+
+
+def test_forgetting_is_measured_with_the_source_head(tiny_spec):
+    bb = zoo.load(tiny_spec).eval()
+    x = torch.randn(6, 3, 64, 64)
+    before = source_predictions(bb, x)
+    with torch.no_grad():
+        assert torch.equal(before, bb.source_head[0](bb(x)).argmax(1))
+    assert source_agreement(before, source_predictions(bb, x)) == 1.0
+    with torch.no_grad():  # wreck the last stage: predictions change
+        for p in bb.stages[bb.stage_names[-1]].parameters():
+            p.mul_(-3.0)
+    assert source_agreement(before, source_predictions(bb, x)) < 1.0
+    with pytest.raises(ValueError, match="no source head"):
+        source_predictions(zoo.load("tabular:mlp-4-4x1"), torch.zeros(2, 4))
