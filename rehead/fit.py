@@ -53,6 +53,11 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
     backbone = zoo.load(args["model"])
+    if backbone.modality != ds.modality:
+        from .data import DataError
+        hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
+        raise DataError(f"{args['data']} is {ds.modality} data but {args['model']} is a backbone for {backbone.modality} "
+                        f"data: choose a {ds.modality} model{hint}; `rehead models` lists them")
     k = len(backbone) if args["cut"] is None else backbone.stage_index(args["cut"])
     prefix = backbone.cut(k)
     recipe = build_recipe(args["strategy"], len(ds.train), k, epochs=args["epochs"], lr=args["lr"],

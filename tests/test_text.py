@@ -148,6 +148,9 @@ def test_text_data_errors_and_warnings(tmp_path, caplog):
     assert ds.modality == "text" and ds.classes == ["neg", "pos", "rare"] and len(ds.train) == 11
     warnings = " ".join(ds.info["warnings"])
     assert "empty text were left out (line(s) 12)" in warnings and "'rare' appear only once" in warnings
+    from rehead.fit import fit
+    with pytest.raises(DataError, match="text data but packaged:efficientnet_lite0 is a backbone for image data.*packaged:minilm"):
+        fit(d, model="packaged:efficientnet_lite0", out=tmp_path / "r", progress=False, echo=lambda *a: None)
     write_csv(d / "test.csv", [("new", "unseen")])
     with pytest.raises(DataError, match="not in"):
         load_dataset(d)
