@@ -85,6 +85,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
         epochs: Optional[int] = typer.Option(None, help="epochs per phase (strategy default when unset)"),
         lr: Optional[float] = typer.Option(None, help="top learning rate (the head's)"),
         find_lr: bool = typer.Option(False, "--find-lr", help="run the LR finder first and use its suggestion"),
+        keep_last: bool = typer.Option(False, "--keep-last", help="keep the last epoch's weights, not the best val epoch's"),
         unfreeze: int = typer.Option(2, help="finetune/gradual: how many last stages to unfreeze"),
         lr_decay: float = typer.Option(3.0, help="each earlier stage's LR is this many times lower"),
         lr_min: Optional[float] = typer.Option(None, help="or spread LRs geometrically from lr-min to lr"),
@@ -120,7 +121,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
             augment=augment, batch_size=batch_size, workers=workers, seed=seed, patience=patience,
             cache_dir=cache_dir, use_cache=not no_cache, strict=strict, val_fraction=val_fraction,
             overwrite=overwrite, progress=not quiet, warmup=warmup, sgdr_cycle=sgdr_cycle, sgdr_mult=sgdr_mult,
-            weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, precision=precision, find_lr=find_lr,
+            weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, precision=precision, find_lr=find_lr, select_best=not keep_last,
             data_kw={"text_column": text_column, "label_column": label_column})
 
 

@@ -32,7 +32,7 @@ def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strat
         val_fraction: float = 0.2, overwrite: bool = False, resume: bool = False,
         progress: bool = True, hooks: list | None = None, data_kw: dict | None = None,
         weight_decay: float = 0.01, warmup: float = 0.1, sgdr_cycle: float = 1.0, sgdr_mult: float = 2.0,
-        train_frozen_bn: bool = False, precision: str = "no", find_lr: bool = False,
+        train_frozen_bn: bool = False, precision: str = "no", find_lr: bool = False, select_best: bool = True,
         echo=print, accelerator=None) -> Run:
     """Train a new head (and as much of the backbone as the strategy says) on ``data``."""
     t_start = time.perf_counter()
@@ -63,7 +63,7 @@ def _silent(*_a, **_k):
 FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "lr", "unfreeze", "lr_decay",
             "lr_min", "schedule", "augment", "batch_size", "workers", "seed", "patience", "cache_dir",
             "use_cache", "strict", "val_fraction", "data_kw", "weight_decay", "warmup", "sgdr_cycle", "sgdr_mult",
-            "train_frozen_bn", "precision", "find_lr")
+            "train_frozen_bn", "precision", "find_lr", "select_best")
 
 
 def _build(args: dict, data):
@@ -72,6 +72,11 @@ def _build(args: dict, data):
     ds = data if isinstance(data, Dataset) else load_dataset(
         data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
     backbone = zoo.load(args["model"])
+    if backbone.modality != ds.modality:
+        from .data import DataError
+        hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
+        raise DataError(f"{args.get('data', data)} is {ds.modality} data but {args['model']} is a backbone for "
+                        f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds)
@@ -121,7 +126,8 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
-    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks),
+    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks,
+                                  select_best=args.get("select_best", True)),
                       run_dir=out, accelerator=accelerator)
     only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
     for h in hooks:

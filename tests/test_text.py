@@ -148,6 +148,9 @@ def test_text_data_errors_and_warnings(tmp_path, caplog):
     assert ds.modality == "text" and ds.classes == ["neg", "pos", "rare"] and len(ds.train) == 11
     warnings = " ".join(ds.info["warnings"])
     assert "empty text were left out (line(s) 12)" in warnings and "'rare' appear only once" in warnings
+    from rehead.fit import fit
+    with pytest.raises(DataError, match="text data but packaged:efficientnet_lite0 is a backbone for image data.*packaged:minilm"):
+        fit(d, model="packaged:efficientnet_lite0", out=tmp_path / "r", progress=False, echo=lambda *a: None)
     write_csv(d / "test.csv", [("new", "unseen")])
     with pytest.raises(DataError, match="not in"):
         load_dataset(d)
@@ -189,7 +192,7 @@ def test_gradual_unfreezes_top_blocks_with_lower_lrs(sentiment_folder, tmp_path,
     from rehead.run import Run
     before = zoo.load(f"hf:{tiny_bert_dir}").state_dict()
     fit(sentiment_folder, model=f"hf:{tiny_bert_dir}", out=tmp_path / "g", strategy="gradual", epochs=1,
-        unfreeze=2, progress=False, echo=lambda *a: None)
+        unfreeze=2, progress=False, echo=lambda *a: None, select_best=False)
     run = Run(tmp_path / "g")
     assert [p["trainable"] for p in run.config["phases"]] == [0, 1, 2]
     after = run.model.backbone.state_dict()

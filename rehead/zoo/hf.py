@@ -199,6 +199,8 @@ def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
                                 "(config.json, weights, tokenizer files)")
         source = str(local.resolve())
     auto = {"causal": tf.AutoModelForCausalLM, "masked": tf.AutoModelForMaskedLM, None: tf.AutoModel}[lm]
+    bars = tf.utils.logging.is_progress_bar_enabled()
+    tf.utils.logging.disable_progress_bar()  # a bar per load is noise in rehead's own output
     try:
         config = tf.AutoConfig.from_pretrained(source)
         if pretrained:
@@ -210,6 +212,9 @@ def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
         raise
     except (OSError, ValueError) as e:
         raise _offline_error(source, e) from e
+    finally:
+        if bars:
+            tf.utils.logging.enable_progress_bar()
     model.eval()
     return model, tokenizer, source
 
