@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--augment", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="accuracy_hymenoptera")
+    ap.add_argument("--key", default=None, help="store the (single) strategy's figures under this key")
     a = ap.parse_args()
     started = machine()
     figures = {}
@@ -66,9 +67,10 @@ def main():
         figures = json.loads(prev.read_text()).get("figures", {})
     with tempfile.TemporaryDirectory() as tmp:
         for s in a.strategies:
-            figures[s] = run(s, Path(tmp), a)
-            figures[s]["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-            print(s, figures[s]["val_acc"], f"{figures[s]['wall_s']:.0f}s", flush=True)
+            key = a.key or s
+            figures[key] = run(s, Path(tmp), a)
+            figures[key]["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            print(key, figures[key]["val_acc"], f"{figures[key]['wall_s']:.0f}s", flush=True)
     if "extract" in figures and "finetune" in figures:
         figures["finetune_ge_extract"] = figures["finetune"]["val_acc"] >= figures["extract"]["val_acc"]
     write(a.name, figures, started=started)
