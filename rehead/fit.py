@@ -205,6 +205,7 @@ def _resume(out: Path, echo, progress, accelerator) -> Run:
         return Run(out)
     if not (out / "checkpoint.pt").exists():
         echo(f"{out} has no checkpoint yet: starting it again from the beginning")
+        (out / "metrics.csv").unlink(missing_ok=True)
     echo(f"resuming {out}")
     from .methods import hooks_from_config
     return _run(out, cfg["args"], cfg["args"]["data"], echo, progress, hooks_from_config(cfg.get("methods")),

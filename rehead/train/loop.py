@@ -151,7 +151,7 @@ class Trainer:
             start_phase, start_epoch = resume["phase"], resume["epoch"] + 1
             best, bad, self.history = resume["best"], resume["bad"], list(resume["history"])
             self._rewrite_metrics()  # drop rows logged after the checkpoint we resume from
-        best_state = None
+        best_state, best_dirty = None, False
         if self.run_dir and (self.run_dir / "best.safetensors").exists() and resume:
             from safetensors.torch import load_file
             best_state = load_file(str(self.run_dir / "best.safetensors"))
@@ -210,13 +210,18 @@ class Trainer:
                 outer.set_postfix(phase=ph.name, val_acc=f"{va['acc']:.4f}", val_loss=f"{va['loss']:.4f}")
                 score = (va["acc"], -va["loss"])
                 if best is None or score > tuple(best):
-                    best, bad = list(score), 0
+                    best, bad, best_dirty = list(score), 0, True
                     best_state = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
-                    self._save_best(best_state)
                 else:
                     bad += 1
-                self._save_ckpt(base, opt, pi, epoch, best, bad)
-                if patience and bad >= patience:
+                stop = bool(patience and bad >= patience)
+                # Feature epochs take milliseconds: checkpoint them once, at the end of the phase.
+                if not on_feats or stop or epoch == ph.epochs - 1:
+                    if best_dirty:
+                        self._save_best(best_state)
+                        best_dirty = False
+                    self._save_ckpt(base, opt, pi, epoch, best, bad)
+                if stop:
                     break
         outer.close()
         if best_state is not None and cfg.select_best:  # best-checkpoint selection over the whole run
