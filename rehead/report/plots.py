@@ -62,6 +62,9 @@ def plot_compare(rows: list[dict], path, reference: dict | None = None, title: s
         ax.axhline(reference["val_acc"], color=BLUE, ls=":", alpha=0.7,
                    label=f"transfer at {reference['fraction']:g} ({reference['n_train']} samples)")
     ax.set_xscale("log")
+    ns = sorted({r["n_train"] for r in rows})
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
     ax.set_xlabel("training samples")
     ax.set_ylabel("val accuracy")
     ax.set_title(title or "transfer vs training from scratch", fontsize=10)
