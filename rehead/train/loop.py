@@ -71,7 +71,7 @@ class TrainConfig:
     task: str = "multiclass"
     mixed_precision: str = "no"
     progress: bool = True
-    hooks: list = field(default_factory=list)  # objects with penalty(model) / after_backward(model)
+    hooks: list = field(default_factory=list)  # objects with penalty / after_backward / after_step (model)
 
 
 def seed_everything(seed: int) -> None:
@@ -239,6 +239,9 @@ class Trainer:
                 if hasattr(h, "after_backward"):
                     h.after_backward(_unwrap(model))
             opt.step()
+            for h in self.cfg.hooks:
+                if hasattr(h, "after_step"):
+                    h.after_step(_unwrap(model))
             bs = len(y)
             tot_loss += loss.item() * bs
             n += bs
