@@ -50,7 +50,7 @@ class Table:
                                 f"({len(missing)} missing)")
             cols = [self.index[c] for c in columns]
             cells = np.char.strip(np.array([[r[j] for j in cols] for r in self.rows], dtype=str).reshape(len(self.rows), len(cols)))
-            cells[np.isin(np.char.lower(cells), ("", "na", "nan"))] = "nan"
+            cells = np.where(np.isin(np.char.lower(cells), ("", "na", "nan")), "nan", cells)  # not in place: '<U1' would cut "nan"
             try:
                 out = cells.astype(np.float32)  # vectorised; the slow path below only names the bad cell
             except ValueError:
