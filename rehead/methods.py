@@ -8,7 +8,8 @@
                     scouts (copies of the pretrained model) train briefly on small sub-problems
                     drawn from the target data; each weight's guide value is the mean squared
                     change across scouts, min-max normalised per tensor to [0, 1]; during
-                    fine-tuning every gradient is multiplied by its guide value.
+                    fine-tuning every gradient (default here: every step, see GuidedTransfer)
+                    is multiplied by its guide value.
 
 A hook has optional ``setup(model, ...)`` (before training), ``penalty(model) -> loss term`` and
 ``after_backward(model)``; ``config()`` records it in the run so ``--resume`` rebuilds it.
@@ -142,18 +143,33 @@ def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scou
     return guide
 
 
+GUIDE_ON = ("update", "gradient")
+
+
 class GuidedTransfer:
-    """Multiply every gradient by its guide value. ``setup`` runs the scouts (inside ``fit``)."""
+    """Scale learning by guide values. ``setup`` runs the scouts (inside ``fit``).
+
+    ``guide_on="gradient"`` is the paper's rule: every gradient is multiplied by its guide value.
+    Under an adaptive optimizer (rehead trains with AdamW) that is nearly a no-op: Adam divides
+    each gradient by its own running RMS, so a constant per-weight factor cancels (only guide
+    values near 0, where Adam's eps dominates, still slow a weight down). ``guide_on="update"``
+    (the default) multiplies each weight's *step* by its guide value instead, which is what the
+    gradient rule does under plain SGD (with or without momentum) and keeps that meaning under AdamW.
+    """
 
     def __init__(self, scouts: int = 5, scout_size: int = 8, scout_epochs: int = 5,
-                 scout_lr: float | None = None, guide: dict[str, torch.Tensor] | None = None):
+                 scout_lr: float | None = None, guide: dict[str, torch.Tensor] | None = None,
+                 guide_on: str = "update"):
+        if guide_on not in GUIDE_ON:
+            raise ValueError(f"guide_on must be one of {', '.join(GUIDE_ON)}, got {guide_on!r}")
         self.scouts, self.scout_size, self.scout_epochs, self.scout_lr = scouts, scout_size, scout_epochs, scout_lr
-        self.guide = guide
+        self.guide, self.guide_on = guide, guide_on
         self._by_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
+        self._before: list[torch.Tensor] | None = None
 
     def config(self) -> dict:
         return {"method": "guided", "scouts": self.scouts, "scout_size": self.scout_size,
-                "scout_epochs": self.scout_epochs, "scout_lr": self.scout_lr}
+                "scout_epochs": self.scout_epochs, "scout_lr": self.scout_lr, "guide_on": self.guide_on}
 
     def setup(self, model, ds=None, phases=None, args=None, out=None, uses_cache=False, resume=False, **_):
         """Inside ``rehead.fit``: scouts on random subsets of the training split, live data."""
@@ -188,7 +204,7 @@ class GuidedTransfer:
         from safetensors.torch import load_file
         self.guide = load_file(str(path))
 
-    def after_backward(self, model) -> None:
+    def _bind(self, model) -> None:
         if self._by_param is None:
             if self.guide is None:
                 raise RuntimeError("GuidedTransfer has no guide values: call setup() or compute_guide() first")
@@ -198,20 +214,36 @@ class GuidedTransfer:
                 raise ValueError(f"guide values do not cover parameter(s) {', '.join(missing[:5])}: "
                                  "they were computed for another model")
             self._by_param = [(p, self.guide[n].to(p.device, p.dtype)) for n, p in named.items()]
-        for p, g in self._by_param:
-            if p.grad is not None:
-                p.grad.mul_(g)
+
+    def after_backward(self, model) -> None:
+        self._bind(model)
+        if self.guide_on == "gradient":
+            for p, g in self._by_param:
+                if p.grad is not None:
+                    p.grad.mul_(g)
+        else:  # remember the weights; after_step scales the optimizer's step
+            self._before = [p.detach().clone() if p.requires_grad else None for p, _ in self._by_param]
+
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        if self.guide_on != "update" or self._before is None:
+            return
+        for (p, g), w in zip(self._by_param, self._before):
+            if w is not None:
+                p.copy_(w + g * (p - w))
+        self._before = None
 
 
 def method_hooks(method: str | None, alpha: float = 0.1, beta: float = 0.01, scouts: int = 5,
-                 scout_size: int = 8, scout_epochs: int = 5, scout_lr: float | None = None) -> list:
+                 scout_size: int = 8, scout_epochs: int = 5, scout_lr: float | None = None,
+                 guide_on: str = "update") -> list:
     """Hooks for ``rehead fit --method``: plain (none), l2sp, guided."""
     if method in (None, "", "plain", "none"):
         return []
     if method == "l2sp":
         return [L2SP(alpha, beta)]
     if method == "guided":
-        return [GuidedTransfer(scouts, scout_size, scout_epochs, scout_lr)]
+        return [GuidedTransfer(scouts, scout_size, scout_epochs, scout_lr, guide_on=guide_on)]
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 

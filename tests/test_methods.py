@@ -15,6 +15,15 @@ def quiet(*_):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: a second intra-op thread only waits for the other on a busy 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def drift(run, spec):
     """||w - w_pretrained|| over the run's backbone."""
     w0 = zoo.load(spec).cut(len(run.model.backbone)).state_dict()
@@ -95,11 +104,44 @@ def test_guided_hook_multiplies_every_gradient_by_its_guide():
     guide = {"weight": torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]]), "bias": torch.tensor([0.5, 0.0])}
     lin(torch.randn(4, 3)).pow(2).sum().backward()
     raw = {n: p.grad.clone() for n, p in lin.named_parameters()}
-    GuidedTransfer(guide=guide).after_backward(lin)
+    GuidedTransfer(guide=guide, guide_on="gradient").after_backward(lin)
     for n, p in lin.named_parameters():
         assert torch.allclose(p.grad, raw[n] * guide[n])
     with pytest.raises(ValueError, match="another model"):
         GuidedTransfer(guide={"weight": guide["weight"]}).after_backward(nn.Linear(3, 2))
+
+
+def _adamw_steps(hook, steps=5):
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 1)
+    w0 = lin.weight.detach().clone()
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1, weight_decay=0.0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((lin(x) - y) ** 2).mean().backward()
+        if hook:
+            hook.after_backward(lin)
+        opt.step()
+        if hook:
+            hook.after_step(lin)
+    return lin.weight.detach() - w0
+
+
+def test_under_adamw_only_guided_updates_change_the_steps():
+    """Adam divides each gradient by its running RMS, so a constant factor on a gradient cancels:
+    the paper's gradient rule barely changes AdamW's steps; the update rule scales them."""
+    half = {"weight": torch.full((1, 4), 0.5), "bias": torch.full((1,), 0.5)}
+    plain = _adamw_steps(None)
+    on_grad = _adamw_steps(GuidedTransfer(guide=half, guide_on="gradient"))
+    on_update = _adamw_steps(GuidedTransfer(guide=half, guide_on="update"))
+    assert torch.allclose(on_grad, plain, rtol=1e-3, atol=1e-6)
+    assert on_update.norm() < 0.75 * plain.norm()
+    one_plain = _adamw_steps(None, steps=1)
+    assert torch.allclose(_adamw_steps(GuidedTransfer(guide=half, guide_on="update"), steps=1), 0.5 * one_plain)
+    zero = {"weight": torch.tensor([[0.0, 1.0, 1.0, 1.0]]), "bias": torch.ones(1)}
+    moved = _adamw_steps(GuidedTransfer(guide=zero, guide_on="update"))
+    assert moved[0, 0] == 0 and (moved[0, 1:] != 0).all()  # guide 0: the weight never moves
 
 
 def test_guided_fit_runs_scouts_saves_guides_and_freezes_zero_guide_weights(tmp_path, image_folder, tiny_spec):

@@ -49,20 +49,20 @@ class Table:
                                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
                                 f"({len(missing)} missing)")
             cols = [self.index[c] for c in columns]
-            out = np.empty((len(self.rows), len(cols)), dtype=np.float32)
-            for i, r in enumerate(self.rows):
-                for k, j in enumerate(cols):
-                    cell = r[j].strip()
-                    if cell == "" or cell.lower() in ("nan", "na"):
-                        out[i, k] = np.nan
-                        continue
+            cells = np.char.strip(np.array([[r[j] for j in cols] for r in self.rows], dtype=str).reshape(len(self.rows), len(cols)))
+            cells = np.where(np.isin(np.char.lower(cells), ("", "na", "nan")), "nan", cells)  # not in place: '<U1' would cut "nan"
+            try:
+                out = cells.astype(np.float32)  # vectorised; the slow path below only names the bad cell
+            except ValueError:
+                for i, k in np.ndindex(cells.shape):
                     try:
-                        out[i, k] = float(cell)
+                        float(cells[i, k])
                     except ValueError:
                         raise DataError(
-                            f"{self.path}: column {columns[k]!r}, row {i + 1} holds {cell!r}, which is not a "
+                            f"{self.path}: column {columns[k]!r}, row {i + 1} holds {str(cells[i, k])!r}, which is not a "
                             "number. Tabular features must be numeric: name identifier columns with "
                             "--id-columns, or encode categories as numbers") from None
+                raise
             if not np.isfinite(out[~np.isnan(out)]).all():
                 raise DataError(f"{self.path} holds infinite values: replace them before training")
             self._numeric[key] = out
@@ -88,7 +88,8 @@ def read_table(path) -> Table:
             rows = [r for r in reader if r]
         if not rows:
             raise DataError(f"{path} has a header but no data rows")
-        dup = sorted({c for c in header if header.count(c) > 1})
+        from collections import Counter
+        dup = sorted(c for c, n in Counter(header).items() if n > 1)
         if dup:
             raise DataError(f"{path} has duplicate column name(s): {', '.join(dup[:5])}")
         bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
@@ -175,17 +176,19 @@ def load_table(path, label_column: str = "label", id_columns=None, split_column:
 
 def rows_of(items: list, columns: list[str]) -> np.ndarray:
     """Raw feature values (N, F) float32 of row references or number sequences."""
-    out = []
+    out, matrices = [], {}
     for it in items:
         if isinstance(it, str):
             path, _, row = it.rpartition("#")
             if not path or not row.isdigit():
                 raise DataError(f"{it!r} is not a table row reference (expected /path/table.csv#ROW)")
-            table = read_table(path)
-            r = int(row)
-            if r >= len(table.rows):
-                raise DataError(f"{path} has {len(table.rows)} rows, no row {r}")
-            out.append(table.matrix(columns)[r])
+            if path not in matrices:  # one lookup per file, not per row: gene tables are wide
+                table = read_table(path)
+                matrices[path] = table.matrix(columns)
+            r, m = int(row), matrices[path]
+            if r >= len(m):
+                raise DataError(f"{path} has {len(m)} rows, no row {r}")
+            out.append(m[r])
         else:
             v = np.asarray(it, dtype=np.float32)
             if v.shape != (len(columns),):

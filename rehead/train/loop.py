@@ -74,7 +74,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     progress: bool = True
     select_best: bool = True  # end with the weights of the best val epoch, not the last
-    hooks: list = field(default_factory=list)  # objects with penalty(model) / after_backward(model)
+    hooks: list = field(default_factory=list)  # objects with penalty / after_backward / after_step (model)
 
 
 def seed_everything(seed: int) -> None:
@@ -262,6 +262,9 @@ class Trainer:
                 if hasattr(h, "after_backward"):
                     h.after_backward(base)
             opt.step()
+            for h in self.cfg.hooks:
+                if hasattr(h, "after_step"):
+                    h.after_step(base)
             bs = len(y)
             tot_loss += loss.item() * bs
             n += bs
