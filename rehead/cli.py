@@ -68,7 +68,7 @@ def inspect(model: str, as_json: bool = typer.Option(False, "--json")):
     typer.echo(f"{'#':>3}  {'stage':14} {'output shape':18} {'params':>12}")
     for r in rows:
         typer.echo(f"{r['index']:>3}  {r['name']:14} {str(r['output_shape']):18} {r['params']:>12,}")
-    cfg = {k: v for k, v in bb.data_config.items() if k not in ("feature_mean", "feature_std")}
+    cfg = {k: v for k, v in bb.data_config.items() if k not in ("feature_mean", "feature_std", "columns", "tokenizer")}
     typer.echo(f"preprocessing: {json.dumps(cfg)}")
     typer.echo("cut with --cut INDEX or --cut NAME (keeps stages 1..INDEX)")
 
@@ -106,6 +106,16 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
         overwrite: bool = typer.Option(False, help="replace an existing run directory"),
         resume: Optional[str] = typer.Option(None, help="continue an interrupted run directory"),
         text_column: str = "text", label_column: str = "label",
+        id_columns: Optional[str] = typer.Option(None, help="tables: comma-separated identifier columns to leave out"),
+        split_column: str = typer.Option("split", help="tables: a column whose 'train' rows train (others: val)"),
+        missing: str = typer.Option("error", help="tables: empty cells are an error, or the column 'mean'"),
+        method: str = typer.Option("plain", help="plain | l2sp | guided"),
+        alpha: float = typer.Option(0.1, help="l2sp: pull of transferred weights towards their pretrained values"),
+        beta: float = typer.Option(0.01, help="l2sp: plain L2 on the new head"),
+        scouts: int = typer.Option(5, help="guided: number of scout models"),
+        scout_size: int = typer.Option(8, help="guided: training samples per scout"),
+        scout_epochs: int = typer.Option(5, help="guided: epochs each scout trains"),
+        guide_on: str = typer.Option("update", help="guided: scale each optimizer 'update' or each 'gradient' (the paper's rule)"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Train a new head (and as much of the backbone as the strategy says) on DATA."""
     from .fit import fit as run_fit
@@ -115,14 +125,18 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
     if data is None:
         fail("give DATA (a folder or CSV), or --resume RUN_DIR")
     out = out or f"runs/{Path(data).stem}"
+    from .methods import method_hooks
+    hooks = method_hooks(method, alpha=alpha, beta=beta, scouts=scouts, scout_size=scout_size,
+                         scout_epochs=scout_epochs, guide_on=guide_on)
     c = int(cut) if cut is not None and cut.lstrip("-").isdigit() else cut
-    run_fit(data, model=model, out=out, strategy=strategy, cut=c, head=head, hidden=hidden, dropout=dropout,
+    run_fit(data, model=model, hooks=hooks, out=out, strategy=strategy, cut=c, head=head, hidden=hidden, dropout=dropout,
             epochs=epochs, lr=lr, unfreeze=unfreeze, lr_decay=lr_decay, lr_min=lr_min, schedule=schedule,
             augment=augment, batch_size=batch_size, workers=workers, seed=seed, patience=patience,
             cache_dir=cache_dir, use_cache=not no_cache, strict=strict, val_fraction=val_fraction,
             overwrite=overwrite, progress=not quiet, warmup=warmup, sgdr_cycle=sgdr_cycle, sgdr_mult=sgdr_mult,
             weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, precision=precision, find_lr=find_lr, select_best=not keep_last,
-            data_kw={"text_column": text_column, "label_column": label_column})
+            data_kw={"text_column": text_column, "label_column": label_column, "id_columns": id_columns,
+                     "split_column": split_column, "missing": missing})
 
 
 @app.command("lr-find")
@@ -204,6 +218,9 @@ def predict(run_dir: str, inputs: List[str] = typer.Argument(..., help="image fi
 
 
 def expand_inputs(inputs: list[str], modality: str) -> list:
+    if modality == "tabular":
+        from .data.tabular import expand_inputs as table_rows
+        return table_rows(inputs)
     if modality != "image":
         return list(inputs)
     from .data.images import IMAGE_EXTS
