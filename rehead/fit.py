@@ -155,7 +155,8 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "checkpoint.pt").unlink(missing_ok=True)
     (out / "best.safetensors").unlink(missing_ok=True)
-    echo(f"val accuracy {summary['val_acc']:.4f} ({len(ds.val)} samples) -> {out}")
+    echo(f"val accuracy {summary['val_acc']:.4f} ({len(ds.val)} samples) -> {out}\n"
+         f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
     return Run(out)
 
 
