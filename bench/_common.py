@@ -29,7 +29,8 @@ def machine() -> dict:
         commit = ""
     return {"nproc": os.cpu_count(), "sched_affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
             "loadavg": list(os.getloadavg()), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "git_commit": commit,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "git_commit": commit,
             "note": "2 CPU cores shared with other helpers running in parallel: timings are noisy; "
                     "compared pipelines run interleaved in one process and medians are reported"}
 

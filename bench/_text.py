@@ -4,27 +4,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
+
+from bench._common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = Path(os.environ.get("REHEAD_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 if not DATASETS.exists():
     DATASETS = Path("/work/shared/datasets")
-
-
-def machine() -> dict:
-    import torch
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"nproc": os.cpu_count(), "cpu": cpu, "gpu": gpu, "loadavg": list(os.getloadavg()),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
 
 
 def write(name: str, figures: dict, notes: str = "") -> Path:
