@@ -126,8 +126,10 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
+    # A run of feature phases only takes seconds to redo: it writes no checkpoints.
     trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks,
-                                  select_best=args.get("select_best", True)),
+                                  select_best=args.get("select_best", True),
+                                  checkpoints=not all(p.on_features for p in recipe.phases)),
                       run_dir=out, accelerator=accelerator)
     only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
     for h in hooks:
@@ -157,7 +159,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     (out / "best.safetensors").unlink(missing_ok=True)
     echo(f"val accuracy {summary['val_acc']:.4f} ({len(ds.val)} samples) -> {out}\n"
          f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
-    return Run(out)
+    return Run(out, model=model)
 
 
 def _example(backbone):

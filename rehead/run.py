@@ -82,10 +82,15 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 class Run:
     """A finished run loaded back: predict and evaluate need nothing but the directory."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, model: TransferModel | None = None):
+        """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``
+        hands over what it just saved instead of rebuilding it)."""
         self.dir = Path(run_dir)
         self.config = read_config(self.dir)
         self.classes = json.loads((self.dir / "labels.json").read_text())
+        if model is not None:
+            self.model = model.eval()
+            return
         weights = self.dir / "model.safetensors"
         if not weights.exists():
             raise BadRun(f"{self.dir} has no model.safetensors: the run did not finish "

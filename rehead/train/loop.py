@@ -74,6 +74,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     progress: bool = True
     select_best: bool = True  # end with the weights of the best val epoch, not the last
+    checkpoints: bool = True  # write checkpoint.pt / best.safetensors for --resume
     hooks: list = field(default_factory=list)  # objects with penalty / after_backward / after_step (model)
 
 
@@ -116,7 +117,7 @@ class Trainer:
         return self.run_dir / "checkpoint.pt" if self.run_dir else None
 
     def _save_ckpt(self, model, opt, phase_i, epoch, best, bad):
-        if not self.ckpt_path or not self.acc.is_main_process:
+        if not self.ckpt_path or not self.acc.is_main_process or not self.cfg.checkpoints:
             return
         m = _unwrap(model)
         state = {"model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
@@ -229,7 +230,7 @@ class Trainer:
         return self.history
 
     def _save_best(self, state):
-        if self.run_dir and self.acc.is_main_process:
+        if self.run_dir and self.acc.is_main_process and self.cfg.checkpoints:
             from safetensors.torch import save
             atomic_write_bytes(self.run_dir / "best.safetensors",
                                save({k: v.contiguous() for k, v in state.items()}))
