@@ -95,6 +95,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
         sgdr_mult: float = typer.Option(2.0, help="sgdr: each cycle this many times longer"),
         weight_decay: float = typer.Option(0.01, help="AdamW weight decay (never on norms and biases)"),
         train_frozen_bn: bool = typer.Option(False, help="let frozen BatchNorm layers update their statistics"),
+        freeze_bn: bool = typer.Option(False, "--freeze-bn", help="keep every BatchNorm's pretrained statistics, in trainable stages too"),
         precision: str = typer.Option("no", help="mixed precision: no | fp16 | bf16"),
         augment: Optional[str] = typer.Option(None, help="light | classic (training data only)"),
         batch_size: int = 32, workers: int = 2, seed: int = 0,
@@ -134,7 +135,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="folder of class folders
             augment=augment, batch_size=batch_size, workers=workers, seed=seed, patience=patience,
             cache_dir=cache_dir, use_cache=not no_cache, strict=strict, val_fraction=val_fraction,
             overwrite=overwrite, progress=not quiet, warmup=warmup, sgdr_cycle=sgdr_cycle, sgdr_mult=sgdr_mult,
-            weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, precision=precision, find_lr=find_lr, select_best=not keep_last,
+            weight_decay=weight_decay, train_frozen_bn=train_frozen_bn, freeze_bn=freeze_bn, precision=precision, find_lr=find_lr, select_best=not keep_last,
             data_kw={"text_column": text_column, "label_column": label_column, "id_columns": id_columns,
                      "split_column": split_column, "missing": missing})
 

@@ -32,7 +32,7 @@ def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strat
         val_fraction: float = 0.2, overwrite: bool = False, resume: bool = False,
         progress: bool = True, hooks: list | None = None, data_kw: dict | None = None,
         weight_decay: float = 0.01, warmup: float = 0.1, sgdr_cycle: float = 1.0, sgdr_mult: float = 2.0,
-        train_frozen_bn: bool = False, precision: str = "no", find_lr: bool = False, select_best: bool = True,
+        train_frozen_bn: bool = False, freeze_bn: bool = False, precision: str = "no", find_lr: bool = False, select_best: bool = True,
         echo=print, accelerator=None) -> Run:
     """Train a new head (and as much of the backbone as the strategy says) on ``data``."""
     t_start = time.perf_counter()
@@ -63,7 +63,7 @@ def _silent(*_a, **_k):
 FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "lr", "unfreeze", "lr_decay",
             "lr_min", "schedule", "augment", "batch_size", "workers", "seed", "patience", "cache_dir",
             "use_cache", "strict", "val_fraction", "data_kw", "weight_decay", "warmup", "sgdr_cycle", "sgdr_mult",
-            "train_frozen_bn", "precision", "find_lr", "select_best")
+            "train_frozen_bn", "freeze_bn", "precision", "find_lr", "select_best")
 
 
 def _build(args: dict, data):
@@ -85,7 +85,8 @@ def _build(args: dict, data):
     in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
     seed_everything(args["seed"])
     head = make_head(in_dim, len(ds.classes), args["head"], args["hidden"], args["dropout"])
-    return ds, backbone, k, TransferModel(prefix, head, train_frozen_bn=args.get("train_frozen_bn", False))
+    return ds, backbone, k, TransferModel(prefix, head, train_frozen_bn=args.get("train_frozen_bn", False),
+                                          freeze_bn=args.get("freeze_bn", False))
 
 
 def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
@@ -115,7 +116,8 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": prefix.stage_names[-1],
               "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
               "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
-              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False), "args": args,
+              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False),
+              "freeze_bn": args.get("freeze_bn", False), "args": args,
               "methods": [h.config() for h in hooks if hasattr(h, "config")]}
     if any(getattr(h, "replaces_weight_decay", False) for h in hooks):
         for p in recipe.phases:  # L2-SP replaces decay towards 0 by decay towards the pretrained weights

@@ -8,11 +8,15 @@ from .zoo.backbone import Backbone
 
 
 class TransferModel(nn.Module):
-    def __init__(self, backbone: Backbone, head: nn.Module, train_frozen_bn: bool = False):
+    def __init__(self, backbone: Backbone, head: nn.Module, train_frozen_bn: bool = False,
+                 freeze_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.train_frozen_bn = train_frozen_bn
+        # Keep every BatchNorm's pretrained statistics, in trainable stages too: on a few hundred
+        # images re-estimated statistics are noise, and they are what most changes the source task.
+        self.freeze_bn = freeze_bn
         self.frozen = [False] * len(backbone)
 
     # -- freezing --------------------------------------------------------------
@@ -57,6 +61,10 @@ class TransferModel(nn.Module):
             for flag, stage in zip(self.frozen, self.backbone.stages.values()):
                 if flag:
                     stage.eval()
+        if mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     # -- forward ---------------------------------------------------------------

@@ -61,7 +61,8 @@ def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
         bb.data_config = dict(cfg["data_config"])
     h = cfg["head"]
     head = make_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden", 512), h.get("dropout", 0.0))
-    return TransferModel(bb, head, train_frozen_bn=cfg.get("train_frozen_bn", False))
+    return TransferModel(bb, head, train_frozen_bn=cfg.get("train_frozen_bn", False),
+                         freeze_bn=cfg.get("freeze_bn", False))
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

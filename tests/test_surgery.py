@@ -106,3 +106,15 @@ def test_heads():
     assert [type(l).__name__ for l in mlp] == ["Linear", "ReLU", "Dropout", "Linear"]
     with pytest.raises(ValueError, match="linear' or 'mlp"):
         make_head(8, 2, "conv")
+
+
+def test_freeze_bn_keeps_pretrained_statistics_in_trainable_stages(bb):
+    m = _model(bb)
+    m.freeze_bn = True
+    m.set_trainable_last(-1).train()
+    bns = [mod for mod in m.backbone.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert bns and not any(b.training for b in bns)
+    assert all(p.requires_grad for p in m.backbone.parameters())  # still trainable, only statistics kept
+    before = [b.running_mean.clone() for b in bns]
+    m(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bns))
