@@ -29,7 +29,7 @@ def run(strategy: str, tmp: Path, a) -> dict:
     kw = dict(strategy=strategy, out=tmp / f"run-{strategy}", cache_dir=str(tmp / "cache"), progress=False,
               seed=a.seed, echo=lambda *_: None)
     if strategy == "finetune":
-        kw.update(epochs=a.epochs, unfreeze=a.unfreeze, lr=a.lr, augment=a.augment)
+        kw.update(epochs=a.epochs, unfreeze=a.unfreeze, lr=a.lr, augment=a.augment, freeze_bn=a.freeze_bn)
     t0 = time.perf_counter()
     fit(str(HYMENOPTERA), **kw)
     wall = time.perf_counter() - t0
@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--augment", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--freeze-bn", action="store_true", help="keep every BatchNorm's pretrained statistics")
     ap.add_argument("--name", default="accuracy_hymenoptera")
     ap.add_argument("--key", default=None, help="store the (single) strategy's figures under this key")
     a = ap.parse_args()
