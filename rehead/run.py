@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .heads import make_head
 from .model import TransferModel

@@ -24,6 +24,15 @@ def _private_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only waits for the other on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_spec(tmp_path_factory) -> str:
     """A tiny timm EfficientNet (random init, seeded) saved as safetensors: loads via file:."""

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 import rehead
 from rehead.cli import app
 from rehead.run import Run, RunExists
-from tests.conftest import make_images, shared_dataset
+from tests.conftest import shared_dataset
 
 runner = CliRunner()
 

@@ -29,7 +29,7 @@ def test_packaged_backbone_carries_its_preprocessing():
 def _imagenet_top5(bb, paths, cfg=None):
     from rehead.data.images import ImageDataset
     ds = ImageDataset(paths, None, cfg or bb.data_config)
-    top5, top1 = [], []
+    top5 = []
     with torch.inference_mode():
         for i in range(0, len(ds), 32):
             x = torch.stack([ds[j][1] for j in range(i, min(i + 32, len(ds)))])

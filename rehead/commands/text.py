@@ -1,7 +1,6 @@
 """``rehead adapt``: continue pretraining a language model on unlabelled domain text."""
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 
