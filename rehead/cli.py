@@ -48,9 +48,10 @@ def models(as_json: bool = typer.Option(False, "--json")):
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    typer.echo(f"{'spec':34} {'modality':9} {'offline':8} note")
+    w = max(len(r["spec"]) for r in rows) + 1
+    typer.echo(f"{'spec':{w}} {'modality':9} {'offline':8} note")
     for r in rows:
-        typer.echo(f"{r['spec']:34} {r['modality'] or '-':9} {'yes' if r['offline'] else 'no':8} {r['note']}")
+        typer.echo(f"{r['spec']:{w}} {r['modality'] or '-':9} {'yes' if r['offline'] else 'no':8} {r['note']}")
 
 
 @app.command()
