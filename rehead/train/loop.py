@@ -11,7 +11,7 @@ import io
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +320,3 @@ class IndexedTensors(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return i, self.x[i], self.y[i]
 
-
-def phase_dict(ph: Phase) -> dict:
-    return asdict(ph)
