@@ -103,7 +103,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     recipe = build_recipe(args["strategy"], len(ds.train), k, epochs=args["epochs"], lr=args["lr"],
                           unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
                           schedule=args["schedule"], augment=bool(args["augment"]),
-                          **{k: args[k] for k in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if k in args})
+                          **{key: args[key] for key in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if key in args})
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
     if args["augment"] and recipe.strategy == "extract":
@@ -128,12 +128,11 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
+    only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
     trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks,
-                                  select_best=args.get("select_best", True),
-                                  checkpoints=not all(p.on_features for p in recipe.phases)),
+                                  select_best=args.get("select_best", True), checkpoints=not only_features),
                       run_dir=out, accelerator=accelerator)
-    only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
     for h in hooks:
         if hasattr(h, "setup"):  # before training: L2-SP records w0, guided runs its scouts
             h.setup(model, ds=ds, phases=recipe.phases, args=args, out=out, uses_cache=only_features,
@@ -165,7 +164,6 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
 
 
 def _example(backbone):
-    from .data import pipeline
     return pipeline(backbone.modality).example_input(backbone)
 
 
