@@ -7,6 +7,7 @@ its own run directory, sharing one fresh feature cache:
     rehead fit hymenoptera_data --strategy extract --cache-dir C --out RUN2 -q   (warm: cache hit)
 
 and reports wall times, their ratio (target <= 0.3), both val accuracies (must be equal),
+whether the warm run built the backbone (it should not: it reads the cache's snapshot),
 and where the warm run's time goes (bare ``import rehead.fit`` time, rehead's own timer).
 
     PYTHONPATH=. python bench/cache_fit.py [--pairs 1]
@@ -50,6 +51,7 @@ def main():
             rows.append({"cold_s": walls[0], "warm_s": walls[1], "ratio": walls[1] / walls[0],
                          "val_acc": [s["val_acc"] for s in summ],
                          "extract_seconds": [s.get("extract_seconds") for s in summ],
+                         "warm_built_backbone": summ[1].get("backbone_built", True),
                          "fit_wall_seconds_inside": [s.get("wall_seconds") for s in summ],
                          "python_import_rehead_fit_s": t_import})
             print(rows[-1], flush=True)

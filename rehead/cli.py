@@ -246,7 +246,7 @@ def cache_info(cache_dir: Optional[str] = typer.Option(None)):
     from .features import FeatureCache
     s = FeatureCache(cache_dir).size()
     typer.echo(f"{s['path']}: {s['entries']} feature files for {s['models']} backbone/cut keys, "
-               f"{s['bytes'] / 1e6:.1f} MB")
+               f"{s['bytes'] / 1e6:.1f} MB; backbone snapshots {s['snapshot_bytes'] / 1e6:.1f} MB")
 
 
 @cache_app.command("clear")

@@ -4,10 +4,16 @@ Key = hash(backbone spec + weights, cut, preprocessing, sample content). One ``.
 per sample and key, written to a temporary file and renamed, so a killed run never
 leaves a file that loads as valid. The content hash of a file is remembered by
 (path, size, mtime), so on a full cache hit no image is even opened.
+
+Snapshots (``snapshots/<stamp hash>/``) record what a run learnt about a backbone whose
+weights have a stat-based stamp (``zoo.weights_stamp``): its stages, preprocessing, weights
+(safetensors) and, per cut, the prefix's weights id and feature width. A fit whose features
+are all cached reads them instead of building the model: no timm, no torchvision import.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -47,8 +53,11 @@ class FeatureCache:
         # Features at cut k depend on the first k stages only: key them by that prefix's weights,
         # so a probe over every depth (full backbone) and `fit --cut k` (the prefix) share entries.
         wid = backbone.weights_id if cut == len(backbone) else backbone.cut(cut).weights_id
-        parts = [backbone.spec, wid, str(cut), backbone.preprocessing_id()]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+        return self.key(backbone.spec, wid, cut, backbone.preprocessing_id())
+
+    @staticmethod
+    def key(spec: str, weights_id: str, cut: int, preprocessing_id: str) -> str:
+        return hashlib.sha256("|".join([spec, weights_id, str(cut), preprocessing_id]).encode()).hexdigest()[:24]
 
     def file_digest(self, path: str) -> str:
         """sha256 of a file's bytes, remembered by (path, size, mtime) to skip rereads."""
@@ -84,15 +93,67 @@ class FeatureCache:
         np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
         atomic_write_bytes(self._path(model_key, sample_key), buf.getvalue())
 
+    def get_all(self, model_key: str, sample_keys: list[str]) -> np.ndarray | None:
+        """Every sample's features stacked, or None as soon as one is missing."""
+        rows = []
+        for k in sample_keys:
+            v = self.get(model_key, k)
+            if v is None:
+                return None
+            rows.append(v)
+        return np.stack(rows) if rows else None
+
+    # -- backbone snapshots ----------------------------------------------------------
+    def _snap_dir(self, stamp: str) -> Path:
+        return self.root / "snapshots" / hashlib.sha256(stamp.encode()).hexdigest()[:24]
+
+    def snapshot(self, stamp: str) -> dict | None:
+        """What an earlier run recorded about the backbone with this weights stamp, or None."""
+        d = self._snap_dir(stamp)
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if meta.get("stamp") == stamp and (d / "weights.safetensors").exists() else None
+
+    def save_snapshot(self, stamp: str, backbone, prefix, in_dim: int) -> None:
+        """Record ``backbone`` (full, pretrained) and its cut ``prefix`` (features of width
+        ``in_dim``) under ``stamp``."""
+        from safetensors.torch import save
+        d = self._snap_dir(stamp)
+        meta = self.snapshot(stamp) or {"stamp": stamp, "spec": backbone.spec, "modality": backbone.modality,
+                                         "stage_names": backbone.stage_names, "data_config": backbone.data_config,
+                                         "cuts": {}}
+        cut = len(prefix)
+        if str(cut) in meta["cuts"]:
+            return
+        if not (d / "weights.safetensors").exists():
+            sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+            atomic_write_bytes(d / "weights.safetensors", save(sd))
+        meta["cuts"][str(cut)] = {"weights_id": prefix.weights_id, "preprocessing_id": prefix.preprocessing_id(),
+                                  "in_dim": int(in_dim)}
+        atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())
+
+    def snapshot_prefix(self, stamp: str, cut: int) -> dict:
+        """The first ``cut`` stages' weights (Backbone state-dict names) from a snapshot."""
+        from safetensors.torch import load_file
+        meta = self.snapshot(stamp)
+        kept = {f"stages.{n}." for n in meta["stage_names"][:cut]}
+        sd = load_file(str(self._snap_dir(stamp) / "weights.safetensors"))
+        return {k: v for k, v in sd.items()
+                if not k.startswith("stages.") or any(k.startswith(p) for p in kept)}
+
     # -- housekeeping ------------------------------------------------------------
     def size(self) -> dict:
         files = [p for p in (self.root / "features").rglob("*.npy")] if self.root.exists() else []
+        snaps = [p for p in (self.root / "snapshots").rglob("*") if p.is_file()] if self.root.exists() else []
         return {"path": str(self.root), "entries": len(files),
                 "bytes": sum(p.stat().st_size for p in files),
-                "models": len(list((self.root / "features").iterdir())) if (self.root / "features").exists() else 0}
+                "models": len(list((self.root / "features").iterdir())) if (self.root / "features").exists() else 0,
+                "snapshot_bytes": sum(p.stat().st_size for p in snaps)}
 
     def clear(self) -> None:
-        for sub in ("features", "digests"):
+        for sub in ("features", "digests", "snapshots"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
 
 

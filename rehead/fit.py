@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +15,8 @@ from .features import FeatureCache, extract
 from .heads import make_head
 from .model import TransferModel
 from .recipes import build_recipe
-from .run import Run, prepare_run_dir, read_config, save_weights, write_yaml
+from .run import Run, prepare_run_dir, read_config, save_tensors, save_weights, write_yaml
+from .zoo.backbone import Backbone, stage_index
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 
 log = logging.getLogger("rehead")
@@ -66,11 +67,20 @@ FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "
             "train_frozen_bn", "freeze_bn", "precision", "find_lr", "select_best")
 
 
+def _load_data(args: dict, data) -> Dataset:
+    seed_everything(args["seed"])
+    return data if isinstance(data, Dataset) else load_dataset(
+        data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
+
+
+def _new_head(args: dict, in_dim: int, n_classes: int):
+    seed_everything(args["seed"])
+    return make_head(in_dim, n_classes, args["head"], args["hidden"], args["dropout"])
+
+
 def _build(args: dict, data):
     """Data, backbone prefix and a fresh model as ``args`` describe them."""
-    seed_everything(args["seed"])
-    ds = data if isinstance(data, Dataset) else load_dataset(
-        data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
+    ds = _load_data(args, data)
     backbone = zoo.load(args["model"])
     if backbone.modality != ds.modality:
         from .data import DataError
@@ -80,13 +90,56 @@ def _build(args: dict, data):
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds)
-    k = len(backbone) if args["cut"] is None else backbone.stage_index(args["cut"])
+    k = backbone.stage_index(args["cut"])
     prefix = backbone.cut(k)
     in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
-    seed_everything(args["seed"])
-    head = make_head(in_dim, len(ds.classes), args["head"], args["hidden"], args["dropout"])
+    head = _new_head(args, in_dim, len(ds.classes))
     return ds, backbone, k, TransferModel(prefix, head, train_frozen_bn=args.get("train_frozen_bn", False),
                                           freeze_bn=args.get("freeze_bn", False))
+
+
+@dataclass
+class _Warm:
+    """An extract-only fit served from the cache alone: no backbone is built."""
+    stamp: str
+    cut: int
+    cut_name: str
+    backbone: Backbone  # hollow: no stages, the recorded preprocessing
+    in_dim: int
+    features: tuple
+
+
+def _warm_start(args: dict, ds: Dataset, cache: FeatureCache) -> _Warm | None:
+    """The snapshot of the backbone and every sample's features, when the cache has them all."""
+    stamp = zoo.weights_stamp(args["model"])
+    meta = cache.snapshot(stamp) if stamp else None
+    # Tables are left out: their encoder checks and standardises the table's columns when built.
+    if meta is None or meta["modality"] != ds.modality or ds.modality == "tabular":
+        return None
+    try:
+        k = stage_index(meta["stage_names"], args["cut"])
+    except ValueError:
+        return None  # the usual path reports it
+    cut = meta["cuts"].get(str(k))
+    if cut is None:
+        return None
+    hollow = Backbone({}, meta["data_config"], args["model"])
+    pipe = pipeline(ds.modality)
+    mkey = cache.key(args["model"], cut["weights_id"], k, cut["preprocessing_id"])
+    features = []
+    for split in (ds.train, ds.val):
+        x = cache.get_all(mkey, [pipe.sample_key(item, cache, hollow) for item in split.items])
+        if x is None:
+            return None
+        features.append(IndexedTensors(torch.from_numpy(x), torch.tensor(split.labels)))
+    return _Warm(stamp, k, meta["stage_names"][k - 1], hollow, cut["in_dim"], tuple(features))
+
+
+def _recipe(args: dict, n_train: int, depth: int):
+    return build_recipe(args["strategy"], n_train, depth, epochs=args["epochs"], lr=args["lr"],
+                        unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
+                        schedule=args["schedule"], augment=bool(args["augment"]),
+                        **{key: args[key] for key in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if key in args})
 
 
 def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
@@ -98,12 +151,22 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
                       cache_dir=args["cache_dir"], use_cache=args["use_cache"], val_fraction=args["val_fraction"],
                       data_kw=args.get("data_kw"), progress=progress, echo=echo)
         args["lr"] = res["suggested"]
-    ds, backbone, k, model = _build(args, data)
-    prefix, in_dim = model.backbone, model.head[-1].in_features
-    recipe = build_recipe(args["strategy"], len(ds.train), k, epochs=args["epochs"], lr=args["lr"],
-                          unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
-                          schedule=args["schedule"], augment=bool(args["augment"]),
-                          **{key: args[key] for key in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if key in args})
+    t0 = time.perf_counter()
+    ds = _load_data(args, data)
+    cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
+    warm = None
+    if cache and not hooks and resume_state is None and _recipe(args, len(ds.train), 1).uses_only_features:
+        warm = _warm_start(args, ds, cache)
+    if warm:
+        k, backbone = warm.cut, warm.backbone
+        model = TransferModel(backbone, _new_head(args, warm.in_dim, len(ds.classes)))
+        cut_name, in_dim = warm.cut_name, warm.in_dim
+    else:
+        ds, backbone, k, model = _build(args, ds)
+        # The head's first linear layer takes the features (an MLP head's last one takes `hidden`).
+        in_dim = next(m for m in model.head if isinstance(m, torch.nn.Linear)).in_features
+        cut_name = model.backbone.stage_names[-1]
+    recipe = _recipe(args, len(ds.train), k)
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
     if args["augment"] and recipe.strategy == "extract":
@@ -113,7 +176,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         echo("augmentation on: features are computed live each epoch, not cached")
     head_cfg = {"kind": args["head"], "in_dim": int(in_dim), "out_dim": len(ds.classes),
                 "hidden": args["hidden"], "dropout": args["dropout"]}
-    config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": prefix.stage_names[-1],
+    config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": cut_name,
               "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
               "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
               "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False),
@@ -128,7 +191,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
         (out / "labels.json").write_text(json.dumps(ds.classes))
         (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
                                                        "labels": getattr(ds, s).labels} for s in ("train", "val")}))
-    only_features = all(p.on_features for p in recipe.phases)  # extract: the backbone never trains
+    only_features = recipe.uses_only_features  # extract: the backbone never trains
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
     trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks,
                                   select_best=args.get("select_best", True), checkpoints=not only_features),
@@ -138,9 +201,14 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
             h.setup(model, ds=ds, phases=recipe.phases, args=args, out=out, uses_cache=only_features,
                     resume=resume_state is not None)
     info, features = {}, None
-    if recipe.uses_cache:
-        cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
+    if warm:
+        features, info = warm.features, {"extract_seconds": time.perf_counter() - t0, "skipped": [],
+                                         "backbone_built": False}
+    elif recipe.uses_cache:
         features, info = _cached_features(model, ds, cache, args, progress, echo)
+        stamp = zoo.weights_stamp(args["model"]) if cache and only_features and not hooks else None
+        if stamp and ds.modality != "tabular":  # lets the next identical fit skip building the backbone
+            cache.save_snapshot(stamp, backbone, model.backbone, in_dim)
     make_loader = None
     if any(not p.on_features for p in recipe.phases):
         make_loader = _live_loaders(model, ds, args, echo)
@@ -149,7 +217,12 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
                 features=features, resume=resume)
     if not trainer.acc.is_main_process:
         return None
-    save_weights(model, out / "model.safetensors")
+    if warm:  # the run holds the whole model: the recorded prefix plus the trained head
+        sd = {f"backbone.{n}": t for n, t in cache.snapshot_prefix(warm.stamp, k).items()}
+        sd.update({f"head.{n}": t for n, t in model.head.state_dict().items()})
+        save_tensors(sd, out / "model.safetensors")
+    else:
+        save_weights(model, out / "model.safetensors")
     last = trainer.history[-1] if trainer.history else {}
     best = max(trainer.history, key=lambda r: (r["val_acc"], -r["val_loss"])) if trainer.history else {}
     summary = {"strategy": recipe.strategy, "val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"),
@@ -160,7 +233,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     (out / "best.safetensors").unlink(missing_ok=True)
     echo(f"val accuracy {summary['val_acc']:.4f} ({len(ds.val)} samples) -> {out}\n"
          f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
-    return Run(out, model=model)
+    return Run(out, lazy=True) if warm else Run(out, model=model)
 
 
 def _example(backbone):

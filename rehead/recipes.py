@@ -23,6 +23,11 @@ class Recipe:
     reason: str = ""
     uses_cache: bool = False
 
+    @property
+    def uses_only_features(self) -> bool:
+        """Every phase trains the head on cached features: the backbone is never needed live."""
+        return all(p.on_features for p in self.phases)
+
 
 def auto_strategy(n_train: int) -> tuple[str, str]:
     """The rule of thumb: the less data, the less of the backbone should move."""

@@ -66,10 +66,13 @@ def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
+    save_tensors(model.state_dict(), path)
+
+
+def save_tensors(sd: dict, path: Path) -> None:
     from .features import atomic_write_bytes
     from safetensors.torch import save
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(sd))
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in sd.items()}))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -83,26 +86,31 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 class Run:
     """A finished run loaded back: predict and evaluate need nothing but the directory."""
 
-    def __init__(self, run_dir: str | Path, model: TransferModel | None = None):
+    def __init__(self, run_dir: str | Path, model: TransferModel | None = None, lazy: bool = False):
         """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``
-        hands over what it just saved instead of rebuilding it)."""
+        hands over what it just saved instead of rebuilding it); ``lazy``: build it on first use."""
         self.dir = Path(run_dir)
         self.config = read_config(self.dir)
         self.classes = json.loads((self.dir / "labels.json").read_text())
-        if model is not None:
-            self.model = model.eval()
-            return
-        weights = self.dir / "model.safetensors"
-        if not weights.exists():
+        self._model = model.eval() if model is not None else None
+        if model is None and not (self.dir / "model.safetensors").exists():
             raise BadRun(f"{self.dir} has no model.safetensors: the run did not finish "
                          f"(continue it with `rehead fit --resume {self.dir}`)")
-        self.model = build_model(self.config)
-        load_weights(self.model, weights)
-        self.model.eval()
+        if not lazy:
+            self.model  # noqa: B018  (load now: a bad checkpoint is an error here, not at first use)
+
+    @property
+    def model(self) -> TransferModel:
+        """The run's model, built and loaded on first use (a cached fit never needs it)."""
+        if self._model is None:
+            model = build_model(self.config)
+            load_weights(model, self.dir / "model.safetensors")
+            self._model = model.eval()
+        return self._model
 
     @property
     def modality(self) -> str:
-        return self.model.backbone.modality
+        return (self.config.get("data_config") or {}).get("modality") or self.model.backbone.modality
 
     def logits(self, items: list, batch_size: int = 32, workers: int = 0, progress: bool = False):
         """Logits for items; returns (logits (N_kept, C), kept indices, skipped items)."""

@@ -37,14 +37,59 @@ def test_fit_extract_learns_and_the_run_directory_reloads_identically(tmp_path, 
     assert abs(sum(t["prob"] for t in pred[0]["top"]) - 1) < 1e-5
 
 
-def test_second_fit_with_same_inputs_runs_no_forward(tmp_path, image_folder, tiny_spec, monkeypatch):
-    _fit(image_folder, tmp_path / "a", tiny_spec)
+def test_second_fit_with_same_inputs_builds_no_backbone_and_writes_the_same_run(tmp_path, image_folder, tiny_spec,
+                                                                              monkeypatch):
+    from safetensors.torch import load_file
+    from rehead import zoo
     from rehead.zoo.backbone import Backbone
+    first = _fit(image_folder, tmp_path / "a", tiny_spec)
     calls = []
-    orig = Backbone.forward_cuts
-    monkeypatch.setattr(Backbone, "forward_cuts", lambda self, x, c: calls.append(x.shape[0]) or orig(self, x, c))
-    _fit(image_folder, tmp_path / "b", tiny_spec)
-    assert calls == [1]  # only the 1-sample shape probe when building the head; no data forward
+    monkeypatch.setattr(Backbone, "forward_cuts", lambda self, x, c: calls.append(x.shape[0]))
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a warm fit built the backbone"))
+    second = _fit(image_folder, tmp_path / "b", tiny_spec)
+    monkeypatch.undo()
+    assert calls == []
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["backbone_built"] is False
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "config.yaml").read_text() == (tmp_path / "b" / "config.yaml").read_text()
+    items, _ = first.val_split()
+    assert torch.equal(first.logits(items)[0], second.logits(items)[0])
+
+
+def test_a_warm_fit_imports_neither_timm_nor_torchvision(tmp_path, image_folder, tiny_spec):
+    import os
+    import subprocess
+    import sys
+    _fit(image_folder, tmp_path / "a", tiny_spec)
+    code = (f"import sys, rehead; rehead.fit({str(image_folder)!r}, model={tiny_spec!r}, out={str(tmp_path / 'b')!r}, "
+            "strategy='extract', epochs=15, workers=0, progress=False, echo=lambda *a: None); "
+            "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_new_weights_in_the_same_file_are_not_taken_from_the_snapshot(tmp_path, image_folder):
+    import os
+    import timm
+    from safetensors.torch import save_file
+    path = tmp_path / "w.safetensors"
+    spec = f"file:{path}#timm:test_efficientnet"
+    for seed, run in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        save_file({k: v.contiguous() for k, v in timm.create_model("test_efficientnet").state_dict().items()},
+                  str(path))
+        os.utime(path, ns=(10**18, 10**18))  # same size and mtime as before: only the bytes differ
+        _fit(image_folder, tmp_path / run, spec, epochs=2)
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert "backbone_built" not in summary or summary["backbone_built"]
+
+
+def test_an_mlp_head_run_reloads_identically(tmp_path, image_folder, tiny_spec):
+    run = _fit(image_folder, tmp_path / "run", tiny_spec, head="mlp", hidden=16, epochs=3)
+    items, _ = run.val_split()
+    assert torch.allclose(run.logits(items)[0], Run(tmp_path / "run").logits(items)[0], atol=1e-6)
 
 
 def test_a_run_directory_is_never_overwritten_without_asking(tmp_path, image_folder, tiny_spec):

@@ -277,3 +277,23 @@ def test_real_financial_phrasebank_loads_with_its_test_split():
     ds = load_dataset(d)
     assert ds.classes == ["negative", "neutral", "positive"]
     assert (len(ds.train), len(ds.val)) == (1812, 452)
+
+
+def test_training_batches_group_similar_lengths_and_visit_every_text_once(tiny_bert_dir):
+    from rehead.data import text
+    bb = zoo.load(f"hf:{tiny_bert_dir}")
+    rng = random.Random(0)
+    items = [" ".join(rng.choices(FILL, k=rng.randint(1, 40))) for _ in range(400)]
+    lengths = text.token_lengths(bb, items)
+
+    def padded(loader):
+        seen, cells = [], 0
+        for idx, enc, _ in loader:
+            seen += idx.tolist()
+            cells += enc["input_ids"].numel()
+        return sorted(seen), cells
+    seen, grouped = padded(text.make_loader(bb, items, [0] * 400, batch_size=16, shuffle=True,
+                                            generator=torch.Generator().manual_seed(0)))
+    assert seen == list(range(400))
+    _, unsorted = padded(text.make_loader(bb, items, [0] * 400, batch_size=16))
+    assert grouped < 0.8 * unsorted and grouped >= sum(lengths)

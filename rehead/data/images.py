@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from . import DataError, Dataset, Samples, stratified_split
 
@@ -121,7 +120,15 @@ def decode(path: str, min_side: int | None = None) -> Image.Image:
         raise UnreadableImage(f"cannot read image {path}: {e}") from e
 
 
+def _v2():
+    # Imported on first use: torchvision's import pulls in torch._dynamo (~2 s), which a fit
+    # served entirely from the feature cache never needs.
+    from torchvision.transforms import v2
+    return v2
+
+
 def eval_transform(cfg: dict):
+    v2 = _v2()
     size = cfg["input_size"]
     resize = int(round(size / cfg.get("crop_pct", 1.0)))
     return v2.Compose([
@@ -138,6 +145,7 @@ def resize_side(cfg: dict) -> int:
 
 
 def _interp(cfg):
+    v2 = _v2()
     return {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR,
             "nearest": v2.InterpolationMode.NEAREST}.get(cfg.get("interpolation", "bilinear"),
                                                         v2.InterpolationMode.BILINEAR)
@@ -209,7 +217,7 @@ AUGMENT_PRESETS = ("light", "classic")
 def train_transform(backbone, preset: str):
     """Augmentation for training images only. ``classic``: the Keras ImageDataGenerator set
     (rotation, shifts, shear, zoom, horizontal flip); ``light``: random resized crop + flip."""
-    cfg = backbone.data_config
+    cfg, v2 = backbone.data_config, _v2()
     size, interp = cfg["input_size"], _interp(cfg)
     if preset == "light":
         aug = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True),

@@ -156,6 +156,16 @@ class TextItems(torch.utils.data.Dataset):
         return i, str(self.texts[i]), (self.labels[i] if self.labels is not None else -1)
 
 
+def token_lengths(backbone, items: list[str], chunk: int = 1024) -> list[int]:
+    """Tokens per text after truncation (word counts for a tokenizer without a mask)."""
+    out = []
+    for i in range(0, len(items), chunk):
+        part = [str(t) for t in items[i:i + chunk]]
+        mask = backbone.tokenize(part).get("attention_mask")
+        out += mask.sum(1).tolist() if mask is not None else [len(t.split()) for t in part]
+    return out
+
+
 def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False, shuffle=False,
                 transform=None, generator=None, drop_last=False):
     """Batches tokenized with dynamic padding (to the longest text of the batch)."""
@@ -164,11 +174,16 @@ def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False,
     def collate(batch):
         idx, texts, ys = zip(*batch)
         return torch.tensor(idx), tokenize(list(texts)), torch.tensor(ys)
+    sampler = None
+    if shuffle:
+        # Training batches of similar lengths (Hugging Face Trainer's group_by_length): random
+        # mega-batches of 50 batches, sorted by length inside, so little compute goes to padding.
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+        sampler = LengthGroupedSampler(batch_size, lengths=token_lengths(backbone, items), generator=generator)
     # No worker processes: a fast tokenizer takes well under a millisecond per sentence,
     # far less than forking workers each epoch would cost on a few cores.
-    return torch.utils.data.DataLoader(TextItems(items, labels), batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=0, collate_fn=collate, generator=generator,
-                                       drop_last=drop_last)
+    return torch.utils.data.DataLoader(TextItems(items, labels), batch_size=batch_size, sampler=sampler,
+                                       num_workers=0, collate_fn=collate, drop_last=drop_last)
 
 
 def example_input(backbone):

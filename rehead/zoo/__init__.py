@@ -6,6 +6,8 @@ also loads as a backbone.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -14,12 +16,54 @@ from .backbone import Backbone
 _SOURCES: dict[str, dict] = {}
 
 
-def register_source(prefix: str, describe: str, list_models: Callable[[], list[dict]] | None = None):
-    """Register ``fn(name, pretrained: bool) -> Backbone`` under ``prefix``."""
+def register_source(prefix: str, describe: str, list_models: Callable[[], list[dict]] | None = None,
+                    stamp: Callable[[str], str | None] | None = None):
+    """Register ``fn(name, pretrained: bool) -> Backbone`` under ``prefix``.
+
+    ``stamp(name)``: a cheap identity of the weights ``name`` loads (their files' paths, sizes and
+    mtimes), computed without building the model; ``None`` where there is none (hub downloads).
+    """
     def deco(fn):
-        _SOURCES[prefix] = {"load": fn, "describe": describe, "list": list_models}
+        _SOURCES[prefix] = {"load": fn, "describe": describe, "list": list_models, "stamp": stamp}
         return fn
     return deco
+
+
+def file_stamp(*paths) -> str:
+    """Identity of files by path, inode, size, mtime and ctime. The ctime cannot be set back by
+    hand, so new bytes in the same file (even with its old size and mtime) are a new stamp."""
+    parts = []
+    for p in paths:
+        st = os.stat(p)
+        parts.append(f"{os.path.abspath(p)}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}")
+    return ";".join(parts)
+
+
+def weights_stamp(spec: str) -> str | None:
+    """A stat-based identity of the pretrained weights ``spec`` loads, or None when there is none.
+
+    It lets a warm ``fit`` reuse what an earlier run recorded about the backbone (see
+    ``FeatureCache.snapshot``) without building it. It includes rehead's version and the source
+    module's file, so a change to how rehead maps the weights is a different stamp.
+    """
+    _import_sources()
+    spec = str(spec)
+    try:
+        path = Path(spec)
+        if path.is_dir() and (path / "config.yaml").exists():  # a run directory
+            weights = [w for w in ("backbone.safetensors", "model.safetensors") if (path / w).exists()]
+            return f"run|{file_stamp(path / 'config.yaml', *(path / w for w in weights))}" if weights else None
+        prefix, name = spec.split(":", 1)
+        src = _SOURCES.get(prefix)
+        if not src or not src["stamp"]:
+            return None
+        own = src["stamp"](name)
+        if own is None:
+            return None
+        from .. import __version__
+        return f"{spec}|{__version__}|{file_stamp(sys.modules[src['load'].__module__].__file__)}|{own}"
+    except (OSError, ValueError, ModelNotFound):
+        return None  # no stamp: the backbone is built as usual and reports its own errors
 
 
 class ModelNotFound(ValueError):
@@ -66,4 +110,4 @@ def _import_sources():
         pass
 
 
-__all__ = ["Backbone", "load", "list_models", "register_source", "ModelNotFound"]
+__all__ = ["Backbone", "load", "list_models", "register_source", "weights_stamp", "ModelNotFound"]

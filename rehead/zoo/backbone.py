@@ -37,17 +37,7 @@ class Backbone(nn.Module):
 
     def stage_index(self, cut: int | str) -> int:
         """Number of stages kept for a cut given as a count or a stage name (inclusive)."""
-        names = self.stage_names
-        if isinstance(cut, str) and not cut.lstrip("-").isdigit():
-            if cut not in names:
-                raise ValueError(f"no stage named {cut!r}; stages are: {', '.join(names)}")
-            return names.index(cut) + 1
-        k = int(cut)
-        if k < 0:
-            k = len(names) + k
-        if not 1 <= k <= len(names):
-            raise ValueError(f"cut must be between 1 and {len(names)} stages (or a stage name), got {cut}")
-        return k
+        return stage_index(self.stage_names, cut)
 
     def cut(self, cut: int | str) -> "Backbone":
         """Keep the first k stages; shares modules with self."""
@@ -122,6 +112,23 @@ class Backbone(nn.Module):
             params = sum(p.numel() for p in self.stages[name].parameters())
             rows.append({"index": i + 1, "name": name, "output_shape": shape, "params": params})
         return rows
+
+
+def stage_index(names: list[str], cut: int | str | None) -> int:
+    """Stages kept for a cut given as a count, a negative count, or a stage name (inclusive);
+    ``None``: all of them."""
+    if cut is None:
+        return len(names)
+    if isinstance(cut, str) and not cut.lstrip("-").isdigit():
+        if cut not in names:
+            raise ValueError(f"no stage named {cut!r}; stages are: {', '.join(names)}")
+        return names.index(cut) + 1
+    k = int(cut)
+    if k < 0:
+        k = len(names) + k
+    if not 1 <= k <= len(names):
+        raise ValueError(f"cut must be between 1 and {len(names)} stages (or a stage name), got {cut}")
+    return k
 
 
 def image_data_config(cfg: dict) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import ModelNotFound, register_source
+from . import ModelNotFound, file_stamp, register_source
 from .backbone import Backbone
 
 
@@ -49,7 +49,11 @@ def load_into(model: torch.nn.Module, sd: dict, what: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-@register_source("file", "your weights: file:PATH#timm:<arch> or file:PATH#torchvision:<arch>")
+def _stamp(name: str) -> str | None:
+    return file_stamp(name.rsplit("#", 1)[0]) if "#" in name else None
+
+
+@register_source("file", "your weights: file:PATH#timm:<arch> or file:PATH#torchvision:<arch>", stamp=_stamp)
 def load_file(name: str, pretrained: bool = True) -> Backbone:
     if "#" not in name:
         raise ModelNotFound(f"file:{name} needs its architecture: file:{name}#timm:<arch> "

