@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--name", default=None)
     ap.add_argument("--epochs", type=int, default=None, help="override the strategies' epochs (slow machines)")
+    ap.add_argument("--lr", type=float, default=None, help="override the strategies' top LR")
+    ap.add_argument("--lr-decay", type=float, default=None, help="override the strategies' LR decay per stage")
     a = ap.parse_args()
     from rehead.fit import fit
     data = DATASETS / a.data
@@ -42,7 +44,8 @@ def main():
         for s in a.strategies:
             t0 = time.perf_counter()
             out = Path(tmp) / s
-            settings = dict(SETTINGS[s], **({"epochs": a.epochs} if a.epochs else {}))
+            over = {"epochs": a.epochs, "lr": a.lr, "lr_decay": a.lr_decay}
+            settings = dict(SETTINGS[s], **{k: v for k, v in over.items() if v is not None})
             fit(data, model=a.model, out=out, strategy=s, batch_size=a.batch_size, seed=0, progress=False,
                 cache_dir=str(Path(tmp) / "cache"), **settings)
             summ = json.loads((out / "summary.json").read_text())
