@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=None, help="override the strategies' epochs (slow machines)")
     ap.add_argument("--lr", type=float, default=None, help="override the strategies' top LR")
     ap.add_argument("--lr-decay", type=float, default=None, help="override the strategies' LR decay per stage")
+    ap.add_argument("--dropout", type=float, default=None, help="dropout before the linear head")
     a = ap.parse_args()
     from rehead.fit import fit
     data = DATASETS / a.data
@@ -44,7 +45,7 @@ def main():
         for s in a.strategies:
             t0 = time.perf_counter()
             out = Path(tmp) / s
-            over = {"epochs": a.epochs, "lr": a.lr, "lr_decay": a.lr_decay}
+            over = {"epochs": a.epochs, "lr": a.lr, "lr_decay": a.lr_decay, "dropout": a.dropout}
             settings = dict(SETTINGS[s], **{k: v for k, v in over.items() if v is not None})
             fit(data, model=a.model, out=out, strategy=s, batch_size=a.batch_size, seed=0, progress=False,
                 cache_dir=str(Path(tmp) / "cache"), **settings)
