@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="override the strategies' top LR")
     ap.add_argument("--lr-decay", type=float, default=None, help="override the strategies' LR decay per stage")
     ap.add_argument("--dropout", type=float, default=None, help="dropout before the linear head")
+    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     from rehead.fit import fit
     data = DATASETS / a.data
@@ -47,12 +48,12 @@ def main():
             out = Path(tmp) / s
             over = {"epochs": a.epochs, "lr": a.lr, "lr_decay": a.lr_decay, "dropout": a.dropout}
             settings = dict(SETTINGS[s], **{k: v for k, v in over.items() if v is not None})
-            fit(data, model=a.model, out=out, strategy=s, batch_size=a.batch_size, seed=0, progress=False,
+            fit(data, model=a.model, out=out, strategy=s, batch_size=a.batch_size, seed=a.seed, progress=False,
                 cache_dir=str(Path(tmp) / "cache"), **settings)
             summ = json.loads((out / "summary.json").read_text())
             figs[s] = {"test_acc_last_epoch": summ["last_val_acc"], "test_acc_best_epoch": summ["val_acc"],
                        "best_epoch": summ["best_epoch"], "epochs_run": summ["epochs_run"],
-                       "settings": settings, "seconds": round(time.perf_counter() - t0, 1)}
+                       "settings": settings, "seed": a.seed, "seconds": round(time.perf_counter() - t0, 1)}
             print(s, figs[s], flush=True)
     write(a.name or f"text_{a.data}", figs,
           notes="test.csv is rehead's val split; test_acc_last_epoch involves no choice made on test data")
