@@ -13,5 +13,6 @@ from .model import TransferModel
 from .run import Run
 from .zoo import Backbone, list_models, load
 
-__all__ = ["load", "list_models", "Backbone", "TransferModel", "fit", "Run"]
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["load", "list_models", "Backbone", "TransferModel", "fit", "Run", "__version__"]

@@ -60,7 +60,7 @@ def weights_stamp(spec: str) -> str | None:
         own = src["stamp"](name)
         if own is None:
             return None
-        from .. import __version__
+        from ..version import __version__
         return f"{spec}|{__version__}|{file_stamp(sys.modules[src['load'].__module__].__file__)}|{own}"
     except (OSError, ValueError, ModelNotFound):
         return None  # no stamp: the backbone is built as usual and reports its own errors
