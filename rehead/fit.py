@@ -109,12 +109,19 @@ class _Warm:
     features: tuple
 
 
-def _warm_start(args: dict, ds: Dataset, cache: FeatureCache) -> _Warm | None:
+def _snapshot_stamp(args: dict, ds: Dataset, cache, hooks) -> str | None:
+    """The weights stamp under which an extract-only fit records and reuses its backbone snapshot;
+    None where snapshots do not apply: no cache, method hooks, live phases, tables (their encoder
+    checks and standardises the table's columns when built), or a source without a stamp."""
+    if not cache or hooks or ds.modality == "tabular" or not _recipe(args, len(ds.train), 1).uses_only_features:
+        return None
+    return zoo.weights_stamp(args["model"])
+
+
+def _warm_start(args: dict, ds: Dataset, cache: FeatureCache, stamp: str) -> _Warm | None:
     """The snapshot of the backbone and every sample's features, when the cache has them all."""
-    stamp = zoo.weights_stamp(args["model"])
-    meta = cache.snapshot(stamp) if stamp else None
-    # Tables are left out: their encoder checks and standardises the table's columns when built.
-    if meta is None or meta["modality"] != ds.modality or ds.modality == "tabular":
+    meta = cache.snapshot(stamp)
+    if meta is None or meta["modality"] != ds.modality:
         return None
     try:
         k = stage_index(meta["stage_names"], args["cut"])
@@ -154,9 +161,8 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
     t0 = time.perf_counter()
     ds = _load_data(args, data)
     cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
-    warm = None
-    if cache and not hooks and resume_state is None and _recipe(args, len(ds.train), 1).uses_only_features:
-        warm = _warm_start(args, ds, cache)
+    stamp = _snapshot_stamp(args, ds, cache, hooks)
+    warm = _warm_start(args, ds, cache, stamp) if stamp and resume_state is None else None
     if warm:
         k, backbone = warm.cut, warm.backbone
         model = TransferModel(backbone, _new_head(args, warm.in_dim, len(ds.classes)))
@@ -206,8 +212,7 @@ def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_star
                                          "backbone_built": False}
     elif recipe.uses_cache:
         features, info = _cached_features(model, ds, cache, args, progress, echo)
-        stamp = zoo.weights_stamp(args["model"]) if cache and only_features and not hooks else None
-        if stamp and ds.modality != "tabular":  # lets the next identical fit skip building the backbone
+        if stamp:  # lets the next identical fit skip building the backbone
             cache.save_snapshot(stamp, backbone, model.backbone, in_dim)
     make_loader = None
     if any(not p.on_features for p in recipe.phases):

@@ -20,8 +20,8 @@ def register_source(prefix: str, describe: str, list_models: Callable[[], list[d
                     stamp: Callable[[str], str | None] | None = None):
     """Register ``fn(name, pretrained: bool) -> Backbone`` under ``prefix``.
 
-    ``stamp(name)``: a cheap identity of the weights ``name`` loads (their files' paths, sizes and
-    mtimes), computed without building the model; ``None`` where there is none (hub downloads).
+    ``stamp(name)``: a cheap identity of the weights ``name`` loads (``file_stamp`` of their
+    files), computed without building the model; ``None`` where there is none (hub downloads).
     """
     def deco(fn):
         _SOURCES[prefix] = {"load": fn, "describe": describe, "list": list_models, "stamp": stamp}
