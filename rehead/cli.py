@@ -180,8 +180,8 @@ def _load_eval_data(run, data: str):
 def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
              as_json: bool = typer.Option(False, "--json"), workers: int = 0):
     """Accuracy, per-class precision/recall and the confusion matrix, on the run's val split or DATA."""
-    from .run import Run
-    run = Run(run_dir)
+    from .run import open_run
+    run = open_run(run_dir)
     items, labels = _eval_items(run, data)
     res = run.evaluate(items, labels, workers=workers)
     if as_json:
@@ -204,8 +204,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
 def predict(run_dir: str, inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
             top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json")):
     """Top-k labels with probabilities for images (files or folders) or texts."""
-    from .run import Run
-    run = Run(run_dir)
+    from .run import open_run
+    run = open_run(run_dir)
     items = expand_inputs(inputs, run.modality)
     rows = run.predict(items, top_k=top_k)
     if as_json:

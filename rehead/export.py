@@ -29,10 +29,10 @@ def preprocessing_steps(cfg: dict) -> list[dict]:
 def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset: int = 17) -> dict:
     """Write the run's model to ``out`` (default RUN/export/model.onnx|.pt) and ``<out>.json``."""
     from .data import pipeline
-    from .run import Run, RunExists
+    from .run import RunExists, open_run
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    run = Run(run_dir)
+    run = open_run(run_dir)
     model = run.model.eval()
     example = pipeline(run.modality).example_input(model.backbone)
     if not isinstance(example, torch.Tensor):

@@ -158,8 +158,20 @@ class Run:
                 "probs": logits.softmax(1).max(1).values.tolist()}
 
     def val_split(self) -> tuple[list, list[int]]:
-        split = json.loads((self.dir / "split.json").read_text())
+        p = self.dir / "split.json"
+        if not p.exists():  # an ensemble or soup whose members were split differently
+            raise BadRun(f"{self.dir} has no val split that all of its models left unseen: evaluate on "
+                         "held-out data, `rehead evaluate RUN DATA`")
+        split = json.loads(p.read_text())
         return split["val"]["items"], split["val"]["labels"]
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """A run directory for predict / evaluate / export: a fit run, a soup, or an ensemble."""
+    if read_config(Path(run_dir)).get("kind") == "ensemble":
+        from .ensemble import Ensemble
+        return Ensemble(run_dir)
+    return Run(run_dir)
 
 
 def save_backbone(backbone, out_dir: Path, extra: dict | None = None) -> None:

@@ -109,9 +109,9 @@ def _lr_find(d: Path) -> str:
 
 
 def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
-    from ..run import Run
+    from ..run import open_run
     try:
-        run = Run(d)
+        run = open_run(d)
         items, labels = run.val_split()
         missing = [i for i in items if run.modality == "image" and not Path(i).exists()]
         if missing:
@@ -206,7 +206,7 @@ def _compare_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
              + img(d / "compare.png", "compare plot") + table(r["rows"], cols, left=("arm", "strategy")))]
 
 
-SECTIONS = {"fit": _fit_sections, "probe": _probe_sections, "rank": _rank_sections, "compare": _compare_sections}
+SECTIONS = {"fit": _fit_sections, "soup": _fit_sections, "ensemble": _fit_sections, "probe": _probe_sections, "rank": _rank_sections, "compare": _compare_sections}
 
 
 def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:

@@ -1,0 +1,160 @@
+"""Combine finished runs: average their predicted probabilities, or their weights (a model soup).
+
+    rehead ensemble runs/s0 runs/s1 runs/s2 --out runs/ens          # N models, mean probability
+    rehead ensemble runs/s0 runs/s1 runs/s2 --out runs/soup --soup  # one model, mean weights
+
+An ensemble directory is self-contained (members are copied, so moving or deleting the
+originals breaks nothing):
+
+    config.yaml   kind: ensemble, members (paths inside the directory), sources
+    labels.json   the members' common class order
+    members/N/    each member's config.yaml, labels.json, model.safetensors (+ summary, split)
+    summary.json  the members' own val accuracies
+    split.json    only when every member was trained on the same split
+
+A soup (Wortsman et al. 2022, "Model soups"; timm's ``avg_checkpoints.py`` does the same for
+one run's checkpoints) is an ordinary run directory of ``kind: soup`` whose model.safetensors is
+the members' element-wise mean, so predict / evaluate / export take it as they take any run.
+It only makes sense for members fine-tuned from the same pretrained weights with the same
+architecture, which is checked.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .run import BadRun, Run, prepare_run_dir, read_config, save_tensors, write_yaml
+
+MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json")
+
+
+def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) -> Path:
+    """Write an ensemble (or, with ``soup``, a weight-averaged run) of ``runs`` to ``out``."""
+    members = _check_members(runs)
+    out_path = Path(out).resolve()
+    if any(out_path == m.dir.resolve() for m in members):
+        raise BadRun(f"--out {out} is one of the members: choose a new directory")
+    out = prepare_run_dir(out, overwrite=overwrite)
+    (_write_soup if soup else _write_ensemble)(members, out)
+    return out
+
+
+def _check_members(runs: list) -> list[Run]:
+    if len(runs) < 2:
+        raise BadRun(f"an ensemble needs at least two runs, got {len(runs)}")
+    members = []
+    for r in runs:
+        cfg = read_config(Path(r))
+        if cfg.get("kind", "fit") not in ("fit", "soup"):
+            raise BadRun(f"{r} is a {cfg.get('kind')!r} directory: an ensemble combines fit runs")
+        members.append(Run(r, lazy=True))
+    first = members[0]
+    for m in members[1:]:
+        if m.classes != first.classes:
+            raise BadRun(f"{m.dir} predicts classes {m.classes} but {first.dir} predicts {first.classes}: "
+                         "members must share their classes, in the same order")
+        if m.modality != first.modality:
+            raise BadRun(f"{m.dir} takes {m.modality} inputs but {first.dir} takes {first.modality}")
+    return members
+
+
+def _member_summary(m: Run) -> dict:
+    p = m.dir / "summary.json"
+    s = json.loads(p.read_text()) if p.exists() else {}
+    return {"source": str(m.dir.resolve()), "model": m.config["model"], "seed": m.config.get("args", {}).get("seed"),
+            "val_acc": s.get("val_acc"), "last_val_acc": s.get("last_val_acc")}
+
+
+def _common_split(members: list[Run]) -> str | None:
+    """The members' split.json text if they all have the same one (then the val split is fair to all)."""
+    texts = {(m.dir / "split.json").read_text() if (m.dir / "split.json").exists() else None for m in members}
+    return texts.pop() if len(texts) == 1 else None
+
+
+def _write_common(members: list[Run], out: Path, summary: dict) -> None:
+    (out / "labels.json").write_text(json.dumps(members[0].classes))
+    split = _common_split(members)
+    if split is not None:
+        (out / "split.json").write_text(split)
+    summary["shared_val_split"] = split is not None
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _write_ensemble(members: list[Run], out: Path) -> None:
+    names = []
+    for i, m in enumerate(members):
+        dst = out / "members" / str(i)
+        dst.mkdir(parents=True)
+        for f in MEMBER_FILES:
+            if (m.dir / f).exists():
+                shutil.copy2(m.dir / f, dst / f)
+        names.append(f"members/{i}")
+    write_yaml(out / "config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
+                                     "sources": [str(m.dir.resolve()) for m in members],
+                                     "data_config": members[0].config.get("data_config"),
+                                     "args": {"data_kw": members[0].config.get("args", {}).get("data_kw")}})
+    _write_common(members, out, {"kind": "ensemble", "members": [_member_summary(m) for m in members]})
+
+
+def _write_soup(members: list[Run], out: Path) -> None:
+    first = members[0].config
+    for m in members[1:]:
+        for key in ("model", "cut", "head"):
+            if m.config.get(key) != first.get(key):
+                raise BadRun(f"a soup averages weights, so members need one architecture: {m.dir} has "
+                             f"{key} {m.config.get(key)!r} but {members[0].dir} has {first.get(key)!r} "
+                             "(use a plain ensemble, without --soup, to combine different models)")
+    states = [load_file(str(m.dir / "model.safetensors")) for m in members]
+    keys = set(states[0])
+    for m, sd in zip(members[1:], states[1:]):
+        if set(sd) != keys or any(sd[k].shape != states[0][k].shape for k in keys):
+            raise BadRun(f"{m.dir}/model.safetensors does not match {members[0].dir}'s tensors: "
+                         "a soup needs members of one architecture")
+    mean = {k: _mean([sd[k] for sd in states]) for k in states[0]}
+    save_tensors(mean, out / "model.safetensors")
+    cfg = dict(first, kind="soup", soup={"members": [str(m.dir.resolve()) for m in members]})
+    write_yaml(out / "config.yaml", cfg)
+    _write_common(members, out, {"kind": "soup", "members": [_member_summary(m) for m in members]})
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors[0].is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+        return tensors[0]
+    return torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype)
+
+
+class Ensemble(Run):
+    """An ensemble directory loaded back: logits are the log of the members' mean probability,
+    so ``predict`` / ``evaluate`` (softmax, argmax) give the averaged prediction."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.config = read_config(self.dir)
+        self.classes = json.loads((self.dir / "labels.json").read_text())
+        self.members = [Run(self.dir / m, lazy=True) for m in self.config["members"]]
+        self._model = None
+
+    @property
+    def model(self):
+        raise BadRun(f"{self.dir} is an ensemble of {len(self.members)} models, not one: export a member "
+                     "(members/N), or average the members' weights into one model with `rehead ensemble --soup`")
+
+    @property
+    def modality(self) -> str:
+        return self.members[0].modality
+
+    def logits(self, items: list, **kw):
+        probs, kept = [], None
+        for m in self.members:
+            lg, k, _ = m.logits(items, **kw)
+            probs.append(dict(zip(k, lg.softmax(1))))
+            kept = k if kept is None else [i for i in kept if i in probs[-1]]
+        if not kept:
+            return torch.empty(0, len(self.classes)), [], list(items)
+        mean = torch.stack([torch.stack([p[i] for i in kept]) for p in probs]).mean(0)
+        kept_set = set(kept)
+        return mean.log(), kept, [items[i] for i in range(len(items)) if i not in kept_set]

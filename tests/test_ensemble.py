@@ -1,0 +1,115 @@
+"""rehead ensemble: mean probabilities of several runs, or one model of their mean weights (a soup)."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import rehead
+from rehead.cli import app
+from rehead.ensemble import make_ensemble
+from rehead.run import BadRun, Run, RunExists, open_run
+
+runner = CliRunner()
+
+
+def _fit(data, out, spec, **kw):
+    kw = {"strategy": "extract", "epochs": 5, **kw}
+    return rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=lambda *a: None, **kw)
+
+
+@pytest.fixture
+def two_runs(tmp_path, image_folder, tiny_spec, one_thread):
+    """Two runs of one recipe, seeds 0 and 1 (so their val splits differ), and the data."""
+    a = _fit(image_folder, tmp_path / "a", tiny_spec, seed=0)
+    b = _fit(image_folder, tmp_path / "b", tiny_spec, seed=1, strategy="head", epochs=2)
+    return a, b
+
+
+def test_ensemble_predicts_the_mean_of_its_members_probabilities_and_needs_no_originals(tmp_path, two_runs,
+                                                                                       image_folder):
+    a, b = two_runs
+    items = sorted(str(p) for p in image_folder.rglob("*.jpg"))
+    expected = (a.logits(items)[0].softmax(1) + b.logits(items)[0].softmax(1)) / 2
+    make_ensemble([a.dir, b.dir], tmp_path / "ens")
+    shutil.rmtree(a.dir)  # members are copied: the ensemble stands alone
+    shutil.rmtree(b.dir)
+    ens = open_run(tmp_path / "ens")
+    logits, kept, skipped = ens.logits(items)
+    assert kept == list(range(len(items))) and skipped == []
+    assert torch.allclose(logits.softmax(1), expected, atol=1e-5)
+    top = ens.predict(items[:1], top_k=1)[0]["top"][0]
+    assert top["prob"] == pytest.approx(float(expected[0].max()), abs=1e-5)
+    labels = [ens.classes.index(p.split("/")[-2]) for p in items]
+    assert ens.evaluate(items, labels)["accuracy"] == pytest.approx(
+        float((expected.argmax(1) == torch.tensor(labels)).float().mean()))
+    summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    assert [m["seed"] for m in summary["members"]] == [0, 1] and summary["shared_val_split"] is False
+
+
+def test_soup_is_a_run_whose_weights_are_the_members_mean(tmp_path, two_runs):
+    a, b = two_runs
+    make_ensemble([a.dir, b.dir], tmp_path / "soup", soup=True)
+    wa, wb, ws = (load_file(str(d / "model.safetensors")) for d in (a.dir, b.dir, tmp_path / "soup"))
+    assert ws.keys() == wa.keys()
+    for k in ws:
+        if ws[k].is_floating_point():
+            assert torch.allclose(ws[k], (wa[k] + wb[k]) / 2, atol=1e-6), k
+    soup = open_run(tmp_path / "soup")
+    assert type(soup) is Run and soup.config["kind"] == "soup"
+    head = [k for k in ws if k.startswith("head.")][0]
+    assert torch.equal(soup.model.state_dict()[head], ws[head])
+
+
+def test_cli_ensemble_evaluate_predict_and_clear_refusals(tmp_path, two_runs, image_folder, tiny_spec):
+    a, b = two_runs
+    ens = tmp_path / "ens"
+    r = runner.invoke(app, ["ensemble", str(a.dir), str(b.dir), "--out", str(ens)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(ens), str(image_folder), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n"] == 20
+    img = next(image_folder.rglob("*.jpg"))
+    r = runner.invoke(app, ["predict", str(ens), str(img), "-k", "1"])
+    assert r.exit_code == 0 and str(img) in r.output
+    # the members were split differently: no val split is unseen by both
+    r = runner.invoke(app, ["evaluate", str(ens)])
+    assert r.exit_code == 2 and "evaluate on held-out data" in r.output
+    r = runner.invoke(app, ["export", str(ens)])
+    assert r.exit_code == 2 and "--soup" in r.output
+    r = runner.invoke(app, ["ensemble", str(a.dir), str(b.dir), "--out", str(ens)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = runner.invoke(app, ["ensemble", str(a.dir), "--out", str(tmp_path / "one")])
+    assert r.exit_code == 2 and "at least two" in r.output
+
+
+def test_members_must_agree(tmp_path, two_runs, image_folder, tiny_spec, one_thread):
+    a, b = two_runs
+    cut = _fit(image_folder, tmp_path / "cut", tiny_spec, cut=3)
+    with pytest.raises(BadRun, match="one architecture"):
+        make_ensemble([a.dir, cut.dir], tmp_path / "soup", soup=True)
+    make_ensemble([a.dir, cut.dir], tmp_path / "mixed")  # a plain ensemble may mix depths
+    three = tmp_path / "three"
+    shutil.copytree(image_folder, three)
+    shutil.copytree(three / "red", three / "green")
+    other = _fit(three, tmp_path / "other", tiny_spec)
+    with pytest.raises(BadRun, match="classes"):
+        make_ensemble([a.dir, other.dir], tmp_path / "bad")
+    with pytest.raises(BadRun, match="one of the members"):
+        make_ensemble([a.dir, b.dir], a.dir, overwrite=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    with pytest.raises(RunExists):
+        make_ensemble([a.dir, b.dir], tmp_path / "full")
+    assert (tmp_path / "full" / "x").read_text() == "mine"
+
+
+def test_members_with_one_split_keep_a_val_split(tmp_path, image_folder, tiny_spec, one_thread):
+    a = _fit(image_folder, tmp_path / "a", tiny_spec, lr=1e-2)
+    b = _fit(image_folder, tmp_path / "b", tiny_spec, lr=3e-3)
+    ens = open_run(make_ensemble([a.dir, b.dir], tmp_path / "ens"))
+    items, labels = ens.val_split()
+    assert (items, labels) == a.val_split()
+    assert ens.evaluate(items, labels)["n"] == len(items)
