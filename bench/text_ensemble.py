@@ -82,6 +82,10 @@ def main():
     # the ensemble command's answer must be the plain mean of the members' probabilities
     mean_pred = torch.stack(probs).mean(0).argmax(1)
     figs["ensemble_check_mean_prob_acc"] = float((mean_pred == torch.tensor(y)).float().mean())
+    # how accuracy grows with the number of members (the first k seeds)
+    figs["ensemble_by_size"] = [{"members": k, "test_acc": float((torch.stack(probs[:k]).mean(0).argmax(1)
+                                                                  == torch.tensor(y)).float().mean())}
+                                for k in range(1, len(probs) + 1)]
     write(a.name, figs, notes="members pick their best epoch on their own 10% val split of train.csv; "
                               "test.csv is scored only after training")
 
