@@ -201,6 +201,28 @@ def test_gradual_unfreezes_top_blocks_with_lower_lrs(sentiment_folder, tmp_path,
     assert len(run.predict(["a good film"])[0]["top"]) == 2
 
 
+def test_ensemble_and_soup_of_fine_tuned_text_runs_take_raw_sentences(sentiment_folder, tmp_path, tiny_bert_dir):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    from rehead.fit import fit
+    runs = []
+    for seed in (0, 1):
+        runs.append(str(tmp_path / f"s{seed}"))
+        fit(sentiment_folder, model=f"hf:{tiny_bert_dir}", out=runs[-1], strategy="finetune", epochs=1, unfreeze=1,
+            seed=seed, progress=False, echo=lambda *a: None)
+    cli = CliRunner()
+    for out, extra in (("ens", []), ("soup", ["--soup"])):
+        r = cli.invoke(app, ["ensemble", *runs, "--out", str(tmp_path / out), *extra])
+        assert r.exit_code == 0, r.output
+        r = cli.invoke(app, ["predict", str(tmp_path / out), "a wonderful film", "--json"])
+        assert r.exit_code == 0, r.output
+        top = json.loads(r.output)[0]["top"]
+        assert json.loads(r.output)[0]["item"] == "a wonderful film" and abs(sum(t["prob"] for t in top) - 1) < 1e-5
+        # a folder with train.csv and test.csv: both members left test.csv unseen
+        r = cli.invoke(app, ["evaluate", str(tmp_path / out), "--json"])
+        assert r.exit_code == 0 and json.loads(r.output)["n"] == 16
+
+
 # -- domain adaptation ---------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["gpt2", "bert"])
 def test_adapt_lowers_heldout_perplexity_and_fit_takes_the_result(which, tmp_path, sentiment_folder,
