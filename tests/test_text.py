@@ -93,11 +93,26 @@ def test_minilm_through_stages_equals_sentence_transformers():
     assert cos.min() > 0.9999, cos
 
 
-@pytest.mark.parametrize("which", ["bert", "gpt2"])
-def test_stages_reproduce_the_hf_model_with_padding(which, tiny_bert_dir, tiny_gpt2_dir):
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory, tiny_gpt2_dir):
+    """A 2-layer Llama causal LM (rotary positions, RMSNorm, grouped KV heads), GPT-2's tiny tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("which", ["bert", "gpt2", "llama"])
+def test_stages_reproduce_the_hf_model_with_padding(which, tiny_bert_dir, tiny_gpt2_dir, tiny_llama_dir):
     """Stage by stage equals the model's own forward, padded batches included (masks right)."""
     from transformers import AutoModel
-    d = tiny_bert_dir if which == "bert" else tiny_gpt2_dir
+    d = {"bert": tiny_bert_dir, "gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[which]
     bb = zoo.load(f"hf:{d}").eval()
     ref = AutoModel.from_pretrained(d).eval()
     inputs = bb.tokenize(["the plot was good", "awful", "the film was quite really terrible overall"])
@@ -110,6 +125,7 @@ def test_stages_reproduce_the_hf_model_with_padding(which, tiny_bert_dir, tiny_g
     m = inputs["attention_mask"].bool()
     assert torch.allclose(state[0][m], want[m], atol=1e-5)
     assert bb.stage_names[-1] == ("layer1" if which == "bert" else "norm")
+    assert len(bb) == 3 + (which != "bert")  # embeddings, two blocks (+ the decoders' final norm)
     # cut keeps the tokenizer; features at several cuts come from one pass
     feats = bb.forward_cuts(inputs, [1, 2])
     assert feats[1].shape == feats[2].shape == (3, 32)
@@ -224,24 +240,25 @@ def test_ensemble_and_soup_of_fine_tuned_text_runs_take_raw_sentences(sentiment_
 
 
 # -- domain adaptation ---------------------------------------------------------------------
-@pytest.mark.parametrize("which", ["gpt2", "bert"])
+@pytest.mark.parametrize("which", ["gpt2", "bert", "llama"])
 def test_adapt_lowers_heldout_perplexity_and_fit_takes_the_result(which, tmp_path, sentiment_folder,
-                                                                   tiny_bert_dir, tiny_gpt2_dir):
+                                                                   tiny_bert_dir, tiny_gpt2_dir, tiny_llama_dir):
     from rehead.adapt import adapt
     from rehead.fit import fit
     from rehead.run import Run
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(s for s, _ in sentiment_rows(120, 3)) + "\n\n")
-    d = tiny_gpt2_dir if which == "gpt2" else tiny_bert_dir
+    d = {"bert": tiny_bert_dir, "gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[which]
     rep = adapt(corpus, f"hf:{d}", tmp_path / "lm", epochs=3, lr=3e-3, batch_size=16, progress=False,
                 echo=lambda *a: None)
-    assert rep["objective"] == ("causal" if which == "gpt2" else "masked")
+    assert rep["objective"] == ("masked" if which == "bert" else "causal")
     assert rep["perplexity_after"] < 0.7 * rep["perplexity_before"], rep
     assert (rep["train_passages"], rep["heldout_passages"]) == (108, 12)
     bb = zoo.load(str(tmp_path / "lm"))
     assert bb.modality == "text" and bb.family == which
     orig = zoo.load(f"hf:{d}")
-    w = "stages.embeddings." + ("wte.weight" if which == "gpt2" else "embeddings.word_embeddings.weight")
+    w = "stages.embeddings." + {"gpt2": "wte.weight", "bert": "embeddings.word_embeddings.weight",
+                                "llama": "embed_tokens.weight"}[which]
     assert not torch.equal(bb.state_dict()[w], orig.state_dict()[w])  # the adapted weights, not the originals
     with pytest.raises(Exception, match="not empty"):
         adapt(corpus, f"hf:{d}", tmp_path / "lm", progress=False, echo=lambda *a: None)
