@@ -71,8 +71,7 @@ def main():
         print(figs["members"][-1], flush=True)
     accs = [m["test_acc"] for m in figs["members"]]
     figs["member_test_acc_mean"] = sum(accs) / len(accs)
-    classes = Run(runs_dir / a.member_name.format(seed=a.seeds[0]), lazy=True).classes
-    y = [classes.index(test.classes[v]) for v in labels]
+    y = y.tolist()  # the members share their classes (make_ensemble checks it)
     for kind, soup in (("ensemble", False), ("soup", True)):
         t0 = time.perf_counter()
         d = make_ensemble([m["run"] for m in figs["members"]], runs_dir / kind, soup=soup, overwrite=True)

@@ -206,7 +206,8 @@ def _compare_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
              + img(d / "compare.png", "compare plot") + table(r["rows"], cols, left=("arm", "strategy")))]
 
 
-SECTIONS = {"fit": _fit_sections, "soup": _fit_sections, "ensemble": _fit_sections, "probe": _probe_sections, "rank": _rank_sections, "compare": _compare_sections}
+SECTIONS = {"fit": _fit_sections, "soup": _fit_sections, "ensemble": _fit_sections, "probe": _probe_sections,
+            "rank": _rank_sections, "compare": _compare_sections}
 
 
 def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
