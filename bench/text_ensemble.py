@@ -31,9 +31,9 @@ def member(data: Path, model: str, out: Path, seed: int, cache: Path) -> tuple[P
     from rehead.fit import fit
     from rehead.run import read_config
     if (out / "summary.json").exists():
-        args = read_config(out)["args"]
-        if all(args.get(k) == v for k, v in RECIPE.items()) and args["seed"] == seed and \
-                read_config(out)["model"] == model:
+        cfg = read_config(out)
+        if all(cfg["args"].get(k) == v for k, v in RECIPE.items()) and cfg["args"]["seed"] == seed and \
+                cfg["model"] == model:
             return out, None
         raise SystemExit(f"{out} holds a run of another recipe: choose another --runs-dir")
     t0 = time.perf_counter()
