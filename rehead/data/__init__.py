@@ -1,7 +1,19 @@
-"""Datasets: discover samples and labels, split them, turn them into tensors."""
+"""Datasets: discover samples and labels, split them, turn them into tensors.
+
+Every modality module reads its source into named *parts* (``train``/``val``/``test``, or
+``all`` when the source has no split) of raw string labels; the code here turns parts into a
+:class:`Dataset` the same way for images, text and tables: unlabelled rows dropped and
+counted, unreadable items dropped and the classes recounted, val carved from train when the
+source has none (a test split is never used for selection), and into :class:`EvalData` for
+scoring new data against a run's classes.
+"""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -23,7 +35,9 @@ class Samples:
 
 @dataclass
 class Dataset:
-    """A labelled dataset: class names, a train and a val split, and where it came from."""
+    """A labelled dataset: class names, train and val splits (val chooses epochs and models),
+    an optional test split (scored once, never used for selection), and where it came from.
+    ``files``: the CSVs read, whose digests fingerprint the data for ``--resume``."""
     modality: str
     classes: list[str]
     train: Samples
@@ -31,60 +45,199 @@ class Dataset:
     source: str
     skipped: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    test: Samples | None = None
+    files: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         def counts(s):
             return {c: sum(1 for y in s.labels if y == i) for i, c in enumerate(self.classes)}
+        test = self.test or Samples([], [])
         return {"source": self.source, "modality": self.modality, "classes": self.classes,
-                "train": len(self.train), "val": len(self.val),
+                "train": len(self.train), "val": len(self.val), "test": len(test),
                 "train_per_class": counts(self.train), "val_per_class": counts(self.val),
-                "skipped": len(self.skipped), **self.info}
+                "test_per_class": counts(test), "skipped": len(self.skipped), **self.info}
+
+    def to_split(self) -> dict:
+        """The splits as JSON-able data plus a fingerprint of the source, for split.json;
+        :func:`dataset_from_split` rebuilds this Dataset from it (``--resume``)."""
+        from .splits import to_split
+        return to_split(self)
 
 
-def stratified_split(labels: list[int], val_fraction: float, seed: int):
+@dataclass
+class Part:
+    """One split as read from the source: items, raw label strings ('' = unlabelled), and
+    ``where`` (the file or folder, for messages). ``keys``: what makes two rows the same
+    item when that is not the item itself (a table row's cells)."""
+    items: list
+    labels: list[str]
+    where: str
+    keys: list | None = None
+
+
+@dataclass
+class Parts:
+    """What a modality module read: parts keyed train/val/test or all, and notes on them."""
+    parts: dict[str, Part]
+    source: str
+    warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # item -> why it was left out
+    files: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # for the Dataset's summary
+    extra: dict = field(default_factory=dict)  # attributes the Dataset carries (table columns)
+
+
+@dataclass
+class EvalData:
+    """Data to score a run on: items with labels as indices into the run's classes."""
+    items: list
+    labels: list[int]
+    n_unlabelled: int
+    source: str
+    split: str  # which part of the source is scored, in words
+    classes: list[str]  # the data's own class names (all of them are run classes)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.items)
+
+
+def stratified_split(labels: list[int], val_fraction: float, seed: int, where=None):
     """Indices (train, val), stratified by label and seeded."""
     from sklearn.model_selection import train_test_split
     idx = list(range(len(labels)))
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    try:
+        tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    except ValueError as e:
+        raise DataError(f"cannot split {where or 'the data'} into train and a stratified {val_fraction:.0%} val "
+                        f"({len(labels)} samples, {len(set(labels))} classes: {e}): add samples, change "
+                        "--val-fraction, or give a val split") from None
     return sorted(tr), sorted(va)
 
 
-def load_dataset(path, modality: str | None = None, **kw) -> Dataset:
-    """Discover a dataset at ``path``; the modality is inferred when not given."""
-    from pathlib import Path
+DATA_KW = ("text_column", "label_column", "id_columns", "split_column", "missing")
+
+
+def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, seed: int = 0,
+                 strict: bool = False, eval_only: bool = False, check: bool = True, **kw) -> Dataset:
+    """Discover a dataset at ``path``; the modality is inferred when not given.
+
+    Unreadable images are found here (a header check, about 0.1 ms an image) and left out,
+    named in ``skipped`` (``strict``: the first is an error), so the class counts are those
+    trained on. ``eval_only``: the part to evaluate on as ``val`` (see :func:`load_eval`),
+    with the data's own classes. Other keywords: ``text_column``, ``label_column``,
+    ``id_columns``, ``split_column``, ``missing``.
+    """
+    mod, kw = _reader(path, modality, kw)
+    if eval_only:
+        name, parts = _eval_part(mod, Path(path), kw, strict, check)
+        from .splits import eval_dataset
+        return eval_dataset(mod.MODALITY, name, parts)
+    parts = mod.read_parts(Path(path), **kw)
+    _check_readable(mod, parts, [i for p in parts.parts.values() for i in p.items], strict, check)
+    from .splits import assemble
+    ds = assemble(mod.MODALITY, parts, val_fraction, seed)
+    for k, v in parts.extra.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def load_eval(path, modality: str, classes: list[str], data_kw: dict | None = None,
+              strict: bool = False) -> EvalData:
+    """Data to evaluate a run on: every labelled row of a CSV (with a ``split`` column: its
+    test rows, else its non-train rows); of a folder with ``test/`` or ``val/`` (``test.csv``
+    / ``val.csv``), that split; of a folder of class folders, every image. Unlabelled rows are
+    left out and counted; class names are mapped onto the run's ``classes``, and a class the
+    run never saw is an error."""
+    mod, kw = _reader(path, modality, dict(data_kw or {}))
+    name, parts = _eval_part(mod, Path(path), kw, strict, True)
+    from .splits import eval_data
+    return eval_data(name, parts, classes)
+
+
+def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] | None = None,
+                       where="split.json", check: bool = True) -> Dataset:
+    """Rebuild the Dataset that :meth:`Dataset.to_split` saved; with ``check``, a DataError
+    if the data files changed since (so a resumed run trains on exactly what it started on).
+    ``modality``/``classes`` are needed only for a split.json written before they were saved."""
+    from .splits import from_split
+    return from_split(d, modality, classes, where, check)
+
+
+def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
+    """Remove ``bad`` items from every split, add them to ``ds.skipped`` and recount: a class
+    left without a training sample is a DataError. Returns the items removed."""
+    from .splits import drop_items as _drop
+    return _drop(ds, bad, why)
+
+
+def _reader(path, modality, kw):
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, or a CSV")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    unknown = set(kw) - set(DATA_KW)
+    if unknown:
+        raise DataError(f"unknown data option(s) {', '.join(sorted(unknown))}: known are {', '.join(DATA_KW)}")
     if modality is None:
-        modality = infer_modality(p, kw.get("text_column") or "text")
-    if modality == "image":
-        from .images import load_images
-        return load_images(p, **kw)
-    if modality == "text":
-        from .text import load_text
-        return load_text(p, **kw)
-    if modality == "tabular":
-        from .tabular import load_table
-        return load_table(p, **kw)
-    raise DataError(f"unknown modality {modality!r}")
+        modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"))
+    return pipeline(modality), kw
 
 
-def infer_modality(p, text_column: str = "text") -> str:
-    import csv
+def _eval_part(mod, p: Path, kw, strict, check):
+    from .splits import choose_eval
+    parts = mod.read_parts(p, eval_only=True, **kw)
+    name = choose_eval(parts)
+    part = parts.parts[name]
+    _check_readable(mod, parts, part.items, strict, check)
+    return name, parts
+
+
+def _check_readable(mod, parts: Parts, items, strict: bool, check: bool) -> None:
+    """Record unreadable items in ``parts.skipped`` (strict: raise on the first)."""
+    if not check or not hasattr(mod, "unreadable"):
+        return
+    bad = mod.unreadable(items)
+    if bad and strict:
+        item, why = next(iter(bad.items()))
+        raise DataError(f"cannot read {item}: {why} (remove it, or drop --strict to skip it)")
+    parts.skipped.update(bad)
+
+
+def infer_modality(p, text_column: str = "text", label_column: str = "label") -> str:
+    """image for a folder or a CSV with a ``path`` column; text for a CSV with the text
+    column; tabular for another CSV with the label column."""
+    p = Path(p)
     from .images import IMAGE_EXTS
-    csvs = [p] if p.is_file() else [p / "train.csv"] if (p / "train.csv").exists() else []
-    if csvs and csvs[0].suffix == ".csv":
-        with open(csvs[0], newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+    csvs = [p] if p.is_file() else [p / n for n in ("train.csv", "test.csv", "val.csv") if (p / n).is_file()]
+    if csvs and csvs[0].suffix.lower() == ".csv":
+        header = _header(csvs[0])
         if "path" in header:
             return "image"
         if text_column in header:
             return "text"
-        return "tabular"
+        if label_column in header:
+            return "tabular"
+        raise DataError(f"{csvs[0]} has column(s) {', '.join(header[:8]) or 'none'}{' ...' if len(header) > 8 else ''}, "
+                        f"but rehead looked for 'path' (an image CSV of path,label), {text_column!r} (text; "
+                        f"name yours with --text-column) or a label column {label_column!r} (a table; name it "
+                        "with --label-column)")
     if p.is_dir():
         return "image"
     raise DataError(f"cannot tell what kind of data {p} is: expected a folder of images or a .csv "
                     f"(image extensions: {', '.join(sorted(IMAGE_EXTS))})")
+
+
+def _header(path: Path) -> list[str]:
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [c.strip() for c in next(csv.reader([f.readline()]), [])]
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: re-save it as UTF-8 (in Excel: Save As > 'CSV UTF-8')") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def pipeline(modality: str):
@@ -93,5 +246,5 @@ def pipeline(modality: str):
     import importlib
     mod = {"image": "images", "text": "text", "tabular": "tabular"}.get(modality)
     if mod is None:
-        raise DataError(f"unknown modality {modality!r}")
+        raise DataError(f"unknown modality {modality!r}: one of image, text, tabular")
     return importlib.import_module(f"{__name__}.{mod}")

@@ -1,106 +1,234 @@
-"""Image data: class folders, train/val folders, or a CSV of path,label."""
+"""Image data: class folders, train/val(/test) folders, or a CSV of path,label.
+
+Only regular files are listed: directories named like images, named pipes, sockets and
+dangling or looping symlinks are skipped and named, never opened (a pipe would block the
+reader forever). Names starting with '.' are skipped. How pixels are decoded is stated
+exactly in :data:`DECODE`, which the export sidecar carries.
+"""
 from __future__ import annotations
 
-import csv
+import contextlib
+import errno
 import logging
+import os
+import stat
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from . import DataError, Dataset, Samples, stratified_split
+from . import DataError, Dataset, Part, Parts, drop_items
+from .csvio import column, read_rows
+from .splits import split_column_parts
 
 log = logging.getLogger(__name__)
+MODALITY = "image"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-VAL_DIRS = ("val", "valid", "validation", "test")
+VAL_DIRS = ("val", "valid", "validation")
+TEST_DIRS = ("test",)
+# Larger images are skipped and named: decoding one takes gigabytes (PIL's own default limit).
+MAX_PIXELS = int(os.environ.get("REHEAD_MAX_PIXELS", 89_478_485))
+DECODE = {
+    "library": "Pillow",
+    "orientation": "EXIF orientation applied (PIL.ImageOps.exif_transpose)",
+    "output": "8-bit RGB",
+    "grayscale": "replicated to 3 channels",
+    "alpha": "dropped (the colour under transparent pixels is kept, no compositing)",
+    "palette": "expanded to RGB",
+    "16-bit": "modes I;16* and I with values in 0..65535: value / 257, rounded (65535 -> 255)",
+    "32-bit integer": "mode I with values outside 0..65535: min-max scaled to 0..255 per image",
+    "float": "mode F with values in [0, 1]: value * 255, rounded; otherwise min-max scaled per image; NaN -> 0",
+    "frames": "first frame only (animated GIF, multi-page TIFF)",
+    "jpeg_draft": "JPEGs decode at a reduced DCT scale (PIL draft) that keeps both sides >= the resize side",
+    "max_pixels": MAX_PIXELS,
+    "skipped": "directories, named pipes, sockets, dangling or looping symlinks, names starting with '.'",
+}
 
 
-def _list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+# -- listing -----------------------------------------------------------------------------------
+def not_regular(path) -> str | None:
+    """None for a regular file (through symlinks); else what it is, in words."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a looping symlink"
+        if os.path.islink(path):
+            return "a dangling symlink"
+        return "missing" if e.errno == errno.ENOENT else f"not accessible ({e.strerror})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    return "a device or special file"
+
+
+def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
+    """(image files under ``folder``, sorted; {skipped path: why}). Subfolders are searched,
+    but symlinked ones are not followed (no loops); dot-names are skipped."""
+    files, skipped = [], {}
+    stack = [str(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            skipped[d] = f"cannot list it ({e.strerror})"
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+                why = not_regular(e.path)
+                if why:
+                    skipped[e.path] = why
+                else:
+                    files.append(e.path)
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+    return sorted(files), skipped
+
+
+def _class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """{class: image paths} for each class folder of ``root``, and skipped entries."""
+    dirs = sorted(d for d in root.iterdir() if not d.name.startswith(".") and d.is_dir())
     if not dirs:
         raise DataError(f"{root} has no class folders: put each class's images in a folder "
-                        "named after the class (e.g. {root}/cats/*.jpg)")
-    found = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTS) for d in dirs}
+                        f"named after the class (e.g. {root}/cats/*.jpg)")
+    found, skipped = {}, {}
+    for d in dirs:
+        found[d.name], sk = list_image_files(d)
+        skipped.update(sk)
+    note = f" ({len(skipped)} entries that are not regular files skipped, e.g. {next(iter(skipped))})" if skipped else ""
+    if all(not fs for fs in found.values()):
+        raise DataError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTS))}){note}")
     empty = [c for c, fs in found.items() if not fs]
-    if empty and all(not fs for fs in found.values()):
-        raise DataError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTS))})")
     if empty:
         raise DataError(f"class folder(s) {', '.join(empty)} in {root} contain no images: "
-                        "add images or remove the folder(s)")
-    return list(found), found
+                        f"add images or remove the folder(s){note}")
+    return found, skipped
 
 
-def _check_classes(classes: list[str], where) -> None:
-    if len(classes) < 2:
-        raise DataError(f"{where} has a single class ({classes[0] if classes else 'none'}): "
-                        "a classifier needs at least two class folders")
+def _folder_part(root: Path, skipped: dict) -> Part:
+    found, sk = _class_folders(root)
+    skipped.update(sk)
+    items = [f for c in found for f in found[c]]
+    return Part(items, [c for c in found for _ in found[c]], f"{root}/")
 
 
-def _samples(found: dict[str, list[Path]], classes: list[str]) -> Samples:
-    items, labels = [], []
-    for i, c in enumerate(classes):
-        for f in found.get(c, []):
-            items.append(str(f))
-            labels.append(i)
-    return Samples(items, labels)
+def _first_dir(path: Path, names) -> Path | None:
+    return next((path / d for d in names if (path / d).is_dir()), None)
 
 
-def load_images(path: Path, val_fraction: float = 0.2, seed: int = 0, eval_only: bool = False, **_) -> Dataset:
-    """Find images and labels; with no val/ folder, split train by a seeded stratified split.
-    ``eval_only``: data to evaluate on: its val/ folder if it has one, else all of it."""
-    if eval_only and not (path / "train").is_dir() and path.is_dir():
-        classes, found = _list_class_folders(path)
-        return Dataset("image", classes, Samples([], []), _samples(found, classes), str(path))
+def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
+               split_column: str = "split", **_) -> Parts:
+    """Parts of an image source. A folder with train/: train, val from val/ (valid/,
+    validation/), test from test/; a folder of class folders: all; a CSV: see ``_csv_parts``.
+    ``eval_only`` lists only the split that evaluation scores."""
+    path = Path(path)
     if path.is_file():
-        return _load_csv(path, val_fraction, seed)
-    val_dir = next((path / d for d in VAL_DIRS if (path / d).is_dir()), None)
-    if (path / "train").is_dir():
-        classes, found = _list_class_folders(path / "train")
-        _check_classes(classes, path / "train")
-        train = _samples(found, classes)
-        if val_dir is not None:
-            vclasses, vfound = _list_class_folders(val_dir)
-            extra = set(vclasses) - set(classes)
-            if extra:
-                raise DataError(f"{val_dir} has classes not in train/: {', '.join(sorted(extra))}")
-            return Dataset("image", classes, train, _samples(vfound, classes), str(path))
-        return _split(classes, train, val_fraction, seed, str(path))
-    classes, found = _list_class_folders(path)
-    _check_classes(classes, path)
-    return _split(classes, _samples(found, classes), val_fraction, seed, str(path))
+        return _csv_parts(path, label_column, split_column)
+    skipped: dict[str, str] = {}
+    val_dir, test_dir = _first_dir(path, VAL_DIRS), _first_dir(path, TEST_DIRS)
+    train_dir = path / "train" if (path / "train").is_dir() else None
+    if train_dir is None and not (eval_only and (val_dir or test_dir)):
+        return Parts({"all": _folder_part(path, skipped)}, str(path), skipped=skipped)
+    wanted = {"train": train_dir, "val": val_dir, "test": test_dir}
+    if eval_only:  # the one split evaluation scores: test, else val, else (an error later) train
+        first = next(k for k in ("test", "val", "train") if wanted[k] is not None)
+        wanted = {first: wanted[first]}
+    parts = {k: _folder_part(d, skipped) for k, d in wanted.items() if d is not None}
+    return Parts(parts, str(path), skipped=skipped)
 
 
-def _split(classes, samples: Samples, val_fraction, seed, source) -> Dataset:
-    counts = [samples.labels.count(i) for i in range(len(classes))]
-    few = [c for c, n in zip(classes, counts) if n < 2]
-    if few:
-        raise DataError(f"class(es) {', '.join(few)} have fewer than 2 images: cannot split train/val")
-    tr, va = stratified_split(samples.labels, val_fraction, seed)
-    return Dataset("image", classes, samples.subset(tr), samples.subset(va), source,
-                   info={"split": f"stratified {val_fraction:.0%} val, seed {seed}"})
-
-
-def _load_csv(path: Path, val_fraction: float, seed: int) -> Dataset:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    missing = {"path", "label"} - set(rows[0])
+def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
+    """A CSV of path,label (paths relative to the CSV), with an optional split column."""
+    header, rows = read_rows(path)
+    missing = [c for c in ("path", label_column) if c not in header]
     if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}: an image CSV needs "
-                        f"'path,label' (found: {', '.join(rows[0])})")
-    classes = sorted({r["label"] for r in rows})
-    _check_classes(classes, path)
-    items = [str((path.parent / r["path"]).resolve()) for r in rows]
-    gone = [p for p in items if not Path(p).exists()]
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs 'path' and a label "
+                        f"column (--label-column; found: {', '.join(header)})")
+    items = [str((path.parent / p).absolute()) if p else "" for p in column(header, rows, "path", path)]
+    labels = column(header, rows, label_column, path)
+    skipped, gone = {}, []
+    for n, p in enumerate(items):
+        why = not_regular(p) if p else "missing"
+        if why == "missing":
+            gone.append(n)
+        elif why:
+            skipped[p] = why
     if gone:
-        raise DataError(f"{len(gone)} image(s) listed in {path} do not exist, e.g. {gone[0]}")
-    samples = Samples(items, [classes.index(r["label"]) for r in rows])
-    if "split" in rows[0]:
-        tr = [i for i, r in enumerate(rows) if r["split"] == "train"]
-        va = [i for i, r in enumerate(rows) if r["split"] != "train"]
-        return Dataset("image", classes, samples.subset(tr), samples.subset(va), str(path))
-    return _split(classes, samples, val_fraction, seed, str(path))
+        raise DataError(f"{len(gone)} image(s) listed in {path} do not exist, e.g. line {gone[0] + 2}: "
+                        f"{rows[gone[0]][header.index('path')]!r}: fix the paths (relative to the CSV's folder)")
+    if split_column in header:
+        idx = split_column_parts(column(header, rows, split_column, path), path)
+        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})")
+                 for k, ix in idx.items()}
+    else:
+        parts = {"all": Part(items, labels, str(path))}
+    return Parts(parts, str(path), skipped=skipped, files=[str(path.absolute())])
+
+
+# -- readability (before any run directory exists) ----------------------------------------------
+_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime_ns) -> why unreadable, or None
+
+
+def unreadable(items) -> dict[str, str]:
+    """{path: why} for images that are not regular files, exceed MAX_PIXELS, or whose header
+    PIL cannot parse (open + verify: about 0.1 ms an image; a file is checked once per
+    process while its size and mtime stay the same)."""
+    bad = {}
+    for p in items:
+        why = _check_one(p)
+        if why:
+            bad[p] = why
+    return bad
+
+
+def _check_one(p: str) -> str | None:
+    why = not_regular(p)
+    if why:
+        return f"it is {why}"
+    st = os.stat(p)
+    key = (p, st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        try:
+            with _quiet_bombs(), Image.open(p) as im:
+                _check_pixels(im, p)
+                im.verify()
+            _CHECKED[key] = None
+        except Exception as e:  # any decoder failure makes the image unusable, whatever its type
+            _CHECKED[key] = _why(e)
+    return _CHECKED[key]
+
+
+@contextlib.contextmanager
+def _quiet_bombs():
+    """PIL's DecompressionBombWarning is replaced by our own MAX_PIXELS check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _check_pixels(im, p) -> None:
+    n = im.size[0] * im.size[1]
+    if n > MAX_PIXELS:
+        raise UnreadableImage(f"cannot read image {p}: {im.size[0]}x{im.size[1]} = {n} pixels is over the limit "
+                              f"of {MAX_PIXELS}: downscale it (or raise REHEAD_MAX_PIXELS)")
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, UnreadableImage):
+        return str(e).split(": ", 1)[-1]
+    if isinstance(e, Image.DecompressionBombError):
+        return f"over the pixel limit ({e})"
+    return f"{type(e).__name__}: {e}"
 
 
 # -- decoding and transforms -------------------------------------------------------
@@ -109,15 +237,43 @@ class UnreadableImage(DataError):
 
 
 def decode(path: str, min_side: int | None = None) -> Image.Image:
-    """Decode to RGB. With ``min_side``, JPEGs decode at a reduced scale (PIL draft mode)
-    that still keeps both sides >= min_side: much cheaper than a full decode then resize."""
+    """Decode to 8-bit RGB as :data:`DECODE` says. With ``min_side``, JPEGs decode at a
+    reduced scale (PIL draft mode) that still keeps both sides >= min_side: much cheaper
+    than a full decode then resize."""
+    why = not_regular(path)
+    if why:
+        raise UnreadableImage(f"cannot read image {path}: it is {why}")
     try:
-        with Image.open(path) as im:
-            if min_side:
+        with _quiet_bombs(), Image.open(path) as im:
+            _check_pixels(im, path)
+            if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
-            return im.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
+    except UnreadableImage:
+        raise
     except Exception as e:
-        raise UnreadableImage(f"cannot read image {path}: {e}") from e
+        raise UnreadableImage(f"cannot read image {path}: {_why(e)}") from e
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit, 32-bit and float images are scaled, not clipped (see DECODE)."""
+    if im.mode not in WIDE_MODES:
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.rint(scale_to_8bit(a, im.mode)).astype(np.uint8), "L").convert("RGB")
+
+
+def scale_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        return a / 257.0
+    if mode == "F" and lo >= 0 and hi <= 1:
+        return a * 255.0
+    return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
 
 
 def _v2():
@@ -234,20 +390,11 @@ def train_transform(backbone, preset: str):
 
 def check_items(ds: Dataset, strict: bool = False) -> list[str]:
     """Before live training: find unreadable images (header check), drop them from the
-    splits and return their paths; with ``strict`` the first one is an error."""
-    bad = []
-    for split in ("train", "val"):
-        s = getattr(ds, split)
-        keep = []
-        for i, p in enumerate(s.items):
-            try:
-                with Image.open(p) as im:
-                    im.verify()
-                keep.append(i)
-            except Exception as e:
-                if strict:
-                    raise UnreadableImage(f"cannot read image {p}: {e} (remove it, or drop --strict to skip it)") from e
-                bad.append(p)
-        setattr(ds, split, s.subset(keep))
-    ds.skipped += bad
-    return bad
+    splits, recount the classes and return their paths; with ``strict`` the first one is an
+    error. (load_dataset has done this already; this catches files changed since.)"""
+    items = ds.train.items + ds.val.items + (ds.test.items if ds.test is not None else [])
+    bad = unreadable(items)
+    if bad and strict:
+        p, why = next(iter(bad.items()))
+        raise UnreadableImage(f"cannot read image {p}: {why} (remove it, or drop --strict to skip it)")
+    return drop_items(ds, bad) if bad else []

@@ -1,7 +1,7 @@
 """Tabular data: a CSV of numeric feature columns, one label column, optional id and split columns.
 
 An item is a reference to one row, ``"/abs/path/table.csv#ROW"`` (ROW counts data rows
-from 0), so run directories stay small and ``evaluate RUN`` can reread its val rows.
+from 0, blank lines not counted), so run directories stay small and ``evaluate RUN`` can reread its val rows.
 A plain sequence of numbers is accepted as an item too (the Python API).
 
 Which columns are features: every column except the label, id and split columns, in file
@@ -14,7 +14,6 @@ they travel with the weights and predict/evaluate standardise identically.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from pathlib import Path
@@ -22,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DataError, Dataset, Samples, stratified_split
+from . import DataError, Dataset, Part, Parts
+from .csvio import read_rows
+from .splits import split_column_parts
 
-TRAIN_VALUES = ("train",)
+MODALITY = "tabular"
 
 
 class Table:
@@ -61,7 +62,8 @@ class Table:
                         raise DataError(
                             f"{self.path}: column {columns[k]!r}, row {i + 1} holds {str(cells[i, k])!r}, which is not a "
                             "number. Tabular features must be numeric: name identifier columns with "
-                            "--id-columns, or encode categories as numbers") from None
+                            "--id-columns, or encode categories as numbers (for text data, name the text "
+                            "column with --text-column)") from None
                 raise
             if not np.isfinite(out[~np.isnan(out)]).all():
                 raise DataError(f"{self.path} holds infinite values: replace them before training")
@@ -80,14 +82,7 @@ def read_table(path) -> Table:
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _TABLES:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path} is empty: a table needs a header row and data rows")
-            rows = [r for r in reader if r]
-        if not rows:
-            raise DataError(f"{path} has a header but no data rows")
+        header, rows = read_rows(path)
         from collections import Counter
         dup = sorted(c for c, n in Counter(header).items() if n > 1)
         if dup:
@@ -120,14 +115,20 @@ def _as_list(v) -> list[str]:
 def load_table(path, label_column: str = "label", id_columns=None, split_column: str = "split",
                eval_only: bool = False, val_fraction: float = 0.2, seed: int = 0,
                missing: str = "error", **_) -> Dataset:
-    """A CSV as a Dataset of row references.
+    """A CSV as a Dataset of row references (see :func:`read_parts` for the splits);
+    ``missing``: ``error`` (default) or ``mean`` (empty cells take the training mean of
+    their column)."""
+    from . import load_dataset
+    return load_dataset(path, "tabular", val_fraction=val_fraction, seed=seed, eval_only=eval_only,
+                        label_column=label_column, id_columns=id_columns, split_column=split_column,
+                        missing=missing)
 
-    ``split_column`` (default ``split``), when the table has it: rows whose value is ``train``
-    train, every other value (``val``, ``test``, ``independent`` ...) is the val split. Without
-    it: a seeded stratified split of ``val_fraction``. ``eval_only``: the non-train rows if
-    there is a split column, else every row. ``missing``: ``error`` (default) or ``mean``
-    (empty cells take the training mean of their column).
-    """
+
+def read_parts(path, eval_only: bool = False, label_column: str = "label", id_columns=None,
+               split_column: str = "split", missing: str = "error", **_) -> Parts:
+    """Parts of a table: with ``split_column`` (default ``split``), its train / val / test
+    rows (values: see rehead.data.splits.SPLIT_VALUES); else all rows. Rows with an empty
+    label are left out and counted (never scored as a class)."""
     table = read_table(path)
     ids = _as_list(id_columns)
     for c in ids + [label_column]:
@@ -139,39 +140,19 @@ def load_table(path, label_column: str = "label", id_columns=None, split_column:
     # Cells are parsed later, for the columns the model actually reads (a pretrained encoder
     # reads its own columns by name, so extra text columns in the table are no obstacle).
     cols = feature_columns(table, label_column, ids, split_column)
-    labels_raw = [v.strip() for v in table.column(label_column)]
-    empty = [i + 1 for i, v in enumerate(labels_raw) if v == ""]
-    if empty and not eval_only:
-        raise DataError(f"{table.path}: rows {', '.join(map(str, empty[:5]))} have no {label_column!r}")
-    classes = sorted({v for v in labels_raw if v})
-    if len(classes) < 2 and not eval_only:
-        raise DataError(f"{table.path}: column {label_column!r} holds a single class; a classifier needs two")
+    labels = [v.strip() for v in table.column(label_column)]
     items = [f"{table.path}#{i}" for i in range(len(table.rows))]
-    samples = Samples(items, [classes.index(v) if v else -1 for v in labels_raw])
-    has_split = split_column in table.index
-    if has_split:
-        split = [v.strip() for v in table.column(split_column)]
-        tr = [i for i, v in enumerate(split) if v in TRAIN_VALUES]
-        va = [i for i, v in enumerate(split) if v not in TRAIN_VALUES]
-        how = f"column {split_column!r}: train = {'/'.join(TRAIN_VALUES)}, val = the other values"
-        if not tr and not eval_only:
-            raise DataError(f"{table.path}: no row has {split_column}=train")
-    elif eval_only:
-        tr, va, how = [], list(range(len(items))), "every row"
+    fj = [table.index[c] for c in cols]
+    keys = [tuple(r[j] for j in fj) for r in table.rows]  # same cells = same sample
+    if split_column in table.index:
+        idx = split_column_parts([v.strip() for v in table.column(split_column)], table.path)
+        where = {k: f"{table.path} (split={k})" for k in idx}
     else:
-        counts = [samples.labels.count(i) for i in range(len(classes))]
-        few = [c for c, n in zip(classes, counts) if n < 2]
-        if few:
-            raise DataError(f"class(es) {', '.join(few)} have fewer than 2 rows: cannot split train/val")
-        tr, va = stratified_split(samples.labels, val_fraction, seed)
-        how = f"stratified {val_fraction:.0%} val, seed {seed}"
-    if eval_only:
-        tr = []
-    ds = Dataset("tabular", classes, samples.subset(tr), samples.subset(va), str(table.path),
-                 info={"split": how, "features": len(cols), "missing": missing})
-    ds.feature_columns = cols  # not in info: a gene table has thousands of columns
-    ds.missing = missing
-    return ds
+        idx, where = {"all": list(range(len(items)))}, {"all": str(table.path)}
+    parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix])
+             for k, ix in idx.items()}
+    return Parts(parts, str(table.path), files=[str(table.path)], info={"features": len(cols), "missing": missing},
+                 extra={"feature_columns": cols, "missing": missing})
 
 
 def rows_of(items: list, columns: list[str]) -> np.ndarray:

@@ -1,134 +1,97 @@
-"""Text data: a CSV of ``text,label`` (column names configurable), or a folder holding
-``train.csv`` and ``test.csv`` (or ``val.csv``); the second is the val / evaluation split.
+"""Text data: a CSV of ``text,label`` (column names configurable, optional ``split`` column),
+or a folder holding ``train.csv``, optionally ``val.csv`` and ``test.csv``. Without a val
+file, val is carved from train.csv; test.csv is the test split, scored once and never used
+to choose epochs or models.
 
 Tokenisation belongs to the backbone (``backbone.tokenize``): its tokenizer and max length
 travel with it, so a run directory predicts on raw strings.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from . import DataError, Dataset, Samples, stratified_split
+from . import DataError, Part, Parts
+from .csvio import column, drop_unlabelled, lines, read_rows
+from .splits import split_column_parts
 
 log = logging.getLogger(__name__)
-EVAL_FILES = ("test.csv", "val.csv", "valid.csv", "validation.csv")
+MODALITY = "text"
+VAL_FILES = ("val.csv", "valid.csv", "validation.csv")
+TEST_FILES = ("test.csv",)
+
+
+def _read(path: Path, text_column: str, label_column: str | None):
+    """(texts, raw labels ('' when empty), warnings, header, kept row indices); rows with
+    empty text are left out with a warning."""
+    header, rows = read_rows(path)
+    missing = [c for c in (text_column, label_column) if c and c not in header]
+    if missing:
+        raise DataError(f"{path} has no column(s) {', '.join(repr(c) for c in missing)} (columns: "
+                        f"{', '.join(header) or 'none'}): name yours with --text-column / --label-column")
+    texts = column(header, rows, text_column, path)
+    labels = column(header, rows, label_column, path) if label_column else [""] * len(texts)
+    keep = [i for i, t in enumerate(texts) if t]
+    warnings = []
+    if len(keep) < len(texts):
+        empty = [i for i, t in enumerate(texts) if not t]
+        warnings.append(f"{path}: {len(empty)} row(s) with empty text were left out ({lines(empty)}): fill or delete them")
+    if not keep:
+        raise DataError(f"{path} has no row with a text in column {text_column!r}")
+    return [texts[i] for i in keep], [labels[i] for i in keep], warnings, header, [rows[i] for i in keep]
 
 
 def read_csv(path: Path, text_column: str = "text", label_column: str | None = "label") -> tuple[list[str], list[str], list[str]]:
-    """(texts, labels, warnings). Rows with empty text are dropped with a warning."""
-    csv.field_size_limit(1 << 24)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        need = [c for c in (text_column, label_column) if c]
-        missing = [c for c in need if c not in header]
-        if missing:
-            raise DataError(f"{path} has no column(s) {', '.join(repr(c) for c in missing)} (columns: "
-                            f"{', '.join(header) or 'none'}): name yours with --text-column / --label-column")
-        rows = list(reader)
-    if not rows:
-        raise DataError(f"{path} has a header but no rows")
-    texts, labels, empty, nolabel = [], [], [], []
-    for n, r in enumerate(rows, 2):  # line 1 is the header
-        t = (r.get(text_column) or "").strip()
-        y = (r.get(label_column) or "").strip() if label_column else ""
-        if not t:
-            empty.append(n)
-            continue
-        if label_column and not y:
-            nolabel.append(n)
-            continue
-        texts.append(t)
-        labels.append(y)
-    warnings = []
-    if empty:
-        warnings.append(f"{path}: {len(empty)} row(s) with empty text were left out (line(s) "
-                        f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}): fill or delete them")
-    if nolabel:
-        warnings.append(f"{path}: {len(nolabel)} row(s) with an empty label were left out (line(s) "
-                        f"{', '.join(map(str, nolabel[:10]))}{' ...' if len(nolabel) > 10 else ''})")
-    if not texts:
-        raise DataError(f"{path} has no row with both a text and a label")
+    """(texts, labels, warnings). Rows with empty text, or an empty label when there is a
+    label column, are left out with a warning."""
+    texts, labels, warnings, _, _ = _read(Path(path), text_column, label_column)
+    if label_column:
+        keep, w = drop_unlabelled(labels, path)
+        if w:
+            warnings.append(w)
+        if not keep:
+            raise DataError(f"{path} has no row with both a text and a label")
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     return texts, labels, warnings
 
 
-def _warn(ds_warnings: list[str], msgs: list[str]):
-    for m in msgs:
-        log.warning(m)
-        ds_warnings.append(m)
+def _file_part(path: Path, text_column, label_column, warnings) -> Part:
+    t, y, w, _, _ = _read(path, text_column, label_column)
+    warnings += w
+    return Part(t, y, str(path))
 
 
-def _classes(labels: list[str], where) -> list[str]:
-    classes = sorted(set(labels))
-    if len(classes) < 2:
-        raise DataError(f"{where} has a single label ({classes[0]!r}): a classifier needs at least two")
-    return classes
-
-
-def load_text(path: Path, text_column: str = "text", label_column: str = "label", val_fraction: float = 0.2,
-              seed: int = 0, eval_only: bool = False, **_) -> Dataset:
-    """Discover a text dataset. ``eval_only``: the split to evaluate on (test.csv of a folder,
-    or every row of a single CSV)."""
+def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", label_column: str = "label",
+               split_column: str = "split", **_) -> Parts:
+    """Parts of a text source: a folder's train.csv / val.csv / test.csv, or one CSV (its
+    split column's parts, else all of it). ``eval_only`` reads only the file evaluation scores."""
     path = Path(path)
     warnings: list[str] = []
     if path.is_dir():
-        train_csv = path / "train.csv"
-        eval_csv = next((path / n for n in EVAL_FILES if (path / n).exists()), None)
+        files = {"train": path / "train.csv" if (path / "train.csv").is_file() else None,
+                 "val": next((path / n for n in VAL_FILES if (path / n).is_file()), None),
+                 "test": next((path / n for n in TEST_FILES if (path / n).is_file()), None)}
         if eval_only:
-            if eval_csv is None and not train_csv.exists():
-                raise DataError(f"{path} has no test.csv (or val.csv) to evaluate on")
-            t, y, w = read_csv(eval_csv or train_csv, text_column, label_column)
-            _warn(warnings, w)
-            classes = sorted(set(y))
-            return Dataset("text", classes, Samples([], []), Samples(t, [classes.index(v) for v in y]), str(path),
-                           info={"warnings": warnings} if warnings else {})
-        if not train_csv.exists():
+            first = next((k for k in ("test", "val", "train") if files[k] is not None), None)
+            files = {first: files[first]} if first else {}
+        if not files.get("train") and not eval_only:
             raise DataError(f"{path} is a folder without train.csv: give a CSV of text,label or a folder "
-                            "with train.csv and test.csv")
-        t, y, w = read_csv(train_csv, text_column, label_column)
-        _warn(warnings, w)
-        classes = _classes(y, train_csv)
-        once = [c for c, n in Counter(y).items() if n == 1]
-        if once:
-            _warn(warnings, [f"{train_csv}: label(s) {', '.join(map(repr, sorted(once)))} appear only once: "
-                             "the model can hardly learn a class from one example; add examples or merge the label"])
-        train = Samples(t, [classes.index(v) for v in y])
-        if eval_csv is None:
-            return _split(classes, train, val_fraction, seed, str(path), warnings)
-        vt, vy, vw = read_csv(eval_csv, text_column, label_column)
-        _warn(warnings, vw)
-        extra = sorted(set(vy) - set(classes))
-        if extra:
-            raise DataError(f"{eval_csv} has label(s) not in {train_csv}: {', '.join(map(repr, extra))}")
-        return Dataset("text", classes, train, Samples(vt, [classes.index(v) for v in vy]), str(path),
-                       info={"split": f"{train_csv.name} / {eval_csv.name}", **({"warnings": warnings} if warnings else {})})
-    t, y, w = read_csv(path, text_column, label_column)
-    _warn(warnings, w)
-    if eval_only:
-        classes = sorted(set(y))
-        return Dataset("text", classes, Samples([], []), Samples(t, [classes.index(v) for v in y]), str(path))
-    classes = _classes(y, path)
-    return _split(classes, Samples(t, [classes.index(v) for v in y]), val_fraction, seed, str(path), warnings)
-
-
-def _split(classes, samples: Samples, val_fraction, seed, source, warnings) -> Dataset:
-    counts = Counter(samples.labels)
-    once = [classes[i] for i in range(len(classes)) if counts[i] < 2]
-    if once:
-        raise DataError(f"label(s) {', '.join(map(repr, once))} in {source} appear only once: a stratified "
-                        "train/val split needs at least 2 examples of each label; add examples, remove those "
-                        "rows, or give a folder with train.csv and test.csv")
-    tr, va = stratified_split(samples.labels, val_fraction, seed)
-    info = {"split": f"stratified {val_fraction:.0%} val, seed {seed}"}
-    if warnings:
-        info["warnings"] = warnings
-    return Dataset("text", classes, samples.subset(tr), samples.subset(va), source, info=info)
+                            "with train.csv (and test.csv)")
+        if not any(files.values()):
+            raise DataError(f"{path} has no test.csv, val.csv or train.csv to evaluate on")
+        parts = {k: _file_part(f, text_column, label_column, warnings) for k, f in files.items() if f}
+        return Parts(parts, str(path), warnings=warnings, files=[str(f.absolute()) for f in files.values() if f])
+    t, y, w, header, rows = _read(path, text_column, label_column)
+    warnings += w
+    if split_column in header:
+        idx = split_column_parts(column(header, rows, split_column, path), path)
+        parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})") for k, ix in idx.items()}
+    else:
+        parts = {"all": Part(t, y, str(path))}
+    return Parts(parts, str(path), warnings=warnings, files=[str(path.absolute())])
 
 
 # -- the pipeline interface (see rehead.data.pipeline) -------------------------------------

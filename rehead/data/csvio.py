@@ -1,0 +1,121 @@
+"""Reading CSVs and checking their labels, the same way for image, text and table CSVs.
+
+Label policy (one for every modality): an empty or whitespace-only label drops its row from
+training data with a warning that counts and locates them; at evaluation the row is left
+out and counted (``EvalData.n_unlabelled``). It is never mapped to a class.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from . import DataError
+
+log = logging.getLogger(__name__)
+NUMERIC_HINT_MIN = 20  # more distinct numeric labels than this look like a regression target
+
+
+def read_rows(path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a UTF-8 CSV (a BOM, as Excel writes it, is accepted); blank lines
+    are skipped. Every failure is a DataError that names the file."""
+    path = Path(path)
+    csv.field_size_limit(1 << 24)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = [r for r in reader if r]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                        "re-save it as UTF-8 (in Excel: Save As > 'CSV UTF-8')") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a valid CSV ({e}): check its quoting") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if not header or not any(c.strip() for c in header):
+        raise DataError(f"{path} is empty: a CSV needs a header row, then data rows")
+    header = [c.strip() for c in header]
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows")
+    return header, rows
+
+
+def column(header, rows, name: str, path) -> list[str]:
+    """The stripped cells of one column; short rows give ''."""
+    j = header.index(name)
+    return [(r[j] if j < len(r) else "").strip() for r in rows]
+
+
+def lines(idx: list[int], first_line: int = 2) -> str:
+    """'line(s) 3, 7 ...' for row indices (data row 0 is line 2: line 1 is the header)."""
+    shown = ", ".join(str(i + first_line) for i in idx[:10])
+    return f"line(s) {shown}{' ...' if len(idx) > 10 else ''}"
+
+
+def drop_unlabelled(labels: list[str], where) -> tuple[list[int], str | None]:
+    """Indices of labelled rows, and a warning counting the rows left out (or None)."""
+    keep = [i for i, y in enumerate(labels) if y.strip()]
+    if len(keep) == len(labels):
+        return keep, None
+    empty = [i for i, y in enumerate(labels) if not y.strip()]
+    return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({lines(empty)}): "
+                  "label or delete them")
+
+
+def numeric_hint(labels: list[str], where) -> str | None:
+    """A hint when labels look like a continuous number rather than classes."""
+    distinct = set(labels)
+    if len(distinct) <= NUMERIC_HINT_MIN:
+        return None
+    try:
+        [float(v) for v in distinct]
+    except ValueError:
+        return None
+    return (f"{where}: the labels are {len(distinct)} distinct numbers: rehead trains classifiers, and "
+            "regression is not supported yet; bin the values into a few classes if that is what you mean")
+
+
+def duplicate_report(items: list, labels: list[str], where) -> list[str]:
+    """Warnings for items listed more than once: conflicting labels first, then plain repeats."""
+    seen: dict = defaultdict(list)
+    for it, y in zip(items, labels):
+        seen[_key(it)].append(y)
+    out = []
+    conflict = {k: ys for k, ys in seen.items() if len(set(ys)) > 1}
+    if conflict:
+        k, ys = next(iter(conflict.items()))
+        out.append(f"{where}: {len(conflict)} item(s) carry conflicting labels, e.g. {_show(k)} is labelled "
+                   f"{' and '.join(map(repr, sorted(set(ys))))}: keep one label per item")
+    repeats = sum(len(ys) - 1 for k, ys in seen.items() if len(ys) > 1 and k not in conflict)
+    if repeats:
+        out.append(f"{where}: {repeats} repeated row(s) (same item, same label): they weigh double in "
+                   "training; remove the copies")
+    return out
+
+
+def overlap_report(a: list, b: list, a_name: str, b_name: str, where) -> str | None:
+    """A warning when the same item is in two splits (the held-out numbers are then optimistic)."""
+    both = set(map(_key, a)) & set(map(_key, b))
+    if not both:
+        return None
+    return (f"{where}: {len(both)} item(s) are in both {a_name} and {b_name}, e.g. {_show(next(iter(both)))}: "
+            f"the {b_name} score is optimistic; remove them from one side")
+
+
+def once_report(labels: list[str], where) -> str | None:
+    once = sorted(c for c, n in Counter(labels).items() if n == 1)
+    if not once:
+        return None
+    return (f"{where}: label(s) {', '.join(map(repr, once))} appear only once: the model can hardly learn "
+            "a class from one example; add examples or merge the label")
+
+
+def _key(item):
+    return tuple(item) if isinstance(item, list) else item
+
+
+def _show(k) -> str:
+    s = repr(k)
+    return s if len(s) <= 80 else s[:77] + "...'"

@@ -1,0 +1,331 @@
+"""From parts read off a source to a Dataset (training) or EvalData (scoring), the same way
+for every modality; and split.json, which lets ``--resume`` rebuild exactly those splits."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from . import DataError, Dataset, EvalData, Part, Parts, Samples, stratified_split
+from .csvio import drop_unlabelled, duplicate_report, numeric_hint, once_report, overlap_report
+
+log = logging.getLogger(__name__)
+
+# Values of a split column. Anything else is an error: a typo must not silently become val.
+SPLIT_VALUES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
+                "test": ("test", "testing", "holdout", "independent")}
+EVAL_ORDER = ("test", "val", "all")  # what `evaluate RUN DATA` scores, first found
+
+
+def split_column_parts(values: list[str], where) -> dict[str, list[int]]:
+    """Row indices per split from a split column's values."""
+    to_name = {v: name for name, vs in SPLIT_VALUES.items() for v in vs}
+    out: dict[str, list[int]] = {}
+    bad = []
+    for i, v in enumerate(values):
+        name = to_name.get(v.strip().lower())
+        if name is None:
+            bad.append(i)
+        else:
+            out.setdefault(name, []).append(i)
+    if bad:
+        seen = sorted({values[i] for i in bad})
+        raise DataError(f"{where}: split value(s) {', '.join(map(repr, seen[:5]))} on {len(bad)} row(s) are not "
+                        f"train, val or test (accepted: {', '.join(v for vs in SPLIT_VALUES.values() for v in vs)}): "
+                        "fix them, or name another column with --split-column")
+    return out
+
+
+# -- training data ---------------------------------------------------------------------------
+def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dataset:
+    """Parts -> Dataset: unlabelled rows dropped and counted, labels checked, unreadable items
+    dropped and classes recounted, val carved from train when the source has none."""
+    warnings = list(parts.warnings)
+    named = {k: _labelled(p, warnings) for k, p in parts.parts.items()}
+    base_name = "all" if "all" in named else "train"
+    if base_name not in named:
+        have = ", ".join(named) or "nothing"
+        raise DataError(f"{parts.source} has no training data (found: {have}): give a train split "
+                        "(train/ folder, train.csv, or split=train rows)")
+    base = named[base_name]
+    classes = sorted(set(base.labels))
+    hint = numeric_hint(base.labels, base.where)
+    if hint:
+        warnings.append(hint)
+    if len(classes) < 2:
+        raise DataError(f"{base.where} has a single class (a single label: {classes[0] if classes else 'none'!r}): "
+                        "a classifier needs at least two classes" + (f". {hint}" if hint else ""))
+    _report_duplicates(named, warnings)
+    for k in ("val", "test"):
+        if k in named:
+            extra = sorted(set(named[k].labels) - set(classes))
+            if extra:
+                raise DataError(f"{named[k].where} has label(s) not in {base.where}: {', '.join(map(repr, extra))}: "
+                                "every class must have training samples")
+    named = {k: _drop_skipped(p, parts.skipped) for k, p in named.items()}
+    skipped = list(parts.skipped)
+    if skipped:
+        warnings.append(_skipped_warning(parts.skipped))
+    _require_each_class(classes, named[base_name], parts.skipped, hint)
+    index = {c: i for i, c in enumerate(classes)}
+
+    def samples(p: Part) -> Samples:
+        return Samples(list(p.items), [index[y] for y in p.labels])
+    if base_name == "all":
+        readable = samples(named["all"])
+        tr, va = _split_all(named["all"], val_fraction, seed, hint)
+        train, val, test = readable.subset(tr), readable.subset(va), None
+        how = f"stratified {val_fraction:.0%} val, seed {seed}"
+    else:
+        train_all, test = samples(named["train"]), samples(named["test"]) if "test" in named else None
+        if "val" in named:
+            train, val = train_all, samples(named["val"])
+            how = f"train: {named['train'].where}; val: {named['val'].where}"
+        else:
+            once = once_report(named["train"].labels, named["train"].where)
+            if once:
+                warnings.append(once + " (it stays in train, not in val)")
+            tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where)
+            train, val = train_all.subset(tr), train_all.subset(va)
+            how = f"val: stratified {val_fraction:.0%} of {named['train'].where}, seed {seed}"
+        if test is not None:
+            how += f"; test (scored once, never for selection): {named['test'].where}"
+    for w in warnings:
+        log.warning(w)
+    info = {"split": how, **parts.info}
+    if warnings:
+        info["warnings"] = warnings
+    return Dataset(modality, classes, train, val, parts.source, skipped=skipped, info=info, test=test,
+                   files=list(parts.files))
+
+
+def _labelled(p: Part, warnings: list[str]) -> Part:
+    keep, w = drop_unlabelled(p.labels, p.where)
+    if w:
+        warnings.append(w)
+    return _subset(p, keep)
+
+
+def _subset(p: Part, keep) -> Part:
+    return Part([p.items[i] for i in keep], [p.labels[i].strip() for i in keep], p.where,
+                [p.keys[i] for i in keep] if p.keys is not None else None)
+
+
+def _drop_skipped(p: Part, skipped: dict) -> Part:
+    if not skipped:
+        return p
+    return _subset(p, [i for i, it in enumerate(p.items) if it not in skipped])
+
+
+def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
+    for p in named.values():
+        warnings += duplicate_report(p.keys if p.keys is not None else p.items, p.labels, p.where)
+    if "train" in named:
+        tr = named["train"]
+        for k in ("val", "test"):
+            if k in named:
+                keys = named[k].keys if named[k].keys is not None else named[k].items
+                w = overlap_report(tr.keys if tr.keys is not None else tr.items, keys, "train", k, named[k].where)
+                if w:
+                    warnings.append(w)
+
+
+def _skipped_warning(skipped: dict) -> str:
+    item, why = next(iter(skipped.items()))
+    return f"{len(skipped)} item(s) left out as unreadable or not regular files, e.g. {item} ({why})"
+
+
+def _require_each_class(classes, base: Part, skipped: dict, hint) -> None:
+    """Recount after skips: a class with no training sample left cannot be learned."""
+    have = Counter(base.labels)
+    gone = [c for c in classes if have[c] == 0]
+    if gone:
+        lost = [it for it in skipped]
+        raise DataError(f"class(es) {', '.join(map(repr, gone))} in {base.where} have no readable sample left "
+                        f"({len(lost)} item(s) skipped, e.g. {lost[0]}: {skipped[lost[0]]}): fix or remove those files, "
+                        "or remove the class")
+
+
+def _split_all(base: Part, val_fraction, seed, hint):
+    counts = Counter(base.labels)
+    few = sorted(c for c in counts if counts[c] < 2)
+    if few:
+        raise DataError(f"class(es) {', '.join(map(repr, few))} in {base.where} appear only once: a stratified "
+                        "train/val split needs at least 2 samples of each class; add samples, remove those rows, "
+                        "or give a separate val split" + (f". {hint}" if hint else ""))
+    return stratified_split(base.labels, val_fraction, seed, base.where)
+
+
+def _carve(labels: list[int], val_fraction, seed, where):
+    """A stratified val out of train; classes with one sample stay in train."""
+    counts = Counter(labels)
+    ok = [i for i, y in enumerate(labels) if counts[y] >= 2]
+    tr, va = stratified_split([labels[i] for i in ok], val_fraction, seed, where)
+    alone = [i for i, y in enumerate(labels) if counts[y] < 2]
+    return sorted([ok[i] for i in tr] + alone), [ok[i] for i in va]
+
+
+# -- evaluation data -------------------------------------------------------------------------
+def choose_eval(parts: Parts) -> str:
+    for k in EVAL_ORDER:
+        if k in parts.parts:
+            return k
+    where = parts.parts["train"].where if "train" in parts.parts else parts.source
+    raise DataError(f"{where} holds only training data: evaluate on held-out data (a folder with val/ or "
+                    "test/, a test.csv, rows whose split is val or test, or a folder of class folders)")
+
+
+def _eval_part(name: str, parts: Parts):
+    p = parts.parts[name]
+    keep, w = drop_unlabelled(p.labels, p.where)
+    warnings = list(parts.warnings) + ([w] if w else [])
+    p2 = _drop_skipped(_subset(p, keep), parts.skipped)
+    if parts.skipped:
+        warnings.append(_skipped_warning(parts.skipped))
+    if not p2.items:
+        raise DataError(f"{p.where} has no labelled, readable sample to evaluate on")
+    return p2, len(p.items) - len(keep), warnings
+
+
+def eval_data(name: str, parts: Parts, classes: list[str]) -> EvalData:
+    p, n_unlabelled, warnings = _eval_part(name, parts)
+    own = sorted(set(p.labels))
+    unknown = [c for c in own if c not in classes]
+    if unknown:
+        raise DataError(f"{p.where} has class(es) the run never saw: {', '.join(map(repr, unknown))} (run classes: "
+                        f"{', '.join(classes)}): remove those rows, or evaluate a run trained on them")
+    index = {c: i for i, c in enumerate(classes)}
+    for w in warnings:
+        log.warning(w)
+    return EvalData(list(p.items), [index[y] for y in p.labels], n_unlabelled, parts.source,
+                    f"{name}: {p.where}" if name != "all" else f"every labelled row/item of {p.where}", own,
+                    skipped=list(parts.skipped), warnings=warnings)
+
+
+def eval_dataset(modality: str, name: str, parts: Parts) -> Dataset:
+    """The evaluation part as a Dataset's val split, with the data's own classes (the old
+    ``load_dataset(eval_only=True)``)."""
+    p, n_unlabelled, warnings = _eval_part(name, parts)
+    classes = sorted(set(p.labels))
+    index = {c: i for i, c in enumerate(classes)}
+    ds = Dataset(modality, classes, Samples([], []), Samples(list(p.items), [index[y] for y in p.labels]),
+                 parts.source, skipped=list(parts.skipped),
+                 info={"split": f"evaluation: {name}", "unlabelled": n_unlabelled, **parts.info,
+                       **({"warnings": warnings} if warnings else {})}, files=list(parts.files))
+    for k, v in parts.extra.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
+    bad = set(bad)
+    removed = []
+    for name in ("train", "val", "test"):
+        s = getattr(ds, name)
+        if s is None:
+            continue
+        keep = [i for i, it in enumerate(s.items) if it not in bad]
+        removed += [s.items[i] for i in range(len(s)) if s.items[i] in bad]
+        setattr(ds, name, s.subset(keep))
+    ds.skipped += removed
+    have = Counter(ds.train.labels)
+    gone = [c for i, c in enumerate(ds.classes) if have[i] == 0]
+    if gone:
+        raise DataError(f"class(es) {', '.join(map(repr, gone))} of {ds.source} have no training sample left after "
+                        f"{len(removed)} {why} item(s) were skipped (e.g. {removed[0] if removed else '?'}): fix or "
+                        "remove those files, or remove the class")
+    return removed
+
+
+# -- split.json ------------------------------------------------------------------------------
+SPLIT_VERSION = 2
+
+
+def to_split(ds: Dataset) -> dict:
+    d = {"version": SPLIT_VERSION, "modality": ds.modality, "classes": list(ds.classes), "source": ds.source}
+    for name in ("train", "val", "test"):
+        s = getattr(ds, name)
+        if s is not None:
+            d[name] = {"items": [_jsonable(i) for i in s.items], "labels": [int(y) for y in s.labels]}
+    if hasattr(ds, "feature_columns"):
+        d["table"] = {"feature_columns": list(ds.feature_columns), "missing": getattr(ds, "missing", "error")}
+    d["fingerprint"] = fingerprint(ds)
+    return d
+
+
+def _jsonable(item):
+    if isinstance(item, (str, int, float)):
+        return item
+    if isinstance(item, Path):
+        return str(item)
+    try:
+        return [float(v) for v in item]  # a row of numbers (the Python API)
+    except TypeError:
+        return str(item)
+
+
+def fingerprint(ds: Dataset) -> dict:
+    """Cheap evidence of the data's content: each CSV's sha256; for image files, each
+    item's (size, mtime_ns) in split order."""
+    fp: dict = {"files": {f: file_sha256(f) for f in ds.files}}
+    if ds.modality == "image":
+        fp["stat"] = {name: [_stat(i) for i in getattr(ds, name).items]
+                      for name in ("train", "val", "test") if getattr(ds, name) is not None}
+    return fp
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat(item) -> list | None:
+    try:
+        st = os.stat(item)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
+    modality = d.get("modality", modality)
+    classes = d.get("classes", classes)
+    if modality is None or classes is None:
+        raise DataError(f"{where} is from an older rehead and lacks the modality or classes: pass them in")
+    try:
+        parts = {name: Samples(list(d[name]["items"]), [int(y) for y in d[name]["labels"]])
+                 for name in ("train", "val", "test") if name in d}
+        train, val = parts["train"], parts["val"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{where} is damaged ({type(e).__name__}: {e}): start the run again with --overwrite") from None
+    ds = Dataset(modality, list(classes), train, val, d.get("source", str(where)), test=parts.get("test"),
+                 info={"split": f"from {where}"}, files=list(d.get("fingerprint", {}).get("files", {})))
+    if "table" in d:
+        ds.feature_columns, ds.missing = d["table"]["feature_columns"], d["table"].get("missing", "error")
+    if check and "fingerprint" in d:
+        changes = _changes(d["fingerprint"], ds)
+        if changes:
+            raise DataError(f"the data changed since the run started ({where}): {len(changes)} change(s), e.g. "
+                            f"{changes[0]}: restore the data to resume, or start a new run (--overwrite) on the new data")
+    return ds
+
+
+def _changes(fp: dict, ds: Dataset) -> list[str]:
+    out = []
+    for f, sha in fp.get("files", {}).items():
+        if not Path(f).is_file():
+            out.append(f"{f} is gone")
+        elif file_sha256(f) != sha:
+            out.append(f"{f} was modified")
+    for name, stats in fp.get("stat", {}).items():
+        items = getattr(ds, name).items if getattr(ds, name) is not None else []
+        for item, old in zip(items, stats):
+            new = _stat(item)
+            if new != old:
+                out.append(f"{item} is gone" if new is None else f"{item} was modified (size/mtime)")
+    return out
