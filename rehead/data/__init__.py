@@ -103,8 +103,8 @@ class EvalData:
         return len(self.items)
 
 
-def stratified_split(labels: list[int], val_fraction: float, seed: int, where=None):
-    """Indices (train, val), stratified by label and seeded."""
+def stratified_split(labels: list[int], val_fraction: float, seed: int, where=None, hint: str | None = None):
+    """Indices (train, val), stratified by label and seeded; ``hint`` ends the error message."""
     from sklearn.model_selection import train_test_split
     idx = list(range(len(labels)))
     try:
@@ -112,7 +112,7 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int, where=No
     except ValueError as e:
         raise DataError(f"cannot split {where or 'the data'} into train and a stratified {val_fraction:.0%} val "
                         f"({len(labels)} samples, {len(set(labels))} classes: {e}): add samples, change "
-                        "--val-fraction, or give a val split") from None
+                        "--val-fraction, or give a val split" + (f". {hint}" if hint else "")) from None
     return sorted(tr), sorted(va)
 
 
@@ -232,12 +232,13 @@ def infer_modality(p, text_column: str = "text", label_column: str = "label") ->
 def _header(path: Path) -> list[str]:
     import csv
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return [c.strip() for c in next(csv.reader([f.readline()]), [])]
+        with open(path, "rb") as f:
+            line = f.readline().decode("utf-8-sig")  # only the header: the rest is decoded by the reader
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text: re-save it as UTF-8 (in Excel: Save As > 'CSV UTF-8')") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return [c.strip() for c in next(csv.reader([line]), [])]
 
 
 def pipeline(modality: str):

@@ -87,7 +87,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
             once = once_report(named["train"].labels, named["train"].where)
             if once:
                 warnings.append(once + " (it stays in train, not in val)")
-            tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where)
+            tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where, hint)
             train, val = train_all.subset(tr), train_all.subset(va)
             how = f"val: stratified {val_fraction:.0%} of {named['train'].where}, seed {seed}"
         if test is not None:
@@ -155,14 +155,14 @@ def _split_all(base: Part, val_fraction, seed, hint):
         raise DataError(f"class(es) {', '.join(map(repr, few))} in {base.where} appear only once: a stratified "
                         "train/val split needs at least 2 samples of each class; add samples, remove those rows, "
                         "or give a separate val split" + (f". {hint}" if hint else ""))
-    return stratified_split(base.labels, val_fraction, seed, base.where)
+    return stratified_split(base.labels, val_fraction, seed, base.where, hint)
 
 
-def _carve(labels: list[int], val_fraction, seed, where):
+def _carve(labels: list[int], val_fraction, seed, where, hint=None):
     """A stratified val out of train; classes with one sample stay in train."""
     counts = Counter(labels)
     ok = [i for i, y in enumerate(labels) if counts[y] >= 2]
-    tr, va = stratified_split([labels[i] for i in ok], val_fraction, seed, where)
+    tr, va = stratified_split([labels[i] for i in ok], val_fraction, seed, where, hint)
     alone = [i for i, y in enumerate(labels) if counts[y] < 2]
     return sorted([ok[i] for i in tr] + alone), [ok[i] for i in va]
 
