@@ -1,9 +1,10 @@
 """FeatureCache: pooled features of every sample at a cut, on disk, shared across runs.
 
-Key = hash(backbone spec + weights, cut, preprocessing, sample content). One ``.npy``
-per sample and key, written to a temporary file and renamed, so a killed run never
-leaves a file that loads as valid. The content hash of a file is remembered by
-(path, size, mtime), so on a full cache hit no image is even opened.
+Key = hash(backbone spec + weights, cut, preprocessing, sample content). Features live in
+shards of many samples, indexed in one SQLite database (``rehead.store``): a warm fit opens a
+few dozen files, not one per sample, and every row is checked when read. The content hash of
+a file is remembered by (path, inode, size, mtime, ctime), so on a full cache hit no image is
+even opened.
 
 Snapshots (``snapshots/<stamp hash>/``) record what a run learnt about a backbone whose
 weights have a stat-based stamp (``zoo.weights_stamp``): its stages, preprocessing, weights
@@ -14,40 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("REHEAD_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rehead"
+from .store import CacheError, ShardStore, atomic_write_bytes, default_cache_dir  # noqa: F401 (re-exported)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class FeatureCache:
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else default_cache_dir()
-
+class FeatureCache(ShardStore):
     # -- keys ------------------------------------------------------------------
     def model_key(self, backbone, cut: int) -> str:
         # Features at cut k depend on the first k stages only: key them by that prefix's weights,
@@ -59,49 +36,12 @@ class FeatureCache:
     def key(spec: str, weights_id: str, cut: int, preprocessing_id: str) -> str:
         return hashlib.sha256("|".join([spec, weights_id, str(cut), preprocessing_id]).encode()).hexdigest()[:24]
 
-    def file_digest(self, path: str) -> str:
-        """sha256 of a file's bytes, remembered by (path, size, mtime) to skip rereads."""
-        st = os.stat(path)
-        stamp = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-        memo = self.root / "digests" / hashlib.sha1(stamp.encode()).hexdigest()
-        try:
-            return memo.read_text()
-        except OSError:
-            pass
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        atomic_write_bytes(memo, digest.encode())
-        return digest
-
-    def _path(self, model_key: str, sample_key: str) -> Path:
-        return self.root / "features" / model_key / sample_key[:2] / f"{sample_key}.npy"
-
-    # -- io ------------------------------------------------------------------
-    def get(self, model_key: str, sample_key: str) -> np.ndarray | None:
-        p = self._path(model_key, sample_key)
-        try:
-            return np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-
-    def put(self, model_key: str, sample_key: str, arr: np.ndarray) -> None:
-        import io
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-        atomic_write_bytes(self._path(model_key, sample_key), buf.getvalue())
-
     def get_all(self, model_key: str, sample_keys: list[str]) -> np.ndarray | None:
-        """Every sample's features stacked, or None as soon as one is missing."""
-        rows = []
-        for k in sample_keys:
-            v = self.get(model_key, k)
-            if v is None:
-                return None
-            rows.append(v)
-        return np.stack(rows) if rows else None
+        """Every sample's features stacked, or None as soon as one is missing or fails its check."""
+        try:
+            return super().get_all(model_key, sample_keys)
+        finally:
+            self.flush()  # the digests the sample keys needed
 
     # -- backbone snapshots ----------------------------------------------------------
     def _snap_dir(self, stamp: str) -> Path:
@@ -120,6 +60,7 @@ class FeatureCache:
         """Record ``backbone`` (full, pretrained) and its cut ``prefix`` (features of width
         ``in_dim``) under ``stamp``."""
         from safetensors.torch import save
+        self._ensure_root()
         d = self._snap_dir(stamp)
         meta = self.snapshot(stamp) or {"stamp": stamp, "spec": backbone.spec, "modality": backbone.modality,
                                          "stage_names": backbone.stage_names, "data_config": backbone.data_config,
@@ -127,12 +68,13 @@ class FeatureCache:
         cut = len(prefix)
         if str(cut) in meta["cuts"]:
             return
-        if not (d / "weights.safetensors").exists():
-            sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-            atomic_write_bytes(d / "weights.safetensors", save(sd))
-        meta["cuts"][str(cut)] = {"weights_id": prefix.weights_id, "preprocessing_id": prefix.preprocessing_id(),
-                                  "in_dim": int(in_dim)}
-        atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())
+        with self._writing(d):
+            if not (d / "weights.safetensors").exists():
+                sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+                atomic_write_bytes(d / "weights.safetensors", save(sd))
+            meta["cuts"][str(cut)] = {"weights_id": prefix.weights_id,
+                                      "preprocessing_id": prefix.preprocessing_id(), "in_dim": int(in_dim)}
+            atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())
 
     def snapshot_prefix(self, stamp: str, cut: int) -> dict:
         """The first ``cut`` stages' weights (Backbone state-dict names) from a snapshot."""
@@ -143,64 +85,83 @@ class FeatureCache:
         return {k: v for k, v in sd.items()
                 if not k.startswith("stages.") or any(k.startswith(p) for p in kept)}
 
-    # -- housekeeping ------------------------------------------------------------
-    def size(self) -> dict:
-        files = [p for p in (self.root / "features").rglob("*.npy")] if self.root.exists() else []
-        snaps = [p for p in (self.root / "snapshots").rglob("*") if p.is_file()] if self.root.exists() else []
-        return {"path": str(self.root), "entries": len(files),
-                "bytes": sum(p.stat().st_size for p in files),
-                "models": len(list((self.root / "features").iterdir())) if (self.root / "features").exists() else 0,
-                "snapshot_bytes": sum(p.stat().st_size for p in snaps)}
-
-    def clear(self) -> None:
-        for sub in ("features", "digests", "snapshots"):
-            shutil.rmtree(self.root / sub, ignore_errors=True)
-
 
 def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None = None,
             batch_size: int = 32, workers: int = 2, strict: bool = False, progress: bool = True,
             desc: str = "extract") -> tuple[dict[int, torch.Tensor], list[int], list[str]]:
     """Features of ``items`` after each cut: ``({cut: (N_kept, D)}, kept indices, skipped items)``.
 
-    Only samples missing from the cache go through the backbone, once, for all cuts.
+    Only samples missing from the cache (or failing its checks) go through the backbone, once,
+    for all cuts. Their features are written in shards as they come, so a killed extraction
+    resumes from the last finished shard.
     """
     from .data import pipeline
     pipe = pipeline(backbone.modality)
     cuts = sorted(set(cuts))
-    keys = [pipe.sample_key(item, cache, backbone) for item in items] if cache else None
-    mkeys = {k: cache.model_key(backbone, k) for k in cuts} if cache else {}
-    feats: dict[int, dict[int, np.ndarray]] = {k: {} for k in cuts}
-    todo = []
-    for i in range(len(items)):
-        hits = {k: cache.get(mkeys[k], keys[i]) for k in cuts} if cache else {}
-        if cache and all(v is not None for v in hits.values()):
-            for k in cuts:
-                feats[k][i] = hits[k]
-        else:
-            todo.append(i)
+    keys, mkeys, hits = None, {}, {}
+    ok = np.zeros(len(items), dtype=bool)
+    if cache:
+        keys = [pipe.sample_key(item, cache, backbone) for item in items]
+        cache.flush()
+        mkeys = {k: cache.model_key(backbone, k) for k in cuts}
+        hits = {k: cache.read(mkeys[k], keys) for k in cuts}
+        ok = np.logical_and.reduce([h[1] for h in hits.values()])
+    todo = np.flatnonzero(~ok).tolist()
+    computed: dict[int, dict[int, np.ndarray]] = {k: {} for k in cuts}
     skipped: list[str] = []
     if todo:
-        backbone.eval()
-        loader = pipe.make_loader(backbone, [items[i] for i in todo], None, batch_size=batch_size,
-                                  workers=workers, strict=strict)
-        bar = tqdm(total=len(todo), desc=desc, unit=pipe.unit, disable=not progress)
-        seen = set()
-        with torch.inference_mode():
-            for idx, inputs, _ in loader:
-                if len(idx):
-                    out = backbone.forward_cuts(inputs, cuts)
-                    for j, local in enumerate(idx.tolist()):
-                        i = todo[local]
-                        seen.add(local)
-                        for k in cuts:
-                            v = out[k][j].float().cpu().numpy()
-                            feats[k][i] = v
-                            if cache:
-                                cache.put(mkeys[k], keys[i], v)
-                bar.update(pipe.batch_len(inputs, idx))
-        bar.close()
+        writers = {k: cache.writer(mkeys[k]) for k in cuts} if cache else {}
+        try:
+            seen = _forward(backbone, pipe, items, todo, cuts, keys, computed, writers,
+                            dict(batch_size=batch_size, workers=workers, strict=strict), progress, desc)
+            for w in writers.values():
+                w.flush()
+        except BaseException:
+            _flush_quietly(writers)  # keep what was computed: the next run resumes from it
+            raise
         skipped = [str(items[todo[j]]) for j in range(len(todo)) if j not in seen]
-    kept = sorted(feats[cuts[0]])
-    out = {k: torch.from_numpy(np.stack([feats[k][i] for i in kept])) if kept else torch.empty(0)
-           for k in cuts}
+    kept = sorted(set(np.flatnonzero(ok).tolist()) | set(computed[cuts[0]]))
+    out = {k: _assemble(hits.get(k, (None, None))[0], computed[k], kept) for k in cuts}
     return out, kept, skipped
+
+
+def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_kw, progress, desc) -> set:
+    """Run the ``todo`` items through the backbone; fills ``computed`` and the shard writers."""
+    backbone.eval()
+    loader = pipe.make_loader(backbone, [items[i] for i in todo], None, **loader_kw)
+    bar = tqdm(total=len(todo), desc=desc, unit=pipe.unit, disable=not progress)
+    seen = set()
+    with torch.inference_mode():
+        for idx, inputs, _ in loader:
+            if len(idx):
+                out = backbone.forward_cuts(inputs, cuts)
+                for j, local in enumerate(idx.tolist()):
+                    i = todo[local]
+                    seen.add(local)
+                    for k in cuts:
+                        v = out[k][j].float().cpu().numpy()
+                        computed[k][i] = v
+                        if writers:
+                            writers[k].add(keys[i], v)
+            bar.update(pipe.batch_len(inputs, idx))
+    bar.close()
+    return seen
+
+
+def _flush_quietly(writers: dict) -> None:
+    for w in writers.values():
+        try:
+            w.flush()
+        except Exception:
+            pass  # the original error is the one to report
+
+
+def _assemble(rows: np.ndarray | None, computed: dict[int, np.ndarray], kept: list[int]) -> torch.Tensor:
+    """The cached rows with the computed ones filled in, for the kept samples."""
+    if not kept:
+        return torch.empty(0)
+    if rows is None:
+        return torch.from_numpy(np.stack([computed[i] for i in kept]))
+    for i, v in computed.items():
+        rows[i] = v
+    return torch.from_numpy(rows if len(kept) == len(rows) else rows[kept])

@@ -69,19 +69,23 @@ def test_a_change_recomputes_only_what_changed(tmp_path, tiny_spec, monkeypatch)
     assert sum(seen) == len(items)
 
 
+def _shards(root):
+    return sorted((root / "features").rglob("*.npy"))
+
+
 def test_interrupted_or_corrupt_entries_never_load_as_valid(tmp_path, tiny_spec):
     items = _items(make_images(tmp_path / "d", n=2))
     bb = zoo.load(tiny_spec)
     cache = FeatureCache(tmp_path / "c")
     extract(bb, items, [len(bb)], cache, workers=0, progress=False)
-    files = sorted((tmp_path / "c" / "features").rglob("*.npy"))
-    assert len(files) == len(items)
-    # a write killed half-way: only the temp file exists, never a truncated .npy
-    files[0].write_bytes(files[0].read_bytes()[:20])  # simulate a torn file anyway
+    files = _shards(tmp_path / "c")
+    assert len(files) == 1  # every sample of one extraction in one shard
+    files[0].write_bytes(files[0].read_bytes()[:200])  # a torn shard (renames make this unlikely)
     mk = cache.model_key(bb, len(bb))
-    assert cache.get(mk, files[0].stem) is None  # treated as a miss, recomputed
+    key = cache.file_digest(items[0])
+    assert cache.get(mk, key) is None  # treated as a miss, recomputed
     f, kept, _ = extract(bb, items, [len(bb)], cache, workers=0, progress=False)
-    assert len(kept) == len(items) and np.load(files[0]).shape == (f[len(bb)].shape[1],)
+    assert len(kept) == len(items) and cache.get(mk, key).shape == (f[len(bb)].shape[1],)
     assert not list((tmp_path / "c").rglob(".tmp-*"))
 
 
@@ -90,15 +94,20 @@ def test_a_write_killed_midway_leaves_no_entry(tmp_path, tiny_spec, monkeypatch)
     items = _items(make_images(tmp_path / "d", n=1))
     bb = zoo.load(tiny_spec)
     cache = FeatureCache(tmp_path / "c")
+    cache._ensure_root()
+    real = os.replace
 
-    def killed(*a, **k):
-        raise KeyboardInterrupt  # the process dies between writing the bytes and the rename
+    def killed(src, dst):
+        if str(dst).endswith(".npy"):
+            raise KeyboardInterrupt  # the process dies between writing the shard's bytes and the rename
+        return real(src, dst)
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         extract(bb, items, [len(bb)], cache, workers=0, progress=False)
     monkeypatch.undo()
-    assert not list((tmp_path / "c").rglob("*.npy"))
+    assert not _shards(tmp_path / "c")
     assert not list((tmp_path / "c").rglob(".tmp-*"))
+    assert FeatureCache(tmp_path / "c").size()["entries"] == 0
 
 
 def test_unreadable_images_are_named_skipped_and_counted(tmp_path, tiny_spec):
@@ -120,6 +129,245 @@ def test_cache_size_and_clear(tmp_path, tiny_spec):
     cache = FeatureCache(tmp_path / "c")
     extract(bb, items, [len(bb)], cache, workers=0, progress=False)
     s = cache.size()
-    assert s["entries"] == 4 and s["bytes"] > 0 and s["models"] == 1
-    cache.clear()
-    assert cache.size()["entries"] == 0
+    assert s["entries"] == 4 and s["bytes"] > 0 and s["models"] == 1 and s["shards"] == 1
+    assert cache.clear() == []
+    assert cache.size()["entries"] == 0 and not _shards(tmp_path / "c")
+
+
+# -- the sharded store: few files, resumable, checked on read -------------------------------------
+def _fit(tmp_path, data, spec, name, cache_dir):
+    from safetensors.numpy import load_file
+    from rehead.fit import fit
+    fit(str(data), model=spec, out=tmp_path / name, strategy="extract", epochs=3, workers=0, progress=False,
+        echo=lambda *_: None, cache_dir=str(cache_dir))
+    return load_file(str(tmp_path / name / "model.safetensors"))
+
+
+def _data_offset(path):
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def test_many_samples_share_few_files_and_a_killed_extraction_resumes(tmp_path, tiny_spec, monkeypatch):
+    items = _items(make_images(tmp_path / "d", n=12))  # 24 images
+    bb = zoo.load(tiny_spec)
+    cache = FeatureCache(tmp_path / "c")
+    cache.shard_rows = 8
+    orig = type(bb).forward_cuts
+    seen = []
+
+    def dies_on_third_batch(self, x, c):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(len(x))
+        return orig(self, x, c)
+    monkeypatch.setattr(type(bb), "forward_cuts", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract(bb, items, [2, len(bb)], cache, batch_size=8, workers=0, progress=False)
+    assert cache.size()["entries"] == 2 * 16  # both finished batches kept, for both cuts
+    seen.clear()
+    monkeypatch.setattr(type(bb), "forward_cuts", lambda self, x, c: seen.append(len(x)) or orig(self, x, c))
+    f, kept, _ = extract(bb, items, [2, len(bb)], cache, batch_size=8, workers=0, progress=False)
+    assert seen == [8] and kept == list(range(24))  # only the unfinished batch ran again
+    fresh, _, _ = extract(bb, items, [2, len(bb)], None, batch_size=8, workers=0, progress=False)
+    assert all(torch.equal(f[k], fresh[k]) for k in f)
+    assert len(_shards(tmp_path / "c")) == 6  # 3 shards of 8 rows per cut, not one file per sample
+    assert not (tmp_path / "c" / "digests").exists()  # the digest memo lives in the index
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "nan", "another sample's values", "torn shard"])
+def test_a_damaged_row_is_a_miss_never_a_value(tmp_path, damage):
+    import sqlite3
+    from rehead.store import row_crc
+    cache = FeatureCache(tmp_path / "c")
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.put_many("m", ["a", "b", "c"], rows)
+    shard = _shards(tmp_path / "c")[0]
+    raw = bytearray(shard.read_bytes())
+    off = _data_offset(shard)
+    if damage == "flipped byte":
+        raw[off + 2] ^= 0x40
+    elif damage == "nan":  # a NaN whose crc matches: the finiteness check still catches it
+        bad = rows[0].copy()
+        bad[1] = np.nan
+        raw[off:off + 16] = bad.tobytes()
+        with sqlite3.connect(tmp_path / "c" / "index.sqlite") as db:
+            db.execute("UPDATE entries SET crc=? WHERE skey='a'", (row_crc("a", bad),))
+    elif damage == "another sample's values":
+        raw[off:off + 16] = rows[1].tobytes()
+    else:
+        raw = raw[:off + 8]
+    shard.write_bytes(bytes(raw))
+    got, ok = FeatureCache(tmp_path / "c").read("m", ["a", "b", "c"])
+    assert not ok[0] and (ok[1:].all() if damage != "torn shard" else not ok.any())
+    assert FeatureCache(tmp_path / "c").get_all("m", ["a", "b", "c"]) is None
+    if damage != "torn shard":
+        assert np.array_equal(got[1:], rows[1:])
+
+
+def test_damaged_features_are_recomputed_and_the_fit_equals_a_clean_run(tmp_path, image_folder, tiny_spec):
+    import sqlite3
+    from rehead.store import row_crc
+    clean = _fit(tmp_path, image_folder, tiny_spec, "clean", tmp_path / "c1")
+    _fit(tmp_path, image_folder, tiny_spec, "first", tmp_path / "c2")
+    train, val = sorted(_shards(tmp_path / "c2"), key=lambda p: -p.stat().st_size)[:2]
+    with sqlite3.connect(tmp_path / "c2" / "index.sqlite") as db:  # a NaN with a matching crc in train
+        skey, row = db.execute("SELECT e.skey, e.row FROM entries e JOIN shards s ON s.id=e.shard "
+                               "WHERE s.file=? ORDER BY e.row LIMIT 1", (train.name,)).fetchone()
+        x = np.load(train)
+        x[row, 0] = np.nan
+        np.save(train, x)
+        db.execute("UPDATE entries SET crc=? WHERE skey=?", (row_crc(skey, x[row]), skey))
+    raw = bytearray(val.read_bytes())  # and the bytes of another row in val
+    raw[_data_offset(val) + 8] ^= 0xFF
+    val.write_bytes(bytes(raw))
+    again = _fit(tmp_path, image_folder, tiny_spec, "again", tmp_path / "c2")
+    # The two recomputed samples ran in a batch of their own: equal up to float noise of batch size.
+    assert clean.keys() == again.keys()
+    assert all(np.isfinite(again[k]).all() and np.allclose(clean[k], again[k], rtol=0, atol=1e-6) for k in clean)
+    import json
+    summary = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("clean", "again")]
+    assert summary[0]["val_acc"] == summary[1]["val_acc"] and summary[1].get("backbone_built", True)
+
+
+def test_digest_memo_keys_on_inode_and_ctime(tmp_path, monkeypatch):
+    import os
+    import time
+    from rehead import store
+    a = tmp_path / "a.jpg"
+    a.write_bytes(b"x" * 100)
+    cache = FeatureCache(tmp_path / "c")
+    d1 = cache.file_digest(str(a))
+    cache.flush()
+    st = os.stat(a)
+    # remembered across processes: a new cache object rereads no byte
+    monkeypatch.setattr(store, "hashlib_sha256_file", lambda p: pytest.fail("rehashed an unchanged file"))
+    assert FeatureCache(tmp_path / "c").file_digest(str(a)) == d1
+    monkeypatch.undo()
+    # the same size and mtime, other bytes, written in place (ctime moves) or as another file (inode)
+    time.sleep(0.01)
+    a.write_bytes(b"y" * 100)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    d2 = FeatureCache(tmp_path / "c").file_digest(str(a))
+    assert d2 != d1
+    b = tmp_path / "b.tmp"
+    b.write_bytes(b"z" * 100)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(b, a)
+    assert FeatureCache(tmp_path / "c").file_digest(str(a)) not in (d1, d2)
+
+
+def _append(root, worker):
+    c = FeatureCache(root)
+    for s in range(5):
+        keys = [f"{worker}-{s}-{r}" for r in range(4)]
+        c.put_many("m", keys, np.full((4, 3), worker * 100 + s, dtype=np.float32))
+
+
+def test_two_processes_append_to_one_store(tmp_path):
+    import multiprocessing as mp
+    FeatureCache(tmp_path / "c")._ensure_root()
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append, args=(tmp_path / "c", w)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cache = FeatureCache(tmp_path / "c")
+    keys = [f"{w}-{s}-{r}" for w in (1, 2) for s in range(5) for r in range(4)]
+    x = cache.get_all("m", keys)
+    assert x is not None and x[0, 0] == 100 and x[-1, 0] == 204
+    assert cache.size()["shards"] == 10
+
+
+# -- cache safety: the marker, clear, read-only and full caches ------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    return CliRunner().invoke(app, list(args))
+
+
+def test_clear_deletes_only_a_marked_cache(tmp_path, tiny_spec):
+    from rehead.store import MARKER, CacheError
+    items = _items(make_images(tmp_path / "d", n=2))
+    bb = zoo.load(tiny_spec)
+    extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
+    assert (tmp_path / "c" / MARKER).is_file()
+    r = _cli("cache", "clear", "-y", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0 and "cleared" in r.output and not _shards(tmp_path / "c")
+    # someone's folder with features/ and snapshots/ in it: refused, nothing deleted
+    mine = tmp_path / "mine"
+    for sub in ("features/keep", "snapshots"):
+        (mine / sub).mkdir(parents=True)
+    (mine / "features" / "keep" / "x.npy").write_bytes(b"data")
+    r = _cli("cache", "clear", "-y", "--cache-dir", str(mine))
+    assert r.exit_code != 0 and MARKER in r.output and (mine / "features" / "keep" / "x.npy").exists()
+    with pytest.raises(CacheError, match="not empty and not a rehead cache"):
+        FeatureCache(mine).put("m", "k", np.zeros(3))
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(CacheError, match="not a rehead cache"):
+        FeatureCache(mine).put("m", "k", np.zeros(3))
+
+
+def test_clear_reports_what_it_could_not_delete(tmp_path, monkeypatch):
+    import os
+    cache = FeatureCache(tmp_path / "c")
+    cache.put_many("m", ["a", "b"], np.ones((2, 3)))
+    real = os.unlink
+
+    def refuse(path, *a, **k):
+        if str(path).endswith(".npy"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(os, "unlink", refuse)
+    r = _cli("cache", "clear", "-y", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 1 and "could not delete" in r.output and "cleared" not in r.output
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only index"])
+def test_a_full_or_read_only_cache_stops_a_fit_with_one_clear_line(tmp_path, image_folder, tiny_spec,
+                                                                    monkeypatch, fault):
+    import errno
+    import sqlite3
+    from rehead import store
+    from rehead.store import CacheError
+    root = tmp_path / "c"
+    if fault == "disk full":
+        def full(path, rows):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        monkeypatch.setattr(store, "_save_npy", full)
+    else:
+        FeatureCache(root).put("other", "k", np.zeros(3))  # the index exists; now open it read-only
+        real = sqlite3.connect
+        monkeypatch.setattr(sqlite3, "connect", lambda p, **k: real(f"file:{p}?mode=ro", uri=True, **k))
+    with pytest.raises(CacheError) as e:
+        _fit(tmp_path, image_folder, tiny_spec, "run", root)
+    msg = str(e.value)
+    assert isinstance(e.value, ValueError) and "\n" not in msg
+    assert str(root) in msg and "--no-cache" in msg and "--cache-dir" in msg
+
+
+def test_info_and_gc_evict_the_least_recently_used_model_key(tmp_path):
+    import os
+    import time
+    cache = FeatureCache(tmp_path / "c")
+    cache.put_many("old", ["a", "b"], np.ones((2, 1000)))
+    cache.put_many("new", ["a", "b"], np.ones((2, 1000)))
+    cache.put_many("new", ["a"], np.full((1, 1000), 2.0))  # supersedes a row: one dead row in a live shard
+    time.sleep(0.01)
+    assert cache.get_all("old", ["a", "b"]) is not None  # reading "old" makes "new" the least recent
+    orphan = tmp_path / "c" / "features" / "old" / "killed-writer.npy"
+    orphan.write_bytes(b"x")
+    os.utime(orphan, (0, 0))
+    r = _cli("cache", "info", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0 and "2 model key(s), 3 shard(s), 4 sample(s)" in r.output
+    per = {m["key"]: m for m in cache.size()["per_model"]}
+    r = _cli("cache", "gc", "--max-size", f"{per['old']['bytes'] + 100}B", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0 and "evicted 1 model key(s) (new)" in r.output
+    assert not orphan.exists()
+    cache = FeatureCache(tmp_path / "c")
+    assert cache.get_all("new", ["a"]) is None and cache.get_all("old", ["a", "b"]) is not None
+    assert cache.size()["shards"] == 1 and not (tmp_path / "c" / "features" / "new").exists()

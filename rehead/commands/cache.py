@@ -1,0 +1,78 @@
+"""``rehead cache info|clear|gc``: the shared feature store (rehead.store)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+import typer
+
+from ..cli import app, fail, guarded
+
+cache_app = typer.Typer(no_args_is_help=True, help="The shared feature cache.")
+app.add_typer(cache_app, name="cache")
+
+CACHE_DIR = typer.Option(None, "--cache-dir", help="the cache root (default $REHEAD_CACHE or ~/.cache/rehead)")
+
+
+def _store(cache_dir):
+    from ..store import ShardStore
+    return ShardStore(cache_dir)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@cache_app.command("info")
+@guarded
+def cache_info(cache_dir: Optional[str] = CACHE_DIR, as_json: bool = typer.Option(False, "--json")):
+    """Where the feature cache is: model keys, shards, samples and bytes; snapshots."""
+    s = _store(cache_dir).size()
+    if as_json:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    typer.echo(f"{s['path']}: {s['models']} model key(s), {s['shards']} shard(s), {s['entries']} sample(s), "
+               f"{_mb(s['bytes'])} of features (+{_mb(s['index_bytes'])} index); "
+               f"{s['snapshots']} backbone snapshot(s) {_mb(s['snapshot_bytes'])}")
+    for m in s["per_model"]:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["last_used"]))
+        typer.echo(f"  {m['key']}  dim {m['dim']:<5} {m['samples']:>8} samples {m['shards']:>5} shards "
+                   f"{_mb(m['bytes']):>10}  last used {used}")
+
+
+@cache_app.command("clear")
+@guarded
+def cache_clear(cache_dir: Optional[str] = CACHE_DIR, yes: bool = typer.Option(False, "--yes", "-y")):
+    """Delete every cached feature and snapshot. Only a directory carrying rehead's marker."""
+    from ..store import MARKER
+    st = _store(cache_dir)
+    if st.is_empty():
+        typer.echo(f"nothing to clear: {st.root} is empty or absent")
+        return
+    if not st.is_marked():
+        fail(f"{st.root} does not carry rehead's cache marker ({MARKER}): not deleting anything")
+    if not yes and not typer.confirm(f"delete the feature cache at {st.root}?"):
+        raise typer.Exit(1)
+    failed = st.clear()
+    if failed:
+        fail(f"could not delete {len(failed)} path(s) in {st.root}: " + ", ".join(failed[:5])
+             + (" ..." if len(failed) > 5 else "") + " (read-only or in use?)", code=1)
+    typer.echo(f"cleared {st.root}")
+
+
+@cache_app.command("gc")
+@guarded
+def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
+                                                    help="evict least-recently-used model keys until the "
+                                                         "features fit, e.g. 500MB, 2GB"),
+             cache_dir: Optional[str] = CACHE_DIR):
+    """Drop unreferenced shards; with --max-size, evict least-recently-used model keys."""
+    from ..store import parse_size
+    limit = parse_size(max_size) if max_size is not None else None
+    st = _store(cache_dir)
+    res = st.gc(limit)
+    left = st.size()
+    typer.echo(f"freed {_mb(res['freed_bytes'])}; evicted {len(res['evicted'])} model key(s)"
+               + (f" ({', '.join(res['evicted'])})" if res["evicted"] else "")
+               + f"; {_mb(left['bytes'])} of features left in {left['path']}")

@@ -1,0 +1,538 @@
+"""ShardStore: features of many samples per file, indexed in one SQLite database.
+
+Layout of a cache root::
+
+    CACHEDIR.TAG                      marker: written when rehead creates the root; `clear` needs it
+    index.sqlite                      models, shards, entries (sample -> shard, row, crc), digests
+    features/<model key>/<id>.npy     shards: float32 (rows, dim), written to a temp file and renamed
+    snapshots/...                     backbone snapshots (rehead.features)
+
+A shard is written whole and renamed before its rows enter the index, so a killed process
+leaves finished shards usable (resume) and at worst an orphan file that `gc` removes. Each
+process writes its own shards (unique names); SQLite in WAL mode serialises the index, so two
+processes may append at once. Every row read is checked (shape, dtype, finite values, and a
+crc32 of the sample key plus the row's bytes, so another sample's values fail too); a bad row
+is a miss and gets recomputed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+MARKER = "CACHEDIR.TAG"
+# The Cache Directory Tagging spec's signature (https://bford.info/cachedir/): backup tools skip it too.
+MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+               "# This directory is rehead's feature cache; `rehead cache clear` deletes it.\n")
+OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "features", "digests", "snapshots"}
+SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
+SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
+REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models(mkey TEXT PRIMARY KEY, dim INTEGER NOT NULL, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shards(id INTEGER PRIMARY KEY, mkey TEXT NOT NULL, file TEXT NOT NULL UNIQUE,
+                                  rows INTEGER NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS entries(mkey TEXT NOT NULL, skey TEXT NOT NULL, shard INTEGER NOT NULL,
+                                   row INTEGER NOT NULL, crc INTEGER NOT NULL,
+                                   PRIMARY KEY(mkey, skey)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS digests(path TEXT PRIMARY KEY, dir TEXT NOT NULL, ino INTEGER, size INTEGER,
+                                   mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS digests_dir ON digests(dir);
+"""
+
+
+class CacheError(ValueError):
+    """The cache cannot be used as asked (read-only, full, corrupt index, not a rehead cache).
+    The message is one line naming the path and the remedy."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("REHEAD_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rehead"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def row_crc(skey: str, row: np.ndarray) -> int:
+    """Binds a row's bytes to its sample key: a row moved to another key fails the check."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(row)).cast("B"), zlib.crc32(skey.encode()))
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '2G', '1.5GiB', '1000' -> bytes (decimal units; KiB/MiB/GiB binary)."""
+    s = text.strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 10**3, "M": 10**6, "G": 10**9,
+             "T": 10**12, "B": 1}
+    for u, mult in units.items():
+        if s.endswith(u):
+            s, m = s[: -len(u)], mult
+            break
+    else:
+        m = 1
+    try:
+        n = float(s)
+    except ValueError:
+        raise ValueError(f"cannot read size {text!r}: write e.g. 500MB, 2GB or 1.5GiB") from None
+    if n < 0:
+        raise ValueError(f"size {text!r} is negative")
+    return int(n * m)
+
+
+class ShardStore:
+    """The index and the shards under ``root``. Opens nothing until used; creates nothing on reads."""
+    shard_rows = SHARD_ROWS
+    shard_seconds = SHARD_SECONDS
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self._db: sqlite3.Connection | None = None
+        self._pid = None
+        self._memo: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, digest)
+        self._memo_dirs: set[str] = set()
+        self._pending: list[tuple] = []  # digests to write at the next flush
+
+    # -- the root and its marker ------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.root / "index.sqlite"
+
+    def is_marked(self) -> bool:
+        return (self.root / MARKER).is_file()
+
+    def _ensure_root(self) -> None:
+        """Create the root with its marker, or adopt an empty directory or an old-layout rehead cache;
+        refuse a directory holding anything else (its files are not ours to mix with or clear)."""
+        if self.is_marked():
+            return
+        with self._writing(self.root):
+            if self.root.exists() and not self.is_empty() and not _looks_like_old_cache(self.root):
+                raise CacheError(f"{self.root} is not empty and not a rehead cache (no {MARKER}): "
+                                 "pick a new or empty --cache-dir")
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.root / MARKER, MARKER_TEXT.encode())
+
+    def is_empty(self) -> bool:
+        return not self.root.exists() or next(self.root.iterdir(), None) is None
+
+    def _writing(self, path):
+        return _Guard(path)
+
+    # -- the database ---------------------------------------------------------------------
+    def _conn(self, create: bool) -> sqlite3.Connection | None:
+        """The connection (one per process: forked loader workers never reuse the parent's)."""
+        if self._db is not None and self._pid == os.getpid():
+            return self._db
+        if not create and not self.db_path.exists():
+            return None
+        if create:
+            self._ensure_root()
+        with self._writing(self.db_path):
+            db = sqlite3.connect(str(self.db_path), timeout=60, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
+            db.executescript(SCHEMA)
+        self._db, self._pid = db, os.getpid()
+        return db
+
+    def _write(self, sql_batches: list[tuple[str, list]]) -> None:
+        """Run ``(sql, rows)`` pairs in one immediate transaction."""
+        db = self._conn(create=True)
+        with self._writing(self.db_path):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in sql_batches:
+                    db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        if self._db is not None and self._pid == os.getpid():
+            self.flush()
+            self._db.close()
+        self._db = None
+
+    # -- file digests: remembered by path + inode + size + mtime + ctime ----------------------------
+    def file_digest(self, path: str) -> str:
+        """sha256 of a file's bytes, remembered in the index; a rewrite, a replacement by another file
+        (inode) or a metadata change (ctime, which nobody can set back) all rehash it."""
+        ap = os.path.abspath(path)
+        st = os.stat(ap)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._load_memo(os.path.dirname(ap))
+        known = self._memo.get(ap)
+        if known and known[:4] == stamp:
+            return known[4]
+        h = hashlib_sha256_file(ap)
+        self._memo[ap] = (*stamp, h)
+        self._pending.append((ap, os.path.dirname(ap), *stamp, h))
+        if len(self._pending) >= 1000:
+            self.flush()
+        return h
+
+    def _load_memo(self, d: str) -> None:
+        """A directory's remembered digests in one query: a warm fit makes one query per folder."""
+        if d in self._memo_dirs:
+            return
+        self._memo_dirs.add(d)
+        db = self._conn(create=False)
+        if db is None:
+            return
+        with self._reading():
+            for path, ino, size, mt, ct, dig in db.execute(
+                    "SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM digests WHERE dir=?", (d,)):
+                self._memo[path] = (ino, size, mt, ct, dig)
+
+    def flush(self) -> None:
+        """Write the digests computed since the last flush."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._write([("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?)", rows)])
+
+    def _reading(self):
+        return _Guard(self.db_path, reading=True)
+
+    # -- rows ------------------------------------------------------------------------------
+    def read(self, mkey: str, skeys: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(rows, ok)``: ``rows[i]`` holds sample ``skeys[i]``'s features where ``ok[i]``; a row
+        that is missing or fails a check (shape, dtype, finite, crc) is not ok. ``rows`` is None
+        when none is cached."""
+        ok = np.zeros(len(skeys), dtype=bool)
+        db = self._conn(create=False)
+        if db is None or not skeys:
+            return None, ok
+        with self._reading():
+            dim = db.execute("SELECT dim FROM models WHERE mkey=?", (mkey,)).fetchone()
+            if dim is None:
+                return None, ok
+            where = self._locate(db, mkey, skeys)
+        if not where:
+            return None, ok
+        out = np.zeros((len(skeys), dim[0]), dtype=np.float32)
+        by_shard: dict[str, list] = {}
+        for i, (file, row, crc) in where.items():
+            by_shard.setdefault(file, []).append((row, i, crc))
+        for file, hits in by_shard.items():
+            hits.sort()
+            if _read_rows(self.root / "features" / mkey / file, dim[0], hits, out):
+                ok[[i for _, i, _ in hits]] = True
+        self._verify(out, ok, skeys, where)
+        if ok.any():
+            self._touch(mkey)
+        return out, ok
+
+    @staticmethod
+    def _locate(db, mkey: str, skeys: list[str]) -> dict[int, tuple]:
+        """sample index -> (shard file, row, crc), in chunks that stay under SQLite's variable limit."""
+        pos: dict[str, list[int]] = {}
+        for i, k in enumerate(skeys):
+            pos.setdefault(k, []).append(i)
+        uniq = list(pos)
+        where = {}
+        for a in range(0, len(uniq), 900):
+            chunk = uniq[a:a + 900]
+            q = ("SELECT e.skey, s.file, e.row, e.crc FROM entries e JOIN shards s ON s.id = e.shard "
+                 f"WHERE e.mkey=? AND e.skey IN ({','.join('?' * len(chunk))})")
+            for skey, file, row, crc in db.execute(q, (mkey, *chunk)):
+                for i in pos[skey]:
+                    where[i] = (file, row, crc)
+        return where
+
+    @staticmethod
+    def _verify(out: np.ndarray, ok: np.ndarray, skeys: list[str], where: dict) -> None:
+        """Clear ``ok`` for rows that are not finite or whose crc does not match their key."""
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return
+        finite = np.isfinite(out[idx]).all(axis=1)
+        ok[idx[~finite]] = False
+        for i in idx[finite]:
+            if row_crc(skeys[i], out[i]) != where[i][2]:
+                ok[i] = False
+
+    def _touch(self, mkey: str) -> None:
+        """Record the use for LRU eviction; a read-only cache still serves its reads."""
+        try:
+            self._write([("UPDATE models SET last_used=? WHERE mkey=?", [(time.time(), mkey)])])
+        except CacheError:
+            pass
+
+    def get(self, mkey: str, skey: str) -> np.ndarray | None:
+        rows, ok = self.read(mkey, [skey])
+        return rows[0].copy() if ok[0] else None
+
+    def get_all(self, mkey: str, skeys: list[str]) -> np.ndarray | None:
+        """Every sample's features stacked, or None as soon as one is missing or bad."""
+        rows, ok = self.read(mkey, skeys)
+        return rows if rows is not None and ok.all() else None
+
+    def put(self, mkey: str, skey: str, arr: np.ndarray) -> None:
+        """One sample (a one-row shard): for a few samples; extraction writes through ``writer``."""
+        self.put_many(mkey, [skey], np.asarray(arr)[None])
+
+    def put_many(self, mkey: str, skeys: list[str], rows: np.ndarray) -> None:
+        """Write ``rows`` (n, dim) as one shard, then index it. Non-finite rows are not cached."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        keep = np.isfinite(rows).all(axis=1)
+        skeys, rows = [k for k, g in zip(skeys, keep) if g], rows[keep]
+        if not len(skeys):
+            return
+        self._conn(create=True)
+        name = f"{uuid.uuid4().hex}.npy"
+        path = self.root / "features" / mkey / name
+        with self._writing(path):
+            _save_npy(path, rows)
+        now = time.time()
+        try:
+            db = self._db
+            with self._writing(self.db_path):
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("INSERT INTO models VALUES (?,?,?) ON CONFLICT(mkey) DO UPDATE SET last_used=?",
+                               (mkey, rows.shape[1], now, now))
+                    sid = db.execute("INSERT INTO shards(mkey, file, rows, bytes, created) VALUES (?,?,?,?,?)",
+                                     (mkey, name, len(rows), path.stat().st_size, now)).lastrowid
+                    db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?)",
+                                   [(mkey, k, sid, r, row_crc(k, rows[r])) for r, k in enumerate(skeys)])
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            path.unlink(missing_ok=True)  # never an orphan shard for an index write that failed
+            raise
+
+    def writer(self, mkey: str) -> "ShardWriter":
+        return ShardWriter(self, mkey, self.shard_rows, self.shard_seconds)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def models(self) -> list[dict]:
+        """Per model key: shards, samples (live entries), bytes, last use."""
+        db = self._conn(create=False)
+        if db is None:
+            return []
+        with self._reading():
+            q = """SELECT m.mkey, m.dim, m.last_used,
+                          (SELECT COUNT(*) FROM shards s WHERE s.mkey = m.mkey),
+                          (SELECT COALESCE(SUM(bytes), 0) FROM shards s WHERE s.mkey = m.mkey),
+                          (SELECT COUNT(*) FROM entries e WHERE e.mkey = m.mkey)
+                   FROM models m ORDER BY m.last_used DESC"""
+            return [{"key": k, "dim": d, "last_used": t, "shards": n, "bytes": b, "samples": s}
+                    for k, d, t, n, b, s in db.execute(q)]
+
+    def size(self) -> dict:
+        ms = self.models()
+        snaps = [p for p in (self.root / "snapshots").rglob("*") if p.is_file()] if self.root.exists() else []
+        index = sum(p.stat().st_size for p in self.root.glob("index.sqlite*")) if self.root.exists() else 0
+        return {"path": str(self.root), "models": len(ms), "shards": sum(m["shards"] for m in ms),
+                "entries": sum(m["samples"] for m in ms), "bytes": sum(m["bytes"] for m in ms),
+                "index_bytes": index, "snapshots": len(list((self.root / "snapshots").glob("*")))
+                if (self.root / "snapshots").exists() else 0,
+                "snapshot_bytes": sum(p.stat().st_size for p in snaps), "per_model": ms}
+
+    def gc(self, max_bytes: int | None = None, orphan_age: float = 3600.0) -> dict:
+        """Drop shards no entry points to (superseded rows, orphans of killed writers older than
+        ``orphan_age`` seconds), then evict least-recently-used model keys until the shards fit
+        in ``max_bytes``."""
+        db = self._conn(create=False)
+        if db is None:
+            return {"evicted": [], "freed_bytes": 0}
+        freed = self._drop_dead_shards(db, orphan_age)
+        evicted = []
+        ms = sorted(self.models(), key=lambda m: m["last_used"])
+        total = sum(m["bytes"] for m in ms)
+        while max_bytes is not None and ms and total > max_bytes:
+            m = ms.pop(0)
+            self.evict(m["key"])
+            evicted.append(m["key"])
+            total -= m["bytes"]
+            freed += m["bytes"]
+        return {"evicted": evicted, "freed_bytes": freed}
+
+    def _drop_dead_shards(self, db, orphan_age: float) -> int:
+        with self._reading():
+            dead = db.execute("SELECT id, mkey, file, bytes FROM shards WHERE id NOT IN "
+                              "(SELECT DISTINCT shard FROM entries)").fetchall()
+            known = {(m, f) for m, f in db.execute("SELECT mkey, file FROM shards")}
+        self._write([("DELETE FROM shards WHERE id=?", [(d[0],) for d in dead])])
+        freed = 0
+        for _, mkey, file, nbytes in dead:
+            (self.root / "features" / mkey / file).unlink(missing_ok=True)
+            freed += nbytes
+        now = time.time()
+        for p in (self.root / "features").glob("*/*"):
+            if (p.parent.name, p.name) not in known and now - p.stat().st_mtime > orphan_age:
+                freed += p.stat().st_size
+                p.unlink(missing_ok=True)
+        return freed
+
+    def evict(self, mkey: str) -> None:
+        """Forget a model key: its entries first (readers then miss), then its files."""
+        self._write([("DELETE FROM entries WHERE mkey=?", [(mkey,)]), ("DELETE FROM shards WHERE mkey=?", [(mkey,)]),
+                     ("DELETE FROM models WHERE mkey=?", [(mkey,)])])
+        shutil.rmtree(self.root / "features" / mkey, ignore_errors=True)
+
+    def clear(self) -> list[str]:
+        """Delete everything rehead keeps here (marker aside); returns the paths it could not delete.
+        Refuses a directory without the marker: it may hold someone else's files."""
+        if self.is_empty():
+            return []
+        if not self.is_marked():
+            raise CacheError(f"{self.root} does not carry rehead's cache marker ({MARKER}): not deleting it; "
+                             "delete it yourself if it really is a feature cache")
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        failed: list[str] = []
+        for name in sorted(OWN_NAMES - {MARKER}):
+            p = self.root / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, onerror=lambda fn, path, exc: failed.append(str(path)))
+            elif p.exists() or p.is_symlink():
+                try:
+                    p.unlink()
+                except OSError:
+                    failed.append(str(p))
+        for p in self.root.glob(".tmp-*"):
+            p.unlink(missing_ok=True)
+        self._memo.clear()
+        self._memo_dirs.clear()
+        return [f for f in failed if os.path.lexists(f)]
+
+
+class ShardWriter:
+    """Collects one model key's rows during an extraction; writes a shard every ``shard_rows`` rows or
+    ``seconds``, and the rest on ``flush``."""
+
+    def __init__(self, store: ShardStore, mkey: str, shard_rows: int, seconds: float):
+        self.store, self.mkey, self.shard_rows, self.seconds = store, mkey, shard_rows, seconds
+        self.keys: list[str] = []
+        self.rows: list[np.ndarray] = []
+        self.since = time.monotonic()
+
+    def add(self, skey: str, row: np.ndarray) -> None:
+        if not self.keys:
+            self.since = time.monotonic()
+        self.keys.append(skey)
+        self.rows.append(row)
+        if len(self.keys) >= self.shard_rows or time.monotonic() - self.since > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            keys, rows = self.keys, np.stack(self.rows)
+            self.keys, self.rows = [], []
+            self.store.put_many(self.mkey, keys, rows)
+
+
+class _Guard:
+    """Turns the OS's and SQLite's write failures (read-only, full disk, corrupt index) into a
+    CacheError naming the path and the remedy."""
+
+    def __init__(self, path, reading: bool = False):
+        self.path, self.reading = path, reading
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, CacheError):
+            return False
+        if isinstance(exc, sqlite3.DatabaseError):
+            msg = str(exc)
+            if self.reading or not isinstance(exc, sqlite3.OperationalError) or "malformed" in msg:
+                raise CacheError(f"feature cache index {self.path} is unreadable ({msg}): run `rehead cache "
+                                 "clear`, or pass --no-cache or another --cache-dir") from exc
+            raise CacheError(f"cannot write the feature cache at {self.path} ({msg}): {REMEDY}") from exc
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            reason = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
+                      errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                      errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, exc.strerror or str(exc))
+            raise CacheError(f"cannot write the feature cache at {self.path} ({reason}): {REMEDY}") from exc
+        return False
+
+
+def _looks_like_old_cache(root: Path) -> bool:
+    """A cache written before the marker existed: only rehead's names, features/<24-hex key>/..."""
+    names = {p.name for p in root.iterdir()}
+    if not names <= OWN_NAMES:
+        return False
+    keys = [p.name for sub in ("features", "snapshots") if (root / sub).is_dir() for p in (root / sub).iterdir()]
+    return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
+
+
+def hashlib_sha256_file(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, rows: np.ndarray) -> None:
+    """np.save to a temp file in the shard's folder, fsync'd, then renamed: a reader sees a whole
+    shard or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array(f, rows, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_rows(path: Path, dim: int, hits: list[tuple], out: np.ndarray) -> bool:
+    """Copy rows ``[(row, dest, crc), ...]`` (sorted by row) of a shard into ``out``; False when the
+    shard is missing, torn or not a (n, dim) float32 array. A run of consecutive rows going to
+    consecutive destinations (the usual warm read) is read straight into ``out``."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype != np.float32 or len(shape) != 2 or shape[1] != dim:
+                return False
+            offset = f.tell()
+            if os.fstat(f.fileno()).st_size < offset + shape[0] * dim * 4 or hits[-1][0] >= shape[0]:
+                return False
+            rows = np.array([h[0] for h in hits])
+            dest = np.array([h[1] for h in hits])
+            if np.all(np.diff(rows) == 1) and np.all(np.diff(dest) == 1):
+                f.seek(offset + int(rows[0]) * dim * 4)
+                view = out[dest[0]:dest[-1] + 1]
+                return f.readinto(memoryview(view).cast("B")) == view.nbytes
+        mm = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=tuple(shape))
+        out[dest] = mm[rows]
+        return True
+    except (OSError, ValueError, EOFError):
+        return False
