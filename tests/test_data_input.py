@@ -52,8 +52,7 @@ def test_only_regular_files_are_listed_and_the_rest_named(tmp_path, no_hang):
     items = ds.train.items + ds.val.items
     assert len(items) == 12 and all(os.path.isfile(p) and "/." not in p for p in items)
     assert ds.classes == ["blue", "red"]  # no class from .thumbnails
-    why = {os.path.basename(p): w for p, w in [(s, s) for s in ds.skipped]}
-    assert set(why) == {"folder.jpg", "pipe.jpg", "dangling.jpg", "loop.jpg"}
+    assert {os.path.basename(p) for p in ds.skipped} == {"folder.jpg", "pipe.jpg", "dangling.jpg", "loop.jpg"}
     text = " ".join(ds.info["warnings"])
     assert "4 item(s) left out" in text
     reasons = images.list_image_files(root / "red")[1] | images.list_image_files(root / "blue")[1]
@@ -191,7 +190,7 @@ def test_bom_is_accepted_and_latin1_is_named(tmp_path):
 
 def test_a_csv_matching_no_modality_says_which_columns_it_looked_for(tmp_path):
     p = write(tmp_path / "x.csv", "sentence,category\nhello,a\n")
-    with pytest.raises(DataError, match=r"x.csv has column\(s\) sentence, category.*'path'.*--text-column.*--label-column"):
+    with pytest.raises(DataError, match=r"x.csv has no column 'label' \(columns: sentence, category\).*'path'.*--text-column.*--label-column"):
         load_dataset(p)
 
 
@@ -241,6 +240,17 @@ def test_text_folder_with_train_and_test_carves_val_from_train(tmp_path):
     assert all(t.startswith("sentence") for t in a.val.items) and all(t.startswith("held") for t in a.test.items)
     assert not set(a.val.items) & set(a.train.items)
     assert a.summary()["test"] == 6 and a.summary()["test_per_class"] == {"neg": 3, "pos": 3}
+
+
+def test_an_unlabelled_test_csv_is_not_scored_but_said_so(tmp_path):
+    d = tmp_path / "t"
+    write(d / "train.csv", "text,label\n" + text_rows(10))
+    write(d / "test.csv", "text\nkaggle style\nno labels\n")
+    ds = load_dataset(d)
+    assert ds.test is None and "test.csv has no 'label' column: it is not scored" in " ".join(ds.info["warnings"])
+    write(d / "test.csv", "text,label\nempty labels,\nhere too, \n")
+    ds = load_dataset(d)
+    assert ds.test is None and "test.csv has no labelled, readable sample" in " ".join(ds.info["warnings"])
 
 
 def test_image_folders_train_test_and_train_val_test(tmp_path):

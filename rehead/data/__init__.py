@@ -207,7 +207,7 @@ def _check_readable(mod, parts: Parts, items, strict: bool, check: bool) -> None
 
 def infer_modality(p, text_column: str = "text", label_column: str = "label") -> str:
     """image for a folder or a CSV with a ``path`` column; text for a CSV with the text
-    column; tabular for another CSV with the label column."""
+    column; tabular for another CSV."""
     p = Path(p)
     from .images import IMAGE_EXTS
     csvs = [p] if p.is_file() else [p / n for n in ("train.csv", "test.csv", "val.csv") if (p / n).is_file()]
@@ -217,12 +217,7 @@ def infer_modality(p, text_column: str = "text", label_column: str = "label") ->
             return "image"
         if text_column in header:
             return "text"
-        if label_column in header:
-            return "tabular"
-        raise DataError(f"{csvs[0]} has column(s) {', '.join(header[:8]) or 'none'}{' ...' if len(header) > 8 else ''}, "
-                        f"but rehead looked for 'path' (an image CSV of path,label), {text_column!r} (text; "
-                        f"name yours with --text-column) or a label column {label_column!r} (a table; name it "
-                        "with --label-column)")
+        return "tabular"  # without its label column, the table reader names every column it looked for
     if p.is_dir():
         return "image"
     raise DataError(f"cannot tell what kind of data {p} is: expected a folder of images or a .csv "

@@ -131,7 +131,7 @@ def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
     """Parts of an image source. A folder with train/: train, val from val/ (valid/,
     validation/), test from test/; a folder of class folders: all; a CSV: see ``_csv_parts``.
     ``eval_only`` lists only the split that evaluation scores."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # absolute items: split.json stays valid from any directory
     if path.is_file():
         return _csv_parts(path, label_column, split_column)
     skipped: dict[str, str] = {}
@@ -154,7 +154,8 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs 'path' and a label "
                         f"column (--label-column; found: {', '.join(header)})")
-    items = [str((path.parent / p).absolute()) if p else "" for p in column(header, rows, "path", path)]
+    # abspath, not resolve: normalises '..' without following symlinks (a looping one would raise)
+    items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in column(header, rows, "path", path)]
     labels = column(header, rows, label_column, path)
     skipped, gone = {}, []
     for n, p in enumerate(items):
@@ -172,7 +173,7 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
                  for k, ix in idx.items()}
     else:
         parts = {"all": Part(items, labels, str(path))}
-    return Parts(parts, str(path), skipped=skipped, files=[str(path.absolute())])
+    return Parts(parts, str(path), skipped=skipped, files=[str(path)])
 
 
 # -- readability (before any run directory exists) ----------------------------------------------

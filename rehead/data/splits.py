@@ -58,6 +58,10 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
         raise DataError(f"{base.where} has a single class (a single label: {classes[0] if classes else 'none'!r}): "
                         "a classifier needs at least two classes" + (f". {hint}" if hint else ""))
     _report_duplicates(named, warnings)
+    if base_name == "train":
+        once = once_report(base.labels, base.where)
+        if once:
+            warnings.append(once)
     for k in ("val", "test"):
         if k in named:
             extra = sorted(set(named[k].labels) - set(classes))
@@ -65,6 +69,9 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
                 raise DataError(f"{named[k].where} has label(s) not in {base.where}: {', '.join(map(repr, extra))}: "
                                 "every class must have training samples")
     named = {k: _drop_skipped(p, parts.skipped) for k, p in named.items()}
+    for k in ("val", "test"):
+        if k in named and not named[k].items:  # e.g. a test.csv whose labels are all empty
+            warnings.append(f"{named.pop(k).where} has no labelled, readable sample: it is not used as {k}")
     skipped = list(parts.skipped)
     if skipped:
         warnings.append(_skipped_warning(parts.skipped))
@@ -83,10 +90,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
         if "val" in named:
             train, val = train_all, samples(named["val"])
             how = f"train: {named['train'].where}; val: {named['val'].where}"
-        else:
-            once = once_report(named["train"].labels, named["train"].where)
-            if once:
-                warnings.append(once + " (it stays in train, not in val)")
+        else:  # classes seen once stay in train (see the once_report warning)
             tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where, hint)
             train, val = train_all.subset(tr), train_all.subset(va)
             how = f"val: stratified {val_fraction:.0%} of {named['train'].where}, seed {seed}"
@@ -182,6 +186,9 @@ def _eval_part(name: str, parts: Parts):
     keep, w = drop_unlabelled(p.labels, p.where)
     warnings = list(parts.warnings) + ([w] if w else [])
     p2 = _drop_skipped(_subset(p, keep), parts.skipped)
+    listed = {i for q in parts.parts.values() for i in q.items}
+    mine = set(p.items)  # skips of this part, or of the folder listing; not of other splits' rows
+    parts.skipped = {k: v for k, v in parts.skipped.items() if k in mine or k not in listed}
     if parts.skipped:
         warnings.append(_skipped_warning(parts.skipped))
     if not p2.items:
@@ -244,7 +251,8 @@ SPLIT_VERSION = 2
 
 
 def to_split(ds: Dataset) -> dict:
-    d = {"version": SPLIT_VERSION, "modality": ds.modality, "classes": list(ds.classes), "source": ds.source}
+    d = {"version": SPLIT_VERSION, "modality": ds.modality, "classes": list(ds.classes), "source": ds.source,
+         "how": ds.info.get("split", "")}
     for name in ("train", "val", "test"):
         s = getattr(ds, name)
         if s is not None:
@@ -304,7 +312,7 @@ def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{where} is damaged ({type(e).__name__}: {e}): start the run again with --overwrite") from None
     ds = Dataset(modality, list(classes), train, val, d.get("source", str(where)), test=parts.get("test"),
-                 info={"split": f"from {where}"}, files=list(d.get("fingerprint", {}).get("files", {})))
+                 info={"split": f"{d.get('how') or 'as saved'} (rebuilt from {where})"}, files=list(d.get("fingerprint", {}).get("files", {})))
     if "table" in d:
         ds.feature_columns, ds.missing = d["table"]["feature_columns"], d["table"].get("missing", "error")
     if check and "fingerprint" in d:

@@ -124,16 +124,24 @@ def load_table(path, label_column: str = "label", id_columns=None, split_column:
                         missing=missing)
 
 
+def _some(header: list[str]) -> str:
+    return ", ".join(header[:8]) + (" ..." if len(header) > 8 else "")
+
+
 def read_parts(path, eval_only: bool = False, label_column: str = "label", id_columns=None,
-               split_column: str = "split", missing: str = "error", **_) -> Parts:
+               split_column: str = "split", missing: str = "error", text_column: str = "text", **_) -> Parts:
     """Parts of a table: with ``split_column`` (default ``split``), its train / val / test
     rows (values: see rehead.data.splits.SPLIT_VALUES); else all rows. Rows with an empty
     label are left out and counted (never scored as a class)."""
     table = read_table(path)
     ids = _as_list(id_columns)
-    for c in ids + [label_column]:
+    if label_column not in table.index:
+        raise DataError(f"{table.path} has no column {label_column!r} (columns: {_some(table.header)}): rehead looked "
+                        f"for 'path' (an image CSV of path,label), {text_column!r} (text: name yours with "
+                        "--text-column) or a label column (a table: name it with --label-column)")
+    for c in ids:
         if c not in table.index:
-            raise DataError(f"{table.path} has no column {c!r} (columns start: {', '.join(table.header[:8])} ...): "
+            raise DataError(f"{table.path} has no column {c!r} (columns: {_some(table.header)}): "
                             "name the label with --label-column and identifiers with --id-columns")
     if missing not in ("error", "mean"):
         raise DataError(f"missing must be 'error' or 'mean', got {missing!r}")

@@ -58,6 +58,11 @@ def read_csv(path: Path, text_column: str = "text", label_column: str | None = "
     return texts, labels, warnings
 
 
+def _header_of(path: Path) -> list[str]:
+    from . import _header
+    return _header(path)
+
+
 def _file_part(path: Path, text_column, label_column, warnings) -> Part:
     t, y, w, _, _ = _read(path, text_column, label_column)
     warnings += w
@@ -82,6 +87,10 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
                             "with train.csv (and test.csv)")
         if not any(files.values()):
             raise DataError(f"{path} has no test.csv, val.csv or train.csv to evaluate on")
+        if not eval_only and files["test"] and label_column not in _header_of(files["test"]):
+            warnings.append(f"{files['test']} has no {label_column!r} column: it is not scored as a test split "
+                            "(`rehead predict RUN` labels it)")
+            files["test"] = None
         parts = {k: _file_part(f, text_column, label_column, warnings) for k, f in files.items() if f}
         return Parts(parts, str(path), warnings=warnings, files=[str(f.absolute()) for f in files.values() if f])
     t, y, w, header, rows = _read(path, text_column, label_column)
