@@ -108,8 +108,15 @@ def once_report(labels: list[str], where) -> str | None:
     once = sorted(c for c, n in Counter(labels).items() if n == 1)
     if not once:
         return None
-    return (f"{where}: label(s) {', '.join(map(repr, once))} appear only once: the model can hardly learn "
+    return (f"{where}: label(s) {names(once)} appear only once: the model can hardly learn "
             "a class from one example; add examples or merge the label")
+
+
+def names(xs, n: int = 8) -> str:
+    """'a', 'b', 'c' ... (N in all): a message stays one readable line however many there are."""
+    xs = list(xs)
+    shown = ", ".join(map(repr, xs[:n]))
+    return shown if len(xs) <= n else f"{shown} ... ({len(xs)} in all)"
 
 
 def _key(item):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import DataError, Dataset, Part, Parts, drop_items
-from .csvio import column, read_rows
+from .csvio import column, names, read_rows
 from .splits import split_column_parts
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
         raise DataError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTS))}){note}")
     empty = [c for c, fs in found.items() if not fs]
     if empty:
-        raise DataError(f"class folder(s) {', '.join(empty)} in {root} contain no images: "
+        raise DataError(f"class folder(s) {names(empty)} in {root} contain no images: "
                         f"add images or remove the folder(s){note}")
     return found, skipped
 
@@ -132,6 +132,9 @@ def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
     validation/), test from test/; a folder of class folders: all; a CSV: see ``_csv_parts``.
     ``eval_only`` lists only the split that evaluation scores."""
     path = Path(os.path.abspath(path))  # absolute items: split.json stays valid from any directory
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+        raise DataError(f"{path} is a single image: training data is a folder of class folders or a CSV of "
+                        "path,label; to label one image, use `rehead predict RUN IMAGE`")
     if path.is_file():
         return _csv_parts(path, label_column, split_column)
     skipped: dict[str, str] = {}
@@ -249,13 +252,16 @@ def decode(path: str, min_side: int | None = None) -> Image.Image:
             _check_pixels(im, path)
             if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
-            return to_rgb(ImageOps.exif_transpose(im))
+            if im.getexif().get(ORIENTATION, 1) != 1:  # most images: no transpose, no extra copy
+                im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
     except UnreadableImage:
         raise
     except Exception as e:
         raise UnreadableImage(f"cannot read image {path}: {_why(e)}") from e
 
 
+ORIENTATION = 0x0112  # the EXIF tag
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import DataError, Dataset, EvalData, Part, Parts, Samples, stratified_split
-from .csvio import drop_unlabelled, duplicate_report, numeric_hint, once_report, overlap_report
+from .csvio import drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
         if k in named:
             extra = sorted(set(named[k].labels) - set(classes))
             if extra:
-                raise DataError(f"{named[k].where} has label(s) not in {base.where}: {', '.join(map(repr, extra))}: "
+                raise DataError(f"{named[k].where} has label(s) not in {base.where}: {names(extra)}: "
                                 "every class must have training samples")
     named = {k: _drop_skipped(p, parts.skipped) for k, p in named.items()}
     for k in ("val", "test"):
@@ -147,7 +147,7 @@ def _require_each_class(classes, base: Part, skipped: dict, hint) -> None:
     gone = [c for c in classes if have[c] == 0]
     if gone:
         lost = [it for it in skipped]
-        raise DataError(f"class(es) {', '.join(map(repr, gone))} in {base.where} have no readable sample left "
+        raise DataError(f"class(es) {names(gone)} in {base.where} have no readable sample left "
                         f"({len(lost)} item(s) skipped, e.g. {lost[0]}: {skipped[lost[0]]}): fix or remove those files, "
                         "or remove the class")
 
@@ -156,7 +156,7 @@ def _split_all(base: Part, val_fraction, seed, hint):
     counts = Counter(base.labels)
     few = sorted(c for c in counts if counts[c] < 2)
     if few:
-        raise DataError(f"class(es) {', '.join(map(repr, few))} in {base.where} appear only once: a stratified "
+        raise DataError(f"class(es) {names(few)} in {base.where} appear only once: a stratified "
                         "train/val split needs at least 2 samples of each class; add samples, remove those rows, "
                         "or give a separate val split" + (f". {hint}" if hint else ""))
     return stratified_split(base.labels, val_fraction, seed, base.where, hint)
@@ -201,8 +201,8 @@ def eval_data(name: str, parts: Parts, classes: list[str]) -> EvalData:
     own = sorted(set(p.labels))
     unknown = [c for c in own if c not in classes]
     if unknown:
-        raise DataError(f"{p.where} has class(es) the run never saw: {', '.join(map(repr, unknown))} (run classes: "
-                        f"{', '.join(classes)}): remove those rows, or evaluate a run trained on them")
+        raise DataError(f"{p.where} has class(es) the run never saw: {names(unknown)} (run classes: "
+                        f"{names(classes, 20)}): remove those rows, or evaluate a run trained on them")
     index = {c: i for i, c in enumerate(classes)}
     for w in warnings:
         log.warning(w)
@@ -240,7 +240,7 @@ def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
     have = Counter(ds.train.labels)
     gone = [c for i, c in enumerate(ds.classes) if have[i] == 0]
     if gone:
-        raise DataError(f"class(es) {', '.join(map(repr, gone))} of {ds.source} have no training sample left after "
+        raise DataError(f"class(es) {names(gone)} of {ds.source} have no training sample left after "
                         f"{len(removed)} {why} item(s) were skipped (e.g. {removed[0] if removed else '?'}): fix or "
                         "remove those files, or remove the class")
     return removed
