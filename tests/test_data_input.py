@@ -152,6 +152,14 @@ def test_empty_labels_are_dropped_with_a_count_for_every_modality(tmp_path):
     assert len(img.train) + len(img.val) == 7 and len(tab.train) + len(tab.val) == 8
 
 
+def test_in_memory_pairs_follow_the_same_label_rules():
+    from rehead.data import from_items
+    texts = [f"text {i}" for i in range(10)] + ["no label", "nan label"]
+    ds = from_items(texts, ["a", "b"] * 5 + [None, float("nan")], "text", "<pairs>", val_fraction=0.4)
+    assert ds.classes == ["a", "b"] and len(ds.train) + len(ds.val) == 10
+    assert "<pairs>: 2 row(s) with an empty label were left out" in ds.info["warnings"][0]
+
+
 def test_numeric_labels_with_many_values_hint_that_regression_is_not_supported(tmp_path):
     many = "".join(f"text {i} {k},{i * 1.5}\n" for i in range(25) for k in range(2))
     ds = load_dataset(write(tmp_path / "m.csv", "text,label\n" + many), val_fraction=0.5)

@@ -165,6 +165,16 @@ def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] 
     return from_split(d, modality, classes, where, check)
 
 
+def from_items(items: list, labels: list, modality: str, source: str, val_fraction: float = 0.2,
+               seed: int = 0) -> Dataset:
+    """In-memory (item, label) data as a Dataset, by the same rules as a CSV: empty labels
+    dropped and counted, duplicates reported, a stratified seeded val split."""
+    from .splits import assemble
+    labels = ["" if y is None else str(y) for y in labels]
+    labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
+    return assemble(modality, Parts({"all": Part(list(items), labels, source)}, source), val_fraction, seed)
+
+
 def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
     """Remove ``bad`` items from every split, add them to ``ds.skipped`` and recount: a class
     left without a training sample is a DataError. Returns the items removed."""

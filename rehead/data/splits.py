@@ -301,14 +301,20 @@ def _stat(item) -> list | None:
 
 
 def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
+    if not isinstance(d, dict):
+        raise DataError(f"{where} is damaged (not a JSON object): start the run again with --overwrite")
     modality = d.get("modality", modality)
     classes = d.get("classes", classes)
     if modality is None or classes is None:
-        raise DataError(f"{where} is from an older rehead and lacks the modality or classes: pass them in")
+        raise DataError(f"{where} was written by an older rehead and lacks the modality or classes: start the run "
+                        "again with --overwrite (from Python: pass modality= and classes=)")
     try:
         parts = {name: Samples(list(d[name]["items"]), [int(y) for y in d[name]["labels"]])
                  for name in ("train", "val", "test") if name in d}
         train, val = parts["train"], parts["val"]
+        if any(not 0 <= y < len(classes) for s in parts.values() for y in s.labels) or \
+                any(len(s.items) != len(s.labels) for s in parts.values()):
+            raise ValueError("labels do not match the items and classes")
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{where} is damaged ({type(e).__name__}: {e}): start the run again with --overwrite") from None
     ds = Dataset(modality, list(classes), train, val, d.get("source", str(where)), test=parts.get("test"),
