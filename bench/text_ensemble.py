@@ -32,7 +32,7 @@ def member(data: Path, model: str, out: Path, seed: int, cache: Path) -> tuple[P
     from rehead.run import read_config
     if (out / "summary.json").exists():
         cfg = read_config(out)
-        if all(cfg["args"].get(k) == v for k, v in RECIPE.items()) and cfg["args"]["seed"] == seed and \
+        if all(cfg["fit"].get(k) == v for k, v in RECIPE.items()) and cfg["fit"]["seed"] == seed and \
                 cfg["model"] == model:
             return out, None
         raise SystemExit(f"{out} holds a run of another recipe: choose another --runs-dir")
@@ -53,7 +53,8 @@ def main():
     a = ap.parse_args()
     from rehead.data import load_dataset
     from rehead.ensemble import make_ensemble
-    from rehead.run import Run, open_run
+    from rehead.run import Run
+    from rehead.runs import open_run
     runs_dir = Path(a.runs_dir)
     data = DATASETS / a.data
     test = load_dataset(str(data / "test.csv"), modality="text", eval_only=True)

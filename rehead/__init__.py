@@ -8,11 +8,20 @@ import os
 # an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .fit import fit
-from .model import TransferModel
-from .run import Run
-from .zoo import Backbone, list_models, load
+from .version import __version__  # noqa: E402
 
-from .version import __version__
+# The API is imported on first use, so `rehead --help` (which imports this package) never
+# pays for torch.
+_API = {"fit": ".fit", "find_lr": ".fit", "FitConfig": ".config", "TransferModel": ".model", "Run": ".run",
+        "open_run": ".runs", "Backbone": ".zoo", "list_models": ".zoo", "load": ".zoo"}
 
-__all__ = ["load", "list_models", "Backbone", "TransferModel", "fit", "Run", "__version__"]
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+        return getattr(importlib.import_module(_API[name], __name__), name)
+    raise AttributeError(f"module 'rehead' has no attribute {name!r}")
+
+
+__all__ = ["load", "list_models", "Backbone", "TransferModel", "fit", "find_lr", "FitConfig", "Run", "open_run",
+           "__version__"]

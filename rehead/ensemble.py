@@ -20,14 +20,12 @@ architecture, which is checked.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .run import BadRun, Run, prepare_run_dir, read_config, save_tensors, write_yaml
+from .run import BadRun, Run, read_config
+from .rundir import RunDir, load_tensors, read_json
 
 MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json")
 
@@ -38,9 +36,14 @@ def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) 
     out_path = Path(out).resolve()
     if any(out_path == m.dir.resolve() for m in members):
         raise BadRun(f"--out {out} is one of the members: choose a new directory")
-    out = prepare_run_dir(out, overwrite=overwrite)
-    (_write_soup if soup else _write_ensemble)(members, out)
-    return out
+    if soup:
+        _check_soup(members)  # before the directory is claimed: a refused soup leaves nothing
+    run = RunDir.create(out, overwrite=overwrite)
+    try:
+        (_write_soup if soup else _write_ensemble)(members, run)
+    finally:
+        run.release()
+    return run.path
 
 
 def _check_members(runs: list) -> list[Run]:
@@ -63,44 +66,45 @@ def _check_members(runs: list) -> list[Run]:
 
 
 def _member_summary(m: Run) -> dict:
-    p = m.dir / "summary.json"
-    s = json.loads(p.read_text()) if p.exists() else {}
-    return {"source": str(m.dir.resolve()), "model": m.config["model"], "seed": m.config.get("args", {}).get("seed"),
+    s = m.summary
+    seed = (m.config.get("fit") or m.config.get("args") or {}).get("seed")
+    return {"source": str(m.dir.resolve()), "model": m.config["model"], "seed": seed,
             "val_acc": s.get("val_acc"), "last_val_acc": s.get("last_val_acc")}
 
 
-def _common_split(members: list[Run]) -> str | None:
-    """The members' split.json text if they all have the same one (then the val split is fair to all)."""
-    texts = {(m.dir / "split.json").read_text() if (m.dir / "split.json").exists() else None for m in members}
-    return texts.pop() if len(texts) == 1 else None
+def _common_split(members: list[Run]) -> dict | None:
+    """The members' split if they all have the same one (then the val split is fair to all)."""
+    splits = [read_json(m.dir / "split.json") if (m.dir / "split.json").exists() else None for m in members]
+    return splits[0] if all(s == splits[0] for s in splits) else None
 
 
-def _write_common(members: list[Run], out: Path, summary: dict) -> None:
-    (out / "labels.json").write_text(json.dumps(members[0].classes))
+def _write_common(members: list[Run], run: RunDir, summary: dict) -> None:
+    run.write_json("labels.json", members[0].classes)
     split = _common_split(members)
     if split is not None:
-        (out / "split.json").write_text(split)
+        run.write_json("split.json", split)
     summary["shared_val_split"] = split is not None
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_json("summary.json", summary)
 
 
-def _write_ensemble(members: list[Run], out: Path) -> None:
+def _write_ensemble(members: list[Run], run: RunDir) -> None:
     names = []
     for i, m in enumerate(members):
-        dst = out / "members" / str(i)
-        dst.mkdir(parents=True)
+        dst = run.subdir(f"members/{i}")
         for f in MEMBER_FILES:
             if (m.dir / f).exists():
-                shutil.copy2(m.dir / f, dst / f)
+                dst.write_bytes(f, (m.dir / f).read_bytes())
         names.append(f"members/{i}")
-    write_yaml(out / "config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
-                                     "sources": [str(m.dir.resolve()) for m in members],
-                                     "data_config": members[0].config.get("data_config"),
-                                     "args": {"data_kw": members[0].config.get("args", {}).get("data_kw")}})
-    _write_common(members, out, {"kind": "ensemble", "members": [_member_summary(m) for m in members]})
+    fit = members[0].config.get("fit") or {}
+    run.write_yaml("config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
+                                   "sources": [str(m.dir.resolve()) for m in members],
+                                   "data_config": members[0].config.get("data_config"),
+                                   "fit": {k: fit[k] for k in ("text_column", "label_column", "id_columns",
+                                                               "split_column", "missing") if k in fit}})
+    _write_common(members, run, {"kind": "ensemble", "members": [_member_summary(m) for m in members]})
 
 
-def _write_soup(members: list[Run], out: Path) -> None:
+def _check_soup(members: list[Run]) -> None:
     first = members[0].config
     for m in members[1:]:
         for key in ("model", "cut", "head"):
@@ -108,17 +112,24 @@ def _write_soup(members: list[Run], out: Path) -> None:
                 raise BadRun(f"a soup averages weights, so members need one architecture: {m.dir} has "
                              f"{key} {m.config.get(key)!r} but {members[0].dir} has {first.get(key)!r} "
                              "(use a plain ensemble, without --soup, to combine different models)")
-    states = [load_file(str(m.dir / "model.safetensors")) for m in members]
+    states = _states(members)
     keys = set(states[0])
     for m, sd in zip(members[1:], states[1:]):
         if set(sd) != keys or any(sd[k].shape != states[0][k].shape for k in keys):
             raise BadRun(f"{m.dir}/model.safetensors does not match {members[0].dir}'s tensors: "
                          "a soup needs members of one architecture")
-    mean = {k: _mean([sd[k] for sd in states]) for k in states[0]}
-    save_tensors(mean, out / "model.safetensors")
-    cfg = dict(first, kind="soup", soup={"members": [str(m.dir.resolve()) for m in members]})
-    write_yaml(out / "config.yaml", cfg)
-    _write_common(members, out, {"kind": "soup", "members": [_member_summary(m) for m in members]})
+
+
+def _states(members: list[Run]) -> list[dict]:
+    return [load_tensors(m.dir / "model.safetensors") for m in members]
+
+
+def _write_soup(members: list[Run], run: RunDir) -> None:
+    states = _states(members)
+    run.save_tensors("model.safetensors", {k: _mean([sd[k] for sd in states]) for k in states[0]})
+    cfg = dict(members[0].config, kind="soup", soup={"members": [str(m.dir.resolve()) for m in members]})
+    run.write_yaml("config.yaml", cfg)
+    _write_common(members, run, {"kind": "soup", "members": [_member_summary(m) for m in members]})
 
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -134,7 +145,7 @@ class Ensemble(Run):
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
         self.config = read_config(self.dir)
-        self.classes = json.loads((self.dir / "labels.json").read_text())
+        self.classes = read_json(self.dir / "labels.json")
         self.members = [Run(self.dir / m, lazy=True) for m in self.config["members"]]
         self._model = None
 

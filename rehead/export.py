@@ -7,6 +7,7 @@ and output names and shapes, and the label map.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def preprocessing_steps(cfg: dict) -> list[dict]:
 def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset: int = 17) -> dict:
     """Write the run's model to ``out`` (default RUN/export/model.onnx|.pt) and ``<out>.json``."""
     from .data import pipeline
-    from .run import RunExists, open_run
+    from .rundir import RunExists, atomic_write_bytes
+    from .runs import open_run
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = open_run(run_dir)
@@ -47,15 +49,17 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     example = example.expand(2, *example.shape[1:]).contiguous()  # batch of 2: no batch-1 specialisation
     for p in model.parameters():
         p.requires_grad_(False)
+    tmp = out.with_name(f".tmp-{out.name}")  # written whole, then renamed: never half a model at `out`
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
         if fmt == "onnx":
             # The TorchScript-based exporter: the dynamo one needs onnxscript, which rehead does not require.
-            torch.onnx.export(model, (example,), str(out), dynamo=False, input_names=["input"],
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
                               output_names=["logits"], opset_version=opset,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         else:
-            torch.jit.trace(model, (example,)).save(str(out))
+            torch.jit.trace(model, (example,)).save(str(tmp))
+    os.replace(tmp, out)
     meta = {"format": fmt, "file": out.name, "run": str(run.dir.resolve()), "model": run.config["model"],
             "cut": run.config["cut"], "modality": run.modality,
             "input": {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"},
@@ -67,7 +71,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
     if fmt == "onnx":
         meta["opset"] = opset
-    sidecar.write_text(json.dumps(meta, indent=1))
+    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
     return {**meta, "path": str(out), "sidecar": str(sidecar)}
 
 

@@ -1,55 +1,80 @@
-"""fit: load -> cut -> graft -> (extract) -> train -> save, into a run directory."""
+"""fit: check -> load -> cut -> graft -> (extract) -> train -> save, into a run directory.
+
+Everything that can be checked (options, data, model, cut, modality) is checked before the run
+directory is created, so a fit that fails on bad input leaves nothing behind. ``RunDir`` writes
+every file of the run.
+"""
 from __future__ import annotations
 
-import json
+import io
 import logging
+import sys
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from . import zoo
-from .data import Dataset, load_dataset, pipeline
+from .config import DEFAULT_MODEL, ConfigError, FitConfig
+from .data import DataError, Dataset, pipeline
+from .data.inputs import as_dataset
 from .features import FeatureCache, extract
 from .heads import make_head
 from .model import TransferModel
 from .recipes import build_recipe
-from .run import Run, prepare_run_dir, read_config, save_tensors, save_weights, write_yaml
-from .zoo.backbone import Backbone, stage_index
+from .run import Run
+from .rundir import BadRun, RunDir
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
+from .zoo.backbone import Backbone, stage_index
 
 log = logging.getLogger("rehead")
 
-DEFAULT_MODEL = "packaged:efficientnet_lite0"
 
+def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = None, overwrite: bool = False,
+        resume: bool = False, progress: bool = True, hooks: list | None = None, echo=print,
+        accelerator=None, **options) -> Run:
+    """Train a new head (and as much of the backbone as the strategy says) on ``data``.
 
-def fit(data, model: str = DEFAULT_MODEL, out: str | Path = "runs/latest", strategy: str = "auto",
-        cut: int | str | None = None, head: str = "linear", hidden: int = 512, dropout: float = 0.0,
-        epochs: int | None = None, lr: float | None = None, unfreeze: int = 2, lr_decay: float = 3.0,
-        lr_min: float | None = None, schedule: str = "onecycle", augment: str | None = None,
-        batch_size: int = 32, workers: int = 2, seed: int = 0, patience: int | None = None,
-        cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
-        val_fraction: float = 0.2, overwrite: bool = False, resume: bool = False,
-        progress: bool = True, hooks: list | None = None, data_kw: dict | None = None,
-        weight_decay: float = 0.01, warmup: float = 0.1, sgdr_cycle: float = 1.0, sgdr_mult: float = 2.0,
-        train_frozen_bn: bool = False, freeze_bn: bool = False, precision: str = "no", find_lr: bool = False, select_best: bool = True,
-        echo=print, accelerator=None) -> Run:
-    """Train a new head (and as much of the backbone as the strategy says) on ``data``."""
+    ``data``: a path (folder of class folders, train/val(/test) folders, a CSV), a pandas
+    DataFrame, a list of (item, label) pairs, a torch Dataset of (input, label), or a
+    ``rehead.data.Dataset``. ``options``: any field of ``FitConfig`` (``model=``, ``strategy=``, ...);
+    ``model`` may also be a ``Backbone`` or an ``nn.Module``. ``resume=True`` continues ``out``.
+    """
     t_start = time.perf_counter()
-    out = Path(out)
-    args = {k: v for k, v in locals().items() if k in FIT_ARGS}
-    accelerator = accelerator or _accelerator(precision)
-    if not accelerator.is_main_process:
+    accelerator = accelerator or _accelerator(options.get("precision") or (config.precision if config else "no"))
+    main = accelerator.is_main_process
+    if not main:
         echo = _silent
     progress = progress and accelerator.is_local_main_process
     if resume:
-        return _resume(out, echo=echo, progress=progress, accelerator=accelerator)
-    args["data"] = str(data) if not isinstance(data, Dataset) else data.source
-    if accelerator.is_main_process:
-        prepare_run_dir(out, overwrite=overwrite)
+        if out is None:
+            raise BadRun("resume needs the run directory: rehead fit --resume RUN_DIR")
+        return _resume(Path(out), echo, progress, accelerator, t_start)
+    model_obj = options.pop("model", None)
+    if model_obj is not None and not isinstance(model_obj, str):
+        options["model"] = getattr(model_obj, "spec", None) or f"module:{type(model_obj).__name__}"
+    elif model_obj is not None:
+        options["model"] = model_obj
+    cfg = _config(config, options)
+    if data is None:
+        raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
+    out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
+    job = _prepare(cfg, data, model_obj if not isinstance(model_obj, (str, type(None))) else None, hooks, echo)
+    run = RunDir.create(out, overwrite=overwrite, writer=main)
     accelerator.wait_for_everyone()
-    return _run(out, args, data, echo, progress, hooks or [], accelerator, t_start)
+    try:
+        return _train(job, run, echo, progress, accelerator, t_start)
+    finally:
+        run.release()
+
+
+def _config(config: FitConfig | None, options: dict) -> FitConfig:
+    try:
+        return config.replace(**options) if config else FitConfig.from_dict(options)
+    except TypeError as e:  # dataclasses.replace with an unknown field
+        raise ConfigError(str(e)) from None
 
 
 def _accelerator(precision: str = "no"):
@@ -61,46 +86,92 @@ def _silent(*_a, **_k):
     pass
 
 
-FIT_ARGS = ("model", "strategy", "cut", "head", "hidden", "dropout", "epochs", "lr", "unfreeze", "lr_decay",
-            "lr_min", "schedule", "augment", "batch_size", "workers", "seed", "patience", "cache_dir",
-            "use_cache", "strict", "val_fraction", "data_kw", "weight_decay", "warmup", "sgdr_cycle", "sgdr_mult",
-            "train_frozen_bn", "freeze_bn", "precision", "find_lr", "select_best")
+@dataclass
+class _Job:
+    """Everything a fit needs, checked: the run directory is created only once this exists."""
+    cfg: FitConfig
+    ds: Dataset
+    data_source: str
+    recipe: object
+    cut: int
+    cut_name: str
+    in_dim: int
+    backbone: Backbone      # the full backbone (hollow when served from a snapshot)
+    model: TransferModel | None  # None when warm (the head is made at train time)
+    hooks: list
+    cache: FeatureCache | None
+    stamp: str | None
+    warm: "_Warm | None"
 
 
-def _load_data(args: dict, data) -> Dataset:
-    seed_everything(args["seed"])
-    return data if isinstance(data, Dataset) else load_dataset(
-        data, val_fraction=args["val_fraction"], seed=args["seed"], **(args.get("data_kw") or {}))
-
-
-def _new_head(args: dict, in_dim: int, n_classes: int):
-    seed_everything(args["seed"])
-    return make_head(in_dim, n_classes, args["head"], args["hidden"], args["dropout"])
-
-
-def _build(args: dict, data):
-    """Data, backbone prefix and a fresh model as ``args`` describe them."""
-    ds = _load_data(args, data)
-    backbone = zoo.load(args["model"])
-    if backbone.modality != ds.modality:
-        from .data import DataError
-        hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
-        raise DataError(f"{args.get('data', data)} is {ds.modality} data but {args['model']} is a backbone for "
-                        f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
+def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | None = None,
+             warm_ok: bool = True) -> _Job:
+    """Options, data, model, cut, modality and strategy checked, before anything is written."""
+    from .methods import method_hooks
+    hooks = hooks if hooks is not None else method_hooks(
+        cfg.method, alpha=cfg.alpha, beta=cfg.beta, scouts=cfg.scouts, scout_size=cfg.scout_size,
+        scout_epochs=cfg.scout_epochs, guide_on=cfg.guide_on)
+    seed_everything(cfg.seed)
+    if resume_split is not None:
+        from .data import dataset_from_split
+        ds = dataset_from_split(resume_split)
+    else:
+        ds = as_dataset(data, cfg)
+    source = ds.source
+    cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
+    stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
+    warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None else None
+    if warm:
+        recipe = _recipe(cfg, len(ds.train), warm.cut)
+        return _Job(cfg, ds, source, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
+                    hooks, cache, stamp, warm)
+    backbone = _backbone(cfg, module)
+    _check_modality(backbone, ds, cfg, source)
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds)
-    k = backbone.stage_index(args["cut"])
+    k = backbone.stage_index(cfg.cut)
     prefix = backbone.cut(k)
-    in_dim = prefix.forward_cuts(_example(prefix), [k])[k].shape[1]
-    head = _new_head(args, in_dim, len(ds.classes))
-    return ds, backbone, k, TransferModel(prefix, head, train_frozen_bn=args.get("train_frozen_bn", False),
-                                          freeze_bn=args.get("freeze_bn", False))
+    with torch.inference_mode():
+        in_dim = prefix.forward_cuts(pipe.example_input(prefix), [k])[k].shape[1]
+    head = _new_head(cfg, in_dim, len(ds.classes))
+    model = TransferModel(prefix, head, train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn)
+    recipe = _recipe(cfg, len(ds.train), k)
+    return _Job(cfg, ds, source, recipe, k, prefix.stage_names[-1], int(in_dim), backbone, model, hooks,
+                cache, stamp, None)
 
 
+def _backbone(cfg: FitConfig, module) -> Backbone:
+    if module is None:
+        return zoo.load(cfg.model)
+    if isinstance(module, Backbone):
+        return module
+    from .zoo.module import backbone_from_module
+    return backbone_from_module(module, cfg.model)
+
+
+def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig, source: str) -> None:
+    if backbone.modality != ds.modality:
+        hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
+        raise DataError(f"{source} is {ds.modality} data but {cfg.model} is a backbone for "
+                        f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
+
+
+def _new_head(cfg: FitConfig, in_dim: int, n_classes: int):
+    seed_everything(cfg.seed)
+    return make_head(in_dim, n_classes, cfg.head, cfg.hidden, cfg.dropout)
+
+
+def _recipe(cfg: FitConfig, n_train: int, depth: int):
+    return build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
+                        lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
+                        augment=bool(cfg.augment), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
+                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult)
+
+
+# -- warm start: an extract-only fit served from the cache alone ------------------------------------
 @dataclass
 class _Warm:
-    """An extract-only fit served from the cache alone: no backbone is built."""
     stamp: str
     cut: int
     cut_name: str
@@ -109,30 +180,30 @@ class _Warm:
     features: tuple
 
 
-def _snapshot_stamp(args: dict, ds: Dataset, cache, hooks) -> str | None:
+def _snapshot_stamp(cfg: FitConfig, ds: Dataset, cache, hooks) -> str | None:
     """The weights stamp under which an extract-only fit records and reuses its backbone snapshot;
     None where snapshots do not apply: no cache, method hooks, live phases, tables (their encoder
     checks and standardises the table's columns when built), or a source without a stamp."""
-    if not cache or hooks or ds.modality == "tabular" or not _recipe(args, len(ds.train), 1).uses_only_features:
+    if not cache or hooks or ds.modality == "tabular" or not _recipe(cfg, len(ds.train), 1).uses_only_features:
         return None
-    return zoo.weights_stamp(args["model"])
+    return zoo.weights_stamp(cfg.model)
 
 
-def _warm_start(args: dict, ds: Dataset, cache: FeatureCache, stamp: str) -> _Warm | None:
+def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) -> _Warm | None:
     """The snapshot of the backbone and every sample's features, when the cache has them all."""
     meta = cache.snapshot(stamp)
     if meta is None or meta["modality"] != ds.modality:
         return None
     try:
-        k = stage_index(meta["stage_names"], args["cut"])
+        k = stage_index(meta["stage_names"], cfg.cut)
     except ValueError:
         return None  # the usual path reports it
     cut = meta["cuts"].get(str(k))
     if cut is None:
         return None
-    hollow = Backbone({}, meta["data_config"], args["model"])
+    hollow = Backbone({}, meta["data_config"], cfg.model)
     pipe = pipeline(ds.modality)
-    mkey = cache.key(args["model"], cut["weights_id"], k, cut["preprocessing_id"])
+    mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"])
     features = []
     for split in (ds.train, ds.val):
         x = cache.get_all(mkey, [pipe.sample_key(item, cache, hollow) for item in split.items])
@@ -142,190 +213,252 @@ def _warm_start(args: dict, ds: Dataset, cache: FeatureCache, stamp: str) -> _Wa
     return _Warm(stamp, k, meta["stage_names"][k - 1], hollow, cut["in_dim"], tuple(features))
 
 
-def _recipe(args: dict, n_train: int, depth: int):
-    return build_recipe(args["strategy"], n_train, depth, epochs=args["epochs"], lr=args["lr"],
-                        unfreeze=args["unfreeze"], lr_decay=args["lr_decay"], lr_min=args["lr_min"],
-                        schedule=args["schedule"], augment=bool(args["augment"]),
-                        **{key: args[key] for key in ("weight_decay", "warmup", "sgdr_cycle", "sgdr_mult") if key in args})
-
-
-def _run(out: Path, args: dict, data, echo, progress, hooks, accelerator, t_start, resume_state=None) -> Run:
-    if args.get("find_lr") and args.get("lr") is None and resume_state is None:
-        # fastai-style: run the LR range test into the run directory and train at its suggestion.
-        res = find_lr(data, model=args["model"], out=out if accelerator.is_main_process else None,
-                      cut=args["cut"], head=args["head"], hidden=args["hidden"], dropout=args["dropout"],
-                      batch_size=args["batch_size"], workers=args["workers"], seed=args["seed"],
-                      cache_dir=args["cache_dir"], use_cache=args["use_cache"], val_fraction=args["val_fraction"],
-                      data_kw=args.get("data_kw"), progress=progress, echo=echo)
-        args["lr"] = res["suggested"]
+# -- training --------------------------------------------------------------------------------------
+def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resuming: bool = False) -> Run | None:
+    cfg, ds, recipe = job.cfg, job.ds, job.recipe
+    if job.cfg.find_lr and cfg.lr is None and not resuming:
+        res = find_lr(ds, config=cfg, out=run, progress=progress, echo=echo)
+        cfg = job.cfg = cfg.replace(lr=res["suggested"])
+        recipe = job.recipe = _recipe(cfg, len(ds.train), job.cut)
     t0 = time.perf_counter()
-    ds = _load_data(args, data)
-    cache = FeatureCache(args["cache_dir"]) if args["use_cache"] else None
-    stamp = _snapshot_stamp(args, ds, cache, hooks)
-    warm = _warm_start(args, ds, cache, stamp) if stamp and resume_state is None else None
-    if warm:
-        k, backbone = warm.cut, warm.backbone
-        model = TransferModel(backbone, _new_head(args, warm.in_dim, len(ds.classes)))
-        cut_name, in_dim = warm.cut_name, warm.in_dim
-    else:
-        ds, backbone, k, model = _build(args, ds)
-        # The head's first linear layer takes the features (an MLP head's last one takes `hidden`).
-        in_dim = next(m for m in model.head if isinstance(m, torch.nn.Linear)).in_features
-        cut_name = model.backbone.stage_names[-1]
-    recipe = _recipe(args, len(ds.train), k)
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
-    if args["augment"] and recipe.strategy == "extract":
+    if cfg.augment and recipe.strategy == "extract":
         echo("note: --augment is ignored by --strategy extract (features are cached once); "
              "use --strategy head or finetune to train on augmented images")
-    elif args["augment"]:
+    elif cfg.augment:
         echo("augmentation on: features are computed live each epoch, not cached")
-    head_cfg = {"kind": args["head"], "in_dim": int(in_dim), "out_dim": len(ds.classes),
-                "hidden": args["hidden"], "dropout": args["dropout"]}
-    config = {"kind": "fit", "model": args["model"], "cut": k, "cut_name": cut_name,
-              "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
-              "phases": [asdict(p) for p in recipe.phases], "data_config": backbone.data_config,
-              "data_summary": ds.summary(), "train_frozen_bn": args.get("train_frozen_bn", False),
-              "freeze_bn": args.get("freeze_bn", False), "args": args,
-              "methods": [h.config() for h in hooks if hasattr(h, "config")]}
-    if any(getattr(h, "replaces_weight_decay", False) for h in hooks):
+    model = job.model or TransferModel(job.backbone, _new_head(cfg, job.in_dim, len(ds.classes)))
+    if any(getattr(h, "replaces_weight_decay", False) for h in job.hooks):
         for p in recipe.phases:  # L2-SP replaces decay towards 0 by decay towards the pretrained weights
             p.weight_decay = 0.0
-        config["phases"] = [asdict(p) for p in recipe.phases]
-    if resume_state is None and accelerator.is_main_process:
-        write_yaml(out / "config.yaml", config)
-        (out / "labels.json").write_text(json.dumps(ds.classes))
-        (out / "split.json").write_text(json.dumps({s: {"items": [str(i) for i in getattr(ds, s).items],
-                                                       "labels": getattr(ds, s).labels} for s in ("train", "val")}))
+    if not resuming:
+        _write_start(run, job)
     only_features = recipe.uses_only_features  # extract: the backbone never trains
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
-    trainer = Trainer(TrainConfig(seed=args["seed"], patience=args["patience"], progress=progress, hooks=hooks,
-                                  select_best=args.get("select_best", True), checkpoints=not only_features),
-                      run_dir=out, accelerator=accelerator)
-    for h in hooks:
+    trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=job.hooks,
+                                  select_best=not cfg.keep_last, checkpoints=not only_features),
+                      accelerator=accelerator, **_trainer_run(run))
+    for h in job.hooks:
         if hasattr(h, "setup"):  # before training: L2-SP records w0, guided runs its scouts
-            h.setup(model, ds=ds, phases=recipe.phases, args=args, out=out, uses_cache=only_features,
-                    resume=resume_state is not None)
+            h.setup(model, ds=ds, phases=recipe.phases, args=cfg, out=run, uses_cache=only_features,
+                    resume=resuming)
     info, features = {}, None
-    if warm:
-        features, info = warm.features, {"extract_seconds": time.perf_counter() - t0, "skipped": [],
-                                         "backbone_built": False}
+    if job.warm:
+        features, info = job.warm.features, {"extract_seconds": time.perf_counter() - t0, "skipped": [],
+                                             "backbone_built": False}
     elif recipe.uses_cache:
-        features, info = _cached_features(model, ds, cache, args, progress, echo)
-        if stamp:  # lets the next identical fit skip building the backbone
-            cache.save_snapshot(stamp, backbone, model.backbone, in_dim)
-    make_loader = None
-    if any(not p.on_features for p in recipe.phases):
-        make_loader = _live_loaders(model, ds, args, echo)
-    resume = trainer.load_checkpoint() if resume_state is not None else None
-    trainer.fit(model, "train", "val", recipe.phases, batch_size=args["batch_size"], make_loader=make_loader,
-                features=features, resume=resume)
+        features, info = _cached_features(model, ds, job.cache, cfg, progress, echo)
+        if job.stamp:  # lets the next identical fit skip building the backbone
+            job.cache.save_snapshot(job.stamp, job.backbone, model.backbone, job.in_dim)
+    make_loader = _live_loaders(model, ds, cfg, echo) if any(not p.on_features for p in recipe.phases) else None
+    resume_state = run.load_checkpoint() if resuming else None
+    trainer.fit(model, "train", "val", recipe.phases, batch_size=cfg.batch_size, make_loader=make_loader,
+                features=features, resume=resume_state)
     if not trainer.acc.is_main_process:
         return None
-    if warm:  # the run holds the whole model: the recorded prefix plus the trained head
-        sd = {f"backbone.{n}": t for n, t in cache.snapshot_prefix(warm.stamp, k).items()}
+    _save_model(run, job, model)
+    summary = _summary(trainer, recipe, info, t_start)
+    run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
+    if getattr(ds, "test", None) is not None and len(ds.test):
+        # Scored once, after every choice was made on val: reported, never selected on.
+        res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size)
+        summary.update(test_acc=res["accuracy"], test_n=res["n"])
+    run.write_json("summary.json", summary)
+    run.remove("checkpoint.pt", "best.safetensors")
+    _report_end(echo, summary, ds, run.path)
+    return run_obj
+
+
+def _trainer_run(run: RunDir) -> dict:
+    # TODO(lead): drop once train/loop.py takes `run=` everywhere.
+    import inspect
+    return {"run": run} if "run" in inspect.signature(Trainer.__init__).parameters else {"run_dir": run.path}
+
+
+def _write_start(run: RunDir, job: _Job) -> None:
+    """config.yaml, labels.json and split.json: what --resume, evaluate and predict read back."""
+    cfg, ds, recipe = job.cfg, job.ds, job.recipe
+    head_cfg = {"kind": cfg.head, "in_dim": job.in_dim, "out_dim": len(ds.classes), "hidden": cfg.hidden,
+                "dropout": cfg.dropout}
+    run.write_yaml("config.yaml", {
+        "kind": "fit", "model": cfg.model, "data": job.data_source, "cut": job.cut, "cut_name": job.cut_name,
+        "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
+        "phases": [asdict(p) for p in recipe.phases], "data_config": job.backbone.data_config,
+        "data_summary": ds.summary(), "train_frozen_bn": cfg.train_frozen_bn, "freeze_bn": cfg.freeze_bn,
+        "fit": cfg.to_dict(), "methods": [h.config() for h in job.hooks if hasattr(h, "config")]})
+    run.write_json("labels.json", ds.classes)
+    run.write_json("split.json", ds.to_split())
+
+
+def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
+    if job.warm:  # the run holds the whole model: the recorded prefix plus the trained head
+        sd = {f"backbone.{n}": t for n, t in job.cache.snapshot_prefix(job.warm.stamp, job.cut).items()}
         sd.update({f"head.{n}": t for n, t in model.head.state_dict().items()})
-        save_tensors(sd, out / "model.safetensors")
     else:
-        save_weights(model, out / "model.safetensors")
-    last = trainer.history[-1] if trainer.history else {}
-    best = max(trainer.history, key=lambda r: (r["val_acc"], -r["val_loss"])) if trainer.history else {}
-    summary = {"strategy": recipe.strategy, "val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"),
-               "best_epoch": best.get("global_epoch"), "epochs_run": len(trainer.history),
-               "last_val_acc": last.get("val_acc"), "wall_seconds": time.perf_counter() - t_start, **info}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "checkpoint.pt").unlink(missing_ok=True)
-    (out / "best.safetensors").unlink(missing_ok=True)
-    echo(f"val accuracy {summary['val_acc']:.4f} ({len(ds.val)} samples) -> {out}\n"
+        sd = model.state_dict()
+    run.save_tensors("model.safetensors", sd)
+
+
+def _summary(trainer, recipe, info: dict, t_start: float) -> dict:
+    hist = trainer.history
+    last = hist[-1] if hist else {}
+    best = max(hist, key=lambda r: (r["val_acc"], -r["val_loss"])) if hist else {}
+    kept = last if trainer.cfg.select_best is False else best
+    return {"strategy": recipe.strategy, "val_acc": kept.get("val_acc"), "val_loss": kept.get("val_loss"),
+            "kept_phase": kept.get("phase"), "kept_epoch": kept.get("epoch"),
+            "best_epoch": kept.get("global_epoch"), "epochs_run": len(hist),
+            "last_val_acc": last.get("val_acc"), "phases": _phase_bests(hist),
+            "wall_seconds": time.perf_counter() - t_start, **info}
+
+
+def _phase_bests(hist: list[dict]) -> list[dict]:
+    out = {}
+    for r in hist:
+        b = out.get(r["phase"])
+        if b is None or r["val_acc"] > b["best_val_acc"]:
+            out[r["phase"]] = {"phase": r["phase"], "best_val_acc": r["val_acc"], "epoch": r["epoch"]}
+    return list(out.values())
+
+
+def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
+    phases = s["phases"]
+    if len(phases) > 1:  # say which phase the kept weights come from, and how each phase did
+        echo("phases: " + ", ".join(f"{p['phase']} best {p['best_val_acc']:.4f}" for p in phases)
+             + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
+    test = f"; test accuracy {s['test_acc']:.4f} ({s['test_n']} samples, scored once, not used for selection)" \
+        if "test_acc" in s else ""
+    echo(f"val accuracy {s['val_acc']:.4f} ({len(ds.val)} samples){test} -> {out}\n"
          f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
-    return Run(out, lazy=True) if warm else Run(out, model=model)
 
 
-def _example(backbone):
-    return pipeline(backbone.modality).example_input(backbone)
-
-
-def _cached_features(model, ds, cache, args, progress, echo):
+def _cached_features(model, ds, cache, cfg: FitConfig, progress, echo):
     """(train, val) datasets of the prefix's features, through the shared cache."""
     k = len(model.backbone)
     t0 = time.perf_counter()
     out, skipped = [], []
     for split in ("train", "val"):
         s = getattr(ds, split)
-        f, kept, sk = extract(model.backbone, s.items, [k], cache, batch_size=args["batch_size"],
-                              workers=args["workers"], strict=args["strict"], progress=progress,
+        f, kept, sk = extract(model.backbone, s.items, [k], cache, batch_size=cfg.batch_size,
+                              workers=cfg.workers, strict=cfg.strict, progress=progress,
                               desc=f"extract {split}")
         out.append(IndexedTensors(f[k], torch.tensor([s.labels[i] for i in kept])))
         skipped += sk
     if skipped:
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    _check_classes_left(out[0].y, ds)
     return tuple(out), {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}
 
 
-def _live_loaders(model, ds, args, echo):
+def _check_classes_left(y: torch.Tensor, ds: Dataset) -> None:
+    """A class whose every training item was unreadable cannot be learnt: stop, never train without it."""
+    present = set(y.tolist())
+    empty = [c for i, c in enumerate(ds.classes) if i not in present]
+    if empty:
+        raise DataError(f"no readable training sample left for class(es) {', '.join(empty)} in {ds.source}: "
+                        "fix or remove the unreadable files, or remove the class")
+
+
+def _live_loaders(model, ds, cfg: FitConfig, echo):
     """``make_loader(split, shuffle, generator)`` for phases that run the backbone live."""
     pipe = pipeline(model.backbone.modality)
     if hasattr(pipe, "check_items"):
-        bad = pipe.check_items(ds, strict=args["strict"])
+        bad = pipe.check_items(ds, strict=cfg.strict)
         if bad:
             echo(f"skipped {len(bad)} unreadable item(s): " + ", ".join(bad[:5]))
-    train_tf = pipe.train_transform(model.backbone, args["augment"]) if args["augment"] else None
+    train_tf = pipe.train_transform(model.backbone, cfg.augment) if cfg.augment else None
 
     def make_loader(split, shuffle, generator):
         s = getattr(ds, split)
-        return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=args["batch_size"],
-                                workers=args["workers"], shuffle=shuffle, generator=generator,
-                                transform=train_tf if split == "train" else None, strict=args["strict"])
+        return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=cfg.batch_size,
+                                workers=cfg.workers, shuffle=shuffle, generator=generator,
+                                transform=train_tf if split == "train" else None, strict=cfg.strict)
     return make_loader
 
 
-def _resume(out: Path, echo, progress, accelerator) -> Run:
-    cfg = read_config(out)
-    if (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists():
-        echo(f"{out} already finished; nothing to resume")
-        return Run(out)
-    if not (out / "checkpoint.pt").exists():
-        echo(f"{out} has no checkpoint yet: starting it again from the beginning")
-        (out / "metrics.csv").unlink(missing_ok=True)
-    echo(f"resuming {out}")
+def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
+    main = accelerator.is_main_process
+    run = RunDir.open(out, writer=main)
+    try:
+        cfg_yaml = run.read_yaml()
+        if cfg_yaml.get("kind", "fit") != "fit" or "fit" not in cfg_yaml:
+            raise BadRun(f"{out} is not a fit run made by this version of rehead: nothing to resume")
+        if run.exists("model.safetensors") and not run.exists("checkpoint.pt"):
+            echo(f"{out} already finished; nothing to resume")
+            return Run(out)
+        cfg = FitConfig.from_dict(cfg_yaml["fit"])
+        job = _prepare(cfg, None, None, _hooks_from(cfg_yaml), echo, resume_split=run.read_json("split.json"))
+        resuming = run.exists("checkpoint.pt")
+        if not resuming:
+            echo(f"{out} has no checkpoint yet: starting it again from the beginning")
+            run.remove("metrics.csv")
+        echo(f"resuming {out}")
+        return _train(job, run, echo, progress, accelerator, t_start, resuming=resuming)
+    finally:
+        run.release()
+
+
+def _hooks_from(cfg_yaml: dict) -> list:
     from .methods import hooks_from_config
-    return _run(out, cfg["args"], cfg["args"]["data"], echo, progress, hooks_from_config(cfg.get("methods")),
-                accelerator, time.perf_counter(), resume_state=True)
+    return hooks_from_config(cfg_yaml.get("methods"))
 
 
-def find_lr(data, model: str = DEFAULT_MODEL, out: str | Path | None = None, cut=None, head: str = "linear",
-            hidden: int = 512, dropout: float = 0.0, unfreeze: int = 0, lr_decay: float = 3.0,
-            batch_size: int = 32, workers: int = 2, seed: int = 0, steps: int = 100, start_lr: float = 1e-7,
-            end_lr: float = 10.0, cache_dir: str | None = None, use_cache: bool = True,
-            val_fraction: float = 0.2, data_kw: dict | None = None, progress: bool = True, echo=print) -> dict:
+# -- LR finder -------------------------------------------------------------------------------------
+def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir | None = None, unfreeze: int = 0,
+            steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0, progress: bool = True,
+            echo=print, **options) -> dict:
     """LR range test for the head (``unfreeze=0``: on cached features) or the head plus the last
     ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
     from .train.lr_find import lr_find, plot
-    args = {"model": model, "cut": cut, "head": head, "hidden": hidden, "dropout": dropout, "seed": seed,
-            "val_fraction": val_fraction, "data_kw": data_kw}
-    ds, _, k, tm = _build(args, data)
+    cfg = _config(config, options)
+    job = _prepare(cfg, data, None, [], echo, warm_ok=False)  # the range test steps the real model
+    tm, ds, k = job.model, job.ds, job.cut
     loss_fn = torch.nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     if unfreeze == 0:
-        cache = FeatureCache(cache_dir) if use_cache else None
-        f, kept, _ = extract(tm.backbone, ds.train.items, [k], cache, batch_size=batch_size, workers=workers,
-                             progress=progress, desc="extract train")
+        f, kept, _ = extract(tm.backbone, ds.train.items, [k], job.cache, batch_size=cfg.batch_size,
+                             workers=cfg.workers, progress=progress, desc="extract train")
         y = torch.tensor([ds.train.labels[i] for i in kept])
-        loader = torch.utils.data.DataLoader(IndexedTensors(f[k], y), batch_size=batch_size, shuffle=True,
+        loader = torch.utils.data.DataLoader(IndexedTensors(f[k], y), batch_size=cfg.batch_size, shuffle=True,
                                              generator=gen)
         res = lr_find(tm.head, loader, loss_fn, start_lr, end_lr, steps)
     else:
         tm.set_trainable_last(unfreeze)
         pipe = pipeline(tm.backbone.modality)
-        loader = pipe.make_loader(tm.backbone, ds.train.items, ds.train.labels, batch_size=batch_size,
-                                  workers=workers, shuffle=True, generator=gen)
-        res = lr_find(tm, loader, loss_fn, start_lr, end_lr, steps, param_groups=tm.param_groups(1.0, lr_decay))
-    if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "lr_find.json").write_text(json.dumps(res))
-        plot(res, out / "lr_find.png")
+        loader = pipe.make_loader(tm.backbone, ds.train.items, ds.train.labels, batch_size=cfg.batch_size,
+                                  workers=cfg.workers, shuffle=True, generator=gen)
+        res = lr_find(tm, loader, loss_fn, start_lr, end_lr, steps,
+                      param_groups=tm.param_groups(1.0, cfg.lr_decay))
+    where = None
+    if out is not None:
+        run = out if isinstance(out, RunDir) else RunDir.create(out, overwrite=_is_lr_dir(Path(out)))
+        run.write_json("lr_find.json", res)
+        buf = io.BytesIO()
+        plot(res, buf)
+        run.write_bytes("lr_find.png", buf.getvalue())
+        where = run / "lr_find.png"
+        if run is not out:
+            run.release()
     lo, hi = res["range"]
     echo(f"suggested LR {res['suggested']:.2e} (steepest descent); try {lo:.1e} .. {hi:.1e}"
-         + (f"; plot: {out / 'lr_find.png'}" if out else ""))
+         + (f"; plot: {where}" if where else ""))
     return res
+
+
+def _is_lr_dir(p: Path) -> bool:
+    """An lr-find output directory (only its own files): safe to refresh."""
+    return p.is_dir() and all(c.name in ("lr_find.json", "lr_find.png", ".lock", ".rehead-run") for c in p.iterdir())
+
+
+__all__ = ["fit", "find_lr", "FitConfig", "DEFAULT_MODEL"]
+
+
+class _CallableModule(types.ModuleType):
+    """`rehead.fit(...)` is this module's `fit` whether Python bound the name to the function (the
+    package's lazy export) or to this submodule (any `import rehead.fit` rebinds it)."""
+
+    def __call__(self, *args, **kwargs):
+        return self.fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

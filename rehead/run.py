@@ -1,56 +1,29 @@
-"""Run directory: everything a run leaves, and everything needed to use it again.
+"""Run: a finished run directory loaded back, to predict and evaluate.
 
-    config.yaml        what was run (model spec, cut, head, strategy, phases, data)
+    config.yaml        what was run (kind, model spec, cut, head, strategy, phases, data, fit options)
     labels.json        class names, index order
-    split.json         the train/val items, so `evaluate` can reuse the val split
+    split.json         the train/val(/test) items, so `evaluate` and `--resume` reuse the split
     metrics.csv        one row per epoch
     model.safetensors  prefix + head weights (the whole TransferModel)
     summary.json       final figures
+
+Every file is written by ``rehead.rundir.RunDir``; this module only reads.
 """
 from __future__ import annotations
 
-import json
-import shutil
+import html
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from safetensors.torch import load_file
 
 from .heads import make_head
 from .model import TransferModel
+from .rundir import BadRun, RunDir, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (re-exported)
 
 
-class RunExists(FileExistsError):
-    pass
-
-
-class BadRun(ValueError):
-    pass
-
-
-def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``out``; refuse to touch a non-empty one unless told to overwrite or resume."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise RunExists(f"run directory {out} already exists and is not empty: pass --overwrite "
-                            "to replace it, --resume to continue it, or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_yaml(path: Path, obj: dict) -> None:
-    path.write_text(yaml.safe_dump(obj, sort_keys=False))
-
-
-def read_config(run_dir: Path) -> dict:
-    p = Path(run_dir) / "config.yaml"
-    if not p.exists():
-        raise BadRun(f"{run_dir} is not a rehead run directory (no config.yaml)")
-    return yaml.safe_load(p.read_text())
+def read_config(run_dir) -> dict:
+    return read_yaml(Path(run_dir) / "config.yaml")
 
 
 def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
@@ -65,21 +38,13 @@ def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
                          freeze_bn=cfg.get("freeze_bn", False))
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    save_tensors(model.state_dict(), path)
-
-
-def save_tensors(sd: dict, path: Path) -> None:
-    from .features import atomic_write_bytes
-    from safetensors.torch import save
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in sd.items()}))
-
-
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     from .zoo.file import load_into
     try:
-        load_into(model, load_file(str(path)), str(path))
+        load_into(model, load_tensors(path), str(path))
     except ValueError as e:
+        if isinstance(e, BadRun):
+            raise
         raise BadRun(f"{path} was saved for another architecture than its config describes: {e}") from e
 
 
@@ -91,7 +56,9 @@ class Run:
         hands over what it just saved instead of rebuilding it); ``lazy``: build it on first use."""
         self.dir = Path(run_dir)
         self.config = read_config(self.dir)
-        self.classes = json.loads((self.dir / "labels.json").read_text())
+        self.classes = read_json(self.dir / "labels.json")
+        if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
+            raise BadRun(f"{self.dir / 'labels.json'} is not a list of class names: restore it or rerun")
         self._model = model.eval() if model is not None else None
         if model is None and not (self.dir / "model.safetensors").exists():
             raise BadRun(f"{self.dir} has no model.safetensors: the run did not finish "
@@ -112,10 +79,20 @@ class Run:
     def modality(self) -> str:
         return (self.config.get("data_config") or {}).get("modality") or self.model.backbone.modality
 
+    @property
+    def summary(self) -> dict:
+        p = self.dir / "summary.json"
+        return read_json(p) if p.exists() else {}
+
+    # -- inference -----------------------------------------------------------------------
     def logits(self, items: list, batch_size: int = 32, workers: int = 0, progress: bool = False):
-        """Logits for items; returns (logits (N_kept, C), kept indices, skipped items)."""
+        """Logits for items (paths, texts, table rows, PIL images or image tensors);
+        returns (logits (N_kept, C), kept indices, skipped items)."""
         from tqdm.auto import tqdm
         from .data import pipeline
+        items = list(items)
+        if items and _in_memory_images(items):
+            return self._image_logits(items, batch_size)
         pipe = pipeline(self.modality)
         loader = pipe.make_loader(self.model.backbone, items, None, batch_size=batch_size, workers=workers)
         outs, kept = [], []
@@ -125,22 +102,61 @@ class Run:
                     outs.append(self.model(x).float())
                     kept.extend(idx.tolist())
         logits = torch.cat(outs) if outs else torch.empty(0, len(self.classes))
-        skipped = [items[i] for i in range(len(items)) if i not in set(kept)]
+        kept_set = set(kept)
+        skipped = [items[i] for i in range(len(items)) if i not in kept_set]
         return logits, kept, skipped
 
-    def predict(self, items: list, top_k: int = 3, **kw) -> list[dict]:
+    def _image_logits(self, items: list, batch_size: int):
+        """PIL images go through the run's own eval transform; tensors are taken as preprocessed."""
+        from PIL import Image
+        from .data.images import eval_transform
+        tf = eval_transform(self.model.backbone.data_config)
+        xs = [tf(i.convert("RGB")) if isinstance(i, Image.Image) else i for i in items]
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(xs), batch_size):
+                out.append(self.model(torch.stack(xs[s:s + batch_size])).float())
+        return torch.cat(out), list(range(len(items))), []
+
+    def predict(self, items, top_k: int = 3, **kw) -> list[dict]:
+        """Top-k labels with probabilities: one row per item, unreadable items marked."""
+        if isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
+            items = [items]
         logits, kept, skipped = self.logits(items, **kw)
         probs = logits.softmax(1)
+        if not torch.isfinite(probs).all():
+            raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
         k = min(top_k, len(self.classes))
         rows = []
         for j, i in enumerate(kept):
             p, c = probs[j].topk(k)
-            rows.append({"item": str(items[i]), "top": [{"label": self.classes[ci], "prob": float(pi)}
-                                                       for pi, ci in zip(p.tolist(), c.tolist())]})
+            rows.append({"item": _name(items[i], i), "top": [{"label": self.classes[ci], "prob": float(pi)}
+                                                             for pi, ci in zip(p.tolist(), c.tolist())]})
         rows += [{"item": str(s), "error": "unreadable"} for s in skipped]
         return rows
 
-    def evaluate(self, items: list, labels: list[int], **kw) -> dict:
+    def evaluate(self, items, labels: list[int] | None = None, **kw) -> dict:
+        """Metrics on ``items`` with integer ``labels`` (the run's class order), or on a dataset
+        at a path (``evaluate("photos/")``): its classes are mapped onto the run's by name."""
+        info = {}
+        if labels is None:
+            items, labels, info = self.eval_data(items)
+        return self._metrics(items, labels, info, **kw)
+
+    def eval_data(self, path) -> tuple[list, list[int], dict]:
+        """(items, labels in the run's class order, info) of the data at ``path``: every labelled
+        row of a CSV (the non-train rows when it has a split column), a folder's val/test split or
+        all of it. Unlabelled rows are counted, never scored."""
+        from .data import load_eval
+        ev = load_eval(path, self.modality, self.classes, self._data_kw())
+        return ev.items, ev.labels, {"unlabelled": ev.n_unlabelled, "source": str(path)}
+
+    def _data_kw(self) -> dict:
+        fit = self.config.get("fit") or {}
+        keys = ("text_column", "label_column", "id_columns", "split_column", "missing")
+        return {k: fit[k] for k in keys if k in fit} or dict((self.config.get("args") or {}).get("data_kw") or {})
+
+    def _metrics(self, items, labels, info: dict, **kw) -> dict:
         from sklearn.metrics import classification_report, confusion_matrix
         logits, kept, skipped = self.logits(items, **kw)
         y = np.array([labels[i] for i in kept])
@@ -152,9 +168,9 @@ class Run:
                 "per_class": {c: {m: float(rep[c][m]) for m in ("precision", "recall", "f1-score", "support")}
                               for c in self.classes},
                 "confusion_matrix": confusion_matrix(y, pred, labels=names).tolist(),
-                "classes": self.classes,
+                "classes": self.classes, **info,
                 "predictions": pred.tolist(), "targets": y.tolist(),
-                "items": [str(items[i]) for i in kept],
+                "items": [_name(items[i], i) for i in kept],
                 "probs": logits.softmax(1).max(1).values.tolist()}
 
     def val_split(self) -> tuple[list, list[int]]:
@@ -162,42 +178,51 @@ class Run:
         if not p.exists():  # an ensemble or soup whose members were split differently
             raise BadRun(f"{self.dir} has no val split that all of its models left unseen: evaluate on "
                          "held-out data, `rehead evaluate RUN DATA`")
-        split = json.loads(p.read_text())
-        return split["val"]["items"], split["val"]["labels"]
+        split = read_json(p)
+        try:
+            return split["val"]["items"], split["val"]["labels"]
+        except (KeyError, TypeError):
+            raise BadRun(f"{p} has no val split: restore it or rerun with --overwrite") from None
+
+    # -- display -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        s = self.summary
+        acc = f", val_acc={s['val_acc']:.4f}" if isinstance(s.get("val_acc"), float) else ""
+        test = f", test_acc={s['test_acc']:.4f}" if isinstance(s.get("test_acc"), float) else ""
+        return (f"Run({str(self.dir)!r}, kind={self.config.get('kind', 'fit')!r}, model={self.config.get('model')!r}, "
+                f"strategy={self.config.get('strategy')!r}, classes={len(self.classes)}{acc}{test})")
+
+    def _repr_html_(self) -> str:
+        """A notebook cell: the summary figures and, when there is one, the report's plots."""
+        s = self.summary
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                       for k, v in s.items() if not isinstance(v, (list, dict)))
+        imgs = ""
+        for png in ("learning_curves.png", "confusion_matrix.png", "gallery.png"):
+            p = self.dir / png
+            if p.exists():
+                import base64
+                imgs += f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' width=360>"
+        return (f"<div><b>{html.escape(repr(self))}</b><table>{rows}</table>{imgs}"
+                f"<p>plots: <code>rehead report {html.escape(str(self.dir))}</code></p></div>")
 
 
-def open_run(run_dir: str | Path) -> Run:
-    """A run directory for predict / evaluate / export: a fit run, a soup, or an ensemble."""
-    if read_config(Path(run_dir)).get("kind") == "ensemble":
-        from .ensemble import Ensemble
-        return Ensemble(run_dir)
-    return Run(run_dir)
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def save_backbone(backbone, out_dir: Path, extra: dict | None = None) -> None:
-    """Save only an encoder (a pretrained or adapted backbone) so `fit --model DIR` can reuse it."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {"kind": "backbone", "model": backbone.spec, "depth": len(backbone), **(extra or {})}
-    write_yaml(out_dir / "config.yaml", cfg)
-    save_weights(backbone, out_dir / "backbone.safetensors")
+def _name(item, i: int) -> str:
+    return item if isinstance(item, str) else str(item) if isinstance(item, Path) else f"<{type(item).__name__} {i}>"
 
 
-def load_backbone_from_run(run_dir: Path, pretrained: bool = True):
-    """A run directory as a backbone: a saved encoder, or the (trained) prefix of a fit run."""
-    from . import zoo
-    cfg = read_config(run_dir)
-    if cfg.get("kind") == "backbone":
-        bb = zoo.load(cfg["model"], pretrained=False)
-        if len(bb) != cfg["depth"]:
-            bb = bb.cut(cfg["depth"])
-        if cfg.get("data_config"):
-            bb.data_config = dict(cfg["data_config"])
-        if pretrained:
-            load_weights(bb, Path(run_dir) / "backbone.safetensors")
-        bb.spec = str(Path(run_dir).resolve())
-        return bb
-    run = Run(run_dir)
-    bb = run.model.backbone
-    bb.spec = str(Path(run_dir).resolve())
-    return bb
+def _in_memory_images(items: list) -> bool:
+    from PIL import Image
+    return all(isinstance(i, (Image.Image, torch.Tensor)) for i in items)
+
+
+# Kept importable for modules not yet moved onto RunDir.
+from .zoo.runs import save_backbone  # noqa: E402,F401
+
+
+def prepare_run_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
+    return RunDir.create(out, overwrite=overwrite).path if not resume else Path(out)

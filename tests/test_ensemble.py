@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 import rehead
 from rehead.cli import app
 from rehead.ensemble import make_ensemble
-from rehead.run import BadRun, Run, RunExists, open_run
+from rehead.run import BadRun, Run, RunExists
+from rehead.runs import open_run
 
 runner = CliRunner()
 

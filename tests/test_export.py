@@ -59,7 +59,7 @@ def test_export_on_generated_images_and_sidecar(run, tmp_path):
     assert steps["center_crop"]["size"] == [cfg["input_size"]] * 2
     assert steps["normalize"]["mean"] == cfg["mean"] and steps["normalize"]["std"] == cfg["std"]
     assert meta["input"]["shape"] == ["batch", 3, cfg["input_size"], cfg["input_size"]]
-    paths = sorted(str(p) for p in Path(run.config["args"]["data"]).rglob("*.jpg"))[:4]
+    paths = sorted(str(p) for p in Path(run.config["data"]).rglob("*.jpg"))[:4]
     got = load_exported(res["path"])(_inputs(run, paths).numpy())
     np.testing.assert_allclose(got, run.logits(paths)[0].numpy(), atol=1e-4, rtol=0)
     # Predicted labels through the sidecar's label map are the run's own predictions.

@@ -9,31 +9,24 @@ Each writes a run directory (``config.yaml`` with ``kind``, ``results.json``,
 """
 from __future__ import annotations
 
-import csv
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..run import prepare_run_dir, write_yaml
+from ..rundir import RunDir
 
 
-def start_run(out, kind: str, config: dict, overwrite: bool = False) -> Path:
-    """A fresh run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch)."""
-    out = prepare_run_dir(out, overwrite=overwrite)
-    write_yaml(out / "config.yaml", {"kind": kind, **config})
-    return out
+def start_run(out, kind: str, config: dict, overwrite: bool = False) -> RunDir:
+    """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch)."""
+    run = RunDir.create(out, overwrite=overwrite)
+    run.write_yaml("config.yaml", {"kind": kind, **config})
+    return run
 
 
-def write_results(out: Path, rows: list[dict], extra: dict | None = None) -> None:
+def write_results(run: RunDir, rows: list[dict], extra: dict | None = None) -> None:
     """``results.csv`` (one row per experiment) and ``results.json`` (the rows plus findings)."""
-    with open(out / "results.csv", "w", newline="") as f:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    (out / "results.json").write_text(json.dumps({"rows": rows, **(extra or {})}, indent=1, default=str))
+    run.write_rows("results.csv", rows)
+    run.write_json("results.json", {"rows": rows, **(extra or {})})
 
 
 def linear_probe(x_train, y_train, x_val, y_val, C: float = 1.0, seed: int = 0) -> dict:

@@ -9,9 +9,6 @@ transfer at the reference fraction (default 10%), or that it never does on this 
 """
 from __future__ import annotations
 
-import csv
-import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +64,7 @@ def compare(data, model: str = "packaged:efficientnet_lite0", fractions="0.05,0.
                                      "scratch": "4 conv blocks (32-64-128-128) + dropout 0.5 + dense 512, "
                                                 f"{scratch_size}px, classic augmentation",
                                      "data_summary": ds.summary(), "args": args}, overwrite=overwrite)
-    (out / "labels.json").write_text(json.dumps(ds.classes))
+    out.write_json("labels.json", ds.classes)
     echo(f"decoding {len(ds.train) + len(ds.val)} images once at {scratch_size}px for the scratch CNN")
     x_tr, kept_tr = decode_all(ds.train.items, scratch_size)
     x_va, kept_va = decode_all(ds.val.items, scratch_size)
@@ -85,11 +82,10 @@ def compare(data, model: str = "packaged:efficientnet_lite0", fractions="0.05,0.
             run = fit(sub, model=model, out=Path(tmp) / "run", strategy=strategy, epochs=transfer_epochs,
                       batch_size=batch_size, workers=workers, seed=seed, cache_dir=cache_dir, progress=False,
                       echo=lambda *_: None)
-            summary = json.loads((run.dir / "summary.json").read_text())
-            arm_dir = out / "arms" / f"transfer-{f:g}"
-            arm_dir.mkdir(parents=True)
+            summary = run.summary
+            arm = out.subdir(f"arms/transfer-{f:g}")
             for name in ("metrics.csv", "summary.json", "config.yaml"):
-                shutil.copy(run.dir / name, arm_dir / name)
+                arm.write_bytes(name, (run.dir / name).read_bytes())
         rows.append({"fraction": f, "n_train": n, "arm": "transfer", "val_acc": summary["val_acc"],
                      "val_loss": summary["val_loss"], "strategy": summary["strategy"],
                      "seconds": time.perf_counter() - t0})
@@ -100,7 +96,7 @@ def compare(data, model: str = "packaged:efficientnet_lite0", fractions="0.05,0.
         res = train_scratch(x_tr[sel], y_tr[sel], x_va, y_va, len(ds.classes), size=scratch_size,
                             epochs=scratch_epochs, min_steps=scratch_min_steps, lr=scratch_lr, seed=seed,
                             progress=progress)
-        _write_history(out / "arms" / f"scratch-{f:g}" / "metrics.csv", res["history"])
+        out.subdir(f"arms/scratch-{f:g}").write_rows("metrics.csv", res["history"])
         rows.append({"fraction": f, "n_train": len(sel), "arm": "scratch", "val_acc": res["val_acc"],
                      "val_loss": res["val_loss"], "epochs": res["epochs"], "seconds": time.perf_counter() - t0})
         echo(f"fraction {f:g} ({n} samples): transfer {rows[-2]['val_acc']:.4f} ({rows[-2]['seconds']:.0f}s), "
@@ -113,7 +109,7 @@ def compare(data, model: str = "packaged:efficientnet_lite0", fractions="0.05,0.
     plot_compare(rows, out / "compare.png", reference=finding["reference"],
                  title=f"{model} vs scratch CNN on {Path(str(ds.source)).name}")
     echo(finding["text"])
-    return {"rows": rows, **result, "dir": str(out)}
+    return {"rows": rows, **result, "dir": str(out.path)}
 
 
 def scratch_needs(rows: list[dict], reference: float) -> dict:
@@ -133,11 +129,3 @@ def scratch_needs(rows: list[dict], reference: float) -> dict:
                 f"val acc {ref['val_acc']:.4f}) with up to {max(r['n_train'] for r in rows)} samples: its best is "
                 f"{best_scratch['val_acc']:.4f} with {best_scratch['n_train']}")
     return {"reference": ref, "scratch_samples_needed": n, "text": text}
-
-
-def _write_history(path: Path, hist: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(hist[0]))
-        w.writeheader()
-        w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in hist)

@@ -6,7 +6,6 @@ and are cached; a linear probe is then fit per depth. The best depth is named wi
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="run
                                    "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
                                    "data_config": backbone.data_config, "data_summary": ds.summary(),
                                    "args": args}, overwrite=overwrite)
-    (out / "labels.json").write_text(json.dumps(ds.classes))
+    out.write_json("labels.json", ds.classes)
     cache = FeatureCache(cache_dir) if use_cache else None
     feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
     t_probe = time.perf_counter()
@@ -75,4 +74,4 @@ def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="run
     plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}")
     echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
          f"{result['best']['fit_command']}")
-    return {"rows": rows, **result, "dir": str(out)}
+    return {"rows": rows, **result, "dir": str(out.path)}

@@ -11,7 +11,6 @@ of it (``packaged:efficientnet_lite0@6``).
 """
 from __future__ import annotations
 
-import json
 import time
 
 from . import linear_probe, split_features, start_run, write_results
@@ -49,7 +48,7 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
             "batch_size": batch_size, "data_kw": data_kw}
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
                                   "data_summary": ds.summary(), "args": args}, overwrite=overwrite)
-    (out / "labels.json").write_text(json.dumps(ds.classes))
+    out.write_json("labels.json", ds.classes)
     cache = FeatureCache(cache_dir) if use_cache else None
     rows, unavailable = [], []
     for cand in models:
@@ -89,7 +88,7 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     a = result["agreement"]
     echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
                                                  if a.get("kendall_tau") is not None else ""))
-    return {"rows": rows, **result, "dir": str(out)}
+    return {"rows": rows, **result, "dir": str(out.path)}
 
 
 def agreement(rows: list[dict]) -> dict:

@@ -109,7 +109,7 @@ def _lr_find(d: Path) -> str:
 
 
 def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
-    from ..run import open_run
+    from ..runs import open_run
     try:
         run = open_run(d)
         items, labels = run.val_split()
@@ -167,7 +167,7 @@ def _thumb(path: str, side: int = 128) -> str:
 def _results(d: Path) -> dict:
     p = d / "results.json"
     if not p.exists():
-        from ..run import BadRun
+        from ..rundir import BadRun
         raise BadRun(f"{d} has no results.json: the experiment did not finish")
     return json.loads(p.read_text())
 
@@ -217,7 +217,7 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
     cfg = read_config(d)
     kind = cfg.get("kind", "fit")
     if kind not in SECTIONS:
-        from ..run import BadRun
+        from ..rundir import BadRun
         raise BadRun(f"{d} is a {kind!r} run: reports exist for {', '.join(SECTIONS)}")
     secs = SECTIONS[kind](d, cfg, gallery, echo)
     summary = cfg.get("data_summary")

@@ -12,9 +12,13 @@ GREEN, RED, BLUE, ORANGE = "#2e7d32", "#c62828", "#1f77b4", "#ff7f0e"
 
 
 def _save(fig, path: Path) -> Path:
+    import io
+    from ..rundir import atomic_write_bytes
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())  # a killed report never leaves half a PNG
     return Path(path)
 
 

@@ -1,0 +1,143 @@
+"""FitConfig: every option of a fit, spelled once, typed and validated when built.
+
+The CLI builds its ``fit`` options from these fields (help and choices included), ``rehead.fit``
+takes them as keywords, ``config.yaml`` stores them under ``fit`` and ``--resume`` reads them back.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+DEFAULT_MODEL = "packaged:efficientnet_lite0"
+STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
+SCHEDULES = ("onecycle", "cosine", "sgdr", "constant")
+HEADS = ("linear", "mlp")
+AUGMENTS = ("light", "classic")
+METHODS = ("plain", "l2sp", "guided")
+PRECISIONS = ("no", "fp16", "bf16")
+MISSING = ("error", "mean")
+GUIDE_ON = ("update", "gradient")
+
+
+class ConfigError(ValueError):
+    """An option out of range or not one of its choices; the message names the option."""
+
+
+def opt(help: str, choices: tuple | None = None, flag: str | None = None, short: str | None = None,
+        group: str = "training", cli: bool = True):
+    """Field metadata: the CLI's help text, choices and flag spelling."""
+    return {"help": help, "choices": choices, "flag": flag, "short": short, "group": group, "cli": cli}
+
+
+@dataclass
+class FitConfig:
+    # -- model and surgery
+    model: str = field(default=DEFAULT_MODEL, metadata=opt(
+        "backbone spec: packaged:NAME, timm:NAME, hf:NAME_OR_DIR, file:PATH#ARCH, or a run directory",
+        short="-m", group="model"))
+    cut: int | str | None = field(default=None, metadata=opt(
+        "keep the first N stages, or up to a stage name (default: all)", group="model"))
+    head: str = field(default="linear", metadata=opt("the new head", HEADS, group="model"))
+    hidden: int = field(default=512, metadata=opt("mlp head: hidden units", group="model"))
+    dropout: float = field(default=0.0, metadata=opt("dropout before the head's last layer", group="model"))
+    # -- strategy and schedule
+    strategy: str = field(default="auto", metadata=opt("how much of the backbone trains", STRATEGIES))
+    epochs: int | None = field(default=None, metadata=opt("epochs per phase (strategy default when unset)"))
+    lr: float | None = field(default=None, metadata=opt("top learning rate, the head's (strategy default when unset)"))
+    find_lr: bool = field(default=False, metadata=opt("run the LR finder first and train at its suggestion"))
+    unfreeze: int = field(default=2, metadata=opt("finetune/gradual: how many last stages to unfreeze"))
+    lr_decay: float = field(default=3.0, metadata=opt("each earlier stage's LR is this many times lower"))
+    lr_min: float | None = field(default=None, metadata=opt("or spread LRs geometrically from lr-min to lr"))
+    schedule: str = field(default="onecycle", metadata=opt("LR schedule within a phase", SCHEDULES))
+    warmup: float = field(default=0.1, metadata=opt("cosine: fraction of steps warming up"))
+    sgdr_cycle: float = field(default=1.0, metadata=opt("sgdr: first cycle length in epochs"))
+    sgdr_mult: float = field(default=2.0, metadata=opt("sgdr: each cycle this many times longer"))
+    weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay (never on norms and biases)"))
+    train_frozen_bn: bool = field(default=False, metadata=opt("let frozen BatchNorm layers update their statistics"))
+    freeze_bn: bool = field(default=False, metadata=opt("keep every BatchNorm's pretrained statistics"))
+    precision: str = field(default="no", metadata=opt("mixed precision", PRECISIONS))
+    augment: str | None = field(default=None, metadata=opt("augment training images", AUGMENTS))
+    batch_size: int = field(default=32, metadata=opt("samples per step"))
+    patience: int | None = field(default=None, metadata=opt("early stopping: epochs without val improvement"))
+    keep_last: bool = field(default=False, metadata=opt("keep the last epoch's weights, not the best val epoch's"))
+    seed: int = field(default=0, metadata=opt("seed of the split, the head's init and the shuffling"))
+    # -- data
+    val_fraction: float = field(default=0.2, metadata=opt("share of training data held out for val", group="data"))
+    strict: bool = field(default=False, metadata=opt("an unreadable image is an error, not skipped", group="data"))
+    workers: int = field(default=2, metadata=opt("data loading processes", group="data"))
+    text_column: str = field(default="text", metadata=opt("text: the column holding the text", group="data"))
+    label_column: str = field(default="label", metadata=opt("the column holding the label", group="data"))
+    id_columns: str | None = field(default=None, metadata=opt(
+        "tables: comma-separated identifier columns to leave out", group="data"))
+    split_column: str = field(default="split", metadata=opt(
+        "a column whose 'train' rows train (val/test rows are held out)", group="data"))
+    missing: str = field(default="error", metadata=opt("tables: empty cells are an error, or the column mean",
+                                                       MISSING, group="data"))
+    cache_dir: str | None = field(default=None, metadata=opt(
+        "feature cache (default $REHEAD_CACHE or ~/.cache/rehead)", group="data"))
+    use_cache: bool = field(default=True, metadata=opt("use the feature cache", flag="--cache/--no-cache", group="data"))
+    # -- methods
+    method: str = field(default="plain", metadata=opt("transfer method", METHODS, group="method"))
+    alpha: float = field(default=0.1, metadata=opt("l2sp: pull of transferred weights towards pretrained", group="method"))
+    beta: float = field(default=0.01, metadata=opt("l2sp: plain L2 on the new head", group="method"))
+    scouts: int = field(default=5, metadata=opt("guided: number of scout models", group="method"))
+    scout_size: int = field(default=8, metadata=opt("guided: training samples per scout", group="method"))
+    scout_epochs: int = field(default=5, metadata=opt("guided: epochs each scout trains", group="method"))
+    guide_on: str = field(default="update", metadata=opt("guided: scale each optimizer update or each gradient",
+                                                         GUIDE_ON, group="method"))
+
+    def __post_init__(self):
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            v = getattr(self, f.name)
+            if choices and v is not None and v not in choices:
+                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {v!r}")
+        if isinstance(self.cut, str) and self.cut.lstrip("-").isdigit():
+            self.cut = int(self.cut)
+        self._check_ranges()
+
+    def _check_ranges(self):
+        positive = ("lr", "hidden", "batch_size", "scouts", "scout_size", "scout_epochs", "lr_decay",
+                    "lr_min", "sgdr_cycle", "sgdr_mult", "epochs", "patience")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"--{_flag(name)} must be > 0, got {v}")
+        for name in ("dropout", "warmup"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        for name in ("weight_decay", "alpha", "beta", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.unfreeze < -1:
+            raise ConfigError(f"--unfreeze must be >= 0 (or -1: every stage), got {self.unfreeze}")
+        if self.lr_min is not None and self.lr is not None and self.lr_min > self.lr:
+            raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+
+    # -- round trips ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown fit option(s): {', '.join(unknown)}; options are: "
+                              + ", ".join(f.name for f in fields(cls)))
+        return cls(**d)
+
+    def replace(self, **kw) -> "FitConfig":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def data_kw(self) -> dict:
+        """What the data loaders take."""
+        return {"text_column": self.text_column, "label_column": self.label_column,
+                "id_columns": self.id_columns, "split_column": self.split_column, "missing": self.missing}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

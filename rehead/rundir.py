@@ -1,0 +1,236 @@
+"""RunDir: the one writer of a run directory.
+
+Every file a run leaves (config.yaml, labels.json, split.json, metrics.csv, checkpoint.pt,
+best.safetensors, model.safetensors, summary.json, ...) is written here, atomically (a temporary
+file renamed over the target), so a killed run never leaves a half-written file. A RunDir is
+claimed with an OS lock held for the life of the process: a second fit into the same directory
+stops with a clear message, and a killed run leaves no stale lock behind.
+
+Readers (``read_yaml``, ``read_json``, ``load_tensors``, ``load_checkpoint``) turn every error
+into one ``BadRun`` line that names the file and the remedy.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever deleted by --overwrite
+
+
+class RunExists(FileExistsError):
+    pass
+
+
+class BadRun(ValueError):
+    pass
+
+
+class RunBusy(RuntimeError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / MARKER).exists() or (Path(path) / "config.yaml").exists()
+
+
+class RunDir:
+    """A claimed run directory. ``writer=False`` (non-main DDP processes) makes every write a no-op."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._lock = None
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- claiming ------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, overwrite: bool = False, writer: bool = True) -> "RunDir":
+        """Claim a new run directory; an existing non-empty one only with ``overwrite``, and only
+        if rehead made it (never a folder of the user's)."""
+        rd = cls(path, writer)
+        if not writer:
+            return rd
+        p = rd.path
+        if p.exists() and not p.is_dir():
+            raise RunExists(f"{p} exists and is not a directory: choose another --out")
+        if p.exists() and any(p.iterdir()):
+            if not overwrite:
+                raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite "
+                                "to replace it, --resume to continue it, or choose another --out")
+            if not is_run_dir(p):
+                raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only "
+                                "replaces run directories; choose another --out")
+            rd._claim()  # a run still writing there keeps its lock: refuse before deleting anything
+            for child in p.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        else:
+            p.mkdir(parents=True, exist_ok=True)
+            rd._claim()
+        (p / MARKER).touch()
+        return rd
+
+    @classmethod
+    def open(cls, path, writer: bool = True) -> "RunDir":
+        """Claim an existing run directory (resume, or a command adding files to it)."""
+        rd = cls(path, writer)
+        if not rd.path.is_dir() or not is_run_dir(rd.path):
+            raise BadRun(f"{rd.path} is not a rehead run directory (no config.yaml)")
+        if writer:
+            rd._claim()
+        return rd
+
+    def _claim(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks (Windows): the directory check above still applies
+            return
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise RunBusy(f"another rehead process is writing to {self.path}: wait for it to finish, "
+                          "or choose another --out") from None
+        self._lock = f
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    # -- writing -----------------------------------------------------------------------
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.writer:
+            atomic_write_bytes(self.path / name, data)
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=1, default=str))
+
+    def write_yaml(self, name: str, obj: dict) -> None:
+        import yaml
+        self.write_text(name, yaml.safe_dump(obj, sort_keys=False))
+
+    def save_tensors(self, name: str, sd: dict) -> None:
+        from safetensors.torch import save
+        self.write_bytes(name, save({k: v.detach().cpu().contiguous() for k, v in sd.items()}))
+
+    def save_checkpoint(self, state: dict) -> None:
+        import torch
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.write_bytes("checkpoint.pt", buf.getvalue())
+
+    def write_rows(self, name: str, rows: list[dict]) -> None:
+        """A CSV of ``rows`` (the union of their keys as columns), replacing the file."""
+        buf = io.StringIO()
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        self.write_text(name, buf.getvalue())
+
+    def remove(self, *names: str) -> None:
+        if self.writer:
+            for n in names:
+                (self.path / n).unlink(missing_ok=True)
+
+    def subdir(self, name: str) -> "RunDir":
+        """A member directory inside this run (an ensemble's members), written under this claim."""
+        d = RunDir(self.path / name, self.writer)
+        if self.writer:
+            d.path.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # -- reading -------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def read_yaml(self, name: str = "config.yaml") -> dict:
+        return read_yaml(self.path / name)
+
+    def read_json(self, name: str):
+        return read_json(self.path / name)
+
+    def load_tensors(self, name: str) -> dict:
+        return load_tensors(self.path / name)
+
+    def load_checkpoint(self) -> dict | None:
+        p = self.path / "checkpoint.pt"
+        if not p.exists():
+            return None
+        import torch
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or not ours
+            raise BadRun(f"{p} is unreadable ({type(e).__name__}): delete it and rerun with --overwrite, "
+                         "or resume from an earlier copy") from e
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+    path = Path(path)
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadRun(f"{path.parent} is not a rehead run directory (no {path.name})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun into a new --out") from e
+    if not isinstance(obj, dict):
+        raise BadRun(f"{path} is not a rehead config (expected a mapping): restore it or rerun into a new --out")
+    return obj
+
+
+def read_json(path: Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadRun(f"{path} is missing: the run is incomplete; rerun it with --overwrite") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun with --overwrite") from e
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.exists():
+        raise BadRun(f"{path} is missing: the run did not finish (continue it with "
+                     f"`rehead fit --resume {path.parent}`)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise BadRun(f"{path} is not a readable safetensors file ({_first_line(e)}): "
+                     "restore it or rerun the run with --overwrite") from e
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__

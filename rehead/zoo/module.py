@@ -1,0 +1,21 @@
+"""An ``nn.Module`` of the user's as a backbone (``rehead.fit(data, model=my_module)``).
+
+A timm model goes through timm's own stages; any other module is one stage whose output is
+pooled (mean over spatial or token axes), with the preprocessing its ``pretrained_cfg`` names or
+ImageNet's defaults. The run stores the module's weights; reloading it needs the same class, so
+such a run is for the Python session that made it unless the module is a timm model.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .backbone import Backbone, image_data_config
+
+
+def backbone_from_module(module: nn.Module, spec: str) -> Backbone:
+    if hasattr(module, "forward_intermediates") and hasattr(module, "pretrained_cfg"):
+        from . import hubs
+        if hasattr(hubs, "backbone_from_timm"):
+            return hubs.backbone_from_timm(module, spec)
+    cfg = dict(getattr(module, "pretrained_cfg", None) or {})
+    return Backbone({"module": module}, image_data_config(cfg), spec)

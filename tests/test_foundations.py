@@ -1,0 +1,151 @@
+"""Foundations: one typed config, one owner of the run directory, nothing written before the checks,
+the Python API doing what the CLI does, and a CLI that never prints a raw traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import rehead
+from rehead.cli import app
+from rehead.config import ConfigError, FitConfig
+from rehead.data import DataError
+from rehead.rundir import BadRun, RunBusy, RunDir, RunExists
+
+runner = CliRunner()
+QUIET = {"workers": 0, "progress": False, "echo": lambda *a: None}
+
+
+# -- FitConfig -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, says", [
+    ({"lr": -1.0}, "--lr must be > 0"), ({"epochs": 0}, "--epochs must be > 0"),
+    ({"schedule": "cosin"}, "--schedule must be one of"), ({"strategy": "bogus"}, "--strategy must be one of"),
+    ({"val_fraction": 1.5}, "--val-fraction"), ({"batch_size": 0}, "--batch-size must be > 0"),
+    ({"head": "transformer"}, "--head must be one of"), ({"precision": "fp8"}, "--precision must be one of"),
+    ({"method": "magic"}, "--method must be one of"), ({"augment": "heavy"}, "--augment must be one of"),
+    ({"dropout": 1.0}, "--dropout"), ({"lr": 1e-3, "lr_min": 1e-2}, "--lr-min"),
+])
+def test_a_bad_option_is_refused_when_the_config_is_built(bad, says):
+    with pytest.raises(ConfigError, match=says.replace("-", "\\-").replace("\\-\\-", "--")):
+        FitConfig(**bad)
+
+
+def test_the_config_round_trips_through_yaml_and_names_unknown_options():
+    cfg = FitConfig(strategy="finetune", cut="block5", lr=3e-4, augment="light", id_columns="a,b")
+    again = FitConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+    assert FitConfig(cut="3").cut == 3  # a numeric cut typed on the command line is a stage count
+    with pytest.raises(ConfigError, match="unknown fit option.*lerning_rate"):
+        FitConfig.from_dict({"lerning_rate": 1})
+
+
+def test_cli_choices_show_in_help_and_a_wrong_one_fails_before_any_work(tmp_path, image_folder):
+    out = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "300"}).output
+    for choice in ("extract|head|finetune|gradual|full|auto", "onecycle|cosine|sgdr|constant", "linear|mlp"):
+        assert choice in out
+    res = runner.invoke(app, ["fit", str(image_folder), "--schedule", "cosin", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and not (tmp_path / "r").exists()
+    res = runner.invoke(app, ["fit", str(image_folder), "--lr", "-1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--lr must be > 0" in res.output and not (tmp_path / "r").exists()
+    assert "Traceback" not in res.output
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from rehead.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['--version']); assert r.output.startswith('rehead '), r.output; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# -- checks before the run directory ------------------------------------------------------------------
+def test_bad_data_or_model_leaves_no_run_directory(tmp_path, image_folder, tiny_spec):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        rehead.fit(str(tmp_path / "empty"), model=tiny_spec, out=tmp_path / "r1", **QUIET)
+    assert not (tmp_path / "r1").exists()
+    with pytest.raises(Exception, match="no stage named"):
+        rehead.fit(str(image_folder), model=tiny_spec, cut="nope", out=tmp_path / "r2", **QUIET)
+    assert not (tmp_path / "r2").exists()
+    res = runner.invoke(app, ["fit", str(image_folder), "--model", "packaged:nope", "--out", str(tmp_path / "r3")])
+    assert res.exit_code == 2 and "error:" in res.output and not (tmp_path / "r3").exists()
+
+
+# -- the run directory ---------------------------------------------------------------------------------
+def test_a_run_directory_is_claimed_by_one_process(tmp_path):
+    first = RunDir.create(tmp_path / "run")
+    with pytest.raises(RunBusy, match="another rehead process"):
+        RunDir.create(tmp_path / "run", overwrite=True)
+    first.write_json("summary.json", {"a": 1})
+    first.release()
+    again = RunDir.create(tmp_path / "run", overwrite=True)  # released: --overwrite may replace it
+    assert not again.exists("summary.json")
+    again.release()
+
+
+def test_overwrite_never_deletes_a_folder_rehead_did_not_make(tmp_path):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(RunExists, match="not a rehead run directory"):
+        RunDir.create(mine, overwrite=True)
+    assert (mine / "holiday.jpg").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("config.yaml", b"kind: [fit\n"), ("labels.json", b"{not json"), ("model.safetensors", b"\x00" * 40),
+    ("labels.json", b'{"a": 1}'),
+])
+def test_a_damaged_run_file_is_one_line_that_names_it(tmp_path, image_folder, tiny_spec, name, damage):
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=2, **QUIET)
+    (tmp_path / "run" / name).write_bytes(damage)
+    with pytest.raises(BadRun, match=name.replace(".", r"\.")):
+        rehead.Run(tmp_path / "run")
+    res = runner.invoke(app, ["predict", str(tmp_path / "run"), str(next(image_folder.rglob("*.jpg")))])
+    assert res.exit_code == 2 and name in res.output and "Traceback" not in res.output
+
+
+def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, image_folder, tiny_spec):
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=2, **QUIET)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"garbage")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "checkpoint.pt" in res.output and "Traceback" not in res.output
+
+
+def test_every_kind_of_run_opens_or_says_why_not(tmp_path):
+    from rehead.runs import open_run
+    for kind, says in [("backbone", "graft one with `rehead fit"), ("multitask", "multi-task"),
+                       ("probe", "rehead report")]:
+        d = RunDir.create(tmp_path / kind)
+        d.write_yaml("config.yaml", {"kind": kind})
+        with pytest.raises(BadRun, match=says):
+            open_run(d.path)
+
+
+# -- the Python API does what the CLI does -------------------------------------------------------------------
+def test_fit_takes_pairs_and_a_dataframe_and_run_evaluates_a_path(tmp_path, image_folder, tiny_spec):
+    pairs = [(str(p), p.parent.name) for p in sorted(image_folder.rglob("*.jpg"))]
+    run = rehead.fit(pairs, model=tiny_spec, out=tmp_path / "pairs", strategy="extract", epochs=5, **QUIET)
+    assert run.classes == ["blue", "red"]
+    res = run.evaluate(str(image_folder))  # a path: its classes mapped onto the run's by name
+    assert res["n"] == len(pairs)
+    assert "Run(" in repr(run) and "val_acc=" in repr(run) and "<table>" in run._repr_html_()
+    with pytest.raises(DataError, match="empty label"):
+        rehead.fit(pairs + [(pairs[0][0], " ")], model=tiny_spec, out=tmp_path / "bad", **QUIET)
+    assert not (tmp_path / "bad").exists()
+    from PIL import Image
+    rows = run.predict([Image.open(pairs[0][0])], top_k=1)
+    assert rows[0]["top"][0]["label"] in run.classes
+
+
+def test_config_yaml_holds_the_fit_options_and_resume_reads_them(tmp_path, image_folder, tiny_spec):
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=3, seed=4,
+               **QUIET)
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert FitConfig.from_dict(cfg["fit"]) == FitConfig(model=tiny_spec, strategy="extract", epochs=3, seed=4,
+                                                        workers=0)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert set(split["train"]["items"]).isdisjoint(split["val"]["items"])
