@@ -14,15 +14,17 @@ The result is a run directory that ``fit --model DIR`` takes as a backbone:
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .data import DataError
+from .recipes import Phase
+from .train.callbacks import Callback, ClipGrad, MetricsCSV, Progress, Schedule
 from .zoo import ModelNotFound
 
 OBJECTIVES = ("auto", "causal", "masked")
@@ -96,29 +98,77 @@ def mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float, g
     return inputs, labels
 
 
-def batches(texts, tokenizer, objective, max_length, batch_size, mlm_probability, gen, shuffle):
+def batches(texts, tokenizer, objective, max_length, batch_size, mlm_probability, generator, shuffle):
     order = list(range(len(texts)))
     if shuffle:
-        order = torch.randperm(len(texts), generator=gen).tolist()
+        order = torch.randperm(len(texts), generator=generator).tolist()
     for i in range(0, len(order), batch_size):
         enc = tokenizer([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
                         max_length=max_length, return_tensors="pt")
         ids, attn = enc["input_ids"], enc["attention_mask"]
         if objective == "masked":
-            inputs, labels = mask_tokens(ids, attn, tokenizer, mlm_probability, gen)
+            inputs, labels = mask_tokens(ids, attn, tokenizer, mlm_probability, generator)
         else:
             inputs, labels = ids, ids.masked_fill(attn == 0, -100)
         yield inputs, attn, labels
 
 
-def token_loss(lm, inputs, attn, labels, objective):
-    """(sum of token losses, number of predicted tokens): the model shifts causal labels itself."""
-    logits = lm(input_ids=inputs, attention_mask=attn).logits
+def lm_loss(logits, labels, objective, reduction="mean"):
+    """Cross-entropy over the predicted tokens (labels -100 are not); causal: token t predicts t+1."""
     if objective == "causal":
         logits, labels = logits[:, :-1], labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             ignore_index=-100, reduction=reduction)
+
+
+def token_loss(lm, inputs, attn, labels, objective):
+    """(sum of token losses, number of predicted tokens)."""
+    logits = lm(input_ids=inputs, attention_mask=attn).logits
+    n = int(((labels[:, 1:] if objective == "causal" else labels) != -100).sum())
+    return lm_loss(logits, labels, objective, "sum"), n
+
+
+class LanguageModel(nn.Module):
+    """A transformers LM as the training loop's model: (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x):
+        inputs, attn = x
+        return self.lm(input_ids=inputs, attention_mask=attn).logits
+
+
+class LMBatches:
+    """The loop's (index, (input_ids, attention_mask), labels) batches of a shuffled corpus; a batch
+    with no token to predict (possible with masking on short texts) is left out."""
+
+    def __init__(self, texts, generator, **kw):
+        self.texts, self.gen, self.kw = texts, generator, kw
+
+    def __len__(self):
+        return math.ceil(len(self.texts) / self.kw["batch_size"])
+
+    def __iter__(self):
+        causal = self.kw["objective"] == "causal"
+        for inputs, attn, labels in batches(self.texts, generator=self.gen, shuffle=True, **self.kw):
+            if ((labels[:, 1:] if causal else labels) != -100).any():
+                yield torch.arange(len(inputs)), (inputs, attn), labels
+
+
+class HeldOutPerplexity(Callback):
+    """After each epoch: perplexity on the held-out passages, into the epoch's row."""
+    order = 5
+
+    def __init__(self, texts, tokenizer, objective, echo, **kw):
+        self.texts, self.tokenizer, self.objective, self.echo, self.kw = texts, tokenizer, objective, echo, kw
+
+    def after_epoch(self, tr):
+        ppl = perplexity(tr.model.lm, self.texts, self.tokenizer, self.objective, device=tr.device, **self.kw)
+        tr.row["val_perplexity"] = ppl
+        self.echo(f"epoch {tr.epoch + 1}/{tr.phase.epochs}: train loss {tr.row['train_loss']:.3f}, "
+                  f"held-out perplexity {ppl:.2f}")
 
 
 @torch.no_grad()
@@ -127,7 +177,7 @@ def perplexity(lm, texts, tokenizer, objective, max_length, batch_size, mlm_prob
     gen = torch.Generator().manual_seed(seed + 1)  # the same masks before and after adaptation
     tot, n = 0.0, 0
     for inputs, attn, labels in batches(texts, tokenizer, objective, max_length, batch_size, mlm_probability,
-                                        gen, shuffle=False):
+                                        generator=gen, shuffle=False):
         loss, k = token_loss(lm, inputs.to(device), attn.to(device), labels.to(device), objective)
         tot, n = tot + loss.item(), n + k
     return math.exp(tot / max(n, 1))
@@ -138,13 +188,14 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
           seed: int = 0, text_column: str = "text", overwrite: bool = False, progress: bool = True,
           device: str | None = None, echo=print) -> dict:
     """Continue training ``model`` on ``corpus``; write the adapted LM as a run directory ``out``."""
-    from tqdm.auto import tqdm
-    from .run import prepare_run_dir, save_backbone
+    from .rundir import RunDir
+    from .train.loop import TrainConfig, Trainer
     from .zoo.hf import load_hf_model, wrap_text_model
+    from .zoo.runs import save_backbone
     t0 = time.perf_counter()
     texts = read_corpus(corpus, text_column)
     source = resolve_source(model)
-    out = prepare_run_dir(out, overwrite=overwrite)
+    run = RunDir.create(out, overwrite=overwrite)
     rng = random.Random(seed)
     order = list(range(len(texts)))
     rng.shuffle(order)
@@ -156,46 +207,33 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     lm, tokenizer, source = load_hf_model(source, pretrained=True, lm=objective)
     if objective == "masked" and tokenizer.mask_token_id is None:
         raise ValueError(f"{model} has no mask token: use --objective causal")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = None
+    if device == "cpu":
+        from accelerate import Accelerator
+        accelerator = Accelerator(cpu=True)
+    kw = dict(tokenizer=tokenizer, objective=objective, max_length=max_length, batch_size=batch_size,
+              mlm_probability=mlm_probability)
+    cbs = [Schedule(), ClipGrad(1.0), HeldOutPerplexity(val, echo=echo, seed=seed, **kw), MetricsCSV()]
+    trainer = Trainer(TrainConfig(seed=seed, task="lm", checkpoints=False), run=run, accelerator=accelerator,
+                      callbacks=cbs + ([Progress()] if progress else []),
+                      loss_fn=lambda logits, labels: lm_loss(logits, labels, objective))
+    device = trainer.acc.device
     lm.to(device)
-    args = dict(max_length=max_length, batch_size=batch_size, mlm_probability=mlm_probability, device=device)
     echo(f"adapt {model} ({objective} LM) on {len(train)} passages, {len(val)} held out")
-    before = perplexity(lm, val, tokenizer, objective, seed=seed, **args)
+    before = perplexity(lm, val, seed=seed, device=device, **kw)
     echo(f"held-out perplexity before: {before:.2f}")
-    steps = epochs * math.ceil(len(train) / batch_size)
-    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    bar = tqdm(total=steps, desc="adapt", unit="step", disable=not progress)
-    for epoch in range(epochs):
-        lm.train()
-        tot, n = 0.0, 0
-        for inputs, attn, labels in batches(train, tokenizer, objective, max_length, batch_size, mlm_probability,
-                                            gen, shuffle=True):
-            loss, k = token_loss(lm, inputs.to(device), attn.to(device), labels.to(device), objective)
-            if k == 0:
-                bar.update(1)
-                continue
-            opt.zero_grad(set_to_none=True)
-            (loss / k).backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            tot, n = tot + loss.item(), n + k
-            bar.update(1)
-            bar.set_postfix(loss=f"{tot / max(n, 1):.3f}")
-        ppl = perplexity(lm, val, tokenizer, objective, seed=seed, **args)
-        history.append({"epoch": epoch + 1, "train_loss": tot / max(n, 1), "val_perplexity": ppl})
-        echo(f"epoch {epoch + 1}/{epochs}: train loss {tot / max(n, 1):.3f}, held-out perplexity {ppl:.2f}")
-    bar.close()
+    # Hugging Face's recipe: AdamW, weight decay 0.01, 10% linear warmup then linear decay, clip at 1.
+    trainer.fit(LanguageModel(lm), train, None,
+                [Phase("adapt", epochs, lr, trainable=None, schedule="linear", warmup=0.1, weight_decay=0.01)],
+                make_loader=lambda texts, shuffle, gen: LMBatches(texts, gen, **kw))
+    history = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val_perplexity": r["val_perplexity"]}
+               for r in trainer.history]
     after = history[-1]["val_perplexity"] if history else before
     lm.to("cpu").eval()
-    hf_dir = (out / "hf").resolve()
-    lm.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
+    hf_dir = (run.path / "hf").resolve()
+    if run.writer:  # transformers writes its own folder
+        lm.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
     report = {"model": model, "source": source, "objective": objective, "corpus": str(corpus),
               "train_passages": len(train), "heldout_passages": len(val), "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "max_length": max_length, "seed": seed,
@@ -203,8 +241,9 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
               "perplexity_before": before, "perplexity_after": after, "history": history,
               "wall_seconds": time.perf_counter() - t0}
     bb = wrap_text_model(lm, tokenizer, str(hf_dir), f"hf:{hf_dir}")
-    save_backbone(bb, out, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
-    (out / "adapt.json").write_text(json.dumps(report, indent=1))
-    echo(f"held-out perplexity {before:.2f} -> {after:.2f}; adapted model in {out} "
-         f"(use it with: rehead fit DATA --model {out})")
+    save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
+    run.write_json("adapt.json", report)
+    run.release()
+    echo(f"held-out perplexity {before:.2f} -> {after:.2f}; adapted model in {run.path} "
+         f"(use it with: rehead fit DATA --model {run.path})")
     return report

@@ -1,4 +1,4 @@
-"""Fine-tuning methods that plug into the training loop as hooks (``TrainConfig.hooks``).
+"""Fine-tuning methods: callbacks of the training loop (``TrainConfig.hooks``).
 
 ``L2SP``            Li, Grandvalet, Davoine (2018), "Explicit inductive bias for transfer
                     learning with convolutional networks": penalise the distance of the
@@ -11,8 +11,11 @@
                     fine-tuning every gradient (default here: every step, see GuidedTransfer)
                     is multiplied by its guide value.
 
-A hook has optional ``setup(model, ...)`` (before training), ``penalty(model) -> loss term`` and
-``after_backward(model)``; ``config()`` records it in the run so ``--resume`` rebuilds it.
+Each is a ``rehead.train.callbacks.Callback``: ``setup(tr)`` (before training), ``penalty(tr) -> loss
+term``, ``after_backward(tr)``, ``after_step(tr)``, where ``tr.model`` is the whole model (even when
+only its head trains on cached features). ``prepare(model, ...)`` gives a method what ``fit`` knows
+(the data, the phases, the config) before training; ``config()`` records it in the run so
+``--resume`` rebuilds it.
 ``source_agreement`` measures forgetting: how often the backbone's original task head
 (e.g. ImageNet) still predicts what it predicted before fine-tuning.
 """
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from .recipes import Phase
+from .train.callbacks import Callback
 
 METHODS = ("plain", "l2sp", "guided")
 
@@ -36,7 +41,17 @@ def _split_params(model) -> tuple[list, list]:
     return [], list(model.named_parameters())
 
 
-class L2SP:
+def _get(cfg, key):
+    """A fit option from a FitConfig or an older args dict."""
+    return cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+
+
+def _fit_context(model, ctx: dict) -> bool:
+    """fit's older call ``setup(model, ds=..., ...)`` (a model, not the loop's trainer)."""
+    return bool(ctx) or not hasattr(model, "callbacks")
+
+
+class L2SP(Callback):
     """alpha/2 * ||w_S - w0_S||^2 over transferred weights + beta/2 * ||w_new||^2 over the head.
 
     w0 is captured when the hook first sees the model, i.e. before the first optimizer step:
@@ -61,15 +76,22 @@ class L2SP:
         self._w0 = [(p, p.detach().clone()) for _, p in transferred]
         self._new = [p for _, p in new]
 
-    def setup(self, model, uses_cache: bool = False, **_) -> None:
+    def prepare(self, model, uses_cache: bool = False, **_) -> None:
         if uses_cache:  # extract: only the head trains, on cached features
             self._w0, self._new = [], list(model.head.parameters())
         else:
             self.bind(model)
 
-    def penalty(self, model) -> torch.Tensor:
+    def setup(self, tr, **ctx) -> None:
+        """Before training and before a resume's weights are loaded: w0 is the pretrained weights."""
+        if _fit_context(tr, ctx):
+            return self.prepare(tr, **ctx)
         if self._w0 is None:
-            self.bind(model)
+            self.bind(tr.model)
+
+    def penalty(self, tr) -> torch.Tensor:
+        if self._w0 is None:
+            self.bind(tr.model)
         sp = sum(((p - w0) ** 2).sum() for p, w0 in self._w0 if p.requires_grad)
         l2 = sum((p ** 2).sum() for p in self._new if p.requires_grad)
         return 0.5 * self.alpha * sp + 0.5 * self.beta * l2
@@ -97,23 +119,19 @@ def scout_subsets(labels: list[int], n_scouts: int, size: int, seed: int) -> lis
     return subsets
 
 
-def train_scout(model, loader, epochs: int, lr: float, loss_fn) -> None:
-    """A short plain fine-tune: AdamW, constant LR, the model's own trainable set."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(epochs):
-        for _, x, y in loader:
-            if len(y) == 0:
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
+def train_scout(model, loader, epochs: int, lr: float, loss_fn, accelerator=None) -> None:
+    """A short plain fine-tune through the training loop: AdamW, constant LR, no weight decay,
+    the model's own trainable set, where the model is; nothing written, no val pass."""
+    from .train.loop import TrainConfig, Trainer
+    cfg = TrainConfig(seed=None, progress=False, local=True, select_best=False, checkpoints=False)
+    Trainer(cfg, accelerator=accelerator, callbacks=[], loss_fn=loss_fn).fit(
+        model, loader, None, [Phase("scout", epochs, lr, trainable=None, schedule="constant", weight_decay=0.0)],
+        make_loader=lambda data, shuffle, generator: data)
 
 
 def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scout_size: int = 8,
                   epochs: int = 5, lr: float = 1e-3, trainable: int | None = None, seed: int = 0,
-                  loss_fn=None) -> dict[str, torch.Tensor]:
+                  loss_fn=None, accelerator=None) -> dict[str, torch.Tensor]:
     """Guide values for every parameter of ``model`` (names as in ``model.named_parameters()``).
 
     ``make_loader(indices, generator)`` gives a shuffled loader over those training samples.
@@ -130,9 +148,10 @@ def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scou
         if trainable is not None and hasattr(scout, "set_trainable_last"):
             scout.set_trainable_last(trainable)
         torch.manual_seed(seed * 7919 + s)
-        train_scout(scout, make_loader(idx, torch.Generator().manual_seed(seed * 7919 + s)), epochs, lr, loss_fn)
+        train_scout(scout, make_loader(idx, torch.Generator().manual_seed(seed * 7919 + s)), epochs, lr, loss_fn,
+                    accelerator)
         for n, p in scout.named_parameters():
-            sq[n] += (p.detach() - start[n]) ** 2
+            sq[n] += (p.detach().to(start[n].device) - start[n]) ** 2
         del scout
     guide = {}
     for n, v in sq.items():
@@ -146,8 +165,8 @@ def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scou
 GUIDE_ON = ("update", "gradient")
 
 
-class GuidedTransfer:
-    """Scale learning by guide values. ``setup`` runs the scouts (inside ``fit``).
+class GuidedTransfer(Callback):
+    """Scale learning by guide values. ``setup`` runs the scouts (the loop's first event).
 
     ``guide_on="gradient"`` is the paper's rule: every gradient is multiplied by its guide value.
     Under an adaptive optimizer (rehead trains with AdamW) that is nearly a no-op: Adam divides
@@ -166,43 +185,51 @@ class GuidedTransfer:
         self.guide, self.guide_on = guide, guide_on
         self._by_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         self._before: list[torch.Tensor] | None = None
+        self._scout_loader = None  # (make_loader(indices, generator), train labels, phases, seed): from prepare
 
     def config(self) -> dict:
         return {"method": "guided", "scouts": self.scouts, "scout_size": self.scout_size,
                 "scout_epochs": self.scout_epochs, "scout_lr": self.scout_lr, "guide_on": self.guide_on}
 
-    def setup(self, model, ds=None, phases=None, args=None, out=None, uses_cache=False, resume=False, **_):
-        """Inside ``rehead.fit``: scouts on random subsets of the training split, live data."""
+    def prepare(self, model, ds=None, phases=None, args=None, uses_cache=False, **_) -> None:
+        """What ``fit`` knows that the scouts need: the training split, a loader over its
+        subsets (live data, as the fine-tune sees it) and the phases."""
         if uses_cache:
             raise ValueError("--method guided fine-tunes the backbone: use --strategy head, finetune, "
                              "gradual or full (not extract)")
-        guide_file = Path(out) / "guide.safetensors" if out else None
-        if resume and guide_file and guide_file.exists():
-            self.load(guide_file)
+        if self.guide is not None or ds is None:
+            return
+        from .data import pipeline
+        pipe = pipeline(model.backbone.modality)
+
+        def make_loader(idx, generator):
+            s = ds.train.subset(idx)
+            return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=_get(args, "batch_size"),
+                                    workers=_get(args, "workers"), shuffle=True, generator=generator,
+                                    strict=_get(args, "strict"))
+        self._scout_loader = (make_loader, ds.train.labels, phases, _get(args, "seed"))
+
+    def setup(self, tr, **ctx) -> None:
+        """Before training, on the pretrained weights: the guide is read back on resume, else
+        the scouts run (through the same loop) and it is saved as guide.safetensors."""
+        if _fit_context(tr, ctx):
+            return self.prepare(tr, **ctx)
+        run = tr.run
+        if tr.resume and run is not None and run.exists("guide.safetensors"):
+            self.guide = run.load_tensors("guide.safetensors")
             return
         if self.guide is None:
-            from .data import pipeline
-            pipe = pipeline(model.backbone.modality)
+            if self._scout_loader is None:
+                raise RuntimeError("GuidedTransfer has no guide values and no data for its scouts: call "
+                                   "prepare(model, ds=..., phases=..., args=...) or compute_guide() first")
+            make_loader, labels, phases, seed = self._scout_loader
+            model = tr.model
             trainable = max((p.trainable if p.trainable >= 0 else len(model.backbone)) for p in phases)
             lr = self.scout_lr or max(p.lr for p in phases)
-
-            def make_loader(idx, generator):
-                s = ds.train.subset(idx)
-                return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=args["batch_size"],
-                                        workers=args["workers"], shuffle=True, generator=generator,
-                                        strict=args["strict"])
-            self.guide = compute_guide(model, make_loader, ds.train.labels, self.scouts, self.scout_size,
-                                       self.scout_epochs, lr, trainable, seed=args["seed"])
-        if guide_file:
-            self.save(guide_file)
-
-    def save(self, path) -> None:
-        from safetensors.torch import save_file
-        save_file({n: v.contiguous() for n, v in self.guide.items()}, str(path))
-
-    def load(self, path) -> None:
-        from safetensors.torch import load_file
-        self.guide = load_file(str(path))
+            self.guide = compute_guide(model, make_loader, labels, self.scouts, self.scout_size, self.scout_epochs,
+                                       lr, trainable, seed=seed, accelerator=tr.acc)
+        if run is not None:
+            run.save_tensors("guide.safetensors", self.guide)
 
     def _bind(self, model) -> None:
         if self._by_param is None:
@@ -215,8 +242,8 @@ class GuidedTransfer:
                                  "they were computed for another model")
             self._by_param = [(p, self.guide[n].to(p.device, p.dtype)) for n, p in named.items()]
 
-    def after_backward(self, model) -> None:
-        self._bind(model)
+    def after_backward(self, tr) -> None:
+        self._bind(tr.model)
         if self.guide_on == "gradient":
             for p, g in self._by_param:
                 if p.grad is not None:
@@ -225,7 +252,7 @@ class GuidedTransfer:
             self._before = [p.detach().clone() if p.requires_grad else None for p, _ in self._by_param]
 
     @torch.no_grad()
-    def after_step(self, model) -> None:
+    def after_step(self, tr) -> None:
         if self.guide_on != "update" or self._before is None:
             return
         for (p, g), w in zip(self._by_param, self._before):

@@ -6,7 +6,6 @@ by its task). The heads' logits are concatenated so the one training loop
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from .data import DataError, pipeline
 from .heads import make_head
 from .model import TransferModel
 from .recipes import build_recipe
-from .run import load_weights, prepare_run_dir, read_config, save_weights, write_yaml
+from .rundir import RunDir
+from .run import load_weights, read_config
 from .train.loop import TrainConfig, Trainer, seed_everything
 
 
@@ -97,7 +97,6 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | N
                   progress: bool = True, echo=print) -> dict:
     """Train one head per label column on a shared backbone; report each head's val accuracy."""
     t0 = time.perf_counter()
-    out = prepare_run_dir(out, overwrite=overwrite)
     seed_everything(seed)
     ds, classes, y_tr, y_va = load_tasks(data, label_columns, id_columns, split_column, val_fraction, seed)
     from .data.tabular import _as_list
@@ -116,25 +115,27 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | N
     recipe = build_recipe(strategy, len(ds.train), len(backbone), epochs=epochs, lr=lr, unfreeze=unfreeze)
     if recipe.uses_cache:  # the heads train live; on a frozen backbone that is the head strategy
         recipe = build_recipe("head", len(ds.train), len(backbone), epochs=epochs, lr=lr)
-    trainer = Trainer(TrainConfig(seed=seed, progress=progress), run_dir=out)
-    trainer.loss_fn = MultiTaskLoss(sizes, weights)
-    trainer.cfg.task = "multitask"  # no single accuracy: best epoch is chosen by the weighted val loss
+    run = RunDir.create(out, overwrite=overwrite)
+    # No single accuracy: the best epoch is chosen by the weighted val loss (val_acc stays 0).
+    trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask"), run=run,
+                      loss_fn=MultiTaskLoss(sizes, weights))
 
     def make_loader(split, shuffle, generator):
         s, y = (ds.train, y_tr) if split == "train" else (ds.val, y_va)
         return pipe.make_loader(backbone, s.items, y, batch_size=batch_size, shuffle=shuffle,
                                 generator=generator)
     trainer.fit(mt, "train", "val", recipe.phases, make_loader=make_loader)
-    save_weights(mt, out / "model.safetensors")
+    run.save_tensors("model.safetensors", mt.state_dict())
     res = evaluate_multitask(mt, ds.val.items, y_va, classes)
     config = {"kind": "multitask", "model": model, "tasks": tasks, "classes": classes, "weights": weights,
               "head": head, "in_dim": int(in_dim), "data_config": backbone.data_config,
               "strategy": recipe.strategy, "data": str(data), "seed": seed}
-    write_yaml(out / "config.yaml", config)
-    for f in ("checkpoint.pt", "best.safetensors"):
-        (out / f).unlink(missing_ok=True)
-    summary = {"tasks": res, "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_yaml("config.yaml", config)
+    run.remove("checkpoint.pt", "best.safetensors")
+    summary = {"tasks": res, "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val),
+               "kept": trainer.kept, "phases": trainer.phase_best}
+    run.write_json("summary.json", summary)
+    run.release()
     for t, r in res.items():
         echo(f"{t}: val accuracy {r['accuracy']:.4f} ({r['n']} labelled rows)")
     return summary

@@ -8,8 +8,6 @@ Only the encoder is kept: ``save_backbone`` writes it so ``zoo.load(out)`` and
 """
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 
@@ -19,8 +17,10 @@ from torch import nn
 
 from .data import DataError
 from .data.tabular import _as_list, feature_columns, read_table
-from .run import prepare_run_dir, save_backbone
-from .train.loop import seed_everything
+from .recipes import Phase
+from .rundir import RunDir
+from .train.loop import TrainConfig, Trainer, seed_everything
+from .zoo.runs import save_backbone
 from .zoo.tabular import TabularBackbone
 
 
@@ -63,6 +63,38 @@ def masked_mse(pred, target, mask) -> torch.Tensor:
     return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
 
+class MaskedAutoencoder(nn.Module):
+    """The encoder and a linear decoder: every feature value predicted from a corrupted row."""
+
+    def __init__(self, enc: TabularBackbone, decoder: nn.Module):
+        super().__init__()
+        self.enc, self.decoder = enc, decoder
+
+    def forward(self, corrupted):
+        # The encoder is fed standardised values: run its stages directly, not begin() (which standardises).
+        state = corrupted
+        for k in range(len(self.enc)):
+            state = self.enc.run_stage(k, state)
+        return self.decoder(self.enc.pool(state))
+
+
+class MaskedBatches:
+    """(index, corrupted rows, (rows, mask)) batches of the shuffled table, a fresh mask each time."""
+
+    def __init__(self, x, observed, batch_size: int, ratio: float, generator):
+        self.x, self.observed, self.batch_size, self.ratio, self.gen = x, observed, batch_size, ratio, generator
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(0, len(perm), self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            corrupted, m = mask_batch(self.x[idx], self.ratio, self.gen, self.observed[idx])
+            yield idx, corrupted, (self.x[idx], m)
+
+
 def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, mask_ratio: float = 0.3,
              epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
              seed: int = 0, label_column: str | None = "label", id_columns=None, split_column: str = "split",
@@ -72,8 +104,8 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
     if not 0 < mask_ratio < 1:
         raise ValueError(f"mask_ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
     t0 = time.perf_counter()
-    out = prepare_run_dir(out, overwrite=overwrite)
     x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing)
+    run = RunDir.create(out, overwrite=overwrite)
     seed_everything(seed)
     enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")
     if dropout != 0.1:  # 0.1 is the spec's default
@@ -82,48 +114,27 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
     x_raw = torch.from_numpy(x_np)
     x = enc.scaler(x_raw)  # standardised; missing cells are 0 here
     observed = ~torch.isnan(x_raw)
-    decoder = nn.Linear(width, len(cols))
-    opt = torch.optim.AdamW(list(enc.parameters()) + list(decoder.parameters()), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(x) // batch_size))
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    from tqdm.auto import trange
-    for epoch in trange(epochs, desc="pretrain", unit="ep", disable=not progress):
-        enc.train()
-        decoder.train()
-        perm = torch.randperm(len(x), generator=gen)
-        tot, n = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            xb, ob = x[perm[i:i + batch_size]], observed[perm[i:i + batch_size]]
-            corrupted, m = mask_batch(xb, mask_ratio, gen, ob)
-            # The encoder is fed standardised values: run its stages directly, not begin() (which standardises).
-            state = corrupted
-            for k in range(len(enc)):
-                state = enc.run_stage(k, state)
-            loss = masked_mse(decoder(enc.pool(state)), xb, m)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(xb)
-            n += len(xb)
-        history.append({"epoch": epoch + 1, "masked_mse": tot / n})
-    final = reconstruction_error(enc, decoder, x, observed, mask_ratio, seed + 1)
+    model = MaskedAutoencoder(enc, nn.Linear(width, len(cols)))
+    # The training loop's metrics.csv: train_loss is the masked-cell MSE; there is no val split.
+    trainer = Trainer(TrainConfig(seed=seed, task="reconstruction", progress=progress, checkpoints=False), run=run,
+                      loss_fn=lambda pred, y: masked_mse(pred, *y))
+    trainer.fit(model, (x, observed), None, [Phase("pretrain", epochs, lr, trainable=None, schedule="onecycle",
+                                                   weight_decay=weight_decay)],
+                make_loader=lambda data, shuffle, gen: MaskedBatches(*data, batch_size, mask_ratio, gen))
+    model.cpu()
+    final = reconstruction_error(enc, model.decoder, x, observed, mask_ratio, seed + 1)
     extra = {"data_config": enc.data_config,
              "pretrain": {"objective": "masked reconstruction (MSE on hidden standardised values)",
                           "data": str(Path(data).resolve()), "rows": rows, "n_rows": len(x),
                           "mask_ratio": mask_ratio, "epochs": epochs, "lr": lr, "seed": seed}}
-    save_backbone(enc, out, extra)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "masked_mse"])
-        w.writeheader()
-        w.writerows(history)
+    save_backbone(enc, run, extra)
     summary = {"spec": enc.spec, "n_rows": len(x), "features": len(cols), **info,
                "masked_mse": final, "masked_mse_predicting_mean": 1.0 if len(x) > 1 else None,
                "wall_seconds": time.perf_counter() - t0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_json("summary.json", summary)
+    run.release()
     echo(f"pretrained {enc.spec} on {len(x)} rows: masked-cell MSE {final:.3f} "
-         f"(predicting the column mean: 1.0) -> {out}")
+         f"(predicting the column mean: 1.0) -> {run.path}")
     return summary
 
 

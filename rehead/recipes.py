@@ -1,4 +1,4 @@
-"""Strategies: a strategy is a list of phases (see ``rehead.train.loop.Phase``).
+"""Strategies: a strategy is a list of phases; a ``Phase`` is what the training loop runs.
 
 ``extract``  head on cached features (no augmentation; the fastest)
 ``head``     frozen prefix, live forward (augmentation applies)
@@ -11,9 +11,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .train.loop import Phase
-
 STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
+
+
+@dataclass
+class Phase:
+    """Which stages train, at what LRs, for how many epochs, on which schedule."""
+    name: str
+    epochs: int
+    lr: float
+    trainable: int | None = 0   # last n backbone stages that train (0: head only, -1: all, None: as set)
+    lr_decay: float = 1.0       # each earlier stage group this many times lower
+    lr_min: float | None = None  # or: spread LRs geometrically from lr_min to lr
+    schedule: str = "onecycle"  # see rehead.train.schedules
+    warmup: float = 0.1         # fraction of steps (cosine, linear) warming up
+    sgdr_cycle: float = 1.0     # first restart cycle length, epochs
+    sgdr_mult: float = 2.0      # each next cycle this many times longer
+    weight_decay: float = 0.01
+    on_features: bool = False   # train the head alone on cached features of the frozen prefix
+    patience: int | None = None  # early stopping for this phase (else TrainConfig.patience)
 
 
 @dataclass

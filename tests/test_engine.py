@@ -12,7 +12,8 @@ import torch
 
 import rehead
 from rehead.recipes import auto_strategy, build_recipe
-from rehead.train.loop import Phase, lr_factor
+from rehead.recipes import Phase
+from rehead.train.schedules import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ from rehead.heads import make_head
 from rehead.methods import (GuidedTransfer, L2SP, compute_guide, hooks_from_config, method_hooks,
                             scout_subsets, source_agreement, source_predictions)
 from rehead.model import TransferModel
+from rehead.train.callbacks import as_trainer
 
 
 def quiet(*_):
@@ -31,14 +32,14 @@ def test_l2sp_penalty_is_distance_from_pretrained_plus_l2_on_head(tiny_spec):
     hook = L2SP(alpha=2.0, beta=0.5)
     hook.bind(model)
     head_l2 = sum((p ** 2).sum() for p in model.head.parameters())
-    assert torch.allclose(hook.penalty(model), 0.5 * 0.5 * head_l2)
+    assert torch.allclose(hook.penalty(as_trainer(model)), 0.5 * 0.5 * head_l2)
     p = next(model.backbone.stages[bb.stage_names[-1]].parameters())
     with torch.no_grad():
         p.add_(0.1)
     expected = 0.5 * 2.0 * 0.01 * p.numel() + 0.5 * 0.5 * head_l2
-    assert torch.allclose(hook.penalty(model), expected, rtol=1e-4)
+    assert torch.allclose(hook.penalty(as_trainer(model)), expected, rtol=1e-4)
     model.freeze()  # frozen weights cannot move: they are not penalised
-    assert torch.allclose(hook.penalty(model), 0.5 * 0.5 * head_l2)
+    assert torch.allclose(hook.penalty(as_trainer(model)), 0.5 * 0.5 * head_l2)
 
 
 def test_l2sp_in_fit_keeps_the_backbone_near_its_pretrained_weights(tmp_path):
@@ -48,7 +49,7 @@ def test_l2sp_in_fit_keeps_the_backbone_near_its_pretrained_weights(tmp_path):
     pretrain(p, tmp_path / "enc", width=16, depth=2, epochs=5, label_column="a", id_columns="patient,b",
              progress=False, echo=quiet)
     kw = dict(model=str(tmp_path / "enc"), strategy="full", epochs=6, lr=1e-2, batch_size=8, progress=False,
-              data_kw={"label_column": "a"}, echo=quiet)
+              label_column="a", echo=quiet)
     plain = fit(p, out=tmp_path / "plain", **kw)
     l2sp = fit(p, out=tmp_path / "l2sp", hooks=method_hooks("l2sp", alpha=100.0, beta=0.01), **kw)
     spec = str(tmp_path / "enc")
@@ -98,11 +99,11 @@ def test_guided_hook_multiplies_every_gradient_by_its_guide():
     guide = {"weight": torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]]), "bias": torch.tensor([0.5, 0.0])}
     lin(torch.randn(4, 3)).pow(2).sum().backward()
     raw = {n: p.grad.clone() for n, p in lin.named_parameters()}
-    GuidedTransfer(guide=guide, guide_on="gradient").after_backward(lin)
+    GuidedTransfer(guide=guide, guide_on="gradient").after_backward(as_trainer(lin))
     for n, p in lin.named_parameters():
         assert torch.allclose(p.grad, raw[n] * guide[n])
     with pytest.raises(ValueError, match="another model"):
-        GuidedTransfer(guide={"weight": guide["weight"]}).after_backward(nn.Linear(3, 2))
+        GuidedTransfer(guide={"weight": guide["weight"]}).after_backward(as_trainer(nn.Linear(3, 2)))
 
 
 def _adamw_steps(hook, steps=5):
@@ -115,10 +116,10 @@ def _adamw_steps(hook, steps=5):
         opt.zero_grad()
         ((lin(x) - y) ** 2).mean().backward()
         if hook:
-            hook.after_backward(lin)
+            hook.after_backward(as_trainer(lin))
         opt.step()
         if hook:
-            hook.after_step(lin)
+            hook.after_step(as_trainer(lin))
     return lin.weight.detach() - w0
 
 

@@ -4,58 +4,37 @@ optimizer and every RNG are restored, so a fit after it gives the same result as
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
 
-from .loop import rng_state, set_rng_state
+from ..recipes import Phase
+from .callbacks import LRRange
+from .loop import Trainer, TrainConfig, rng_state, set_rng_state
 
 
 def lr_find(model, loader, loss_fn, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
-            beta: float = 0.98, diverge: float = 4.0, param_groups=None) -> dict:
-    """Returns {"lrs", "losses" (smoothed), "raw_losses", "suggested", "range"}."""
+            beta: float = 0.98, diverge: float = 4.0, param_groups=None, accelerator=None) -> dict:
+    """The training loop with the ``LRRange`` callback on ``loader``'s (index, x, y) batches.
+    ``param_groups``: their LRs set the ratios between groups (discriminative LRs are tested
+    together). Returns {"lrs", "losses" (smoothed), "raw_losses", "suggested", "range"}."""
     saved_model = copy.deepcopy(model.state_dict())
     saved_rng = rng_state()
     was_training = model.training
-    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    # Groups keep their LR ratios (discriminative LRs): the test scales them together.
-    base = [g.get("lr", 1.0) for g in groups]
-    top = max(base)
-    ratios = [b / top for b in base]
-    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "lr"} | {"lr": start_lr} for g in groups])
-    mult = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
-    lrs, raw, smooth = [], [], []
-    avg, best, step = 0.0, math.inf, 0
-    model.train()
-    try:
-        while step < steps:
-            for _, x, y in loader:
-                if len(y) == 0:
-                    continue
-                lr = start_lr * mult ** step
-                for g, r in zip(opt.param_groups, ratios):
-                    g["lr"] = lr * r
-                loss = loss_fn(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                v = loss.item()
-                avg = beta * avg + (1 - beta) * v
-                sm = avg / (1 - beta ** (step + 1))
-                lrs.append(lr)
-                raw.append(v)
-                smooth.append(sm)
-                best = min(best, sm)
-                step += 1
-                if step >= steps or not math.isfinite(sm) or sm > diverge * best:
-                    step = steps
-                    break
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1.0}]
+    rng = LRRange(start_lr, end_lr, steps, beta, diverge)
+    # local: every process runs the same test on its own (no DDP: processes may stop at different steps)
+    trainer = Trainer(TrainConfig(seed=None, progress=False, local=True, select_best=False, checkpoints=False),
+                      accelerator=accelerator, callbacks=[rng], loss_fn=loss_fn)
+    try:  # one epoch is at least one step: `steps` epochs always reach the end of the test
+        trainer.fit(model, loader, None, [Phase("lr_find", steps, max(g.get("lr", 1.0) for g in groups),
+                                                trainable=None, schedule="constant")],
+                    make_loader=lambda data, shuffle, generator: data, param_groups=groups)
     finally:
         model.load_state_dict(saved_model)
         set_rng_state(saved_rng)
         model.train(was_training)
-    return {"lrs": lrs, "losses": smooth, "raw_losses": raw, **suggest(lrs, smooth)}
+    return {"lrs": rng.lrs, "losses": rng.smooth, "raw_losses": rng.raw, **suggest(rng.lrs, rng.smooth)}
 
 
 def suggest(lrs: list[float], losses: list[float]) -> dict:

@@ -1,0 +1,229 @@
+"""What the training loop does besides stepping: small callbacks on its events.
+
+A callback subclasses ``Callback`` and defines any of the events in ``EVENTS`` (see
+``rehead.train.loop`` for when each fires); each gets the ``Trainer`` and reads or sets its
+state (``tr.model``, ``tr.opt``, ``tr.phase``, ``tr.epoch``, ``tr.loss``, ``tr.row`` ...).
+``penalty(tr)`` returns a term added to the loss. Callbacks run in ``order`` (lower first).
+Raising ``CancelFit`` ends training cleanly (``after_fit`` still runs).
+"""
+from __future__ import annotations
+
+import math
+
+from tqdm.auto import tqdm
+
+from .schedules import lr_factor
+
+EVENTS = ("setup", "before_phase", "before_epoch", "before_step", "after_pred", "after_loss",
+          "after_backward", "after_step", "after_epoch", "after_phase", "after_fit")
+
+
+class CancelFit(Exception):
+    """Raised by a callback to end training early (the LR range test when it is done)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: nothing after that step can be trusted."""
+
+    def __init__(self, phase: str, epoch: int, step: int, loss: float, lr: float):
+        self.phase, self.epoch, self.step, self.loss, self.lr = phase, epoch, step, loss, lr
+        super().__init__(
+            f"training diverged in phase {phase!r}, epoch {epoch}, step {step}: the loss is {loss}. "
+            f"Try a lower --lr (this phase's top LR was {lr:.3g}), or `rehead lr-find` to pick one; "
+            "with --precision fp16, try bf16")
+
+
+class Callback:
+    order = 50
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+class Schedule(Callback):
+    """Sets every group's LR each step: its initial LR times the phase's schedule factor."""
+    order = 0
+
+    def before_step(self, tr):
+        f = lr_factor(tr.phase, tr.epoch * tr.steps_per_epoch + tr.step, tr.total_steps, tr.steps_per_epoch)
+        for g in tr.opt.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+
+class ClipGrad(Callback):
+    def __init__(self, max_norm: float = 1.0):
+        self.max_norm = max_norm
+
+    def after_backward(self, tr):
+        tr.acc.clip_grad_norm_(tr.net.parameters(), self.max_norm)
+
+
+def score(row: dict) -> tuple:
+    """Higher is better: val accuracy, then lower val loss."""
+    return row["val_acc"], -row["val_loss"]
+
+
+class BestWeights(Callback):
+    """Remembers the weights of the best val epoch over the whole run; at the end loads them
+    (``select``) and records what was kept: ``tr.kept`` and each phase's best, ``tr.phase_best``."""
+    order = 10
+
+    def __init__(self, select: bool = True):
+        self.select = select
+
+    def setup(self, tr):
+        if tr.resume and tr.run is not None and tr.run.exists("best.safetensors"):
+            tr.best_state = tr.run.load_tensors("best.safetensors")
+
+    def after_epoch(self, tr):
+        if "val_acc" not in tr.row:
+            return
+        s = score(tr.row)
+        if tr.best is None or s > tuple(tr.best):
+            tr.best, tr.bad = list(s), 0
+            tr.best_state = {k: v.detach().cpu().clone() for k, v in tr.model.state_dict().items()}
+        else:
+            tr.bad += 1
+
+    def after_fit(self, tr):
+        rows = [r for r in tr.history if "val_acc" in r]
+        if not rows:
+            return
+        if self.select and tr.best_state is not None:
+            tr.model.load_state_dict(tr.best_state)
+        kept = max(rows, key=score) if self.select else rows[-1]
+        tr.kept = {"phase": kept["phase"], "phase_index": kept["phase_index"], "epoch": kept["epoch"],
+                   "global_epoch": kept["global_epoch"], "val_acc": kept["val_acc"], "val_loss": kept["val_loss"]}
+        tr.phase_best = []
+        for pi in dict.fromkeys(r["phase_index"] for r in rows):
+            b = max((r for r in rows if r["phase_index"] == pi), key=score)
+            tr.phase_best.append({"phase": b["phase"], "phase_index": pi, "best_val_acc": b["val_acc"],
+                                  "best_val_loss": b["val_loss"], "epoch": b["epoch"],
+                                  "epochs_run": sum(r["phase_index"] == pi for r in rows)})
+
+
+class EarlyStopping(Callback):
+    """Ends a phase after ``patience`` epochs without a better val score (the phase's own
+    ``patience``, else the run's)."""
+    order = 20
+
+    def after_epoch(self, tr):
+        if tr.patience and tr.bad >= tr.patience:
+            tr.stop_phase = True
+
+
+class Checkpoint(Callback):
+    """checkpoint.pt (weights, optimizer, position, RNG, history) and best.safetensors, so
+    ``--resume`` after a kill ends with the same metrics. Feature epochs take milliseconds:
+    they are checkpointed once, at the end of their phase."""
+    order = 30
+
+    def setup(self, tr):
+        self._saved = tr.best_state
+
+    def after_epoch(self, tr):
+        if tr.run is None:
+            return
+        if tr.on_features and not (tr.stop_phase or tr.epoch == tr.phase.epochs - 1):
+            return
+        if tr.best_state is not None and tr.best_state is not self._saved:
+            tr.run.save_tensors("best.safetensors", tr.best_state)
+            self._saved = tr.best_state
+        from .loop import rng_state
+        m = tr.model
+        tr.run.save_checkpoint({
+            "model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+            "optimizer": tr.opt.state_dict(), "phase": tr.phase_index, "epoch": tr.epoch,
+            "frozen": list(getattr(m, "frozen", [])), "rng": rng_state(),
+            "best": tr.best, "bad": tr.bad, "history": tr.history})
+
+
+class MetricsCSV(Callback):
+    """metrics.csv, one row per epoch, rewritten whole (atomically) each epoch: a resumed run
+    drops the rows logged after its checkpoint."""
+    order = 40
+
+    def setup(self, tr):
+        if tr.run is not None and tr.resume:
+            tr.run.write_rows("metrics.csv", tr.history)
+
+    def after_epoch(self, tr):
+        if tr.run is not None:
+            tr.run.write_rows("metrics.csv", tr.history)
+
+
+class Progress(Callback):
+    """An epochs bar over the run; a steps bar only where an epoch takes a while (>= 20 steps)."""
+    order = 90
+
+    def setup(self, tr):
+        self.off = not tr.acc.is_local_main_process
+        self.outer = tqdm(total=sum(p.epochs for p in tr.phases), initial=len(tr.history), desc="epochs",
+                          unit="ep", disable=self.off)
+        self.bar = None
+
+    def before_epoch(self, tr):
+        n = len(tr.loader) if hasattr(tr.loader, "__len__") else 0
+        self.bar = tqdm(total=n, desc=f"{tr.phase.name} {tr.epoch + 1}/{tr.phase.epochs}", leave=False) \
+            if n >= 20 and not self.off else None
+
+    def after_step(self, tr):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{tr.running_loss:.4f}")
+
+    def after_epoch(self, tr):
+        if self.bar is not None:
+            self.bar.close()
+        self.outer.update(1)
+        post = {"phase": tr.phase.name}
+        if "val_acc" in tr.row:
+            post.update(val_acc=f"{tr.row['val_acc']:.4f}", val_loss=f"{tr.row['val_loss']:.4f}")
+        self.outer.set_postfix(**post)
+
+    def after_fit(self, tr):
+        self.outer.close()
+
+
+class LRRange(Callback):
+    """The LR range test (Smith 2015; fastai's lr_find): the LR rises exponentially from
+    ``start_lr`` to ``end_lr`` over ``steps`` steps (groups keep their LR ratios); records the
+    smoothed loss and stops once it passes ``diverge`` times its minimum, or is not finite."""
+    order = 0
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, beta: float = 0.98,
+                 diverge: float = 4.0):
+        self.start_lr, self.steps, self.beta, self.diverge = start_lr, steps, beta, diverge
+        self.mult = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+        self.lrs, self.raw, self.smooth = [], [], []
+        self._avg, self._best = 0.0, math.inf
+
+    def before_phase(self, tr):
+        top = max(g["initial_lr"] for g in tr.opt.param_groups)
+        self.ratios = [g["initial_lr"] / top for g in tr.opt.param_groups]
+
+    def before_step(self, tr):
+        self.lr = self.start_lr * self.mult ** len(self.lrs)
+        for g, r in zip(tr.opt.param_groups, self.ratios):
+            g["lr"] = self.lr * r
+
+    def after_loss(self, tr):
+        v = tr.loss.item()
+        self._avg = self.beta * self._avg + (1 - self.beta) * v
+        sm = self._avg / (1 - self.beta ** (len(self.lrs) + 1))
+        self.lrs.append(self.lr)
+        self.raw.append(v)
+        self.smooth.append(sm)
+        self._best = min(self._best, sm)
+        if len(self.lrs) >= self.steps or not math.isfinite(sm) or sm > self.diverge * self._best:
+            raise CancelFit  # before the loop's non-finite check: divergence is what we look for here
+
+
+def as_trainer(model, **state):
+    """A stand-in trainer for calling a method callback by hand (tests, notebooks)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(model=model, **state)
+
+
+__all__ = ["Callback", "CancelFit", "TrainingDiverged", "Schedule", "ClipGrad", "BestWeights", "EarlyStopping",
+           "Checkpoint", "MetricsCSV", "Progress", "LRRange", "EVENTS"]

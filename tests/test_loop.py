@@ -1,0 +1,84 @@
+"""The one training loop: its events, its refusal to go on after a non-finite loss, and the
+LR finder and Guided Transfer scouts running through it."""
+import pytest
+import torch
+from torch import nn
+
+from rehead.recipes import Phase
+from rehead.train.callbacks import Callback, EVENTS, TrainingDiverged
+from rehead.train.loop import IndexedTensors, TrainConfig, Trainer
+
+
+def data(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return IndexedTensors(x, (x[:, 0] > 0).long())
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def __getattr__(self, name):  # every event, in the order the loop fires them
+        if name in EVENTS:
+            return lambda tr: self.seen.append(name)
+        raise AttributeError(name)
+
+    def penalty(self, tr):
+        self.seen.append("penalty")
+        return 0.0
+
+
+def test_events_fire_in_order(one_thread):
+    rec = Recorder()
+    tr = Trainer(TrainConfig(progress=False, hooks=[rec]))
+    tr.fit(nn.Linear(4, 2), data(16), data(8, 1), [Phase("a", 1, 1e-2, trainable=None), Phase("b", 2, 1e-2)],
+           batch_size=8)
+    step = ["before_step", "after_pred", "penalty", "after_loss", "after_backward", "after_step"]
+    epoch = ["before_epoch", *step, *step, "after_epoch"]
+    assert rec.seen == ["setup", "before_phase", *epoch, "after_phase",
+                        "before_phase", *epoch, *epoch, "after_phase", "after_fit"]
+    assert [(r["phase"], r["epoch"]) for r in tr.history] == [("a", 1), ("b", 1), ("b", 2)]
+    # what was kept is never hidden: the best epoch overall and each phase's best
+    best = max(tr.history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert tr.kept["global_epoch"] == best["global_epoch"] and tr.kept["val_acc"] == best["val_acc"]
+    assert [p["phase"] for p in tr.phase_best] == ["a", "b"] and tr.phase_best[1]["epochs_run"] == 2
+
+
+def test_a_non_finite_loss_stops_with_the_phase_and_epoch(one_thread):
+    d = data(16)
+    d.x[11, 2] = float("nan")  # the second batch of the epoch
+    with pytest.raises(TrainingDiverged, match=r"phase 'head', epoch 1, step 2: the loss is nan.*lower --lr"):
+        Trainer(TrainConfig(progress=False)).fit(nn.Linear(4, 2), d, data(8, 1), [Phase("head", 3, 1e-2)],
+                                                  make_loader=lambda s, shuffle, g: torch.utils.data.DataLoader(s, 8))
+
+
+def test_lr_find_and_scouts_run_through_the_loop(monkeypatch, one_thread):
+    from rehead import zoo
+    from rehead.methods import compute_guide
+    from rehead.model import TransferModel
+    from rehead.train.lr_find import lr_find
+    fits = []
+    orig = Trainer.fit
+
+    def spy(self, *a, **k):
+        fits.append([type(c).__name__ for c in self.callbacks])
+        return orig(self, *a, **k)
+    monkeypatch.setattr(Trainer, "fit", spy)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    loader = torch.utils.data.DataLoader(data(32), batch_size=8, shuffle=True)
+    res = lr_find(model, loader, nn.CrossEntropyLoss(), steps=30)
+    assert fits == [["LRRange"]] and 5 <= len(res["lrs"]) <= 30
+    assert res["lrs"] == sorted(res["lrs"])
+    # the range test stops once the smoothed loss is 4x its minimum, long before the last step
+    res = lr_find(model, loader, nn.CrossEntropyLoss(), steps=1000, start_lr=1e-3, end_lr=1e6)
+    assert len(res["lrs"]) < 1000 and res["losses"][-1] > 4 * min(res["losses"])
+    fits.clear()
+    bb = zoo.load("tabular:mlp-6-8x2")
+    tm = TransferModel(bb, nn.Linear(8, 2))
+    x, y = torch.randn(24, 6), torch.randint(0, 2, (24,))
+    ds = torch.utils.data.TensorDataset(torch.arange(24), x, y)
+    compute_guide(tm, lambda idx, g: torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=4,
+                                                                 shuffle=True, generator=g),
+                  y.tolist(), n_scouts=3, scout_size=8, epochs=2, lr=1e-2, trainable=1)
+    assert fits == [[], [], []]  # one plain run of the loop per scout
