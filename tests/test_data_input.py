@@ -111,10 +111,13 @@ def test_a_class_whose_images_are_all_unreadable_stops_the_load(tmp_path):
     with pytest.raises(DataError, match=r"'blue' .*no readable sample left.*blue_0.jpg"):
         load_dataset(root)
     (root / "red" / "red_0.jpg").write_bytes(b"")  # some unreadable: skipped, counted, named
+    cut = root / "red" / "red_1.jpg"  # a download cut short: its header is fine
+    cut.write_bytes(cut.read_bytes()[:-200])
     make_images(tmp_path / "d", classes=("blue",), n=5)
     ds = load_dataset(root, val_fraction=0.4)
-    assert ds.skipped == [str(root / "red" / "red_0.jpg")]
-    assert ds.summary()["train"] + ds.summary()["val"] == 9 and ds.summary()["skipped"] == 1
+    assert ds.skipped == [str(root / "red" / "red_0.jpg"), str(cut)]
+    assert "truncated" in images.unreadable([str(cut)])[str(cut)]
+    assert ds.summary()["train"] + ds.summary()["val"] == 8 and ds.summary()["skipped"] == 2
     with pytest.raises(DataError, match="red_0.jpg.*drop --strict"):
         load_dataset(root, strict=True)
 
@@ -150,6 +153,8 @@ def test_empty_labels_are_dropped_with_a_count_for_every_modality(tmp_path):
         assert "" not in ds.classes and len(ds.classes) == 2
         assert f"{n} row(s) with an empty label were left out" in " ".join(ds.info["warnings"])
     assert len(img.train) + len(img.val) == 7 and len(tab.train) + len(tab.val) == 8
+    with pytest.raises(DataError, match="none.csv has no labelled row: fill its label column"):
+        load_dataset(write(tmp_path / "none.csv", "text,label\na,\nb, \n"))
 
 
 def test_in_memory_pairs_follow_the_same_label_rules():

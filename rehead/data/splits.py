@@ -50,6 +50,8 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
         raise DataError(f"{parts.source} has no training data (found: {have}): give a train split "
                         "(train/ folder, train.csv, or split=train rows)")
     base = named[base_name]
+    if not base.items:
+        raise DataError(f"{base.where} has no labelled row: fill its label column (--label-column names it)")
     classes = sorted(set(base.labels))
     hint = numeric_hint(base.labels, base.where)
     if hint:
