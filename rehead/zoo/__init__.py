@@ -80,14 +80,34 @@ def load(spec: str, pretrained: bool = True) -> Backbone:
             from ..run import load_backbone_from_run
             return load_backbone_from_run(path, pretrained=pretrained)
         raise ModelNotFound(
-            f"{spec!r} is not a model spec: use SOURCE:NAME with SOURCE one of {', '.join(sorted(_SOURCES))} "
-            "(e.g. packaged:efficientnet_lite0), or a run directory; `rehead models` lists them")
+            f"{spec!r} is not a model spec{_did_you_mean(spec)}. Use SOURCE:NAME with SOURCE one of "
+            f"{', '.join(sorted(_SOURCES))} (e.g. packaged:efficientnet_lite0), or a run directory; "
+            "`rehead models` lists them")
     prefix, name = spec.split(":", 1)
     if prefix not in _SOURCES:
-        raise ModelNotFound(f"unknown source {prefix!r} in {spec!r}; sources are: {', '.join(sorted(_SOURCES))}")
+        hint = f"; did you mean timm:{spec}?" if prefix in ("hf-hub", "local-dir") else ""
+        raise ModelNotFound(f"unknown source {prefix!r} in {spec!r}{hint}; sources are: {', '.join(sorted(_SOURCES))}")
     bb = _SOURCES[prefix]["load"](name, pretrained=pretrained)
     bb.spec = spec
     return bb
+
+
+def _did_you_mean(name: str) -> str:
+    """': did you mean timm:NAME?' for a bare model name some source knows ('' if none does)."""
+    from .packaged import _PACKAGED
+    if name in _PACKAGED:
+        return f": did you mean packaged:{name}?"
+    try:
+        import timm
+        from timm.models import split_model_name_tag
+        if timm.is_model(split_model_name_tag(name)[0]):
+            return f": did you mean timm:{name}?"
+    except ImportError:
+        pass
+    from .hubs import TORCHVISION
+    if name in TORCHVISION:
+        return f": did you mean torchvision:{name}?"
+    return ""
 
 
 def list_models() -> list[dict]:

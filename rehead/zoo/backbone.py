@@ -142,34 +142,3 @@ def image_data_config(cfg: dict) -> dict:
         "mean": [float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))],
         "std": [float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))],
     }
-
-
-def split_stages(model: nn.Module) -> tuple[dict[str, nn.Module], nn.Module | None]:
-    """Split a timm or torchvision CNN into stages and its source classifier."""
-    ch = dict(model.named_children())
-    seq = nn.Sequential
-    if "blocks" in ch and "conv_stem" in ch:  # timm EfficientNet / MobileNet family
-        stages = {"stem": seq(ch["conv_stem"], ch["bn1"])}
-        stages.update({f"block{i}": b for i, b in enumerate(ch["blocks"])})
-        if "conv_head" in ch:
-            stages["head_conv"] = seq(ch["conv_head"], ch["bn2"])
-        return stages, ch.get("classifier")
-    if "layer1" in ch and "conv1" in ch:  # ResNet family (timm and torchvision)
-        stem = [ch[n] for n in ("conv1", "bn1", "act1", "relu", "maxpool") if n in ch]
-        stages = {"stem": seq(*stem)}
-        stages.update({n: ch[n] for n in ("layer1", "layer2", "layer3", "layer4") if n in ch})
-        return stages, ch.get("fc")
-    if "stem" in ch and "stages" in ch:  # ConvNeXt, RegNet, ByobNet ...
-        stages = {"stem": ch["stem"]}
-        stages.update({f"stage{i}": s for i, s in enumerate(ch["stages"])})
-        tail = [ch[n] for n in ("final_conv", "norm_pre") if n in ch and not isinstance(ch[n], nn.Identity)]
-        if tail:
-            stages["final"] = seq(*tail)
-        head = ch.get("head")
-        return stages, head
-    if "features" in ch and isinstance(ch["features"], nn.Sequential):  # torchvision VGG/EfficientNet/MobileNet
-        stages = {f"features{i}": m for i, m in enumerate(ch["features"])}
-        return stages, ch.get("classifier")
-    raise ValueError(
-        f"rehead does not know how to split {type(model).__name__} into stages "
-        "(supported: EfficientNet/MobileNet, ResNet, ConvNeXt-like stem+stages, torchvision 'features' models)")

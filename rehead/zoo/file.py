@@ -59,16 +59,30 @@ def load_file(name: str, pretrained: bool = True) -> Backbone:
         raise ModelNotFound(f"file:{name} needs its architecture: file:{name}#timm:<arch> "
                             "(or #torchvision:<arch>)")
     path, arch = name.rsplit("#", 1)
-    from .hubs import build_timm, build_torchvision, wrap_timm, wrap_torchvision
+    from .hubs import build_timm, build_torchvision, timm_backbone
     src, arch_name = arch.split(":", 1) if ":" in arch else ("", arch)
-    if src == "timm":
-        model = build_timm(arch_name, pretrained=False)
-        if pretrained:
-            load_into(model, read_state_dict(Path(path)), f"file:{path}")
-        return wrap_timm(model, f"file:{name}")
-    if src == "torchvision":
-        model, cfg = build_torchvision(arch_name, pretrained=False)
-        if pretrained:
-            load_into(model, read_state_dict(Path(path)), f"file:{path}")
-        return wrap_torchvision(model, cfg, f"file:{name}")
-    raise ModelNotFound(f"architecture {arch!r} in file:{name}: use timm:<name> or torchvision:<name>")
+    if src not in ("timm", "torchvision"):
+        raise ModelNotFound(f"architecture {arch!r} in file:{name}: use timm:<name> or torchvision:<name>")
+    model = (build_timm if src == "timm" else build_torchvision)(arch_name, pretrained=False)
+    if pretrained:
+        sd = read_state_dict(Path(path))
+        if src == "torchvision":
+            sd = _from_torchvision(model, sd)
+        load_into(model, sd, f"file:{path}")
+    return timm_backbone(model, f"file:{name}")
+
+
+def _from_torchvision(model, sd: dict) -> dict:
+    """A torchvision state dict in timm's names, by the model module's own checkpoint filter
+    (the ResNet family needs none: timm kept torchvision's names)."""
+    import sys
+    if set(sd) == set(model.state_dict()):
+        return sd
+    mod = sys.modules[type(model).__module__]
+    fn = getattr(mod, "checkpoint_filter_fn", None) or getattr(mod, "_filter_fn", None)
+    if fn is None:
+        return sd
+    try:
+        return fn(sd, model)
+    except TypeError:
+        return fn(sd)

