@@ -202,6 +202,8 @@ def test_bom_is_accepted_and_latin1_is_named(tmp_path):
 
 
 def test_a_csv_matching_no_modality_says_which_columns_it_looked_for(tmp_path):
+    with pytest.raises(DataError, match="semi.csv looks separated by ';', not commas"):
+        load_dataset(write(tmp_path / "semi.csv", "text;label\na;b\n"))
     p = write(tmp_path / "x.csv", "sentence,category\nhello,a\n")
     with pytest.raises(DataError, match=r"x.csv has no column 'label' \(columns: sentence, category\).*'path'.*--text-column.*--label-column"):
         load_dataset(p)

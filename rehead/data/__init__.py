@@ -230,6 +230,9 @@ def infer_modality(p, text_column: str = "text", label_column: str = "label") ->
         return "tabular"  # without its label column, the table reader names every column it looked for
     if p.is_dir():
         return "image"
+    if p.suffix.lower() in IMAGE_EXTS:
+        raise DataError(f"{p} is a single image: training data is a folder of class folders or a CSV of "
+                        "path,label; to label one image, use `rehead predict RUN IMAGE`")
     raise DataError(f"cannot tell what kind of data {p} is: expected a folder of images or a .csv "
                     f"(image extensions: {', '.join(sorted(IMAGE_EXTS))})")
 

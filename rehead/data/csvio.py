@@ -37,6 +37,9 @@ def read_rows(path) -> tuple[list[str], list[list[str]]]:
     if not header or not any(c.strip() for c in header):
         raise DataError(f"{path} is empty: a CSV needs a header row, then data rows")
     header = [c.strip() for c in header]
+    if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+        raise DataError(f"{path} looks separated by {sep!r}, not commas (header: {header[0][:60]!r}): rehead reads "
+                        "comma-separated CSV; re-save it with commas")
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     return header, rows
