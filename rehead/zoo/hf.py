@@ -1,21 +1,40 @@
-"""Text backbones from Hugging Face transformers: ``hf:<hub id or local dir>`` and ``packaged:minilm``.
+"""Text backbones from Hugging Face transformers: ``hf:ORG/NAME``, ``hf:/local/dir`` and ``packaged:minilm``.
 
-A text backbone's stages are its embeddings and its transformer blocks (plus the final
-norm of pre-norm decoders such as GPT-2). The state between stages is
-``(hidden (B, T, D), attention_mask (B, T), layer_mask, extras)``: ``layer_mask`` is what
-the model's own blocks expect (built with transformers' masking utilities, so it follows
-the attention implementation), ``extras`` holds what a block needs besides (rotary
-position embeddings for Llama-like models). The tokenizer and max length travel with the
-backbone in ``data_config``, as image preprocessing does.
+Every feature is the model's own forward (``AutoModel``): rehead never re-implements a block,
+a mask or a position encoding.
 
-Families handled: BERT-like encoders (BERT, RoBERTa, MiniLM, ELECTRA ...: ``embeddings`` +
-``encoder.layer``), GPT-2-like decoders (``wte``/``wpe`` + ``h`` + ``ln_f``) and
-Llama-like decoders (``embed_tokens`` + ``layers`` + ``norm`` + ``rotary_emb``).
+- **Stages** are the model's own modules, in order: ``embeddings`` (every module that runs
+  before the first block: token/position embeddings, rotary or relative-position tables),
+  ``layer0`` ... ``layer{n-1}`` (the blocks of the model's layer list) and, for models with a
+  final norm after the blocks (GPT-2, Llama, ModernBERT), ``norm``. A model's pooler is left out
+  (rehead's head replaces it). Freezing, discriminative LRs and saved weights work per stage.
+- **A cut keeps the first k stages** and runs as the model itself with its layer list truncated
+  to the blocks kept (a shallow copy of the model sharing its modules; the final norm becomes an
+  identity when the cut stops before it). The hidden states at a cut are therefore what
+  ``AutoModel(..., output_hidden_states=True)`` returns there: ``hidden_states[c - 1]`` after c
+  stages, ``last_hidden_state`` at full depth.
+- **Stage by stage**: ``run_stage`` records the grad mode each stage is asked to run under (the
+  frozen prefix under ``no_grad``); the model's forward runs when the last stage is reached (or
+  at ``pool``), switching grad mode at each block's entry with forward pre-hooks, so a frozen
+  prefix stores no activations. ``forward_cuts`` gives the pooled features of several cuts from
+  one forward (pre-hooks record each block's input).
+- **Pooling** as the model card says: a sentence-transformers folder's ``1_Pooling/config.json``
+  (mean for all-MiniLM-L6-v2), else the first token ([CLS]) for encoders and the last non-pad
+  token for decoders (causal attention). ``?pooling=mean|cls|last|max`` overrides it. The
+  features are the Pooling module's output; a card's ``Normalize`` module is applied only with
+  ``?normalize=1`` (a head follows; unit length only rescales).
+
+The tokenizer and max length travel with the backbone in ``data_config``, as image
+preprocessing does.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
+import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,75 +43,99 @@ from . import ModelNotFound, register_source
 from .backbone import Backbone
 
 DEFAULT_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+POOLINGS = ("mean", "cls", "last", "max")
+FINAL_NORMS = ("ln_f", "norm", "final_norm", "final_layer_norm")  # a base model's norm after its blocks
+POOLERS = ("pooler",)  # a base model's own pooling head: left out
 
 
-# -- stage modules ------------------------------------------------------------------------
-class BertEmbeddingStage(nn.Module):
-    def __init__(self, embeddings: nn.Module):
+# -- the model's structure ----------------------------------------------------------------
+class Modules(nn.Module):
+    """A stage made of several of the model's modules (the embeddings side, the final norm).
+    Never called: the model's own forward calls its modules."""
+
+    def __init__(self, mods: dict[str, nn.Module]):
         super().__init__()
-        self.embeddings = embeddings
-
-    def forward(self, input_ids):
-        return self.embeddings(input_ids=input_ids)
+        for k, m in mods.items():
+            self.add_module(k, m)
 
 
-class GPT2EmbeddingStage(nn.Module):
-    def __init__(self, wte: nn.Module, wpe: nn.Module, drop: nn.Module):
-        super().__init__()
-        self.wte, self.wpe, self.drop = wte, wpe, drop
-
-    def forward(self, input_ids):
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-        return self.drop(self.wte(input_ids) + self.wpe(pos))
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for p in path.split("."):
+        root = root._modules[p]
+    return root
 
 
-class TokenEmbeddingStage(nn.Module):
-    """Llama-like: token embeddings; the rotary position embeddings are computed here too."""
-
-    def __init__(self, embed_tokens: nn.Module, rotary_emb: nn.Module):
-        super().__init__()
-        self.embed_tokens, self.rotary_emb = embed_tokens, rotary_emb
-
-    def forward(self, input_ids):
-        return self.embed_tokens(input_ids)
-
-
-class FinalNorm(nn.Module):
-    """The last LayerNorm of a pre-norm decoder, as a stage of its own."""
-
-    def __init__(self, norm: nn.Module):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, hidden):
-        return self.norm(hidden)
+def _graft(root: nn.Module, assign: dict[str, nn.Module | None]) -> nn.Module:
+    """A shallow copy of ``root`` with the submodules at the dotted paths replaced; every module
+    not named is shared with ``root``, which is left as it was."""
+    new = copy.copy(root)
+    new._modules = dict(root._modules)
+    groups: dict[str, dict] = {}
+    for path, mod in assign.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            groups.setdefault(head, {})[rest] = mod
+        else:
+            new._modules[head] = mod
+    for head, sub in groups.items():
+        new._modules[head] = _graft(root._modules[head], sub)
+    return new
 
 
-def split_text_model(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
-    """(family, stages) of a transformers base model (AutoModel) or an LM with one inside."""
-    base = getattr(model, "base_model", model)
-    ch = dict(base.named_children())
-    if "embeddings" in ch and "encoder" in ch and hasattr(ch["encoder"], "layer"):
-        stages = {"embeddings": BertEmbeddingStage(ch["embeddings"])}
-        stages.update({f"layer{i}": m for i, m in enumerate(ch["encoder"].layer)})
-        return "bert", stages
-    if "wte" in ch and "h" in ch:
-        stages = {"embeddings": GPT2EmbeddingStage(ch["wte"], ch["wpe"], ch["drop"])}
-        stages.update({f"layer{i}": m for i, m in enumerate(ch["h"])})
-        stages["norm"] = FinalNorm(ch["ln_f"])
-        return "gpt2", stages
-    if "embed_tokens" in ch and "layers" in ch and "rotary_emb" in ch:
-        stages = {"embeddings": TokenEmbeddingStage(ch["embed_tokens"], ch["rotary_emb"])}
-        stages.update({f"layer{i}": m for i, m in enumerate(ch["layers"])})
-        stages["norm"] = FinalNorm(ch["norm"])
-        return "llama", stages
-    raise ModelNotFound(
-        f"rehead does not know how to split {type(base).__name__} into stages (supported: BERT-like "
-        "encoders with embeddings+encoder.layer, GPT-2-like decoders with wte+h+ln_f, Llama-like "
-        "decoders with embed_tokens+layers+norm)")
+def _n_layers(config) -> int | None:
+    for k in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
+        v = getattr(config, k, None)
+        if isinstance(v, int):
+            return v
+    return None
 
 
-# -- the backbone -------------------------------------------------------------------------
+def analyse(base: nn.Module) -> dict:
+    """Where a transformers base model keeps its blocks, its final norm, its pooler and the rest."""
+    n = _n_layers(base.config)
+    lists = [(name, m) for name, m in base.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 0 and (n is None or len(m) == n)]
+    if not lists:
+        raise ModelNotFound(
+            f"rehead found no list of {n} transformer blocks in {type(base).__name__}: it takes transformers "
+            "models whose base model keeps its blocks in one nn.ModuleList (BERT, RoBERTa, DistilBERT, DeBERTa, "
+            "ModernBERT, GPT-2, Llama and most others)")
+    layers = min(lists, key=lambda nm: nm[0].count("."))[0]  # the shallowest such list
+    norm = next((k for k in FINAL_NORMS if k in base._modules and base._modules[k] is not None), None)
+    poolers = [k for k in POOLERS if base._modules.get(k) is not None]
+    # the embeddings side: every other module on the way to the block list
+    embeds, parent, prefix = {}, base, ""
+    parts = layers.split(".")
+    for depth, part in enumerate(parts):
+        for k, m in parent._modules.items():
+            if m is None or k == part or (depth == 0 and (k == norm or k in poolers)):
+                continue
+            path = prefix + k
+            name = k if k not in embeds else path.replace(".", "_")
+            embeds[name] = path
+        parent, prefix = parent._modules[part], prefix + part + "."
+    return {"layers": layers, "norm": norm, "poolers": poolers, "embeds": embeds}
+
+
+def is_decoder(base: nn.Module) -> bool:
+    """Causal self-attention (GPT-2, Llama ...): transformers' attention modules say ``is_causal``."""
+    flags = {getattr(m, "is_causal") for m in base.modules() if isinstance(getattr(m, "is_causal", None), bool)}
+    if flags:
+        return True in flags
+    archs = " ".join(getattr(base.config, "architectures", None) or [])
+    return bool(getattr(base.config, "is_decoder", False)) or "CausalLM" in archs or "LMHead" in archs
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Pending(NamedTuple):
+    """Inputs and the grad mode each stage was asked to run under, run at the last stage."""
+    inputs: dict
+    modes: tuple
+
+
 def tokenizer_id(tokenizer) -> str:
     """Identity of a tokenizer's behaviour (vocab, normaliser, pre-tokeniser), for cache keys."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
@@ -104,17 +147,28 @@ def tokenizer_id(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
+# -- the backbone -------------------------------------------------------------------------
 class TextBackbone(Backbone):
     modality = "text"
 
-    def __init__(self, stages, family: str, config, tokenizer, max_length: int, spec: str,
-                 source: str):
+    def __init__(self, base: nn.Module, tokenizer, max_length: int, spec: str, source: str,
+                 pooling: str, normalize: bool = False):
+        plan = analyse(base)
+        stages = {"embeddings": Modules({k: _get(base, p) for k, p in plan["embeds"].items()})}
+        stages.update({f"layer{i}": m for i, m in enumerate(_get(base, plan["layers"]))})
+        if plan["norm"]:
+            stages["norm"] = Modules({"norm": base._modules[plan["norm"]]})
+        family = base.config.model_type
         data_config = {"modality": "text", "tokenizer": source, "tokenizer_id": tokenizer_id(tokenizer),
-                       "max_length": int(max_length), "pooling": "mean", "family": family}
+                       "max_length": int(max_length), "pooling": pooling, "family": family}
+        if normalize:
+            data_config["normalize"] = True
         super().__init__(stages, data_config, spec)
         self.family = family
-        self.hf_config = config
+        self.hf_config = base.config
         self.tokenizer = tokenizer
+        self._plan = plan
+        self._template = [base]  # a list: the model's shell, not a registered submodule (its modules are the stages')
 
     # The tokenizer travels with the backbone: the data pipeline calls this.
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -122,63 +176,223 @@ class TextBackbone(Backbone):
                              max_length=self.data_config["max_length"], return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def begin(self, inputs):
-        return (inputs["input_ids"], inputs["attention_mask"], None, {})
+    # -- the model's own forward, truncated -----------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return sum(1 for n in self.stage_names if n.startswith("layer"))
 
-    def _layer_mask(self, hidden, mask):
-        from transformers import masking_utils as mu
-        if self.family == "bert" and not getattr(self.hf_config, "is_decoder", False):
-            return mu.create_bidirectional_mask(config=self.hf_config, inputs_embeds=hidden, attention_mask=mask)
-        pos = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        return mu.create_causal_mask(config=self.hf_config, inputs_embeds=hidden, attention_mask=mask,
-                                     cache=None, position_ids=pos)
+    def _layer(self, i: int) -> nn.Module:
+        name = f"layer{i}"
+        return self.stages[name] if name in self.stages else _get(self._template[0], self._plan["layers"])[i]
+
+    def _runner(self, n_layers: int, with_norm: bool) -> nn.Module:
+        """The model with its first ``n_layers`` blocks, made of this backbone's stage modules."""
+        plan, emb = self._plan, self.stages["embeddings"]
+        assign = {path: emb._modules[name] for name, path in plan["embeds"].items()}
+        assign[plan["layers"]] = nn.ModuleList([self._layer(i) for i in range(n_layers)])
+        if plan["norm"]:
+            assign[plan["norm"]] = self.stages["norm"].norm if with_norm else nn.Identity()
+        for p in plan["poolers"]:
+            assign[p] = None
+        return _graft(self._template[0], assign)
+
+    def hidden(self, inputs, cuts, modes=None) -> dict[int, torch.Tensor]:
+        """Hidden states (B, T, D) after each of ``cuts`` stages, from one forward of the model.
+        ``modes``: the grad mode of each stage (stage 0 first), switched at each block's entry."""
+        cuts = sorted(set(int(c) for c in cuts))
+        L, end = self.n_layers, len(self)
+        if not cuts or cuts[0] < 1 or cuts[-1] > end:
+            raise ValueError(f"cuts must be between 1 and {end}, got {cuts}")
+        top = cuts[-1]
+        with_norm = top == L + 2
+        n_run = max(1, min(top - 1, L))  # blocks the model runs (one at least: cut 1 reads block 0's input)
+        runner = self._runner(n_run, with_norm)
+        layers = _get(runner, self._plan["layers"])
+        out, handles = {}, []
+
+        def catch(c, stop):
+            def hook(mod, args, kwargs):
+                out[c] = args[0] if args else next(iter(kwargs.values()))
+                if stop:
+                    raise _Stop
+            return hook
+
+        def grad(mode):
+            def hook(mod, args):
+                torch.set_grad_enabled(mode)
+            return hook
+
+        try:
+            if modes is not None and len(set(modes)) > 1:
+                for i, m in enumerate(modes[1:], 1):
+                    mod = layers[i - 1] if i <= n_run else (self.stages["norm"].norm if i == L + 1 else None)
+                    if mod is not None:
+                        handles.append(mod.register_forward_pre_hook(grad(m)))
+            for c in cuts:
+                if c <= n_run:  # the input of block c-1
+                    handles.append(layers[c - 1].register_forward_pre_hook(catch(c, c == top), with_kwargs=True))
+                elif c == L + 1 and with_norm:  # the last block's output, before the final norm
+                    handles.append(self.stages["norm"].norm.register_forward_pre_hook(catch(c, False), with_kwargs=True))
+            prev = torch.is_grad_enabled()
+            try:
+                if modes:
+                    torch.set_grad_enabled(modes[0])
+                extra = {"use_cache": False} if "use_cache" in inspect.signature(runner.forward).parameters else {}
+                res = runner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra)
+                out.setdefault(top, res.last_hidden_state)
+            except _Stop:
+                pass
+            finally:
+                torch.set_grad_enabled(prev)
+        finally:
+            for h in handles:
+                h.remove()
+        return {c: out[c] for c in cuts}
+
+    # -- the Backbone interface ---------------------------------------------------------------
+    def begin(self, inputs):
+        return _Pending(inputs, ())
 
     def run_stage(self, i: int, state):
-        x, mask, layer_mask, extras = state
-        name = self.stage_names[i]
-        stage = self.stages[name]
-        if name == "embeddings":
-            hidden = stage(x)
-            extras = {}
-            if self.family == "llama":
-                pos = torch.arange(hidden.shape[1], device=hidden.device)[None]
-                extras = {"position_ids": pos, "position_embeddings": stage.rotary_emb(hidden, pos)}
-            return hidden, mask, self._layer_mask(hidden, mask), extras
-        if name == "norm":
-            return stage(x), mask, layer_mask, extras
-        out = stage(x, attention_mask=layer_mask, **extras)
-        if isinstance(out, tuple):  # older transformers blocks return tuples
-            out = out[0]
-        return out, mask, layer_mask, extras
+        if not isinstance(state, _Pending) or len(state.modes) != i:
+            raise ValueError("a text backbone's stages run in order from begin(): stage "
+                             f"{i} was asked for after {len(getattr(state, 'modes', ())) or 'other'} stage(s)")
+        state = _Pending(state.inputs, state.modes + (torch.is_grad_enabled(),))
+        if i + 1 == len(self):
+            return self._execute(state)
+        return state
+
+    def _execute(self, state: _Pending):
+        c = len(state.modes)
+        return self.hidden(state.inputs, [c], state.modes)[c], state.inputs["attention_mask"]
 
     def pool(self, state) -> torch.Tensor:
-        """Masked mean over tokens (what all-MiniLM-L6-v2 was trained with)."""
-        x, mask = state[0], state[1]
-        if x.dtype == torch.long:  # no stage run yet
-            raise ValueError("a text backbone's pooled features need at least the embeddings stage")
+        if isinstance(state, _Pending):
+            if not state.modes:
+                raise ValueError("a text backbone's pooled features need at least the embeddings stage")
+            state = self._execute(state)
+        return pool_hidden(state[0], state[1], self.data_config.get("pooling", "mean"),
+                           bool(self.data_config.get("normalize")))
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.forward_cuts(inputs, [len(self)])[len(self)]
+
+    def forward_cuts(self, inputs, cuts: list[int]) -> dict[int, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        return {c: self.pool((h, mask)) for c, h in self.hidden(inputs, cuts).items()}
+
+    def describe(self, example=None) -> list[dict]:
+        shapes = {}
+        if example is not None:
+            with torch.inference_mode():
+                shapes = {c: tuple(h.shape[1:]) for c, h in self.hidden(example, range(1, len(self) + 1)).items()}
+        return [{"index": i + 1, "name": name, "output_shape": shapes.get(i + 1),
+                 "params": sum(p.numel() for p in self.stages[name].parameters())}
+                for i, name in enumerate(self.stage_names)]
+
+
+def pool_hidden(x: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool = False) -> torch.Tensor:
+    """(B, T, D) hidden states -> (B, D) as sentence-transformers' Pooling does."""
+    if pooling == "mean":
         m = mask.to(x.dtype).unsqueeze(-1)
-        return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        out = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    elif pooling == "cls":
+        out = x[:, 0]
+    elif pooling == "last":  # the last non-pad token, whichever side the padding is on
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        idx = (pos * mask.to(pos.dtype)).argmax(1)
+        out = x[torch.arange(x.shape[0], device=x.device), idx]
+    elif pooling == "max":
+        out = x.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(x.dtype).min).max(1).values
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}: one of {', '.join(POOLINGS)}")
+    if normalize:
+        out = nn.functional.normalize(out, p=2, dim=1)
+    return out
 
 
 # -- loading ------------------------------------------------------------------------------
 def _offline_error(name: str, err: Exception) -> ModelNotFound:
     return ModelNotFound(
         f"could not load Hugging Face model {name!r} ({type(err).__name__}: {err}). Offline? On a machine "
-        f"with network run `huggingface-cli download {name} --local-dir DIR` (or save_pretrained), copy DIR "
-        "here and use --model hf:DIR (a local folder with config.json, the weights and the tokenizer files).")
+        f"with network run `hf download {name} --local-dir DIR` (huggingface_hub's CLI; older versions: "
+        f"`huggingface-cli download {name} --local-dir DIR`), or in Python AutoModel.from_pretrained({name!r}) and "
+        "AutoTokenizer.from_pretrained(...), then .save_pretrained(DIR) for both; copy DIR here and use "
+        "--model hf:DIR (a local folder with config.json, the weights and the tokenizer files).")
 
 
 def parse_name(name: str) -> tuple[str, dict]:
-    """``<id or dir>?max_length=128`` -> (id or dir, options)."""
+    """``<id or dir>?max_length=128&pooling=mean&normalize=1`` -> (id or dir, options)."""
     opts = {}
     if "?" in name:
         name, q = name.split("?", 1)
         for part in q.split("&"):
             k, _, v = part.partition("=")
-            if k != "max_length" or not v.isdigit():
-                raise ModelNotFound(f"unknown option {part!r} in hf:{name}?{q}: the only option is max_length=N")
-            opts["max_length"] = int(v)
+            if k == "max_length" and v.isdigit():
+                opts["max_length"] = int(v)
+            elif k == "pooling" and v in POOLINGS:
+                opts["pooling"] = v
+            elif k == "normalize" and v.lower() in ("1", "0", "true", "false"):
+                opts["normalize"] = v.lower() in ("1", "true")
+            else:
+                raise ModelNotFound(f"unknown option {part!r} in hf:{name}?{q}: options are max_length=N, "
+                                    f"pooling={'|'.join(POOLINGS)}, normalize=1|0")
     return name, opts
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or "\\" in name
+
+
+def resolve(source: str) -> str:
+    """A local folder (absolute path) or a hub id, with a clear error for a folder that is not a model."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelNotFound(f"{local} has no config.json: give a folder saved with save_pretrained "
+                                "(config.json, weights, tokenizer files) or downloaded with `hf download ORG/NAME "
+                                "--local-dir DIR`")
+        return str(local.resolve())
+    if _looks_local(source):
+        raise ModelNotFound(f"no folder {local}: hf:PATH takes a folder with config.json, the weights and the "
+                            "tokenizer files (hf:ORG/NAME downloads one from the Hugging Face Hub)")
+    return source
+
+
+def _card_file(source: str, name: str) -> dict | list | None:
+    """A JSON file of the model folder / hub repo (sentence-transformers' modules.json ...), or None."""
+    p = Path(source) / name
+    if Path(source).is_dir():
+        return json.loads(p.read_text()) if p.is_file() else None
+    try:
+        from transformers.utils import cached_file
+        f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    except Exception:  # no such file, offline: the card has nothing to say
+        return None
+    return json.loads(Path(f).read_text()) if f else None
+
+
+def card_pooling(source: str) -> tuple[str | None, int | None]:
+    """(pooling, max_length) from a sentence-transformers folder's modules.json, 1_Pooling/config.json and
+    sentence_bert_config.json; (None, None) for a plain transformers model."""
+    modules = _card_file(source, "modules.json")
+    if not isinstance(modules, list):
+        return None, None
+    pooling = None
+    for m in modules:
+        if str(m.get("type", "")).endswith("Pooling"):
+            cfg = _card_file(source, f"{m.get('path') or '1_Pooling'}/config.json") or {}
+            for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                              ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "last")):
+                if cfg.get(key):
+                    pooling = mode
+                    break
+            if cfg.get("pooling_mode") in ("cls", "mean", "max", "lasttoken"):
+                pooling = {"lasttoken": "last"}.get(cfg["pooling_mode"], cfg["pooling_mode"])
+    st = _card_file(source, "sentence_bert_config.json") or {}
+    ml = st.get("max_seq_length")
+    return pooling, (int(ml) if isinstance(ml, int) else None)
 
 
 def load_tokenizer(source: str):
@@ -192,21 +406,13 @@ def load_tokenizer(source: str):
 def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
     """A transformers model from a hub id or local dir: base model, or with an LM head (lm='causal'|'masked')."""
     import transformers as tf
-    local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise ModelNotFound(f"{local} has no config.json: give a folder saved with save_pretrained "
-                                "(config.json, weights, tokenizer files)")
-        source = str(local.resolve())
+    source = resolve(source)
     auto = {"causal": tf.AutoModelForCausalLM, "masked": tf.AutoModelForMaskedLM, None: tf.AutoModel}[lm]
     bars = tf.utils.logging.is_progress_bar_enabled()
     tf.utils.logging.disable_progress_bar()  # a bar per load is noise in rehead's own output
     try:
         config = tf.AutoConfig.from_pretrained(source)
-        if pretrained:
-            model = auto.from_pretrained(source, attn_implementation="sdpa")
-        else:
-            model = auto.from_config(config, attn_implementation="sdpa")
+        model = auto.from_pretrained(source) if pretrained else auto.from_config(config)
         tokenizer = load_tokenizer(source)
     except ModelNotFound:
         raise
@@ -225,23 +431,29 @@ def default_max_length(tokenizer, config) -> int:
     return int(min(DEFAULT_MAX_LENGTH if m > 10**6 else m, pos, 512))
 
 
-def wrap_text_model(model, tokenizer, source: str, spec: str, max_length: int | None = None) -> TextBackbone:
-    family, stages = split_text_model(model)
-    config = getattr(model, "base_model", model).config
-    ml = max_length or default_max_length(tokenizer, config)
-    return TextBackbone(stages, family, config, tokenizer, ml, spec, source)
+def wrap_text_model(model, tokenizer, source: str, spec: str, max_length: int | None = None,
+                    pooling: str | None = None, normalize: bool = False) -> TextBackbone:
+    """A transformers model (base model, or an LM with one inside) as a backbone; pooling and max
+    length from the arguments, else the model card, else the family's default."""
+    base = getattr(model, "base_model", model)
+    card, card_len = card_pooling(source)
+    pooling = pooling or card or ("last" if is_decoder(base) else "cls")
+    ml = max_length or card_len or default_max_length(tokenizer, base.config)
+    return TextBackbone(base, tokenizer, ml, spec, source, pooling, normalize)
 
 
 def _hf_list() -> list[dict]:
-    return [{"spec": "hf:<hub id or local dir>[?max_length=N]", "modality": "text", "offline": False,
-             "note": "any Hugging Face encoder, causal or masked LM (offline: hf:LOCAL_DIR)"}]
+    return [{"spec": "hf:ORG/NAME or hf:/local/dir [?max_length=N&pooling=mean|cls|last|max&normalize=1]",
+             "modality": "text", "offline": False,
+             "note": "any Hugging Face encoder, causal or masked LM (offline: hf:/local/dir)"}]
 
 
-@register_source("hf", "Hugging Face transformers: hf:<hub id or local dir> (offline: a local dir)", _hf_list)
+@register_source("hf", "Hugging Face transformers: hf:ORG/NAME (the Hub) or hf:/local/dir", _hf_list)
 def load_hf(name: str, pretrained: bool = True) -> TextBackbone:
     source, opts = parse_name(name)
     model, tokenizer, source = load_hf_model(source, pretrained)
-    return wrap_text_model(model, tokenizer, source, f"hf:{name}", opts.get("max_length"))
+    return wrap_text_model(model, tokenizer, source, f"hf:{name}", opts.get("max_length"), opts.get("pooling"),
+                           opts.get("normalize", False))
 
 
 # -- packaged:minilm ----------------------------------------------------------------------
@@ -261,7 +473,8 @@ def _dir_stamp(root: str) -> str:
 
 
 def minilm(pretrained: bool = True) -> TextBackbone:
-    # The package ships the sentence-transformers folder; its root is a plain HF BertModel dir.
+    # The package ships the sentence-transformers folder; its root is a plain HF BertModel dir, its
+    # modules.json says mean pooling (then Normalize, which rehead leaves out: see the module docstring).
     model, tokenizer, source = load_hf_model(minilm_path(), pretrained)
     return wrap_text_model(model, tokenizer, source, "packaged:minilm", DEFAULT_MAX_LENGTH)
 

@@ -1,0 +1,138 @@
+"""Contract tests for Hugging Face text backbones, parametrized over families like transformers'
+own model tests: tiny random configs built here (offline), saved with a tiny tokenizer, loaded
+through ``hf:DIR``. At full depth and at every cut, rehead's features equal the hidden states of
+``AutoModel(..., output_hidden_states=True)`` pooled the same way, on a padded batch."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from rehead import zoo
+
+WORDS = ("the movie was really quite plot acting film story overall good great excellent bad awful "
+         "terrible a an of and it is not very".split())
+SENTENCES = ["the plot was good", "awful", "the film was quite really terrible overall and the acting "
+             "was not very good", "a great story"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
+COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+              max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+FAMILIES = {  # model_type -> config overrides (None: COMMON as it is)
+    "bert": {},
+    "roberta": {},
+    "distilbert": dict(dim=32, n_layers=3, n_heads=4, hidden_dim=37, max_position_embeddings=64, pad_token_id=0),
+    "deberta-v2": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                       max_relative_positions=16, position_biased_input=False),
+    "modernbert": dict(global_attn_every_n_layers=2, local_attention=4, cls_token_id=2, sep_token_id=3),
+    "gpt2": dict(n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=3),
+    "llama": dict(num_key_value_heads=2),
+}
+DECODERS = {"gpt2", "llama"}
+OWN_KEYS = {"distilbert", "gpt2"}  # configs with their own names for the sizes
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]")
+
+
+def save_tiny(d, family: str):
+    from transformers import AutoConfig, AutoModel
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    kw = FAMILIES[family] if family in OWN_KEYS else {**COMMON, **FAMILIES[family]}
+    cfg = AutoConfig.for_model(family, vocab_size=len(tok), **kw)
+    AutoModel.from_config(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    return {f: save_tiny(tmp_path_factory.mktemp(f.replace("-", "_")), f) for f in FAMILIES}
+
+
+def reference_pool(h, mask, pooling):
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "last":  # right padding: the last real token
+        return h[torch.arange(len(h)), mask.sum(1) - 1]
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_features_equal_automodel_hidden_states_pooled(family, tiny_dirs, one_thread):
+    from transformers import AutoModel
+    d = tiny_dirs[family]
+    bb = zoo.load(f"hf:{d}").eval()
+    ref = AutoModel.from_pretrained(d).eval()
+    decoder = family in DECODERS
+    pooling = "last" if decoder else "cls"
+    assert bb.family == family and bb.data_config["pooling"] == pooling
+    names = ["embeddings", "layer0", "layer1", "layer2"] + (["norm"] if family in ("gpt2", "llama", "modernbert") else [])
+    assert bb.stage_names == names
+    x = bb.tokenize(SENTENCES)
+    mask = x["attention_mask"]
+    assert (mask == 0).any() and len(set(mask.sum(1).tolist())) == len(SENTENCES)  # padded, lengths differ
+    # the reference: AutoModel's hidden states; the last block's output before a final norm by a hook
+    pre_norm = {}
+    norm = {"gpt2": "ln_f", "llama": "norm", "modernbert": "final_norm"}.get(family)
+    if norm:
+        getattr(ref, norm).register_forward_pre_hook(lambda m, a: pre_norm.setdefault("h", a[0]))
+    with torch.inference_mode():
+        out = ref(**x, output_hidden_states=True)
+    hs = out.hidden_states
+    n = ref.config.num_hidden_layers
+    assert len(hs) == n + 1
+    want = {c: reference_pool(hs[c - 1], mask, pooling) for c in range(1, n + 1)}  # embeddings + c-1 blocks
+    want[n + 1] = reference_pool(pre_norm["h"] if norm else out.last_hidden_state, mask, pooling)
+    want[len(bb)] = reference_pool(out.last_hidden_state, mask, pooling)  # full depth
+    cuts = list(range(1, len(bb) + 1))
+    with torch.inference_mode():
+        one_pass = bb.forward_cuts(x, cuts)
+        for c in cuts:
+            cut = bb.cut(c)
+            got = cut(x)  # the model truncated to the cut
+            assert got.shape == (len(SENTENCES), 32)
+            assert torch.allclose(got, want[c], atol=1e-5), (family, c, (got - want[c]).abs().max())
+            assert torch.allclose(one_pass[c], want[c], atol=1e-5), (family, c)
+            state = cut.begin(x)  # stage by stage, as rehead's trainer runs it
+            for i in range(len(cut)):
+                state = cut.run_stage(i, state)
+            assert torch.allclose(cut.pool(state), want[c], atol=1e-5)
+    rows = bb.describe(x)
+    assert [r["output_shape"] for r in rows] == [(mask.shape[1], 32)] * len(bb)
+    assert sum(r["params"] for r in rows) == sum(p.numel() for p in bb.parameters())
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_frozen_prefix_runs_without_autograd_and_the_rest_trains(family, tiny_dirs, one_thread):
+    """As rehead's trainer runs a backbone: the frozen prefix under no_grad stores no
+    activations (no gradient reaches it even with requires_grad on), the rest gets gradients."""
+    bb = zoo.load(f"hf:{tiny_dirs[family]}").train()
+    x = bb.tokenize(SENTENCES)
+    entering = {}
+
+    def record(mod, args, kwargs):
+        entering["grad"] = (args[0] if args else next(iter(kwargs.values()))).requires_grad
+    bb.stages["layer1"].register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        state = bb.begin(x)
+        for i in range(2):  # embeddings, layer0 frozen
+            state = bb.run_stage(i, state)
+    for i in range(2, len(bb)):
+        state = bb.run_stage(i, state)
+    bb.pool(state).sum().backward()
+    assert torch.is_grad_enabled()
+    grads = {name: any(p.grad is not None for p in s.parameters()) for name, s in bb.stages.items()}
+    assert grads == {n: n not in ("embeddings", "layer0") for n in bb.stage_names}
+    assert entering["grad"] is False  # layer1, the first trainable block, gets layer0's output without a graph
