@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import rehead
-from rehead.recipes import auto_strategy, build_recipe
-from rehead.recipes import Phase
+from rehead.recipes import Phase, auto_strategy, build_recipe
 from rehead.train.schedules import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]

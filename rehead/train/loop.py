@@ -161,16 +161,7 @@ class Trainer:
             self._val_loaders[on_feats] = None if va_data is None else self._prepare(loader_fn(va_data, False, None))
         val_loader = self._val_loaders[on_feats]
         self.patience = ph.patience if ph.patience is not None else cfg.patience
-        if param_groups is not None:
-            groups = [dict(g) for g in param_groups]
-        elif hasattr(base, "param_groups"):
-            groups = base.param_groups(ph.lr, ph.lr_decay, ph.weight_decay, ph.lr_min)
-        else:
-            groups = [{"params": [p for p in base.parameters() if p.requires_grad], "lr": ph.lr,
-                       "weight_decay": ph.weight_decay, "name": "all"}]
-        for g in groups:
-            g["initial_lr"] = g["lr"]
-        opt = torch.optim.AdamW(groups)
+        opt = self._optimizer(base, ph, param_groups)
         if cfg.local:  # trained where it is
             self.wrapped, self.device = self.net, next(self.net.parameters()).device
         else:
@@ -208,6 +199,22 @@ class Trainer:
             if self.stop_phase:
                 break
         self._event("after_phase")
+
+    @staticmethod
+    def _optimizer(base, ph, param_groups=None):
+        """AdamW over the phase's groups: one per trainable stage plus the head (discriminative LRs,
+        no decay on norms and biases) when the model has ``param_groups``; the schedule scales
+        each group's ``initial_lr``."""
+        if param_groups is not None:
+            groups = [dict(g) for g in param_groups]
+        elif hasattr(base, "param_groups"):
+            groups = base.param_groups(ph.lr, ph.lr_decay, ph.weight_decay, ph.lr_min)
+        else:
+            groups = [{"params": [p for p in base.parameters() if p.requires_grad], "lr": ph.lr,
+                       "weight_decay": ph.weight_decay, "name": "all"}]
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        return torch.optim.AdamW(groups)
 
     def _prepare(self, loader):
         """Accelerate shards (DDP) and places torch DataLoaders; other iterables are used as they are."""
