@@ -168,12 +168,17 @@ def test_in_memory_pairs_follow_the_same_label_rules():
 def test_numeric_labels_with_many_values_hint_that_regression_is_not_supported(tmp_path):
     many = "".join(f"text {i} {k},{i * 1.5}\n" for i in range(25) for k in range(2))
     ds = load_dataset(write(tmp_path / "m.csv", "text,label\n" + many), val_fraction=0.5)
-    assert "25 distinct numbers" in " ".join(ds.info["warnings"])  # a hint, not an error, when it can train
+    assert "column 'label' are 25 distinct numbers" in " ".join(ds.info["warnings"])  # a hint, not an error, when it can train
     with pytest.raises(DataError, match="cannot split.*regression is not supported yet"):
         load_dataset(tmp_path / "m.csv")
     once = "".join(f"text {i},{i * 1.5}\n" for i in range(30))
     with pytest.raises(DataError, match="appear only once.*regression is not supported yet"):
         load_dataset(write(tmp_path / "o.csv", "text,label\n" + once))
+
+
+def test_class_folders_named_by_numbers_get_no_regression_hint(tmp_path):
+    ds = load_dataset(make_images(tmp_path / "d", classes=[str(i) for i in range(22)], n=2, size=8), val_fraction=0.5)
+    assert len(ds.classes) == 22 and "warnings" not in ds.info
 
 
 def test_duplicated_and_conflicting_rows_are_reported(tmp_path):

@@ -85,6 +85,7 @@ class Parts:
     files: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # for the Dataset's summary
     extra: dict = field(default_factory=dict)  # attributes the Dataset carries (table columns)
+    labels_from: str | None = None  # the label column; None: class folder names (never a number line)
 
 
 @dataclass
@@ -172,7 +173,8 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
     from .splits import assemble
     labels = ["" if y is None else str(y) for y in labels]
     labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
-    return assemble(modality, Parts({"all": Part(list(items), labels, source)}, source), val_fraction, seed)
+    parts = Parts({"all": Part(list(items), labels, source)}, source, labels_from="label")
+    return assemble(modality, parts, val_fraction, seed)
 
 
 def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:

@@ -67,7 +67,7 @@ def drop_unlabelled(labels: list[str], where) -> tuple[list[int], str | None]:
                   "label or delete them")
 
 
-def numeric_hint(labels: list[str], where) -> str | None:
+def numeric_hint(labels: list[str], where, column_name: str = "label") -> str | None:
     """A hint when labels look like a continuous number rather than classes."""
     distinct = set(labels)
     if len(distinct) <= NUMERIC_HINT_MIN:
@@ -76,7 +76,7 @@ def numeric_hint(labels: list[str], where) -> str | None:
         [float(v) for v in distinct]
     except ValueError:
         return None
-    return (f"{where}: the labels are {len(distinct)} distinct numbers: rehead trains classifiers, and "
+    return (f"{where}: the labels in column {column_name!r} are {len(distinct)} distinct numbers: rehead trains classifiers, and "
             "regression is not supported yet; bin the values into a few classes if that is what you mean")
 
 

@@ -176,7 +176,7 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
                  for k, ix in idx.items()}
     else:
         parts = {"all": Part(items, labels, str(path))}
-    return Parts(parts, str(path), skipped=skipped, files=[str(path)])
+    return Parts(parts, str(path), skipped=skipped, files=[str(path)], labels_from=label_column)
 
 
 # -- readability (before any run directory exists) ----------------------------------------------

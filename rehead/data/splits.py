@@ -53,7 +53,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
     if not base.items:
         raise DataError(f"{base.where} has no labelled row: fill its label column (--label-column names it)")
     classes = sorted(set(base.labels))
-    hint = numeric_hint(base.labels, base.where)
+    hint = numeric_hint(base.labels, base.where, parts.labels_from) if parts.labels_from else None
     if hint:
         warnings.append(hint)
     if len(classes) < 2:

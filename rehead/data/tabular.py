@@ -159,8 +159,8 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
         idx, where = {"all": list(range(len(items)))}, {"all": str(table.path)}
     parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix])
              for k, ix in idx.items()}
-    return Parts(parts, str(table.path), files=[str(table.path)], info={"features": len(cols), "missing": missing},
-                 extra={"feature_columns": cols, "missing": missing})
+    return Parts(parts, str(table.path), files=[str(table.path)], labels_from=label_column,
+                 info={"features": len(cols), "missing": missing}, extra={"feature_columns": cols, "missing": missing})
 
 
 def rows_of(items: list, columns: list[str]) -> np.ndarray:

@@ -92,7 +92,8 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
                             "(`rehead predict RUN` labels it)")
             files["test"] = None
         parts = {k: _file_part(f, text_column, label_column, warnings) for k, f in files.items() if f}
-        return Parts(parts, str(path), warnings=warnings, files=[str(f.absolute()) for f in files.values() if f])
+        return Parts(parts, str(path), warnings=warnings, labels_from=label_column,
+                     files=[str(f.absolute()) for f in files.values() if f])
     t, y, w, header, rows = _read(path, text_column, label_column)
     warnings += w
     if split_column in header:
@@ -100,7 +101,7 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
         parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})") for k, ix in idx.items()}
     else:
         parts = {"all": Part(t, y, str(path))}
-    return Parts(parts, str(path), warnings=warnings, files=[str(path.absolute())])
+    return Parts(parts, str(path), warnings=warnings, labels_from=label_column, files=[str(path.absolute())])
 
 
 # -- the pipeline interface (see rehead.data.pipeline) -------------------------------------
