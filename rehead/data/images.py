@@ -122,8 +122,8 @@ def _folder_part(root: Path, skipped: dict) -> Part:
     return Part(items, [c for c in found for _ in found[c]], f"{root}/")
 
 
-def _first_dir(path: Path, names) -> Path | None:
-    return next((path / d for d in names if (path / d).is_dir()), None)
+def _first_dir(path: Path, candidates) -> Path | None:
+    return next((path / d for d in candidates if (path / d).is_dir()), None)
 
 
 def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
@@ -158,7 +158,8 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs 'path' and a label "
                         f"column (--label-column; found: {', '.join(header)})")
     # abspath, not resolve: normalises '..' without following symlinks (a looping one would raise)
-    items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in column(header, rows, "path", path)]
+    given = column(header, rows, "path", path)
+    items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in given]
     labels = column(header, rows, label_column, path)
     skipped, gone = {}, []
     for n, p in enumerate(items):
@@ -169,7 +170,7 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
             skipped[p] = why
     if gone:
         raise DataError(f"{len(gone)} image(s) listed in {path} do not exist, e.g. line {gone[0] + 2}: "
-                        f"{rows[gone[0]][header.index('path')]!r}: fix the paths (relative to the CSV's folder)")
+                        f"{given[gone[0]]!r}: fix the paths (relative to the CSV's folder)")
     if split_column in header:
         idx = split_column_parts(column(header, rows, split_column, path), path)
         parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})")

@@ -25,7 +25,7 @@ TEST_FILES = ("test.csv",)
 
 
 def _read(path: Path, text_column: str, label_column: str | None):
-    """(texts, raw labels ('' when empty), warnings, header, kept row indices); rows with
+    """(texts, raw labels ('' when empty), warnings, header, kept rows); rows with
     empty text are left out with a warning."""
     header, rows = read_rows(path)
     missing = [c for c in (text_column, label_column) if c and c not in header]
