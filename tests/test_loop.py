@@ -82,3 +82,41 @@ def test_lr_find_and_scouts_run_through_the_loop(monkeypatch, one_thread):
                                                                  shuffle=True, generator=g),
                   y.tolist(), n_scouts=3, scout_size=8, epochs=2, lr=1e-2, trainable=1)
     assert fits == [[], [], []]  # one plain run of the loop per scout
+
+
+class Kill(Callback):
+    """Stops the process-like run after a given epoch (after its checkpoint was written)."""
+    order = 99
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_epoch(self, tr):
+        if len(tr.history) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_from_the_checkpoint_callback_repeats_the_run_row_for_row(tmp_path, one_thread):
+    from rehead.rundir import RunDir
+
+    def model():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+    phases = [Phase("a", 2, 1e-2), Phase("b", 3, 3e-3, schedule="cosine")]
+    args = (data(32), data(16, 1), phases)
+    ref = Trainer(TrainConfig(progress=False), run=RunDir(tmp_path / "ref"))
+    ref.fit(model(), *args, batch_size=8)
+    run = RunDir(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(progress=False, hooks=[Kill(3)]), run=run).fit(model(), *args, batch_size=8)
+    again = Trainer(TrainConfig(progress=False), run=run)
+    m = model()
+    again.fit(m, *args, batch_size=8, resume=again.load_checkpoint())
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(again.history) == strip(ref.history) and len(ref.history) == 5
+    assert again.kept == ref.kept and again.phase_best == ref.phase_best
+    rows = lambda p: [r.rsplit(",", 1)[0] for r in (p / "metrics.csv").read_text().splitlines()]
+    assert rows(run.path) == rows(tmp_path / "ref")
+    last = Trainer(TrainConfig(progress=False, select_best=False))
+    last.fit(model(), *args, batch_size=8)
+    assert last.kept["global_epoch"] == 5  # --keep-last: the last epoch's weights, and it says so
