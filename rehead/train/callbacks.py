@@ -27,9 +27,12 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, phase: str, epoch: int, step: int, loss: float, lr: float):
         self.phase, self.epoch, self.step, self.loss, self.lr = phase, epoch, step, loss, lr
+        first = epoch == 1 and step == 1  # before this phase's LR could do harm: usually the inputs
         super().__init__(
             f"training diverged in phase {phase!r}, epoch {epoch}, step {step}: the loss is {loss}. "
-            f"Try a lower --lr (this phase's top LR was {lr:.3g}), or `rehead lr-find` to pick one; "
+            + ("At a phase's first step this usually means NaN or infinite inputs: check the data (a corrupt cached "
+               "feature file: `rehead cache clear`). " if first else "")
+            + f"Try a lower --lr (this phase's top LR was {lr:.3g}), or `rehead lr-find` to pick one; "
             "with --precision fp16, try bf16")
 
 
