@@ -136,3 +136,71 @@ def test_frozen_prefix_runs_without_autograd_and_the_rest_trains(family, tiny_di
     grads = {name: any(p.grad is not None for p in s.parameters()) for name, s in bb.stages.items()}
     assert grads == {n: n not in ("embeddings", "layer0") for n in bb.stage_names}
     assert entering["grad"] is False  # layer1, the first trainable block, gets layer0's output without a graph
+
+
+def test_a_sentence_transformers_folder_pools_as_its_card_says(tmp_path, one_thread):
+    """modules.json + 1_Pooling/config.json: mean pooling, max_seq_length; equal to SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+    d = save_tiny(tmp_path / "st", "bert")
+    (d / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                             "pooling_mode_mean_tokens": True}))
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20, "do_lower_case": False}))
+    bb = zoo.load(f"hf:{d}").eval()
+    assert (bb.data_config["pooling"], bb.data_config["max_length"]) == ("mean", 20)
+    with torch.inference_mode():
+        ours = bb(bb.tokenize(SENTENCES))
+    ref = torch.from_numpy(SentenceTransformer(str(d), device="cpu").encode(SENTENCES))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    # options override the card
+    bb = zoo.load(f"hf:{d}?pooling=cls&normalize=1&max_length=8")
+    assert (bb.data_config["pooling"], bb.data_config["normalize"], bb.data_config["max_length"]) == ("cls", True, 8)
+    with torch.inference_mode():
+        x = bb.tokenize(SENTENCES)
+        assert x["input_ids"].shape[1] == 8
+        assert torch.allclose(bb(x).norm(dim=1), torch.ones(len(SENTENCES)), atol=1e-6)
+    with pytest.raises(zoo.ModelNotFound, match="pooling=mean|cls"):
+        zoo.load(f"hf:{d}?pooling=avg")
+
+
+def test_hf_specs_hub_id_offline_and_local_folders(tmp_path, tiny_dirs, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(zoo.ModelNotFound, match=r"hf download rehead-test/no-such-model --local-dir DIR.*hf:DIR"):
+        zoo.load("hf:rehead-test/no-such-model")
+    with pytest.raises(zoo.ModelNotFound, match="no folder"):
+        zoo.load(f"hf:{tmp_path}/absent")
+    with pytest.raises(zoo.ModelNotFound, match="no config.json"):
+        zoo.load(f"hf:{tmp_path}")
+    # a relative folder, the same model as its absolute path
+    monkeypatch.chdir(tiny_dirs["distilbert"].parent)
+    rel = zoo.load(f"hf:./{tiny_dirs['distilbert'].name}")
+    assert rel.spec == f"hf:./{tiny_dirs['distilbert'].name}" and rel.family == "distilbert"
+    assert rel.data_config["tokenizer"] == str(tiny_dirs["distilbert"].resolve())
+
+
+@pytest.mark.parametrize("family", ["deberta-v2"])
+def test_finetune_a_tiny_model_from_a_csv(family, tiny_dirs, tmp_path):
+    """rehead.fit(strategy='finetune'): the head, then the last two blocks train; the rest is untouched."""
+    import random
+    import rehead
+    rng = random.Random(0)
+    rows = []
+    for i in range(40):
+        good = i % 2 == 0
+        words = rng.sample(WORDS[:10], 3) + [rng.choice(["good", "great", "excellent"] if good else ["bad", "awful", "terrible"])]
+        rows.append((" ".join(words), "pos" if good else "neg"))
+    with open(tmp_path / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    spec = f"hf:{tiny_dirs[family]}"
+    before = zoo.load(spec).state_dict()
+    run = rehead.fit(tmp_path / "data.csv", out=tmp_path / "run", model=spec, strategy="finetune", epochs=1,
+                     unfreeze=2, batch_size=8, keep_last=True, progress=False, echo=lambda *a: None)
+    after = run.model.backbone.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"layer1", "layer2"}
+    top = rehead.Run(tmp_path / "run").predict(["a great film"])[0]["top"]
+    assert {t["label"] for t in top} == {"pos", "neg"}

@@ -80,17 +80,28 @@ def tiny_gpt2_dir(tmp_path_factory):
 
 # -- backbones -------------------------------------------------------------------------------
 def test_minilm_through_stages_equals_sentence_transformers():
+    """packaged:minilm's features are sentence-transformers' Pooling output (mean over the mask),
+    exactly; its card then L2-normalises (modules.json: Normalize), which rehead applies only with
+    ?normalize=1 (a head follows; rehead's features and caches have always been the Pooling output)."""
     from sentence_transformers import SentenceTransformer
     from rehead.zoo.hf import minilm_path
     bb = zoo.load("packaged:minilm").eval()
     assert bb.modality == "text" and bb.stage_names == ["embeddings"] + [f"layer{i}" for i in range(6)]
     assert bb.data_config["max_length"] == 256 and bb.data_config["pooling"] == "mean"
+    assert "normalize" not in bb.data_config  # the data_config (a cache key) is what it was
     texts = ["Operating profit rose to EUR 13.1 mn", "short", "A longer sentence, padded against the short one."]
+    st = SentenceTransformer(minilm_path(), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Normalize"]
+    x = bb.tokenize(texts)
     with torch.inference_mode():
-        ours = bb(bb.tokenize(texts))
-    ref = torch.from_numpy(SentenceTransformer(minilm_path(), device="cpu").encode(texts))
-    cos = torch.nn.functional.cosine_similarity(ours, ref)
-    assert cos.min() > 0.9999, cos
+        ours = bb(x)
+        pooled = st[1](st[0](dict(x)))["sentence_embedding"]
+    assert torch.allclose(ours, pooled, atol=1e-5)
+    ref = torch.from_numpy(st.encode(texts))
+    assert torch.allclose(torch.nn.functional.normalize(ours, dim=1), ref, atol=1e-5)
+    normed = zoo.load(f"hf:{minilm_path()}?normalize=1").eval()
+    with torch.inference_mode():
+        assert torch.allclose(normed(x), ref, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
