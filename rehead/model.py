@@ -9,7 +9,7 @@ from .zoo.backbone import Backbone
 
 class TransferModel(nn.Module):
     def __init__(self, backbone: Backbone, head: nn.Module, train_frozen_bn: bool = False,
-                 freeze_bn: bool = False):
+                 freeze_bn: bool = False, layer_decay: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -18,6 +18,8 @@ class TransferModel(nn.Module):
         # images re-estimated statistics are noise, and they are what most changes the source task.
         self.freeze_bn = freeze_bn
         self.frozen = [False] * len(backbone)
+        # Layer-wise LR decay (BEiT / timm): per block from the backbone's own layer grouping.
+        self.layer_decay = layer_decay
 
     # -- freezing --------------------------------------------------------------
     def freeze(self, stages=None) -> "TransferModel":
@@ -87,13 +89,28 @@ class TransferModel(nn.Module):
 
     # -- parameter groups --------------------------------------------------------
     def param_groups(self, lr: float, lr_decay: float = 1.0, weight_decay: float = 0.0,
-                     lr_min: float | None = None) -> list[dict]:
+                     lr_min: float | None = None, layer_decay: float | None = None) -> list[dict]:
         """One group per trainable stage plus the head, the head at ``lr``.
 
         Discriminative LRs: each earlier stage is ``lr_decay`` times lower, or, with
         ``lr_min``, the LRs are spread geometrically from lr_min (first trainable stage)
         to lr (head). Norms and biases get no weight decay.
+
+        ``layer_decay`` (default: the model's ``layer_decay``; e.g. 0.75 for ViTs): layer-wise LR
+        decay instead, per layer of the backbone's own grouping where it has one (timm's
+        ``group_matcher``, as ``timm.optim`` uses it: the embeddings, then every transformer / conv
+        block, the final norm with the last block): the head trains at ``lr``, each layer below it
+        ``layer_decay`` times lower than the one above.
+        Groups are named ``layer<i>`` (``:no_decay``); timm's ``no_weight_decay()`` names (position
+        embeddings, class tokens) get no weight decay either.
         """
+        layer_decay = self.layer_decay if layer_decay is None else layer_decay
+        layered = (self.backbone.layer_param_groups(weight_decay, layer_decay)
+                   if layer_decay is not None and hasattr(self.backbone, "layer_param_groups") else None)
+        if layered is not None:
+            groups = [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": g["weight_decay"],
+                       "name": f"layer{g['layer']}" + ("" if g["decay"] else ":no_decay")} for g in layered]
+            return groups + self._groups("head", self.head, lr, weight_decay)
         trainable = [i for i, f in enumerate(self.frozen) if not f]
         units = [(f"stage:{self.backbone.stage_names[i]}", self.backbone.stages[self.backbone.stage_names[i]])
                  for i in trainable] + [("head", self.head)]
@@ -104,11 +121,14 @@ class TransferModel(nn.Module):
             lrs = [lr / lr_decay ** (n - 1 - j) for j in range(n)]
         groups = []
         for (name, mod), group_lr in zip(units, lrs):
-            decay, no_decay = [], []
-            for pname, p in mod.named_parameters():
-                if p.requires_grad:
-                    (no_decay if p.ndim <= 1 else decay).append(p)
-            for params, wd, tag in ((decay, weight_decay, ""), (no_decay, 0.0, ":no_decay")):
-                if params:
-                    groups.append({"params": params, "lr": group_lr, "weight_decay": wd, "name": name + tag})
+            groups += self._groups(name, mod, group_lr, weight_decay)
         return groups
+
+    @staticmethod
+    def _groups(name: str, mod: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        decay, no_decay = [], []
+        for p in mod.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": params, "lr": lr, "weight_decay": wd, "name": name + tag}
+                for params, wd, tag in ((decay, weight_decay, ""), (no_decay, 0.0, ":no_decay")) if params]

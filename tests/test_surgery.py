@@ -118,3 +118,54 @@ def test_freeze_bn_keeps_pretrained_statistics_in_trainable_stages(bb):
     before = [b.running_mean.clone() for b in bns]
     m(torch.randn(4, 3, 32, 32)).sum().backward()
     assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bns))
+
+
+def _timm_bb(arch, **kw):
+    import timm
+    from rehead.zoo.backbone import image_data_config
+    from rehead.zoo.timm_stages import timm_backbone
+    torch.manual_seed(0)
+    m = timm.create_model(arch, pretrained=False, **kw)
+    return timm_backbone(m, f"test:{arch}", dict(image_data_config(m.pretrained_cfg), input_size=kw["img_size"]))
+
+
+def test_layer_wise_lr_decay_per_block_from_timms_group_matcher():
+    from timm.optim._param_groups import param_groups_layer_decay
+    bb = _timm_bb("vit_tiny_patch16_224", img_size=32, depth=4)
+    m = TransferModel(bb, make_head(192, 3), layer_decay=0.5).set_trainable_last(-1)
+    groups = m.param_groups(1e-3, weight_decay=0.05)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    # every trainable parameter once; the head at lr, the embeddings lowest, then each block x2
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for p in m.parameters() if p.requires_grad)
+    assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in m.head.parameters())
+    vit = bb.model
+    assert lr_of[id(vit.patch_embed.proj.weight)] == pytest.approx(1e-3 * 0.5 ** 5)
+    for i, blk in enumerate(vit.blocks):
+        assert all(lr_of[id(p)] == pytest.approx(1e-3 * 0.5 ** (4 - i)) for p in blk.parameters())
+    assert lr_of[id(vit.norm.weight)] == pytest.approx(1e-3 * 0.5)  # timm: the final norm with the last block
+    # the scales are timm's own (param_groups_layer_decay over group_matcher)
+    for g in param_groups_layer_decay(vit, layer_decay=0.5):
+        for p in g["params"]:
+            if id(p) in lr_of:
+                assert lr_of[id(p)] == pytest.approx(1e-3 * g["lr_scale"])
+    # position embedding and class token: no weight decay (timm's no_weight_decay), like norms and biases
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert wd_of[id(vit.pos_embed)] == wd_of[id(vit.cls_token)] == wd_of[id(vit.blocks[0].norm1.weight)] == 0.0
+    assert wd_of[id(vit.blocks[0].attn.qkv.weight)] == 0.05
+    assert [g["name"] for g in groups][:2] == ["layer0", "layer0:no_decay"] and groups[-1]["name"].startswith("head")
+    # frozen stages stay out; without layer_decay the per-stage groups are unchanged
+    m.set_trainable_last(2)
+    kept = {id(p) for g in m.param_groups(1e-3) for p in g["params"]}
+    assert id(vit.blocks[0].attn.qkv.weight) not in kept and id(vit.norm.weight) in kept
+    m.layer_decay = None
+    assert all(g["name"].startswith(("stage:", "head")) for g in m.param_groups(1e-3))
+
+
+def test_layer_wise_lr_decay_is_finer_than_stages_for_swin():
+    bb = _timm_bb("swin_tiny_patch4_window7_224", img_size=32, embed_dim=24, depths=(2, 2, 2, 2),
+                  num_heads=(1, 1, 1, 1), window_size=2)
+    m = TransferModel(bb, make_head(192, 3)).set_trainable_last(-1)
+    lrs = {g["lr"] for g in m.param_groups(1e-3, layer_decay=0.8)}
+    stage_lrs = {g["lr"] for g in m.param_groups(1e-3, lr_decay=2.0)}
+    assert len(lrs) > len(stage_lrs) == len(bb) + 1  # per block, not per stage

@@ -334,21 +334,32 @@ class TimmBackbone(Backbone):
                 for i, name in enumerate(self.stage_names)]
 
     # -- layer-wise learning rates ------------------------------------------------
-    def layer_param_groups(self, weight_decay: float, layer_decay: float) -> list[dict]:
-        """timm's layer-wise LR decay groups (``timm.optim``'s ``param_groups_layer_decay`` over the
-        model's ``group_matcher``: embeddings lowest, then every block, final norm highest), for the
-        trainable parameters of this backbone's stages. Each group has ``lr_scale`` and ``layer``."""
+    def layer_param_groups(self, weight_decay: float, layer_decay: float) -> list[dict] | None:
+        """Layer-wise LR decay groups from timm: ``timm.optim``'s ``param_groups_layer_decay`` over the
+        model's ``group_matcher(coarse=False)`` (embeddings lowest, then every block, the final norm
+        highest), keeping the trainable parameters of this backbone's stages. Each group has
+        ``lr_scale`` (``layer_decay ** (last layer - layer)``), ``layer`` and ``decay`` (False for
+        norms, biases and the model's ``no_weight_decay()`` names such as the position embedding).
+        None when the model has no ``group_matcher``."""
+        from timm.models import group_parameters
         from timm.optim._param_groups import param_groups_layer_decay
         m = self.model
+        if not hasattr(m, "group_matcher"):
+            return None
+        layer_map = group_parameters(m, m.group_matcher(coarse=False), reverse=True)
+        last = max(layer_map.values())
+        layer_of = {id(p): layer_map.get(n, last) for n, p in m.named_parameters()}
         nwd = m.no_weight_decay() if hasattr(m, "no_weight_decay") else set()
         mine = {id(p) for p in self.stages.parameters() if p.requires_grad}
         groups = []
-        for g in param_groups_layer_decay(m, weight_decay=weight_decay, no_weight_decay_list=nwd,
-                                          layer_decay=layer_decay):
+        # weight_decay=1.0 marks which groups timm decays; the caller's value is set after.
+        for g in param_groups_layer_decay(m, weight_decay=1.0, no_weight_decay_list=nwd, layer_decay=layer_decay):
             params = [p for p in g["params"] if id(p) in mine]
             if params:
-                groups.append({"params": params, "lr_scale": g["lr_scale"], "weight_decay": g["weight_decay"]})
-        return groups
+                decay = g["weight_decay"] > 0
+                groups.append({"params": params, "lr_scale": g["lr_scale"], "layer": layer_of[id(params[0])],
+                               "decay": decay, "weight_decay": weight_decay if decay else 0.0})
+        return sorted(groups, key=lambda g: (g["layer"], not g["decay"]))
 
 
 def timm_backbone(model: nn.Module, spec: str, data_config: dict | None = None) -> TimmBackbone:

@@ -1,0 +1,156 @@
+"""Contract tests: every timm family rehead claims is cut by timm's own API, and agrees with timm.
+
+For each architecture (built with ``pretrained=False``, shrunk through timm's own kwargs where the
+default is large, at a small input size):
+
+- full depth: ``backbone(x)`` equals timm's ``forward_head(forward_features(x), pre_logits=True)``;
+- every cut k: ``backbone.cut(k)(x)`` (timm-pruned) equals timm's ``forward_intermediates`` output
+  k-1 of the whole model, averaged over spatial positions (ViT-likes: patch tokens only); and
+  ``forward_cuts`` gives every cut from one pass;
+- the stages' state dict holds every weight the features use (load it into a model built from
+  another seed: the same features), and nothing but the classifier is left out;
+- ``rehead.fit`` (extract, 1 epoch) then ``rehead.export`` (ONNX, run by onnxruntime) on a few
+  generated images, through the ``contract:`` source registered here: it builds the same untrained
+  timm model from ``zoo.register_source``, so no weights need to exist anywhere.
+
+Run with ``-m "not slow"`` to skip the larger models (Inception-v3, Xception) and the fit/export runs
+of all but a few families.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rehead import zoo
+from rehead.zoo.backbone import image_data_config
+from tests.conftest import make_images
+
+# name: (timm model, timm kwargs, input size). Tiny variants, or timm's own size kwargs.
+ARCHS = {
+    "vit": ("vit_tiny_patch16_224", dict(img_size=64, depth=2), 64),
+    "deit": ("deit_tiny_patch16_224", dict(img_size=64, depth=2), 64),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=2), 64),
+    "deit3": ("deit3_small_patch16_224", dict(img_size=64, depth=2, embed_dim=48, num_heads=2), 64),
+    "swin": ("swin_tiny_patch4_window7_224",
+             dict(img_size=64, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2), 64),
+    "swinv2": ("swinv2_tiny_window8_256",
+               dict(img_size=64, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2), 64),
+    "eva02": ("eva02_tiny_patch14_224", dict(img_size=56, depth=2), 56),
+    "dinov2": ("vit_small_patch14_dinov2", dict(img_size=56, depth=2, embed_dim=48, num_heads=2), 56),
+    "dinov2_reg": ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2, embed_dim=48, num_heads=2), 56),
+    "beit": ("beit_base_patch16_224", dict(img_size=64, depth=2, embed_dim=48, num_heads=2), 64),
+    "convnext": ("convnext_atto", {}, 64),
+    "convnextv2": ("convnextv2_atto", {}, 64),
+    "regnetx": ("regnetx_002", {}, 64),
+    "regnety": ("regnety_002", {}, 64),
+    "resnet": ("resnet10t", {}, 64),
+    "resnet_d": ("test_resnet", {}, 64),
+    "efficientnet": ("efficientnet_b0", {}, 64),
+    "efficientnet_lite": ("tf_efficientnet_lite0", {}, 64),
+    "mobilenetv3": ("mobilenetv3_small_050", {}, 64),
+    "mobilenetv4": ("mobilenetv4_conv_small_035", {}, 64),
+    "ghostnet": ("ghostnet_050", {}, 64),
+    "inception_v3": ("inception_v3", {}, 75),
+    "xception": ("xception41", {}, 64),
+    "levit": ("levit_128s", dict(img_size=64), 64),
+    "levit_conv": ("levit_conv_128s", dict(img_size=64), 64),
+    "pvt_v2": ("pvt_v2_b0", {}, 64),
+    "edgenext": ("edgenext_xx_small", {}, 64),
+    "fastvit": ("fastvit_t8", {}, 64),
+    "densenet": ("densenet121", {}, 64),
+    "nfnet": ("test_nfnet", {}, 64),
+    "byobnet": ("test_byobnet", {}, 64),
+    "maxvit": ("test_maxvit", {}, 160),
+    "lcnet": ("lcnet_050", {}, 64),
+}
+SLOW = {"inception_v3", "xception", "densenet"}  # 8-27 M parameters: seconds each on a busy CPU
+FIT_FAST = {"vit", "swin", "convnext", "efficientnet_lite", "mobilenetv3", "levit"}  # fit+export outside -m slow
+
+
+def _build(name: str, pretrained: bool = True):
+    import timm
+    arch, kw, size = ARCHS[name]
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, **kw)
+    return model, dict(image_data_config(model.pretrained_cfg), input_size=size)
+
+
+@zoo.register_source("contract", "tests only: contract:<key of ARCHS in tests/test_timm_contract.py>, "
+                                 "an untrained timm model")
+def _load_contract(name: str, pretrained: bool = True):
+    from rehead.zoo.timm_stages import timm_backbone
+    model, cfg = _build(name)
+    return timm_backbone(model, f"contract:{name}", cfg)
+
+
+def _params(name):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in name]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.mark.parametrize("name", _params(ARCHS))
+def test_features_equal_timms_own(name):
+    bb = zoo.load(f"contract:{name}")
+    m = bb.model
+    size = bb.data_config["input_size"]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_full = m.forward_head(m.forward_features(x), pre_logits=True)
+        inter = m.forward_intermediates(x, intermediates_only=True, **bb.plan["extra"])
+        torch.testing.assert_close(bb(x), want_full, atol=1e-5, rtol=0)
+        cuts = list(range(1, len(bb) + 1))
+        many = bb.forward_cuts(x, cuts)
+        torch.testing.assert_close(many[len(bb)], want_full, atol=1e-5, rtol=0)
+        for k in cuts[:-1]:
+            want = inter[k - 1].mean((2, 3))  # the same pooling at every intermediate cut
+            prefix = bb.cut(k)
+            assert prefix.stage_names == bb.stage_names[:k]
+            torch.testing.assert_close(prefix(x), want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(many[k], want, atol=1e-5, rtol=0)
+        # cutting leaves the whole backbone as it was
+        torch.testing.assert_close(bb(x), want_full, atol=1e-5, rtol=0)
+    assert bb.stage_names[-1] in ("pre_logits", "head_conv") or len(bb) == len(inter)
+
+    # The stages hold every weight the features use, and only the classifier stays out.
+    head = m.get_classifier()
+    heads = {id(p) for h in (head if isinstance(head, tuple) else (head,)) if isinstance(h, torch.nn.Module)
+             for p in h.parameters()}
+    mine = {id(p) for p in bb.parameters()}
+    left = [n for n, p in m.named_parameters() if id(p) not in mine and id(p) not in heads]
+    assert not left, f"weights in no stage: {left[:5]}"
+    other = zoo.load(f"contract:{name}")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05)
+        other.load_state_dict(bb.state_dict())
+        torch.testing.assert_close(other(x), want_full, atol=1e-5, rtol=0)
+        k = max(1, len(bb) // 2)
+        mid = other.cut(k)
+        mid.load_state_dict(bb.cut(k).state_dict())
+        torch.testing.assert_close(mid(x), bb.cut(k)(x), atol=1e-5, rtol=0)
+
+
+def _fit_params():
+    return [n if n in FIT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in ARCHS]
+
+
+@pytest.mark.parametrize("name", _fit_params())
+def test_extract_fit_and_onnx_export(name, tmp_path):
+    from rehead.export import export, load_exported
+    from rehead.fit import fit
+    data = make_images(tmp_path / "imgs", n=4, size=40)
+    run = fit(str(data), model=f"contract:{name}", out=tmp_path / "run", strategy="extract", epochs=1,
+              workers=0, batch_size=8, cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+    res = export(run.dir, "onnx")
+    f = load_exported(res["path"])
+    size = run.model.backbone.data_config["input_size"]
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = run.model.eval()(x).numpy()
+    # relative to the logits' size: untrained Inception-v3 gives logits of ~1e7
+    np.testing.assert_allclose(f(x.numpy()), want, rtol=1e-5, atol=1e-4 * (1 + np.abs(want).max()))
