@@ -86,6 +86,12 @@ class Trainer:
     checkpoints, progress) plus ``cfg.hooks``; a list replaces the standard set. ``run``: where
     metrics and checkpoints go (none: nothing is written). After ``fit``: ``history`` (one row per
     epoch), ``kept`` (the epoch whose weights the model ends with) and ``phase_best``.
+
+    What callbacks read: ``model`` (whole, unwrapped), ``net`` (what steps: the model, or its head on
+    cached features), ``opt``, ``phase``/``phase_index``, ``epoch``, ``step``, ``steps_per_epoch``,
+    ``total_steps``, ``loader``, ``x``/``y``/``pred``/``loss``, ``row``, ``history``, ``best``/``bad``
+    (best val score, epochs since), ``best_state``, ``patience``, ``stop_phase`` (set it to end the
+    phase), ``resume`` (the checkpoint resumed from), ``run``, ``acc``, ``device``.
     """
 
     def __init__(self, cfg: TrainConfig | None = None, run=None, accelerator=None, callbacks: list | None = None,
