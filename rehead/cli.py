@@ -235,12 +235,12 @@ def expand_inputs(inputs: list[str], modality: str) -> list:
         return table_rows(inputs)
     if modality != "image":
         return list(inputs)
-    from .data.images import IMAGE_EXTS
+    from .data.images import list_image_files
     items = []
     for s in inputs:
         p = Path(s)
-        if p.is_dir():
-            items += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        if p.is_dir():  # regular image files only: no pipes, no symlink loops, no dot-folders
+            items += list_image_files(p)[0]
         elif p.exists():
             items.append(str(p))
         else:

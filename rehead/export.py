@@ -68,7 +68,9 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
             "labels": {str(i): c for i, c in enumerate(run.classes)},
             "data_config": model.backbone.data_config, "torch": torch.__version__}
     if run.modality == "image":
+        from .data.images import DECODE
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
+        meta["decode"] = DECODE  # exactly how rehead turns a file into RGB pixels
     if fmt == "onnx":
         meta["opset"] = opset
     atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())

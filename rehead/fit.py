@@ -117,6 +117,11 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         ds = dataset_from_split(resume_split)
     else:
         ds = as_dataset(data, cfg)
+    for w in ds.info.get("warnings", []):
+        echo(f"warning: {w}")
+    if ds.skipped:
+        echo(f"skipped {len(ds.skipped)} unreadable item(s): " + ", ".join(map(str, ds.skipped[:5]))
+             + (" ..." if len(ds.skipped) > 5 else ""))
     source = ds.source
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
@@ -259,6 +264,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         return None
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
+    summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.

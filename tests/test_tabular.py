@@ -44,7 +44,8 @@ def test_csv_without_path_or_text_is_tabular(tmp_path):
     assert infer_modality(p) == "tabular"
     ds = load_dataset(p, label_column="a", id_columns="patient,b")
     assert ds.modality == "tabular" and ds.classes == ["no", "yes"]
-    assert len(ds.train) == 60 and len(ds.val) == 20  # the split column is honoured
+    # the split column is honoured: its test rows stay aside, val is carved from its train rows
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (48, 12, 20)
     assert ds.feature_columns == [f"g{j}" for j in range(16)]
 
 
@@ -52,9 +53,11 @@ def test_standardisation_is_fitted_on_training_rows_only_and_travels(tmp_path):
     from rehead.fit import fit
     p, x = low_rank_table(tmp_path / "t.csv")
     run = fit(p, model="tabular:mlp-16-32x2", out=tmp_path / "run", strategy="full", epochs=3,
-              progress=False, data_kw={"label_column": "a", "id_columns": "patient,b"}, echo=lambda *_: None)
+              progress=False, label_column="a", id_columns="patient,b", echo=lambda *_: None)
     sc = run.model.backbone.scaler
-    assert torch.allclose(sc.mean, torch.tensor(x[:60].mean(0), dtype=torch.float32), rtol=1e-4)
+    import json
+    rows = [int(i.rsplit("#", 1)[1]) for i in json.loads((run.dir / "split.json").read_text())["train"]["items"]]
+    assert torch.allclose(sc.mean, torch.tensor(x[rows].mean(0), dtype=torch.float32), rtol=1e-4)
     assert not torch.allclose(sc.mean, torch.tensor(x.mean(0), dtype=torch.float32), rtol=1e-4)
     # evaluate/predict read rows by column name: a reordered copy of the table predicts the same.
     items, labels = run.val_split()
@@ -66,7 +69,7 @@ def test_standardisation_is_fitted_on_training_rows_only_and_travels(tmp_path):
     logits_a, _, _ = run.logits(items)
     logits_b, _, _ = run.logits([str(tmp_path / "shuffled.csv") + "#" + i.rpartition("#")[2] for i in items])
     assert torch.allclose(logits_a, logits_b)
-    assert res["n"] == 20
+    assert res["n"] == 12  # the val rows carved from train (the 20 test rows are scored once, in summary.json)
 
 
 def test_pretrain_saves_only_the_encoder_and_fit_reuses_it(tmp_path):
@@ -80,13 +83,13 @@ def test_pretrain_saves_only_the_encoder_and_fit_reuses_it(tmp_path):
     assert s["n_rows"] == 90  # only split=train rows
     enc = zoo.load(str(tmp_path / "enc"))
     assert enc.modality == "tabular" and len(enc) == 2 and enc.is_fitted()
-    assert sorted(f.name for f in (tmp_path / "enc").iterdir()) == [
+    assert sorted(f.name for f in (tmp_path / "enc").iterdir() if not f.name.startswith(".")) == [
         "backbone.safetensors", "config.yaml", "metrics.csv", "summary.json"]
     from safetensors.torch import load_file
     assert not any("decoder" in k for k in load_file(str(tmp_path / "enc" / "backbone.safetensors")))
     # fit grafts a head on it; the text 'patient' column is ignored because the encoder reads its own columns.
     run = fit(p, model=str(tmp_path / "enc"), out=tmp_path / "run", strategy="full", epochs=10,
-              progress=False, data_kw={"label_column": "a"}, echo=lambda *_: None)
+              progress=False, label_column="a", echo=lambda *_: None)
     assert torch.equal(run.model.backbone.scaler.mean, enc.scaler.mean)
     items, labels = run.val_split()
     assert run.evaluate(items, labels)["accuracy"] >= 0.7
@@ -100,7 +103,8 @@ def test_cli_pretrain_then_fit(tmp_path):
                                  "--depth", "2", "--epochs", "5", "--id-columns", "patient,b", "--label-column", "a", "-q"])
     assert r.exit_code == 0, r.output
     assert "masked-cell MSE" in r.output
-    r = CliRunner().invoke(app, ["pretrain", str(p), "--out", str(tmp_path / "enc"), "-q"])
+    r = CliRunner().invoke(app, ["pretrain", str(p), "--out", str(tmp_path / "enc"), "--id-columns", "patient,b",
+                                 "--label-column", "a", "-q"])
     assert r.exit_code != 0 and "--overwrite" in r.output
     r = CliRunner().invoke(app, ["fit", str(p), "--model", str(tmp_path / "enc"), "--label-column", "a",
                                  "--out", str(tmp_path / "run"), "--strategy", "full", "--epochs", "2", "-q"])
@@ -120,13 +124,13 @@ def test_bad_tables_give_clear_errors(tmp_path):
     # missing='mean': empty cells become the training mean; constant columns standardise to 0.
     p = write_csv(tmp_path / "ok.csv", ["label", "x", "c"], [["a", "1", "7"], ["b", "", "7"], ["b", "3", "7"]] * 4)
     run = fit(p, model="tabular:mlp-2-4x1", out=tmp_path / "r2", strategy="full", epochs=1, progress=False,
-              val_fraction=0.25, data_kw={"missing": "mean"}, echo=lambda *_: None)
+              val_fraction=0.25, missing="mean", echo=lambda *_: None)
     assert run.config["data_config"]["constant_columns"] == 1
     logits, kept, _ = run.logits(run.val_split()[0])
     assert torch.isfinite(logits).all() and len(kept) == 3
     with pytest.raises(DataError, match="takes 5 features but the table has 2"):
         fit(p, model="tabular:mlp-5-4x1", out=tmp_path / "r3", strategy="full", epochs=1, progress=False,
-            data_kw={"missing": "mean"}, echo=lambda *_: None)
+            missing="mean", echo=lambda *_: None)
     with pytest.raises(DataError, match="no column 'lbl'"):
         load_table(p, label_column="lbl")
     with pytest.raises(zoo.ModelNotFound, match="mlp-<features>-<width>x<depth>"):
@@ -145,8 +149,8 @@ def test_encoder_stages_are_blocks_and_cut_keeps_the_scaler():
 def test_golub_table_loads_with_its_split(tmp_path):
     p = shared_dataset("golub_leukemia") / "expression.csv"
     ds = load_table(p, label_column="label", id_columns="patient")
-    assert (len(ds.train), len(ds.val), len(ds.feature_columns)) == (38, 34, 7129)
-    assert ds.classes == ["ALL", "AML"] and sum(ds.val.labels) == 14
+    assert (len(ds.train), len(ds.val), len(ds.test), len(ds.feature_columns)) == (30, 8, 34, 7129)
+    assert ds.classes == ["ALL", "AML"] and sum(ds.test.labels) == 14
 
 
 def test_multitask_heads_train_together_and_report_each(tmp_path):

@@ -172,7 +172,9 @@ def test_text_data_errors_and_warnings(tmp_path, caplog):
     write_csv(d / "train.csv", sentiment_rows(10, 0) + [("", "pos"), ("odd one", "rare")])
     write_csv(d / "test.csv", sentiment_rows(4, 1))
     ds = load_dataset(d)
-    assert ds.modality == "text" and ds.classes == ["neg", "pos", "rare"] and len(ds.train) == 11
+    # val is carved from train.csv; test.csv is kept aside, never used for selection
+    assert ds.modality == "text" and ds.classes == ["neg", "pos", "rare"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (9, 2, 4)
     warnings = " ".join(ds.info["warnings"])
     assert "empty text were left out (line(s) 12)" in warnings and "'rare' appear only once" in warnings
     from rehead.fit import fit
@@ -185,9 +187,9 @@ def test_text_data_errors_and_warnings(tmp_path, caplog):
 
 def test_folder_train_test_and_eval_only(sentiment_folder):
     ds = load_dataset(sentiment_folder)
-    assert (len(ds.train), len(ds.val)) == (40, 16) and ds.classes == ["neg", "pos"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (32, 8, 16) and ds.classes == ["neg", "pos"]
     ev = load_dataset(sentiment_folder, eval_only=True)
-    assert len(ev.train) == 0 and ev.val.items == ds.val.items
+    assert len(ev.train) == 0 and ev.val.items == ds.test.items
 
 
 # -- classification ------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def test_real_financial_phrasebank_loads_with_its_test_split():
     d = shared_dataset("financial_phrasebank_allagree")
     ds = load_dataset(d)
     assert ds.classes == ["negative", "neutral", "positive"]
-    assert (len(ds.train), len(ds.val)) == (1812, 452)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (1449, 363, 452)
 
 
 def test_training_batches_group_similar_lengths_and_visit_every_text_once(tiny_bert_dir):

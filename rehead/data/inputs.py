@@ -1,13 +1,13 @@
 """What ``rehead.fit`` accepts as data: a path, a DataFrame, (item, label) pairs, or a Dataset.
 
 In-memory data becomes the same ``Dataset`` a folder or CSV gives: class names sorted, a seeded
-stratified val split, empty labels refused.
+stratified val split, empty labels dropped and counted.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import DataError, Dataset, Samples, load_dataset, stratified_split
+from . import DataError, Dataset, from_items, load_dataset
 from .images import IMAGE_EXTS
 
 
@@ -44,33 +44,14 @@ def _from_frame(df, cfg) -> Dataset:
 
 
 def from_pairs(pairs: list, val_fraction: float, seed: int, source: str) -> Dataset:
+    """(item, label) pairs by the CSV rules (``data.from_items``): empty labels dropped and counted."""
     if not pairs:
         raise DataError(f"{source} is empty: give at least two labelled samples per class")
-    items, labels = [], []
-    empty = 0
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise DataError(f"{source}: element {i} is not an (item, label) pair: {pair!r:.80}")
-        item, label = pair
-        label = "" if label is None else str(label).strip()
-        if label == "" or label == "nan":
-            empty += 1
-            continue
-        items.append(str(item) if isinstance(item, Path) else item)
-        labels.append(label)
-    if empty:
-        raise DataError(f"{source}: {empty} sample(s) have an empty label: label them or leave them out")
-    modality = _modality(items, source)
-    classes = sorted(set(labels))
-    if len(classes) < 2:
-        raise DataError(f"{source} holds a single class ({classes[0]!r}); a classifier needs two")
-    y = [classes.index(v) for v in labels]
-    small = [c for c in classes if labels.count(c) < 2]
-    if small:
-        raise DataError(f"{source}: class(es) {', '.join(small)} have a single sample; a val split needs two per class")
-    tr, va = stratified_split(y, val_fraction, seed)
-    s = Samples(items, y)
-    return Dataset(modality, classes, s.subset(tr), s.subset(va), source)
+    items = [str(i) if isinstance(i, Path) else i for i, _ in pairs]
+    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed)
 
 
 def _modality(items: list, source: str) -> str:
