@@ -226,13 +226,15 @@ class ShardStore:
         ap = os.path.abspath(path)
         st = os.stat(ap)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self._load_memo(os.path.dirname(ap))
+        d = os.path.dirname(ap)
+        if d not in self._memo_dirs:
+            self._load_memo(d)
         known = self._memo.get(ap)
         if known and known[:4] == stamp:
             return known[4]
         h = hashlib_sha256_file(ap)
         self._memo[ap] = (*stamp, h)
-        self._pending.append((ap, os.path.dirname(ap), *stamp, h))
+        self._pending.append((ap, d, *stamp, h))
         if len(self._pending) >= 1000:
             self.flush()
         return h

@@ -1,0 +1,203 @@
+"""Issue 15, "Must show" first bullet: the sharded feature store on 50,000 synthetic JPEGs.
+
+Generates N small JPEGs (10 class folders) once into a temp dir, then, sharing one fresh cache:
+
+    rehead fit DATA --model benchtiny:1280 --strategy extract --cache-dir C --out RUN1   (cold: extracts)
+    rehead fit DATA --model benchtiny:1280 --strategy extract --cache-dir C --out RUN2   (warm, x2)
+
+each in a fresh process (the CLI, process start included), and reports:
+- files the cache holds after the cold fit (goal < 100; the old layout made one .npy per sample
+  plus one digest memo per input file: 2 N);
+- warm-fit wall time, and whether it built the backbone (it should not);
+- per-sample time of what a warm `fit --strategy extract` does to get its features (the sample
+  key of every file: stat + the digest memo; then every row, read and checked), against
+  `np.load` of one .npy holding the same features (goal: within 1.5x). Interleaved, medians.
+
+Extracting 50,000 images with EfficientNet on 2 shared cores takes hours, so the backbone is a
+tiny 2-stage conv net (`benchtiny:WIDTH`, registered by this file, 32x32 inputs) with
+EfficientNet-Lite0's feature width (1280), so the cache holds as many bytes per sample as it would
+with the real model. The store does not care what computed the rows.
+
+    PYTHONPATH=. python bench/feature_store.py [--n 50000] [--width 1280] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, machine, median, write  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+
+
+# -- the tiny backbone, as a source the CLI can load ----------------------------------------------
+def register() -> None:
+    from rehead.zoo import register_source
+
+    @register_source("benchtiny", "bench only: a 2-stage conv net on 32x32 inputs (benchtiny:WIDTH)",
+                     stamp=lambda name: f"benchtiny-v1|{name}")
+    def load(name: str, pretrained: bool = True):
+        import torch
+        from torch import nn
+        from rehead.zoo.backbone import Backbone
+        width = int(name)
+        stages = {"stem": nn.Sequential(nn.Conv2d(3, 32, 4, stride=4), nn.ReLU()),  # 32x32 -> 8x8
+                  "proj": nn.Sequential(nn.Conv2d(32, width, 1), nn.ReLU())}
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # fixed weights: the stamp above is their identity
+            for mod in stages.values():
+                for p in mod.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        cfg = {"modality": "image", "input_size": 32, "crop_pct": 1.0, "interpolation": "bilinear",
+               "mean": [0.5] * 3, "std": [0.5] * 3}
+        return Backbone(stages, cfg, f"benchtiny:{name}")
+
+
+def cli(args: list[str], env: dict) -> float:
+    """`rehead ARGS` in a fresh process that first registers benchtiny."""
+    boot = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import feature_store; feature_store.register(); "
+            "from rehead.cli import app; sys.argv = ['rehead'] + sys.argv[1:]; app()")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", boot, *args], env=env, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def make_images(root: Path, n: int, classes: int = 10, size: int = 32) -> float:
+    """n small JPEGs in class folders whose colour is the label; returns the seconds it took."""
+    from PIL import Image
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    colours = rng.integers(30, 225, (classes, 3))
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        c = i % classes
+        px = np.clip(colours[c] + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(px).save(root / f"c{c}" / f"{i:06d}.jpg", quality=85)
+    return time.perf_counter() - t0
+
+
+def count_files(root: Path) -> dict:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    by = {}
+    for p in files:
+        top = p.relative_to(root).parts[0]
+        by[top] = by.get(top, 0) + 1
+    return {"total": len(files), "by_top_level": by, "bytes": sum(p.stat().st_size for p in files)}
+
+
+# -- the warm read, in process --------------------------------------------------------------------
+def warm_read_timings(cache_dir: Path, run: Path, spec: str, reps: int) -> dict:
+    """What a warm extract fit does for its features (sample keys, then rows), vs one np.load."""
+    from rehead import zoo
+    from rehead.features import FeatureCache
+    split = json.loads((run / "split.json").read_text())
+    items = {s: split[s]["items"] for s in ("train", "val")}
+    probe = FeatureCache(cache_dir)
+    meta = probe.snapshot(zoo.weights_stamp(spec))
+    k = len(meta["stage_names"])
+    cut = meta["cuts"][str(k)]
+    mkey = probe.key(spec, cut["weights_id"], k, cut["preprocessing_id"])
+    keys = {s: [probe.file_digest(p) for p in items[s]] for s in items}
+    whole = np.concatenate([probe.get_all(mkey, keys[s]) for s in ("train", "val")])
+    one = cache_dir.parent / "all_features.npy"
+    np.save(one, whole)
+    n = len(whole)
+
+    def npy():
+        return np.load(one)
+
+    def store_rows():  # the store alone: keys known
+        c = FeatureCache(cache_dir)
+        return [c.get_all(mkey, keys[s]) for s in ("train", "val")]
+
+    def keys_and_rows():  # the warm fit's path: a fresh process knows no digest yet
+        c = FeatureCache(cache_dir)
+        out = [c.get_all(mkey, [c.file_digest(p) for p in items[s]]) for s in ("train", "val")]
+        assert all(x is not None for x in out)
+        return out
+
+    t = {"npy_load": [], "store_read": [], "keys_and_store_read": []}
+    for _ in range(reps):  # interleaved: the machine's load moves under all three alike
+        for name, fn in (("npy_load", npy), ("store_read", store_rows), ("keys_and_store_read", keys_and_rows)):
+            t0 = time.perf_counter()
+            fn()
+            t[name].append(time.perf_counter() - t0)
+    med = {name: median(v) for name, v in t.items()}
+    assert np.array_equal(np.concatenate(store_rows()), npy())
+    return {"samples": n, "feature_width": int(whole.shape[1]), "feature_bytes": int(whole.nbytes),
+            "seconds_median": med, "seconds_all": t,
+            "per_sample_us": {name: 1e6 * v / n for name, v in med.items()},
+            "ratio_store_read_vs_npy": med["store_read"] / med["npy_load"],
+            "ratio_keys_and_store_read_vs_npy": med["keys_and_store_read"] / med["npy_load"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50000)
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2, help="head epochs (the fit's training part)")
+    a = ap.parse_args()
+    register()
+    started = machine()
+    spec = f"benchtiny:{a.width}"
+    with tempfile.TemporaryDirectory(prefix="rehead-feature-store-") as tmp:
+        tmp = Path(tmp)
+        data, cache = tmp / "data", tmp / "cache"
+        gen_s = make_images(data, a.n)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        common = ["--model", spec, "--strategy", "extract", "--cache-dir", str(cache), "--epochs", str(a.epochs),
+                  "--workers", "2", "-q"]
+        cold = cli(["fit", str(data), "--out", str(tmp / "run_cold"), *common], env)
+        files = count_files(cache)
+        warm = [cli(["fit", str(data), "--out", str(tmp / f"run_warm{i}"), *common], env) for i in range(2)]
+        summaries = {n: json.loads((tmp / n / "summary.json").read_text()) for n in ("run_cold", "run_warm0")}
+        reads = warm_read_timings(cache, tmp / "run_cold", spec, a.reps)
+        info = subprocess.run([sys.executable, "-m", "rehead", "cache", "info", "--cache-dir", str(cache)],
+                              capture_output=True, text=True, cwd=REPO, env=env).stdout.strip()
+    figures = {
+        "samples": a.n,
+        "files_created_by_cache": files["total"],
+        "files_goal": "< 100",
+        "files_old_layout_would_be": 2 * a.n,
+        "cache_bytes": files["bytes"],
+        "cold_fit_seconds": cold,
+        "warm_fit_seconds": median(warm),
+        "warm_fit_seconds_all": warm,
+        "warm_fit_built_backbone": summaries["run_warm0"].get("backbone_built", True),
+        "warm_fit_rehead_timer_features_seconds": summaries["run_warm0"].get("extract_seconds"),
+        "val_acc_cold_warm": [summaries["run_cold"]["val_acc"], summaries["run_warm0"]["val_acc"]],
+        "per_sample_us": reads["per_sample_us"],
+        "ratio_store_read_vs_one_npy": reads["ratio_store_read_vs_npy"],
+        "ratio_warm_fit_feature_path_vs_one_npy": reads["ratio_keys_and_store_read_vs_npy"],
+        "ratio_goal": "<= 1.5",
+    }
+    write("feature_store", figures, started=started, extra={
+        "backbone": f"{spec}: bench-only 2-stage conv net (patchify 4x4 conv to 32 channels, 1x1 conv to "
+                    f"{a.width}, ReLU, mean pool), 32x32 inputs; chosen because EfficientNet on 50,000 images "
+                    "takes hours on 2 shared cores. Feature width = EfficientNet-Lite0's, so bytes per sample match.",
+        "data": f"{a.n} JPEGs 32x32, 10 class folders, generated in {gen_s:.0f} s into a temp dir (deleted)",
+        "commands": {"cold": "rehead fit DATA " + " ".join(common[:-4]) + f" --epochs {a.epochs} --workers 2 -q",
+                     "warm": "the same, twice more, each into its own --out"},
+        "cache_files": files, "cache_info": info, "warm_read": reads,
+        "what_is_measured": "store_read: FeatureCache.get_all of the train and val keys (the index's key and "
+                            "checksum blobs, the shards read into one array, finite + checksum per row); "
+                            "keys_and_store_read: the same plus every file's sample key from a fresh "
+                            "FeatureCache (one stat per file, the digest memo one query per folder), which is "
+                            "what a warm `fit --strategy extract` does; npy_load: np.load of one .npy "
+                            "holding the same (N, width) float32 features. All from the page cache.",
+    })
+
+
+if __name__ == "__main__":
+    main()
