@@ -93,3 +93,72 @@ def test_file_source_loads_weights_and_names_mismatched_keys(tmp_path, tiny_spec
         zoo.load(f"file:{tmp_path / 'bad.safetensors'}#timm:test_efficientnet")
     with pytest.raises(zoo.ModelNotFound, match="needs its architecture"):
         zoo.load(f"file:{tmp_path / 'w.pth'}")
+
+
+def test_bare_names_get_a_did_you_mean():
+    with pytest.raises(zoo.ModelNotFound, match=r"not a model spec: did you mean timm:resnet18\?"):
+        zoo.load("resnet18")
+    with pytest.raises(zoo.ModelNotFound, match=r"did you mean timm:convnext_atto.d2_in1k\?"):
+        zoo.load("convnext_atto.d2_in1k")
+    with pytest.raises(zoo.ModelNotFound, match=r"did you mean packaged:efficientnet_lite0\?"):
+        zoo.load("efficientnet_lite0")
+    with pytest.raises(zoo.ModelNotFound, match=r"did you mean timm:hf-hub:timm/resnet18.a1_in1k\?"):
+        zoo.load("hf-hub:timm/resnet18.a1_in1k")
+    with pytest.raises(zoo.ModelNotFound, match=r"not a model spec\. Use SOURCE:NAME"):
+        zoo.load("no_such_thing_anywhere")
+
+
+def test_timm_pretrained_tags_carry_their_preprocessing():
+    tv = zoo.load("timm:resnet18.tv_in1k", pretrained=False)
+    a1 = zoo.load("timm:resnet18.a1_in1k", pretrained=False)
+    assert tv.stage_names == a1.stage_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert (tv.data_config["interpolation"], tv.data_config["crop_pct"]) == ("bilinear", 0.875)
+    assert (a1.data_config["interpolation"], a1.data_config["crop_pct"]) == ("bicubic", 0.95)
+    assert tv.spec == "timm:resnet18.tv_in1k"
+    with pytest.raises(zoo.ModelNotFound, match=r"tags for resnet18: .*a1_in1k.*tv_in1k"):
+        zoo.load("timm:resnet18.nope_in1k")
+
+
+def test_hub_ids_offline_say_how_to_use_a_local_file(monkeypatch):
+    import timm
+
+    def offline(name, *a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(zoo.ModelNotFound, match=r"file:PATH#timm:<architecture>.*timm:local-dir:FOLDER"):
+        zoo.load("timm:hf-hub:timm/resnet18.a1_in1k")
+    with pytest.raises(zoo.ModelNotFound, match=r"file:PATH#timm:resnet18.a1_in1k"):
+        zoo.load("timm:resnet18.a1_in1k")
+    with pytest.raises(zoo.ModelNotFound, match=r"file:PATH#torchvision:resnet50"):
+        zoo.load("torchvision:resnet50")
+
+
+def test_torchvision_weights_load_into_timms_copy_and_give_torchvisions_features(tmp_path):
+    import torchvision
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None).eval()
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    bb = zoo.load(f"file:{tmp_path / 'r18.pth'}#torchvision:resnet18")
+    assert bb.data_config["interpolation"] == "bilinear"  # torchvision's own preprocessing
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tv.fc = torch.nn.Identity()
+        torch.testing.assert_close(bb(x), tv(x), atol=1e-5, rtol=0)
+        t = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+        torch.testing.assert_close(bb.cut("layer2")(x), tv.layer2(tv.layer1(t)).mean((2, 3)), atol=1e-5, rtol=0)
+    with pytest.raises(zoo.ModelNotFound, match="no timm equivalent.*timm has its own efficientnet_b0: timm:efficientnet_b0"):
+        zoo.load("torchvision:efficientnet_b0")
+
+
+def test_the_source_model_as_it_is_names_imagenet_classes():
+    root = shared_dataset("hymenoptera_data") / "val"
+    from rehead.data.images import ImageDataset
+    bb = zoo.load("packaged:efficientnet_lite0")
+    assert len(bb.source_labels) == 1000 and bb.source_labels[310] == "ant, emmet, pismire"
+    paths = sorted(str(p) for p in (root / "ants").glob("*.jpg"))[:8]
+    ds = ImageDataset(paths, None, bb.data_config)
+    top = bb.source_predict(torch.stack([ds[i][1] for i in range(len(ds))]), top_k=5)
+    assert len(top) == 8 and all(len(t) == 5 and t[0]["prob"] >= t[-1]["prob"] for t in top)
+    assert sum(any(r["label"].startswith("ant,") for r in t) for t in top) >= 6
+    with pytest.raises(ValueError, match="no pretrained head"):
+        bb.cut(3).source_predict(torch.zeros(1, 3, 224, 224))

@@ -24,6 +24,7 @@ class Backbone(nn.Module):
         self.spec = spec
         # The pretrained task head (e.g. ImageNet classifier), kept aside, never trained.
         self.source_head = [source_head]  # a list so it is not a registered submodule
+        self.source_labels: list[str] | None = None  # the source head's class names, where known
         self.full_depth = len(stages)
         self._weights_id = None
 
@@ -81,6 +82,23 @@ class Backbone(nn.Module):
             if i + 1 in cuts:
                 out[i + 1] = self.pool(state)
         return out
+
+    @torch.no_grad()
+    def source_predict(self, inputs, top_k: int = 5) -> list[list[dict]]:
+        """The pretrained network used as it is: top-k of its own head (e.g. ImageNet classes) per
+        input, ``[[{"label", "index", "prob"}, ...], ...]``. Needs the full depth and a known head."""
+        head = self.source_head[0]
+        if head is None or len(self) != self.full_depth:
+            raise ValueError(f"{self.spec} has no pretrained head to predict with"
+                             + (" at this cut" if head is not None else ""))
+        was = self.training
+        self.eval()
+        probs = head(self(inputs)).float().softmax(-1)
+        self.train(was)
+        p, idx = probs.topk(min(top_k, probs.shape[-1]))
+        names = self.source_labels
+        return [[{"label": names[i] if names else str(i), "index": i, "prob": float(q)}
+                 for q, i in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, idx)]
 
     # -- identity --------------------------------------------------------------
     @property

@@ -50,7 +50,8 @@ def load_into(model: torch.nn.Module, sd: dict, what: str) -> None:
 
 
 def _stamp(name: str) -> str | None:
-    return file_stamp(name.rsplit("#", 1)[0]) if "#" in name else None
+    from . import timm_stages  # how stages are formed is part of what a snapshot records
+    return file_stamp(name.rsplit("#", 1)[0], timm_stages.__file__) if "#" in name else None
 
 
 @register_source("file", "your weights: file:PATH#timm:<arch> or file:PATH#torchvision:<arch>", stamp=_stamp)

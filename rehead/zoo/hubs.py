@@ -98,11 +98,13 @@ def load_timm(name: str, pretrained: bool = True) -> TimmBackbone:
 
 def torchvision_to_timm(name: str) -> str:
     if name not in TORCHVISION:
+        import timm
+        same = f"timm has its own {name}: timm:{name} (timm's weights, not torchvision's). " if timm.is_model(name) else ""
         close = difflib.get_close_matches(name, list(TORCHVISION), n=3)
         raise ModelNotFound(
             f"torchvision:{name} has no timm equivalent in rehead"
-            + (f"; did you mean {', '.join(close)}?" if close else "")
-            + f" torchvision names rehead maps onto timm: {', '.join(TORCHVISION)}. "
+            + (f" (did you mean {', '.join(close)}?)" if close else "") + ". " + same
+            + f"torchvision names rehead maps onto timm: {', '.join(TORCHVISION)}. "
             "Any timm model loads as timm:<name> (e.g. timm:efficientnet_b0, timm:mobilenetv3_large_100).")
     return TORCHVISION[name]
 
@@ -118,5 +120,7 @@ def load_torchvision(name: str, pretrained: bool = True) -> TimmBackbone:
     try:
         model = build_torchvision(name, pretrained)
     except ModelNotFound as e:
-        raise ModelNotFound(str(e).replace(f"timm:{TORCHVISION.get(name, name)}", f"torchvision:{name}")) from e
+        if name not in TORCHVISION:
+            raise
+        raise ModelNotFound(str(e).replace(f"timm:{TORCHVISION[name]}", f"torchvision:{name}")) from e
     return timm_backbone(model, f"torchvision:{name}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import torch
 
@@ -70,7 +71,8 @@ def _lite(v: int):
 
 
 def _lite_stamp(v: int):
-    return lambda: file_stamp(lite_weights_path(v))
+    # timm_stages.py too: how stages are formed is part of what a snapshot records
+    return lambda: file_stamp(lite_weights_path(v), sys.modules[timm_backbone.__module__].__file__)
 
 
 # name: (load(pretrained), modality, note, stamp() or None)

@@ -258,6 +258,7 @@ class TimmBackbone(Backbone):
             model.prune_intermediate_layers(indices=[k - 1], prune_norm=True, prune_head=True, **self.plan["extra"])
         new = TimmBackbone(model, self.plan, self.data_config, self.spec, depth=k,
                            source_head=self.source_head[0], full_depth=self.full_depth)
+        new.source_labels = self.source_labels
         new.train(self.training)
         return new
 
@@ -371,5 +372,17 @@ def timm_backbone(model: nn.Module, spec: str, data_config: dict | None = None) 
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         head = None
     bb = TimmBackbone(model, plan, cfg, spec, source_head=head)
+    bb.source_labels = source_labels(model) if head is not None else None
     bb.eval()
     return bb
+
+
+def source_labels(model: nn.Module) -> list[str] | None:
+    """Class names of the model's pretrained head where timm knows them (ImageNet-1k/21k subsets,
+    shipped with timm: no download), e.g. 'ant, emmet, pismire'; None otherwise."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    subset = infer_imagenet_subset(model)
+    if not subset:
+        return None
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i) for i in range(info.num_classes())]
