@@ -32,7 +32,9 @@ MARKER = "CACHEDIR.TAG"
 # The Cache Directory Tagging spec's signature (https://bford.info/cachedir/): backup tools skip it too.
 MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                "# This directory is rehead's feature cache; `rehead cache clear` deletes it.\n")
-OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "features", "digests", "snapshots"}
+# What rehead keeps in a cache root (demo/: `rehead demo`'s images, written before its first fit).
+OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "features", "digests", "snapshots",
+             "demo"}
 SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
 REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
@@ -398,9 +400,15 @@ class ShardStore:
         known = {(r[1], r[2]) for r in shards}
         now = time.time()
         for p in (self.root / "features").glob("*/*"):
-            if (p.parent.name, p.name) not in known and now - p.stat().st_mtime > orphan_age:
+            if (p.parent.name, p.name) in known or now - p.stat().st_mtime <= orphan_age:
+                continue
+            if p.is_dir():  # the old layout's one-.npy-per-sample folders
+                freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                shutil.rmtree(p, ignore_errors=True)
+            else:  # a shard whose writer died before indexing it
                 freed += p.stat().st_size
                 p.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "digests", ignore_errors=True)  # the old layout's digest memo
         return freed
 
     def evict(self, mkey: str) -> None:

@@ -318,6 +318,10 @@ def test_clear_deletes_only_a_marked_cache(tmp_path, tiny_spec):
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(CacheError, match="not a rehead cache"):
         FeatureCache(mine).put("m", "k", np.zeros(3))
+    # `rehead demo` writes its images under the default cache root before its first fit: adopted
+    (tmp_path / "fresh" / "demo" / "digits").mkdir(parents=True)
+    FeatureCache(tmp_path / "fresh").put("m", "k", np.zeros(3))
+    assert (tmp_path / "fresh" / MARKER).is_file()
 
 
 def test_clear_reports_what_it_could_not_delete(tmp_path, monkeypatch):
@@ -370,12 +374,16 @@ def test_info_and_gc_evict_the_least_recently_used_model_key(tmp_path):
     orphan = tmp_path / "c" / "features" / "old" / "killed-writer.npy"
     orphan.write_bytes(b"x")
     os.utime(orphan, (0, 0))
+    legacy = tmp_path / "c" / "features" / "old" / "ab"  # the old layout: one .npy per sample
+    legacy.mkdir()
+    (legacy / "ab12.npy").write_bytes(b"x")
+    os.utime(legacy, (0, 0))
     r = _cli("cache", "info", "--cache-dir", str(tmp_path / "c"))
     assert r.exit_code == 0 and "2 model key(s), 3 shard(s), 4 sample(s)" in r.output
     per = {m["key"]: m for m in cache.size()["per_model"]}
     r = _cli("cache", "gc", "--max-size", f"{per['old']['bytes'] + 100}B", "--cache-dir", str(tmp_path / "c"))
     assert r.exit_code == 0 and "evicted 1 model key(s) (new)" in r.output
-    assert not orphan.exists()
+    assert not orphan.exists() and not legacy.exists()
     cache = FeatureCache(tmp_path / "c")
     assert cache.get_all("new", ["a"]) is None and cache.get_all("old", ["a", "b"]) is not None
     assert cache.size()["shards"] == 1 and not (tmp_path / "c" / "features" / "new").exists()
