@@ -154,3 +154,49 @@ def test_extract_fit_and_onnx_export(name, tmp_path):
         want = run.model.eval()(x).numpy()
     # relative to the logits' size: untrained Inception-v3 gives logits of ~1e7
     np.testing.assert_allclose(f(x.numpy()), want, rtol=1e-5, atol=1e-4 * (1 + np.abs(want).max()))
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext", "efficientnet_lite", "swin"])
+def test_finetune_trains_only_the_unfrozen_stages(name):
+    """Stages run lazily (one timm call at pool time): frozen stages still get no gradients and keep
+    their BatchNorm statistics, and the trainable ones do train."""
+    from rehead.heads import make_head
+    from rehead.model import TransferModel
+    bb = zoo.load(f"contract:{name}")
+    size = bb.data_config["input_size"]
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = bb.eval()(x)
+    m = TransferModel(bb, make_head(want.shape[1], 2)).set_trainable_last(2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m.features(x), want, atol=1e-5, rtol=0)
+    m.train()
+    frozen = [p for s in list(bb.stages.values())[:-2] for p in s.parameters()]
+    trained = [p for s in list(bb.stages.values())[-2:] for p in s.parameters()]
+    bns = [mod for s in list(bb.stages.values())[:-2] for mod in s.modules()
+           if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    before = [b.running_mean.clone() for b in bns]
+    torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 0, 1])).backward()
+    assert frozen and all(p.grad is None for p in frozen)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, bns))
+
+
+def test_every_cut_from_one_pass_per_batch(tmp_path, monkeypatch):
+    """``extract`` at every depth calls timm once per batch (as the probe does), and its features
+    are the cuts' own."""
+    from rehead.data.images import ImageDataset
+    from rehead.features import FeatureCache, extract
+    from rehead.zoo.timm_stages import TimmBackbone
+    bb = zoo.load("contract:vit")
+    items = sorted(str(p) for p in make_images(tmp_path / "d", n=3).rglob("*.jpg"))
+    calls = []
+    orig = TimmBackbone._features
+    monkeypatch.setattr(TimmBackbone, "_features", lambda self, x, c: calls.append(list(c)) or orig(self, x, c))
+    cuts = list(range(1, len(bb) + 1))
+    f, kept, _ = extract(bb, items, cuts, FeatureCache(tmp_path / "c"), batch_size=4, workers=0, progress=False)
+    assert len(calls) == 2 and all(c == cuts for c in calls)
+    x = torch.stack([ImageDataset(items, None, bb.data_config)[i][1] for i in range(len(items))])
+    with torch.no_grad():
+        for k in cuts:
+            torch.testing.assert_close(f[k], bb.cut(k)(x), atol=1e-5, rtol=0)
