@@ -44,7 +44,7 @@ from .backbone import Backbone
 
 DEFAULT_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 POOLINGS = ("mean", "cls", "last", "max")
-FINAL_NORMS = ("ln_f", "norm", "final_norm", "final_layer_norm")  # a base model's norm after its blocks
+FINAL_NORMS = ("ln_f", "norm", "final_norm", "final_layer_norm", "final_layernorm")  # the norm after the blocks
 POOLERS = ("pooler",)  # a base model's own pooling head: left out
 
 
@@ -101,14 +101,17 @@ def analyse(base: nn.Module) -> dict:
             "models whose base model keeps its blocks in one nn.ModuleList (BERT, RoBERTa, DistilBERT, DeBERTa, "
             "ModernBERT, GPT-2, Llama and most others)")
     layers = min(lists, key=lambda nm: nm[0].count("."))[0]  # the shallowest such list
-    norm = next((k for k in FINAL_NORMS if k in base._modules and base._modules[k] is not None), None)
     poolers = [k for k in POOLERS if base._modules.get(k) is not None]
+    # the final norm: a module so named beside the blocks or in a container on the way to them
+    norm, parent, prefix = None, base, ""
+    for part in layers.split("."):
+        norm = next((prefix + k for k in FINAL_NORMS if parent._modules.get(k) is not None), norm)
+        parent, prefix = parent._modules[part], prefix + part + "."
     # the embeddings side: every other module on the way to the block list
     embeds, parent, prefix = {}, base, ""
-    parts = layers.split(".")
-    for depth, part in enumerate(parts):
+    for part in layers.split("."):
         for k, m in parent._modules.items():
-            if m is None or k == part or (depth == 0 and (k == norm or k in poolers)):
+            if m is None or k == part or prefix + k == norm or prefix + k in poolers:
                 continue
             path = prefix + k
             name = k if k not in embeds else path.replace(".", "_")
@@ -122,8 +125,14 @@ def is_decoder(base: nn.Module) -> bool:
     flags = {getattr(m, "is_causal") for m in base.modules() if isinstance(getattr(m, "is_causal", None), bool)}
     if flags:
         return True in flags
-    archs = " ".join(getattr(base.config, "architectures", None) or [])
-    return bool(getattr(base.config, "is_decoder", False)) or "CausalLM" in archs or "LMHead" in archs
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+    config = base.config
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if getattr(config, "is_decoder", False) or "CausalLM" in archs or "LMHead" in archs:
+        return True
+    if "MaskedLM" in archs:
+        return False
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING
 
 
 class _Stop(Exception):
@@ -157,7 +166,7 @@ class TextBackbone(Backbone):
         stages = {"embeddings": Modules({k: _get(base, p) for k, p in plan["embeds"].items()})}
         stages.update({f"layer{i}": m for i, m in enumerate(_get(base, plan["layers"]))})
         if plan["norm"]:
-            stages["norm"] = Modules({"norm": base._modules[plan["norm"]]})
+            stages["norm"] = Modules({"norm": _get(base, plan["norm"])})
         family = base.config.model_type
         data_config = {"modality": "text", "tokenizer": source, "tokenizer_id": tokenizer_id(tokenizer),
                        "max_length": int(max_length), "pooling": pooling, "family": family}
@@ -412,7 +421,13 @@ def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
     tf.utils.logging.disable_progress_bar()  # a bar per load is noise in rehead's own output
     try:
         config = tf.AutoConfig.from_pretrained(source)
+        if getattr(config, "is_encoder_decoder", False):
+            raise ModelNotFound(f"{source} is an encoder-decoder model ({config.model_type}): hf: takes encoders "
+                                "(BERT-like) and decoders (GPT-2-, Llama-like)")
         model = auto.from_pretrained(source) if pretrained else auto.from_config(config)
+        if getattr(model, "main_input_name", "input_ids") != "input_ids":
+            raise ModelNotFound(f"{source} is not a text model ({config.model_type} takes {model.main_input_name}): "
+                                "hf: loads text models; for image models use timm: (e.g. timm:hf-hub:ORG/NAME)")
         tokenizer = load_tokenizer(source)
     except ModelNotFound:
         raise
