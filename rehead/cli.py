@@ -35,7 +35,12 @@ def user_errors():
     from .data import DataError
     from .rundir import BadRun, RunBusy, RunExists
     from .zoo import ModelNotFound
-    return (DataError, ModelNotFound, RunExists, RunBusy, BadRun, FileNotFoundError, ValueError)
+    errors = (DataError, ModelNotFound, RunExists, RunBusy, BadRun, FileNotFoundError, ValueError)
+    import sys
+    if "rehead.train.callbacks" in sys.modules:  # only a command that trained can have diverged
+        from .train.callbacks import TrainingDiverged
+        errors += (TrainingDiverged,)
+    return errors
 
 
 def guarded(fn):

@@ -243,11 +243,10 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
     trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=job.hooks,
                                   select_best=not cfg.keep_last, checkpoints=not only_features),
-                      accelerator=accelerator, **_trainer_run(run))
+                      run=run, accelerator=accelerator)
     for h in job.hooks:
-        if hasattr(h, "setup"):  # before training: L2-SP records w0, guided runs its scouts
-            h.setup(model, ds=ds, phases=recipe.phases, args=cfg, out=run, uses_cache=only_features,
-                    resume=resuming)
+        if hasattr(h, "prepare"):  # what a method needs before the loop's setup event (the data for scouts)
+            h.prepare(model, ds=ds, phases=recipe.phases, args=cfg, uses_cache=only_features)
     info, features = {}, None
     if job.warm:
         features, info = job.warm.features, {"extract_seconds": time.perf_counter() - t0, "skipped": [],
@@ -276,12 +275,6 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     return run_obj
 
 
-def _trainer_run(run: RunDir) -> dict:
-    # TODO(lead): drop once train/loop.py takes `run=` everywhere.
-    import inspect
-    return {"run": run} if "run" in inspect.signature(Trainer.__init__).parameters else {"run_dir": run.path}
-
-
 def _write_start(run: RunDir, job: _Job) -> None:
     """config.yaml, labels.json and split.json: what --resume, evaluate and predict read back."""
     cfg, ds, recipe = job.cfg, job.ds, job.recipe
@@ -307,24 +300,12 @@ def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
 
 
 def _summary(trainer, recipe, info: dict, t_start: float) -> dict:
-    hist = trainer.history
-    last = hist[-1] if hist else {}
-    best = max(hist, key=lambda r: (r["val_acc"], -r["val_loss"])) if hist else {}
-    kept = last if trainer.cfg.select_best is False else best
+    hist, kept = trainer.history, trainer.kept or {}
     return {"strategy": recipe.strategy, "val_acc": kept.get("val_acc"), "val_loss": kept.get("val_loss"),
             "kept_phase": kept.get("phase"), "kept_epoch": kept.get("epoch"),
             "best_epoch": kept.get("global_epoch"), "epochs_run": len(hist),
-            "last_val_acc": last.get("val_acc"), "phases": _phase_bests(hist),
+            "last_val_acc": hist[-1]["val_acc"] if hist else None, "phases": trainer.phase_best,
             "wall_seconds": time.perf_counter() - t_start, **info}
-
-
-def _phase_bests(hist: list[dict]) -> list[dict]:
-    out = {}
-    for r in hist:
-        b = out.get(r["phase"])
-        if b is None or r["val_acc"] > b["best_val_acc"]:
-            out[r["phase"]] = {"phase": r["phase"], "best_val_acc": r["val_acc"], "epoch": r["epoch"]}
-    return list(out.values())
 
 
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:

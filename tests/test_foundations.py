@@ -149,3 +149,35 @@ def test_config_yaml_holds_the_fit_options_and_resume_reads_them(tmp_path, image
                                                         workers=0)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert set(split["train"]["items"]).isdisjoint(split["val"]["items"])
+
+
+# -- test data is never used for selection; resume never re-splits --------------------------------------------
+def test_a_test_split_is_scored_once_and_never_chosen_on(tmp_path, tiny_spec):
+    from tests.conftest import make_images
+    make_images(tmp_path / "d" / "train", n=10)
+    make_images(tmp_path / "d" / "test", n=4, seed=1)
+    run = rehead.fit(str(tmp_path / "d"), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=3,
+                     **QUIET)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert all("/train/" in p for p in split["train"]["items"] + split["val"]["items"])  # val carved from train
+    s = run.summary
+    assert s["test_n"] == 8 and 0 <= s["test_acc"] <= 1 and "val_acc" in s
+
+
+def test_resume_stops_when_the_data_changed(tmp_path, image_folder, tiny_spec):
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=2, **QUIET)
+    (tmp_path / "run" / "model.safetensors").unlink()  # as if killed before the end
+    victim = sorted(image_folder.rglob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "changed" in res.output and "Traceback" not in res.output
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, image_folder, tiny_spec, monkeypatch):
+    import rehead.fit as fit_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fit_module, "_train", interrupted)
+    res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 130 and "interrupted" in res.output and "Traceback" not in res.output
