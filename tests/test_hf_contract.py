@@ -4,6 +4,7 @@ through ``hf:DIR``. At full depth and at every cut, rehead's features equal the 
 ``AutoModel(..., output_hidden_states=True)`` pooled the same way, on a padded batch."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -122,6 +123,16 @@ def test_features_equal_automodel_hidden_states_pooled(family, tiny_dirs, one_th
     rows = bb.describe(x)
     assert [r["output_shape"] for r in rows] == [(mask.shape[1], 32)] * len(bb)
     assert sum(r["params"] for r in rows) == sum(p.numel() for p in bb.parameters())
+    # a deep copy runs on its own modules; a cut moved alone (here: to float64) uses only what it holds
+    twin = copy.deepcopy(bb)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+    with torch.inference_mode():
+        assert not torch.allclose(twin(x), want[len(bb)], atol=1e-3)
+        assert torch.allclose(bb(x), want[len(bb)], atol=1e-5)
+        low = bb.cut(2).to(torch.float64)(x)
+    assert low.dtype == torch.float64 and torch.allclose(low.float(), want[2], atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])

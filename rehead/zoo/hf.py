@@ -65,11 +65,13 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root
 
 
-def _graft(root: nn.Module, assign: dict[str, nn.Module | None]) -> nn.Module:
+def _graft(root: nn.Module, assign: dict[str, nn.Module | None], training: bool) -> nn.Module:
     """A shallow copy of ``root`` with the submodules at the dotted paths replaced; every module
-    not named is shared with ``root``, which is left as it was."""
+    not named is shared with ``root``, which is left as it was. The copied containers (whose
+    forward is the glue between the modules) take ``training``."""
     new = copy.copy(root)
     new._modules = dict(root._modules)
+    new.training = training
     groups: dict[str, dict] = {}
     for path, mod in assign.items():
         head, _, rest = path.partition(".")
@@ -78,7 +80,7 @@ def _graft(root: nn.Module, assign: dict[str, nn.Module | None]) -> nn.Module:
         else:
             new._modules[head] = mod
     for head, sub in groups.items():
-        new._modules[head] = _graft(root._modules[head], sub)
+        new._modules[head] = _graft(root._modules[head], sub, training)
     return new
 
 
@@ -203,7 +205,7 @@ class TextBackbone(Backbone):
             assign[plan["norm"]] = self.stages["norm"].norm if with_norm else nn.Identity()
         for p in plan["poolers"]:
             assign[p] = None
-        return _graft(self._template[0], assign)
+        return _graft(self._template[0], assign, emb.training)
 
     def hidden(self, inputs, cuts, modes=None) -> dict[int, torch.Tensor]:
         """Hidden states (B, T, D) after each of ``cuts`` stages, from one forward of the model.
