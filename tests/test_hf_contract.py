@@ -162,14 +162,7 @@ def test_frozen_prefix_runs_without_autograd_and_the_rest_trains(family, tiny_di
 def test_a_sentence_transformers_folder_pools_as_its_card_says(tmp_path, one_thread):
     """modules.json + 1_Pooling/config.json: mean pooling, max_seq_length; equal to SentenceTransformer."""
     from sentence_transformers import SentenceTransformer
-    d = save_tiny(tmp_path / "st", "bert")
-    (d / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-    (d / "1_Pooling").mkdir()
-    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
-                                                             "pooling_mode_mean_tokens": True}))
-    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20, "do_lower_case": False}))
+    d = save_tiny_st(tmp_path / "st")
     bb = zoo.load(f"hf:{d}").eval()
     assert (bb.data_config["pooling"], bb.data_config["max_length"]) == ("mean", 20)
     with torch.inference_mode():
@@ -185,6 +178,39 @@ def test_a_sentence_transformers_folder_pools_as_its_card_says(tmp_path, one_thr
         assert torch.allclose(bb(x).norm(dim=1), torch.ones(len(SENTENCES)), atol=1e-6)
     with pytest.raises(zoo.ModelNotFound, match="pooling=mean|cls"):
         zoo.load(f"hf:{d}?pooling=avg")
+
+
+def save_tiny_st(d):
+    """A sentence-transformers folder: tiny BERT + modules.json, mean Pooling, max_seq_length 20."""
+    save_tiny(d, "bert")
+    (d / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                             "pooling_mode_mean_tokens": True}))
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20, "do_lower_case": False}))
+    return d
+
+
+def test_hf_hub_id_from_the_hub_cache_reads_its_card(tmp_path, monkeypatch, one_thread):
+    """hf:ORG/NAME goes through the Hub (here its cache, offline): model, tokenizer and the
+    sentence-transformers card (pooling, max length) as for a local folder."""
+    import shutil
+    import huggingface_hub.constants
+    src = save_tiny_st(tmp_path / "src")
+    snap = tmp_path / "hub" / "models--rehead-test--tiny-st" / "snapshots" / ("0" * 40)
+    shutil.copytree(src, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub, local = zoo.load("hf:rehead-test/tiny-st").eval(), zoo.load(f"hf:{src}").eval()
+    assert hub.spec == "hf:rehead-test/tiny-st" and hub.data_config["tokenizer"] == "rehead-test/tiny-st"
+    assert (hub.data_config["pooling"], hub.data_config["max_length"]) == ("mean", 20)
+    x = hub.tokenize(SENTENCES)
+    with torch.inference_mode():
+        assert torch.allclose(hub(x), local(x), atol=1e-6)
 
 
 def test_hf_specs_hub_id_offline_and_local_folders(tmp_path, tiny_dirs, monkeypatch):
