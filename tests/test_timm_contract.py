@@ -200,3 +200,28 @@ def test_every_cut_from_one_pass_per_batch(tmp_path, monkeypatch):
     with torch.no_grad():
         for k in cuts:
             torch.testing.assert_close(f[k], bb.cut(k)(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("name", ["vit", "eva02", "swin"])
+def test_moving_the_backbone_moves_what_timm_runs(name, overwrite):
+    """``.to()`` (device or dtype) on the backbone reaches every tensor timm uses, including those
+    held one by one (class token, position embedding, EVA's q/v biases), also when torch makes new
+    parameter objects on conversion."""
+    import copy
+    bb = zoo.load(f"contract:{name}")
+    size = bb.data_config["input_size"]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4)).double()
+    ref = copy.deepcopy(bb.model).double()
+    with torch.no_grad():
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    old = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    try:
+        bb = bb.to(torch.float64)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(old)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), want, atol=1e-9, rtol=0)
+        torch.testing.assert_close(bb.cut(1)(x), ref.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+                                   .mean((2, 3)), atol=1e-9, rtol=0)

@@ -365,6 +365,12 @@ class TimmBackbone(Backbone):
 
 def timm_backbone(model: nn.Module, spec: str, data_config: dict | None = None) -> TimmBackbone:
     """Wrap a timm model (built by ``timm.create_model``) as a rehead backbone."""
+    missing = [f for f in ("forward_intermediates", "prune_intermediate_layers", "feature_info", "forward_head")
+               if not hasattr(model, f)]
+    if missing:
+        raise ValueError(f"timm's {type(model).__name__} has no {', '.join(missing)}: rehead cuts image models "
+                         "through timm's feature API, which nearly every timm family has (e.g. timm:resnet50, "
+                         "timm:vit_base_patch16_224, timm:convnext_tiny)")
     model.eval()
     cfg = data_config or image_data_config(model.pretrained_cfg)
     plan = trace_plan(model, int(cfg["input_size"]))
