@@ -112,6 +112,9 @@ def analyse(base: nn.Module) -> dict:
     # the embeddings side: every other module on the way to the block list
     embeds, parent, prefix = {}, base, ""
     for part in layers.split("."):
+        if any(p is not None for p in parent._parameters.values()):
+            raise ModelNotFound(f"{type(base).__name__} keeps weights outside its submodules "
+                                f"({', '.join(prefix + k for k in parent._parameters)}): rehead cannot give them a stage")
         for k, m in parent._modules.items():
             if m is None or k == part or prefix + k == norm or prefix + k in poolers:
                 continue
