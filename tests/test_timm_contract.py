@@ -63,8 +63,9 @@ ARCHS = {
     "byobnet": ("test_byobnet", {}, 64),
     "maxvit": ("test_maxvit", {}, 160),
     "lcnet": ("lcnet_050", {}, 64),
+    "legacy_xception": ("legacy_xception", {}, 64),
 }
-SLOW = {"inception_v3", "xception", "densenet"}  # 8-27 M parameters: seconds each on a busy CPU
+SLOW = {"inception_v3", "xception", "legacy_xception", "densenet"}  # 8-27 M parameters: seconds each on a busy CPU
 FIT_FAST = {"vit", "swin", "convnext", "efficientnet_lite", "mobilenetv3", "levit"}  # fit+export outside -m slow
 
 
@@ -110,6 +111,9 @@ def test_features_equal_timms_own(name):
             want = inter[k - 1].mean((2, 3))  # the same pooling at every intermediate cut
             prefix = bb.cut(k)
             assert prefix.stage_names == bb.stage_names[:k]
+            # a cut holds exactly its stages' weights (what cache snapshots and run reloads assume)
+            kept = tuple(f"stages.{n}." for n in prefix.stage_names)
+            assert set(prefix.state_dict()) == {key for key in bb.state_dict() if key.startswith(kept)}
             torch.testing.assert_close(prefix(x), want, atol=1e-5, rtol=0)
             torch.testing.assert_close(many[k], want, atol=1e-5, rtol=0)
         # cutting leaves the whole backbone as it was
