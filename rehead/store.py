@@ -215,6 +215,22 @@ class ShardStore:
                 db.execute("ROLLBACK")
                 raise
 
+    def check_writable(self) -> None:
+        """Raise CacheError now if the cache cannot take writes (read-only, not a rehead cache,
+        unusable index), so that a fit can stop before it creates its run directory."""
+        db = self._conn(create=True)
+        with self._writing(self.db_path):
+            db.execute("BEGIN IMMEDIATE")
+            try:  # a write that is rolled back: fails on a read-only index
+                db.execute("INSERT OR REPLACE INTO models VALUES ('.probe', 0, 0)")
+            finally:
+                db.execute("ROLLBACK")
+        probe = self.root / "features" / f".tmp-probe-{os.getpid()}"
+        with self._writing(probe):
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+
     def close(self) -> None:
         if self._db is not None and self._pid == os.getpid():
             self.flush()
@@ -228,7 +244,7 @@ class ShardStore:
         ap = os.path.abspath(path)
         st = os.stat(ap)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        d = os.path.dirname(ap)
+        d = ap.rpartition(os.sep)[0]  # dirname, without its checks: ap is absolute and normalised
         if d not in self._memo_dirs:
             self._load_memo(d)
         known = self._memo.get(ap)
@@ -250,9 +266,9 @@ class ShardStore:
         if db is None:
             return
         with self._reading():
-            for path, ino, size, mt, ct, dig in db.execute(
-                    "SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM digests WHERE dir=?", (d,)):
-                self._memo[path] = (ino, size, mt, ct, dig)
+            rows = db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM digests WHERE dir=?",
+                              (d,)).fetchall()
+        self._memo.update((r[0], r[1:]) for r in rows)
 
     def flush(self) -> None:
         """Write the digests computed since the last flush."""
@@ -488,9 +504,10 @@ class _Guard:
                 raise CacheError(f"feature cache index {self.path} is unreadable ({msg}): run `rehead cache "
                                  "clear`, or pass --no-cache or another --cache-dir") from exc
             raise CacheError(f"cannot write the feature cache at {self.path} ({msg}): {REMEDY}") from exc
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        if isinstance(exc, OSError):
             reason = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                       errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                      errno.ENOENT: "no such directory",
                       errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, exc.strerror or str(exc))
             raise CacheError(f"cannot write the feature cache at {self.path} ({reason}): {REMEDY}") from exc
         return False

@@ -355,6 +355,8 @@ def test_a_full_or_read_only_cache_stops_a_fit_with_one_clear_line(tmp_path, ima
         FeatureCache(root).put("other", "k", np.zeros(3))  # the index exists; now open it read-only
         real = sqlite3.connect
         monkeypatch.setattr(sqlite3, "connect", lambda p, **k: real(f"file:{p}?mode=ro", uri=True, **k))
+        with pytest.raises(CacheError, match="--no-cache"):  # what a fit can ask before its run directory exists
+            FeatureCache(root).check_writable()
     with pytest.raises(CacheError) as e:
         _fit(tmp_path, image_folder, tiny_spec, "run", root)
     msg = str(e.value)
