@@ -221,7 +221,7 @@ def test_gradual_unfreezes_top_blocks_with_lower_lrs(sentiment_folder, tmp_path,
     from rehead.run import Run
     before = zoo.load(f"hf:{tiny_bert_dir}").state_dict()
     fit(sentiment_folder, model=f"hf:{tiny_bert_dir}", out=tmp_path / "g", strategy="gradual", epochs=1,
-        unfreeze=2, progress=False, echo=lambda *a: None, select_best=False)
+        unfreeze=2, progress=False, echo=lambda *a: None, keep_last=True)
     run = Run(tmp_path / "g")
     assert [p["trainable"] for p in run.config["phases"]] == [0, 1, 2]
     after = run.model.backbone.state_dict()
