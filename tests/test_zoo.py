@@ -162,3 +162,23 @@ def test_the_source_model_as_it_is_names_imagenet_classes():
     assert sum(any(r["label"].startswith("ant,") for r in t) for t in top) >= 6
     with pytest.raises(ValueError, match="no pretrained head"):
         bb.cut(3).source_predict(torch.zeros(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("name,size", [("regnet_y_400mf", 64), ("densenet121", 64),
+                                       pytest.param("inception_v3", 96, marks=pytest.mark.slow)])
+def test_torchvision_state_dicts_map_through_timms_checkpoint_filters(tmp_path, name, size):
+    """Names timm's copy does not share (RegNet, DenseNet) go through timm's own checkpoint filter;
+    the features are torchvision's penultimate layer."""
+    import torchvision
+    torch.manual_seed(0)
+    tv = torchvision.models.get_model(name, weights=None, **({"init_weights": False} if name == "inception_v3" else {}))
+    tv.eval()
+    torch.save(tv.state_dict(), tmp_path / "w.pth")
+    bb = zoo.load(f"file:{tmp_path / 'w.pth'}#torchvision:{name}")
+    for attr in ("fc", "classifier"):
+        if hasattr(tv, attr):
+            setattr(tv, attr, torch.nn.Identity())
+    tv.aux_logits, tv.AuxLogits = False, None
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), tv(x), atol=1e-4, rtol=0)

@@ -77,7 +77,10 @@ def _from_torchvision(model, sd: dict) -> dict:
     """A torchvision state dict in timm's names, by the model module's own checkpoint filter
     (the ResNet family needs none: timm kept torchvision's names)."""
     import sys
-    if set(sd) == set(model.state_dict()):
+    own = model.state_dict()
+    if not any(k.startswith("AuxLogits.") for k in own):  # Inception-v3's training-only auxiliary head
+        sd = {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")}
+    if set(sd) == set(own):
         return sd
     mod = sys.modules[type(model).__module__]
     fn = getattr(mod, "checkpoint_filter_fn", None) or getattr(mod, "_filter_fn", None)

@@ -16,10 +16,12 @@ A timm model already says where its stages end and how to run a prefix of it:
 Which parameters belong to which stage is read off one traced forward pass: a module belongs to
 the stage during which it first runs (the boundaries are the ``feature_info`` modules finishing);
 what runs after the last boundary (final norm, ``conv_head``, a pre-logits MLP) is one more stage,
-``pre_logits`` (``head_conv`` where the model has a ``conv_head``), when it holds any weights. The
-classifier never runs in that pass, so it stays out of the stages (kept aside as ``source_head``).
+``pre_logits`` (``head_conv`` where the model has a ``conv_head``), when it holds any weights. A
+module that never runs belongs with its parent (EVA's attention reads its ``qkv`` weight directly);
+the classifier (``get_classifier()``) belongs to no stage and is kept aside as ``source_head``.
 Stage modules hold those timm modules under their timm names, so a backbone's state dict reads
-``stages.<stage>.<timm name>``.
+``stages.<stage>.<timm name>``; tensors of a module split between stages (the class token and
+position embedding on the model itself, EVA's q/v biases) are held one by one.
 
 Stages run lazily: ``begin``/``run_stage`` only count how deep the state is, and ``pool`` runs timm
 once to that depth. Frozen stages still cost no stored activations: their weights do not require
@@ -42,10 +44,6 @@ class Pending:
 
     def __init__(self, inputs: torch.Tensor, depth: int = 0):
         self.inputs, self.depth = inputs, depth
-
-    @property
-    def shape(self):
-        return self.inputs.shape
 
 
 class TimmStage(nn.Module):
