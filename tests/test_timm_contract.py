@@ -118,6 +118,11 @@ def test_features_equal_timms_own(name):
             torch.testing.assert_close(many[k], want, atol=1e-5, rtol=0)
         # cutting leaves the whole backbone as it was
         torch.testing.assert_close(bb(x), want_full, atol=1e-5, rtol=0)
+    # `rehead inspect`: one row per stage; a stage's channels are its pooled feature width
+    rows = bb.describe(x[:1])
+    assert [r["name"] for r in rows] == bb.stage_names
+    assert all(rows[k - 1]["output_shape"][0] == many[k].shape[1] for k in cuts[:-1])
+    assert sum(r["params"] for r in rows) == sum(p.numel() for p in bb.parameters())
     assert bb.stage_names[-1] in ("pre_logits", "head_conv") or len(bb) == len(inter)
 
     # The stages hold every weight the features use, and only the classifier stays out.
