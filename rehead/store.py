@@ -158,6 +158,7 @@ class ShardStore:
         self._memo: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, digest)
         self._memo_dirs: set[str] = set()
         self._pending: list[tuple] = []  # digests to write at the next flush
+        self._rooted = False
 
     # -- the root and its marker ------------------------------------------------------
     @property
@@ -188,12 +189,13 @@ class ShardStore:
     # -- the database ---------------------------------------------------------------------
     def _conn(self, create: bool) -> sqlite3.Connection | None:
         """The connection (one per process: forked loader workers never reuse the parent's)."""
+        if create and not self._rooted:  # every writer checks the marker once
+            self._ensure_root()
+            self._rooted = True
         if self._db is not None and self._pid == os.getpid():
             return self._db
         if not create and not self.db_path.exists():
             return None
-        if create:
-            self._ensure_root()
         with self._writing(self.db_path):
             db = sqlite3.connect(str(self.db_path), timeout=60, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -444,19 +446,17 @@ class ShardStore:
             self._db.close()
             self._db = None
         failed: list[str] = []
-        for name in sorted(OWN_NAMES - {MARKER}):
-            p = self.root / name
+        for p in [self.root / n for n in sorted(OWN_NAMES - {MARKER})] + list(self.root.glob(".tmp-*")):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, onerror=lambda fn, path, exc: failed.append(str(path)))
-            elif p.exists() or p.is_symlink():
+            elif os.path.lexists(p):
                 try:
                     p.unlink()
                 except OSError:
                     failed.append(str(p))
-        for p in self.root.glob(".tmp-*"):
-            p.unlink(missing_ok=True)
         self._memo.clear()
         self._memo_dirs.clear()
+        self._rooted = False
         return [f for f in failed if os.path.lexists(f)]
 
 
