@@ -389,3 +389,13 @@ def test_info_and_gc_evict_the_least_recently_used_model_key(tmp_path):
     cache = FeatureCache(tmp_path / "c")
     assert cache.get_all("new", ["a"]) is None and cache.get_all("old", ["a", "b"]) is not None
     assert cache.size()["shards"] == 1 and not (tmp_path / "c" / "features" / "new").exists()
+
+
+def test_sizes_read_as_people_write_them():
+    from rehead.store import parse_size
+    assert parse_size("500MB") == 500_000_000 and parse_size("1.5GiB") == 3 << 29 and parse_size("2g") == 2e9
+    assert parse_size("1000") == 1000
+    with pytest.raises(ValueError, match="500MB"):
+        parse_size("lots")
+    r = _cli("cache", "gc", "--max-size", "-1GB")
+    assert r.exit_code != 0 and "negative" in r.output
