@@ -3,7 +3,7 @@
 Layout of a cache root::
 
     CACHEDIR.TAG                      marker: written when rehead creates the root; `clear` needs it
-    index.sqlite                      models; shards with their rows' keys and checksums; digests
+    index.sqlite                      models; shards with their rows' keys and checksums; file digests
     features/<model key>/<id>.npy     shards: float32 (rows, dim), written to a temp file and renamed
     snapshots/...                     backbone snapshots (rehead.features)
 
@@ -45,9 +45,8 @@ CREATE TABLE IF NOT EXISTS shards(id INTEGER PRIMARY KEY, mkey TEXT NOT NULL, fi
                                   rows INTEGER NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL,
                                   keys BLOB NOT NULL, checks BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS shards_mkey ON shards(mkey);
-CREATE TABLE IF NOT EXISTS digests(path TEXT PRIMARY KEY, dir TEXT NOT NULL, ino INTEGER, size INTEGER,
-                                   mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS digests_dir ON digests(dir);
+CREATE TABLE IF NOT EXISTS file_digests(path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+                                        ctime_ns INTEGER, sha256 BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -254,29 +253,31 @@ class ShardStore:
             return known[4]
         h = hashlib_sha256_file(ap)
         self._memo[ap] = (*stamp, h)
-        self._pending.append((ap, d, *stamp, h))
+        if _utf8(ap):  # a name SQLite cannot store is hashed again next time
+            self._pending.append((ap, *stamp, bytes.fromhex(h)))
         if len(self._pending) >= 1000:
             self.flush()
         return h
 
     def _load_memo(self, d: str) -> None:
-        """A directory's remembered digests in one query: a warm fit makes one query per folder."""
-        if d in self._memo_dirs:
-            return
+        """A folder's remembered digests in one range query on the path key: a warm fit makes one
+        query per folder."""
         self._memo_dirs.add(d)
         db = self._conn(create=False)
         if db is None:
             return
+        prefix = d.rstrip(os.sep) + os.sep
         with self._reading():
-            rows = db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM digests WHERE dir=?",
-                              (d,)).fetchall()
-        self._memo.update((r[0], r[1:]) for r in rows)
+            rows = db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, sha256 FROM file_digests "
+                              "WHERE path > ? AND path < ? AND instr(substr(path, ?), ?) = 0",
+                              (prefix, prefix[:-1] + chr(ord(os.sep) + 1), len(prefix) + 1, os.sep)).fetchall()
+        self._memo.update((r[0], (*r[1:5], r[5].hex())) for r in rows)
 
     def flush(self) -> None:
         """Write the digests computed since the last flush."""
         if self._pending:
             rows, self._pending = self._pending, []
-            self._write([("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?)", rows)])
+            self._write([("INSERT OR REPLACE INTO file_digests VALUES (?,?,?,?,?,?)", rows)])
 
     def _reading(self):
         return _Guard(self.db_path, reading=True)
@@ -520,6 +521,14 @@ def _looks_like_old_cache(root: Path) -> bool:
         return False
     keys = [p.name for sub in ("features", "snapshots") if (root / sub).is_dir() for p in (root / sub).iterdir()]
     return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in a file name (surrogate escapes)
+        return False
 
 
 def hashlib_sha256_file(path: str) -> str:
