@@ -39,6 +39,7 @@ SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
 REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
 
+SCHEMA_VERSION = 1  # PRAGMA user_version of the index; bump when SCHEMA changes
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models(mkey TEXT PRIMARY KEY, dim INTEGER NOT NULL, last_used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS shards(id INTEGER PRIMARY KEY, mkey TEXT NOT NULL, file TEXT NOT NULL UNIQUE,
@@ -199,9 +200,31 @@ class ShardStore:
             db = sqlite3.connect(str(self.db_path), timeout=60, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
-            db.executescript(SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._migrate(db)
         self._db, self._pid = db, os.getpid()
         return db
+
+    def _migrate(self, db) -> None:
+        """Create the tables, or replace an older layout's (its rows are recomputed as needed; `gc`
+        removes the shards nothing points to). An index from a newer rehead is left alone."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            v = db.execute("PRAGMA user_version").fetchone()[0]  # again, under the lock: another process may have
+            if v > SCHEMA_VERSION:
+                raise CacheError(f"feature cache index {self.db_path} was written by a newer rehead: upgrade, or "
+                                 "pass --cache-dir DIR or --no-cache")
+            if v < SCHEMA_VERSION:
+                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                    db.execute(f'DROP TABLE "{t}"')
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _write(self, sql_batches: list[tuple[str, list]]) -> None:
         """Run ``(sql, rows)`` pairs in one immediate transaction."""

@@ -399,3 +399,19 @@ def test_sizes_read_as_people_write_them():
         parse_size("lots")
     r = _cli("cache", "gc", "--max-size", "-1GB")
     assert r.exit_code != 0 and "negative" in r.output
+
+
+def test_an_index_of_another_layout_is_replaced_or_refused(tmp_path):
+    import sqlite3
+    from rehead.store import CacheError
+    FeatureCache(tmp_path / "c")._ensure_root()
+    with sqlite3.connect(tmp_path / "c" / "index.sqlite") as db:  # an older layout's table, version 0
+        db.execute("CREATE TABLE shards(id INTEGER PRIMARY KEY, mkey TEXT)")
+    cache = FeatureCache(tmp_path / "c")
+    cache.put_many("m", ["a"], np.ones((1, 3)))
+    assert cache.get_all("m", ["a"]).tolist() == [[1, 1, 1]]
+    cache.close()
+    with sqlite3.connect(tmp_path / "c" / "index.sqlite") as db:
+        db.execute("PRAGMA user_version=999")
+    with pytest.raises(CacheError, match="newer rehead"):
+        FeatureCache(tmp_path / "c").get_all("m", ["a"])
