@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .store import CacheError, ShardStore, atomic_write_bytes, default_cache_dir  # noqa: F401 (re-exported)
+from .store import CacheError, ShardStore, atomic_write_bytes, default_cache_dir
+
+__all__ = ["FeatureCache", "extract", "CacheError", "atomic_write_bytes", "default_cache_dir"]
 
 
 class FeatureCache(ShardStore):
