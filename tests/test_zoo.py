@@ -133,7 +133,7 @@ def test_hub_ids_offline_say_how_to_use_a_local_file(monkeypatch):
         zoo.load("torchvision:resnet50")
 
 
-def test_torchvision_weights_load_into_timms_copy_and_give_torchvisions_features(tmp_path):
+def test_torchvision_weights_load_into_timms_copy_and_give_torchvisions_features(tmp_path, one_thread):
     import torchvision
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None).eval()
@@ -164,9 +164,9 @@ def test_the_source_model_as_it_is_names_imagenet_classes():
         bb.cut(3).source_predict(torch.zeros(1, 3, 224, 224))
 
 
-@pytest.mark.parametrize("name,size", [("regnet_y_400mf", 64), ("densenet121", 64),
+@pytest.mark.parametrize("name,size", [("regnet_y_400mf", 64), pytest.param("densenet121", 64, marks=pytest.mark.slow),
                                        pytest.param("inception_v3", 96, marks=pytest.mark.slow)])
-def test_torchvision_state_dicts_map_through_timms_checkpoint_filters(tmp_path, name, size):
+def test_torchvision_state_dicts_map_through_timms_checkpoint_filters(tmp_path, name, size, one_thread):
     """Names timm's copy does not share (RegNet, DenseNet) go through timm's own checkpoint filter;
     the features are torchvision's penultimate layer."""
     import torchvision
