@@ -36,12 +36,12 @@ def probs(linear, x):
         return torch.softmax(linear(torch.as_tensor(x, dtype=torch.float32)).double(), 1).numpy()
 
 
-@pytest.mark.parametrize("C", [0.01, 1.0, 30.0])
-def test_optimum_equals_sklearn_at_the_same_C(C):
-    x, y = blobs()
+@pytest.mark.parametrize("C,k", [(0.01, 3), (1.0, 3), (30.0, 3), (0.01, 2), (3.0, 2)])
+def test_optimum_equals_sklearn_at_the_same_C(C, k):
+    x, y = blobs(k=k)
     xt, _ = blobs(seed=1)  # raw held-out rows: the folded head equals standardise-then-linear on them
-    lin, info = fit_linear_head(x, y, 3, C=C)
-    assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == (3, 20)
+    lin, info = fit_linear_head(x, y, k, C=C)
+    assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == (k, 20)
     assert info["converged"] and info["grad_norm"] < 1e-5 and info["folds"] == 0 and info["C"] == C
     sk = sklearn_pipe(x, y, C)
     np.testing.assert_allclose(probs(lin, xt), sk.predict_proba(xt.astype(np.float64)), atol=2e-3)
@@ -49,6 +49,8 @@ def test_optimum_equals_sklearn_at_the_same_C(C):
     with torch.no_grad():
         ours = lin(torch.from_numpy(xt)).double().numpy()
     theirs = sk.decision_function(xt.astype(np.float64))
+    if k == 2:  # scikit-learn: one logit, the second class's minus the first's
+        theirs = np.stack([-theirs / 2, theirs / 2], 1)
     np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True),
                                atol=5e-3 * max(1.0, np.abs(theirs).max()))
 
@@ -79,19 +81,20 @@ def test_separable_data_reaches_the_optimum_at_the_chosen_C():
     assert info["C"] == min(info["cv"], key=lambda r: (r["log_loss"], r["C"]))["C"]
 
 
-def test_cv_scores_equal_LogisticRegressionCV_on_the_same_folds():
+@pytest.mark.parametrize("k", [2, 3])
+def test_cv_scores_equal_LogisticRegressionCV_on_the_same_folds(k):
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
-    x, y = blobs(n=240, d=12, seed=5)
-    cs = np.logspace(-3, 2, 6)
-    lin, info = fit_linear_head(x, y, 3, cs=cs, patience=0, cv_tol=1e-6)
+    x, y = blobs(n=240, d=12, k=k, seed=5)
+    cs = np.logspace(-3, 1, 5)
+    lin, info = fit_linear_head(x, y, k, cs=cs, patience=0, cv_tol=1e-6)
     xs = StandardScaler().fit_transform(x.astype(np.float64))
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9's notices about 1.10 defaults
         ref = LogisticRegressionCV(Cs=cs, cv=cv, scoring="neg_log_loss", tol=1e-8, max_iter=5000).fit(xs, y)
-    ref_loss = -np.asarray(ref.scores_[0]).mean(0)  # (Cs,)
+    ref_loss = -np.asarray(next(iter(ref.scores_.values()))).mean(0)  # (Cs,)
     ours = np.array([r["log_loss"] for r in info["cv"]])
     np.testing.assert_allclose(ours, ref_loss, rtol=1e-3, atol=1e-4)
     assert info["C"] == pytest.approx(float(ref.C_[0]))
@@ -158,3 +161,18 @@ def test_class_weight_balanced_equals_sklearn():
         warnings.simplefilter("ignore")
         sk = sklearn_pipe(x, y, 0.5, class_weight="balanced")
     np.testing.assert_allclose(probs(lin, x), sk.predict_proba(x.astype(np.float64)), atol=2e-3)
+
+
+def test_tiny_but_real_and_constant_features():
+    """Standardisation as StandardScaler's: a column spread at 1e-33 (MiniLM's pooled features
+    have such columns, and they carry label signal) is used; a constant one gets weight 0."""
+    x, y = blobs(k=2, seed=11)
+    x = x.astype(np.float64)
+    x[:, 0] *= 1e-33
+    x[:, 5] = 7.0
+    lin, info = fit_linear_head(x, y, 2, C=1.0)
+    assert torch.isfinite(lin.weight).all() and (lin.weight[:, 5].abs() < 1e-8).all()
+    sk = sklearn_pipe(x, y, 1.0)
+    np.testing.assert_allclose(probs(lin, x), sk.predict_proba(x), atol=2e-3)
+    without, _ = fit_linear_head(np.delete(x, 0, 1), y, 2, C=1.0)
+    assert np.abs(probs(lin, x) - probs(without, np.delete(x, 0, 1))).max() > 0.01  # column 0 matters

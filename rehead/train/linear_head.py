@@ -10,8 +10,11 @@ penalised), so ``C`` means the same thing there and here::
 
     C * sum_i s_i * CE(W x_i + b, y_i) + 0.5 * ||W||^2        (s_i: class weights, 1 by default)
 
-Features are standardised inside (mean / std of the training split; a constant feature gets
-std 1) and the result is folded back, so the returned ``nn.Linear`` takes raw features.
+(with two classes the penalty is doubled: scikit-learn then fits one vector, the difference of
+the two rows of W, and this makes its C and ours the same problem).
+
+Features are standardised inside (mean / std of the training split, as scikit-learn's
+StandardScaler: a constant feature gets std 1) and the result is folded back, so the returned ``nn.Linear`` takes raw features.
 
 Why it is fast (the same optimum, reached in far fewer reads of the data):
 
@@ -114,7 +117,11 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     # Standardise (train statistics), then rotate onto the covariance's eigenvectors.
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
-    std = torch.where(std > 1e-12 * std.max().clamp_min(1e-300), std, torch.ones_like(std))
+    # Constant: no spread beyond rounding (scikit-learn's StandardScaler rule), or so little that
+    # the folded weights would overflow float32. Tiny but real spreads are kept: MiniLM's pooled
+    # features have columns of ~1e-33 that carry label signal (about a point on rt_polarity).
+    constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-36)
+    std = torch.where(constant, torch.ones_like(std), std)
     xs = (x - mean) / std
     del x
     t_rot = time.perf_counter()
@@ -146,7 +153,7 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     info["C"] = float(C)
     info["cv"] = cv_rows
     t_fin = time.perf_counter()
-    prob = _Problem(z, y1, sw, 1.0 / (C * float(sw.sum())))  # the final fit: float64
+    prob = _Problem(z, y1, sw, _penalty_factor(k) / (C * float(sw.sum())))  # the final fit: float64
     (wz, b), it, converged = _lbfgs(prob, None if warm is None else (warm[0].double(), warm[1].double()), tol,
                                     max_iter)
     info["final_seconds"] = time.perf_counter() - t_fin
@@ -168,6 +175,13 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     linear.bias.copy_(bias.float())
     info["seconds"] = time.perf_counter() - t0
     return linear, info
+
+
+def _penalty_factor(k: int) -> float:
+    """Two classes: scikit-learn fits one weight vector v (logit difference) with 0.5 ||v||^2;
+    the softmax's two vectors are w and -w at the optimum (v = 2w), whose 0.5 (||w||^2 + ||-w||^2)
+    is 0.25 ||v||^2. Doubling the penalty makes C mean the same as there."""
+    return 2.0 if k == 2 else 1.0
 
 
 def _sample_weights(class_weight, y, counts, present, n):
@@ -215,7 +229,8 @@ class _Problem:
     def _parts(self, w, b):
         logits = self.z @ w + b
         lse = torch.logsumexp(logits, 1, keepdim=True)
-        loss = float((self.s * (lse - logits) * self.y1).sum()) + 0.5 * self.mu * float((w * w).sum())
+        loss = float((self.s * (lse - logits) * self.y1).sum(dtype=torch.float64)) + 0.5 * self.mu * float(
+            (w * w).sum(dtype=torch.float64))
         return loss, torch.exp(logits - lse)
 
     def loss_grad(self, w, b):
@@ -309,7 +324,7 @@ class _Joint:
         self.z2 = z * z
 
     def set_c(self, c):
-        self.mu = (1.0 / (c * self.s_sum))
+        self.mu = _penalty_factor(self.y1.shape[1]) / (c * self.s_sum)
 
     def zeros(self):
         r, k = self.z.shape[1], self.y1.shape[1]
@@ -324,7 +339,8 @@ class _Joint:
         logits = self.logits(w, b)
         lse = torch.logsumexp(logits, 2, keepdim=True)
         yy = self.y1[:, None, :]
-        loss = float((self.s * (lse - logits) * yy).sum()) + 0.5 * float((self.mu[:, None] * (w * w).sum(0)).sum())
+        loss = float((self.s * (lse - logits) * yy).sum(dtype=torch.float64)) + 0.5 * float(
+            (self.mu[:, None] * (w * w).sum(0)).sum(dtype=torch.float64))
         p = torch.exp(logits - lse)
         g = self.s * (p - yy)
         gw = (self.z.T @ g.reshape(n, -1)).reshape(r, self.f, -1) + self.mu[None, :, None] * w
