@@ -182,3 +182,23 @@ def test_torchvision_state_dicts_map_through_timms_checkpoint_filters(tmp_path, 
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         torch.testing.assert_close(bb(x), tv(x), atol=1e-4, rtol=0)
+
+
+def test_a_downloaded_hub_folder_loads_offline_as_timm_local_dir(tmp_path, one_thread):
+    """`timm:local-dir:FOLDER` (a hub repo copied: config.json + model.safetensors) loads its weights
+    with no network, and has a stamp, so a warm fit can skip building it."""
+    import json
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    m = timm.create_model("resnet10t", pretrained=False).eval()
+    cfg = dict(m.pretrained_cfg)
+    cfg.pop("hf_hub_id", None)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 1000,
+                                                      "pretrained_cfg": cfg}, default=str))
+    save_file(m.state_dict(), str(tmp_path / "model.safetensors"))
+    bb = zoo.load(f"timm:local-dir:{tmp_path}")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), m.forward_head(m.forward_features(x), pre_logits=True), atol=1e-6, rtol=0)
+    assert zoo.weights_stamp(f"timm:local-dir:{tmp_path}") and zoo.weights_stamp("timm:resnet18") is None

@@ -90,8 +90,19 @@ def wrap_timm(model: torch.nn.Module, spec: str) -> TimmBackbone:
     return timm_backbone(model, spec)
 
 
+def _timm_stamp(name: str) -> str | None:
+    """``timm:local-dir:FOLDER``: the folder's files (a warm fit then skips building the model);
+    hub downloads have no stamp."""
+    from pathlib import Path
+    from . import file_stamp, timm_stages
+    if not name.startswith("local-dir:"):
+        return None
+    files = sorted(p for p in Path(name.split(":", 1)[1]).iterdir() if p.is_file())
+    return file_stamp(*files, timm_stages.__file__) if files else None
+
+
 @register_source("timm", "any timm model: timm:<name>[.<tag>], timm:hf-hub:<org>/<name>, timm:local-dir:<folder> "
-                         "(weights download from the HF hub; offline use file:)")
+                         "(weights download from the HF hub; offline use file: or local-dir:)", stamp=_timm_stamp)
 def load_timm(name: str, pretrained: bool = True) -> TimmBackbone:
     return wrap_timm(build_timm(name, pretrained), f"timm:{name}")
 
