@@ -46,8 +46,9 @@ def _offline_error(spec: str, err: Exception, arch: str | None = None) -> ModelN
     return ModelNotFound(
         f"could not fetch pretrained weights for {spec} ({type(err).__name__}: {err}). "
         f"Offline? Download the weights on a machine with network, then load them with "
-        f"file:PATH#{arch} (a .safetensors or state_dict .pth for that architecture), "
-        "or use a packaged: model (`rehead models`).")
+        f"file:PATH#{arch} (a .safetensors or state_dict .pth for that architecture); a timm hub repo "
+        "downloaded whole (`huggingface-cli download timm/NAME --local-dir FOLDER`) loads as "
+        "timm:local-dir:FOLDER; or use a packaged: model (`rehead models`).")
 
 
 @functools.lru_cache(maxsize=1)
