@@ -233,5 +233,6 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
             f"<p class='muted'>{escape(str(model))} &middot; {escape(str(d))} &middot; report written "
             f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>\n{body}</body>\n</html>\n")
     out = Path(out) if out else d / "report.html"
-    out.write_text(html, encoding="utf-8")
+    from ..rundir import atomic_write_bytes
+    atomic_write_bytes(out, html.encode("utf-8"))
     return out
