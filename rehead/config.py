@@ -48,6 +48,8 @@ class FitConfig:
     unfreeze: int = field(default=2, metadata=opt("finetune/gradual: how many last stages to unfreeze"))
     lr_decay: float = field(default=3.0, metadata=opt("each earlier stage's LR is this many times lower"))
     lr_min: float | None = field(default=None, metadata=opt("or spread LRs geometrically from lr-min to lr"))
+    layer_decay: float | None = field(default=None, metadata=opt(
+        "layer-wise LR decay per block (ViTs, transformers; e.g. 0.75), from the model's own grouping"))
     schedule: str = field(default="onecycle", metadata=opt("LR schedule within a phase", SCHEDULES))
     warmup: float = field(default=0.1, metadata=opt("cosine: fraction of steps warming up"))
     sgdr_cycle: float = field(default=1.0, metadata=opt("sgdr: first cycle length in epochs"))
@@ -103,6 +105,8 @@ class FitConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0, got {v}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         for name in ("dropout", "warmup"):
             v = getattr(self, name)
             if not 0 <= v < 1:

@@ -140,7 +140,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     with torch.inference_mode():
         in_dim = prefix.forward_cuts(pipe.example_input(prefix), [k])[k].shape[1]
     head = _new_head(cfg, in_dim, len(ds.classes))
-    model = TransferModel(prefix, head, train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn)
+    model = TransferModel(prefix, head, train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn,
+                          layer_decay=cfg.layer_decay)
     recipe = _recipe(cfg, len(ds.train), k)
     return _Job(cfg, ds, source, recipe, k, prefix.stage_names[-1], int(in_dim), backbone, model, hooks,
                 cache, stamp, None)
@@ -285,6 +286,7 @@ def _write_start(run: RunDir, job: _Job) -> None:
         "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
         "phases": [asdict(p) for p in recipe.phases], "data_config": job.backbone.data_config,
         "data_summary": ds.summary(), "train_frozen_bn": cfg.train_frozen_bn, "freeze_bn": cfg.freeze_bn,
+        "layer_decay": cfg.layer_decay,
         "fit": cfg.to_dict(), "methods": [h.config() for h in job.hooks if hasattr(h, "config")]})
     run.write_json("labels.json", ds.classes)
     run.write_json("split.json", ds.to_split())
@@ -297,6 +299,9 @@ def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
     else:
         sd = model.state_dict()
     run.save_tensors("model.safetensors", sd)
+    source = job.backbone.source_head[0]
+    if source is not None:  # the pretrained task head, kept aside: forgetting is measured through it
+        run.save_tensors("source_head.safetensors", source.state_dict())
 
 
 def _summary(trainer, recipe, info: dict, t_start: float) -> dict:

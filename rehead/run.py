@@ -19,7 +19,7 @@ import torch
 
 from .heads import make_head
 from .model import TransferModel
-from .rundir import BadRun, RunDir, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (re-exported)
+from .rundir import BadRun, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (BadRun, RunExists re-exported)
 
 
 def read_config(run_dir) -> dict:
@@ -35,7 +35,7 @@ def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
     h = cfg["head"]
     head = make_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden", 512), h.get("dropout", 0.0))
     return TransferModel(bb, head, train_frozen_bn=cfg.get("train_frozen_bn", False),
-                         freeze_bn=cfg.get("freeze_bn", False))
+                         freeze_bn=cfg.get("freeze_bn", False), layer_decay=cfg.get("layer_decay"))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -72,6 +72,9 @@ class Run:
         if self._model is None:
             model = build_model(self.config)
             load_weights(model, self.dir / "model.safetensors")
+            source = model.backbone.source_head[0]
+            if source is not None and (self.dir / "source_head.safetensors").exists():
+                load_weights(source, self.dir / "source_head.safetensors")  # the pretrained head, as it was
             self._model = model.eval()
         return self._model
 
@@ -173,6 +176,27 @@ class Run:
                 "items": [_name(items[i], i) for i in kept],
                 "probs": logits.softmax(1).max(1).values.tolist()}
 
+    def source_agreement(self, items: list, batch_size: int = 32) -> dict:
+        """Forgetting of the source task: the share of ``items`` on which the run's backbone and the
+        pretrained one, both through the kept-aside pretrained head (e.g. ImageNet), agree."""
+        from . import zoo
+        from .data import pipeline
+        from .methods import source_agreement
+        tuned = self.model.backbone
+        if not (self.dir / "source_head.safetensors").exists() or len(tuned) != tuned.full_depth:
+            raise BadRun(f"{self.dir} kept no pretrained head at full depth (a cut run, a warm extract run, "
+                         "or a backbone without one): source agreement needs both")
+        pretrained = zoo.load(self.config["model"])
+        pipe = pipeline(self.modality)
+        before, after = [], []
+        with torch.inference_mode():
+            for _, x, _ in pipe.make_loader(tuned, items, None, batch_size=batch_size, workers=0):
+                if len(x):
+                    before.append(pretrained.source_head[0](pretrained(x)).argmax(1))
+                    after.append(tuned.source_head[0](tuned(x)).argmax(1))
+        b, a = torch.cat(before), torch.cat(after)
+        return {"source_agreement": source_agreement(b, a), "n": len(b)}
+
     def val_split(self) -> tuple[list, list[int]]:
         p = self.dir / "split.json"
         if not p.exists():  # an ensemble or soup whose members were split differently
@@ -219,10 +243,3 @@ def _in_memory_images(items: list) -> bool:
     from PIL import Image
     return all(isinstance(i, (Image.Image, torch.Tensor)) for i in items)
 
-
-# Kept importable for modules not yet moved onto RunDir.
-from .zoo.runs import save_backbone  # noqa: E402,F401
-
-
-def prepare_run_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
-    return RunDir.create(out, overwrite=overwrite).path if not resume else Path(out)

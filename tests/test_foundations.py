@@ -181,3 +181,27 @@ def test_ctrl_c_says_how_to_resume(tmp_path, image_folder, tiny_spec, monkeypatc
     monkeypatch.setattr(fit_module, "_train", interrupted)
     res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 130 and "interrupted" in res.output and "Traceback" not in res.output
+
+
+def test_a_reloaded_run_keeps_the_pretrained_source_head(tmp_path, image_folder, tiny_spec):
+    run = rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="finetune", epochs=1,
+                     unfreeze=1, **QUIET)
+    items = [str(p) for p in sorted(image_folder.rglob("*.jpg"))[:6]]
+    again = rehead.Run(tmp_path / "run")
+    import torch
+    for a, b in zip(run.model.backbone.source_head[0].state_dict().values(),
+                    again.model.backbone.source_head[0].state_dict().values()):
+        assert torch.equal(a, b)
+    res = again.source_agreement(items)
+    assert res["n"] == 6 and 0 <= res["source_agreement"] <= 1
+    cli = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--source-agreement", str(image_folder)])
+    assert cli.exit_code == 0 and "source-task agreement" in cli.output
+
+
+def test_the_source_model_as_it_is_predicts_imagenet_labels():
+    from tests.conftest import shared_dataset
+    ants = sorted((shared_dataset("hymenoptera_data") / "val" / "ants").glob("*.jpg"))[:8]
+    res = runner.invoke(app, ["predict", "packaged:efficientnet_lite0", *map(str, ants), "--json", "-k", "1"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert len(rows) == 8 and sum("ant" in r["top"][0]["label"] for r in rows) >= 5

@@ -77,7 +77,7 @@ def load(spec: str, pretrained: bool = True) -> Backbone:
     if ":" not in spec or Path(spec).exists():
         path = Path(spec)
         if path.is_dir() and (path / "config.yaml").exists():
-            from ..run import load_backbone_from_run
+            from .runs import load_backbone_from_run
             return load_backbone_from_run(path, pretrained=pretrained)
         raise ModelNotFound(
             f"{spec!r} is not a model spec{_did_you_mean(spec)}. Use SOURCE:NAME with SOURCE one of "

@@ -14,8 +14,7 @@ from .backbone import Backbone, image_data_config
 
 def backbone_from_module(module: nn.Module, spec: str) -> Backbone:
     if hasattr(module, "forward_intermediates") and hasattr(module, "pretrained_cfg"):
-        from . import hubs
-        if hasattr(hubs, "backbone_from_timm"):
-            return hubs.backbone_from_timm(module, spec)
+        from .timm_stages import timm_backbone
+        return timm_backbone(module, spec)
     cfg = dict(getattr(module, "pretrained_cfg", None) or {})
     return Backbone({"module": module}, image_data_config(cfg), spec)
