@@ -13,7 +13,7 @@ STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
 SCHEDULES = ("onecycle", "cosine", "sgdr", "constant")
 HEADS = ("linear", "mlp")
 AUGMENTS = ("light", "classic")
-METHODS = ("plain", "l2sp", "guided")
+METHODS = ("plain", "l2sp", "guided", "lora")
 PRECISIONS = ("no", "fp16", "bf16")
 MISSING = ("error", "mean")
 GUIDE_ON = ("update", "gradient")
@@ -87,6 +87,13 @@ class FitConfig:
     scout_epochs: int = field(default=5, metadata=opt("guided: epochs each scout trains", group="method"))
     guide_on: str = field(default="update", metadata=opt("guided: scale each optimizer update or each gradient",
                                                          GUIDE_ON, group="method"))
+    lora_rank: int = field(default=8, metadata=opt("lora: rank of each adapter", group="method"))
+    lora_alpha: float = field(default=16.0, metadata=opt("lora: scaling; an adapter's update is alpha/rank * B A",
+                                                         group="method"))
+    lora_dropout: float = field(default=0.0, metadata=opt("lora: dropout on the adapters' input", group="method"))
+    lora_targets: str | None = field(default=None, metadata=opt(
+        "lora: comma-separated layer names or suffixes (qkv, query,value), or linear / conv "
+        "(default: attention projections; convolutions and linear layers in CNNs)", group="method"))
 
     def __post_init__(self):
         for f in fields(self):
@@ -100,14 +107,14 @@ class FitConfig:
 
     def _check_ranges(self):
         positive = ("lr", "hidden", "batch_size", "scouts", "scout_size", "scout_epochs", "lr_decay",
-                    "lr_min", "sgdr_cycle", "sgdr_mult", "epochs", "patience")
+                    "lr_min", "sgdr_cycle", "sgdr_mult", "epochs", "patience", "lora_rank", "lora_alpha")
         for name in positive:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0, got {v}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        for name in ("dropout", "warmup"):
+        for name in ("dropout", "warmup", "lora_dropout"):
             v = getattr(self, name)
             if not 0 <= v < 1:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")

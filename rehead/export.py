@@ -35,7 +35,8 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = open_run(run_dir)
-    model = run.model.eval()
+    from .lora import merge
+    model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
     example = pipeline(run.modality).example_input(model.backbone)
     if not isinstance(example, torch.Tensor):
         raise ValueError(f"export supports models whose input is one tensor (image runs); this {run.modality} "

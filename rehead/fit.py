@@ -110,7 +110,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     from .methods import method_hooks
     hooks = hooks if hooks is not None else method_hooks(
         cfg.method, alpha=cfg.alpha, beta=cfg.beta, scouts=cfg.scouts, scout_size=cfg.scout_size,
-        scout_epochs=cfg.scout_epochs, guide_on=cfg.guide_on)
+        scout_epochs=cfg.scout_epochs, guide_on=cfg.guide_on, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets)
     seed_everything(cfg.seed)
     if resume_split is not None:
         from .data import dataset_from_split
@@ -296,6 +297,10 @@ def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
     if job.warm:  # the run holds the whole model: the recorded prefix plus the trained head
         sd = {f"backbone.{n}": t for n, t in job.cache.snapshot_prefix(job.warm.stamp, job.cut).items()}
         sd.update({f"head.{n}": t for n, t in model.head.state_dict().items()})
+    elif getattr(model, "lora_config", None) is not None:  # LoRA: adapters + head only, and lora.json
+        from .lora import adapter_state, save_meta
+        sd = adapter_state(model)
+        save_meta(run, model)
     else:
         sd = model.state_dict()
     run.save_tensors("model.safetensors", sd)

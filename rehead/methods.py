@@ -16,6 +16,7 @@ term``, ``after_backward(tr)``, ``after_step(tr)``, where ``tr.model`` is the wh
 only its head trains on cached features). ``prepare(model, ...)`` gives a method what ``fit`` knows
 (the data, the phases, the config) before training; ``config()`` records it in the run so
 ``--resume`` rebuilds it.
+``LoRA`` (low-rank adapters through peft) lives in ``rehead.lora``.
 ``source_agreement`` measures forgetting: how often the backbone's original task head
 (e.g. ImageNet) still predicts what it predicted before fine-tuning.
 """
@@ -30,7 +31,7 @@ from torch import nn
 from .recipes import Phase
 from .train.callbacks import Callback
 
-METHODS = ("plain", "l2sp", "guided")
+METHODS = ("plain", "l2sp", "guided", "lora")
 
 
 def _split_params(model) -> tuple[list, list]:
@@ -263,14 +264,19 @@ class GuidedTransfer(Callback):
 
 def method_hooks(method: str | None, alpha: float = 0.1, beta: float = 0.01, scouts: int = 5,
                  scout_size: int = 8, scout_epochs: int = 5, scout_lr: float | None = None,
-                 guide_on: str = "update") -> list:
-    """Hooks for ``rehead fit --method``: plain (none), l2sp, guided."""
+                 guide_on: str = "update", lora_rank: int | None = None, lora_alpha: float | None = None,
+                 lora_dropout: float | None = None, lora_targets: str | None = None) -> list:
+    """Hooks for ``rehead fit --method``: plain (none), l2sp, guided, lora (``rehead.lora``; its
+    settings default to the fit's ``lora_*`` options)."""
     if method in (None, "", "plain", "none"):
         return []
     if method == "l2sp":
         return [L2SP(alpha, beta)]
     if method == "guided":
         return [GuidedTransfer(scouts, scout_size, scout_epochs, scout_lr, guide_on=guide_on)]
+    if method == "lora":
+        from .lora import LoRA
+        return [LoRA(lora_rank, lora_alpha, lora_dropout, lora_targets)]
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 

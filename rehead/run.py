@@ -70,8 +70,11 @@ class Run:
     def model(self) -> TransferModel:
         """The run's model, built and loaded on first use (a cached fit never needs it)."""
         if self._model is None:
-            model = build_model(self.config)
-            load_weights(model, self.dir / "model.safetensors")
+            from .lora import load_run
+            model = load_run(self.dir, self.config)  # a LoRA run: the base from its spec + the adapters
+            if model is None:
+                model = build_model(self.config)
+                load_weights(model, self.dir / "model.safetensors")
             source = model.backbone.source_head[0]
             if source is not None and (self.dir / "source_head.safetensors").exists():
                 load_weights(source, self.dir / "source_head.safetensors")  # the pretrained head, as it was
