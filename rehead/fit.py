@@ -170,10 +170,20 @@ def _new_head(cfg: FitConfig, in_dim: int, n_classes: int):
 
 
 def _recipe(cfg: FitConfig, n_train: int, depth: int):
-    return build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
+    return _solved_heads(cfg, build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
                         lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
                         augment=bool(cfg.augment), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult)
+                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult))
+
+
+def _solved_heads(cfg: FitConfig, recipe):
+    """A linear head on cached features is a convex problem: solve it (one "epoch") instead of
+    60 epochs of AdamW that stop short of its optimum. An MLP head keeps SGD with early stopping."""
+    if cfg.head == "linear":
+        for p in recipe.phases:
+            if p.on_features:
+                p.solver, p.epochs, p.patience = "lbfgs", 1, None
+    return recipe
 
 
 # -- warm start: an extract-only fit served from the cache alone ------------------------------------
@@ -265,6 +275,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         return None
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
+    summary["note"] = _no_gain_note(summary)
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     if getattr(ds, "test", None) is not None and len(ds.test):
@@ -318,11 +329,25 @@ def _summary(trainer, recipe, info: dict, t_start: float) -> dict:
             "wall_seconds": time.perf_counter() - t_start, **info}
 
 
+def _no_gain_note(s: dict) -> str | None:
+    """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what to try."""
+    phases = s["phases"]
+    if len(phases) < 2 or s["kept_phase"] != phases[0]["phase"]:
+        return None
+    best_later = max(phases[1:], key=lambda p: p["best_val_acc"])
+    return (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
+            f"{phases[0]['best_val_acc']:.4f}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
+            "Try --strategy extract (the same accuracy in seconds), a lower --lr, --augment light, "
+            "or fewer --unfreeze stages")
+
+
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
     phases = s["phases"]
     if len(phases) > 1:  # say which phase the kept weights come from, and how each phase did
         echo("phases: " + ", ".join(f"{p['phase']} best {p['best_val_acc']:.4f}" for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
+    if s.get("note"):
+        echo(s["note"])
     test = f"; test accuracy {s['test_acc']:.4f} ({s['test_n']} samples, scored once, not used for selection)" \
         if "test_acc" in s else ""
     echo(f"val accuracy {s['val_acc']:.4f} ({len(ds.val)} samples){test} -> {out}\n"

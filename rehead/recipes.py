@@ -30,6 +30,7 @@ class Phase:
     weight_decay: float = 0.01
     on_features: bool = False   # train the head alone on cached features of the frozen prefix
     patience: int | None = None  # early stopping for this phase (else TrainConfig.patience)
+    solver: str | None = None   # "lbfgs": a linear head on cached features solved to its optimum, not stepped
 
 
 @dataclass
@@ -76,7 +77,7 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
         # head on cached features (milliseconds an epoch) until val stops improving.
         if augment:
             return ph("head", ep or max(1, (epochs or 6) // 3), lr_ or lr or 3e-3, 0)
-        return ph("head", 60, lr_ or lr or 3e-3, 0, on_features=True, patience=15,
+        return ph("head", epochs or 60, lr_ or lr or 3e-3, 0, on_features=True, patience=15,
                   schedule="constant" if schedule == "onecycle" else schedule)
 
     if strategy == "extract":

@@ -190,7 +190,7 @@ class Trainer:
             self.epoch, self.stop_phase = epoch, False
             t0 = time.perf_counter()
             self._event("before_epoch")
-            tr = self._train_epoch()
+            tr = self._solve(tr_data) if on_feats and ph.solver else self._train_epoch()
             row = {"phase": ph.name, "phase_index": pi, "epoch": epoch + 1, "global_epoch": len(self.history) + 1,
                    "train_loss": tr["loss"]}
             if cfg.task == "multiclass" or val_loader is not None:
@@ -263,6 +263,23 @@ class Trainer:
             if cfg.task == "multiclass":
                 correct += (self.pred.argmax(1) == y).sum().item()
         return {"loss": self.running_loss, "acc": correct / max(self._n, 1), "lr": opt.param_groups[-1]["lr"]}
+
+    def _solve(self, data) -> dict:
+        """The phase's one "epoch" for a linear head on cached features: the convex problem solved
+        exactly (L2 strength by cross-validation on these training features only)."""
+        from .linear_head import fit_linear_head
+        linear = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
+        if len(linear) != 1:
+            raise ValueError(f"the {self.phase.solver} solver fits one linear layer; this head has {len(linear)}")
+        solved, info = fit_linear_head(data.x.numpy(), data.y.numpy(), linear[0].out_features, seed=self.cfg.seed or 0)
+        with torch.no_grad():
+            linear[0].weight.copy_(solved.weight)
+            linear[0].bias.copy_(solved.bias)
+            self.net.eval()
+            logits = self.net(data.x)
+        self.solved = info
+        return {"loss": float(self.loss_fn(logits, data.y)), "acc": float((logits.argmax(1) == data.y).float().mean()),
+                "lr": 0.0}
 
     @property
     def running_loss(self) -> float:
