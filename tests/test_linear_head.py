@@ -27,7 +27,7 @@ def sklearn_pipe(x, y, C, **kw):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=20000, **kw)).fit(
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-8, max_iter=5000, **kw)).fit(
         x.astype(np.float64), y)
 
 
