@@ -256,16 +256,18 @@ def load_run(run_dir, cfg: dict) -> LoraTransferModel | None:
     if not is_lora_run(cfg):
         return None
     meta_path = run_dir / LORA_FILE
-    if not meta_path.exists():
-        raise BadRun(f"{run_dir} is a LoRA run without {LORA_FILE}: the adapters cannot be placed; rerun it")
-    meta = read_json(meta_path)
     model = build_model(cfg, pretrained=True)
-    want = meta.get("base_weights_id")
-    if want and model.backbone.weights_id != want:
-        raise BadRun(f"{run_dir} holds LoRA adapters for the base weights of {cfg['model']} as they were when it "
-                     "trained, and those weights have changed since: restore them or rerun the fit")
-    known = set(LoraConfig.__dataclass_fields__)
-    inject(model, LoraConfig(**{k: v for k, v in meta["peft"].items() if k in known}))
+    if meta_path.exists():
+        meta = read_json(meta_path)
+        want = meta.get("base_weights_id")
+        if want and model.backbone.weights_id != want:
+            raise BadRun(f"{run_dir} holds LoRA adapters for the base weights of {cfg['model']} as they were when "
+                         "it trained, and those weights have changed since: restore them or rerun the fit")
+        known = set(LoraConfig.__dataclass_fields__)
+        config = LoraConfig(**{k: v for k, v in meta["peft"].items() if k in known})
+    else:  # a copy without lora.json (an ensemble's member): placed again by the rules, from config.yaml
+        config = _config_from_yaml(model, cfg)
+    inject(model, config)
     path = run_dir / "model.safetensors"
     sd, own = load_tensors(path), adapter_state(model)
     missing = [k for k in own if k not in sd]
@@ -279,6 +281,20 @@ def load_run(run_dir, cfg: dict) -> LoraTransferModel | None:
     except RuntimeError as e:
         raise BadRun(f"{path} does not fit the adapters {LORA_FILE} describes: {e}") from None
     return model
+
+
+def _config_from_yaml(model: TransferModel, cfg: dict):
+    """The LoraConfig a run's config.yaml implies: its method entry (else its fit options), the
+    phases' trainable stages, the same placement rules."""
+    entry = next(m for m in cfg["methods"] if (m or {}).get("method") == "lora")
+    fit = cfg.get("fit") or {}
+    val = {k: entry.get(f"lora_{k}") if entry.get(f"lora_{k}") is not None else fit.get(f"lora_{k}", d)
+           for k, d in (("rank", 8), ("alpha", 16.0), ("dropout", 0.0), ("targets", None))}
+    depth = len(model.backbone)
+    trainable = max(((p.get("trainable", -1) if p.get("trainable", -1) >= 0 else depth) for p in cfg.get("phases") or []),
+                    default=-1)
+    names, _, _ = resolve(model, trainable, val["targets"])
+    return peft_config(names, val["rank"], val["alpha"], val["dropout"])
 
 
 # -- the method ------------------------------------------------------------------------------------

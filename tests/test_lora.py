@@ -130,6 +130,12 @@ def test_bert_lora_adapts_attention_of_trained_layers_and_reloads(tmp_path, tiny
     after, _, _ = again.logits(texts)
     assert torch.equal(before, after)
     assert [r["top"][0]["label"] for r in again.predict(texts)] == [r["top"][0]["label"] for r in run.predict(texts)]
+    # an ensemble copies its members' config.yaml and model.safetensors (not lora.json): the adapters
+    # are placed again from config.yaml
+    from rehead.ensemble import Ensemble, make_ensemble
+    make_ensemble([run.dir, run.dir], tmp_path / "ens")
+    ens = Ensemble(tmp_path / "ens")
+    assert torch.allclose(ens.logits(texts)[0].softmax(1), before.softmax(1), atol=1e-6)
     merged = lora.merge(again.model)
     merged_logits, _, _ = again.logits(texts)  # the Run now holds the merged model
     assert torch.allclose(merged_logits, before, atol=1e-5)
