@@ -42,6 +42,10 @@ class FitConfig:
     dropout: float = field(default=0.0, metadata=opt("dropout before the head's last layer", group="model"))
     # -- strategy and schedule
     strategy: str = field(default="auto", metadata=opt("how much of the backbone trains", STRATEGIES))
+    budget: float | None = field(default=None, metadata=opt(
+        "auto: minutes for the live (unfrozen) phases, from measured step times (default 5)"))
+    auto_plan: dict | None = field(default=None, metadata=opt(
+        "what --strategy auto measured and chose (written by auto, read back by --resume)", cli=False))
     epochs: int | None = field(default=None, metadata=opt("epochs per phase (strategy default when unset)"))
     lr: float | None = field(default=None, metadata=opt("top learning rate, the head's (strategy default when unset)"))
     find_lr: bool = field(default=False, metadata=opt("run the LR finder first and train at its suggestion"))
@@ -127,6 +131,8 @@ class FitConfig:
             raise ConfigError(f"--unfreeze must be >= 0 (or -1: every stage), got {self.unfreeze}")
         if self.lr_min is not None and self.lr is not None and self.lr_min > self.lr:
             raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"--budget must be > 0 (minutes), got {self.budget}")
 
     # -- round trips ----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -126,7 +126,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     source = ds.source
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
-    warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None else None
+    warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None \
+        and cfg.strategy != "auto" else None  # auto measures the backbone first
     if warm:
         recipe = _recipe(cfg, len(ds.train), warm.cut)
         return _Job(cfg, ds, source, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
@@ -136,6 +137,9 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds)
+    if cfg.strategy == "auto":  # size x similarity from one cached pass: sets cfg.cut and cfg.auto_plan (auto.py)
+        from .auto import plan_auto
+        cfg, hooks = plan_auto(cfg, backbone, ds, cache, hooks, echo)
     k = backbone.stage_index(cfg.cut)
     prefix = backbone.cut(k)
     with torch.inference_mode():
@@ -173,7 +177,7 @@ def _recipe(cfg: FitConfig, n_train: int, depth: int):
     return _solved_heads(cfg, build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
                         lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
                         augment=bool(cfg.augment), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult))
+                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult, plan=cfg.auto_plan))
 
 
 def _solved_heads(cfg: FitConfig, recipe):

@@ -5,7 +5,8 @@
 ``finetune`` head first, then the last n stages at a much lower LR (fastai ``fine_tune``)
 ``gradual``  ULMFiT: head, then one more stage per phase, discriminative LRs
 ``full``     everything trains from the start, discriminative LRs
-``auto``     picks one from the number of training samples and says why
+``auto``     picks the cut and how much to unfreeze from the data's size and its measured
+             similarity to the source (``rehead.auto``), and says why
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class Recipe:
 
 
 def auto_strategy(n_train: int) -> tuple[str, str]:
-    """The rule of thumb: the less data, the less of the backbone should move."""
+    """The size axis alone (what ``auto`` falls back to before it has measured anything): the
+    less data, the less of the backbone should move. ``rehead.auto`` adds the similarity axis."""
     if n_train < 1000:
         return "extract", (f"{n_train} training samples (< 1000): train only a new head on frozen "
                            "features; fine-tuning the backbone would overfit")
@@ -59,10 +61,16 @@ def auto_strategy(n_train: int) -> tuple[str, str]:
 
 def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = None, lr: float | None = None,
                  unfreeze: int = 2, lr_decay: float = 3.0, lr_min: float | None = None,
-                 schedule: str = "onecycle", augment: bool = False, **phase_kw) -> Recipe:
-    """Phases for ``strategy`` on a backbone of ``depth`` stages."""
+                 schedule: str = "onecycle", augment: bool = False, plan: dict | None = None, **phase_kw) -> Recipe:
+    """Phases for ``strategy`` on a backbone of ``depth`` stages. ``plan``: what ``rehead.auto``
+    measured and decided (``strategy="auto"``): the head, then its unfreezing steps."""
     reason = ""
-    if strategy == "auto":
+    planned = strategy == "auto" and plan is not None
+    if planned:
+        strategy, reason = plan["strategy"], plan["reason"]
+        if strategy == "extract" and augment:
+            strategy, reason = "head", reason + "; augmentation is on, so features are computed live"
+    elif strategy == "auto":
         strategy, reason = auto_strategy(n_train)
         if strategy == "extract" and augment:
             strategy, reason = "head", reason + "; augmentation is on, so features are computed live"
@@ -86,6 +94,13 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
                       reason, uses_cache=True)
     if strategy == "head":
         phases = [ph("head", epochs or 8, lr or 3e-3, 0)]
+    elif planned and plan.get("unfreeze"):
+        # auto: the head, then each unfreezing step at the fine-tune LR (rehead.auto.AutoGuard
+        # starts a step only if the one before improved val, and keeps to the budget)
+        top = lr or 1e-3
+        phases = [head_phase()] + [
+            ph("full" if u == -1 else f"unfreeze{min(u, depth)}", epochs or plan.get("epochs") or 1, top / 10,
+               u if u == -1 else min(u, depth), lr_decay=lr_decay, lr_min=lr_min) for u in plan["unfreeze"]]
     elif strategy == "finetune":
         unfreeze = min(unfreeze, depth) if unfreeze >= 0 else depth
         e = epochs or 5

@@ -1,0 +1,423 @@
+"""``--strategy auto``: how much of the backbone to reuse and how much to train, from the two
+axes of the decks' rule, measured on the data before anything is written::
+
+                    similar to the source              different from it
+    small data      features from the top (extract)    features from an earlier cut (extract)
+    large data      fine-tune the top stages           fine-tune more stages
+
+**Size** is the number of training samples (small: < ``SMALL``). **Similarity** is measured
+from one cached pass: the features at ``N_CUTS`` cuts spread over the depth come out of ONE
+``extract`` call over train + val (the head's own features are among them, so the head phase
+reads them back from the cache), and at each cut
+
+- a linear probe (``train.linear_head``: softmax + L2 to its optimum, C by 5-fold CV on the
+  training split only) gives the CV accuracy on train and the accuracy on val (val is carved
+  from train; the test split is never read). ``acc`` pools the two (weighted by their sizes);
+  ``skill`` = (acc - chance) / (1 - chance), chance = the majority class's share of train:
+  0 is a guess, 1 is perfect;
+- LogME (``experiments.logme``) is recorded beside it (not used by the rule).
+
+The rule (thresholds are module constants; the test of the rule is ``tests/test_auto.py``):
+
+- ``poor``      the best cut's skill < ``POOR`` (0.5): the source transfers poorly (a
+                random-weights backbone lands here): the head first, then unfreeze half, then
+                every stage.
+- ``different`` an earlier cut beats the top by >= ``MARGIN`` (0.02) accuracy, or the top's
+                skill < ``WEAK_TOP`` (0.7).
+- ``similar``   otherwise.
+
+    small + similar    extract at the top
+    small + different  extract at the best earlier cut; when no earlier cut does better (the
+                       top is only weak), the head then the top 1, 2 stages (kept only if val
+                       improves)
+    large + similar    the head, then the top 1, 2 stages (>= ``HUGE`` samples: 2, then all)
+    large + different  the head, then 2, 4, ... stages up to max(4, depth - best cut + 2)
+    poor (any size)    the head, then half the stages, then all
+
+**Budget** (``--budget`` minutes, default ``DEFAULT_BUDGET`` = 5, the live phases only): a few
+training steps of the most-unfrozen model are timed on real training batches (a copy of the
+model: the real one is untouched) and the epochs per unfreezing phase are chosen to fit
+(at most ``MAX_EPOCHS`` each; phases dropped from the deepest end when even one epoch each
+does not fit; none fits: extract only, said so). While training, ``AutoGuard`` (a loop callback)
+ends the fit when the next epoch would overrun the budget (the measured epoch time, then the
+last epoch's own), and starts a further unfreezing phase only when the previous one improved
+the best val score so far. The loop keeps the best val epoch over every phase (the head phase
+included), so auto never ends below its own head phase; the summary names the kept phase.
+
+The plan (table, decision, reason, epochs, measured times) is recorded in ``config.yaml`` as
+``fit.auto_plan``; ``--resume`` reads it back instead of measuring again.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+
+SMALL = 1000          # training samples below which the backbone stays frozen when the source fits
+HUGE = 50000          # and from which every stage may train
+MIN_PROBE = 12        # fewer training samples: similarity is not measured (the probe would be noise)
+POOR = 0.5            # best cut's probe skill below this: the source transfers poorly
+WEAK_TOP = 0.7        # top cut's probe skill below this: the data is different from the source
+MARGIN = 0.02         # an earlier cut beats the top when its pooled probe accuracy is this much higher
+N_CUTS = 4            # cuts probed, spread over the depth (one forward pass)
+CUT_FRACTIONS = (0.45, 0.65, 0.85, 1.0)
+PROBE_MAX = 4000      # the probe fits on at most this many training samples (a seeded stratified subset)
+DEFAULT_BUDGET = 5.0  # minutes for the live (unfrozen) phases
+MAX_EPOCHS = 5        # epochs per unfreezing phase at most
+TIMED_STEPS = 3       # training steps timed (the first is a warm-up when there are more)
+
+
+# -- what is measured ------------------------------------------------------------------------------
+def probe_cuts(depth: int, top: int | None = None) -> list[int]:
+    """``N_CUTS`` cuts spread over ``1..top`` (default the full depth), the top always among them."""
+    top = depth if top is None else top
+    ks = {max(1, min(top, round(top * f))) for f in CUT_FRACTIONS} | {top}
+    return sorted(ks)
+
+
+def chance_level(y) -> float:
+    """The accuracy of always answering the most common training class."""
+    y = np.asarray(y)
+    return float(np.bincount(y).max() / len(y)) if len(y) else 0.0
+
+
+def skill(acc: float, chance: float) -> float:
+    return float((acc - chance) / (1 - chance)) if chance < 1 else 0.0
+
+
+def probe_table(feats: dict, ys: dict, cuts: list[int], stage_names: list[str], n_classes: int,
+                seed: int = 0) -> tuple[list[dict], float]:
+    """One row per cut: linear probe (CV on train, then val) and LogME. Returns (rows, chance)."""
+    from .experiments.logme import logme
+    from .train.linear_head import fit_linear_head
+    import torch
+    ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
+    sub = _stratified_subset(ytr, PROBE_MAX, seed)
+    chance = chance_level(ytr)
+    rows = []
+    for k in cuts:
+        xtr, xva = feats["train"][k][sub], feats["val"][k]
+        t0 = time.perf_counter()
+        linear, info = fit_linear_head(xtr, ytr[sub], n_classes, seed=seed)
+        cv = [r for r in info.get("cv", []) if r["C"] == info["C"]]
+        cv_acc = float(cv[0]["accuracy"]) if cv else float("nan")
+        with torch.no_grad():
+            val_acc = float((linear(torch.as_tensor(xva, dtype=torch.float32)).argmax(1).numpy() == yva).mean()) \
+                if len(yva) else float("nan")
+        parts = [(cv_acc, len(sub)), (val_acc, len(yva))]
+        parts = [(a, n) for a, n in parts if n and a == a]
+        acc = sum(a * n for a, n in parts) / sum(n for _, n in parts)
+        both = np.concatenate([xtr, xva]), np.concatenate([ytr[sub], yva])
+        try:
+            lm = logme(*both) if len(np.unique(both[1])) > 1 else float("nan")
+        except (ValueError, np.linalg.LinAlgError):
+            lm = float("nan")
+        rows.append({"cut": int(k), "stage": stage_names[k - 1], "dim": int(xtr.shape[1]), "cv_acc": _r(cv_acc),
+                     "val_acc": _r(val_acc), "acc": _r(acc), "skill": _r(skill(acc, chance)), "logme": _r(lm),
+                     "C": float(info["C"]), "seconds": _r(time.perf_counter() - t0, 2)})
+    return rows, chance
+
+
+def _r(v: float, nd: int = 4) -> float:
+    return round(float(v), nd) if v == v else float("nan")
+
+
+def _stratified_subset(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    if len(y) <= cap:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(rng.choice(idx, max(1, round(cap * len(idx) / len(y))), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+# -- the rule ----------------------------------------------------------------------------------------
+def _steps(lo: int, hi: int) -> list[int]:
+    """Unfreezing steps lo, 2 lo, 4 lo, ... then hi (hi = -1: every stage)."""
+    if hi == -1:
+        return [lo, -1]
+    out, s = [], lo
+    while s < hi:
+        out.append(s)
+        s *= 2
+    return out + [hi]
+
+
+def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | None = None,
+           user_cut: bool = False) -> dict:
+    """The decks' rule on a probe table (rows as ``probe_table`` makes them, shallow to deep; the
+    last row is the top: the full depth, or the cut the user fixed). Pure: no model, no data.
+
+    Returns ``size``, ``similarity``, ``cut``, ``unfreeze`` (the unfreezing steps, [] = the head
+    only), ``strategy`` and ``reason`` (in the decks' terms, with the figures behind it)."""
+    size = "small" if n_train < SMALL else "large"
+    size_why = (f"small data ({n_train} training samples < {SMALL})" if size == "small" else
+                f"large data ({n_train} training samples >= {SMALL})")
+    if not table:
+        sim, sim_why, best, top = "unmeasured", (f"similarity not measured (fewer than {MIN_PROBE} training "
+                                                 "samples)"), None, None
+    else:
+        top = table[-1]
+        best = max(table, key=lambda r: (r["acc"], r["cut"]))  # ties go to the deeper cut
+        earlier_better = best["cut"] < top["cut"] and best["acc"] >= top["acc"] + MARGIN
+        if best["skill"] < POOR:
+            sim = "poor"
+            sim_why = (f"the source transfers poorly: the best probe (cut {best['cut']} {best['stage']}) reaches "
+                       f"{best['acc']:.3f} against chance {chance if chance is not None else float('nan'):.3f} "
+                       f"(skill {best['skill']:.2f} < {POOR})")
+        elif earlier_better:
+            sim = "different"
+            sim_why = (f"different from the source: an earlier cut beats the top (cut {best['cut']} {best['stage']} "
+                       f"probes {best['acc']:.3f} vs the top's {top['acc']:.3f}, margin >= {MARGIN})")
+        elif top["skill"] < WEAK_TOP:
+            sim = "different"
+            sim_why = (f"different from the source: the top's probe is weak ({top['acc']:.3f}, skill "
+                       f"{top['skill']:.2f} < {WEAK_TOP}) and no earlier cut does better")
+        else:
+            sim = "similar"
+            sim_why = (f"similar to the source: the top's probe is strong ({top['acc']:.3f}, skill "
+                       f"{top['skill']:.2f} >= {WEAK_TOP}) and no earlier cut beats it by {MARGIN}")
+    top_cut = top["cut"] if top else depth
+    cut, unfreeze = top_cut, []
+    if sim == "poor":
+        unfreeze = _steps(max(1, top_cut // 2), -1) if top_cut > 1 else [-1]
+        action = "the head, then unfreeze half the stages, then all of them (each kept only if val improves)"
+    elif sim == "unmeasured" or (size == "small" and sim == "similar"):
+        action = "features from the top: extract (a new head on frozen features)"
+    elif size == "small" and best["cut"] < top_cut and best["acc"] >= top["acc"] + MARGIN:
+        cut = best["cut"]
+        action = f"features from an earlier cut: extract at cut {cut} ({best['stage']})"
+    elif size == "small":  # different only because the top is weak
+        unfreeze = _steps(1, min(2, top_cut))
+        action = ("features from the top, then fine-tune its last stages "
+                  f"({', '.join(map(str, unfreeze))}; kept only if val improves)")
+    elif sim == "similar":
+        unfreeze = _steps(2, -1) if n_train >= HUGE else _steps(1, min(2, top_cut))
+        action = ("fine-tune the top stages" + (" then every stage" if n_train >= HUGE else "")
+                  + f": the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)")
+    else:  # large + different
+        hi = min(top_cut, max(4, top_cut - best["cut"] + 2))
+        unfreeze = _steps(min(2, hi), hi) if n_train < HUGE else _steps(min(2, hi), -1)
+        action = (f"fine-tune more stages: the head, then unfreeze {_say(unfreeze)} "
+                  "(each kept only if val improves)")
+    if user_cut and cut != top_cut:
+        cut = top_cut  # a cut the user fixed is kept
+        action += f"; but --cut fixes cut {top_cut}"
+    strategy = "extract" if not unfreeze else ("finetune" if len(unfreeze) == 1 else "gradual")
+    return {"size": size, "similarity": sim, "cut": int(cut), "unfreeze": unfreeze, "strategy": strategy,
+            "reason": f"{size_why} + {sim_why} -> {action}"}
+
+
+def _say(steps: list[int]) -> str:
+    return ", then ".join("every stage" if s == -1 else f"the last {s}" for s in steps)
+
+
+def fit_budget(plan: dict, epoch_seconds: float, budget_minutes: float, epochs: int | None = None) -> dict:
+    """Epochs per unfreezing phase within the budget, from the measured seconds per epoch (of the
+    most-unfrozen model: an upper bound for the others). Pure. Updates and returns ``plan``."""
+    budget_s = budget_minutes * 60
+    steps = list(plan["unfreeze"])
+    affordable = int(budget_s // epoch_seconds) if epoch_seconds > 0 else len(steps) * MAX_EPOCHS
+    plan.update(epoch_seconds=_r(epoch_seconds, 2), budget_minutes=budget_minutes)
+    if affordable < 1:
+        plan.update(unfreeze=[], strategy="extract", epochs=0,
+                    reason=plan["reason"] + f"; but one unfrozen epoch takes ~{epoch_seconds / 60:.1f} min (measured) "
+                    f"and the budget is {budget_minutes:g} min: extract only (raise --budget to fine-tune)")
+        return plan
+    if affordable < len(steps):
+        dropped = steps[affordable:]
+        steps = steps[:affordable]
+        plan["reason"] += (f"; the budget ({budget_minutes:g} min, ~{epoch_seconds:.0f} s an epoch) fits "
+                           f"{affordable} epoch(s): not unfreezing {_say(dropped)}")
+    e = epochs or max(1, min(MAX_EPOCHS, affordable // len(steps)))
+    plan.update(unfreeze=steps, epochs=int(e),
+                strategy="finetune" if len(steps) == 1 else "gradual")
+    plan["reason"] += (f"; {e} epoch(s) per unfreezing phase: ~{len(steps) * e * epoch_seconds / 60:.1f} of "
+                       f"{budget_minutes:g} min (measured ~{epoch_seconds:.0f} s an epoch)")
+    return plan
+
+
+# -- measuring a step --------------------------------------------------------------------------------
+def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: int = TIMED_STEPS) -> float:
+    """Seconds an epoch (train + val) of the model cut at ``cut`` with its last ``unfreeze`` stages
+    training, from ``steps`` timed training steps (loading, forward, backward, AdamW) on real
+    training batches. Runs on a copy: the backbone's weights and statistics are untouched."""
+    import torch
+    from .data import pipeline
+    from .heads import loss_for, make_head
+    from .model import TransferModel
+    pipe = pipeline(backbone.modality)
+    prefix = copy.deepcopy(backbone.cut(cut))
+    state = torch.random.get_rng_state()
+    model = TransferModel(prefix, make_head(in_dim, len(ds.classes), cfg.head, cfg.hidden, cfg.dropout),
+                          train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn, layer_decay=cfg.layer_decay)
+    torch.random.set_rng_state(state)
+    model.set_trainable_last(unfreeze)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-8)
+    loss_fn = loss_for("multiclass")
+    bs = cfg.batch_size
+    n = min(len(ds.train), bs * steps)
+    transform = pipe.train_transform(prefix, cfg.augment) if cfg.augment else None
+    loader = pipe.make_loader(prefix, ds.train.items[:n], ds.train.labels[:n], batch_size=bs, workers=0,
+                              shuffle=False, generator=None, transform=transform, strict=False)
+    times, sizes = [], []
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            _, x, y = next(it)
+        except StopIteration:
+            break
+        if len(y) == 0:
+            continue
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        sizes.append(len(y))
+    if not times:
+        return 0.0
+    if len(times) > 1:  # the first step pays for allocations and lazy imports
+        times, sizes = times[1:], sizes[1:]
+    per_sample = sum(times) / sum(sizes)
+    # val: a forward pass without autograd, about a third of a training step
+    return per_sample * (len(ds.train) + len(ds.val) / 3)
+
+
+# -- the whole of it: what fit._prepare calls ---------------------------------------------------------
+def plan_auto(cfg, backbone, ds, cache, hooks: list, echo=print):
+    """Measure (once) and decide. Returns ``(cfg, hooks)``: ``cfg`` with ``cut`` and ``auto_plan``
+    set (so the recipe, config.yaml and --resume follow the plan), ``hooks`` with ``AutoGuard``
+    added when the plan has live phases."""
+    plan = cfg.auto_plan
+    if plan is None:
+        plan = measure_and_decide(cfg, backbone, ds, cache, echo)
+        cfg = cfg.replace(cut=plan["cut"], auto_plan=plan)
+    if plan.get("unfreeze"):
+        hooks = list(hooks) + [AutoGuard(plan.get("budget_minutes") or DEFAULT_BUDGET,
+                                         plan.get("epoch_seconds"), echo)]
+    return cfg, hooks
+
+
+def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
+    from .experiments import split_features
+    depth = len(backbone)
+    user_cut = cfg.cut is not None
+    top = backbone.stage_index(cfg.cut)
+    n_train = len(ds.train)
+    budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET
+    table, chance, extract_s, probe_s = None, None, 0.0, 0.0
+    if n_train >= MIN_PROBE and len(ds.classes) > 1:
+        cuts = probe_cuts(depth, top)
+        echo(f"auto: measuring similarity to the source: {len(cuts)} cuts of {cfg.model} "
+             f"({', '.join(backbone.stage_names[k - 1] for k in cuts)}) from one pass over "
+             f"{n_train} train + {len(ds.val)} val samples")
+        t0 = time.perf_counter()
+        feats, ys, info = split_features(backbone, ds, cuts, cache, cfg.batch_size, cfg.workers, cfg.strict,
+                                         False, echo)
+        extract_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if len(ys["train"]) >= MIN_PROBE and len(np.unique(ys["train"])) > 1:
+            table, chance = probe_table(feats, ys, cuts, backbone.stage_names, len(ds.classes), seed=cfg.seed)
+        probe_s = time.perf_counter() - t0
+        if table:
+            echo(f"auto: linear probe per cut (5-fold CV on train, then val; chance {chance:.3f}):")
+            echo(f"  {'cut':>4} {'stage':14} {'dim':>5} {'cv':>6} {'val':>6} {'pooled':>7} {'skill':>6} {'LogME':>7}")
+            for r in table:
+                echo(f"  {r['cut']:>4} {r['stage']:14} {r['dim']:>5} {r['cv_acc']:>6.3f} {r['val_acc']:>6.3f} "
+                     f"{r['acc']:>7.3f} {r['skill']:>6.2f} {r['logme']:>7.3f}")
+    plan = decide(table, n_train, depth, chance, user_cut=user_cut)
+    plan.update(table=table, chance=None if chance is None else _r(chance), n_train=n_train, n_val=len(ds.val),
+                extract_seconds=_r(extract_s, 2), probe_seconds=_r(probe_s, 2), budget_minutes=budget,
+                thresholds={"small": SMALL, "huge": HUGE, "poor": POOR, "weak_top": WEAK_TOP, "margin": MARGIN})
+    if plan["unfreeze"]:
+        most = -1 if -1 in plan["unfreeze"] else max(plan["unfreeze"])
+        in_dim = next(r["dim"] for r in table if r["cut"] == plan["cut"]) if table else None
+        if in_dim is None:
+            in_dim = _width(backbone, plan["cut"])
+        t0 = time.perf_counter()
+        epoch_s = time_epoch(backbone, plan["cut"], most, ds, cfg, in_dim)
+        plan["timing_seconds"] = _r(time.perf_counter() - t0, 2)
+        fit_budget(plan, epoch_s, budget, cfg.epochs)
+    echo(f"auto: {plan['reason']}")
+    return plan
+
+
+def _width(backbone, cut: int) -> int:
+    import torch
+    from .data import pipeline
+    prefix = backbone.cut(cut)
+    with torch.inference_mode():
+        return int(prefix.forward_cuts(pipeline(backbone.modality).example_input(prefix), [cut])[cut].shape[1])
+
+
+# -- while training --------------------------------------------------------------------------------
+class AutoGuard:
+    """A loop callback for auto's live phases: the budget, and unfreezing only while it pays.
+
+    - a further unfreezing phase starts only if the one before it improved the best val score
+      (val accuracy, then val loss) of every epoch before it; otherwise the fit ends there
+      (``CancelFit``: the best epoch so far is what the run keeps);
+    - the next epoch of a live phase starts only if the live seconds spent so far plus one epoch
+      (the last live epoch's own time, or the measured estimate before any) fit ``budget``.
+    """
+    order = 60
+
+    def __init__(self, budget_minutes: float, epoch_seconds: float | None = None, echo=print):
+        self.budget_s = budget_minutes * 60
+        self.epoch_s = epoch_seconds
+        self.echo = echo
+        self.stopped: str | None = None
+
+    # helpers on the loop's history (so a resumed fit counts what it already spent)
+    @staticmethod
+    def _live(tr, row) -> bool:
+        return not tr.phases[row["phase_index"]].on_features
+
+    def _spent(self, tr) -> float:
+        return sum(r.get("seconds", 0.0) for r in tr.history if self._live(tr, r))
+
+    def _next_epoch(self, tr) -> float:
+        live = [r for r in tr.history if self._live(tr, r)]
+        return live[-1].get("seconds", 0.0) if live else (self.epoch_s or 0.0)
+
+    def _stop(self, tr, why: str):
+        from .train.callbacks import CancelFit
+        self.stopped = why
+        self.echo(f"auto: {why}")
+        raise CancelFit
+
+    def before_phase(self, tr):
+        ph = tr.phase
+        if ph.on_features:
+            return
+        pi = tr.phase_index
+        prev = [r for r in tr.history if r["phase_index"] == pi - 1 and "val_acc" in r]
+        before = [r for r in tr.history if r["phase_index"] < pi - 1 and "val_acc" in r]
+        if pi >= 2 and prev and before and not tr.phases[pi - 1].on_features:
+            from .train.callbacks import score
+            p, b = max(prev, key=score), max(before, key=score)
+            if not score(p) > score(b):
+                self._stop(tr, f"{tr.phases[pi - 1].name} best val {p['val_acc']:.4f} did not beat "
+                               f"{b['phase']}'s {b['val_acc']:.4f}: no further unfreezing ({ph.name} skipped)")
+        self._check_budget(tr, f"{ph.name} not started")
+
+    def before_epoch(self, tr):
+        if not tr.phase.on_features and tr.epoch > 0:
+            self._check_budget(tr, f"{tr.phase.name} stopped after epoch {tr.epoch}")
+
+    def _check_budget(self, tr, what: str):
+        spent, nxt = self._spent(tr), self._next_epoch(tr)
+        if spent > 0 and spent + nxt > self.budget_s:
+            self._stop(tr, f"budget: {spent / 60:.1f} of {self.budget_s / 60:g} min spent on live phases and an "
+                           f"epoch takes ~{nxt:.0f} s: {what}")
+
+
+__all__ = ["decide", "fit_budget", "probe_table", "probe_cuts", "plan_auto", "time_epoch", "AutoGuard",
+           "SMALL", "HUGE", "POOR", "WEAK_TOP", "MARGIN", "DEFAULT_BUDGET"]

@@ -1,0 +1,213 @@
+"""--strategy auto on both axes (size x similarity to the source), with a budget (issue 14, item 4)."""
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import rehead
+from rehead.auto import (MARGIN, POOR, SMALL, WEAK_TOP, AutoGuard, decide, fit_budget, probe_cuts)
+from rehead.recipes import Phase, build_recipe
+from rehead.train.callbacks import CancelFit
+from tests.conftest import shared_dataset
+
+NAMES = ["stem", "block0", "block1", "block2", "block3", "block4", "block5", "block6", "head_conv"]
+
+
+def table(accs: dict, chance: float = 0.1) -> list[dict]:
+    """A probe table as auto.probe_table makes it: {cut: pooled accuracy}, shallow to deep."""
+    return [{"cut": k, "stage": NAMES[k - 1], "dim": 8 * k, "acc": a, "skill": (a - chance) / (1 - chance)}
+            for k, a in sorted(accs.items())]
+
+
+# -- the rule, on synthetic probe tables -------------------------------------------------------------
+def test_the_rule_on_both_axes():
+    similar = table({4: 0.60, 6: 0.80, 8: 0.90, 9: 0.93})
+    far = table({4: 0.60, 6: 0.80, 8: 0.85, 9: 0.78})       # an earlier cut beats the top
+    weak = table({4: 0.40, 6: 0.55, 8: 0.64, 9: 0.65})      # the top is weak, nothing earlier is better
+    poor = table({4: 0.30, 6: 0.22, 8: 0.15, 9: 0.12})      # near chance everywhere (random weights)
+
+    d = decide(similar, 200, 9, 0.1)
+    assert (d["size"], d["similarity"], d["cut"], d["unfreeze"], d["strategy"]) == \
+        ("small", "similar", 9, [], "extract")
+    assert "features from the top" in d["reason"] and f"< {SMALL}" in d["reason"]
+
+    d = decide(far, 200, 9, 0.1)
+    assert (d["similarity"], d["cut"], d["unfreeze"]) == ("different", 8, [])
+    assert "features from an earlier cut" in d["reason"] and "block6" in d["reason"]
+
+    d = decide(weak, 200, 9, 0.1)
+    assert (d["similarity"], d["cut"], d["unfreeze"]) == ("different", 9, [1, 2])
+    assert "weak" in d["reason"]
+
+    for n in (200, 5000):
+        d = decide(poor, n, 9, 0.1)
+        assert d["similarity"] == "poor" and d["unfreeze"][-1] == -1 and "transfers poorly" in d["reason"]
+
+    big_similar, big_far = decide(similar, 5000, 9, 0.1), decide(far, 5000, 9, 0.1)
+    assert big_similar["unfreeze"] == [1, 2] and "fine-tune the top stages" in big_similar["reason"]
+    assert max(big_far["unfreeze"]) > max(big_similar["unfreeze"]) and "fine-tune more stages" in big_far["reason"]
+    assert big_far["cut"] == 9  # large data: the later stages are retrained rather than cut off
+    assert decide(similar, 60000, 9, 0.1)["unfreeze"] == [2, -1]
+
+
+def test_the_rule_thresholds_and_edges():
+    # a margin below MARGIN is noise: the top is kept
+    d = decide(table({6: 0.90 + MARGIN / 2, 9: 0.90}), 200, 9, 0.1)
+    assert (d["similarity"], d["cut"]) == ("similar", 9)
+    # ties go to the deeper cut
+    assert decide(table({8: 0.9, 9: 0.9}), 200, 9, 0.1)["cut"] == 9
+    # the thresholds are on skill, (acc - chance) / (1 - chance): 0.6 on two balanced classes is weak
+    two = table({9: 0.6}, chance=0.5)
+    assert two[0]["skill"] < POOR and decide(two, 200, 9, 0.5)["similarity"] == "poor"
+    assert decide(table({9: 0.5 + 0.5 * (WEAK_TOP + 0.01)}, 0.5), 200, 9, 0.5)["similarity"] == "similar"
+    # nothing measured (too few samples): the size rule alone, said so
+    d = decide(None, 10, 9)
+    assert (d["cut"], d["unfreeze"], d["similarity"]) == (9, [], "unmeasured") and "not measured" in d["reason"]
+    # a cut the user fixed is kept
+    d = decide(table({4: 0.9, 6: 0.5}), 200, 9, 0.1, user_cut=True)
+    assert d["cut"] == 6 and "--cut" in d["reason"]
+    assert probe_cuts(9) == [4, 6, 8, 9] and probe_cuts(9, 6) == [3, 4, 5, 6] and probe_cuts(1) == [1]
+
+
+def test_the_budget_sets_the_epochs_from_the_measured_epoch_time():
+    def plan(steps):
+        return {"unfreeze": steps, "strategy": "gradual", "reason": "r"}
+    p = fit_budget(plan([1, 2]), epoch_seconds=20, budget_minutes=5)
+    assert p["epochs"] == 5 and p["unfreeze"] == [1, 2]           # 15 epochs fit: 5 each (the cap)
+    p = fit_budget(plan([1, 2]), epoch_seconds=50, budget_minutes=5)
+    assert p["epochs"] == 3                                       # 6 epochs fit: 3 each
+    p = fit_budget(plan([4, -1]), epoch_seconds=200, budget_minutes=5)
+    assert p["unfreeze"] == [4] and p["epochs"] == 1 and p["strategy"] == "finetune"
+    assert "not unfreezing every stage" in p["reason"]
+    p = fit_budget(plan([1, 2]), epoch_seconds=400, budget_minutes=5)
+    assert p["unfreeze"] == [] and p["strategy"] == "extract" and "raise --budget" in p["reason"]
+    assert fit_budget(plan([1, 2]), epoch_seconds=20, budget_minutes=5, epochs=2)["epochs"] == 2
+
+
+def test_a_plan_becomes_the_head_then_its_unfreezing_steps():
+    plan = {"strategy": "gradual", "reason": "why", "unfreeze": [4, -1], "epochs": 3, "cut": 9}
+    r = build_recipe("auto", 200, depth=9, plan=plan)
+    assert r.strategy == "gradual" and r.reason == "why"
+    assert [(p.name, p.trainable, p.epochs, p.on_features) for p in r.phases] == \
+        [("head", 0, 60, True), ("unfreeze4", 4, 3, False), ("full", -1, 3, False)]
+    r = build_recipe("auto", 200, depth=9, plan={"strategy": "extract", "reason": "why", "unfreeze": [], "cut": 8})
+    assert r.uses_only_features and r.strategy == "extract"
+    assert build_recipe("extract", 200, depth=9, plan=plan).strategy == "extract"  # a plan only steers auto
+
+
+# -- the guard: unfreeze only while it pays, within the budget ------------------------------------------
+def _tr(history, phase_index, phases):
+    return SimpleNamespace(history=history, phase_index=phase_index, phases=phases, phase=phases[phase_index],
+                           epoch=0)
+
+
+def _row(pi, acc, seconds=10.0, loss=0.5, phase="p"):
+    return {"phase": phase, "phase_index": pi, "val_acc": acc, "val_loss": loss, "seconds": seconds}
+
+
+def test_the_guard_stops_unfreezing_when_val_stops_improving_and_at_the_budget():
+    phases = [Phase("head", 1, 1e-3, 0, on_features=True), Phase("unfreeze1", 3, 1e-4, 1),
+              Phase("unfreeze2", 3, 1e-4, 2)]
+    said = []
+    g = AutoGuard(budget_minutes=5, epoch_seconds=10, echo=said.append)
+    g.before_phase(_tr([_row(0, 0.90, 0.1)], 1, phases))  # the first unfreezing phase always starts
+    improved = [_row(0, 0.90, 0.1), _row(1, 0.88), _row(1, 0.92)]
+    g.before_phase(_tr(improved, 2, phases))
+    flat = [_row(0, 0.90, 0.1), _row(1, 0.88), _row(1, 0.90, loss=0.6)]
+    with pytest.raises(CancelFit):
+        g.before_phase(_tr(flat, 2, phases))
+    assert "did not beat" in said[-1] and "unfreeze2 skipped" in said[-1]
+    # budget: 5 min; 28 live epochs of 10 s spent, the next would overrun
+    g = AutoGuard(budget_minutes=5, epoch_seconds=10, echo=said.append)
+    spent = [_row(0, 0.9, 0.1)] + [_row(1, 0.91 + i / 1000) for i in range(28)]
+    tr = _tr(spent, 1, phases)
+    tr.epoch = 28
+    g.before_epoch(tr)  # 280 + 10 <= 300
+    tr.history = spent + [_row(1, 0.95), _row(1, 0.95)]  # 300 s spent: one more would overrun
+    tr.epoch = 30
+    with pytest.raises(CancelFit):
+        g.before_epoch(tr)
+    assert "budget" in said[-1] and g.stopped
+
+
+# -- through fit, on a tiny model --------------------------------------------------------------------
+def _quiet_fit(data, out, spec, said, **kw):
+    return rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=said.append, **kw)
+
+
+def test_auto_on_a_learnable_set_extracts_and_records_its_probe_table(tmp_path, image_folder, tiny_spec, one_thread):
+    said = []
+    _quiet_fit(image_folder, tmp_path / "r", tiny_spec, said)
+    text = "\n".join(said)
+    assert "linear probe per cut" in text and "strategy auto -> extract" in text and "features from the top" in text
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    plan = cfg["fit"]["auto_plan"]
+    assert plan["similarity"] == "similar" and [r["cut"] for r in plan["table"]] == [3, 5, 6, 7]
+    assert cfg["cut"] == plan["cut"] == 7 and cfg["strategy"] == "extract" and "similar" in cfg["strategy_reason"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["val_acc"] >= 0.75 and summary["kept_phase"] == "head"
+
+
+def _noise(root, n=20, seed=0):
+    """Labels that no pixel predicts: every backbone is 'poor' here."""
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_auto_on_a_poor_fit_unfreezes_within_the_budget_and_keeps_the_best_phase(tmp_path, tiny_spec, one_thread):
+    said = []
+    data = _noise(tmp_path / "noise")
+    _quiet_fit(data, tmp_path / "n", tiny_spec, said, budget=0.1)
+    text = "\n".join(said)
+    assert "transfers poorly" in text and "unfreeze" in text and "measured" in text
+    cfg = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())
+    plan = cfg["fit"]["auto_plan"]
+    assert plan["similarity"] == "poor" and plan["unfreeze"] and plan["epoch_seconds"] > 0
+    assert plan["budget_minutes"] == 0.1 and cfg["strategy"] in ("finetune", "gradual")
+    summary = json.loads((tmp_path / "n" / "summary.json").read_text())
+    head = summary["phases"][0]
+    assert head["phase"] == "head" and summary["val_acc"] >= head["best_val_acc"]  # never below its head phase
+    assert summary["kept_phase"] in [p["phase"] for p in summary["phases"]]
+    live_seconds = sum(r["seconds"] for r in _metrics(tmp_path / "n") if r["phase"] != "head")
+    assert live_seconds <= 0.1 * 60 + max(plan["epoch_seconds"], 3)  # the guard keeps to the budget (one epoch's slack)
+
+
+def _metrics(run):
+    import csv
+    with open(run / "metrics.csv") as f:
+        return [{k: (float(v) if k == "seconds" else v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# -- real weights: a set far from ImageNet against one close to it ---------------------------------------
+@pytest.mark.slow
+def test_auto_picks_an_earlier_cut_on_digits_than_on_hymenoptera(tmp_path):
+    """Packaged EfficientNet-Lite0 (ImageNet): 120 hymenoptera photos vs 200 of scikit-learn's 8x8
+    digits. The photos probe best at the top (similar: extract there); on digits an earlier cut
+    beats the top (different: features from an earlier cut)."""
+    from rehead.demo import write_digits
+    src = shared_dataset("hymenoptera_data") / "train"
+    hym = tmp_path / "hym"
+    for c in ("ants", "bees"):
+        (hym / c).mkdir(parents=True)
+        for p in sorted((src / c).iterdir())[:60]:
+            shutil.copy(p, hym / c / p.name)
+    digits = write_digits(tmp_path / "digits", per_class=20)
+    plans, said = {}, {}
+    for name, data in (("hym", hym), ("digits", digits)):
+        said[name] = []
+        rehead.fit(str(data), model="packaged:efficientnet_lite0", out=str(tmp_path / f"run_{name}"),
+                   progress=False, echo=said[name].append)
+        plans[name] = yaml.safe_load((tmp_path / f"run_{name}" / "config.yaml").read_text())["fit"]["auto_plan"]
+    h, d = plans["hym"], plans["digits"]
+    assert (h["similarity"], h["cut"], h["unfreeze"]) == ("similar", 9, [])
+    assert d["similarity"] == "different" and d["cut"] < h["cut"]
+    assert any("features from an earlier cut" in s for s in said["digits"])
+    assert any("features from the top" in s for s in said["hym"])
