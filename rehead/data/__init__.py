@@ -86,6 +86,7 @@ class Parts:
     info: dict = field(default_factory=dict)  # for the Dataset's summary
     extra: dict = field(default_factory=dict)  # attributes the Dataset carries (table columns)
     labels_from: str | None = None  # the label column; None: class folder names (never a number line)
+    lazy: bool = False  # items are references into containers (streams.py): checked when decoded, not listed
 
 
 @dataclass
@@ -130,12 +131,15 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, s
     with the data's own classes. Other keywords: ``text_column``, ``label_column``,
     ``id_columns``, ``split_column``, ``missing``.
     """
-    mod, kw = _reader(path, modality, kw)
+    mod, kw, stream = _reader(path, modality, kw)
     if eval_only:
-        name, parts = _eval_part(mod, Path(path), kw, strict, check)
+        mod, name, parts = _eval_part(mod, path, kw, strict, check, stream)
         from .splits import eval_dataset
         return eval_dataset(mod.MODALITY, name, parts)
-    parts = mod.read_parts(Path(path), **kw)
+    if stream:
+        mod, parts = _stream_parts(path, stream, modality, kw)
+    else:
+        parts = mod.read_parts(Path(path), **kw)
     _check_readable(mod, parts, [i for p in parts.parts.values() for i in p.items], strict, check)
     from .splits import assemble
     ds = assemble(mod.MODALITY, parts, val_fraction, seed)
@@ -151,8 +155,8 @@ def load_eval(path, modality: str, classes: list[str], data_kw: dict | None = No
     / ``val.csv``), that split; of a folder of class folders, every image. Unlabelled rows are
     left out and counted; class names are mapped onto the run's ``classes``, and a class the
     run never saw is an error."""
-    mod, kw = _reader(path, modality, dict(data_kw or {}))
-    name, parts = _eval_part(mod, Path(path), kw, strict, True)
+    mod, kw, stream = _reader(path, modality, dict(data_kw or {}))
+    _, name, parts = _eval_part(mod, path, kw, strict, True, stream)
     from .splits import eval_data
     return eval_data(name, parts, classes)
 
@@ -185,30 +189,46 @@ def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
 
 
 def _reader(path, modality, kw):
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, or a CSV")
+    """(modality module, data options, streaming kind or None)."""
     kw = {k: v for k, v in kw.items() if v is not None}
     unknown = set(kw) - set(DATA_KW)
     if unknown:
         raise DataError(f"unknown data option(s) {', '.join(sorted(unknown))}: known are {', '.join(DATA_KW)}")
+    from .streams import kind
+    stream = kind(path)  # tar shards, a save_to_disk folder, Parquet: read in place
+    if stream:
+        return (pipeline(modality) if modality else None), kw, stream
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, a CSV, tar "
+                        "shards (a folder or shards-{000..009}.tar), a datasets save_to_disk folder or Parquet")
     if modality is None:
         modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"))
-    return pipeline(modality), kw
+    return pipeline(modality), kw, None
 
 
-def _eval_part(mod, p: Path, kw, strict, check):
+def _stream_parts(path, stream: str, modality, kw, eval_only: bool = False):
+    from .streams import read_parts
+    found, parts = read_parts(path, stream, eval_only=eval_only, modality=modality,
+                              **{k: v for k, v in kw.items() if k in ("text_column", "label_column", "split_column")})
+    return pipeline(found), parts
+
+
+def _eval_part(mod, p, kw, strict, check, stream=None):
     from .splits import choose_eval
-    parts = mod.read_parts(p, eval_only=True, **kw)
+    if stream:
+        mod, parts = _stream_parts(p, stream, mod.MODALITY if mod else None, kw, eval_only=True)
+    else:
+        parts = mod.read_parts(Path(p), eval_only=True, **kw)
     name = choose_eval(parts)
     part = parts.parts[name]
     _check_readable(mod, parts, part.items, strict, check)
-    return name, parts
+    return mod, name, parts
 
 
 def _check_readable(mod, parts: Parts, items, strict: bool, check: bool) -> None:
     """Record unreadable items in ``parts.skipped`` (strict: raise on the first)."""
-    if not check or not hasattr(mod, "unreadable"):
+    if not check or not hasattr(mod, "unreadable") or parts.lazy:  # references: checked as they are decoded
         return
     bad = mod.unreadable(items)
     if bad and strict:
@@ -229,6 +249,9 @@ def infer_modality(p, text_column: str = "text", label_column: str = "label") ->
             return "image"
         if text_column in header:
             return "text"
+        if text_column != "text":  # the user named a text column this file does not have
+            raise DataError(f"{csvs[0]} has no column {text_column!r} (columns: {', '.join(header[:12])}): "
+                            "name the text column with --text-column")
         return "tabular"  # without its label column, the table reader names every column it looked for
     if p.is_dir():
         return "image"

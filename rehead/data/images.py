@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import stat
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import DataError, Dataset, Part, Parts, drop_items
+from . import DataError, Dataset, Part, Parts, drop_items, refs
 from .csvio import column, names, read_rows
 from .splits import split_column_parts
 
@@ -198,6 +199,8 @@ def unreadable(items) -> dict[str, str]:
 
 
 def _check_one(p: str) -> str | None:
+    if refs.is_ref(p):
+        return _check_ref(p)
     why = not_regular(p)
     if why:
         return f"it is {why}"
@@ -215,6 +218,30 @@ def _check_one(p: str) -> str | None:
                     im.load()
             _CHECKED[key] = None
         except Exception as e:  # any decoder failure makes the image unusable, whatever its type
+            _CHECKED[key] = _why(e)
+    return _CHECKED[key]
+
+
+def _check_ref(ref: str) -> str | None:
+    """As ``_check_one``, for a member of a tar shard or an Arrow / Parquet cell; remembered per
+    container stamp."""
+    try:
+        key = (ref, refs.stamp(refs.container(ref)))
+    except OSError as e:
+        return f"its container cannot be read ({e.strerror})"
+    if key not in _CHECKED:
+        try:
+            data = refs.read_bytes(ref)
+            with _quiet_bombs(), Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im, ref)
+                fmt = im.format
+                im.verify()
+            if fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
+                with _quiet_bombs(), Image.open(io.BytesIO(data)) as im:
+                    im.draft("RGB", (1, 1))
+                    im.load()
+            _CHECKED[key] = None
+        except Exception as e:  # noqa: BLE001 - as _check_one
             _CHECKED[key] = _why(e)
     return _CHECKED[key]
 
@@ -259,12 +286,20 @@ class UnreadableImage(DataError):
 def decode(path: str, min_side: int | None = None) -> Image.Image:
     """Decode to 8-bit RGB as :data:`DECODE` says. With ``min_side``, JPEGs decode at a
     reduced scale (PIL draft mode) that still keeps both sides >= min_side: much cheaper
-    than a full decode then resize."""
-    why = not_regular(path)
-    if why:
-        raise UnreadableImage(f"cannot read image {path}: it is {why}")
+    than a full decode then resize. ``path`` may be a reference into a tar shard, an Arrow or
+    a Parquet file (:mod:`rehead.data.refs`): its bytes are decoded exactly as a file's."""
+    if refs.is_ref(path):
+        try:
+            source = io.BytesIO(refs.read_bytes(path))
+        except (refs.RefError, OSError) as e:
+            raise UnreadableImage(f"cannot read image {path}: {e}") from e
+    else:
+        why = not_regular(path)
+        if why:
+            raise UnreadableImage(f"cannot read image {path}: it is {why}")
+        source = path
     try:
-        with _quiet_bombs(), Image.open(path) as im:
+        with _quiet_bombs(), Image.open(source) as im:
             _check_pixels(im, path)
             if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
@@ -371,6 +406,10 @@ unit = "img"
 
 
 def sample_key(item: str, cache, backbone) -> str:
+    """sha256 of the image's bytes: a file's (remembered by the store), or a referenced member's or
+    cell's (the same key for the same image stored either way)."""
+    if refs.is_ref(item):
+        return refs.content_key(item, cache)
     return cache.file_digest(item)
 
 

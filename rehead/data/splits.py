@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from . import DataError, Dataset, EvalData, Part, Parts, Samples, stratified_split
+from . import DataError, Dataset, EvalData, Part, Parts, Samples, refs, stratified_split
 from .csvio import drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report
 
 log = logging.getLogger(__name__)
@@ -278,10 +278,15 @@ def _jsonable(item):
 
 def fingerprint(ds: Dataset) -> dict:
     """Cheap evidence of the data's content: each CSV's sha256; for image files, each
-    item's (size, mtime_ns) in split order."""
+    item's (size, mtime_ns) in split order; for references into tar shards, Arrow or Parquet
+    files (``refs``), each container's (size, mtime_ns)."""
     fp: dict = {"files": {f: file_sha256(f) for f in ds.files}}
+    splits = [getattr(ds, n) for n in ("train", "val", "test") if getattr(ds, n) is not None]
+    containers = sorted({refs.container(i) for s in splits for i in s.items if refs.is_ref(i)})
+    if containers:
+        fp["containers"] = {c: _stat(c) for c in containers}
     if ds.modality == "image":
-        fp["stat"] = {name: [_stat(i) for i in getattr(ds, name).items]
+        fp["stat"] = {name: [None if refs.is_ref(i) else _stat(i) for i in getattr(ds, name).items]
                       for name in ("train", "val", "test") if getattr(ds, name) is not None}
     return fp
 
@@ -338,9 +343,15 @@ def _changes(fp: dict, ds: Dataset) -> list[str]:
             out.append(f"{f} is gone")
         elif file_sha256(f) != sha:
             out.append(f"{f} was modified")
+    for c, old in fp.get("containers", {}).items():
+        new = _stat(c)
+        if new != old:
+            out.append(f"{c} is gone" if new is None else f"{c} was modified (size/mtime)")
     for name, stats in fp.get("stat", {}).items():
         items = getattr(ds, name).items if getattr(ds, name) is not None else []
         for item, old in zip(items, stats):
+            if old is None and refs.is_ref(item):
+                continue  # its container is checked above
             new = _stat(item)
             if new != old:
                 out.append(f"{item} is gone" if new is None else f"{item} was modified (size/mtime)")

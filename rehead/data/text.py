@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
 
-from . import DataError, Part, Parts
+from . import DataError, Part, Parts, refs
 from .csvio import column, drop_unlabelled, lines, read_rows
 from .splits import split_column_parts
 
@@ -108,10 +109,23 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
 unit = "sent"
 
 
+def resolve(item) -> str:
+    """The text of an item: itself, or the text a reference into a tar shard, an Arrow or a Parquet
+    file points to (read when needed). A string that only looks like a reference (its file does
+    not exist) is taken as text."""
+    if refs.is_ref(item):
+        try:
+            if os.path.isfile(refs.container(item)):
+                return refs.read_text(item)
+        except refs.RefError as e:
+            raise DataError(str(e)) from None
+    return str(item)
+
+
 def sample_key(item: str, cache, backbone) -> str:
     cfg = backbone.data_config
     ident = f"{cfg.get('tokenizer_id')}|{cfg.get('max_length')}|".encode()
-    return hashlib.sha256(ident + str(item).encode("utf-8")).hexdigest()
+    return hashlib.sha256(ident + resolve(item).encode("utf-8")).hexdigest()
 
 
 def batch_len(inputs, idx) -> int:
@@ -126,14 +140,14 @@ class TextItems(torch.utils.data.Dataset):
         return len(self.texts)
 
     def __getitem__(self, i):
-        return i, str(self.texts[i]), (self.labels[i] if self.labels is not None else -1)
+        return i, resolve(self.texts[i]), (self.labels[i] if self.labels is not None else -1)
 
 
 def token_lengths(backbone, items: list[str], chunk: int = 1024) -> list[int]:
     """Tokens per text after truncation (word counts for a tokenizer without a mask)."""
     out = []
     for i in range(0, len(items), chunk):
-        part = [str(t) for t in items[i:i + chunk]]
+        part = [resolve(t) for t in items[i:i + chunk]]
         mask = backbone.tokenize(part).get("attention_mask")
         out += mask.sum(1).tolist() if mask is not None else [len(t.split()) for t in part]
     return out

@@ -1,0 +1,310 @@
+"""Item references into containers: a sample of a WebDataset tar shard, a row of an Arrow file
+(a Hugging Face ``save_to_disk`` folder) or of a Parquet file. A reference is a plain string,
+so it travels through split.json, sets, sorting and DataLoader workers like a path does::
+
+    tar:/abs/shards/train-000.tar::sample_17.jpg        a member of an uncompressed tar
+    arrow:/abs/ds/train/data-00000-of-00001.arrow::image::17   row 17 of a column
+    parquet:/abs/data/train.parquet::text::17                   row 17 of a column
+
+Bytes are read only when asked for (in the DataLoader workers): each process opens its own
+file handles (positional reads, so an inherited descriptor is never shared by offset), keeps
+a tar shard's member index (one pass over its headers, no image decoding), maps Arrow files
+into memory, and keeps the last few Parquet row groups it decoded.
+
+The content key of a referenced image is the sha256 of its bytes: the same image as a file
+and as a tar member or an Arrow cell has the same feature-cache key.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections import OrderedDict
+
+SCHEMES = ("tar", "arrow", "parquet")
+_PREFIXES = tuple(f"{s}:{os.sep}" for s in SCHEMES)
+
+
+class RefError(ValueError):
+    """A reference that cannot be read: the message names it and why."""
+
+
+def is_ref(item) -> bool:
+    """Syntactically a reference (a scheme, an absolute container path, a locator)."""
+    return isinstance(item, str) and item.startswith(_PREFIXES) and "::" in item
+
+
+def make(scheme: str, container: str, *locator) -> str:
+    return f"{scheme}:{container}::" + "::".join(str(x) for x in locator)
+
+
+def parse(ref: str) -> tuple[str, str, tuple]:
+    """(scheme, container path, locator): tar -> (member,); arrow/parquet -> (column, row)."""
+    scheme, _, rest = ref.partition(":")
+    if scheme == "tar":
+        head, sep, member = rest.partition(".tar::")
+        if not sep:
+            raise RefError(f"{ref} is not a tar reference (tar:/path/shard.tar::member)")
+        return scheme, head + ".tar", (member,)
+    try:
+        container, column, row = rest.rsplit("::", 2)
+        return scheme, container, (column, int(row))
+    except ValueError:
+        raise RefError(f"{ref} is not a {scheme} reference ({scheme}:/path::column::row)") from None
+
+
+def container(ref: str) -> str:
+    return parse(ref)[1]
+
+
+def display(ref: str) -> str:
+    """A short name for messages and predictions: shard.tar::member, file.parquet::column::row."""
+    scheme, path, loc = parse(ref)
+    return f"{os.path.basename(path)}::" + "::".join(map(str, loc))
+
+
+def stamp(path: str) -> tuple:
+    """(ino, size, mtime_ns, ctime_ns): a changed container invalidates everything remembered of it."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+# -- per-process state ------------------------------------------------------------------------
+class _State:
+    """Handles and indexes of this process; a forked worker starts its own handles (but keeps
+    the indexes the parent built: they are read-only)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.fds: OrderedDict[str, int] = OrderedDict()
+        self.arrow: OrderedDict[str, object] = OrderedDict()
+        self.parquet: OrderedDict[str, object] = OrderedDict()
+        self.groups: OrderedDict[tuple, object] = OrderedDict()
+
+
+_STATE = _State()
+TAR_INDEX: dict[str, tuple[tuple, dict[str, tuple[int, int]]]] = {}  # shard -> (stamp, {member: (offset, size)})
+_DIGESTS: dict[tuple, str] = {}  # (ref, container stamp) -> sha256 hex
+MAX_FDS = 64
+MAX_GROUPS = 4  # Parquet row groups kept decoded per process
+
+
+def _state() -> _State:
+    global _STATE
+    if _STATE.pid != os.getpid():  # a forked worker: never use the parent's descriptors
+        _STATE = _State()
+    return _STATE
+
+
+def _fd(path: str) -> int:
+    st = _state()
+    fd = st.fds.get(path)
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise RefError(f"cannot open {path}: {e.strerror}") from None
+        st.fds[path] = fd
+        while len(st.fds) > MAX_FDS:
+            os.close(st.fds.popitem(last=False)[1])
+    else:
+        st.fds.move_to_end(path)
+    return fd
+
+
+# -- tar ----------------------------------------------------------------------------------------
+def tar_index(path: str) -> dict[str, tuple[int, int]]:
+    """{member name: (data offset, size)} of a shard's regular files, from one pass over its
+    headers (data is skipped, never decoded); remembered while the shard is unchanged."""
+    s = stamp(path)
+    known = TAR_INDEX.get(path)
+    if known and known[0] == s:
+        return known[1]
+    index = {}
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for ti in tf:
+                if ti.isfile():
+                    index[ti.name] = (ti.offset_data, ti.size)  # a repeated name: the last one wins, as tar does
+    except (tarfile.TarError, OSError) as e:
+        raise RefError(f"cannot read tar shard {path}: {e} (shards must be uncompressed .tar files)") from None
+    TAR_INDEX[path] = (s, index)
+    return index
+
+
+def _tar_bytes(path: str, member: str) -> bytes:
+    where = tar_index(path).get(member)
+    if where is None:
+        raise RefError(f"{path} has no member {member!r}")
+    off, size = where
+    data = os.pread(_fd(path), size, off)
+    if len(data) != size:
+        raise RefError(f"{path} is cut short: member {member!r} has {len(data)} of its {size} bytes")
+    return data
+
+
+# -- arrow / parquet ------------------------------------------------------------------------------
+def arrow_table(path: str):
+    """A Hugging Face Arrow file (IPC stream or file format), memory-mapped: nothing is read until used."""
+    st = _state()
+    t = st.arrow.get(path)
+    if t is None:
+        import pyarrow as pa
+        try:
+            source = pa.memory_map(path, "r")
+            try:
+                t = pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                t = pa.ipc.open_file(source).read_all()
+        except (OSError, pa.ArrowException) as e:
+            raise RefError(f"cannot read Arrow file {path}: {e}") from None
+        st.arrow[path] = t
+        while len(st.arrow) > MAX_FDS:
+            st.arrow.popitem(last=False)
+    return t
+
+
+def parquet_file(path: str):
+    st = _state()
+    pf = st.parquet.get(path)
+    if pf is None:
+        import pyarrow.parquet as pq
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+            raise RefError(f"cannot read Parquet file {path}: {e}") from None
+        pf._rehead_starts = _cumulative([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        st.parquet[path] = pf
+        while len(st.parquet) > MAX_FDS:
+            st.parquet.popitem(last=False)
+    return pf
+
+
+def _cumulative(ns: list[int]) -> list[int]:
+    out, s = [], 0
+    for n in ns:
+        out.append(s)
+        s += n
+    return out
+
+
+def _arrow_value(path: str, column: str, row: int):
+    t = arrow_table(path)
+    if column not in t.column_names:
+        raise RefError(f"{path} has no column {column!r}")
+    if not 0 <= row < t.num_rows:
+        raise RefError(f"{path} has no row {row} ({t.num_rows} rows)")
+    return t.column(column)[row].as_py()
+
+
+def _parquet_value(path: str, column: str, row: int):
+    import bisect
+    pf = parquet_file(path)
+    starts = pf._rehead_starts
+    g = bisect.bisect_right(starts, row) - 1
+    if g < 0 or row >= pf.metadata.num_rows:
+        raise RefError(f"{path} has no row {row} ({pf.metadata.num_rows} rows)")
+    st = _state()
+    key = (path, g, column)
+    col = st.groups.get(key)
+    if col is None:
+        try:
+            col = pf.read_row_group(g, columns=[column], use_threads=False).column(0)
+        except Exception as e:  # noqa: BLE001
+            raise RefError(f"cannot read row group {g} of {path}: {e}") from None
+        st.groups[key] = col
+        while len(st.groups) > MAX_GROUPS:
+            st.groups.popitem(last=False)
+    else:
+        st.groups.move_to_end(key)
+    return col[row - starts[g]].as_py()
+
+
+def _cell_bytes(value, ref: str) -> bytes:
+    """An image cell: bytes, or a Hugging Face Image struct {bytes, path} (path: a file to read)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        p = value.get("path")
+        if p and os.path.isabs(p) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                return f.read()
+        raise RefError(f"{ref}: the image has no bytes" + (f" and its path {p!r} is not a readable file" if p else ""))
+    if value is None:
+        raise RefError(f"{ref}: the cell is empty")
+    raise RefError(f"{ref}: a {type(value).__name__} is not image bytes")
+
+
+# -- the interface ---------------------------------------------------------------------------------
+def read_bytes(ref: str) -> bytes:
+    """The referenced member's or cell's bytes (an image)."""
+    scheme, path, loc = parse(ref)
+    if scheme == "tar":
+        return _tar_bytes(path, loc[0])
+    value = (_arrow_value if scheme == "arrow" else _parquet_value)(path, *loc)
+    return _cell_bytes(value, ref)
+
+
+def read_text(ref: str) -> str:
+    """The referenced text: a tar member decoded as UTF-8, or a string cell."""
+    scheme, path, loc = parse(ref)
+    if scheme == "tar":
+        data = _tar_bytes(path, loc[0])
+        try:
+            return data.decode("utf-8-sig").strip()
+        except UnicodeDecodeError:
+            raise RefError(f"{ref} is not UTF-8 text") from None
+    value = (_arrow_value if scheme == "arrow" else _parquet_value)(path, *loc)
+    return "" if value is None else str(value)
+
+
+def digest(ref: str) -> str:
+    """sha256 hex of the referenced bytes (equal to the digest of the same image as a file),
+    remembered in this process while the container is unchanged. A tar shard is hashed in one
+    sequential pass over all its members the first time one of them is asked for."""
+    scheme, path, loc = parse(ref)
+    s = stamp(path)
+    key = (ref, s)
+    h = _DIGESTS.get(key)
+    if h is None:
+        if scheme == "tar":
+            _hash_shard(path, s)
+            h = _DIGESTS.get(key)
+            if h is None:
+                raise RefError(f"{path} has no member {loc[0]!r}")
+        else:
+            h = hashlib.sha256(read_bytes(ref)).hexdigest()
+            _DIGESTS[key] = h
+    return h
+
+
+def _hash_shard(path: str, s: tuple) -> None:
+    index = tar_index(path)
+    with open(path, "rb") as f:
+        for member, (off, size) in sorted(index.items(), key=lambda kv: kv[1][0]):
+            f.seek(off)
+            _DIGESTS[(make("tar", path, member), s)] = hashlib.sha256(f.read(size)).hexdigest()
+
+
+def content_key(ref: str, cache) -> str:
+    """The feature-cache key of a referenced image: the store's own memo when it offers one
+    (``cache.content_digest(name, stamp, compute)``), else this process's."""
+    remember = getattr(cache, "content_digest", None)
+    if remember is not None:
+        scheme, path, loc = parse(ref)
+        return remember(ref, stamp(path), lambda: digest(ref))
+    return digest(ref)
+
+
+def close() -> None:
+    """Close this process's handles (tests; a long-lived process that is done with its data)."""
+    st = _state()
+    for fd in st.fds.values():
+        os.close(fd)
+    st.fds.clear()
+    st.arrow.clear()
+    st.parquet.clear()
+    st.groups.clear()

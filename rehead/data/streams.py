@@ -1,0 +1,478 @@
+"""Large datasets read in place: WebDataset tar shards, Hugging Face ``datasets`` saved on disk
+(``save_to_disk``: Arrow, memory-mapped) and Parquet files. Listing reads only what labels and
+splits need (tar headers and the small ``.cls``/``.json`` members; the label and split columns);
+items are references (:mod:`rehead.data.refs`) whose bytes are read when a batch needs them.
+
+The parts come out as any other source's: :func:`rehead.data.splits.assemble` applies the same
+label rules (empty labels dropped and counted), the same split rules (val carved from train when
+there is none, test kept aside) and the same errors.
+
+- **WebDataset**: a folder of ``*.tar`` (or ``train/``, ``val/``, ``test/`` folders of them), one
+  ``.tar`` file, or a brace pattern ``shards-{000..009}.tar``. Members are grouped into samples by
+  key (``abc.jpg`` + ``abc.cls``: the name up to the first dot of its last path part). The item is
+  the sample's image member (``.jpg``, ``.png``, ...) or, without one, its ``.txt``. The label is
+  the member whose extension is ``--label-column`` (when given), else ``.cls`` (a class index or
+  name), else the ``--label-column`` field (default ``label``) of its ``.json``. The split comes
+  from shard names (``train-*.tar``, ``val-*.tar``, ``test-*.tar``) or folders.
+- **Hugging Face datasets on disk**: a ``save_to_disk`` folder of a Dataset or a DatasetDict
+  (its train / validation / test splits); the image column (an ``Image`` feature, a struct of
+  bytes and path, or binary) or the ``--text-column``; the ``--label-column`` (ClassLabel names
+  are the class names; -1 is unlabelled). No ``datasets`` import: pyarrow reads the files.
+- **Parquet**: a ``.parquet`` file or a folder of them (split from file names, ``train-0000.parquet``
+  as the Hub writes them, or from ``train/``-style folders); columns as for ``datasets``; an
+  optional ``--split-column``. Read by row groups.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from . import DataError, Part, Parts
+from . import refs
+from .csvio import names
+from .splits import SPLIT_VALUES, split_column_parts
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # preference order within a sample
+TEXT_EXTS = ("txt", "text")
+IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "picture", "photo")
+_SPLIT_OF = {v: name for name, vs in SPLIT_VALUES.items() for v in vs}
+_SPLIT_RE = re.compile(r"^([a-z]+)(?:[-_.]|$)")
+
+
+def split_of(name: str) -> str | None:
+    """train / val / test from a shard, file or folder name (``train-000.tar``, ``validation``,
+    ``test_0.parquet``); None when the name says nothing."""
+    m = _SPLIT_RE.match(name.lower())
+    return _SPLIT_OF.get(m.group(1)) if m else None
+
+
+# -- detection ---------------------------------------------------------------------------------------
+def kind(path) -> str | None:
+    """'webdataset', 'hf' or 'parquet' when ``path`` is such a source, else None (a folder of
+    images, a CSV: the other readers)."""
+    s = str(path)
+    if _is_brace(s):
+        return "webdataset"
+    p = Path(s)
+    if p.is_file():
+        low = p.name.lower()
+        if low.endswith(".tar"):
+            return "webdataset"
+        if low.endswith((".tar.gz", ".tgz")):
+            raise DataError(f"{p} is a compressed tar: shards are read in place by member offset, which needs an "
+                            "uncompressed .tar (gunzip it)")
+        if low.endswith(".parquet"):
+            return "parquet"
+        if low.endswith(".arrow"):
+            return "hf"
+        return None
+    if not p.is_dir():
+        return None
+    if (p / "dataset_dict.json").is_file() or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file()):
+        return "hf"
+    if _tar_files(p):
+        return "webdataset"
+    if _parquet_files(p):
+        return "parquet"
+    return None
+
+
+def _is_brace(s: str) -> bool:
+    return bool(re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", s)) and s.endswith(".tar")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` -> a-000.tar, a-001.tar, a-002.tar (zero padding kept); ``{x,y}`` lists."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if r:
+        a, b = r.group(1), r.group(2)
+        width = len(a) if a.startswith("0") or len(a) == len(b) else 0
+        lo, hi = int(a), int(b)
+        step = 1 if hi >= lo else -1
+        opts = [str(i).zfill(width) for i in range(lo, hi + step, step)]
+    else:
+        opts = body.split(",")
+    return [x for o in opts for x in expand_braces(head + o + tail)]
+
+
+def _tar_files(p: Path) -> list[Path]:
+    top = sorted(f for f in p.glob("*.tar") if f.is_file() and not f.name.startswith("."))
+    if top:
+        return top
+    return sorted(f for d in p.iterdir() if d.is_dir() and split_of(d.name) for f in d.glob("*.tar")
+                  if f.is_file() and not f.name.startswith("."))
+
+
+def _parquet_files(p: Path) -> list[Path]:
+    for d in (p, p / "data"):
+        if not d.is_dir():
+            continue
+        top = sorted(f for f in d.glob("*.parquet") if f.is_file() and not f.name.startswith("."))
+        if top:
+            return top
+        sub = sorted(f for s in d.iterdir() if s.is_dir() and split_of(s.name) for f in s.glob("*.parquet")
+                     if f.is_file() and not f.name.startswith("."))
+        if sub:
+            return sub
+    return []
+
+
+def read_parts(path, kind_: str, eval_only: bool = False, modality: str | None = None,
+               text_column: str = "text", label_column: str = "label", split_column: str = "split",
+               need_labels: bool = True, **_) -> tuple[str, Parts]:
+    """(modality, parts) of a streaming source; ``modality`` (a run's, when evaluating) picks the
+    item column where both an image and a text could be. ``need_labels=False`` (predict): a
+    source without labels gives every item with an empty label."""
+    reader = {"webdataset": _webdataset, "hf": _hf, "parquet": _parquet}[kind_]
+    mod, parts = reader(path, eval_only=eval_only, modality=modality, text_column=text_column,
+                        label_column=label_column, split_column=split_column, need_labels=need_labels)
+    parts.lazy = True
+    parts.labels_from = parts.labels_from or label_column
+    return mod, parts
+
+
+def _grouped(files: list[tuple[str, str]], eval_only: bool) -> dict[str, list[str]]:
+    """{split: files} from (file, split or None) pairs; files that name no split while others do
+    are an error (which split would they be?)."""
+    named = [f for f, s in files if s]
+    if not named:
+        return {"all": [f for f, _ in files]}
+    loose = [f for f, s in files if not s]
+    if loose:
+        raise DataError(f"{len(loose)} file(s) name no split while others do, e.g. {loose[0]}: name each "
+                        "train-*, val-* or test-* (or put them in train/, val/, test/ folders)")
+    out: dict[str, list[str]] = {}
+    for f, s in files:
+        out.setdefault(s, []).append(f)
+    if eval_only:
+        first = next(k for k in ("test", "val", "train") if k in out)
+        out = {first: out[first]}
+    return out
+
+
+# -- WebDataset ---------------------------------------------------------------------------------------
+def _wds_files(path) -> tuple[str, list[tuple[str, str | None]]]:
+    s = str(path)
+    if _is_brace(s):
+        files = [os.path.abspath(f) for f in expand_braces(s)]
+        gone = [f for f in files if not os.path.isfile(f)]
+        if gone:
+            raise DataError(f"{len(gone)} shard(s) of {s} do not exist, e.g. {gone[0]}: fix the pattern")
+        return s, [(f, split_of(os.path.basename(f))) for f in files]
+    p = Path(os.path.abspath(s))
+    if p.is_file():
+        return str(p), [(str(p), split_of(p.name))]
+    out = []
+    for f in _tar_files(p):
+        sp = split_of(f.parent.name) if f.parent != p else split_of(f.name)
+        out.append((str(f), sp))
+    return str(p), out
+
+
+def _key_ext(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the name up to the first dot of its last path part."""
+    d, _, base = name.rpartition("/")
+    k, dot, ext = base.partition(".")
+    return (f"{d}/{k}" if d else k), ext.lower() if dot else ""
+
+
+def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None, notes: dict):
+    """(items, raw labels) of one shard, from its member index; label members are read (small)."""
+    index = refs.tar_index(shard)
+    samples: dict[str, dict[str, str]] = {}
+    for name in index:
+        k, ext = _key_ext(name)
+        if ext:
+            samples.setdefault(k, {})[ext] = name
+    items, labels = [], []
+    fd = None
+    try:
+        fd = os.open(shard, os.O_RDONLY)
+
+        def read(member: str) -> bytes:
+            off, size = index[member]
+            return os.pread(fd, size, off)
+        for k, members in samples.items():
+            notes["exts"].update(members)
+            img = next((members[e] for e in IMAGE_EXTS if e in members), None)
+            txt = next((members[e] for e in ((text_column,) if text_column in members else ()) + TEXT_EXTS
+                        if e in members), None)
+            item = img if want != "text" and img else txt if want != "image" else None
+            if item is None:
+                notes["no_item"].append(f"{os.path.basename(shard)}::{k}")
+                continue
+            notes["kinds"].add("image" if item == img else "text")
+            items.append(refs.make("tar", shard, item))
+            labels.append(_wds_label(members, read, label_column, shard, k, notes))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return items, labels
+
+
+def _wds_label(members: dict, read, label_column: str, shard: str, key: str, notes: dict) -> str:
+    for ext in ((label_column,) if label_column in members else ()) + ("cls", "label"):
+        if ext in members:
+            notes["label_from"].add(f".{ext}")
+            return read(members[ext]).decode("utf-8-sig", "replace").strip()
+    if "json" in members:
+        try:
+            d = json.loads(read(members["json"]).decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"{shard}: {key}.json is not valid JSON ({e}): fix or remove it") from None
+        if isinstance(d, dict) and label_column in d and d[label_column] is not None:
+            notes["label_from"].add(f".json[{label_column!r}]")
+            v = d[label_column]
+            return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
+    return ""
+
+
+def _webdataset(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+    source, files = _wds_files(path)
+    if not files:
+        raise DataError(f"{path} has no .tar shards")
+    groups = _grouped(files, eval_only)
+    notes = {"exts": set(), "no_item": [], "kinds": set(), "label_from": set()}
+    parts, warnings = {}, []
+    for split, shards in groups.items():
+        items, labels = [], []
+        for shard in shards:
+            i, y = _wds_shard(shard, label_column, text_column, modality, notes)
+            items += i
+            labels += y
+        where = f"{source} ({split}: {len(shards)} shard(s))" if split != "all" else source
+        parts[split] = Part(items, labels, where)
+    exts = sorted(notes["exts"])
+    if not any(p.items for p in parts.values()):
+        raise DataError(f"{source} has no sample with an image ({', '.join('.' + e for e in IMAGE_EXTS)}) or text "
+                        f"(.txt) member (member extensions found: {', '.join(exts) or 'none'})")
+    if not notes["label_from"] and need_labels:
+        raise DataError(f"{source} has no labelled sample: looked for a .{label_column} or .cls member and a "
+                        f"{label_column!r} field in .json members (member extensions found: {', '.join(exts)}): "
+                        "name the member extension or JSON field with --label-column")
+    if len(notes["kinds"]) > 1:
+        raise DataError(f"{source} mixes samples with images and samples with only text: give one kind per dataset")
+    if notes["no_item"]:
+        warnings.append(f"{source}: {len(notes['no_item'])} sample(s) without an image or text member were left out, "
+                        f"e.g. {notes['no_item'][0]}")
+    mod = notes["kinds"].pop()
+    n_shards = sum(len(s) for s in groups.values())
+    return mod, Parts(parts, source, warnings=warnings, labels_from=", ".join(sorted(notes["label_from"])),
+                      info={"format": "webdataset", "shards": n_shards})
+
+
+# -- Arrow / Parquet tables ---------------------------------------------------------------------------
+def _hf_features(schema) -> dict:
+    """The Hugging Face features recorded in a schema's metadata ({} when none)."""
+    meta = schema.metadata or {}
+    raw = meta.get(b"huggingface")
+    if not raw:
+        return {}
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return {}
+    return (d.get("info") or {}).get("features") or d.get("features") or {}
+
+
+def _choose_columns(schema, features: dict, where: str, modality, text_column, label_column, need_labels=True):
+    """(item column, modality, class names or None) of a table, or a DataError that names the
+    columns it looked for."""
+    import pyarrow as pa
+    cols = list(schema.names)
+
+    def is_image(name):
+        f = features.get(name) or {}
+        if f.get("_type") == "Image":
+            return True
+        t = schema.field(name).type
+        return (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0) or \
+            pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    images = [c for c in cols if c != label_column and is_image(c)]
+    if label_column not in cols and need_labels:
+        raise DataError(f"{where} has no label column {label_column!r} (columns: {', '.join(cols)}): name it with "
+                        "--label-column")
+    item = mod = None
+    if images and modality != "text":
+        if len(images) > 1:
+            named = [c for c in IMAGE_NAMES if c in images]
+            if not named:
+                raise DataError(f"{where} has several image columns ({', '.join(images)}) and none is called "
+                                f"{' or '.join(IMAGE_NAMES[:2])}: keep one")
+            images = named[:1]
+        item, mod = images[0], "image"
+    elif text_column in cols and modality != "image":
+        item, mod = text_column, "text"
+    if item is None:
+        want = {"image": "an image column", "text": f"a text column {text_column!r}"}.get(
+            modality, f"an image column or a text column {text_column!r}")
+        raise DataError(f"{where} has no {want} (looked for: a column of Hugging Face Image type, a struct of "
+                        f"bytes and path, or binary; the text column {text_column!r}; columns: {', '.join(cols)}): "
+                        "name the text column with --text-column")
+    f = features.get(label_column) or {}
+    names_ = f.get("names") if f.get("_type") == "ClassLabel" else None
+    return item, mod, names_
+
+
+def _labels(column, class_names) -> list[str]:
+    """Raw label strings: ClassLabel indices to names (-1 and None: unlabelled); numbers as text."""
+    out = []
+    for v in column.to_pylist():
+        if v is None:
+            out.append("")
+        elif class_names is not None and isinstance(v, int):
+            out.append(class_names[v] if 0 <= v < len(class_names) else "")
+        elif isinstance(v, float):
+            out.append("" if v != v else str(int(v)) if v.is_integer() else str(v))
+        else:
+            out.append(str(v).strip())
+    return out
+
+
+def _table_part(scheme: str, files: list[str], read_columns, where: str, modality, text_column, label_column,
+                split_column, choice: dict, need_labels: bool = True) -> dict[str, Part]:
+    """Parts of one split stored in ``files`` (Arrow or Parquet): every row referenced, labels read.
+    A split column, when present, divides the rows (like a CSV's)."""
+    items, labels, splits = [], [], []
+    for f in files:
+        schema, get = read_columns(f)
+        if not choice:
+            choice.update(zip(("item", "modality", "names"),
+                              _choose_columns(schema, _hf_features(schema), f, modality, text_column, label_column,
+                                              need_labels)))
+            choice["split"] = split_column in schema.names
+            choice["labelled"] = label_column in schema.names
+        elif choice["item"] not in schema.names or (choice["labelled"] and label_column not in schema.names):
+            raise DataError(f"{f} lacks column {choice['item']!r} or {label_column!r} that {files[0]} has "
+                            f"(columns: {', '.join(schema.names)})")
+        if choice["labelled"]:
+            n, ys = get([label_column])
+            labels += _labels(ys[0], choice["names"])
+        else:
+            n = get([choice["item"]])[0]
+            labels += [""] * n
+        items += [refs.make(scheme, f, choice["item"], r) for r in range(n)]
+        if choice["split"]:
+            splits += ["" if v is None else str(v) for v in get([split_column])[1][0].to_pylist()]
+    if choice.get("split"):
+        idx = split_column_parts(splits, where)
+        return {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{where} ({split_column}={k})")
+                for k, ix in idx.items()}
+    return {"all": Part(items, labels, where)}
+
+
+def _arrow_columns(f: str):
+    t = refs.arrow_table(f)
+
+    def get(cols):
+        return t.num_rows, [t.column(c) for c in cols]
+    return t.schema, get
+
+
+def _parquet_columns(f: str):
+    pf = refs.parquet_file(f)
+    schema = pf.schema_arrow
+
+    def get(cols):
+        t = pf.read(columns=cols, use_threads=False)
+        return t.num_rows, [t.column(c) for c in cols]
+    return schema, get
+
+
+def _hf_split_files(d: Path) -> list[str]:
+    try:
+        state = json.loads((d / "state.json").read_text())
+        files = [str(d / x["filename"]) for x in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{d}/state.json is not a Hugging Face save_to_disk state ({e}): save the dataset "
+                        "with Dataset.save_to_disk") from None
+    gone = [f for f in files if not os.path.isfile(f)]
+    if gone:
+        raise DataError(f"{d} lacks its data file {gone[0]}: save the dataset again")
+    return files
+
+
+def _require_pyarrow(path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise DataError(f"{path} is Arrow / Parquet data, which needs pyarrow: pip install 'rehead[stream]' "
+                        "(or pip install pyarrow)") from None
+
+
+def _hf(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+    p = Path(os.path.abspath(path))
+    _require_pyarrow(p)
+    warnings: list[str] = []
+    if p.is_file():  # one .arrow file
+        groups = {None: [str(p)]}
+    elif (p / "dataset_dict.json").is_file():
+        try:
+            names_ = json.loads((p / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{p}/dataset_dict.json is unreadable ({e}): save the dataset again") from None
+        groups, ignored = {}, []
+        for n in names_:
+            s = _SPLIT_OF.get(n.lower())
+            if s is None or s in groups:
+                ignored.append(n)
+            else:
+                groups[s] = _hf_split_files(p / n)
+        if ignored:
+            warnings.append(f"{p}: split(s) {names(ignored)} are not train, validation or test: left out")
+        if not groups:
+            raise DataError(f"{p} has no train, validation or test split (splits: {', '.join(names_)})")
+        if eval_only:
+            first = next(k for k in ("test", "val", "train") if k in groups)
+            groups = {first: groups[first]}
+    else:
+        groups = {None: _hf_split_files(p)}
+    return _tables("arrow", _arrow_columns, str(p), groups, warnings, modality, text_column, label_column,
+                   split_column, "hf-datasets", need_labels)
+
+
+def _parquet(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+    p = Path(os.path.abspath(path))
+    _require_pyarrow(p)
+    if p.is_file():
+        groups = {None: [str(p)]}
+    else:
+        files = _parquet_files(p)
+        pairs = [(str(f), split_of(f.parent.name) if f.parent.name not in (p.name, "data") else split_of(f.name))
+                 for f in files]
+        g = _grouped(pairs, eval_only)
+        groups = {(None if k == "all" else k): v for k, v in g.items()}
+    return _tables("parquet", _parquet_columns, str(p), groups, [], modality, text_column, label_column,
+                   split_column, "parquet", need_labels)
+
+
+def _tables(scheme, read_columns, source, groups, warnings, modality, text_column, label_column, split_column,
+            fmt, need_labels) -> tuple[str, Parts]:
+    choice: dict = {}
+    parts: dict[str, Part] = {}
+    for split, files in groups.items():
+        where = source if split is None else f"{source} ({split})"
+        got = _table_part(scheme, files, read_columns, where, modality, text_column, label_column,
+                          split_column if split is None else "\0", choice, need_labels)
+        for k, part in got.items():
+            parts[split or k] = part
+    info = {"format": fmt, "files": sum(len(f) for f in groups.values()), "item_column": choice["item"]}
+    return choice["modality"], Parts(parts, source, warnings=warnings, labels_from=label_column, info=info)
+
+
+# -- prediction inputs ----------------------------------------------------------------------------------
+def expand_input(path, modality: str | None = None, text_column: str = "text", label_column: str = "label") -> list[str] | None:
+    """Every item of a streaming source, labelled or not, as references (for ``predict``); None when
+    ``path`` is not a streaming source."""
+    k = kind(path)
+    if k is None:
+        return None
+    _, parts = read_parts(path, k, modality=modality, text_column=text_column, label_column=label_column,
+                          need_labels=False)
+    return [i for p in parts.parts.values() for i in p.items]

@@ -1,0 +1,247 @@
+"""Streaming sources (issue 15, item 3): WebDataset tar shards, Hugging Face datasets saved on
+disk, Parquet. The same labels, splits, errors and resume checks as a folder; features equal to
+those of the same images as files."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rehead.data import DataError, dataset_from_split, load_dataset, load_eval, pipeline, refs, streams
+from tests.conftest import make_images
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+N_TRAIN, N_TEST = 7, 3  # per class: 14 labelled training images, 6 test images, and one unlabelled
+
+
+def _files(root: Path) -> dict[str, list[Path]]:
+    make_images(root, n=N_TRAIN + N_TEST)
+    return {c: sorted((root / c).glob("*.jpg"), key=lambda p: int(p.stem.split("_")[1])) for c in ("red", "blue")}
+
+
+def _samples(files):
+    """(split, key, image path, label) rows: the first N_TRAIN of a class train, the rest test, and
+    one unlabelled training image."""
+    rows = []
+    for c, fs in files.items():
+        rows += [("train" if i < N_TRAIN else "test", f"{c}_{i:03d}", f, c) for i, f in enumerate(fs)]
+    rows.append(("train", "nolabel_000", files["red"][0], ""))
+    return rows
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def write_wds(root: Path, rows) -> Path:
+    """train-000.tar (labels in .cls), train-001.tar (labels in .json), test-000.tar."""
+    root.mkdir(parents=True)
+    train = [r for r in rows if r[0] == "train"]
+    shards = {"train-000.tar": train[::2], "train-001.tar": train[1::2], "test-000.tar": [r for r in rows if r[0] == "test"]}
+    for name, rs in shards.items():
+        with tarfile.open(root / name, "w") as tf:
+            for _, key, f, y in rs:
+                _add(tf, f"{key}.jpg", f.read_bytes())
+                if name == "train-001.tar":
+                    _add(tf, f"{key}.json", json.dumps({"label": y or None, "w": 3}).encode())
+                else:
+                    _add(tf, f"{key}.cls", y.encode())
+    return root
+
+
+def write_hf(root: Path, rows) -> Path:
+    datasets = pytest.importorskip("datasets")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
+    names = feats["label"].names
+
+    def part(split):
+        rs = [r for r in rows if r[0] == split]
+        return datasets.Dataset.from_dict(
+            {"image": [{"bytes": f.read_bytes(), "path": None} for _, _, f, _ in rs],
+             "label": [names.index(y) if y else -1 for *_, y in rs]}, features=feats)
+    datasets.DatasetDict({"train": part("train"), "test": part("test")}).save_to_disk(str(root))
+    return root
+
+
+def write_parquet(path: Path, rows) -> Path:
+    t = pa.table({"image": pa.array([f.read_bytes() for _, _, f, _ in rows], pa.binary()),
+                  "label": [y or None for *_, y in rows], "split": [s for s, *_ in rows]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(t, path, row_group_size=8)  # several row groups
+    return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    base = tmp_path_factory.mktemp("streams")
+    files = _files(base / "files")
+    rows = _samples(files)
+    return {"files": files, "rows": rows,
+            "webdataset": write_wds(base / "wds", rows),
+            "hf": write_hf(base / "hf", rows),
+            "parquet": write_parquet(base / "pq" / "data.parquet", rows)}
+
+
+KINDS = ("webdataset", "hf", "parquet")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sources_follow_the_label_and_split_rules(sources, kind):
+    src = sources[kind]
+    assert streams.kind(src) == kind
+    ds = load_dataset(src, val_fraction=0.2, seed=0)
+    assert ds.modality == "image" and ds.classes == ["blue", "red"]  # ClassLabel names, sorted like any source
+    assert len(ds.train) + len(ds.val) == 2 * N_TRAIN and len(ds.val) == 3  # val carved from train, stratified
+    assert len(ds.test) == 2 * N_TEST  # kept aside
+    assert all(refs.is_ref(i) for i in ds.train.items + ds.val.items + ds.test.items)
+    assert any("1 row(s) with an empty label were left out" in w for w in ds.info["warnings"])
+    assert ds.summary()["format"] in ("webdataset", "hf-datasets", "parquet")
+    # labels follow the bytes: each referenced image's colour is its class
+    for item, y in zip(ds.train.items, ds.train.labels):
+        px = np.asarray(pipeline("image").decode(item)).reshape(-1, 3).mean(0)
+        assert (px[0] > px[2]) == (ds.classes[y] == "red"), item
+    ev = load_eval(src, "image", ["blue", "red"])
+    assert len(ev) == 2 * N_TEST and ev.split.startswith("test")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_evaluate_predict_with_features_equal_to_files(sources, kind, tiny_spec, tmp_path, one_thread):
+    import rehead
+    from rehead import zoo
+    from rehead.features import FeatureCache, extract
+    src = sources[kind]
+    run = rehead.fit(str(src), model=tiny_spec, out=tmp_path / "run", strategy="extract", workers=0, progress=False,
+                     echo=lambda *a: None)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["test_n"] == 2 * N_TEST and s["val_acc"] is not None
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]["items"]) == 11 and len(split["val"]["items"]) == 3 and len(split["test"]["items"]) == 6
+    res = run.evaluate(str(src))
+    assert res["n"] == 2 * N_TEST and res["skipped"] == 0
+    items = streams.expand_input(src, "image")
+    assert len(items) == len(sources["rows"])  # every sample, the unlabelled one too
+    rows = run.predict(items[:4], top_k=1)
+    assert len(rows) == 4 and all("top" in r for r in rows)
+    # the cache holds, for each referenced image, exactly the features of the same image as a file
+    bb = zoo.load(tiny_spec)
+    cache = FeatureCache()
+    by_bytes = {f.read_bytes(): str(f) for fs in sources["files"].values() for f in fs}
+    refs_ = split["train"]["items"] + split["val"]["items"]  # extracted (the test split is scored by the run)
+    paths = [by_bytes[refs.read_bytes(r)] for r in refs_]
+    pipe = pipeline("image")
+    assert [pipe.sample_key(r, cache, bb) for r in refs_] == [cache.file_digest(p) for p in paths]
+    k = len(bb)
+    mkey = cache.model_key(bb, k)
+    cached = cache.get_all(mkey, [pipe.sample_key(r, cache, bb) for r in refs_])
+    assert cached is not None  # the fit put every labelled image there
+    fresh, kept, _ = extract(bb, paths, [k], None, workers=0, progress=False)
+    assert len(kept) == len(paths)
+    torch.testing.assert_close(torch.from_numpy(cached), fresh[k], rtol=0, atol=1e-6)
+
+
+def test_resume_fingerprint_notices_a_changed_shard(sources, tmp_path):
+    import shutil
+    src = shutil.copytree(sources["webdataset"], tmp_path / "wds")
+    ds = load_dataset(src)
+    d = json.loads(json.dumps(ds.to_split()))
+    assert sorted(d["fingerprint"]["containers"]) == sorted(str(p) for p in src.glob("*.tar"))
+    again = dataset_from_split(d)
+    assert again.train.items == ds.train.items and again.test.items == ds.test.items
+    shard = src / "test-000.tar"
+    os.utime(shard, ns=(1, 1))
+    with pytest.raises(DataError, match="test-000.tar was modified"):
+        dataset_from_split(d)
+
+
+def test_brace_patterns_and_a_single_shard(sources):
+    src = sources["webdataset"]
+    ds = load_dataset(f"{src}/train-{{000..001}}.tar")
+    assert len(ds.train) + len(ds.val) == 2 * N_TRAIN and ds.test is None
+    assert streams.expand_braces("a-{08..10}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar"]
+    assert streams.expand_braces("{x,y}-{0..1}.tar") == ["x-0.tar", "x-1.tar", "y-0.tar", "y-1.tar"]
+    with pytest.raises(DataError, match=r"1 shard\(s\) of .* do not exist, e.g. .*train-002.tar"):
+        load_dataset(f"{src}/train-{{000..002}}.tar")
+    one = load_dataset(src / "train-000.tar", val_fraction=0.5)  # labels from .cls only
+    assert len(one.train) + len(one.val) == 7
+
+
+def test_missing_columns_and_labels_name_what_was_looked_for(sources, tmp_path):
+    t = pa.table({"pixels": pa.array([b"x", b"y"], pa.binary()), "y": ["a", "b"]})
+    pq.write_table(t, tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"no label column 'label' \(columns: pixels, y\)"):
+        load_dataset(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"n": [1, 2], "label": ["a", "b"]}), tmp_path / "u.parquet")
+    with pytest.raises(DataError, match=r"no an image column or a text column 'text'|no image column"):
+        load_dataset(tmp_path / "u.parquet")
+    d = tmp_path / "nolabels"
+    d.mkdir()
+    with tarfile.open(d / "a.tar", "w") as tf:
+        _add(tf, "k1.jpg", sources["files"]["red"][0].read_bytes())
+        _add(tf, "k1.txt", b"caption")
+    with pytest.raises(DataError, match=r"looked for a .label or .cls member and a 'label' field in .json members "
+                                        r"\(member extensions found: jpg, txt\)"):
+        load_dataset(d)
+    assert len(streams.expand_input(d, "image")) == 1  # predict needs no labels
+
+
+def test_tar_members_decode_in_worker_processes(sources, tiny_spec):
+    from rehead import zoo
+    bb = zoo.load(tiny_spec)
+    items = streams.expand_input(sources["webdataset"], "image")
+    loader = pipeline("image").make_loader(bb, items, None, batch_size=8, workers=2)
+    seen = [i for idx, x, _ in loader for i in idx.tolist()]
+    assert sorted(seen) == list(range(len(items)))
+
+
+def test_an_unreadable_member_is_named_and_skipped(sources, tmp_path, tiny_spec):
+    from rehead import zoo
+    from rehead.features import extract
+    d = tmp_path / "bad"
+    d.mkdir()
+    with tarfile.open(d / "a.tar", "w") as tf:
+        for c in ("red", "blue"):
+            for f in sources["files"][c][:3]:
+                _add(tf, f"{f.stem}.jpg", f.read_bytes())
+                _add(tf, f"{f.stem}.cls", c.encode())
+        _add(tf, "broken.jpg", b"\xff\xd8 not a jpeg")
+        _add(tf, "broken.cls", b"red")
+    ds = load_dataset(d, val_fraction=0.5)  # listing never decodes
+    items = ds.train.items + ds.val.items
+    assert len(items) == 7
+    bb = zoo.load(tiny_spec)
+    _, kept, skipped = extract(bb, items, [len(bb)], None, workers=0, progress=False)
+    assert len(kept) == 6 and len(skipped) == 1 and skipped[0].endswith("a.tar::broken.jpg")
+    bad = pipeline("image").unreadable(items)
+    assert list(bad) == skipped and "UnidentifiedImageError" in bad[skipped[0]]
+
+
+def test_text_sources_resolve_references(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    words = {"pos": "good great superb", "neg": "bad awful dull"}
+    texts = [f"a {words[y].split()[i % 3]} film number {i}" for i in range(24) for y in [("pos", "neg")[i % 2]]]
+    labels = [("pos", "neg")[i % 2] for i in range(24)]
+    datasets.Dataset.from_dict({"text": texts, "label": labels}).save_to_disk(str(tmp_path / "t"))
+    ds = load_dataset(tmp_path / "t")
+    assert ds.modality == "text" and len(ds.train) + len(ds.val) == 24
+    text = pipeline("text")
+    got = [text.resolve(i) for i in ds.train.items]
+    assert all(t in texts for t in got) and all(refs.is_ref(i) for i in ds.train.items)
+    d = tmp_path / "w"
+    d.mkdir()
+    with tarfile.open(d / "train-0.tar", "w") as tf:
+        for i, (t, y) in enumerate(zip(texts, labels)):
+            _add(tf, f"s{i}.txt", t.encode())
+            _add(tf, f"s{i}.json", json.dumps({"sentiment": y}).encode())
+    ds = load_dataset(d, label_column="sentiment")
+    assert ds.modality == "text" and ds.classes == ["neg", "pos"]
+    assert sorted(text.resolve(i) for i in ds.train.items + ds.val.items) == sorted(texts)
