@@ -180,6 +180,33 @@ def test_auto_on_a_poor_fit_unfreezes_within_the_budget_and_keeps_the_best_phase
     assert live_seconds <= 0.1 * 60 + max(plan["epoch_seconds"], 3)  # the guard keeps to the budget (one epoch's slack)
 
 
+class _Killed(Exception):
+    pass
+
+
+class _KillInTheFirstLiveEpoch:
+    order = 99  # after the checkpoint is written
+
+    def after_epoch(self, tr):
+        if not tr.phase.on_features:
+            raise _Killed
+
+
+def test_resume_reads_the_plan_back_instead_of_measuring_again(tmp_path, tiny_spec, one_thread, monkeypatch):
+    import rehead.auto
+    data = _noise(tmp_path / "noise")
+    with pytest.raises(_Killed):
+        _quiet_fit(data, tmp_path / "n", tiny_spec, [], budget=0.1, hooks=[_KillInTheFirstLiveEpoch()])
+    assert (tmp_path / "n" / "checkpoint.pt").exists() and not (tmp_path / "n" / "model.safetensors").exists()
+    monkeypatch.setattr(rehead.auto, "measure_and_decide", lambda *a, **k: pytest.fail("auto measured again"))
+    said = []
+    rehead.fit(out=str(tmp_path / "n"), resume=True, progress=False, echo=said.append)
+    cfg = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())
+    summary = json.loads((tmp_path / "n" / "summary.json").read_text())
+    assert summary["strategy"] == cfg["strategy"] and len(summary["phases"]) >= 2
+    assert summary["val_acc"] >= summary["phases"][0]["best_val_acc"]
+
+
 def _metrics(run):
     import csv
     with open(run / "metrics.csv") as f:
