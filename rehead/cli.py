@@ -124,9 +124,8 @@ def config_options(cls, skip: tuple = ()) -> list:
             typ = Optional[float]
         decls = [meta.get("flag") or ("--" + f.name.replace("_", "-"))] + ([meta["short"]] if meta.get("short") else [])
         kw = {"help": meta.get("help"), "rich_help_panel": meta.get("group", "training").capitalize()}
-        if meta.get("choices"):  # typer shows Literal choices in --help and refuses others before any work
-            lit = typing.Literal[tuple(meta["choices"])]
-            typ = Optional[lit] if f.default is None else lit
+        if meta.get("choices"):  # shown in --help; a wrong one is refused by FitConfig, before any work
+            kw["metavar"] = "<" + "|".join(meta["choices"]) + ">"
         params.append(_inspect.Parameter(f.name, _inspect.Parameter.KEYWORD_ONLY,
                                          default=typer.Option(f.default, *decls, **kw), annotation=typ))
     return params

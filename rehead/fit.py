@@ -273,6 +273,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
             job.cache.save_snapshot(job.stamp, job.backbone, model.backbone, job.in_dim)
     make_loader = _live_loaders(model, ds, cfg, echo) if any(not p.on_features for p in recipe.phases) else None
     resume_state = run.load_checkpoint() if resuming else None
+    if resume_state is not None:
+        _check_checkpoint(resume_state, model, run / "checkpoint.pt")
     trainer.fit(model, "train", "val", recipe.phases, batch_size=cfg.batch_size, make_loader=make_loader,
                 features=features, resume=resume_state)
     if not trainer.acc.is_main_process:
@@ -280,6 +282,9 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
     summary["note"] = _no_gain_note(summary)
+    solved = getattr(trainer, "solved", None)
+    if solved:  # the L2 strength cross-validation chose on the training split
+        summary["head_solver"] = {"C": solved["C"], "folds": solved["folds"], "seconds": solved["seconds"]}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     if getattr(ds, "test", None) is not None and len(ds.test):
@@ -290,6 +295,16 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     run.remove("checkpoint.pt", "best.safetensors")
     _report_end(echo, summary, ds, run.path)
     return run_obj
+
+
+def _check_checkpoint(state: dict, model, path: Path) -> None:
+    """A checkpoint for another architecture (or another cut, head) is named, not a size-mismatch traceback."""
+    own = model.state_dict()
+    theirs = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(theirs, dict) or set(theirs) != set(own) or any(
+            tuple(theirs[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise BadRun(f"{path} holds weights of another architecture than {path.parent}/config.yaml describes: "
+                     "delete the checkpoint and rerun with --overwrite")
 
 
 def _write_start(run: RunDir, job: _Job) -> None:

@@ -59,6 +59,10 @@ class Run:
         self.classes = read_json(self.dir / "labels.json")
         if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
             raise BadRun(f"{self.dir / 'labels.json'} is not a list of class names: restore it or rerun")
+        n_out = (self.config.get("head") or {}).get("out_dim")
+        if n_out is not None and n_out != len(self.classes):
+            raise BadRun(f"{self.dir / 'labels.json'} names {len(self.classes)} classes but the model predicts "
+                         f"{n_out}: restore labels.json or rerun")
         self._model = model.eval() if model is not None else None
         if model is None and not (self.dir / "model.safetensors").exists():
             raise BadRun(f"{self.dir} has no model.safetensors: the run did not finish "

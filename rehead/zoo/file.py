@@ -18,7 +18,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelNotFound(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # truncated or not safetensors at all
+            raise ModelNotFound(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]}): "
+                                "download it again, or export it with safetensors.torch.save_file") from e
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
