@@ -139,9 +139,16 @@ def _quiet_fit(data, out, spec, said, **kw):
     return rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=said.append, **kw)
 
 
-def test_auto_on_a_learnable_set_extracts_and_records_its_probe_table(tmp_path, image_folder, tiny_spec, one_thread):
+def test_auto_on_a_learnable_set_extracts_and_records_its_probe_table(tmp_path, image_folder, tiny_spec, one_thread,
+                                                                       monkeypatch):
+    from rehead import features
+    seen, real = [], features._forward
+    monkeypatch.setattr(features, "_forward", lambda bb, pipe, items, todo, cuts, *a: seen.append((len(todo), cuts))
+                        or real(bb, pipe, items, todo, cuts, *a))
     said = []
     _quiet_fit(image_folder, tmp_path / "r", tiny_spec, said)
+    # one pass over the 20 images for every cut probed; the head's features come back from the cache
+    assert seen == [(20, [3, 5, 6, 7])]
     text = "\n".join(said)
     assert "linear probe per cut" in text and "strategy auto -> extract" in text and "features from the top" in text
     cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
