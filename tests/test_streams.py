@@ -245,3 +245,38 @@ def test_text_sources_resolve_references(tmp_path):
     ds = load_dataset(d, label_column="sentiment")
     assert ds.modality == "text" and ds.classes == ["neg", "pos"]
     assert sorted(text.resolve(i) for i in ds.train.items + ds.val.items) == sorted(texts)
+
+
+def test_text_fit_on_a_saved_dataset(tmp_path):
+    """A text column of a save_to_disk folder: fit (word vectors), evaluate on its test split, predict."""
+    datasets = pytest.importorskip("datasets")
+    import rehead
+    words = {"pos": ["good", "great", "superb"], "neg": ["bad", "awful", "dull"]}
+    rows = [(f"a {words[y][i % 3]} film number {i}", y) for i in range(40) for y in [("pos", "neg")[i % 2]]]
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def part(rs):
+        return datasets.Dataset.from_dict({"text": [t for t, _ in rs], "label": [["neg", "pos"].index(y) for _, y in rs]},
+                                          features=feats)
+    datasets.DatasetDict({"train": part(rows[:30]), "test": part(rows[30:])}).save_to_disk(str(tmp_path / "t"))
+    vec = tmp_path / "vectors.txt"
+    vec.write_text("6 2\n" + "".join(f"{w} {1 if y == 'pos' else -1} 0.1\n" for y, ws in words.items() for w in ws))
+    run = rehead.fit(str(tmp_path / "t"), model=f"glove:{vec}", out=tmp_path / "run", strategy="extract",
+                     progress=False, echo=lambda *a: None)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["test_n"] == 10 and s["test_acc"] == 1.0
+    assert run.evaluate(str(tmp_path / "t"))["n"] == 10
+    items = streams.expand_input(tmp_path / "t", "text")
+    assert run.predict(items[:1])[0]["top"][0]["label"] == rows[0][1]
+
+
+def test_pax_and_gnu_shards_are_indexed_like_tarfile(tmp_path):
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        p = tmp_path / f"x{fmt}.tar"
+        long = "y" * 90 + "/" + "z" * 90 + ".jpg" if fmt == tarfile.USTAR_FORMAT else "x" * 120 + ".jpg"
+        with tarfile.open(p, "w", format=fmt) as tf:
+            for name in ("a.jpg", "sub/dir/b.cls", long, "ünï.txt"):
+                _add(tf, name, name.encode())
+        want = {ti.name: (ti.offset_data, ti.size) for ti in tarfile.open(p) if ti.isfile()}
+        assert refs.tar_index(str(p)) == want
+        assert refs.read_bytes(refs.make("tar", str(p), long)) == long.encode()

@@ -120,15 +120,55 @@ def tar_index(path: str) -> dict[str, tuple[int, int]]:
     known = TAR_INDEX.get(path)
     if known and known[0] == s:
         return known[1]
-    index = {}
     try:
-        with tarfile.open(path, "r:") as tf:
-            for ti in tf:
-                if ti.isfile():
-                    index[ti.name] = (ti.offset_data, ti.size)  # a repeated name: the last one wins, as tar does
+        index = _ustar_index(path)
+        if index is None:  # long names, pax or GNU extensions: the standard library's reader
+            index = {}
+            with tarfile.open(path, "r:") as tf:
+                for ti in tf:
+                    if ti.isfile():
+                        index[ti.name] = (ti.offset_data, ti.size)  # a repeated name: the last one wins, as tar does
     except (tarfile.TarError, OSError) as e:
         raise RefError(f"cannot read tar shard {path}: {e} (shards must be uncompressed .tar files)") from None
     TAR_INDEX[path] = (s, index)
+    return index
+
+
+_FILE_TYPES = (b"0", b"\0", b"7")
+_EXTENDED = (b"L", b"K", b"x", b"g", b"X")
+
+
+def _ustar_index(path: str) -> dict[str, tuple[int, int]] | None:
+    """The member index of a plain ustar/v7 tar, reading only its 512-byte headers (about 20x
+    faster than ``tarfile``'s Python-level header objects); None when a header needs more than
+    that (pax, GNU long names, base-256 sizes), or does not check out, so ``tarfile`` decides."""
+    index: dict[str, tuple[int, int]] = {}
+    with open(path, "rb", buffering=0) as f:
+        fd, end, off = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while off + 512 <= end:
+            h = os.pread(fd, 512, off)
+            if len(h) < 512:
+                raise tarfile.ReadError(f"truncated header at offset {off}")
+            if not any(h):
+                break  # the end-of-archive blocks
+            typ = h[156:157]
+            if typ in _EXTENDED or h[124] & 0x80:
+                return None
+            try:
+                check = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+                size = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                return None
+            if check != sum(h[:148]) + 256 + sum(h[156:]):
+                return None
+            name = h[:100].split(b"\0", 1)[0]
+            if h[257:262] == b"ustar":
+                prefix = h[345:500].split(b"\0", 1)[0]
+                if prefix:
+                    name = prefix + b"/" + name
+            if typ in _FILE_TYPES:
+                index[name.decode("utf-8", "surrogateescape")] = (off + 512, size)
+            off += 512 + (size + 511) // 512 * 512
     return index
 
 
