@@ -288,6 +288,8 @@ def split_items(run: Path) -> dict:
     s = read_json(run / "split.json")
     out = {}
     for k, v in s.items():
+        if k not in ("train", "val", "valid", "test"):
+            continue
         if isinstance(v, dict) and "items" in v:
             out[k] = list(v["items"])
         elif isinstance(v, list):
@@ -485,8 +487,10 @@ def interrupted_run(c: Ctx, name: str, data: Path, sig=signal.SIGKILL, epochs=40
         time.sleep(0.2)
     if p.poll() is None and (out / "checkpoint.pt").exists():
         time.sleep(0.5)
+        finished_before = (out / "summary.json").exists() or p.poll() is not None
         kill_group(p, sig)   # the whole process group, as a terminal's Ctrl-C does
         r = c.wait(p, timeout=60 + (time.time() - p._t0))
+        r.finished_before_signal = finished_before  # type: ignore[attr-defined]
         return out, r
     r = c.wait(p, timeout=1)
     raise FixtureFailed(f"no checkpoint.pt appeared (exit {r.rc}, timed out {r.timed_out}): {r.last_err}")
@@ -1626,7 +1630,9 @@ def _(c):
     if v:
         return V(v.outcome, "on Ctrl-C: " + v.detail, r)
     if r.rc == 0:
-        return V(SILENT, "exit 0 after Ctrl-C", r)
+        if getattr(r, "finished_before_signal", False):
+            return V(SKIPPED, "the fit finished before Ctrl-C reached it (rerun the case)", r)
+        return V(SILENT, "exit 0 after Ctrl-C (the run went on to the end or stopped without saying so)", r)
     if "--resume" not in r.text:
         return V(UNCLEAR, f"exit {r.rc} after Ctrl-C without saying how to resume", r)
     r2 = c.run("fit", "--resume", out, "--quiet", timeout=max(c.timeout, 300))
@@ -1720,9 +1726,14 @@ def _npys(cache: Path) -> list[Path]:
     return sorted((cache / "features").rglob("*.npy")) if (cache / "features").exists() else []
 
 
+CACHE_TOL = 0.05
+
+
 def cache_case(c, name, corrupt):
     """Cold fit A on its own cache, corrupt the cache, fit B on it: B's predictions must be
-    finite and equal A's."""
+    finite and equal A's, within CACHE_TOL. Not 1e-6: a feature recomputed alone (batch of 1)
+    differs from the batched original by ~1e-6, and the closed-form head (C chosen by CV, near
+    hard margin on 12 samples) turns that into up to ~0.03 of probability."""
     import numpy as np
     d = c.d(name)
     cache = d / "cache"
@@ -1750,9 +1761,9 @@ def cache_case(c, name, corrupt):
                 if q != q:
                     return V(SILENT, f"{what}: predict prints nan", pb)
                 worst = max(worst, abs(p - q))
-        if worst > 1e-4:
+        if worst > CACHE_TOL:
             return V(SILENT, f"{what}: predictions differ from a clean run by {worst:.4f}", rB)
-        return V(HANDLED, f"{what}: detected/recomputed", rB)
+        return V(HANDLED, f"{what}: detected/recomputed (max prob difference {worst:.4f})", rB)
     return ok_or_error(rB, check, ("cache", ".npy"))
 
 
@@ -1764,23 +1775,25 @@ def _(c):
 @case("cache_nan_feature", "cache", "a cached feature with a NaN: recomputed (or error), predictions finite and equal")
 def _(c):
     def corrupt(files, np):
-        a = np.load(files[0])
-        a.flat[0] = np.nan
-        np.save(files[0], a)
-        return "one NaN in a cached feature"
+        for f in files:              # every file, so that a training sample is hit whatever the layout
+            a = np.load(f)
+            a.flat[0] = np.nan
+            np.save(f, a)
+        return "a NaN in cached features"
     return cache_case(c, "cache_nan_feature", corrupt)
 
 
 @case("cache_swapped_feature", "cache", "a cached feature holding another sample's values: detected, predictions equal")
 def _(c):
     def corrupt(files, np):
-        a = np.load(files[0])
-        if a.ndim == 2 and len(a) > 1:       # a shard of rows: row 0 takes row 1's values
-            a[0] = a[1]
-            np.save(files[0], a)
-        else:                                # one file per sample
-            shutil.copy(files[1], files[0])
-        return "another sample's feature"
+        arrs = [np.load(f) for f in files]
+        if all(a.ndim == 2 and len(a) > 1 for a in arrs):   # shards of rows: each row takes its neighbour's values
+            for f, a in zip(files, arrs):
+                np.save(f, np.roll(a, 1, axis=0))
+        else:                                # one file per sample: each takes the next file's values
+            for f, a in zip(files, arrs[1:] + arrs[:1]):
+                np.save(f, a)
+        return "other samples' features"
     return cache_case(c, "cache_swapped_feature", corrupt)
 
 
@@ -1831,7 +1844,7 @@ def _(c):
         pb = probs(c.run("predict", d / "runB", *probe, "--json", cache=cache))
         pc = probs(c.run("predict", d / "runC", *probe, "--json", cache=d / "fresh_cache"))
         worst = max(abs(pb[k][l] - pc[k].get(l, 9)) for k in pc for l in pc[k])
-        if worst > 1e-4:
+        if worst > CACHE_TOL:
             return V(SILENT, f"stale features of the old image used (differs from a fresh cache by {worst:.4f})", rB)
         return V(HANDLED, "recomputed", rB)
     return must_succeed(rB, check)
