@@ -6,6 +6,11 @@ Every modality module reads its source into named *parts* (``train``/``val``/``t
 counted, unreadable items dropped and the classes recounted, val carved from train when the
 source has none (a test split is never used for selection), and into :class:`EvalData` for
 scoring new data against a run's classes.
+
+Large sources are read in place (``streams.py``): WebDataset tar shards, Hugging Face
+``datasets`` saved on disk and Parquet. Their items are references (``refs.py``: plain strings
+such as ``tar:/data/train-000.tar::abc.jpg``) whose bytes are read when a batch needs them; the
+parts they give go through the same rules.
 """
 from __future__ import annotations
 
@@ -130,6 +135,11 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, s
     trained on. ``eval_only``: the part to evaluate on as ``val`` (see :func:`load_eval`),
     with the data's own classes. Other keywords: ``text_column``, ``label_column``,
     ``id_columns``, ``split_column``, ``missing``.
+
+    ``path`` may also be a streaming source (see :mod:`rehead.data.streams`): a folder of tar
+    shards, a brace pattern ``shards-{000..009}.tar``, a ``save_to_disk`` folder or Parquet. Its
+    items are references; they are checked when decoded (unreadable ones are named and skipped
+    then, and the classes recounted), not here.
     """
     mod, kw, stream = _reader(path, modality, kw)
     if eval_only:

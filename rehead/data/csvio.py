@@ -57,13 +57,20 @@ def lines(idx: list[int], first_line: int = 2) -> str:
     return f"line(s) {shown}{' ...' if len(idx) > 10 else ''}"
 
 
-def drop_unlabelled(labels: list[str], where) -> tuple[list[int], str | None]:
-    """Indices of labelled rows, and a warning counting the rows left out (or None)."""
+def drop_unlabelled(labels: list[str], where, items: list | None = None) -> tuple[list[int], str | None]:
+    """Indices of labelled rows, and a warning counting the rows left out (or None). Rows are
+    located by CSV line, or, for references into shards and tables (``items``), by name."""
     keep = [i for i, y in enumerate(labels) if y.strip()]
     if len(keep) == len(labels):
         return keep, None
     empty = [i for i, y in enumerate(labels) if not y.strip()]
-    return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({lines(empty)}): "
+    from . import refs
+    if items is not None and refs.is_ref(items[empty[0]]):
+        shown = ", ".join(refs.display(items[i]) for i in empty[:3])
+        at = f"e.g. {shown}{' ...' if len(empty) > 3 else ''}"
+    else:
+        at = lines(empty)
+    return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({at}): "
                   "label or delete them")
 
 

@@ -108,7 +108,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
 
 
 def _labelled(p: Part, warnings: list[str]) -> Part:
-    keep, w = drop_unlabelled(p.labels, p.where)
+    keep, w = drop_unlabelled(p.labels, p.where, p.items)
     if w:
         warnings.append(w)
     return _subset(p, keep)
@@ -185,7 +185,7 @@ def choose_eval(parts: Parts) -> str:
 
 def _eval_part(name: str, parts: Parts):
     p = parts.parts[name]
-    keep, w = drop_unlabelled(p.labels, p.where)
+    keep, w = drop_unlabelled(p.labels, p.where, p.items)
     warnings = list(parts.warnings) + ([w] if w else [])
     p2 = _drop_skipped(_subset(p, keep), parts.skipped)
     listed = {i for q in parts.parts.values() for i in q.items}
