@@ -280,3 +280,26 @@ def test_pax_and_gnu_shards_are_indexed_like_tarfile(tmp_path):
         want = {ti.name: (ti.offset_data, ti.size) for ti in tarfile.open(p) if ti.isfile()}
         assert refs.tar_index(str(p)) == want
         assert refs.read_bytes(refs.make("tar", str(p), long)) == long.encode()
+
+
+def test_split_folders_and_hub_style_parquet_names(sources, tmp_path):
+    import shutil
+    wds = tmp_path / "wds"
+    for split, pattern in (("train", "train-*.tar"), ("test", "test-*.tar")):
+        (wds / split).mkdir(parents=True)
+        for f in sources["webdataset"].glob(pattern):
+            shutil.copy(f, wds / split / f.name.replace(split, "shard"))  # the folder names the split
+    ds = load_dataset(wds)
+    assert len(ds.train) + len(ds.val) == 2 * N_TRAIN and len(ds.test) == 2 * N_TEST
+    t = pq.read_table(sources["parquet"])
+    hub = tmp_path / "hub" / "data"
+    hub.mkdir(parents=True)
+    for split in ("train", "test"):
+        pq.write_table(t.filter(pa.compute.equal(t["split"], split)).drop_columns(["split"]),
+                       hub / f"{split}-00000-of-00001.parquet")
+    ds = load_dataset(hub.parent)
+    assert streams.kind(hub.parent) == "parquet" and len(ds.test) == 2 * N_TEST
+    assert len(load_eval(hub.parent, "image", ds.classes)) == 2 * N_TEST
+    (hub / "test-00000-of-00001.parquet").unlink()
+    with pytest.raises(DataError, match="holds only training data"):
+        load_eval(hub.parent, "image", ds.classes)
