@@ -9,7 +9,8 @@ import yaml
 from PIL import Image
 
 import rehead
-from rehead.auto import (MARGIN, POOR, SMALL, WEAK_TOP, AutoGuard, decide, fit_budget, probe_cuts)
+from rehead.auto import (MARGIN, POOR, SMALL, WEAK_TOP, AutoGuard, budget_plan, decide, fit_budget,
+                         probe_cuts)
 from rehead.recipes import Phase, build_recipe
 from rehead.train.callbacks import CancelFit
 from tests.conftest import shared_dataset
@@ -86,6 +87,11 @@ def test_the_budget_sets_the_epochs_from_the_measured_epoch_time():
     p = fit_budget(plan([1, 2]), epoch_seconds=400, budget_minutes=5)
     assert p["unfreeze"] == [] and p["strategy"] == "extract" and "raise --budget" in p["reason"]
     assert fit_budget(plan([1, 2]), epoch_seconds=20, budget_minutes=5, epochs=2)["epochs"] == 2
+    # the most-unfrozen model overruns the budget: the first step is timed alone and kept if it fits
+    timed = {-1: 400.0, 4: 200.0}
+    p = budget_plan(plan([4, -1]), timed.__getitem__, budget_minutes=5)
+    assert p["unfreeze"] == [4] and p["epochs"] == 1 and p["epoch_seconds"] == 200 and "only the last 4" in p["reason"]
+    assert budget_plan(plan([4, -1]), {-1: 700.0, 4: 400.0}.__getitem__, 5)["unfreeze"] == []
 
 
 def test_a_plan_becomes_the_head_then_its_unfreezing_steps():

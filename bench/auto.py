@@ -1,0 +1,72 @@
+"""What `--strategy auto` measures and decides on real sets (plan only: no training).
+
+    python bench/auto.py [hym digits random fpb ...]   -> bench/results/auto.json
+
+hym: hymenoptera (244 train / 153 val photos, close to ImageNet) on packaged EfficientNet-Lite0;
+digits: scikit-learn's digits, 50 a class, written as 64x64 images (rehead demo's set), far from
+ImageNet; random: hymenoptera on EfficientNet-Lite0 with random weights (timm's init);
+fpb: financial_phrasebank_allagree (1812 train sentences) on packaged MiniLM.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def sets(tmp: Path) -> dict:
+    from rehead.demo import write_digits
+    return {"hym": (SHARED / "hymenoptera_data", "packaged:efficientnet_lite0", {}),
+            "digits": (write_digits(tmp / "digits"), "packaged:efficientnet_lite0", {}),
+            "random": (SHARED / "hymenoptera_data", "packaged:efficientnet_lite0", {"random": True}),
+            "fpb": (SHARED / "financial_phrasebank_allagree", "packaged:minilm", {})}
+
+
+def plan_for(data, model, random=False) -> dict:
+    import torch
+    from rehead import zoo
+    from rehead.auto import measure_and_decide
+    from rehead.config import FitConfig
+    from rehead.data import pipeline
+    from rehead.data.inputs import as_dataset
+    from rehead.features import FeatureCache
+    cfg = FitConfig(model=model)
+    ds = as_dataset(str(data), cfg)
+    bb = zoo.load(model)
+    if random:  # every weight and statistic at its initial value, as timm builds it untrained
+        torch.manual_seed(0)
+        for m in bb.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+        bb._weights_id = None
+    pipe = pipeline(bb.modality)
+    if hasattr(pipe, "prepare_backbone"):
+        pipe.prepare_backbone(bb, ds)
+    said = []
+    t0 = time.perf_counter()
+    plan = measure_and_decide(cfg, bb, ds, FeatureCache(), echo=lambda s: (print(s, flush=True), said.append(s)))
+    plan["total_seconds"] = round(time.perf_counter() - t0, 1)
+    plan["said"] = said
+    return plan
+
+
+def main(names):
+    out = ROOT / "bench" / "results" / "auto.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            data, model, kw = sets(Path(tmp))[name]
+            print(f"== {name}: {data.name} on {model}{' (random weights)' if kw else ''}", flush=True)
+            results[name] = {"data": data.name, "model": model, **kw, "plan": plan_for(data, model, **kw)}
+            out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["hym", "digits", "random", "fpb"])
