@@ -180,7 +180,8 @@ def choose_eval(parts: Parts) -> str:
             return k
     where = parts.parts["train"].where if "train" in parts.parts else parts.source
     raise DataError(f"{where} holds only training data: evaluate on held-out data (a folder with val/ or "
-                    "test/, a test.csv, rows whose split is val or test, or a folder of class folders)")
+                    "test/, a test.csv, rows whose split is val or test, test-*.tar shards, a saved dataset's test split, or a "
+                    "folder of class folders)")
 
 
 def _eval_part(name: str, parts: Parts):
