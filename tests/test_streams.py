@@ -303,3 +303,20 @@ def test_split_folders_and_hub_style_parquet_names(sources, tmp_path):
     (hub / "test-00000-of-00001.parquet").unlink()
     with pytest.raises(DataError, match="holds only training data"):
         load_eval(hub.parent, "image", ds.classes)
+
+
+def test_shuffled_parquet_batches_stay_within_a_few_row_groups(sources, tiny_spec):
+    from rehead import zoo
+    bb = zoo.load(tiny_spec)
+    items = streams.expand_input(sources["parquet"], "image")  # 21 rows in row groups of 8
+    groups = refs.row_groups(items)
+    assert groups == [refs.parse(i)[2][1] // 8 for i in items]
+    order = list(refs.GroupedShuffle(groups, torch.Generator().manual_seed(0), window=2))
+    assert sorted(order) == list(range(len(items))) and order != sorted(order)
+    assert len({groups[i] for i in order[:13]}) <= 2  # the first window: two row groups (13+ rows)
+    again = list(refs.GroupedShuffle(groups, torch.Generator().manual_seed(0), window=2))
+    assert again == order  # seeded
+    loader = pipeline("image").make_loader(bb, items, [0] * len(items), batch_size=4, workers=0, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+    assert sorted(i for idx, _, _ in loader for i in idx.tolist()) == list(range(len(items)))
+    assert refs.row_groups(streams.expand_input(sources["webdataset"], "image")) is None

@@ -420,8 +420,14 @@ def batch_len(inputs, idx) -> int:
 def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False, shuffle=False,
                 transform=None, generator=None, drop_last=False):
     ds = ImageDataset(items, labels, backbone.data_config, transform=transform, strict=strict)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                                       collate_fn=collate_skip, generator=generator, drop_last=drop_last)
+    sampler = None
+    if shuffle:  # Parquet references: shuffled by windows of row groups, each decoded once an epoch
+        groups = refs.row_groups(items)
+        if groups is not None:
+            sampler, shuffle = refs.GroupedShuffle(groups, generator), False
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       num_workers=workers, collate_fn=collate_skip, generator=generator,
+                                       drop_last=drop_last)
 
 
 def example_input(backbone) -> torch.Tensor:
