@@ -140,7 +140,7 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     from .config import FitConfig
     if data is None and not resume:
         fail("give DATA (a folder or CSV), or --resume RUN_DIR")
-    out = resume or out or f"runs/{Path(data).stem}"
+    out = resume or out or f"runs/{Path(data.split('{')[0].rstrip('-_') or data).stem}"
     cfg = None if resume else FitConfig(**options)  # every option checked before torch is even imported
     from .fit import fit as run_fit
     try:
@@ -265,11 +265,17 @@ def expand_inputs(inputs: list[str], modality: str) -> list:
     if modality == "tabular":
         from .data.tabular import expand_inputs as table_rows
         return table_rows(inputs)
-    if modality != "image":
-        return list(inputs)
-    from .data.images import list_image_files
+    from .data.streams import expand_input
     items = []
     for s in inputs:
+        streamed = expand_input(s, modality)  # tar shards, a datasets folder, Parquet: references
+        if streamed is not None:
+            items += streamed
+            continue
+        if modality != "image":
+            items.append(s)
+            continue
+        from .data.images import list_image_files
         p = Path(s)
         if p.is_dir():  # regular image files only: no pipes, no symlink loops, no dot-folders
             items += list_image_files(p)[0]

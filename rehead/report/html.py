@@ -150,14 +150,12 @@ def _gallery(res: dict, modality: str, limit: int) -> str:
 
 
 def _thumb(path: str, side: int = 128) -> str:
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side, side))
-            im = im.convert("RGB")
-            im.thumbnail((side, side))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
+    from ..data.images import decode
+    try:  # a file or a reference into a shard / Parquet / datasets folder, decoded as training decodes it
+        im = decode(path, side)
+        im.thumbnail((side, side))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
     except Exception:  # noqa: BLE001
         return "<div class='t'>(unreadable)</div>"
     uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
