@@ -147,59 +147,59 @@ def main():
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warm-runs", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=2, help="head epochs (the fit's training part)")
     a = ap.parse_args()
     register()
     started = machine()
     spec = f"benchtiny:{a.width}"
-    with tempfile.TemporaryDirectory(prefix="rehead-feature-store-") as tmp:
-        tmp = Path(tmp)
-        data, cache = tmp / "data", tmp / "cache"
-        gen_s = make_images(data, a.n)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        common = ["--model", spec, "--strategy", "extract", "--cache-dir", str(cache), "--epochs", str(a.epochs),
-                  "--workers", "2", "-q"]
-        cold = cli(["fit", str(data), "--out", str(tmp / "run_cold"), *common], env)
-        files = count_files(cache)
-        warm = [cli(["fit", str(data), "--out", str(tmp / f"run_warm{i}"), *common], env) for i in range(2)]
-        summaries = {n: json.loads((tmp / n / "summary.json").read_text()) for n in ("run_cold", "run_warm0")}
-        reads = warm_read_timings(cache, tmp / "run_cold", spec, a.reps)
-        help_s = median([cli(["--help"], env) for _ in range(2)])
-        info = subprocess.run([sys.executable, "-m", "rehead", "cache", "info", "--cache-dir", str(cache)],
-                              capture_output=True, text=True, cwd=REPO, env=env).stdout.strip()
-    figures = {
-        "samples": a.n,
-        "files_created_by_cache": files["total"],
-        "files_goal": "< 100",
-        "files_old_layout_would_be": 2 * a.n,
-        "cache_bytes": files["bytes"],
-        "cold_fit_seconds": cold,
-        "warm_fit_seconds": median(warm),
-        "warm_fit_seconds_all": warm,
-        "warm_fit_built_backbone": summaries["run_warm0"].get("backbone_built", True),
-        "warm_fit_feature_path_seconds": reads["seconds_median"]["keys_and_store_read"],
-        "process_start_and_cli_import_seconds": help_s,
-        "val_acc_cold_warm": [summaries["run_cold"]["val_acc"], summaries["run_warm0"]["val_acc"]],
-        "per_sample_us": reads["per_sample_us"],
-        "ratio_store_read_vs_one_npy": reads["ratio_store_read_vs_npy"],
-        "ratio_warm_fit_feature_path_vs_one_npy": reads["ratio_keys_and_store_read_vs_npy"],
-        "ratio_goal": "<= 1.5",
-    }
-    write("feature_store", figures, started=started, extra={
+    figures = {"samples": a.n, "files_goal": "< 100", "files_old_layout_would_be": 2 * a.n, "ratio_goal": "<= 1.5"}
+    extra = {
         "backbone": f"{spec}: bench-only 2-stage conv net (patchify 4x4 conv to 32 channels, 1x1 conv to "
                     f"{a.width}, ReLU, mean pool), 32x32 inputs; chosen because EfficientNet on 50,000 images "
                     "takes hours on 2 shared cores. Feature width = EfficientNet-Lite0's, so bytes per sample match.",
-        "data": f"{a.n} JPEGs 32x32, 10 class folders, generated in {gen_s:.0f} s into a temp dir (deleted)",
-        "commands": {"cold": "rehead fit DATA " + " ".join(common[:-4]) + f" --epochs {a.epochs} --workers 2 -q",
-                     "warm": "the same, twice more, each into its own --out"},
-        "cache_files": files, "cache_info": info, "warm_read": reads,
         "what_is_measured": "store_read: FeatureCache.get_all of the train and val keys (the index's key and "
                             "checksum blobs, the shards read into one array, finite + checksum per row); "
                             "keys_and_store_read: the same plus every file's sample key from a fresh "
                             "FeatureCache (one stat per file, the digest memo one query per folder), which is "
-                            "what a warm `fit --strategy extract` does; npy_load: np.load of one .npy "
-                            "holding the same (N, width) float32 features. All from the page cache.",
-    })
+                            "what a warm `fit --strategy extract` does for its features; npy_load: np.load of "
+                            "one .npy holding the same (N, width) float32 features. All from the page cache.",
+    }
+
+    def save():  # after every step: a bench cut short still leaves what it measured
+        write("feature_store", figures, started=started, extra=extra)
+
+    with tempfile.TemporaryDirectory(prefix="rehead-feature-store-") as tmp:
+        tmp = Path(tmp)
+        data, cache = tmp / "data", tmp / "cache"
+        extra["data"] = f"{a.n} JPEGs 32x32, 10 class folders, generated in {make_images(data, a.n):.0f} s (deleted)"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        common = ["--model", spec, "--strategy", "extract", "--cache-dir", str(cache), "--epochs", str(a.epochs),
+                  "--workers", "2", "-q"]
+        extra["commands"] = {"cold": "rehead fit DATA " + " ".join(common),
+                             "warm": f"the same, {a.warm_runs} time(s) more, each into its own --out"}
+        figures["cold_fit_seconds"] = cli(["fit", str(data), "--out", str(tmp / "run_cold"), *common], env)
+        files = count_files(cache)
+        figures.update(files_created_by_cache=files["total"], cache_bytes=files["bytes"])
+        extra["cache_files"] = files
+        save()
+        warm = [cli(["fit", str(data), "--out", str(tmp / f"run_warm{i}"), *common], env) for i in range(a.warm_runs)]
+        summaries = {n: json.loads((tmp / n / "summary.json").read_text()) for n in ("run_cold", "run_warm0")}
+        figures.update(warm_fit_seconds=median(warm), warm_fit_seconds_all=warm,
+                       warm_fit_built_backbone=summaries["run_warm0"].get("backbone_built", True),
+                       val_acc_cold_warm=[summaries[n]["val_acc"] for n in ("run_cold", "run_warm0")])
+        save()
+        reads = warm_read_timings(cache, tmp / "run_cold", spec, a.reps)
+        figures.update(warm_fit_feature_path_seconds=reads["seconds_median"]["keys_and_store_read"],
+                       per_sample_us=reads["per_sample_us"],
+                       ratio_store_read_vs_one_npy=reads["ratio_store_read_vs_npy"],
+                       ratio_warm_fit_feature_path_vs_one_npy=reads["ratio_keys_and_store_read_vs_npy"])
+        extra["warm_read"] = reads
+        save()
+        figures["process_start_and_cli_import_seconds"] = median([cli(["--help"], env) for _ in range(2)])
+        extra["cache_info"] = subprocess.run([sys.executable, "-m", "rehead", "cache", "info", "--cache-dir", str(cache)],
+                                             capture_output=True, text=True, cwd=REPO, env=env).stdout.strip()
+        save()
 
 
 if __name__ == "__main__":
