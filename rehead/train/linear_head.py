@@ -117,10 +117,12 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     # Standardise (train statistics), then rotate onto the covariance's eigenvectors.
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
-    # Constant: no spread beyond rounding (scikit-learn's StandardScaler rule), or so little that
-    # the folded weights would overflow float32. Tiny but real spreads are kept: MiniLM's pooled
-    # features have columns of ~1e-33 that carry label signal (about a point on rt_polarity).
-    constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-36)
+    # Constant: no spread beyond rounding (scikit-learn's StandardScaler rule), or a spread below
+    # float32's resolution relative to the widest column. MiniLM's pooled features have columns of
+    # ~1e-33 that carry a little label signal (about a point on rt_polarity), but folded back they
+    # need weights of ~1e31: fine-tuning from such a head diverges at its first step, and any float
+    # noise in those columns (another batch size, bf16) moves the logits. Robustness wins.
+    constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-7 * std.max())
     std = torch.where(constant, torch.ones_like(std), std)
     xs = (x - mean) / std
     del x
