@@ -125,6 +125,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
              + (" ..." if len(ds.skipped) > 5 else ""))
     source = ds.source
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
+    if cache is not None:
+        cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
     warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None \
         and cfg.strategy != "auto" else None  # auto measures the backbone first
