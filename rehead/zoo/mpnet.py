@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -36,6 +37,7 @@ MODEL_BYTES = 437_971_872
 SKIP = {"desktop.ini"}  # Windows folder settings that came along in the zip
 DONE = ".rehead-assembled.json"  # written last inside the temporary folder, before the rename
 SPEC = "packaged:mpnet"
+STALE_SECONDS = 3600  # a temporary folder untouched this long is a killed assembly's, not a running one's
 
 
 PINS = " ".join(f"{p}=={PACKAGE_VERSION}" for p in PACKAGES)
@@ -177,6 +179,12 @@ def mpnet_path(cache_root: Path | str | None = None) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():  # incomplete or damaged (its model file has the wrong size): assembled again
         shutil.rmtree(dest, ignore_errors=True)
+    for old in dest.parent.glob(f".tmp-{FOLDER}-*"):  # a killed assembly's leftovers (440 MB each)
+        try:
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{FOLDER}-"))
     try:
         try:
