@@ -454,6 +454,8 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
     from .train.lr_find import lr_find, plot
     cfg = _config(config, options)
+    if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts
+        cfg = cfg.replace(strategy="extract")
     job = _prepare(cfg, data, None, [], echo, warm_ok=False)  # the range test steps the real model
     tm, ds, k = job.model, job.ds, job.cut
     loss_fn = torch.nn.CrossEntropyLoss()
