@@ -34,6 +34,7 @@ MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                "# This directory is rehead's feature cache; `rehead cache clear` deletes it.\n")
 # What rehead keeps in a cache root (demo/: `rehead demo`'s images, written before its first fit).
 OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "features", "digests", "snapshots",
+             "packaged",  # packaged:mpnet assembled from its pip parts: rebuilt on next use
              "demo"}
 SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
