@@ -164,18 +164,20 @@ def test_class_weight_balanced_equals_sklearn():
 
 
 def test_tiny_but_real_and_constant_features():
-    """A column spread at 1e-5 of the others is standardised and used (as StandardScaler does); one
-    below float32's resolution (1e-33, as in MiniLM's pooled features) is treated as constant, like
-    a constant one: folded back it would need weights of 1e31, which fine-tuning cannot start from."""
+    """Standardisation as StandardScaler's: a column spread at 1e-33 (MiniLM's pooled features
+    have such columns, and they carry label signal) is used; a constant one gets weight 0. A head
+    that will be fine-tuned (``min_relative_std``) treats the 1e-33 column as constant instead: its
+    folded weight would be ~1e31, which fine-tuning cannot start from."""
     x, y = blobs(k=2, seed=11)
     x = x.astype(np.float64)
-    x[:, 1] *= 1e-5
     x[:, 0] *= 1e-33
     x[:, 5] = 7.0
     lin, info = fit_linear_head(x, y, 2, C=1.0)
-    assert torch.isfinite(lin.weight).all() and (lin.weight[:, [0, 5]].abs() < 1e-8).all()
-    assert lin.weight.abs().max() < 1e7  # no column's weight explodes
-    sk = sklearn_pipe(np.delete(x, 0, 1), y, 1.0)
-    np.testing.assert_allclose(probs(lin, x), sk.predict_proba(np.delete(x, 0, 1)), atol=2e-3)
-    without, _ = fit_linear_head(np.delete(x, 1, 1), y, 2, C=1.0)
-    assert np.abs(probs(lin, x) - probs(without, np.delete(x, 1, 1))).max() > 0.01  # column 1 matters
+    assert torch.isfinite(lin.weight).all() and (lin.weight[:, 5].abs() < 1e-8).all()
+    sk = sklearn_pipe(x, y, 1.0)
+    np.testing.assert_allclose(probs(lin, x), sk.predict_proba(x), atol=2e-3)
+    without, _ = fit_linear_head(np.delete(x, 0, 1), y, 2, C=1.0)
+    assert np.abs(probs(lin, x) - probs(without, np.delete(x, 0, 1))).max() > 0.01  # column 0 matters
+    stable, _ = fit_linear_head(x, y, 2, C=1.0, min_relative_std=1e-7)
+    assert (stable.weight[:, [0, 5]].abs() < 1e-8).all() and stable.weight.abs().max() < 1e7
+    np.testing.assert_allclose(probs(stable, x), probs(without, np.delete(x, 0, 1)), atol=2e-3)

@@ -50,7 +50,7 @@ SCORINGS = ("log_loss", "accuracy")
 def fit_linear_head(x_train, y_train, n_classes: int | None = None, *, cs=None, folds: int = 5, seed: int = 0,
                     class_weight=None, scoring: str = "log_loss", patience: int = 2, tol: float = 1e-5,
                     cv_tol: float = 1e-4, max_iter: int = 1000, C: float | None = None,
-                    threads: int | None = 1) -> tuple[nn.Linear, dict]:
+                    threads: int | None = 1, min_relative_std: float = 0.0) -> tuple[nn.Linear, dict]:
     """Multinomial logistic regression (softmax + L2) on ``x_train`` (N, D), trained to its optimum.
 
     ``n_classes``: the head's outputs (default ``max(y) + 1``); a class with no training sample
@@ -82,13 +82,13 @@ def fit_linear_head(x_train, y_train, n_classes: int | None = None, *, cs=None, 
     try:
         with torch.no_grad():
             return _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, patience, tol, cv_tol,
-                        max_iter, C, t0)
+                        max_iter, C, t0, min_relative_std)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, patience, tol, cv_tol, max_iter, C,
-         t0):
+         t0, min_relative_std=0.0):
     f64 = torch.float64
     x = torch.as_tensor(np.asarray(x_train), dtype=f64)
     y_all = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
@@ -117,12 +117,14 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     # Standardise (train statistics), then rotate onto the covariance's eigenvectors.
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
-    # Constant: no spread beyond rounding (scikit-learn's StandardScaler rule), or a spread below
-    # float32's resolution relative to the widest column. MiniLM's pooled features have columns of
-    # ~1e-33 that carry a little label signal (about a point on rt_polarity), but folded back they
-    # need weights of ~1e31: fine-tuning from such a head diverges at its first step, and any float
-    # noise in those columns (another batch size, bf16) moves the logits. Robustness wins.
-    constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-7 * std.max())
+    # Constant: no spread beyond rounding (scikit-learn's StandardScaler rule), or so little that the
+    # folded weights would overflow float32. Tiny but real spreads are kept: MiniLM's pooled features
+    # have columns of ~1e-33 that carry label signal (1.1-1.3 points on rt_polarity and
+    # financial_phrasebank). Folded back they need weights of ~1e31, which is harmless on frozen
+    # features but makes fine-tuning diverge at its first step: a head that will be fine-tuned passes
+    # ``min_relative_std`` (e.g. 1e-7: float32's resolution relative to the widest column).
+    constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-36) \
+        | (std < min_relative_std * std.max())
     std = torch.where(constant, torch.ones_like(std), std)
     xs = (x - mean) / std
     del x

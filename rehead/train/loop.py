@@ -271,7 +271,10 @@ class Trainer:
         linear = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         if len(linear) != 1:
             raise ValueError(f"the {self.phase.solver} solver fits one linear layer; this head has {len(linear)}")
-        solved, info = fit_linear_head(data.x.numpy(), data.y.numpy(), linear[0].out_features, seed=self.cfg.seed or 0)
+        # A head the backbone will be fine-tuned under must not lean on columns too faint for float32.
+        later_live = any(not p.on_features for p in self.phases)
+        solved, info = fit_linear_head(data.x.numpy(), data.y.numpy(), linear[0].out_features, seed=self.cfg.seed or 0,
+                                       min_relative_std=1e-7 if later_live else 0.0)
         with torch.no_grad():
             linear[0].weight.copy_(solved.weight)
             linear[0].bias.copy_(solved.bias)
