@@ -15,7 +15,10 @@ Each arm is `rehead fit` in its own subprocess (so peak memory is its own), one 
 Figures per arm: trainable parameters in the live phase, median seconds per optimizer step (the
 live phase only), peak RSS during the live phase (VmHWM after resetting it at the phase start, and
 the RSS it started from) and of the whole process (ru_maxrss), test accuracy (rehead carves val out
-of train.csv, keeps the best val epoch and scores test.csv once), model.safetensors size.
+of train.csv, keeps the best val epoch and scores test.csv once), model.safetensors size; and
+an interleaved step-time check (both models stepping the same batches in one process, in turn),
+the only step-time ratio that is fair on a shared machine. The head phase runs at --lr, so the
+arms' heads train at 1e-3 and 1e-2: bench/results/lora.json's notes say what that does.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from bench._common import machine, write  # noqa: E402
 
 DATA = Path(os.environ.get("REHEAD_DATASETS", "/work/shared/datasets")) / "financial_phrasebank_allagree"
 ARMS = {
-    "full": dict(strategy="finetune", unfreeze=-1, lr=1e-3, lr_decay=1.5),
-    "lora": dict(strategy="finetune", unfreeze=-1, lr=1e-2, lr_decay=1.0, lora_rank=8, lora_alpha=16.0),
+    "full": dict(strategy="finetune", unfreeze=-1, lr=1e-3, lr_decay=1.5, head="mlp"),
+    "lora": dict(strategy="finetune", unfreeze=-1, lr=1e-2, lr_decay=1.0, lora_rank=8, lora_alpha=16.0, head="mlp"),
 }
 
 
@@ -127,15 +130,65 @@ def one(arm: str, out: Path, epochs: int, subset: int | None, seed: int) -> dict
     return res
 
 
+def interleaved(n_steps: int, seed: int) -> dict:
+    """Seconds per training step of both arms on the same batches, alternating in one process
+    (which goes first alternates too): the step-time ratio with the machine's load shared."""
+    import csv
+    import torch
+    from rehead import zoo
+    from rehead.data import pipeline
+    from rehead.heads import make_head
+    from rehead.lora import count, inject, peft_config, resolve
+    from rehead.model import TransferModel
+    with open(DATA / "train.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[: 32 * n_steps]
+    classes = sorted({r["label"] for r in rows})
+    torch.manual_seed(seed)
+    arms = {}
+    for arm in ("full", "lora"):
+        m = TransferModel(zoo.load("packaged:minilm"), make_head(384, len(classes), "mlp", 512, 0.0))
+        if arm == "lora":
+            names, _, _ = resolve(m, -1)
+            inject(m, peft_config(names, 8, 16.0, 0.0))
+        m.set_trainable_last(-1).train()
+        opt = torch.optim.AdamW(m.param_groups(1e-4, 1.0, 0.01))
+        arms[arm] = (m, opt, [], count(m)["trainable"])
+    pipe = pipeline("text")
+    bb = arms["full"][0].backbone
+    loader = pipe.make_loader(bb, [r["text"] for r in rows], [classes.index(r["label"]) for r in rows],
+                              batch_size=32, workers=0, shuffle=False)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for i, (_, x, y) in enumerate(loader):
+        for arm in (("full", "lora") if i % 2 == 0 else ("lora", "full")):
+            m, opt, times, _ = arms[arm]
+            t0 = time.perf_counter()
+            loss = loss_fn(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    out = {arm: {"step_seconds_median": statistics.median(t[1:]), "steps_timed": len(t) - 1, "trainable_params": n}
+           for arm, (_, _, t, n) in arms.items()}  # the first step of each (allocations) left out
+    out["lora_over_full"] = out["lora"]["step_seconds_median"] / out["full"]["step_seconds_median"]
+    out["what"] = (f"{n_steps} batches of 32 train.csv sentences, each stepped by both models in turn (order "
+                   "alternating), one process, forward + backward + AdamW step, every stage trainable (full) / "
+                   "adapters in every layer (lora), LR 1e-4; the first step of each is not timed")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2, help="epochs of the live phase (the head is solved first)")
     ap.add_argument("--train-subset", type=int, default=None, help="sample this many train.csv rows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arms", nargs="+", default=list(ARMS))
+    ap.add_argument("--arms", nargs="*", default=list(ARMS))
+    ap.add_argument("--interleaved-steps", type=int, default=8, help="step-time check in one process (0: skip)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.one == "interleaved":
+        print("RESULT " + json.dumps(interleaved(a.interleaved_steps, a.seed)))
+        return
     if a.one:  # a child: one arm, figures as JSON on the last line
         print("RESULT " + json.dumps(one(a.one, Path(a.out), a.epochs, a.train_subset, a.seed)))
         return
@@ -143,11 +196,13 @@ def main():
     figs = {"data": DATA.name, "model": "packaged:minilm", "epochs": a.epochs, "train_subset": a.train_subset,
             "what": "val carved from train.csv (20%, stratified, seed 0); test.csv scored once at the end; "
                     "each arm in its own process, one after the other, with its own empty feature cache"}
+    arms = list(a.arms) + (["interleaved"] if a.interleaved_steps else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in a.arms:
+        for arm in arms:
             env = dict(os.environ, REHEAD_CACHE=str(Path(tmp) / f"cache_{arm}"))
             cmd = [sys.executable, __file__, "--one", arm, "--out", str(Path(tmp) / arm), "--epochs", str(a.epochs),
-                   "--seed", str(a.seed)] + (["--train-subset", str(a.train_subset)] if a.train_subset else [])
+                   "--seed", str(a.seed), "--interleaved-steps", str(a.interleaved_steps)] \
+                + (["--train-subset", str(a.train_subset)] if a.train_subset else [])
             load0 = list(os.getloadavg())
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if p.returncode:
