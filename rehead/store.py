@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .rundir import atomic_write_bytes  # noqa: F401  (one atomic writer for the cache and run directories)
+
 MARKER = "CACHEDIR.TAG"
 # The Cache Directory Tagging spec's signature (https://bford.info/cachedir/): backup tools skip it too.
 MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -63,18 +65,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "rehead"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def key_ids(skeys: list[str]) -> np.ndarray:
