@@ -106,6 +106,9 @@ def _write_ensemble(members: list[Run], run: RunDir) -> None:
 
 def _check_soup(members: list[Run]) -> None:
     first = members[0].config
+    if any((m.config.get("fit") or {}).get("method") == "lora" for m in members):
+        raise BadRun("a soup of LoRA runs would average each adapter's A and B matrices apart, which is not "
+                     "the mean of their updates: use a plain ensemble (without --soup)")
     for m in members[1:]:
         for key in ("model", "cut", "head"):
             if m.config.get(key) != first.get(key):

@@ -23,6 +23,11 @@ def load_backbone_from_run(run_dir: Path, pretrained: bool = True):
     if kind not in ("backbone", "fit", "soup"):
         raise BadRun(f"{run_dir} is a {kind!r} directory: only an encoder (pretrain/adapt) or a fit run "
                      "can be a backbone")
+    if pretrained and kind == "fit" and (cfg.get("fit") or {}).get("method") == "lora":
+        from ..lora import load_run, merge  # adapters merged into the base weights: a plain backbone
+        bb = merge(load_run(run_dir, cfg)).backbone
+        bb.spec = str(run_dir.resolve())
+        return bb
     bb = load(cfg["model"], pretrained=False)
     depth = cfg["depth"] if kind == "backbone" else cfg["cut"]
     if len(bb) != depth:
