@@ -479,7 +479,11 @@ def interrupted_run(c: Ctx, name: str, data: Path, sig=signal.SIGKILL, epochs=40
     """Start a live-backbone fit (strategy head, so epochs take seconds), wait for the first
     checkpoint.pt, then send ``sig``. Returns the run dir and the killed process's result."""
     out = c.d(name) / "run"
-    p = c.popen(["fit", data, "--strategy", "head", "--epochs", epochs, "--quiet", "--out", out])
+    # --augment light and --no-cache: every epoch runs the backbone live (seconds), even when the
+    # shared cache already holds these images' features (a head trained on cached features would
+    # finish its 25-40 epochs before the signal arrives)
+    p = c.popen(["fit", data, "--strategy", "head", "--augment", "light", "--no-cache", "--epochs", epochs,
+                 "--quiet", "--out", out])
     t0 = time.time()
     while time.time() - t0 < max(c.timeout, 240):
         if (out / "checkpoint.pt").exists() or p.poll() is not None:
@@ -1657,7 +1661,10 @@ def _(c):
     if r.rc == 0:
         if getattr(r, "finished_before_signal", False):
             return V(SKIPPED, "the fit finished before Ctrl-C reached it (rerun the case)", r)
-        return V(SILENT, "exit 0 after Ctrl-C (the run went on to the end or stopped without saying so)", r)
+        ep = max(0, len((out / "metrics.csv").read_text().splitlines()) - 1) if (out / "metrics.csv").exists() else 0
+        return V(SILENT, f"exit 0 after Ctrl-C, nothing on stderr; metrics.csv has {ep} of 25 epochs, "
+                         f"summary.json {'written' if (out / 'summary.json').exists() else 'absent'}; "
+                         f"stdout: {r.out.strip()[-120:]!r}", r)
     if "--resume" not in r.text:
         return V(UNCLEAR, f"exit {r.rc} after Ctrl-C without saying how to resume", r)
     r2 = c.run("fit", "--resume", out, "--quiet", timeout=max(c.timeout, 300))
