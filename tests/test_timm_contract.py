@@ -153,8 +153,11 @@ def test_extract_fit_and_onnx_export(name, tmp_path):
     from rehead.export import export, load_exported
     from rehead.fit import fit
     data = make_images(tmp_path / "imgs", n=4, size=40)
+    # An MLP head (one AdamW epoch): a linear head would be solved, and on 8 separable images CV picks
+    # the weakest L2, whose large weights turn float noise between ONNX and torch into visible logits.
     run = fit(str(data), model=f"contract:{name}", out=tmp_path / "run", strategy="extract", epochs=1,
-              workers=0, batch_size=8, cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+              head="mlp", hidden=32, workers=0, batch_size=8, cache_dir=str(tmp_path / "cache"), progress=False,
+              echo=lambda *_: None)
     res = export(run.dir, "onnx")
     f = load_exported(res["path"])
     size = run.model.backbone.data_config["input_size"]
