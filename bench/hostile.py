@@ -2182,6 +2182,10 @@ def main(argv=None):
     if pre.returncode != 0:
         sys.exit("rehead does not import (someone mid-edit?); not running:\n" + pre.stderr[-1500:])
 
+    # A shell starts `cmd &` with SIGINT ignored, and an ignored signal stays ignored across
+    # exec: every rehead started from here would then shrug off the Ctrl-C case's SIGINT.
+    # A handler (unlike SIG_IGN) is reset to the default on exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="rehead-hostile-"))
 
     def on_term(signum, frame):  # so that `finally` unmounts, kills and cleans up
