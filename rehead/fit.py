@@ -286,7 +286,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["note"] = _no_gain_note(summary)
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
-        summary["head_solver"] = {"C": solved["C"], "folds": solved["folds"], "seconds": solved["seconds"]}
+        summary["head_solver"] = {k: solved.get(k) for k in ("C", "scaling", "folds", "seconds")}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     if getattr(ds, "test", None) is not None and len(ds.test):

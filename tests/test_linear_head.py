@@ -181,3 +181,17 @@ def test_tiny_but_real_and_constant_features():
     stable, _ = fit_linear_head(x, y, 2, C=1.0, min_relative_std=1e-7)
     assert (stable.weight[:, [0, 5]].abs() < 1e-8).all() and stable.weight.abs().max() < 1e7
     np.testing.assert_allclose(probs(stable, x), probs(without, np.delete(x, 0, 1)), atol=2e-3)
+
+def test_global_scaling_is_the_raw_feature_probe_and_the_loop_lets_cv_choose():
+    """``scaling="global"``: one scale for every column (columns keep their relative size), the same
+    optimum as scikit-learn on features centred and divided by one number."""
+    from sklearn.linear_model import LogisticRegression
+    x, y = blobs(k=3, seed=4)
+    x64 = x.astype(np.float64)
+    s = np.sqrt(x64.var(0).mean())
+    lin, info = fit_linear_head(x, y, 3, C=1.0, scaling="global")
+    sk = LogisticRegression(C=1.0, tol=1e-8, max_iter=5000).fit((x64 - x64.mean(0)) / s, y)
+    np.testing.assert_allclose(probs(lin, x), sk.predict_proba((x64 - x64.mean(0)) / s), atol=2e-3)
+    assert info["scaling"] == "global"
+    with pytest.raises(ValueError, match="scaling"):
+        fit_linear_head(x, y, 3, C=1.0, scaling="rows")

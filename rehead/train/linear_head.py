@@ -50,7 +50,8 @@ SCORINGS = ("log_loss", "accuracy")
 def fit_linear_head(x_train, y_train, n_classes: int | None = None, *, cs=None, folds: int = 5, seed: int = 0,
                     class_weight=None, scoring: str = "log_loss", patience: int = 2, tol: float = 1e-5,
                     cv_tol: float = 1e-4, max_iter: int = 1000, C: float | None = None,
-                    threads: int | None = 1, min_relative_std: float = 0.0) -> tuple[nn.Linear, dict]:
+                    threads: int | None = 1, min_relative_std: float = 0.0,
+                    scaling: str = "column") -> tuple[nn.Linear, dict]:
     """Multinomial logistic regression (softmax + L2) on ``x_train`` (N, D), trained to its optimum.
 
     ``n_classes``: the head's outputs (default ``max(y) + 1``); a class with no training sample
@@ -82,13 +83,13 @@ def fit_linear_head(x_train, y_train, n_classes: int | None = None, *, cs=None, 
     try:
         with torch.no_grad():
             return _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, patience, tol, cv_tol,
-                        max_iter, C, t0, min_relative_std)
+                        max_iter, C, t0, min_relative_std, scaling)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, patience, tol, cv_tol, max_iter, C,
-         t0, min_relative_std=0.0):
+         t0, min_relative_std=0.0, scaling="column"):
     f64 = torch.float64
     x = torch.as_tensor(np.asarray(x_train), dtype=f64)
     y_all = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
@@ -126,6 +127,10 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-36) \
         | (std < min_relative_std * std.max())
     std = torch.where(constant, torch.ones_like(std), std)
+    if scaling == "global":  # one scale for every column: faint columns keep their small say
+        std = torch.full_like(std, float(std[~constant].square().mean().sqrt()) if (~constant).any() else 1.0)
+    elif scaling != "column":
+        raise ValueError(f"scaling must be 'column' or 'global', got {scaling!r}")
     xs = (x - mean) / std
     del x
     t_rot = time.perf_counter()
@@ -137,7 +142,7 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     info = {"n": n, "dim": d, "classes": n_classes, "rank": int(z.shape[1]), "scoring": scoring,
             "class_weight": class_weight if not isinstance(class_weight, dict) else {str(a): b for a, b in
                                                                                      class_weight.items()},
-            "threads": torch.get_num_threads(), "rotate_seconds": rotate_s}
+            "threads": torch.get_num_threads(), "rotate_seconds": rotate_s, "scaling": scaling}
     cv_rows, iters, warm = [], 0, None
     if C is None:
         splits, fold_note = _folds(y, counts, folds, seed)
