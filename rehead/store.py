@@ -37,6 +37,7 @@ MARKER_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 # What rehead keeps in a cache root (demo/: `rehead demo`'s images, written before its first fit).
 OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "features", "digests", "snapshots",
              "packaged",  # packaged:mpnet assembled from its pip parts: rebuilt on next use
+             "datasets",  # torch Datasets given to rehead.fit, written once as PNG folders
              "demo"}
 SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first

@@ -205,3 +205,25 @@ def test_the_source_model_as_it_is_predicts_imagenet_labels():
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert len(rows) == 8 and sum("ant" in r["top"][0]["label"] for r in rows) >= 5
+
+
+def test_fit_takes_a_torch_dataset_of_images(tmp_path, tiny_spec):
+    import torch
+
+    class Colours(torch.utils.data.Dataset):
+        classes = ["blue", "red"]
+
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            x = torch.zeros(3, 32, 32)
+            x[2 if i % 2 == 0 else 0] = 0.8  # blue or red
+            return x, i % 2
+
+    run = rehead.fit(Colours(), model=tiny_spec, out=tmp_path / "run", strategy="extract", **QUIET)
+    assert run.classes == ["blue", "red"]
+    s = run.config["data_summary"]
+    assert s["train"] + s["val"] == 12
+    again = rehead.fit(Colours(), model=tiny_spec, out=tmp_path / "run2", strategy="extract", **QUIET)
+    assert again.config["data"] == run.config["data"]  # the same data is written once, same identity

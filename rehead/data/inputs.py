@@ -21,8 +21,67 @@ def as_dataset(data, cfg) -> Dataset:
         return _from_frame(data, cfg)
     if isinstance(data, (list, tuple)):
         return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>")
-    raise DataError(f"cannot train on a {type(data).__name__}: give a folder or CSV path, a pandas DataFrame "
-                    "or a list of (item, label) pairs (items: image paths or texts)")
+    if _is_torch_dataset(data):
+        return load_dataset(materialise(data, cfg.cache_dir), val_fraction=cfg.val_fraction, seed=cfg.seed,
+                            strict=cfg.strict)
+    raise DataError(f"cannot train on a {type(data).__name__}: give a folder or CSV path, a pandas DataFrame, "
+                    "a list of (item, label) pairs (items: image paths or texts) or a torch Dataset of (image, label)")
+
+
+def _is_torch_dataset(obj) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.utils.data.Dataset)
+
+
+def materialise(ds, cache_dir=None) -> Path:
+    """A torch Dataset of (image, label) as a folder of class folders of PNGs, once, under the cache:
+    its images get an identity (the feature cache, split.json and --resume need one). The folder is
+    named by a hash of every PNG's bytes and label, so the same data is written once."""
+    import hashlib
+    import io
+    import os
+    import shutil
+    import tempfile
+    import numpy as np
+    import torch
+    from PIL import Image
+    from ..store import default_cache_dir
+    names = getattr(ds, "classes", None)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    (root / "datasets").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root / "datasets", prefix=".tmp-"))
+    h = hashlib.sha256()
+    try:
+        for i in range(len(ds)):
+            item = ds[i]
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise DataError(f"the Dataset's item {i} is not an (image, label) pair")
+            img, label = item
+            label = names[int(label)] if names is not None and not isinstance(label, str) else str(
+                label.item() if isinstance(label, torch.Tensor) else label)
+            if isinstance(img, torch.Tensor):  # CHW, float in [0, 1] or uint8
+                arr = img.detach().cpu()
+                arr = (arr.clamp(0, 1) * 255).round().byte() if arr.is_floating_point() else arr.byte()
+                img = Image.fromarray(np.ascontiguousarray(arr.permute(1, 2, 0).squeeze(-1).numpy()))
+            if not isinstance(img, Image.Image):
+                raise DataError(f"the Dataset's item {i} holds a {type(img).__name__}: give PIL images or CHW tensors")
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, "PNG")
+            h.update(label.encode() + b"\0" + buf.getvalue())
+            (tmp / label).mkdir(exist_ok=True)
+            (tmp / label / f"{i:07d}.png").write_bytes(buf.getvalue())
+        dest = root / "datasets" / h.hexdigest()[:24]
+        if dest.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, dest)
+        return dest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _is_dataframe(obj) -> bool:
