@@ -33,16 +33,34 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="session")
-def tiny_spec(tmp_path_factory) -> str:
-    """A tiny timm EfficientNet (random init, seeded) saved as safetensors: loads via file:."""
+def timm_spec(tmp_path_factory, name: str) -> str:
+    """A tiny timm model (random init, seeded) saved as safetensors: loads via file:."""
     import timm
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    m = timm.create_model("test_efficientnet", pretrained=False)
-    p = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    m = timm.create_model(name, pretrained=False)
+    p = tmp_path_factory.mktemp("weights") / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
-    return f"file:{p}#timm:test_efficientnet"
+    return f"file:{p}#timm:{name}"
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory) -> str:
+    return timm_spec(tmp_path_factory, "test_efficientnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT masked LM, random init, with the packaged MiniLM's WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    from rehead.zoo.hf import minilm_path
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForMaskedLM(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(d)
+    return d
 
 
 def make_images(root: Path, classes=("red", "blue"), n: int = 10, size: int = 40, seed: int = 0) -> Path:

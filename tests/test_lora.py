@@ -12,6 +12,7 @@ import torch
 import rehead
 from rehead import lora
 from rehead.config import ConfigError, FitConfig
+from tests.conftest import timm_spec
 from tests.test_text import sentiment_rows, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,26 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_vit_spec(tmp_path_factory) -> str:
-    import timm
-    from safetensors.torch import save_file
-    torch.manual_seed(0)
-    m = timm.create_model("test_vit", pretrained=False)
-    p = tmp_path_factory.mktemp("vit") / "vit.safetensors"
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
-    return f"file:{p}#timm:test_vit"
+    return timm_spec(tmp_path_factory, "test_vit")
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-    from rehead.zoo.hf import minilm_path
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_bert")
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertForMaskedLM(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(d)
-    return d
+@pytest.fixture
+def tiny_bert(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def _fit(data, out, spec, **kw):

@@ -47,20 +47,6 @@ def sentiment_folder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory):
-    """A 2-layer BERT masked LM, random init, with the packaged MiniLM's WordPiece tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-    from rehead.zoo.hf import minilm_path
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny_bert")
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertForMaskedLM(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def tiny_gpt2_dir(tmp_path_factory):
     """A 2-layer GPT-2 causal LM with a 120-token BPE tokenizer trained here."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
