@@ -184,41 +184,42 @@ def _tar_bytes(path: str, member: str) -> bytes:
 
 
 # -- arrow / parquet ------------------------------------------------------------------------------
+def _opened(cache, path: str, open_fn):
+    """``open_fn(path)``, kept in a per-process LRU of at most MAX_FDS open files."""
+    obj = cache.get(path)
+    if obj is None:
+        obj = cache[path] = open_fn(path)
+        while len(cache) > MAX_FDS:
+            cache.popitem(last=False)
+    return obj
+
+
 def arrow_table(path: str):
     """A Hugging Face Arrow file (IPC stream or file format), memory-mapped: nothing is read until used."""
-    st = _state()
-    t = st.arrow.get(path)
-    if t is None:
+    def open_arrow(p):
         import pyarrow as pa
         try:
-            source = pa.memory_map(path, "r")
+            source = pa.memory_map(p, "r")
             try:
-                t = pa.ipc.open_stream(source).read_all()
+                return pa.ipc.open_stream(source).read_all()
             except pa.ArrowInvalid:
                 source.seek(0)
-                t = pa.ipc.open_file(source).read_all()
+                return pa.ipc.open_file(source).read_all()
         except (OSError, pa.ArrowException) as e:
-            raise RefError(f"cannot read Arrow file {path}: {e}") from None
-        st.arrow[path] = t
-        while len(st.arrow) > MAX_FDS:
-            st.arrow.popitem(last=False)
-    return t
+            raise RefError(f"cannot read Arrow file {p}: {e}") from None
+    return _opened(_state().arrow, path, open_arrow)
 
 
 def parquet_file(path: str):
-    st = _state()
-    pf = st.parquet.get(path)
-    if pf is None:
+    def open_parquet(p):
         import pyarrow.parquet as pq
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(p)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
-            raise RefError(f"cannot read Parquet file {path}: {e}") from None
+            raise RefError(f"cannot read Parquet file {p}: {e}") from None
         pf._rehead_starts = _cumulative([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        st.parquet[path] = pf
-        while len(st.parquet) > MAX_FDS:
-            st.parquet.popitem(last=False)
-    return pf
+        return pf
+    return _opened(_state().parquet, path, open_parquet)
 
 
 def _cumulative(ns: list[int]) -> list[int]:
