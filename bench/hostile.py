@@ -842,22 +842,27 @@ def flat_png(d: Path, name: str, size, value) -> Path:
     return p
 
 
-@case("img_16bit_grey_png", "image", "16-bit grey PNG scores like its 8-bit version (not white)")
-def _(c):
-    import numpy as np
-    from PIL import Image
-
+def grey16_maker(suffix: str):
+    """decode_case's inputs for a 16-bit grey image saved as ``suffix``: the 8-bit reference, the
+    16-bit file, and what convert('RGB') makes of I;16 (values clipped at 255: the wrong answer)."""
     def make(d, im):
+        import numpy as np
+        from PIL import Image
         g = im.convert("L")
         ref = d / "grey8.png"
         g.save(ref)
         a16 = np.asarray(g, dtype=np.uint16) * 257
-        h = d / "grey16.png"
+        h = d / f"grey16{suffix}"
         Image.fromarray(a16.astype(np.uint16)).save(h)
-        clipped = d / "clipped.png"              # what convert('RGB') makes of I;16: values clipped at 255
+        clipped = d / "clipped.png"
         Image.fromarray(np.clip(a16, 0, 255).astype(np.uint8)).convert("RGB").save(clipped)
         return ref, h, clipped
-    return decode_case(c, "img_16bit_grey_png", make)
+    return make
+
+
+@case("img_16bit_grey_png", "image", "16-bit grey PNG scores like its 8-bit version (not white)")
+def _(c):
+    return decode_case(c, "img_16bit_grey_png", grey16_maker(".png"))
 
 
 @case("img_48bit_rgb_png", "image", "16-bit-per-channel RGB PNG scores like its 8-bit version")
@@ -878,20 +883,7 @@ def _(c):
 
 @case("img_16bit_tiff", "image", "16-bit grey TIFF scores like its 8-bit version")
 def _(c):
-    import numpy as np
-    from PIL import Image
-
-    def make(d, im):
-        g = im.convert("L")
-        ref = d / "grey8.png"
-        g.save(ref)
-        a16 = np.asarray(g, dtype=np.uint16) * 257
-        h = d / "grey16.tif"
-        Image.fromarray(a16.astype(np.uint16)).save(h)
-        clipped = d / "clipped.png"
-        Image.fromarray(np.clip(a16, 0, 255).astype(np.uint8)).convert("RGB").save(clipped)
-        return ref, h, clipped
-    return decode_case(c, "img_16bit_tiff", make)
+    return decode_case(c, "img_16bit_tiff", grey16_maker(".tif"))
 
 
 @case("img_float_tiff", "image", "float32 TIFF in [0,1] scores like its 8-bit version")

@@ -91,7 +91,6 @@ class _Job:
     """Everything a fit needs, checked: the run directory is created only once this exists."""
     cfg: FitConfig
     ds: Dataset
-    data_source: str
     recipe: object
     cut: int
     cut_name: str
@@ -123,7 +122,6 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     if ds.skipped:
         echo(f"skipped {len(ds.skipped)} unreadable item(s): " + ", ".join(map(str, ds.skipped[:5]))
              + (" ..." if len(ds.skipped) > 5 else ""))
-    source = ds.source
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     if cache is not None:
         cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
@@ -132,10 +130,10 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         and cfg.strategy != "auto" else None  # auto measures the backbone first
     if warm:
         recipe = _recipe(cfg, len(ds.train), warm.cut)
-        return _Job(cfg, ds, source, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
+        return _Job(cfg, ds, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
                     hooks, cache, stamp, warm)
     backbone = _backbone(cfg, module)
-    _check_modality(backbone, ds, cfg, source)
+    _check_modality(backbone, ds, cfg)
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds)
@@ -150,7 +148,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     model = TransferModel(prefix, head, train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn,
                           layer_decay=cfg.layer_decay)
     recipe = _recipe(cfg, len(ds.train), k)
-    return _Job(cfg, ds, source, recipe, k, prefix.stage_names[-1], int(in_dim), backbone, model, hooks,
+    return _Job(cfg, ds, recipe, k, prefix.stage_names[-1], int(in_dim), backbone, model, hooks,
                 cache, stamp, None)
 
 
@@ -163,10 +161,10 @@ def _backbone(cfg: FitConfig, module) -> Backbone:
     return backbone_from_module(module, cfg.model)
 
 
-def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig, source: str) -> None:
+def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
     if backbone.modality != ds.modality:
         hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
-        raise DataError(f"{source} is {ds.modality} data but {cfg.model} is a backbone for "
+        raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
                         f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
 
 
@@ -315,7 +313,7 @@ def _write_start(run: RunDir, job: _Job) -> None:
     head_cfg = {"kind": cfg.head, "in_dim": job.in_dim, "out_dim": len(ds.classes), "hidden": cfg.hidden,
                 "dropout": cfg.dropout}
     run.write_yaml("config.yaml", {
-        "kind": "fit", "model": cfg.model, "data": job.data_source, "cut": job.cut, "cut_name": job.cut_name,
+        "kind": "fit", "model": cfg.model, "data": job.ds.source, "cut": job.cut, "cut_name": job.cut_name,
         "head": head_cfg, "strategy": recipe.strategy, "strategy_reason": recipe.reason,
         "phases": [asdict(p) for p in recipe.phases], "data_config": job.backbone.data_config,
         "data_summary": ds.summary(), "train_frozen_bn": cfg.train_frozen_bn, "freeze_bn": cfg.freeze_bn,
