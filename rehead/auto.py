@@ -290,7 +290,8 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
     loss_fn = loss_for("multiclass")
     bs = cfg.batch_size
     n = min(len(ds.train), bs * steps)
-    transform = pipe.train_transform(prefix, cfg.augment) if cfg.augment else None
+    augment = cfg.augment_for(backbone.modality, unfreeze != 0)
+    transform = pipe.train_transform(prefix, augment) if augment else None
     loader = pipe.make_loader(prefix, ds.train.items[:n], ds.train.labels[:n], batch_size=bs, workers=0,
                               shuffle=False, generator=None, transform=transform, strict=False)
     times, sizes = [], []

@@ -12,11 +12,12 @@ DEFAULT_MODEL = "packaged:efficientnet_lite0"
 STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
 SCHEDULES = ("onecycle", "cosine", "sgdr", "constant")
 HEADS = ("linear", "mlp")
-AUGMENTS = ("light", "classic")
+AUGMENTS = ("none", "light", "trivial", "randaug", "classic")
 METHODS = ("plain", "l2sp", "guided", "lora")
 PRECISIONS = ("no", "fp16", "bf16")
 MISSING = ("error", "mean")
 GUIDE_ON = ("update", "gradient")
+DEFAULT_AUGMENT = "light"  # for unfrozen image phases; from the on/off table in docs/notes/issue-14.md
 
 
 class ConfigError(ValueError):
@@ -62,7 +63,12 @@ class FitConfig:
     train_frozen_bn: bool = field(default=False, metadata=opt("let frozen BatchNorm layers update their statistics"))
     freeze_bn: bool = field(default=False, metadata=opt("keep every BatchNorm's pretrained statistics"))
     precision: str = field(default="no", metadata=opt("mixed precision", PRECISIONS))
-    augment: str | None = field(default=None, metadata=opt("augment training images", AUGMENTS))
+    augment: str | None = field(default=None, metadata=opt(
+        "augment training images in live phases (default: light when image stages are unfrozen, "
+        "else none; see docs/notes/issue-14.md for the measured table)", AUGMENTS))
+    ema: float | None = field(default=None, metadata=opt(
+        "keep an exponential moving average of the weights in unfrozen phases (decay per step, e.g. "
+        "0.99); val scores and the kept weights are the average's"))
     batch_size: int = field(default=32, metadata=opt("samples per step"))
     patience: int | None = field(default=None, metadata=opt("early stopping: epochs without val improvement"))
     keep_last: bool = field(default=False, metadata=opt("keep the last epoch's weights, not the best val epoch's"))
@@ -118,6 +124,8 @@ class FitConfig:
                 raise ConfigError(f"--{_flag(name)} must be > 0, got {v}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"--ema must be in (0, 1), got {self.ema}")
         for name in ("dropout", "warmup", "lora_dropout"):
             v = getattr(self, name)
             if not 0 <= v < 1:
@@ -148,6 +156,13 @@ class FitConfig:
 
     def replace(self, **kw) -> "FitConfig":
         return dataclasses.replace(self, **kw)
+
+    def augment_for(self, modality: str, unfreezes: bool) -> str | None:
+        """The augmentation preset live training uses: ``--augment`` when given (``none``: off), else
+        ``light`` for image phases that train backbone stages (the measured default, issue 14)."""
+        if self.augment is not None:
+            return None if self.augment == "none" else self.augment
+        return DEFAULT_AUGMENT if modality == "image" and unfreezes else None
 
     @property
     def data_kw(self) -> dict:

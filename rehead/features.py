@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .precision import autocast, device_of, extraction_device, feature_precision
 from .store import CacheError, ShardStore, atomic_write_bytes, default_cache_dir
 
 __all__ = ["FeatureCache", "extract", "CacheError", "atomic_write_bytes", "default_cache_dir"]
@@ -28,15 +29,16 @@ __all__ = ["FeatureCache", "extract", "CacheError", "atomic_write_bytes", "defau
 
 class FeatureCache(ShardStore):
     # -- keys ------------------------------------------------------------------
-    def model_key(self, backbone, cut: int) -> str:
+    def model_key(self, backbone, cut: int, precision: str = "fp32") -> str:
         # Features at cut k depend on the first k stages only: key them by that prefix's weights,
         # so a probe over every depth (full backbone) and `fit --cut k` (the prefix) share entries.
         wid = backbone.weights_id if cut == len(backbone) else backbone.cut(cut).weights_id
-        return self.key(backbone.spec, wid, cut, backbone.preprocessing_id())
+        return self.key(backbone.spec, wid, cut, backbone.preprocessing_id(), precision)
 
     @staticmethod
-    def key(spec: str, weights_id: str, cut: int, preprocessing_id: str) -> str:
-        return hashlib.sha256("|".join([spec, weights_id, str(cut), preprocessing_id]).encode()).hexdigest()[:24]
+    def key(spec: str, weights_id: str, cut: int, preprocessing_id: str, precision: str = "fp32") -> str:
+        parts = [spec, weights_id, str(cut), preprocessing_id] + ([precision] if precision != "fp32" else [])
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
     def get_all(self, model_key: str, sample_keys: list[str]) -> np.ndarray | None:
         """Every sample's features stacked, or None as soon as one is missing or fails its check."""
@@ -94,18 +96,20 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     """Features of ``items`` after each cut: ``({cut: (N_kept, D)}, kept indices, skipped items)``.
 
     Only samples missing from the cache (or failing its checks) go through the backbone, once,
-    for all cuts. Their features are written in shards as they come, so a killed extraction
+    for all cuts, in ``rehead.precision.feature_precision`` (bf16 where the hardware has it). Their features are written in shards as they come, so a killed extraction
     resumes from the last finished shard.
     """
     from .data import pipeline
     pipe = pipeline(backbone.modality)
+    device = extraction_device()
+    precision = feature_precision(device)
     cuts = sorted(set(cuts))
     keys, mkeys, hits = None, {}, {}
     ok = np.zeros(len(items), dtype=bool)
     if cache:
         keys = [pipe.sample_key(item, cache, backbone) for item in items]
         cache.flush()
-        mkeys = {k: cache.model_key(backbone, k) for k in cuts}
+        mkeys = {k: cache.model_key(backbone, k, precision) for k in cuts}
         hits = {k: cache.read(mkeys[k], keys) for k in cuts}
         ok = np.logical_and.reduce([h[1] for h in hits.values()])
     todo = np.flatnonzero(~ok).tolist()
@@ -114,8 +118,14 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     if todo:
         writers = {k: cache.writer(mkeys[k]) for k in cuts} if cache else {}
         try:
-            seen = _forward(backbone, pipe, items, todo, cuts, keys, computed, writers,
-                            dict(batch_size=batch_size, workers=workers, strict=strict), progress, desc)
+            home = device_of(backbone)
+            try:  # on the GPU when there is one; the caller gets its backbone back where it was
+                backbone.to(device)
+                with autocast(device, precision):
+                    seen = _forward(backbone, pipe, items, todo, cuts, keys, computed, writers,
+                                    dict(batch_size=batch_size, workers=workers, strict=strict), progress, desc)
+            finally:
+                backbone.to(home)
             for w in writers.values():
                 w.flush()
         except BaseException:
@@ -129,19 +139,22 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
 
 def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_kw, progress, desc) -> set:
     """Run the ``todo`` items through the backbone; fills ``computed`` and the shard writers."""
+    from accelerate.utils import send_to_device
     backbone.eval()
+    device = device_of(backbone)
     loader = pipe.make_loader(backbone, [items[i] for i in todo], None, **loader_kw)
     bar = tqdm(total=len(todo), desc=desc, unit=pipe.unit, disable=not progress)
     seen = set()
     with torch.inference_mode():
         for idx, inputs, _ in loader:
             if len(idx):
-                out = backbone.forward_cuts(inputs, cuts)
+                out = backbone.forward_cuts(send_to_device(inputs, device, non_blocking=True), cuts)
+                out = {k: out[k].float().cpu().numpy() for k in cuts}  # one copy per batch, not per row
                 for j, local in enumerate(idx.tolist()):
                     i = todo[local]
                     seen.add(local)
                     for k in cuts:
-                        v = out[k][j].float().cpu().numpy()
+                        v = out[k][j]
                         computed[k][i] = v
                         if writers:
                             writers[k].add(keys[i], v)

@@ -23,9 +23,11 @@ from .data.inputs import as_dataset
 from .features import FeatureCache, extract
 from .heads import make_head
 from .model import TransferModel
+from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
 from .run import Run
 from .rundir import BadRun, RunDir
+from .train.callbacks import WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
 
@@ -176,7 +178,7 @@ def _new_head(cfg: FitConfig, in_dim: int, n_classes: int):
 def _recipe(cfg: FitConfig, n_train: int, depth: int):
     return _solved_heads(cfg, build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
                         lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
-                        augment=bool(cfg.augment), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
+                        augment=cfg.augment not in (None, "none"), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
                         sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult, plan=cfg.auto_plan))
 
 
@@ -224,7 +226,7 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
         return None
     hollow = Backbone({}, meta["data_config"], cfg.model)
     pipe = pipeline(ds.modality)
-    mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"])
+    mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"], feature_precision(extraction_device()))
     features = []
     for split in (ds.train, ds.val):
         x = cache.get_all(mkey, [pipe.sample_key(item, cache, hollow) for item in split.items])
@@ -244,11 +246,13 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     t0 = time.perf_counter()
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
-    if cfg.augment and recipe.strategy == "extract":
+    augment = _augment(cfg, job.backbone, recipe)
+    if cfg.augment not in (None, "none") and recipe.strategy == "extract":
         echo("note: --augment is ignored by --strategy extract (features are cached once); "
              "use --strategy head or finetune to train on augmented images")
-    elif cfg.augment:
-        echo("augmentation on: features are computed live each epoch, not cached")
+    elif augment:
+        echo(f"augmentation {augment} on the live phases' training images"
+             + (" (the default when image stages are unfrozen; --augment none turns it off)" if not cfg.augment else ""))
     model = job.model or TransferModel(job.backbone, _new_head(cfg, job.in_dim, len(ds.classes)))
     if any(getattr(h, "replaces_weight_decay", False) for h in job.hooks):
         for p in recipe.phases:  # L2-SP replaces decay towards 0 by decay towards the pretrained weights
@@ -257,7 +261,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         _write_start(run, job)
     only_features = recipe.uses_only_features  # extract: the backbone never trains
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
-    trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=job.hooks,
+    hooks = job.hooks + ([WeightEMA(cfg.ema)] if cfg.ema else [])
+    trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=hooks,
                                   select_best=not cfg.keep_last, checkpoints=not only_features),
                       run=run, accelerator=accelerator)
     for h in job.hooks:
@@ -271,7 +276,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         features, info = _cached_features(model, ds, job.cache, cfg, progress, echo)
         if job.stamp:  # lets the next identical fit skip building the backbone
             job.cache.save_snapshot(job.stamp, job.backbone, model.backbone, job.in_dim)
-    make_loader = _live_loaders(model, ds, cfg, echo) if any(not p.on_features for p in recipe.phases) else None
+    make_loader = _live_loaders(model, ds, cfg, augment, echo) if any(not p.on_features for p in recipe.phases) else None
     resume_state = run.load_checkpoint() if resuming else None
     if resume_state is not None:
         _check_checkpoint(resume_state, model, run / "checkpoint.pt")
@@ -282,11 +287,13 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
     summary["note"] = _no_gain_note(summary)
+    summary["augment"] = augment
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
         summary["head_solver"] = {k: solved.get(k) for k in ("C", "scaling", "folds", "seconds")}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
+    run_obj.inference_precision = summary["inference_precision"] = _inference_precision(trainer, recipe, features)
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.
         res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size)
@@ -295,6 +302,13 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     run.remove("checkpoint.pt", "best.safetensors")
     _report_end(echo, summary, ds, run.path)
     return run_obj
+
+
+def _inference_precision(trainer, recipe, features) -> str:
+    """A head kept from a phase on cached features is scored on features made as those were."""
+    pi = (trainer.kept or {}).get("phase_index")
+    on_features = features is not None and pi is not None and recipe.phases[int(pi)].on_features
+    return feature_precision(extraction_device()) if on_features else "fp32"
 
 
 def _check_checkpoint(state: dict, model, path: Path) -> None:
@@ -400,14 +414,19 @@ def _check_classes_left(y: torch.Tensor, ds: Dataset) -> None:
                         "fix or remove the unreadable files, or remove the class")
 
 
-def _live_loaders(model, ds, cfg: FitConfig, echo):
+def _augment(cfg: FitConfig, backbone, recipe) -> str | None:
+    live = any(not p.on_features and p.trainable != 0 for p in recipe.phases)
+    return cfg.augment_for(backbone.modality, live)
+
+
+def _live_loaders(model, ds, cfg: FitConfig, augment: str | None, echo):
     """``make_loader(split, shuffle, generator)`` for phases that run the backbone live."""
     pipe = pipeline(model.backbone.modality)
     if hasattr(pipe, "check_items"):
         bad = pipe.check_items(ds, strict=cfg.strict)
         if bad:
             echo(f"skipped {len(bad)} unreadable item(s): " + ", ".join(bad[:5]))
-    train_tf = pipe.train_transform(model.backbone, cfg.augment) if cfg.augment else None
+    train_tf = pipe.train_transform(model.backbone, augment) if augment else None
 
     def make_loader(split, shuffle, generator):
         s = getattr(ds, split)

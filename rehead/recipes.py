@@ -80,12 +80,11 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
     def ph(name, ep, lr_, trainable, **kw):
         return Phase(name, ep, lr_, trainable=trainable, **{"schedule": schedule, **phase_kw, **kw})
 
-    def head_phase(ep=None, lr_=None):
-        # Without augmentation the frozen prefix gives the same features every epoch: train the
-        # head on cached features (milliseconds an epoch) until val stops improving.
-        if augment:
-            return ph("head", ep or max(1, (epochs or 6) // 3), lr_ or lr or 3e-3, 0)
-        return ph("head", epochs or 60, lr_ or lr or 3e-3, 0, on_features=True, patience=15,
+    def head_phase():
+        # Linear probe, then fine-tune: the head before unfreezing trains on cached features of the
+        # frozen prefix (a linear head is solved to its optimum; fit._solved_heads), so the unfrozen
+        # stages start under a good head; augmentation is for the live phases that follow.
+        return ph("head", epochs or 60, lr or 3e-3, 0, on_features=True, patience=15,
                   schedule="constant" if schedule == "onecycle" else schedule)
 
     if strategy == "extract":
@@ -112,7 +111,7 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
         e = epochs or 2
         top = lr or 1e-3
         n = min(unfreeze if unfreeze > 0 else depth, depth)
-        phases = [head_phase(e)]
+        phases = [head_phase()]
         phases += [ph(f"unfreeze{k}", e, top / (2 * k), k, lr_decay=lr_decay, lr_min=lr_min) for k in range(1, n + 1)]
     else:  # full
         phases = [ph("full", epochs or 10, lr or 1e-3, -1, lr_decay=lr_decay, lr_min=lr_min)]

@@ -64,6 +64,9 @@ class Run:
             raise BadRun(f"{self.dir / 'labels.json'} names {len(self.classes)} classes but the model predicts "
                          f"{n_out}: restore labels.json or rerun")
         self._model = model.eval() if model is not None else None
+        # bf16 when the head was kept from features extracted in bf16 (rehead.precision): the
+        # backbone then runs as it did when those features were made
+        self.inference_precision: str | None = None
         if model is None and not (self.dir / "model.safetensors").exists():
             raise BadRun(f"{self.dir} has no model.safetensors: the run did not finish "
                          f"(continue it with `rehead fit --resume {self.dir}`)")
@@ -109,7 +112,7 @@ class Run:
         with torch.inference_mode():
             for idx, x, _ in tqdm(loader, disable=not progress, desc="predict", leave=False):
                 if len(idx):
-                    outs.append(self.model(x).float())
+                    outs.append(self._forward(x))
                     kept.extend(idx.tolist())
         logits = torch.cat(outs) if outs else torch.empty(0, len(self.classes))
         kept_set = set(kept)
@@ -125,8 +128,20 @@ class Run:
         out = []
         with torch.inference_mode():
             for s in range(0, len(xs), batch_size):
-                out.append(self.model(torch.stack(xs[s:s + batch_size])).float())
+                out.append(self._forward(torch.stack(xs[s:s + batch_size])))
         return torch.cat(out), list(range(len(items))), []
+
+    def _forward(self, x) -> torch.Tensor:
+        from .precision import autocast, device_of, feature_precision
+        m = self.model
+        if self.inference_precision is None:
+            self.inference_precision = self.summary.get("inference_precision", "fp32")
+        device = device_of(m)
+        if self.inference_precision == "bf16" and feature_precision(device) == "bf16":
+            with autocast(device, "bf16"):
+                f = m.features(x)
+            return m.head(f.float()).float()
+        return m(x).float()
 
     def predict(self, items, top_k: int = 3, **kw) -> list[dict]:
         """Top-k labels with probabilities: one row per item, unreadable items marked."""

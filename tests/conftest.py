@@ -21,6 +21,9 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REHEAD_CACHE", str(tmp_path / "cache"))
+    # Features in fp32 on every machine, so exact comparisons hold whether or not this CPU has bf16
+    # (subprocesses inherit it); tests/test_precision.py checks the bf16 path itself.
+    monkeypatch.setenv("REHEAD_FEATURE_PRECISION", "fp32")
     torch.manual_seed(0)
 
 

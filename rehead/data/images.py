@@ -427,7 +427,7 @@ def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False,
             sampler, shuffle = refs.GroupedShuffle(groups, generator), False
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=workers, collate_fn=collate_skip, generator=generator,
-                                       drop_last=drop_last)
+                                       drop_last=drop_last, pin_memory=torch.cuda.is_available())
 
 
 def example_input(backbone) -> torch.Tensor:
@@ -435,17 +435,23 @@ def example_input(backbone) -> torch.Tensor:
     return torch.zeros(1, 3, s, s)
 
 
-AUGMENT_PRESETS = ("light", "classic")
+AUGMENT_PRESETS = ("light", "trivial", "randaug", "classic")
 
 
 def train_transform(backbone, preset: str):
-    """Augmentation for training images only. ``classic``: the Keras ImageDataGenerator set
-    (rotation, shifts, shear, zoom, horizontal flip); ``light``: random resized crop + flip."""
+    """Augmentation for training images only. ``light``: random resized crop + flip;
+    ``trivial`` / ``randaug``: those plus torchvision's TrivialAugmentWide / RandAugment(2, 9);
+    ``classic``: the Keras ImageDataGenerator set (rotation, shifts, shear, zoom, flip)."""
     cfg, v2 = backbone.data_config, _v2()
     size, interp = cfg["input_size"], _interp(cfg)
+    crop = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True),
+            v2.RandomHorizontalFlip()]
     if preset == "light":
-        aug = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True),
-               v2.RandomHorizontalFlip()]
+        aug = crop
+    elif preset == "trivial":
+        aug = crop + [v2.TrivialAugmentWide(interpolation=interp)]
+    elif preset == "randaug":
+        aug = crop + [v2.RandAugment(num_ops=2, magnitude=9, interpolation=interp)]
     elif preset == "classic":
         aug = [v2.Resize(resize_side(cfg), interpolation=interp, antialias=True), v2.CenterCrop(size),
                v2.RandomAffine(degrees=40, translate=(0.2, 0.2), shear=20, scale=(0.8, 1.2), interpolation=interp),

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from tqdm.auto import tqdm
 
 from .schedules import lr_factor
 
 EVENTS = ("setup", "before_phase", "before_epoch", "before_step", "after_pred", "after_loss",
-          "after_backward", "after_step", "after_epoch", "after_phase", "after_fit")
+          "after_backward", "after_step", "before_validate", "after_epoch", "after_phase", "after_fit")
 
 
 class CancelFit(Exception):
@@ -103,6 +105,42 @@ class BestWeights(Callback):
             tr.phase_best.append({"phase": b["phase"], "phase_index": pi, "best_val_acc": b["val_acc"],
                                   "best_val_loss": b["val_loss"], "epoch": b["epoch"],
                                   "epochs_run": sum(r["phase_index"] == pi for r in rows)})
+
+
+class WeightEMA(Callback):
+    """An exponential moving average of the weights (and BatchNorm statistics) over each live
+    phase. The val pass, the best-weights choice and the phase's last epoch use the average;
+    training steps on the raw weights in between. The decay warms up as in timm's ModelEmaV2
+    (min(decay, (1 + n) / (10 + n))) so a short phase is not dominated by its starting weights.
+    A resumed phase restarts its average from the checkpointed (averaged) weights."""
+    order = 90  # after best weights, early stopping and the checkpoint have seen the averaged epoch
+
+    def __init__(self, decay: float = 0.99):
+        self.decay, self.avg, self.raw = decay, None, None
+
+    def before_phase(self, tr):
+        self.avg = None if tr.on_features else {k: v.detach().clone() for k, v in tr.net.state_dict().items()}
+        self.n = 0
+
+    def after_step(self, tr):
+        if self.avg is None:
+            return
+        self.n += 1
+        w = 1 - min(self.decay, (1 + self.n) / (10 + self.n))
+        with torch.no_grad():
+            for k, v in tr.net.state_dict().items():
+                a = self.avg[k]
+                a.lerp_(v, w) if a.is_floating_point() else a.copy_(v)
+
+    def before_validate(self, tr):
+        if self.avg is not None:
+            self.raw = {k: v.detach().clone() for k, v in tr.net.state_dict().items()}
+            tr.net.load_state_dict(self.avg)
+
+    def after_epoch(self, tr):
+        if self.raw is not None and not (tr.stop_phase or tr.epoch + 1 >= tr.phase.epochs):
+            tr.net.load_state_dict(self.raw)  # keep training the raw weights; the phase ends averaged
+        self.raw = None
 
 
 class EarlyStopping(Callback):

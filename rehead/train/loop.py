@@ -14,6 +14,7 @@ callback (``rehead.train.callbacks``) on these events, in this order:
         after_loss      tr.loss; then a non-finite loss raises TrainingDiverged
         after_backward  gradients exist (Guided Transfer, gradient clipping)
         after_step      the optimizer stepped (Guided Transfer on updates)
+      before_validate   the epoch trained, its val pass comes next (weight averaging swaps in here)
       after_epoch       tr.row: the epoch's metrics (best weights, early stopping, checkpoint, metrics.csv)
     after_phase
     after_fit           also after CancelFit (the best weights are loaded back here)
@@ -191,6 +192,7 @@ class Trainer:
             t0 = time.perf_counter()
             self._event("before_epoch")
             tr = self._solve(tr_data) if on_feats and ph.solver else self._train_epoch()
+            self._event("before_validate")
             row = {"phase": ph.name, "phase_index": pi, "epoch": epoch + 1, "global_epoch": len(self.history) + 1,
                    "train_loss": tr["loss"]}
             if cfg.task == "multiclass" or val_loader is not None:

@@ -1,0 +1,57 @@
+"""The number format frozen features are computed in.
+
+Extraction (and the inference of a head trained on extracted features) runs the frozen backbone
+under bf16 autocast where the hardware has bf16 arithmetic: CUDA GPUs that support it, and CPUs
+with AVX512-BF16 or AMX (oneDNN then runs convolutions and matmuls in bf16, several times faster
+than fp32; measured in bench/extract_speed.py, accuracy against fp32 in bench/results). Elsewhere,
+and when ``REHEAD_FEATURE_PRECISION=fp32``, it stays fp32. Training steps are unaffected
+(``--precision`` sets theirs).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+
+CHOICES = ("auto", "fp32", "bf16")
+
+
+def feature_precision(device: torch.device | str = "cpu") -> str:
+    """"bf16" or "fp32" for features computed on ``device`` (``REHEAD_FEATURE_PRECISION`` overrides)."""
+    asked = os.environ.get("REHEAD_FEATURE_PRECISION", "auto").lower()
+    if asked not in CHOICES:
+        raise ValueError(f"REHEAD_FEATURE_PRECISION must be one of {', '.join(CHOICES)}, got {asked!r}")
+    if asked != "auto":
+        return asked
+    return "bf16" if _native_bf16(torch.device(device)) else "fp32"
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context a frozen forward runs in: bf16 autocast, or nothing for fp32."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def extraction_device() -> torch.device:
+    """Where frozen features are computed: the GPU when there is one (the first; under ``accelerate
+    launch`` each process its own), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
