@@ -393,8 +393,9 @@ def _no_gain_note(s: dict) -> str | None:
         best_later = max(phases[1:], key=lambda p: p["best_val_acc"])
         said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
                 f"{phases[0]['best_val_acc']:.4f}")
+    same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
     return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
-            "Try --strategy extract (the same accuracy in seconds), a lower --lr, --augment light, "
+            f"Try --strategy extract (the same {same} in seconds), a lower --lr, --augment light, "
             "or fewer --unfreeze stages")
 
 

@@ -51,6 +51,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 class Run:
     """A finished run loaded back: predict and evaluate need nothing but the directory."""
+    task = "multiclass"  # what ensembles and soups (subclasses with their own __init__) always are
+    target = None
 
     def __init__(self, run_dir: str | Path, model: TransferModel | None = None, lazy: bool = False):
         """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``

@@ -220,3 +220,15 @@ def test_an_image_csv_with_numbers_trains_a_regression(tmp_path, tiny_spec, one_
     assert 0 < value < 255  # brightness units
     live = fit(data, tmp_path / "live", model=tiny_spec, task="regression", strategy="head", epochs=2)
     assert np.isfinite(live.summary["val_rmse"])
+
+
+def test_a_two_phase_multilabel_fit_keeps_the_phase_of_lowest_val_loss(tmp_path, one_thread):
+    x, labels = multilabel_table()
+    run = fit(write_table(tmp_path / "ml.csv", x, labels), tmp_path / "run", task="multilabel",
+              strategy="finetune", epochs=2)
+    s = run.summary
+    phases = s["phases"]
+    assert len(phases) == 2 and all(p["best_val_acc"] is None for p in phases)
+    best = min(phases, key=lambda p: p["best_val_loss"])
+    assert s["kept_phase"] == best["phase"] and s["val_loss"] == pytest.approx(best["best_val_loss"])
+    assert {"val_micro_f1", "val_macro_f1", "val_map"} <= set(s)
