@@ -193,7 +193,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
              source_agreement: Optional[str] = typer.Option(
                  None, "--source-agreement", help="DATA (images): share of them on which the run and the pretrained "
                                                   "model agree on the source task (forgetting)")):
-    """Accuracy, per-class precision/recall and the confusion matrix, on the run's val split or DATA."""
+    """Accuracy, per-class precision/recall and the confusion matrix (regression: RMSE, MAE, R²;
+    multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
     from .runs import open_run
     run = open_run(run_dir)
     if source_agreement:
@@ -210,8 +211,12 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         typer.echo(json.dumps({k: v for k, v in res.items() if k not in ("predictions", "targets", "items", "probs")},
                               indent=1))
         return
-    typer.echo(f"accuracy {res['accuracy']:.4f} on {res['n']} samples" + (f" ({res['skipped']} skipped)" if res["skipped"] else "")
-               + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else ""))
+    counted = f" on {res['n']} samples" + (f" ({res['skipped']} skipped)" if res["skipped"] else "") \
+        + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else "")
+    if res.get("task") in ("regression", "multilabel"):
+        _echo_task_metrics(res, counted)
+        return
+    typer.echo(f"accuracy {res['accuracy']:.4f}{counted}")
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}")
     for c, m in res["per_class"].items():
         typer.echo(f"{c:20} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1-score']:6.3f} {int(m['support']):5}")
@@ -222,13 +227,27 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         typer.echo(f"{c:{w}}" + " ".join(f"{v:8d}" for v in row))
 
 
+def _echo_task_metrics(res: dict, counted: str) -> None:
+    if res["task"] == "regression":
+        typer.echo(f"rmse {res['rmse']:.4f}, mae {res['mae']:.4f}, r2 {res['r2']:.4f}{counted} "
+                   f"(target {res['classes'][0]!r}, in its own units)")
+        return
+    typer.echo(f"micro f1 {res['micro_f1']:.4f}, macro f1 {res['macro_f1']:.4f}, mAP {res['map']:.4f}{counted} "
+               "(f1 at p >= 0.5)")
+    typer.echo(f"{'label':20} {'f1':>6} {'ap':>6} {'n':>5}")
+    for c, m in res["per_label"].items():
+        ap = f"{m['ap']:6.3f}" if m["ap"] is not None else f"{'-':>6}"
+        typer.echo(f"{c:20} {m['f1']:6.3f} {ap} {m['support']:5}")
+
+
 @app.command()
 @guarded
 def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
                                                     "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
             inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
             top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json")):
-    """Top-k labels with probabilities for images (files or folders) or texts."""
+    """Top-k labels with probabilities for images (files or folders) or texts (multilabel: every label
+    with p >= 0.5; regression: the value)."""
     from .runs import open_run
     if ":" in run_dir and not Path(run_dir).exists():
         rows = _source_predict(run_dir, inputs, top_k)
@@ -241,6 +260,14 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
     for r in rows:
         if "error" in r:
             typer.echo(f"{r['item']}: {r['error']}")
+            continue
+        if "value" in r:  # regression
+            typer.echo(f"{r['item']}: {r['value']:.6g}")
+            continue
+        if "labels" in r:  # multilabel: every label at p >= 0.5, then the top probabilities
+            top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:top_k]
+            typer.echo(f"{r['item']}: {'|'.join(r['labels']) or '(none)'}  ("
+                       + ", ".join(f"{c} {p:.3f}" for c, p in top) + ")")
             continue
         tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
         typer.echo(f"{r['item']}: {tops}")

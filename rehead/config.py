@@ -18,6 +18,9 @@ PRECISIONS = ("no", "fp16", "bf16")
 MISSING = ("error", "mean")
 GUIDE_ON = ("update", "gradient")
 DEFAULT_AUGMENT = "light"  # for unfrozen image phases; from the on/off table in docs/notes/issue-14.md
+TASKS = ("multiclass", "multilabel", "regression")  # rehead.tasks owns what each means
+CLASS_WEIGHTS = ("none", "balanced")
+LABEL_SEP = "|"  # multilabel: the labels of one item, in one cell
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,9 @@ class FitConfig:
     head: str = field(default="linear", metadata=opt("the new head", HEADS, group="model"))
     hidden: int = field(default=512, metadata=opt("mlp head: hidden units", group="model"))
     dropout: float = field(default=0.0, metadata=opt("dropout before the head's last layer", group="model"))
+    task: str = field(default="multiclass", metadata=opt(
+        "multiclass: one class per item; multilabel: labels like a|b in a CSV (BCE, F1, mAP); "
+        "regression: a numeric label (MSE; RMSE, MAE, R2)", TASKS, group="model"))
     # -- strategy and schedule
     strategy: str = field(default="auto", metadata=opt("how much of the backbone trains", STRATEGIES))
     budget: float | None = field(default=None, metadata=opt(
@@ -71,6 +77,12 @@ class FitConfig:
         "0.99); val scores and the kept weights are the average's"))
     batch_size: int = field(default=32, metadata=opt("samples per step"))
     patience: int | None = field(default=None, metadata=opt("early stopping: epochs without val improvement"))
+    class_weight: str = field(default="none", metadata=opt(
+        "balanced: weigh classes by n/(k*count) (multiclass loss weights and the linear solver's sample "
+        "weights; multilabel: BCE pos_weight, negatives/positives per label)", CLASS_WEIGHTS))
+    label_smoothing: float = field(default=0.0, metadata=opt(
+        "label smoothing for gradient-trained phases (multiclass, multilabel); the convex linear-head "
+        "solver on cached features ignores it"))
     keep_last: bool = field(default=False, metadata=opt("keep the last epoch's weights, not the best val epoch's"))
     seed: int = field(default=0, metadata=opt("seed of the split, the head's init and the shuffling"))
     # -- data
@@ -126,7 +138,7 @@ class FitConfig:
             raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"--ema must be in (0, 1), got {self.ema}")
-        for name in ("dropout", "warmup", "lora_dropout"):
+        for name in ("dropout", "warmup", "lora_dropout", "label_smoothing"):
             v = getattr(self, name)
             if not 0 <= v < 1:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")
@@ -139,6 +151,10 @@ class FitConfig:
             raise ConfigError(f"--unfreeze must be >= 0 (or -1: every stage), got {self.unfreeze}")
         if self.lr_min is not None and self.lr is not None and self.lr_min > self.lr:
             raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+        if self.task != "multiclass" and self.method == "guided":
+            raise ConfigError(f"--method guided trains its scouts as classifiers: not for --task {self.task}")
+        if self.task == "regression" and (self.class_weight != "none" or self.label_smoothing):
+            raise ConfigError("--class-weight and --label-smoothing apply to classes: not to --task regression")
         if self.budget is not None and not self.budget > 0:
             raise ConfigError(f"--budget must be > 0 (minutes), got {self.budget}")
 

@@ -55,6 +55,8 @@ def _check_members(runs: list) -> list[Run]:
         if cfg.get("kind", "fit") not in ("fit", "soup"):
             raise BadRun(f"{r} is a {cfg.get('kind')!r} directory: an ensemble combines fit runs")
         members.append(Run(r, lazy=True))
+        if members[-1].task != "multiclass":  # ensembles average class probabilities
+            raise BadRun(f"{r} is a --task {members[-1].task} run: ensembles and soups combine multiclass runs only")
     first = members[0]
     for m in members[1:]:
         if m.classes != first.classes:

@@ -64,10 +64,14 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     meta = {"format": fmt, "file": out.name, "run": str(run.dir.resolve()), "model": run.config["model"],
             "cut": run.config["cut"], "modality": run.modality,
             "input": {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(run.classes)],
-                       "meaning": "unnormalised class scores; softmax for probabilities"},
+            "output": {"name": "logits", "shape": ["batch", len(run.classes)], "meaning": _meaning(run)},
             "labels": {str(i): c for i, c in enumerate(run.classes)},
             "data_config": model.backbone.data_config, "torch": torch.__version__}
+    task = getattr(run, "task", "multiclass")
+    if task != "multiclass":
+        meta["task"] = task
+    if task == "regression":
+        meta["target"] = run.target
     if run.modality == "image":
         from .data.images import DECODE
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
@@ -93,3 +97,13 @@ def load_exported(path):
         with torch.no_grad():
             return m(torch.as_tensor(x)).numpy()
     return run
+
+
+def _meaning(run) -> str:
+    """What the exported output is, per task (the sidecar is all a deployment reads)."""
+    task = getattr(run, "task", "multiclass")
+    if task == "regression":
+        return "the target standardised: value = output * target.std + target.mean"
+    if task == "multilabel":
+        return "one score per label; sigmoid for each label's probability (a label is on at p >= 0.5)"
+    return "unnormalised class scores; softmax for probabilities"

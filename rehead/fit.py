@@ -27,6 +27,7 @@ from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
 from .run import Run
 from .rundir import BadRun, RunDir
+from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
@@ -119,6 +120,15 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         ds = dataset_from_split(resume_split)
     else:
         ds = as_dataset(data, cfg)
+    if getattr(ds, "task", "multiclass") != cfg.task:
+        raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
+                        f"build it with task={cfg.task!r}, or pass the data as a path")
+    if cfg.task != "multiclass" and cfg.strategy == "auto":
+        # auto's probes score classifiers (accuracy against chance): for other tasks take the
+        # cached-feature path, whose linear head is solved exactly
+        cfg = cfg.replace(strategy="extract")
+        echo(f"note: --strategy auto plans by classification accuracy; --task {cfg.task} uses --strategy extract "
+             "(give --strategy head/finetune/full to train more of the backbone)")
     for w in ds.info.get("warnings", []):
         echo(f"warning: {w}")
     if ds.skipped:
@@ -168,6 +178,15 @@ def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
         hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
         raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
                         f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
+
+
+def task_loss(cfg: FitConfig, ds: Dataset):
+    """The loss the run trains on: the task's, with balanced class weights, label smoothing and
+    (regression) the training split's target mean/std."""
+    from .tasks import balanced_weights, loss_for, target_stats
+    weights = balanced_weights(ds.train.labels, cfg.task, len(ds.classes)) if cfg.class_weight == "balanced" else None
+    target = target_stats(ds.train.labels) if cfg.task == "regression" else None
+    return loss_for(cfg.task, class_weights=weights, label_smoothing=cfg.label_smoothing, target=target)
 
 
 def _new_head(cfg: FitConfig, in_dim: int, n_classes: int):
@@ -232,7 +251,7 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
         x = cache.get_all(mkey, [pipe.sample_key(item, cache, hollow) for item in split.items])
         if x is None:
             return None
-        features.append(IndexedTensors(torch.from_numpy(x), torch.tensor(split.labels)))
+        features.append(IndexedTensors(torch.from_numpy(x), to_tensor(split.labels, ds.task, len(ds.classes))))
     return _Warm(stamp, k, meta["stage_names"][k - 1], hollow, cut["in_dim"], tuple(features))
 
 
@@ -261,10 +280,14 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         _write_start(run, job)
     only_features = recipe.uses_only_features  # extract: the backbone never trains
     # A run of feature phases only takes seconds to redo: it writes no checkpoints.
+    if cfg.label_smoothing and any(p.solver for p in recipe.phases):
+        echo("note: --label-smoothing applies to gradient-trained phases; the linear head solved on cached "
+             "features ignores it")
     hooks = job.hooks + ([WeightEMA(cfg.ema)] if cfg.ema else [])
     trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=hooks,
-                                  select_best=not cfg.keep_last, checkpoints=not only_features),
-                      run=run, accelerator=accelerator)
+                                  select_best=not cfg.keep_last, checkpoints=not only_features, task=cfg.task,
+                                  class_weight="balanced" if cfg.class_weight == "balanced" else None),
+                      run=run, accelerator=accelerator, loss_fn=task_loss(cfg, ds))
     for h in job.hooks:
         if hasattr(h, "prepare"):  # what a method needs before the loop's setup event (the data for scouts)
             h.prepare(model, ds=ds, phases=recipe.phases, args=cfg, uses_cache=only_features)
@@ -290,14 +313,16 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["augment"] = augment
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
-        summary["head_solver"] = {k: solved.get(k) for k in ("C", "scaling", "folds", "seconds")}
+        keys = ("C", "scaling", "folds", "seconds") if cfg.task == "multiclass" else ("solver", "alpha", "l2", "folds",
+                                                                                     "seconds")
+        summary["head_solver"] = {k: solved.get(k) for k in keys if k in solved or cfg.task == "multiclass"}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     run_obj.inference_precision = summary["inference_precision"] = _inference_precision(trainer, recipe, features)
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.
         res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size)
-        summary.update(test_acc=res["accuracy"], test_n=res["n"])
+        summary.update({f"test_{k}": res["accuracy" if k == "acc" else k] for k in headline(cfg.task)}, test_n=res["n"])
     run.write_json("summary.json", summary)
     run.remove("checkpoint.pt", "best.safetensors")
     _report_end(echo, summary, ds, run.path)
@@ -324,6 +349,7 @@ def _check_checkpoint(state: dict, model, path: Path) -> None:
 def _write_start(run: RunDir, job: _Job) -> None:
     """config.yaml, labels.json and split.json: what --resume, evaluate and predict read back."""
     cfg, ds, recipe = job.cfg, job.ds, job.recipe
+    extra = {"target": target_stats(ds.train.labels)} if cfg.task == "regression" else {}
     head_cfg = {"kind": cfg.head, "in_dim": job.in_dim, "out_dim": len(ds.classes), "hidden": cfg.hidden,
                 "dropout": cfg.dropout}
     run.write_yaml("config.yaml", {
@@ -332,7 +358,7 @@ def _write_start(run: RunDir, job: _Job) -> None:
         "phases": [asdict(p) for p in recipe.phases], "data_config": job.backbone.data_config,
         "data_summary": ds.summary(), "train_frozen_bn": cfg.train_frozen_bn, "freeze_bn": cfg.freeze_bn,
         "layer_decay": cfg.layer_decay,
-        "fit": cfg.to_dict(), "methods": [h.config() for h in job.hooks if hasattr(h, "config")]})
+        "fit": cfg.to_dict(), "methods": [h.config() for h in job.hooks if hasattr(h, "config")], **extra})
     run.write_json("labels.json", ds.classes)
     run.write_json("split.json", ds.to_split())
 
@@ -355,11 +381,17 @@ def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
 
 def _summary(trainer, recipe, info: dict, t_start: float) -> dict:
     hist, kept = trainer.history, trainer.kept or {}
-    return {"strategy": recipe.strategy, "val_acc": kept.get("val_acc"), "val_loss": kept.get("val_loss"),
+    figures = {k: v for k, v in kept.items() if k.startswith("val_") and k not in ("val_acc", "val_loss")}
+    return {"strategy": recipe.strategy, "val_acc": kept.get("val_acc"), "val_loss": kept.get("val_loss"), **figures,
             "kept_phase": kept.get("phase"), "kept_epoch": kept.get("epoch"),
             "best_epoch": kept.get("global_epoch"), "epochs_run": len(hist),
-            "last_val_acc": hist[-1]["val_acc"] if hist else None, "phases": trainer.phase_best,
+            "last_val_acc": hist[-1].get("val_acc") if hist else None, "phases": trainer.phase_best,
             "wall_seconds": time.perf_counter() - t_start, **info}
+
+
+def headline(task: str) -> tuple[str, ...]:
+    """The figures a task is summed up by (summary.json's test_*, the closing line)."""
+    return {"regression": ("rmse", "mae", "r2"), "multilabel": ("micro_f1", "macro_f1", "map")}.get(task, ("acc",))
 
 
 def _no_gain_note(s: dict) -> str | None:
@@ -367,23 +399,39 @@ def _no_gain_note(s: dict) -> str | None:
     phases = s["phases"]
     if len(phases) < 2 or s["kept_phase"] != phases[0]["phase"]:
         return None
-    best_later = max(phases[1:], key=lambda p: p["best_val_acc"])
-    return (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
-            f"{phases[0]['best_val_acc']:.4f}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
-            "Try --strategy extract (the same accuracy in seconds), a lower --lr, --augment light, "
+    if phases[0]["best_val_acc"] is None:  # regression, multilabel: compared by val loss
+        best_later = min(phases[1:], key=lambda p: p["best_val_loss"])
+        said = (f"{best_later['phase']} best val loss {best_later['best_val_loss']:.4f} >= {phases[0]['phase']} "
+                f"{phases[0]['best_val_loss']:.4f}")
+    else:
+        best_later = max(phases[1:], key=lambda p: p["best_val_acc"])
+        said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
+                f"{phases[0]['best_val_acc']:.4f}")
+    same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
+    return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
+            f"Try --strategy extract (the same {same} in seconds), a lower --lr, --augment light, "
             "or fewer --unfreeze stages")
 
 
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
     phases = s["phases"]
+    acc = s.get("val_acc") is not None
     if len(phases) > 1:  # say which phase the kept weights come from, and how each phase did
-        echo("phases: " + ", ".join(f"{p['phase']} best {p['best_val_acc']:.4f}" for p in phases)
+        echo("phases: " + ", ".join(f"{p['phase']} best " + (f"{p['best_val_acc']:.4f}" if acc else
+                                                              f"val loss {p['best_val_loss']:.4f}") for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
     if s.get("note"):
         echo(s["note"])
-    test = f"; test accuracy {s['test_acc']:.4f} ({s['test_n']} samples, scored once, not used for selection)" \
-        if "test_acc" in s else ""
-    echo(f"val accuracy {s['val_acc']:.4f} ({len(ds.val)} samples){test} -> {out}\n"
+    keys = headline(ds.task)
+    if acc:
+        val = f"val accuracy {s['val_acc']:.4f}"
+    else:
+        val = "val " + ", ".join(f"{k} {s.get('val_' + k, float('nan')):.4f}" for k in keys)
+    test = ""
+    if "test_n" in s:
+        test = "; test " + ", ".join(f"{'accuracy' if k == 'acc' else k} {s['test_' + k]:.4f}" for k in keys) \
+            + f" ({s['test_n']} samples, scored once, not used for selection)"
+    echo(f"{val} ({len(ds.val)} samples){test} -> {out}\n"
          f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
 
 
@@ -397,11 +445,12 @@ def _cached_features(model, ds, cache, cfg: FitConfig, progress, echo):
         f, kept, sk = extract(model.backbone, s.items, [k], cache, batch_size=cfg.batch_size,
                               workers=cfg.workers, strict=cfg.strict, progress=progress,
                               desc=f"extract {split}")
-        out.append(IndexedTensors(f[k], torch.tensor([s.labels[i] for i in kept])))
+        out.append(IndexedTensors(f[k], to_tensor([s.labels[i] for i in kept], ds.task, len(ds.classes))))
         skipped += sk
     if skipped:
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    _check_classes_left(out[0].y, ds)
+    if ds.task == "multiclass":  # a label set or a number cannot lose a class
+        _check_classes_left(out[0].y, ds)
     return tuple(out), {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}
 
 
@@ -430,7 +479,8 @@ def _live_loaders(model, ds, cfg: FitConfig, augment: str | None, echo):
 
     def make_loader(split, shuffle, generator):
         s = getattr(ds, split)
-        return pipe.make_loader(model.backbone, s.items, s.labels, batch_size=cfg.batch_size,
+        return pipe.make_loader(model.backbone, s.items, per_item(s.labels, ds.task, len(ds.classes)),
+                                batch_size=cfg.batch_size,
                                 workers=cfg.workers, shuffle=shuffle, generator=generator,
                                 transform=train_tf if split == "train" else None, strict=cfg.strict)
     return make_loader
@@ -475,19 +525,20 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
         cfg = cfg.replace(strategy="extract")
     job = _prepare(cfg, data, None, [], echo, warm_ok=False)  # the range test steps the real model
     tm, ds, k = job.model, job.ds, job.cut
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = task_loss(cfg, ds)
     gen = torch.Generator().manual_seed(cfg.seed)
     if unfreeze == 0:
         f, kept, _ = extract(tm.backbone, ds.train.items, [k], job.cache, batch_size=cfg.batch_size,
                              workers=cfg.workers, progress=progress, desc="extract train")
-        y = torch.tensor([ds.train.labels[i] for i in kept])
+        y = to_tensor([ds.train.labels[i] for i in kept], ds.task, len(ds.classes))
         loader = torch.utils.data.DataLoader(IndexedTensors(f[k], y), batch_size=cfg.batch_size, shuffle=True,
                                              generator=gen)
         res = lr_find(tm.head, loader, loss_fn, start_lr, end_lr, steps)
     else:
         tm.set_trainable_last(unfreeze)
         pipe = pipeline(tm.backbone.modality)
-        loader = pipe.make_loader(tm.backbone, ds.train.items, ds.train.labels, batch_size=cfg.batch_size,
+        loader = pipe.make_loader(tm.backbone, ds.train.items, per_item(ds.train.labels, ds.task, len(ds.classes)),
+                                  batch_size=cfg.batch_size,
                                   workers=cfg.workers, shuffle=True, generator=gen)
         res = lr_find(tm, loader, loss_fn, start_lr, end_lr, steps,
                       param_groups=tm.param_groups(1.0, cfg.lr_decay))

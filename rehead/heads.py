@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-TASKS = ("multiclass", "multilabel", "regression")
+from .tasks import TASKS  # noqa: F401  (re-exported)
 
 
 def make_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int = 512,
@@ -18,11 +18,7 @@ def make_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int = 512
     return nn.Sequential(*layers)
 
 
-def loss_for(task: str) -> nn.Module:
-    if task == "multiclass":
-        return nn.CrossEntropyLoss()
-    if task == "multilabel":
-        return nn.BCEWithLogitsLoss()
-    if task == "regression":
-        return nn.MSELoss()
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+def loss_for(task: str, **kw) -> nn.Module:
+    """The task's loss (``rehead.tasks.loss_for``: class weights, label smoothing, regression target)."""
+    from .tasks import loss_for as _loss_for
+    return _loss_for(task, **kw)

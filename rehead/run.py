@@ -20,6 +20,7 @@ import torch
 from .heads import make_head
 from .model import TransferModel
 from .rundir import BadRun, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (BadRun, RunExists re-exported)
+from .tasks import multi_hot, multilabel_metrics, predictions, regression_metrics, task_of
 
 
 def read_config(run_dir) -> dict:
@@ -50,6 +51,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 class Run:
     """A finished run loaded back: predict and evaluate need nothing but the directory."""
+    task = "multiclass"  # what ensembles and soups (subclasses with their own __init__) always are
+    target = None
 
     def __init__(self, run_dir: str | Path, model: TransferModel | None = None, lazy: bool = False):
         """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``
@@ -63,6 +66,11 @@ class Run:
         if n_out is not None and n_out != len(self.classes):
             raise BadRun(f"{self.dir / 'labels.json'} names {len(self.classes)} classes but the model predicts "
                          f"{n_out}: restore labels.json or rerun")
+        self.task = task_of(self.config)
+        self.target = self.config.get("target")  # regression: the training target's mean/std
+        if self.task == "regression" and not (isinstance(self.target, dict) and {"mean", "std"} <= set(self.target)):
+            raise BadRun(f"{self.dir / 'config.yaml'} is a regression run without its target mean/std: "
+                         "restore it or rerun")
         self._model = model.eval() if model is not None else None
         # bf16 when the head was kept from features extracted in bf16 (rehead.precision): the
         # backbone then runs as it did when those features were made
@@ -144,10 +152,14 @@ class Run:
         return m(x).float()
 
     def predict(self, items, top_k: int = 3, **kw) -> list[dict]:
-        """Top-k labels with probabilities: one row per item, unreadable items marked."""
+        """One row per item, unreadable items marked: multiclass, the top-k labels with
+        probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and each label's
+        probability (``probs``); regression, the predicted ``value`` in the target's units."""
         if isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
             items = [items]
         logits, kept, skipped = self.logits(items, **kw)
+        if self.task != "multiclass":
+            return self._predict_task(items, logits, kept, skipped)
         probs = logits.softmax(1)
         if not torch.isfinite(probs).all():
             raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
@@ -160,9 +172,24 @@ class Run:
         rows += [{"item": str(s), "error": "unreadable"} for s in skipped]
         return rows
 
-    def evaluate(self, items, labels: list[int] | None = None, **kw) -> dict:
-        """Metrics on ``items`` with integer ``labels`` (the run's class order), or on a dataset
-        at a path (``evaluate("photos/")``): its classes are mapped onto the run's by name."""
+    def _predict_task(self, items, out, kept, skipped) -> list[dict]:
+        if not torch.isfinite(out).all():
+            raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
+        pred = predictions(self.task, out, self.target)
+        rows = []
+        for j, i in enumerate(kept):
+            if self.task == "regression":
+                rows.append({"item": _name(items[i], i), "value": float(pred[j])})
+            else:
+                probs = {c: float(p) for c, p in zip(self.classes, pred[j])}
+                rows.append({"item": _name(items[i], i), "labels": [c for c, p in probs.items() if p >= 0.5],
+                             "probs": probs})
+        return rows + [{"item": str(s), "error": "unreadable"} for s in skipped]
+
+    def evaluate(self, items, labels: list | None = None, **kw) -> dict:
+        """Metrics on ``items`` with ``labels`` (multiclass: class indices in the run's order;
+        multilabel: lists of them; regression: numbers), or on a dataset at a path
+        (``evaluate("photos/")``): its classes are mapped onto the run's by name."""
         info = {}
         if labels is None:
             items, labels, info = self.eval_data(items)
@@ -173,7 +200,7 @@ class Run:
         row of a CSV (the non-train rows when it has a split column), a folder's val/test split or
         all of it. Unlabelled rows are counted, never scored."""
         from .data import load_eval
-        ev = load_eval(path, self.modality, self.classes, self._data_kw())
+        ev = load_eval(path, self.modality, self.classes, self._data_kw(), task=self.task)
         return ev.items, ev.labels, {"unlabelled": ev.n_unlabelled, "source": str(path)}
 
     def _data_kw(self) -> dict:
@@ -184,6 +211,8 @@ class Run:
     def _metrics(self, items, labels, info: dict, **kw) -> dict:
         from sklearn.metrics import classification_report, confusion_matrix
         logits, kept, skipped = self.logits(items, **kw)
+        if self.task != "multiclass":
+            return self._task_metrics(items, labels, logits, kept, skipped, info)
         y = np.array([labels[i] for i in kept])
         pred = logits.argmax(1).numpy()
         names = list(range(len(self.classes)))
@@ -197,6 +226,21 @@ class Run:
                 "predictions": pred.tolist(), "targets": y.tolist(),
                 "items": [_name(items[i], i) for i in kept],
                 "probs": logits.softmax(1).max(1).values.tolist()}
+
+    def _task_metrics(self, items, labels, out, kept, skipped, info) -> dict:
+        """Regression: RMSE, MAE, R² in the target's units. Multilabel: per-label F1 at 0.5 and
+        average precision, micro/macro F1, mAP."""
+        pred = predictions(self.task, out, self.target)
+        base = {"task": self.task, "n": len(kept), "skipped": len(skipped), "classes": self.classes, **info,
+                "items": [_name(items[i], i) for i in kept]}
+        if self.task == "regression":
+            y = np.array([float(labels[i]) for i in kept])
+            return {**base, **regression_metrics(y, pred), "predictions": pred.tolist(), "targets": y.tolist()}
+        y = np.stack(multi_hot([labels[i] for i in kept], len(self.classes))) if kept else \
+            np.zeros((0, len(self.classes)))
+        return {**base, **multilabel_metrics(y, pred, self.classes),
+                "predictions": [np.flatnonzero(p >= 0.5).tolist() for p in pred],
+                "targets": [np.flatnonzero(t).tolist() for t in y], "probs": pred.tolist()}
 
     def source_agreement(self, items: list, batch_size: int = 32) -> dict:
         """Forgetting of the source task: the share of ``items`` on which the run's backbone and the
@@ -233,8 +277,10 @@ class Run:
     # -- display -------------------------------------------------------------------------------
     def __repr__(self) -> str:
         s = self.summary
-        acc = f", val_acc={s['val_acc']:.4f}" if isinstance(s.get("val_acc"), float) else ""
-        test = f", test_acc={s['test_acc']:.4f}" if isinstance(s.get("test_acc"), float) else ""
+        key = {"regression": "r2", "multilabel": "map"}.get(self.task, "acc")
+        acc = f", val_{key}={s['val_' + key]:.4f}" if isinstance(s.get("val_" + key), float) else ""
+        test = f", test_{key}={s['test_' + key]:.4f}" if isinstance(s.get("test_" + key), float) else ""
+        acc = (f", task={self.task!r}" if self.task != "multiclass" else "") + acc
         return (f"Run({str(self.dir)!r}, kind={self.config.get('kind', 'fit')!r}, model={self.config.get('model')!r}, "
                 f"strategy={self.config.get('strategy')!r}, classes={len(self.classes)}{acc}{test})")
 
@@ -244,7 +290,7 @@ class Run:
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in s.items() if not isinstance(v, (list, dict)))
         imgs = ""
-        for png in ("learning_curves.png", "confusion_matrix.png", "gallery.png"):
+        for png in ("learning_curves.png", "confusion_matrix.png", "scatter.png", "gallery.png"):
             p = self.dir / png
             if p.exists():
                 import base64

@@ -165,14 +165,14 @@ def test_in_memory_pairs_follow_the_same_label_rules():
     assert "<pairs>: 2 row(s) with an empty label were left out" in ds.info["warnings"][0]
 
 
-def test_numeric_labels_with_many_values_hint_that_regression_is_not_supported(tmp_path):
+def test_numeric_labels_with_many_values_hint_at_task_regression(tmp_path):
     many = "".join(f"text {i} {k},{i * 1.5}\n" for i in range(25) for k in range(2))
     ds = load_dataset(write(tmp_path / "m.csv", "text,label\n" + many), val_fraction=0.5)
     assert "column 'label' are 25 distinct numbers" in " ".join(ds.info["warnings"])  # a hint, not an error, when it can train
-    with pytest.raises(DataError, match="cannot split.*regression is not supported yet"):
+    with pytest.raises(DataError, match="cannot split.*use --task regression"):
         load_dataset(tmp_path / "m.csv")
     once = "".join(f"text {i},{i * 1.5}\n" for i in range(30))
-    with pytest.raises(DataError, match="appear only once.*regression is not supported yet"):
+    with pytest.raises(DataError, match="appear only once.*use --task regression"):
         load_dataset(write(tmp_path / "o.csv", "text,label\n" + once))
 
 

@@ -52,15 +52,26 @@ class Dataset:
     info: dict = field(default_factory=dict)
     test: Samples | None = None
     files: list[str] = field(default_factory=list)
+    task: str = "multiclass"  # rehead.tasks: what a label in Samples.labels is
 
     def summary(self) -> dict:
         def counts(s):
+            if self.task == "multilabel":
+                return {c: sum(1 for ys in s.labels if i in ys) for i, c in enumerate(self.classes)}
             return {c: sum(1 for y in s.labels if y == i) for i, c in enumerate(self.classes)}
         test = self.test or Samples([], [])
-        return {"source": self.source, "modality": self.modality, "classes": self.classes,
-                "train": len(self.train), "val": len(self.val), "test": len(test),
-                "train_per_class": counts(self.train), "val_per_class": counts(self.val),
-                "test_per_class": counts(test), "skipped": len(self.skipped), **self.info}
+        out = {"source": self.source, "modality": self.modality, "classes": self.classes,
+               "train": len(self.train), "val": len(self.val), "test": len(test)}
+        if self.task == "regression":
+            import numpy as np
+            y = np.asarray(self.train.labels, dtype=float)
+            out.update(task="regression", train_target={"mean": float(y.mean()), "std": float(y.std()),
+                                                        "min": float(y.min()), "max": float(y.max())})
+        else:
+            out.update(train_per_class=counts(self.train), val_per_class=counts(self.val), test_per_class=counts(test))
+            if self.task != "multiclass":
+                out["task"] = self.task
+        return {**out, "skipped": len(self.skipped), **self.info}
 
     def to_split(self) -> dict:
         """The splits as JSON-able data plus a fingerprint of the source, for split.json;
@@ -96,7 +107,8 @@ class Parts:
 
 @dataclass
 class EvalData:
-    """Data to score a run on: items with labels as indices into the run's classes."""
+    """Data to score a run on: items with labels as indices into the run's classes (as
+    ``Samples.labels`` for the run's task: index lists for multilabel, floats for regression)."""
     items: list
     labels: list[int]
     n_unlabelled: int
@@ -127,7 +139,8 @@ DATA_KW = ("text_column", "label_column", "id_columns", "split_column", "missing
 
 
 def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, seed: int = 0,
-                 strict: bool = False, eval_only: bool = False, check: bool = True, **kw) -> Dataset:
+                 strict: bool = False, eval_only: bool = False, check: bool = True, task: str = "multiclass",
+                 **kw) -> Dataset:
     """Discover a dataset at ``path``; the modality is inferred when not given.
 
     Unreadable images are found here (a header check, about 0.1 ms an image) and left out,
@@ -152,14 +165,14 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, s
         parts = mod.read_parts(Path(path), **kw)
     _check_readable(mod, parts, [i for p in parts.parts.values() for i in p.items], strict, check)
     from .splits import assemble
-    ds = assemble(mod.MODALITY, parts, val_fraction, seed)
+    ds = assemble(mod.MODALITY, parts, val_fraction, seed, task)
     for k, v in parts.extra.items():
         setattr(ds, k, v)
     return ds
 
 
 def load_eval(path, modality: str, classes: list[str], data_kw: dict | None = None,
-              strict: bool = False) -> EvalData:
+              strict: bool = False, task: str = "multiclass") -> EvalData:
     """Data to evaluate a run on: every labelled row of a CSV (with a ``split`` column: its
     test rows, else its non-train rows); of a folder with ``test/`` or ``val/`` (``test.csv``
     / ``val.csv``), that split; of a folder of class folders, every image. Unlabelled rows are
@@ -168,7 +181,7 @@ def load_eval(path, modality: str, classes: list[str], data_kw: dict | None = No
     mod, kw, stream = _reader(path, modality, dict(data_kw or {}))
     _, name, parts = _eval_part(mod, path, kw, strict, True, stream)
     from .splits import eval_data
-    return eval_data(name, parts, classes)
+    return eval_data(name, parts, classes, task)
 
 
 def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] | None = None,
@@ -181,14 +194,14 @@ def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] 
 
 
 def from_items(items: list, labels: list, modality: str, source: str, val_fraction: float = 0.2,
-               seed: int = 0) -> Dataset:
+               seed: int = 0, task: str = "multiclass") -> Dataset:
     """In-memory (item, label) data as a Dataset, by the same rules as a CSV: empty labels
     dropped and counted, duplicates reported, a stratified seeded val split."""
     from .splits import assemble
     labels = ["" if y is None else str(y) for y in labels]
     labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
     parts = Parts({"all": Part(list(items), labels, source)}, source, labels_from="label")
-    return assemble(modality, parts, val_fraction, seed)
+    return assemble(modality, parts, val_fraction, seed, task)
 
 
 def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:

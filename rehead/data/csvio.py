@@ -83,8 +83,9 @@ def numeric_hint(labels: list[str], where, column_name: str = "label") -> str | 
         [float(v) for v in distinct]
     except ValueError:
         return None
-    return (f"{where}: the labels in column {column_name!r} are {len(distinct)} distinct numbers: rehead trains classifiers, and "
-            "regression is not supported yet; bin the values into a few classes if that is what you mean")
+    return (f"{where}: the labels in column {column_name!r} are {len(distinct)} distinct numbers: they are trained "
+            "as that many classes: "
+            "for a numeric target use --task regression (or bin the values into a few classes)")
 
 
 def duplicate_report(items: list, labels: list[str], where) -> list[str]:

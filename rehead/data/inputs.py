@@ -16,11 +16,12 @@ def as_dataset(data, cfg) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, Path)):
-        return load_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict, **cfg.data_kw)
+        return load_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict, task=cfg.task,
+                            **cfg.data_kw)
     if _is_dataframe(data):
         return _from_frame(data, cfg)
     if isinstance(data, (list, tuple)):
-        return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>")
+        return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>", task=cfg.task)
     if _is_torch_dataset(data):
         return load_dataset(materialise(data, cfg.cache_dir), val_fraction=cfg.val_fraction, seed=cfg.seed,
                             strict=cfg.strict)
@@ -99,10 +100,10 @@ def _from_frame(df, cfg) -> Dataset:
                         "(texts): name the text column with text_column=, or save a table with "
                         "df.to_csv('table.csv', index=False) and fit that file")
     pairs = list(zip(df[item_col].tolist(), df[cfg.label_column].tolist()))
-    return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>")
+    return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>", task=cfg.task)
 
 
-def from_pairs(pairs: list, val_fraction: float, seed: int, source: str) -> Dataset:
+def from_pairs(pairs: list, val_fraction: float, seed: int, source: str, task: str = "multiclass") -> Dataset:
     """(item, label) pairs by the CSV rules (``data.from_items``): empty labels dropped and counted."""
     if not pairs:
         raise DataError(f"{source} is empty: give at least two labelled samples per class")
@@ -110,7 +111,7 @@ def from_pairs(pairs: list, val_fraction: float, seed: int, source: str) -> Data
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise DataError(f"{source}: element {i} is not an (item, label) pair: {pair!r:.80}")
     items = [str(i) if isinstance(i, Path) else i for i, _ in pairs]
-    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed)
+    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed, task)
 
 
 def _modality(items: list, source: str) -> str:

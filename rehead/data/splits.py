@@ -8,7 +8,10 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from . import DataError, Dataset, EvalData, Part, Parts, Samples, refs, stratified_split
+from ..config import LABEL_SEP as SEP
 from .csvio import drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,11 @@ def split_column_parts(values: list[str], where) -> dict[str, list[int]]:
 
 
 # -- training data ---------------------------------------------------------------------------
-def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dataset:
+def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: str = "multiclass") -> Dataset:
     """Parts -> Dataset: unlabelled rows dropped and counted, labels checked, unreadable items
     dropped and classes recounted, val carved from train when the source has none."""
+    if task != "multiclass":
+        return assemble_task(modality, parts, val_fraction, seed, task)
     warnings = list(parts.warnings)
     named = {k: _labelled(p, warnings) for k, p in parts.parts.items()}
     base_name = "all" if "all" in named else "train"
@@ -105,6 +110,99 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int) -> Dat
         info["warnings"] = warnings
     return Dataset(modality, classes, train, val, parts.source, skipped=skipped, info=info, test=test,
                    files=list(parts.files))
+
+
+def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, task: str) -> Dataset:
+    """Parts -> Dataset for multilabel (``a|b`` cells) and regression (numbers): the same rules
+    as classes for empty labels, unreadable items, duplicates and val/test, a seeded random
+    (not stratified) val."""
+    if parts.labels_from is None:
+        raise DataError(f"{parts.source}: --task {task} needs its labels in a CSV column ("
+                        + ("'a|b' for several labels" if task == "multilabel" else "a number per row")
+                        + "); class folders give one class per item: use --task multiclass, or write a CSV")
+    warnings = list(parts.warnings)
+    named = {k: _labelled(p, warnings) for k, p in parts.parts.items()}
+    base_name = "all" if "all" in named else "train"
+    if base_name not in named or not named[base_name].items:
+        raise DataError(f"{parts.source} has no labelled training row: fill its label column (--label-column names it)")
+    parse = _numbers if task == "regression" else _label_sets
+    values = {k: parse(p) for k, p in named.items()}
+    base = named[base_name]
+    if task == "regression":
+        classes = [parts.labels_from]
+        index = None
+    else:
+        classes = sorted({c for ys in values[base_name] for c in ys})
+        index = {c: i for i, c in enumerate(classes)}
+        for k in ("val", "test"):
+            extra = sorted({c for ys in values.get(k, []) for c in ys} - set(classes))
+            if extra:
+                raise DataError(f"{named[k].where} has label(s) not in {base.where}: {names(extra)}: "
+                                "every label must have training samples")
+    _report_duplicates(named, warnings)
+
+    def samples(k: str) -> Samples:
+        p, vs = named[k], values[k]
+        keep = [i for i, it in enumerate(p.items) if it not in parts.skipped]
+        labels = [vs[i] if index is None else sorted(index[c] for c in vs[i]) for i in keep]
+        return Samples([p.items[i] for i in keep], labels)
+    built = {k: samples(k) for k in named}
+    for k in ("val", "test"):
+        if k in built and not built[k].items:
+            warnings.append(f"{named[k].where} has no labelled, readable sample: it is not used as {k}")
+            built.pop(k)
+    if parts.skipped:
+        warnings.append(_skipped_warning(parts.skipped))
+    train_all = built[base_name]
+    if "val" in built:
+        train, val = train_all, built["val"]
+        how = f"train: {named['train'].where}; val: {named['val'].where}"
+    else:
+        tr, va = _random_split(len(train_all), val_fraction, seed, base.where)
+        train, val = train_all.subset(tr), train_all.subset(va)
+        how = f"random {val_fraction:.0%} val (not stratified: {task}) of {base.where}, seed {seed}"
+    test = built.get("test") if base_name == "train" else None
+    if test is not None:
+        how += f"; test (scored once, never for selection): {named['test'].where}"
+    for w in warnings:
+        log.warning(w)
+    info = {"split": how, **parts.info, **({"warnings": warnings} if warnings else {})}
+    return Dataset(modality, classes, train, val, parts.source, skipped=list(parts.skipped), info=info, test=test,
+                   files=list(parts.files), task=task)
+
+
+def _numbers(p: Part) -> list[float]:
+    """A regression part's labels as floats; the first that is not a finite number is an error."""
+    out = []
+    for i, (item, v) in enumerate(zip(p.items, p.labels)):
+        try:
+            x = float(v)
+        except ValueError:
+            x = float("nan")
+        if not np.isfinite(x):
+            raise DataError(f"{p.where}: row {i + 1} ({_show_item(item)}) has label {v!r}, not a number: --task "
+                            "regression needs a numeric label column; fix the value or leave it empty to skip the row")
+        out.append(x)
+    return out
+
+
+def _label_sets(p: Part) -> list[list[str]]:
+    """A multilabel part's cells split on '|' (blanks around names ignored)."""
+    return [sorted({c.strip() for c in v.split(SEP) if c.strip()}) for v in p.labels]
+
+
+def _show_item(item) -> str:
+    s = str(item) if not isinstance(item, (list, tuple)) else f"values {list(item)[:3]}..."
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _random_split(n: int, val_fraction: float, seed: int, where) -> tuple[list[int], list[int]]:
+    n_val = int(round(n * val_fraction))
+    if n < 2 or n_val < 1 or n_val >= n:
+        raise DataError(f"cannot split {where} into train and a {val_fraction:.0%} val ({n} labelled rows): "
+                        "add rows, change --val-fraction, or give a val split")
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
 def _labelled(p: Part, warnings: list[str]) -> Part:
@@ -199,9 +297,14 @@ def _eval_part(name: str, parts: Parts):
     return p2, len(p.items) - len(keep), warnings
 
 
-def eval_data(name: str, parts: Parts, classes: list[str]) -> EvalData:
+def eval_data(name: str, parts: Parts, classes: list[str], task: str = "multiclass") -> EvalData:
     p, n_unlabelled, warnings = _eval_part(name, parts)
-    own = sorted(set(p.labels))
+    if task == "regression":
+        where = f"{name}: {p.where}" if name != "all" else f"every labelled row/item of {p.where}"
+        return EvalData(list(p.items), _numbers(p), n_unlabelled, parts.source, where, list(classes),
+                        skipped=list(parts.skipped), warnings=warnings)
+    sets = _label_sets(p) if task == "multilabel" else None
+    own = sorted({c for ys in sets for c in ys}) if sets is not None else sorted(set(p.labels))
     unknown = [c for c in own if c not in classes]
     if unknown:
         raise DataError(f"{p.where} has class(es) the run never saw: {names(unknown)} (run classes: "
@@ -209,7 +312,8 @@ def eval_data(name: str, parts: Parts, classes: list[str]) -> EvalData:
     index = {c: i for i, c in enumerate(classes)}
     for w in warnings:
         log.warning(w)
-    return EvalData(list(p.items), [index[y] for y in p.labels], n_unlabelled, parts.source,
+    labels = [sorted(index[c] for c in ys) for ys in sets] if sets is not None else [index[y] for y in p.labels]
+    return EvalData(list(p.items), labels, n_unlabelled, parts.source,
                     f"{name}: {p.where}" if name != "all" else f"every labelled row/item of {p.where}", own,
                     skipped=list(parts.skipped), warnings=warnings)
 
@@ -240,6 +344,8 @@ def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
         removed += [s.items[i] for i in range(len(s)) if s.items[i] in bad]
         setattr(ds, name, s.subset(keep))
     ds.skipped += removed
+    if ds.task != "multiclass":  # a label set or a number: no class can be left without samples
+        return removed
     have = Counter(ds.train.labels)
     gone = [c for i, c in enumerate(ds.classes) if have[i] == 0]
     if gone:
@@ -259,11 +365,38 @@ def to_split(ds: Dataset) -> dict:
     for name in ("train", "val", "test"):
         s = getattr(ds, name)
         if s is not None:
-            d[name] = {"items": [_jsonable(i) for i in s.items], "labels": [int(y) for y in s.labels]}
+            d[name] = {"items": [_jsonable(i) for i in s.items], "labels": _json_labels(s.labels, ds.task)}
+    if ds.task != "multiclass":  # split.json of a multiclass run stays as it was
+        d["task"] = ds.task
     if hasattr(ds, "feature_columns"):
         d["table"] = {"feature_columns": list(ds.feature_columns), "missing": getattr(ds, "missing", "error")}
     d["fingerprint"] = fingerprint(ds)
     return d
+
+
+def _json_labels(labels: list, task: str) -> list:
+    if task == "regression":
+        return [float(y) for y in labels]
+    if task == "multilabel":
+        return [[int(c) for c in ys] for ys in labels]
+    return [int(y) for y in labels]
+
+
+def _read_labels(labels: list, task: str, n_classes: int) -> list:
+    """split.json labels back, checked against the classes (a ValueError when they do not fit)."""
+    if task == "regression":
+        out = [float(y) for y in labels]
+        if not all(np.isfinite(out)):
+            raise ValueError("a regression label is not a finite number")
+        return out
+    if task == "multilabel":
+        out = [[int(c) for c in ys] for ys in labels]
+        flat = [c for ys in out for c in ys]
+    else:
+        out = flat = [int(y) for y in labels]
+    if any(not 0 <= y < n_classes for y in flat):
+        raise ValueError("labels do not match the items and classes")
+    return out
 
 
 def _jsonable(item):
@@ -316,17 +449,18 @@ def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
     if modality is None or classes is None:
         raise DataError(f"{where} was written by an older rehead and lacks the modality or classes: start the run "
                         "again with --overwrite (from Python: pass modality= and classes=)")
+    task = d.get("task", "multiclass")
     try:
-        parts = {name: Samples(list(d[name]["items"]), [int(y) for y in d[name]["labels"]])
+        parts = {name: Samples(list(d[name]["items"]), _read_labels(d[name]["labels"], task, len(classes)))
                  for name in ("train", "val", "test") if name in d}
         train, val = parts["train"], parts["val"]
-        if any(not 0 <= y < len(classes) for s in parts.values() for y in s.labels) or \
-                any(len(s.items) != len(s.labels) for s in parts.values()):
+        if any(len(s.items) != len(s.labels) for s in parts.values()):
             raise ValueError("labels do not match the items and classes")
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{where} is damaged ({type(e).__name__}: {e}): start the run again with --overwrite") from None
     ds = Dataset(modality, list(classes), train, val, d.get("source", str(where)), test=parts.get("test"),
-                 info={"split": f"{d.get('how') or 'as saved'} (rebuilt from {where})"}, files=list(d.get("fingerprint", {}).get("files", {})))
+                 info={"split": f"{d.get('how') or 'as saved'} (rebuilt from {where})"},
+                 files=list(d.get("fingerprint", {}).get("files", {})), task=task)
     if "table" in d:
         ds.feature_columns, ds.missing = d["table"]["feature_columns"], d["table"].get("missing", "error")
     if check and "fingerprint" in d:

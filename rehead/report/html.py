@@ -122,6 +122,15 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
         res = run.evaluate(items, labels)
     except Exception as e:  # a report should still come out for a run that cannot be re-evaluated
         return [("Validation predictions", f"<p class='muted'>could not evaluate the run: {escape(str(e))}</p>")]
+    if res.get("task") == "regression":
+        p = plots.plot_scatter(res["targets"], res["predictions"], res["classes"][0], d / "scatter.png")
+        return [("Predicted vs true", f"<p>RMSE <b>{res['rmse']:.4g}</b>, MAE <b>{res['mae']:.4g}</b>, "
+                 f"R² <b>{res['r2']:.4f}</b> on {res['n']} val samples</p>" + img(p, "predicted vs true"))]
+    if res.get("task") == "multilabel":
+        per_label = [{"label": c, **m} for c, m in res["per_label"].items()]
+        return [("Per-label scores", f"<p>micro F1 <b>{res['micro_f1']:.4f}</b>, macro F1 <b>{res['macro_f1']:.4f}</b>, "
+                 f"mAP <b>{res['map']:.4f}</b> on {res['n']} val samples (F1 at p &ge; 0.5)</p>"
+                 + table(per_label, left=("label",)))]
     p = plots.plot_confusion(res["confusion_matrix"], res["classes"], d / "confusion.png")
     per_class = [{"class": c, **{k: (int(v) if k == "support" else v) for k, v in m.items()}}
                  for c, m in res["per_class"].items()]

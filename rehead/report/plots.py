@@ -81,9 +81,14 @@ def plot_curves(rows: list[dict], path) -> Path:
     """Train/val loss and accuracy per epoch, phase boundaries as vertical lines."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     x = [int(r["global_epoch"]) for r in rows]
-    for ax, key, name in ((a1, "loss", "loss"), (a2, "acc", "accuracy")):
-        ax.plot(x, [float(r[f"train_{key}"]) for r in rows], "-", color=BLUE, label=f"train {name}")
-        ax.plot(x, [float(r[f"val_{key}"]) for r in rows], "-", color=ORANGE, label=f"val {name}")
+    # the second panel: accuracy, or a task's own val figure (R² for regression, mAP for multilabel)
+    second = next(((k, n) for k, n in (("acc", "accuracy"), ("r2", "R²"), ("map", "mAP")) if f"val_{k}" in rows[0]),
+                  ("acc", "accuracy"))
+    for ax, key, name in ((a1, "loss", "loss"), (a2, *second)):
+        if f"train_{key}" in rows[0]:
+            ax.plot(x, [float(r[f"train_{key}"]) for r in rows], "-", color=BLUE, label=f"train {name}")
+        if f"val_{key}" in rows[0]:
+            ax.plot(x, [float(r[f"val_{key}"]) for r in rows], "-", color=ORANGE, label=f"val {name}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -130,4 +135,21 @@ def plot_confusion(cm, classes: list[str], path) -> Path:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > top / 2 else "black")
     ax.set_title("confusion matrix (val)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_scatter(y_true, y_pred, name: str, path) -> Path:
+    """Predicted against true values (val), the y = x line for reference."""
+    import numpy as np
+    t, p = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.scatter(t, p, s=12, alpha=0.6, color=BLUE)
+    if len(t):
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "--", color=ORANGE, lw=1, label="predicted = true")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"true {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.grid(alpha=0.3)
+    ax.set_title("predicted vs true (val)", fontsize=10)
     return _save(fig, path)

@@ -64,8 +64,14 @@ class ClipGrad(Callback):
 
 
 def score(row: dict) -> tuple:
-    """Higher is better: val accuracy, then lower val loss."""
-    return row["val_acc"], -row["val_loss"]
+    """Higher is better: val accuracy, then lower val loss; rows without an accuracy
+    (regression, multilabel) by val loss alone."""
+    return (row["val_acc"], -row["val_loss"]) if "val_acc" in row else (-row["val_loss"],)
+
+
+def _val_figures(row: dict) -> dict:
+    """The kept row's val figures: loss, accuracy, and a task's own (val_rmse, val_map ...)."""
+    return {k: v for k, v in row.items() if k.startswith("val_")}
 
 
 class BestWeights(Callback):
@@ -81,7 +87,7 @@ class BestWeights(Callback):
             tr.best_state = tr.run.load_tensors("best.safetensors")
 
     def after_epoch(self, tr):
-        if "val_acc" not in tr.row:
+        if "val_loss" not in tr.row:
             return
         s = score(tr.row)
         if tr.best is None or s > tuple(tr.best):
@@ -91,18 +97,18 @@ class BestWeights(Callback):
             tr.bad += 1
 
     def after_fit(self, tr):
-        rows = [r for r in tr.history if "val_acc" in r]
+        rows = [r for r in tr.history if "val_loss" in r]
         if not rows:
             return
         if self.select and tr.best_state is not None:
             tr.model.load_state_dict(tr.best_state)
         kept = max(rows, key=score) if self.select else rows[-1]
         tr.kept = {"phase": kept["phase"], "phase_index": kept["phase_index"], "epoch": kept["epoch"],
-                   "global_epoch": kept["global_epoch"], "val_acc": kept["val_acc"], "val_loss": kept["val_loss"]}
+                   "global_epoch": kept["global_epoch"], "val_acc": kept.get("val_acc"), **_val_figures(kept)}
         tr.phase_best = []
         for pi in dict.fromkeys(r["phase_index"] for r in rows):
             b = max((r for r in rows if r["phase_index"] == pi), key=score)
-            tr.phase_best.append({"phase": b["phase"], "phase_index": pi, "best_val_acc": b["val_acc"],
+            tr.phase_best.append({"phase": b["phase"], "phase_index": pi, "best_val_acc": b.get("val_acc"),
                                   "best_val_loss": b["val_loss"], "epoch": b["epoch"],
                                   "epochs_run": sum(r["phase_index"] == pi for r in rows)})
 
@@ -220,6 +226,8 @@ class Progress(Callback):
         post = {"phase": tr.phase.name}
         if "val_acc" in tr.row:
             post.update(val_acc=f"{tr.row['val_acc']:.4f}", val_loss=f"{tr.row['val_loss']:.4f}")
+        elif "val_loss" in tr.row:
+            post.update(val_loss=f"{tr.row['val_loss']:.4f}")
         self.outer.set_postfix(**post)
 
     def after_fit(self, tr):

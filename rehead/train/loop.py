@@ -47,6 +47,10 @@ class TrainConfig:
     checkpoints: bool = True  # write checkpoint.pt / best.safetensors for --resume
     local: bool = False       # this process's model alone, where it is: no DDP, no sharding, no autocast
     hooks: list = field(default_factory=list)  # callbacks added to the standard ones (L2-SP, Guided Transfer)
+    class_weight: str | None = None  # "balanced": also the linear solver's sample weights (multiclass)
+
+
+SCORED = ("regression", "multilabel")  # tasks whose rows carry their own metrics, not an accuracy
 
 
 def standard_callbacks(cfg: TrainConfig) -> list:
@@ -195,11 +199,16 @@ class Trainer:
             self._event("before_validate")
             row = {"phase": ph.name, "phase_index": pi, "epoch": epoch + 1, "global_epoch": len(self.history) + 1,
                    "train_loss": tr["loss"]}
-            if cfg.task == "multiclass" or val_loader is not None:
+            scored = cfg.task in SCORED
+            if not scored and (cfg.task == "multiclass" or val_loader is not None):
                 row["train_acc"] = tr["acc"]
             if val_loader is not None:
                 va = self.evaluate(self.wrapped, val_loader)
-                row.update(val_loss=va["loss"], val_acc=va["acc"])
+                row["val_loss"] = va.pop("loss")
+                if scored:  # no accuracy: the kept epoch is the one of lowest val loss (callbacks.score)
+                    row.update({f"val_{k}": v for k, v in va.items()})
+                else:
+                    row["val_acc"] = va["acc"]
             row.update(lr=tr["lr"], seconds=time.perf_counter() - t0)
             self.row = row
             self.history.append(row)
@@ -273,13 +282,15 @@ class Trainer:
         linear = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         if len(linear) != 1:
             raise ValueError(f"the {self.phase.solver} solver fits one linear layer; this head has {len(linear)}")
+        if self.cfg.task in SCORED:
+            return self._solve_task(data, linear[0])
         # A head the backbone will be fine-tuned under must not lean on columns too faint for float32.
         later_live = any(not p.on_features for p in self.phases)
         # Per-column standardisation (scikit-learn's pipeline) or one scale for all columns (the
         # raw-feature probe): on some features one is worth points over the other (digits on Lite0:
         # 0.78 vs 0.82), so the training split's own CV log-loss chooses.
         x, y, n = data.x.numpy(), data.y.numpy(), linear[0].out_features
-        tries = [fit_linear_head(x, y, n, seed=self.cfg.seed or 0, scaling=s,
+        tries = [fit_linear_head(x, y, n, seed=self.cfg.seed or 0, scaling=s, class_weight=self.cfg.class_weight,
                                  min_relative_std=1e-7 if later_live else 0.0) for s in ("column", "global")]
         solved, info = min(tries, key=lambda t: min((r["log_loss"] for r in t[1].get("cv", [])), default=0.0))
         with torch.no_grad():
@@ -290,6 +301,27 @@ class Trainer:
         self.solved = info
         return {"loss": float(self.loss_fn(logits, data.y)), "acc": float((logits.argmax(1) == data.y).float().mean()),
                 "lr": 0.0}
+
+    def _solve_task(self, data, linear) -> dict:
+        """Regression: ridge in closed form (RidgeCV, alpha by leave-one-out on these training
+        features). Multilabel: one logistic regression per label, full-batch L-BFGS (L2 by k-fold
+        CV on these training features). Both on the targets the loss sees."""
+        from .task_heads import fit_multilabel_head, fit_ridge_head
+        x, y = data.x.numpy(), data.y.numpy()
+        if self.cfg.task == "regression":
+            t = self.loss_fn.target
+            solved, info = fit_ridge_head(x, (y - t["mean"]) / t["std"])
+        else:
+            pw = getattr(self.loss_fn, "pos_weight", None)
+            solved, info = fit_multilabel_head(x, y, pos_weight=None if pw is None else pw.numpy(),
+                                               seed=self.cfg.seed or 0)
+        with torch.no_grad():
+            linear.weight.copy_(solved.weight)
+            linear.bias.copy_(solved.bias)
+            self.net.eval()
+            out = self.net(data.x)
+        self.solved = info
+        return {"loss": float(self.loss_fn(out, data.y)), "acc": 0.0, "lr": 0.0}
 
     @property
     def running_loss(self) -> float:
@@ -307,6 +339,7 @@ class Trainer:
         from accelerate.utils import send_to_device
         model.eval()
         tot_loss, correct, n = 0.0, 0, 0
+        outs, ys = [], []  # kept for the task's own metrics (regression, multilabel)
         for idx, x, y in loader:
             if len(idx) == 0:
                 continue
@@ -318,6 +351,15 @@ class Trainer:
             n += len(y)
             if self.cfg.task == "multiclass":
                 correct += (out.argmax(1) == y).sum().item()
+            elif self.cfg.task in SCORED:
+                outs.append(out.float().cpu())
+                ys.append(y.cpu())
+        if self.cfg.task in SCORED:
+            from ..tasks import epoch_metrics
+            out = torch.cat(outs) if outs else torch.empty(0)
+            return {"loss": tot_loss / max(n, 1),
+                    **epoch_metrics(self.cfg.task, out, torch.cat(ys) if ys else torch.empty(0),
+                                    getattr(self.loss_fn, "target", None))}
         return {"loss": tot_loss / max(n, 1), "acc": correct / max(n, 1)}
 
 

@@ -1,0 +1,234 @@
+"""Task types: regression, multilabel, class weights and label smoothing (issue 14, item 5)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import rehead
+from rehead.config import ConfigError, FitConfig
+from rehead.data import DataError, load_dataset
+
+MODEL = "tabular:mlp-4-64x1"  # random (seeded) MLP: a table's features without any download
+
+
+def write_table(path, x, labels, extra: dict | None = None):
+    extra = extra or {}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"f{i}" for i in range(x.shape[1])] + ["label"] + list(extra))
+        for i, (row, y) in enumerate(zip(x, labels)):
+            w.writerow([f"{v:.6f}" for v in row] + [y] + [extra[k][i] for k in extra])
+    return path
+
+
+def linear_target(n=240, seed=0):
+    """A target far from 0 and far from unit scale: predictions in standard units would miss it."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    y = 1000 + x @ np.array([50.0, -20.0, 10.0, 0.0]) + rng.normal(scale=2.0, size=n)
+    return x, y
+
+
+def fit(data, out, **kw):
+    kw.setdefault("model", MODEL)
+    return rehead.fit(data, out, progress=False, echo=lambda *a: None, **kw)
+
+
+# -- regression ----------------------------------------------------------------------------------
+def test_regression_recovers_a_linear_target_in_its_own_units(tmp_path, one_thread):
+    x, y = linear_target()
+    csv_path = write_table(tmp_path / "reg.csv", x, [f"{v:.4f}" for v in y])
+    run = fit(csv_path, tmp_path / "run", task="regression")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["val_r2"] > 0.9 and s["val_acc"] is None and s["head_solver"]["solver"].startswith("ridge")
+    items, labels = run.val_split()
+    res = run.evaluate(items, labels)
+    assert res["r2"] > 0.9 and res["rmse"] < 0.3 * np.std(y)
+    rows = run.predict(items[:20])
+    pred = np.array([r["value"] for r in rows])
+    assert abs(pred.mean() - 1000) < 30  # the user's units, not the standardised target
+    assert np.abs(pred - np.array(labels[:20])).mean() < 0.3 * np.std(y)
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert {"val_rmse", "val_mae", "val_r2"} <= set(header.split(",")) and "val_acc" not in header
+
+
+def test_regression_run_loads_back_and_evaluates_a_new_csv(tmp_path, one_thread):
+    x, y = linear_target()
+    fit(write_table(tmp_path / "reg.csv", x, [f"{v:.4f}" for v in y]), tmp_path / "run", task="regression")
+    x2, y2 = linear_target(n=60, seed=1)
+    run = rehead.Run(tmp_path / "run")
+    assert run.task == "regression" and run.target["mean"] == pytest.approx(np.mean(y), rel=0.05)
+    res = run.evaluate(str(write_table(tmp_path / "new.csv", x2, [f"{v:.4f}" for v in y2])))
+    assert res["n"] == 60 and res["r2"] > 0.8
+    assert "r2=" in repr(run) and "task='regression'" in repr(run)
+
+
+def test_regression_trained_by_gradient_keeps_the_lowest_val_loss_epoch(tmp_path, one_thread):
+    x, y = linear_target()
+    run = fit(write_table(tmp_path / "reg.csv", x, [f"{v:.4f}" for v in y]), tmp_path / "run",
+              task="regression", strategy="head", head="mlp", hidden=16, epochs=6, lr=0.1, schedule="constant",
+              batch_size=8)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert best is not rows[-1]  # a too-high LR: the last epoch is not the best, so keeping the best shows
+    s = run.summary
+    assert s["best_epoch"] == int(best["global_epoch"])
+    assert s["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-4)
+    assert run.evaluate(*run.val_split())["rmse"] == pytest.approx(float(best["val_rmse"]), rel=1e-3)
+
+
+def test_a_non_numeric_regression_label_stops_before_the_run_directory(tmp_path):
+    x, y = linear_target(n=30)
+    labels = [f"{v:.3f}" for v in y]
+    labels[6] = "tall"
+    bad = write_table(tmp_path / "bad.csv", x, labels)
+    with pytest.raises(DataError, match=r"row 7 .*'tall', not a number"):
+        fit(bad, tmp_path / "run", task="regression")
+    assert not (tmp_path / "run").exists()
+
+
+def test_regression_drops_empty_labels_and_splits_without_stratifying(tmp_path):
+    x, y = linear_target(n=50)
+    labels = [f"{v:.3f}" for v in y]
+    labels[3] = labels[9] = ""
+    ds = load_dataset(write_table(tmp_path / "r.csv", x, labels), task="regression", val_fraction=0.2)
+    assert ds.classes == ["label"] and len(ds.train) + len(ds.val) == 48 and len(ds.val) == 10
+    assert all(isinstance(v, float) for v in ds.train.labels)
+    assert "2 row(s) with an empty label were left out" in " ".join(ds.info["warnings"])
+    assert "not stratified" in ds.info["split"]
+
+
+def test_class_folders_are_a_clear_error_for_multilabel(tmp_path):
+    from PIL import Image
+    for c in "ab":
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "imgs" / c / f"{i}.png")
+    with pytest.raises(DataError, match="--task multilabel needs its labels in a CSV column"):
+        load_dataset(tmp_path / "imgs", task="multilabel")
+
+
+# -- multilabel ------------------------------------------------------------------------------------
+def multilabel_table(n=240, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    labels = []
+    for r in x:
+        tags = [t for t, on in (("red", r[0] > 0), ("round", r[1] > 0.3), ("big", r[2] < -0.3)) if on]
+        labels.append(" | ".join(tags) if tags else "plain")
+    return x, labels
+
+
+def test_multilabel_csv_trains_and_predict_returns_label_sets(tmp_path, one_thread):
+    x, labels = multilabel_table()
+    run = fit(write_table(tmp_path / "ml.csv", x, labels), tmp_path / "run", task="multilabel")
+    assert run.classes == ["big", "plain", "red", "round"]
+    res = run.evaluate(*run.val_split())
+    assert res["micro_f1"] > 0.8 and res["map"] > 0.85 and set(res["per_label"]) == set(run.classes)
+    rows = run.predict([list(r) for r in x[:40]])
+    assert all(set(r["labels"]) == {c for c, p in r["probs"].items() if p >= 0.5} for r in rows)
+    right = sum(set(r["labels"]) == {t.strip() for t in y.split("|")} for r, y in zip(rows, labels[:40]))
+    assert right >= 30  # exact label sets, on the training rows of a learnable rule
+    again = rehead.Run(tmp_path / "run")
+    assert again.task == "multilabel" and again.evaluate(*again.val_split())["map"] == pytest.approx(res["map"])
+
+
+def test_split_json_round_trips_label_sets_and_numbers(tmp_path):
+    """--resume rebuilds the data from split.json: label sets and numbers come back as they were."""
+    from rehead.data import dataset_from_split
+    x, labels = multilabel_table(n=60)
+    ds = load_dataset(write_table(tmp_path / "ml.csv", x, labels), task="multilabel")
+    back = dataset_from_split(json.loads(json.dumps(ds.to_split())))
+    assert back.task == "multilabel" and back.train.labels == ds.train.labels
+    assert all(isinstance(ys, list) for ys in back.train.labels)
+    x, y = linear_target(n=40)
+    ds = load_dataset(write_table(tmp_path / "r.csv", x, [f"{v:.4f}" for v in y]), task="regression")
+    back = dataset_from_split(json.loads(json.dumps(ds.to_split())))
+    assert back.task == "regression" and back.val.labels == ds.val.labels and back.classes == ["label"]
+
+
+# -- class weights, label smoothing ------------------------------------------------------------------
+def test_balanced_class_weights_are_n_over_k_count_and_change_the_loss():
+    from rehead.tasks import balanced_weights, loss_for
+    labels = [0] * 8 + [1] * 2
+    w = balanced_weights(labels, "multiclass", 2)
+    assert w.tolist() == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]]), torch.tensor([1, 1, 0])
+    plain, weighted = loss_for("multiclass")(logits, y), loss_for("multiclass", class_weights=w)(logits, y)
+    manual = torch.nn.functional.cross_entropy(logits, y, weight=w)
+    assert weighted == pytest.approx(float(manual)) and abs(float(weighted) - float(plain)) > 1e-3
+    smooth = loss_for("multiclass", label_smoothing=0.2)(logits, y)
+    assert abs(float(smooth) - float(plain)) > 1e-3
+
+
+def test_balanced_class_weights_change_the_solved_head(tmp_path, one_thread):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    labels = ["rare" if v > 1.0 + 0.5 * rng.normal() else "common" for v in x[:, 0]]
+    data = write_table(tmp_path / "imb.csv", x, labels)
+    plain = fit(data, tmp_path / "plain")
+    balanced = fit(data, tmp_path / "bal", class_weight="balanced")
+    w0, w1 = plain.model.head[-1].weight, balanced.model.head[-1].weight
+    assert not torch.allclose(w0, w1, atol=1e-3)
+    items, y = plain.val_split()
+    rare = plain.classes.index("rare")
+    recall = [np.mean([p == rare for p, t in zip(r.evaluate(items, y)["predictions"], y) if t == rare])
+              for r in (plain, balanced)]
+    assert recall[1] >= recall[0]  # weighing the rare class up does not lose it
+
+
+def test_task_options_are_checked_when_the_config_is_built():
+    with pytest.raises(ConfigError, match="--task must be one of"):
+        FitConfig(task="ranking")
+    with pytest.raises(ConfigError, match="--label-smoothing must be in"):
+        FitConfig(label_smoothing=1.0)
+    with pytest.raises(ConfigError, match="not to --task regression"):
+        FitConfig(task="regression", class_weight="balanced")
+    old = FitConfig().to_dict()
+    for k in ("task", "class_weight", "label_smoothing"):
+        old.pop(k)
+    assert FitConfig.from_dict(old).task == "multiclass"  # config.yaml written before tasks existed
+
+
+def test_best_weights_score_does_not_assume_an_accuracy():
+    from rehead.train.callbacks import score
+    assert score({"val_loss": 0.2}) > score({"val_loss": 0.3})
+    assert score({"val_acc": 0.9, "val_loss": 0.5}) > score({"val_acc": 0.8, "val_loss": 0.1})
+
+
+def test_an_image_csv_with_numbers_trains_a_regression(tmp_path, tiny_spec, one_thread):
+    """path,label with a number: the label column of any CSV modality, here images whose
+    brightness is the target; the live (head) path collates float targets too."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(60):
+        level = float(rng.uniform(20, 235))
+        px = np.clip(level + rng.normal(0, 8, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(px).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{level:.2f}")
+    data = tmp_path / "bright.csv"
+    data.write_text("path,label\n" + "\n".join(rows) + "\n")
+    run = fit(data, tmp_path / "run", model=tiny_spec, task="regression", strategy="extract")
+    assert run.summary["val_r2"] > 0.5
+    value = run.predict([str(tmp_path / "img" / "0.png")])[0]["value"]
+    assert 0 < value < 255  # brightness units
+    live = fit(data, tmp_path / "live", model=tiny_spec, task="regression", strategy="head", epochs=2)
+    assert np.isfinite(live.summary["val_rmse"])
+
+
+def test_a_two_phase_multilabel_fit_keeps_the_phase_of_lowest_val_loss(tmp_path, one_thread):
+    x, labels = multilabel_table()
+    run = fit(write_table(tmp_path / "ml.csv", x, labels), tmp_path / "run", task="multilabel",
+              strategy="finetune", epochs=2)
+    s = run.summary
+    phases = s["phases"]
+    assert len(phases) == 2 and all(p["best_val_acc"] is None for p in phases)
+    best = min(phases, key=lambda p: p["best_val_loss"])
+    assert s["kept_phase"] == best["phase"] and s["val_loss"] == pytest.approx(best["best_val_loss"])
+    assert {"val_micro_f1", "val_macro_f1", "val_map"} <= set(s)
