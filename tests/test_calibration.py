@@ -148,6 +148,19 @@ def test_tta_averages_the_probabilities_of_each_image_and_its_flip(image_run):
     assert res["tta"] is True and 0 <= res["ece"] <= 1
 
 
+
+def test_an_ensemble_averages_its_members_flips_without_their_temperature(image_run, tmp_path):
+    from rehead.ensemble import Ensemble, make_ensemble
+    from rehead.run import Run
+    twin = tmp_path / "twin"
+    shutil.copytree(image_run.dir, twin, ignore=shutil.ignore_patterns(".lock"))
+    ens = Ensemble(make_ensemble([image_run.dir, twin], tmp_path / "ens"))
+    run, paths = Run(image_run.dir), image_run.images[:4]
+    got = ens.probs(paths, tta=True)[0].log()  # compared as log-probabilities: T = 1 saturates them
+    assert ens.temperature == 1.0
+    assert torch.allclose(got, run.probs(paths, tta=True, calibrated=False)[0].log(), atol=1e-4)
+    assert not torch.allclose(got, run.probs(paths, calibrated=False)[0].log(), atol=1e-2)
+
 def test_evaluate_prints_calibration_and_the_report_has_a_reliability_diagram(image_run):
     from typer.testing import CliRunner
     from rehead.cli import app
