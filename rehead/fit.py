@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import zoo
+from .calibration import calibrate, is_multiclass, summary_line
 from .config import DEFAULT_MODEL, ConfigError, FitConfig
 from .data import DataError, Dataset, pipeline
 from .data.inputs import as_dataset
@@ -319,10 +320,16 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
     run_obj.inference_precision = summary["inference_precision"] = _inference_precision(trainer, recipe, features)
+    if is_multiclass(cfg):  # before the test split is scored, so that its figures use T
+        summary["calibration"] = calibrate(run, *_val_logits(run_obj, model, ds, cfg, features, only_features))
+        echo(summary_line(summary["calibration"]))
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.
         res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size)
         summary.update({f"test_{k}": res["accuracy" if k == "acc" else k] for k in headline(cfg.task)}, test_n=res["n"])
+        if "ece" in res:  # held out from both training and the temperature: the fair calibration figures
+            summary.update(test_ece=res["ece"], test_ece_uncalibrated=res["ece_uncalibrated"],
+                           test_nll=res["nll"], test_nll_uncalibrated=res["nll_uncalibrated"])
     run.write_json("summary.json", summary)
     run.remove("checkpoint.pt", "best.safetensors")
     _report_end(echo, summary, ds, run.path)
@@ -334,6 +341,20 @@ def _inference_precision(trainer, recipe, features) -> str:
     pi = (trainer.kept or {}).get("phase_index")
     on_features = features is not None and pi is not None and recipe.phases[int(pi)].on_features
     return feature_precision(extraction_device()) if on_features else "fp32"
+
+
+def _val_logits(run_obj: Run, model, ds: Dataset, cfg: FitConfig, features, only_features: bool):
+    """The kept weights' val logits and labels: from the cached features when the backbone never
+    trained (no second pass over the images), else one pass of the run's model over val."""
+    if features is not None and only_features:
+        x, y = features[1].x, features[1].y
+        head = model.head.eval()
+        dev = next(head.parameters()).device
+        with torch.inference_mode():
+            return torch.cat([head(x[s:s + 4096].to(dev).float()).float().cpu()
+                              for s in range(0, len(x), 4096)] or [torch.empty(0, len(ds.classes))]), y
+    logits, kept, _ = run_obj.logits(ds.val.items, batch_size=cfg.batch_size, workers=cfg.workers)
+    return logits, [ds.val.labels[i] for i in kept]
 
 
 def _check_checkpoint(state: dict, model, path: Path) -> None:

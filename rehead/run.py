@@ -6,6 +6,7 @@
     metrics.csv        one row per epoch
     model.safetensors  prefix + head weights (the whole TransferModel)
     summary.json       final figures
+    temperature.json   T fitted on val: probabilities are softmax(logits / T) (absent: T = 1)
 
 Every file is written by ``rehead.rundir.RunDir``; this module only reads.
 """
@@ -105,39 +106,47 @@ class Run:
         p = self.dir / "summary.json"
         return read_json(p) if p.exists() else {}
 
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on val at the end of the fit (temperature.json); 1.0 for a run
+        without one, and for runs that are not multiclass."""
+        from .calibration import is_multiclass, read_temperature
+        return read_temperature(self.dir) if is_multiclass(self.config) else 1.0
+
     # -- inference -----------------------------------------------------------------------
     def logits(self, items: list, batch_size: int = 32, workers: int = 0, progress: bool = False):
         """Logits for items (paths, texts, table rows, PIL images or image tensors);
-        returns (logits (N_kept, C), kept indices, skipped items)."""
-        from tqdm.auto import tqdm
-        from .data import pipeline
-        items = list(items)
-        if items and _in_memory_images(items):
-            return self._image_logits(items, batch_size)
-        pipe = pipeline(self.modality)
-        loader = pipe.make_loader(self.model.backbone, items, None, batch_size=batch_size, workers=workers)
-        outs, kept = [], []
-        with torch.inference_mode():
-            for idx, x, _ in tqdm(loader, disable=not progress, desc="predict", leave=False):
-                if len(idx):
-                    outs.append(self._forward(x))
-                    kept.extend(idx.tolist())
-        logits = torch.cat(outs) if outs else torch.empty(0, len(self.classes))
-        kept_set = set(kept)
-        skipped = [items[i] for i in range(len(items)) if i not in kept_set]
-        return logits, kept, skipped
+        returns (logits (N_kept, C), kept indices, skipped items). Raw: no temperature, no flip."""
+        views, kept, skipped = self._views(items, batch_size=batch_size, workers=workers, progress=progress)
+        return views[0], kept, skipped
 
-    def _image_logits(self, items: list, batch_size: int):
-        """PIL images go through the run's own eval transform; tensors are taken as preprocessed."""
-        from PIL import Image
-        from .data.images import eval_transform
-        tf = eval_transform(self.model.backbone.data_config)
-        xs = [tf(i.convert("RGB")) if isinstance(i, Image.Image) else i for i in items]
-        out = []
+    def probs(self, items: list, tta: bool = False, calibrated: bool = True, **kw):
+        """Class probabilities softmax(logits / T), T the run's temperature (``calibrated=False``:
+        T = 1); ``tta``: the mean of the image's and its horizontal flip's probabilities.
+        Returns (probs (N_kept, C), kept indices, skipped items)."""
+        from .calibration import scaled_probs
+        views, kept, skipped = self._views(items, tta=tta, **kw)
+        return scaled_probs(views, self.temperature if calibrated else 1.0).float(), kept, skipped
+
+    def _views(self, items: list, tta: bool = False, batch_size: int = 32, workers: int = 0,
+               progress: bool = False):
+        """([logits] or, with ``tta``, [logits, logits of the horizontally flipped images], kept, skipped)."""
+        from tqdm.auto import tqdm
+        if tta:
+            self.check_tta()
+        items = list(items)
+        batches, skipped_of = self._batches(items, batch_size, workers)
+        outs = ([], []) if tta else ([],)
+        kept = []
         with torch.inference_mode():
-            for s in range(0, len(xs), batch_size):
-                out.append(self._forward(torch.stack(xs[s:s + batch_size])))
-        return torch.cat(out), list(range(len(items))), []
+            for idx, x in tqdm(batches, disable=not progress, desc="predict", leave=False):
+                if len(idx):
+                    outs[0].append(self._forward(x))
+                    if tta:  # images are (N, C, H, W): flipping W after the centre crop flips the crop
+                        outs[1].append(self._forward(x.flip(-1)))
+                    kept.extend(idx)
+        views = [torch.cat(o) if o else torch.empty(0, len(self.classes)) for o in outs]
+        return views, kept, skipped_of(kept)
 
     def _forward(self, x) -> torch.Tensor:
         from .precision import autocast, device_of, feature_precision
@@ -151,16 +160,42 @@ class Run:
             return m.head(f.float()).float()
         return m(x).float()
 
-    def predict(self, items, top_k: int = 3, **kw) -> list[dict]:
+    def check_tta(self) -> None:
+        """Flip TTA is for images: any other run stops here, before any work."""
+        if self.modality != "image":
+            raise BadRun(f"--tta averages each image with its horizontal flip: {self.dir} is a {self.modality} "
+                         "run, which has no flip; leave --tta out")
+
+    def _batches(self, items: list, batch_size: int, workers: int):
+        """(index list, model input) batches, and a function naming the items no batch kept."""
+        if items and _in_memory_images(items):  # PIL images through the run's eval transform; tensors as given
+            from PIL import Image
+            from .data.images import eval_transform
+            tf = eval_transform(self.model.backbone.data_config)
+            xs = [tf(i.convert("RGB")) if isinstance(i, Image.Image) else i for i in items]
+            batches = [(list(range(s, min(s + batch_size, len(xs)))), torch.stack(xs[s:s + batch_size]))
+                       for s in range(0, len(xs), batch_size)]
+        else:
+            from .data import pipeline
+            loader = pipeline(self.modality).make_loader(self.model.backbone, items, None, batch_size=batch_size,
+                                                         workers=workers)
+            batches = ((idx.tolist(), x) for idx, x, _ in loader)
+
+        def skipped_of(kept: list) -> list:
+            kept_set = set(kept)
+            return [items[i] for i in range(len(items)) if i not in kept_set]
+        return batches, skipped_of
+
+    def predict(self, items, top_k: int = 3, tta: bool = False, **kw) -> list[dict]:
         """One row per item, unreadable items marked: multiclass, the top-k labels with
-        probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and each label's
-        probability (``probs``); regression, the predicted ``value`` in the target's units."""
+        (calibrated) probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and
+        each label's probability (``probs``); regression, the predicted ``value`` in the target's units."""
         if isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
             items = [items]
-        logits, kept, skipped = self.logits(items, **kw)
         if self.task != "multiclass":
-            return self._predict_task(items, logits, kept, skipped)
-        probs = logits.softmax(1)
+            views, kept, skipped = self._views(items, tta=tta, **kw)
+            return self._predict_task(items, torch.stack(views).mean(0), kept, skipped)
+        probs, kept, skipped = self.probs(items, tta=tta, **kw)
         if not torch.isfinite(probs).all():
             raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
         k = min(top_k, len(self.classes))
@@ -208,24 +243,29 @@ class Run:
         keys = ("text_column", "label_column", "id_columns", "split_column", "missing")
         return {k: fit[k] for k in keys if k in fit} or dict((self.config.get("args") or {}).get("data_kw") or {})
 
-    def _metrics(self, items, labels, info: dict, **kw) -> dict:
+    def _metrics(self, items, labels, info: dict, tta: bool = False, **kw) -> dict:
         from sklearn.metrics import classification_report, confusion_matrix
-        logits, kept, skipped = self.logits(items, **kw)
-        if self.task != "multiclass":
-            return self._task_metrics(items, labels, logits, kept, skipped, info)
-        y = np.array([labels[i] for i in kept])
-        pred = logits.argmax(1).numpy()
+        from .calibration import ece, nll, scaled_probs
+        views, kept, skipped = self._views(items, tta=tta, **kw)
+        if self.task != "multiclass":  # with --tta: the mean of both views' outputs
+            return self._task_metrics(items, labels, torch.stack(views).mean(0), kept, skipped, info)
+        t = self.temperature
+        probs, raw = scaled_probs(views, t), scaled_probs(views, 1.0)
+        y = np.array([labels[i] for i in kept], dtype=np.int64)
+        pred = probs.argmax(1).numpy()
         names = list(range(len(self.classes)))
         rep = classification_report(y, pred, labels=names, target_names=self.classes, output_dict=True,
                                     zero_division=0)
         return {"n": len(kept), "skipped": len(skipped), "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+                "ece": ece(probs, y), "ece_uncalibrated": ece(raw, y), "nll": nll(probs, y),
+                "nll_uncalibrated": nll(raw, y), "temperature": t, "tta": tta,
                 "per_class": {c: {m: float(rep[c][m]) for m in ("precision", "recall", "f1-score", "support")}
                               for c in self.classes},
                 "confusion_matrix": confusion_matrix(y, pred, labels=names).tolist(),
                 "classes": self.classes, **info,
                 "predictions": pred.tolist(), "targets": y.tolist(),
                 "items": [_name(items[i], i) for i in kept],
-                "probs": logits.softmax(1).max(1).values.tolist()}
+                "probs": probs.max(1).values.tolist(), "probs_uncalibrated": raw.max(1).values.tolist()}
 
     def _task_metrics(self, items, labels, out, kept, skipped, info) -> dict:
         """Regression: RMSE, MAE, R² in the target's units. Multilabel: per-label F1 at 0.5 and

@@ -1,12 +1,17 @@
 """Shared fixtures: tiny models built here, generated images, the real data when present."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# Features in fp32 on every machine (module-scoped fixtures and subprocesses included), so exact
+# comparisons hold whether or not this CPU has bf16; tests/test_precision.py checks the bf16 path.
+os.environ["REHEAD_FEATURE_PRECISION"] = "fp32"
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -21,9 +26,6 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REHEAD_CACHE", str(tmp_path / "cache"))
-    # Features in fp32 on every machine, so exact comparisons hold whether or not this CPU has bf16
-    # (subprocesses inherit it); tests/test_precision.py checks the bf16 path itself.
-    monkeypatch.setenv("REHEAD_FEATURE_PRECISION", "fp32")
     torch.manual_seed(0)
 
 

@@ -2,9 +2,9 @@
 script, no stylesheet or font fetched, so it opens offline and can be mailed as one file.
 
 What a report shows depends on the run's ``kind`` (config.yaml): a fit run gets its
-learning curves, LR finder, confusion matrix and a gallery of val predictions; probe,
-rank and compare runs get their results table and plot. The plots are also written
-next to the report as PNG files.
+learning curves, LR finder, confusion matrix, calibration (a reliability diagram) and a gallery
+of val predictions; probe, rank and compare runs get their results table and plot. The plots are
+also written next to the report as PNG files.
 """
 from __future__ import annotations
 
@@ -136,8 +136,36 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
                  for c, m in res["per_class"].items()]
     secs = [("Confusion matrix", f"<p>accuracy <b>{res['accuracy']:.4f}</b> on {res['n']} val samples</p>"
              + img(p, "confusion matrix") + table(per_class, left=("class",)))]
+    if "ece" in res:
+        secs.append(("Calibration", _calibration(d, res)))
     secs.append(("Validation predictions", _gallery(res, run.modality, gallery)))
     return secs
+
+
+def _calibration(d: Path, res: dict) -> str:
+    """ECE before / after the run's temperature on val, a reliability diagram, and the held-out
+    test figures when the fit had a test split: val is where T was fitted, so its figures flatter."""
+    from ..calibration import reliability
+    correct = [p == t for p, t in zip(res["predictions"], res["targets"])]
+    t = res["temperature"]
+    p = plots.plot_reliability(reliability(res["probs_uncalibrated"], correct), reliability(res["probs"], correct),
+                               t, d / "reliability.png")
+    s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    cal = s.get("calibration") or {}
+    if t != 1.0:
+        where = ("<p class='muted'>figures from the <b>val</b> split, the split T was fitted on: the calibrated "
+                 "ECE is optimistic. Held-out data measures it fairly: <code>rehead evaluate RUN DATA</code>.</p>")
+    else:
+        where = ("<p class='muted'>figures from the <b>val</b> split; no temperature applied (T = 1): "
+                 + escape(cal.get("reason") or "the run has no temperature.json") + ".</p>")
+    html = (f"<p>temperature <b>{t:.3f}</b>; val ECE <b>{res['ece_uncalibrated']:.4f}</b> uncalibrated, "
+            f"<b>{res['ece']:.4f}</b> with T; NLL {res['nll_uncalibrated']:.4f} &rarr; {res['nll']:.4f} "
+            f"({res['n']} samples, 15 equal-width bins, top label)</p>" + where)
+    if "test_ece" in s:
+        html += (f"<p>held-out <b>test</b> split (scored once at the end of the fit): ECE "
+                 f"{s['test_ece_uncalibrated']:.4f} uncalibrated, <b>{s['test_ece']:.4f}</b> with T; NLL "
+                 f"{s['test_nll_uncalibrated']:.4f} &rarr; {s['test_nll']:.4f} ({s.get('test_n')} samples)</p>")
+    return html + img(p, "reliability diagram")
 
 
 def _gallery(res: dict, modality: str, limit: int) -> str:

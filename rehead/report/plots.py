@@ -153,3 +153,28 @@ def plot_scatter(y_true, y_pred, name: str, path) -> Path:
     ax.grid(alpha=0.3)
     ax.set_title("predicted vs true (val)", fontsize=10)
     return _save(fig, path)
+
+
+def plot_reliability(before: list[dict], after: list[dict], temperature: float, path, split: str = "val") -> Path:
+    """Reliability diagrams (top-label accuracy per confidence bin against the diagonal), without
+    and with the run's temperature, each with its ECE."""
+    from ..calibration import ece_of_bins
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for ax, bins, name in ((axes[0], before, "uncalibrated (T = 1)"), (axes[1], after, f"T = {temperature:.3f}")):
+        full = [b for b in bins if b["n"]]
+        w = bins[0]["hi"] - bins[0]["lo"]
+        ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=w, align="edge", color=BLUE,
+               edgecolor="white", label="accuracy")
+        ax.bar([b["lo"] for b in full], [b["confidence"] - b["accuracy"] for b in full],
+               bottom=[b["accuracy"] for b in full], width=w, align="edge", color=RED, alpha=0.35,
+               label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top label)")
+        ax.set_title(f"{name}: ECE {ece_of_bins(bins):.4f}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"reliability on {split} ({sum(b['n'] for b in before)} samples, {len(before)} bins)", fontsize=10)
+    return _save(fig, path)
