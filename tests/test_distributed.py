@@ -96,3 +96,21 @@ def test_fit_with_processes_matches_one_process(tiny_spec, tmp_path, one_thread)
 def test_processes_option_is_not_passed_on():
     assert strip_option(["probe", "d", "--processes", "2", "-q", "--processes=3", "--processesx"],
                         "--processes") == ["probe", "d", "-q", "--processesx"]
+
+
+def test_rank_without_cache_shares_rows_between_processes(tiny_spec, tmp_path, one_thread):
+    # no store to meet in: each process's rows are gathered through accelerate (gather_object)
+    from rehead.experiments import quiet
+    from rehead.experiments.rank import rank
+    img = make_images(tmp_path / "img", n=10)
+    _run([sys.executable, "-m", "rehead", "rank", str(img), "--models", f"{tiny_spec},{tiny_spec}@3",
+          "--out", str(tmp_path / "r2"), "--batch-size", "4", "--no-cache", "--no-report", "-q",
+          "--processes", "2"], tmp_path / "c2")
+    one = rank(img, [tiny_spec, f"{tiny_spec}@3"], out=tmp_path / "r1", batch_size=4, use_cache=False,
+               progress=False, echo=quiet)
+    two = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert [(x["model"], x["probe_val_acc"]) for x in two["rows"]] == \
+        [(x["model"], x["probe_val_acc"]) for x in one["rows"]]
+    # --processes gives each process cores/2 threads: on a machine with more than 2 cores, not this test's 1
+    assert [x["logme"] for x in two["rows"]] == pytest.approx([x["logme"] for x in one["rows"]], rel=1e-5)
+    assert not (tmp_path / "c2").exists()  # nothing went through a store
