@@ -63,13 +63,15 @@ def gather(obj, st) -> list:
 # -- --processes N: the command relaunches itself under accelerate's launcher ------------------------
 def relaunch(n: int, argv: list[str] | None = None) -> int:
     """Run this ``rehead`` command again in ``n`` processes through ``accelerate launch`` (without
-    ``--processes``); returns their exit status. CPU processes get ``cores // n`` threads each."""
+    ``--processes``); returns their exit status. One process per GPU; CPU processes (no GPU, or
+    ACCELERATE_USE_CPU=true) get ``cores // n`` threads each."""
     argv = list(sys.argv[1:] if argv is None else argv)
     import torch
-    gpus = torch.cuda.device_count()
+    from accelerate.utils import parse_flag_from_env
+    gpus = 0 if parse_flag_from_env("ACCELERATE_USE_CPU") else torch.cuda.device_count()
     if gpus and n > gpus:
         raise ValueError(f"--processes {n} asks for more processes than the {gpus} GPU(s) here: "
-                         f"give at most {gpus}, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to use CPU processes")
+                         f"give at most {gpus}, or set ACCELERATE_USE_CPU=true for CPU processes")
     threads = max(1, (os.cpu_count() or 1) // n)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -79,6 +79,8 @@ def _config(config: FitConfig | None, options: dict) -> FitConfig:
 
 def _accelerator(precision: str = "no"):
     from accelerate import Accelerator
+    from .distributed import state
+    state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
     return Accelerator(mixed_precision=precision)
 
 
