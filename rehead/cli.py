@@ -68,6 +68,26 @@ def guarded(fn):
     return wrapper
 
 
+PROCESSES_HELP = ("extract features in N processes (one per GPU, else CPU processes with cores/N threads each), "
+                  "through accelerate's launcher; --workers stays the data-loading processes of each")
+
+
+def relaunched(processes: int) -> bool:
+    """``--processes N`` (N > 1): run this command again in N processes under ``accelerate launch``
+    and exit with their status. False: run it here, in this process."""
+    if processes < 1:
+        fail(f"--processes must be at least 1, not {processes}")
+    if processes == 1:
+        return False
+    from .distributed import launched, relaunch
+    if launched():
+        fail("--processes starts its own processes: leave it out under accelerate launch")
+    code = relaunch(processes)
+    if code:
+        raise typer.Exit(code)
+    return True
+
+
 @app.command()
 @guarded
 def models(as_json: bool = typer.Option(False, "--json")):
@@ -135,11 +155,14 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
          out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/<data name>)"),
          overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
          resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run directory"),
-         quiet: bool = typer.Option(False, "--quiet", "-q"), **options):
+         quiet: bool = typer.Option(False, "--quiet", "-q"),
+         processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP), **options):
     """Train a new head (and as much of the backbone as the strategy says) on DATA."""
     from .config import FitConfig
     if data is None and not resume:
         fail("give DATA (a folder or CSV), or --resume RUN_DIR")
+    if relaunched(processes):
+        return
     out = resume or out or f"runs/{Path(data.split('{')[0].rstrip('-_') or data).stem}"
     cfg = None if resume else FitConfig(**options)  # every option checked before torch is even imported
     from .fit import fit as run_fit

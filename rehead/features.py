@@ -96,34 +96,43 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     """Features of ``items`` after each cut: ``({cut: (N_kept, D)}, kept indices, skipped items)``.
 
     Only samples missing from the cache (or failing its checks) go through the backbone, once,
-    for all cuts, in ``rehead.precision.feature_precision`` (bf16 where the hardware has it). Their features are written in shards as they come, so a killed extraction
-    resumes from the last finished shard.
+    for all cuts, in ``rehead.precision.feature_precision`` (bf16 where the hardware has it). Their
+    features are written in shards as they come, so a killed extraction
+    resumes from the last finished shard. Under ``accelerate launch`` every process calls this with
+    the same items: each computes its share of the missing samples, and all return everything
+    (``rehead.distributed``).
     """
+    from . import distributed
     from .data import pipeline
     pipe = pipeline(backbone.modality)
-    device = extraction_device()
+    st = distributed.state()
+    # launched: each process on its own device (its GPU; with CPU processes, the CPU); else the GPU if any
+    device = st.device if st.num_processes > 1 else extraction_device()
     precision = feature_precision(device)
     cuts = sorted(set(cuts))
     keys, mkeys, hits = None, {}, {}
     ok = np.zeros(len(items), dtype=bool)
     if cache:
-        keys = [pipe.sample_key(item, cache, backbone) for item in items]
-        cache.flush()
+        keys = distributed.split_map(lambda part: _sample_keys(pipe, part, cache, backbone), items, st)
         mkeys = {k: cache.model_key(backbone, k, precision) for k in cuts}
         hits = {k: cache.read(mkeys[k], keys) for k in cuts}
         ok = np.logical_and.reduce([h[1] for h in hits.values()])
+        if st.num_processes > 1:
+            st.wait_for_everyone()  # every process has read the store before any writes to it: one split
     todo = np.flatnonzero(~ok).tolist()
+    mine = distributed.batch_share(todo, batch_size, st)
     computed: dict[int, dict[int, np.ndarray]] = {k: {} for k in cuts}
-    skipped: list[str] = []
-    if todo:
+    skipped: list[int] = []
+    if mine:
         writers = {k: cache.writer(mkeys[k]) for k in cuts} if cache else {}
         try:
             home = device_of(backbone)
-            try:  # on the GPU when there is one; the caller gets its backbone back where it was
+            try:  # the caller gets its backbone back where it was
                 backbone.to(device)
                 with autocast(device, precision):
-                    seen = _forward(backbone, pipe, items, todo, cuts, keys, computed, writers,
-                                    dict(batch_size=batch_size, workers=workers, strict=strict), progress, desc)
+                    seen = _forward(backbone, pipe, items, mine, cuts, keys, computed, writers,
+                                    dict(batch_size=batch_size, workers=workers, strict=strict),
+                                    progress and st.is_local_main_process, desc, device)
             finally:
                 backbone.to(home)
             for w in writers.values():
@@ -131,17 +140,52 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
         except BaseException:
             _flush_quietly(writers)  # keep what was computed: the next run resumes from it
             raise
-        skipped = [str(items[todo[j]]) for j in range(len(todo)) if j not in seen]
+        skipped = [mine[j] for j in range(len(mine)) if j not in seen]
+    if st.num_processes > 1 and todo:  # todo is the same on every process: all exchange, or none
+        hits, ok, computed, skipped = _exchange(st, cache, mkeys, keys, cuts, computed, skipped, ok)
     kept = sorted(set(np.flatnonzero(ok).tolist()) | set(computed[cuts[0]]))
     out = {k: _assemble(hits.get(k, (None, None))[0], computed[k], kept) for k in cuts}
-    return out, kept, skipped
+    return out, kept, [str(items[i]) for i in skipped]
 
 
-def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_kw, progress, desc) -> set:
-    """Run the ``todo`` items through the backbone; fills ``computed`` and the shard writers."""
+def _sample_keys(pipe, items: list, cache: FeatureCache, backbone) -> list[str]:
+    keys = [pipe.sample_key(item, cache, backbone) for item in items]
+    cache.flush()
+    return keys
+
+
+def _exchange(st, cache, mkeys, keys, cuts, computed, skipped, ok):
+    """After every process extracted its share: the store read again (it now holds every process's
+    shards), plus what it cannot hold (everything without a cache; non-finite rows, never stored)
+    and the unreadable items, from every process. Returns (hits, ok, computed, skipped) for all samples."""
+    from .distributed import gather
+    unstored = {i: {k: computed[k][i] for k in cuts} for i in computed[cuts[0]]
+                if cache is None or not all(np.isfinite(computed[k][i]).all() for k in cuts)}
+    st.wait_for_everyone()  # every shard is written and indexed
+    parts = gather((skipped, unstored), st)
+    skipped = sorted(i for sk, _ in parts for i in sk)
+    merged: dict[int, dict[int, np.ndarray]] = {k: {} for k in cuts}
+    for _, rows in parts:
+        for i, per_cut in rows.items():
+            for k in cuts:
+                merged[k][i] = per_cut[k]
+    if cache is None:
+        return {}, ok, merged, skipped
+    hits = {k: cache.read(mkeys[k], keys) for k in cuts}
+    ok = np.logical_and.reduce([h[1] for h in hits.values()])
+    have = ok.copy()
+    have[list(merged[cuts[0]]) + skipped] = True
+    if not have.all():
+        raise CacheError(f"{int((~have).sum())} sample(s) extracted by another process could not be read back "
+                         f"from the feature cache at {cache.root}: run again (they are recomputed), or pass --no-cache")
+    return hits, ok, merged, skipped
+
+
+def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_kw, progress, desc, device) -> set:
+    """Run the ``todo`` items through the backbone (already on ``device``); fills ``computed`` and the
+    shard writers."""
     from accelerate.utils import send_to_device
     backbone.eval()
-    device = device_of(backbone)
     loader = pipe.make_loader(backbone, [items[i] for i in todo], None, **loader_kw)
     bar = tqdm(total=len(todo), desc=desc, unit=pipe.unit, disable=not progress)
     seen = set()
@@ -154,10 +198,9 @@ def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_
                     i = todo[local]
                     seen.add(local)
                     for k in cuts:
-                        v = out[k][j]
-                        computed[k][i] = v
+                        computed[k][i] = out[k][j]
                         if writers:
-                            writers[k].add(keys[i], v)
+                            writers[k].add(keys[i], out[k][j])
             bar.update(pipe.batch_len(inputs, idx))
     bar.close()
     return seen

@@ -83,6 +83,8 @@ def _config(config: FitConfig | None, options: dict) -> FitConfig:
 
 def _accelerator(precision: str = "no"):
     from accelerate import Accelerator
+    from .distributed import state
+    state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
     return Accelerator(mixed_precision=precision)
 
 
@@ -298,7 +300,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
                                              "backbone_built": False}
     elif recipe.uses_cache:
         features, info = _cached_features(model, ds, job.cache, cfg, progress, echo)
-        if job.stamp:  # lets the next identical fit skip building the backbone
+        if job.stamp and accelerator.is_main_process:  # lets the next identical fit skip building the backbone
             job.cache.save_snapshot(job.stamp, job.backbone, model.backbone, job.in_dim)
     make_loader = _live_loaders(model, ds, cfg, augment, echo) if any(not p.on_features for p in recipe.phases) else None
     resume_state = run.load_checkpoint() if resuming else None

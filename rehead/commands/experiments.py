@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, guarded
+from ..cli import PROCESSES_HELP, app, guarded, relaunched
 
 DEFAULT = "packaged:efficientnet_lite0"
 
@@ -16,10 +16,10 @@ def _out(out: Optional[str], kind: str, data: str) -> str:
     return out or f"runs/{kind}-{Path(data).stem}"
 
 
-def _report(run_dir: str, no_report: bool):
-    if not no_report:
+def _report(res: dict | None, no_report: bool):
+    if res is not None and not no_report:  # None: a process other than the first under accelerate launch
         from ..report import write_report
-        typer.echo(f"report: {write_report(run_dir, echo=lambda *_: None)}")
+        typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
 
 
 @app.command()
@@ -32,13 +32,16 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
           batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
           cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
           overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
-          quiet: bool = typer.Option(False, "--quiet", "-q")):
+          quiet: bool = typer.Option(False, "--quiet", "-q"),
+          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
     """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass."""
+    if relaunched(processes):
+        return
     from ..experiments.probe import probe as run_probe
     res = run_probe(data, model=model, cuts=cuts, out=_out(out, "probe", data), C=c, batch_size=batch_size,
                     workers=workers, seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
                     use_cache=not no_cache, overwrite=overwrite, progress=not quiet)
-    _report(res["dir"], no_report)
+    _report(res, no_report)
 
 
 @app.command()
@@ -50,13 +53,16 @@ def rank(data: str = typer.Argument(...),
          batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
          cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
          overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
-         quiet: bool = typer.Option(False, "--quiet", "-q")):
+         quiet: bool = typer.Option(False, "--quiet", "-q"),
+         processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
     """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe."""
+    if relaunched(processes):
+        return
     from ..experiments.rank import rank as run_rank
     res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=workers,
                    seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
                    overwrite=overwrite, progress=not quiet)
-    _report(res["dir"], no_report)
+    _report(res, no_report)
 
 
 @app.command()
@@ -80,7 +86,7 @@ def compare(data: str = typer.Argument(...), model: str = typer.Option(DEFAULT, 
                       scratch_min_steps=scratch_min_steps, scratch_lr=scratch_lr, transfer_epochs=transfer_epochs,
                       batch_size=batch_size, workers=workers, seed=seed, val_fraction=val_fraction,
                       cache_dir=cache_dir, overwrite=overwrite, progress=not quiet)
-    _report(res["dir"], no_report)
+    _report(res, no_report)
 
 
 @app.command()

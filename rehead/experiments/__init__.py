@@ -16,9 +16,10 @@ import numpy as np
 from ..rundir import RunDir
 
 
-def start_run(out, kind: str, config: dict, overwrite: bool = False) -> RunDir:
-    """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch)."""
-    run = RunDir.create(out, overwrite=overwrite)
+def start_run(out, kind: str, config: dict, overwrite: bool = False, writer: bool = True) -> RunDir:
+    """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch).
+    ``writer=False`` (the other processes of a launched command): nothing is claimed or written."""
+    run = RunDir.create(out, overwrite=overwrite, writer=writer)
     run.write_yaml("config.yaml", {"kind": kind, **config})
     return run
 
@@ -52,6 +53,10 @@ def linear_probe(x_train, y_train, x_val, y_val, C: float = 1.0, seed: int = 0) 
             "val_acc": float((pred == yva).mean()) if len(yva) else 0.0,
             "val_loss": float(log_loss(yva, p, labels=labels)) if len(set(yva.tolist())) > 1 else float("nan"),
             "fit_seconds": time.perf_counter() - t0}
+
+
+def quiet(*_a, **_k):
+    """The echo of every process but the first under ``accelerate launch``: one process reports."""
 
 
 def split_features(backbone, ds, cuts: list[int], cache, batch_size: int, workers: int, strict: bool,

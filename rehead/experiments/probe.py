@@ -10,7 +10,7 @@ import re
 import time
 from pathlib import Path
 
-from . import linear_probe, split_features, start_run, write_results
+from . import linear_probe, quiet, split_features, start_run, write_results
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -36,11 +36,15 @@ def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="run
           batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
           cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
           overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
-    """Train a linear head at each cut depth; returns ``results.json``'s content."""
+    """Train a linear head at each cut depth; returns ``results.json``'s content. Under ``accelerate
+    launch`` the processes share the extraction; the first reports and writes, the others return None."""
     from .. import zoo
+    from ..distributed import state
     from ..data import Dataset, load_dataset
     from ..features import FeatureCache
     t_start = time.perf_counter()
+    main = state().is_main_process
+    echo = echo if main else quiet
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              **(data_kw or {}))
     backbone = zoo.load(model)
@@ -50,10 +54,12 @@ def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="run
     out = start_run(out, "probe", {"model": model, "cuts": ks, "stage_names": backbone.stage_names,
                                    "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
                                    "data_config": backbone.data_config, "data_summary": ds.summary(),
-                                   "args": args}, overwrite=overwrite)
+                                   "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
     cache = FeatureCache(cache_dir) if use_cache else None
     feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
+    if not main:
+        return None
     t_probe = time.perf_counter()
     rows = []
     for k in ks:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import linear_probe, split_features, start_run, write_results
+from . import linear_probe, quiet, split_features, start_run, write_results
 from .logme import logme
 
 
@@ -37,17 +37,22 @@ def parse_models(models) -> list[str]:
 def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, workers: int = 2, seed: int = 0,
          val_fraction: float = 0.2, cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
          overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
+    """LogME and a check probe per candidate; returns ``results.json``'s content. Under ``accelerate
+    launch`` the processes share each extraction; the first reports and writes, the others return None."""
     from .. import zoo
     from ..data import Dataset, load_dataset
+    from ..distributed import state
     from ..features import FeatureCache
     t_start = time.perf_counter()
+    main = state().is_main_process
+    echo = echo if main else quiet
     models = parse_models(models)
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              **(data_kw or {}))
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
-                                  "data_summary": ds.summary(), "args": args}, overwrite=overwrite)
+                                  "data_summary": ds.summary(), "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
     cache = FeatureCache(cache_dir) if use_cache else None
     rows, unavailable = [], []
@@ -64,6 +69,8 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
         k = bb.stage_index(cut) if cut is not None else len(bb)
         t0 = time.perf_counter()
         feats, ys, info = split_features(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
+        if not main:
+            continue  # its share of the extraction is done; the first process scores
         t1 = time.perf_counter()
         score = logme(feats["train"][k], ys["train"])
         logme_s = time.perf_counter() - t1
@@ -74,6 +81,8 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
                      "extract_seconds": info["extract_seconds"], "logme_seconds": logme_s,
                      "seconds": time.perf_counter() - t0})
         echo(f"{cand:40} LogME {score:+.4f}  probe val acc {pr['val_acc']:.4f}")
+    if not main:
+        return None
     if not rows:
         raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
     rows.sort(key=lambda r: -r["logme"])
