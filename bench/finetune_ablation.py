@@ -8,6 +8,9 @@ epoch and is the figure reported, as in the issue's own goal; one photo is 0.65 
 
     PYTHONPATH=.:bench python bench/finetune_ablation.py                 # every row, seed 0
     PYTHONPATH=.:bench python bench/finetune_ablation.py --rows light trivial --seeds 0 1
+
+Features for the solved head are computed in fp32 here (``REHEAD_FEATURE_PRECISION=fp32`` is set
+unless given), so rows compare with the first round, measured before bf16 features existed.
 """
 from __future__ import annotations
 
@@ -17,9 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import rehead  # noqa: F401  first, as the CLI does
+import os
 
-from _common import HYMENOPTERA, RESULTS, machine, write
+os.environ.setdefault("REHEAD_FEATURE_PRECISION", "fp32")
+
+import rehead  # noqa: F401,E402  first, as the CLI does
+
+from _common import HYMENOPTERA, RESULTS, machine, write  # noqa: E402
 
 BASE = {"strategy": "finetune", "epochs": 5, "unfreeze": 2}
 ROWS = {
@@ -34,6 +41,12 @@ ROWS = {
     "light+freeze_bn": {"augment": "light", "freeze_bn": True},
     "light+unfreeze4": {"augment": "light", "unfreeze": 4},
     "light+epochs10": {"augment": "light", "epochs": 10},
+    # round 2: the pieces that held the head's score, together
+    "light+freeze_bn+lr3e-3": {"augment": "light", "freeze_bn": True, "lr": 3e-3},
+    "light+freeze_bn+lr3e-3+epochs10": {"augment": "light", "freeze_bn": True, "lr": 3e-3, "epochs": 10},
+    "none+freeze_bn+lr3e-3": {"augment": "none", "freeze_bn": True, "lr": 3e-3},
+    "trivial+freeze_bn+lr3e-3+epochs10": {"augment": "trivial", "freeze_bn": True, "lr": 3e-3, "epochs": 10},
+    "light+freeze_bn+l2sp": {"augment": "light", "freeze_bn": True, "method": "l2sp"},
 }
 
 
