@@ -8,6 +8,9 @@ the same packaged EfficientNet-Lite0 up to its pooled features:
             CenterCrop(224), ToTensor, Normalize) + ``DataLoader`` + ``model(x)`` under ``no_grad``
 - tutorial+channels_last (reference only): the tutorial's loop with the batch converted to
   channels_last, to show how much of rehead's lead is the memory format alone.
+- rehead_fp32: rehead with ``REHEAD_FEATURE_PRECISION=fp32`` (what it did before bf16 features).
+- bare_forward (fp32 / bf16): the model alone on the same images preloaded as one tensor,
+  channels_last: the limit of this machine (no decoding, no loader).
 
 The pipelines run interleaved (A,B,C then C,B,A ...) in one process; medians are reported.
 A serial breakdown (one core decoding, the model's forward at the process's thread count)
@@ -46,12 +49,24 @@ def run_tutorial(bb, ds, batch_size, workers, channels_last=False) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run_rehead(bb, paths, batch_size, workers) -> float:
+def run_rehead(bb, paths, batch_size, workers, precision: str = "auto") -> float:
+    import os
     from rehead.features import extract
+    os.environ["REHEAD_FEATURE_PRECISION"] = precision
     t0 = time.perf_counter()
     out, kept, _ = extract(bb, paths, [len(bb)], cache=None, batch_size=batch_size, workers=workers, progress=False)
     assert len(kept) == len(paths)
     return len(paths) / (time.perf_counter() - t0)
+
+
+def run_bare(bb, x, batch_size, precision: str) -> float:
+    """The forward alone on preloaded, preprocessed tensors (channels_last), as extraction runs it."""
+    from rehead.precision import autocast
+    t0 = time.perf_counter()
+    with torch.inference_mode(), autocast("cpu", precision):
+        for s in range(0, len(x), batch_size):
+            bb.forward_cuts(x[s:s + batch_size], [len(bb)])
+    return len(x) / (time.perf_counter() - t0)
 
 
 def breakdown(bb, paths, tut_ds, batch_size) -> dict:
@@ -104,7 +119,15 @@ def main():
     tut_ds = torch.utils.data.Subset(full, idx)
     paths = [full.samples[i][0] for i in idx]
 
+    from rehead.data.images import ImageDataset
+    from rehead.precision import feature_precision
+    pre = ImageDataset(paths, None, bb.data_config)
+    x = torch.stack([pre[i][1] for i in range(len(paths))]).contiguous(memory_format=torch.channels_last)
+    auto = feature_precision("cpu")
     runs = {"rehead": lambda: run_rehead(bb, paths, a.batch_size, a.workers),
+            "rehead_fp32": lambda: run_rehead(bb, paths, a.batch_size, a.workers, "fp32"),
+            "bare_forward_fp32": lambda: run_bare(bb, x, a.batch_size, "fp32"),
+            "bare_forward_bf16": lambda: run_bare(bb, x, a.batch_size, "bf16"),
             "tutorial": lambda: run_tutorial(bb, tut_ds, a.batch_size, a.workers),
             "tutorial_channels_last": lambda: run_tutorial(bb, tut_ds, a.batch_size, a.workers, True)}
     speeds = {k: [] for k in runs}
@@ -114,8 +137,14 @@ def main():
             speeds[k].append(runs[k]())
             print(f"rep {r} {k}: {speeds[k][-1]:.1f} img/s", flush=True)
     med = {k: median(v) for k, v in speeds.items()}
+    bare = med["bare_forward_bf16" if auto == "bf16" else "bare_forward_fp32"]
     figures = {"images": len(paths), "batch_size": a.batch_size, "workers": a.workers, "reps": a.reps,
+               "rehead_feature_precision": auto,
                "img_per_s_median": med, "img_per_s_all": speeds,
+               "ratio_rehead_vs_tutorial_best": med["rehead"] / max(med["tutorial"], med["tutorial_channels_last"]),
+               "ratio_rehead_vs_bare_forward_same_precision": med["rehead"] / bare,
+               "ratio_rehead_fp32_vs_bare_forward_fp32": med["rehead_fp32"] / med["bare_forward_fp32"],
+               "goals": {"vs_hand_written": 1.3, "vs_bare_forward": 0.9},
                "ratio_rehead_vs_tutorial": med["rehead"] / med["tutorial"],
                "ratio_rehead_vs_tutorial_channels_last": med["rehead"] / med["tutorial_channels_last"],
                "ratio_per_rep": [x / y for x, y in zip(speeds["rehead"], speeds["tutorial"])],

@@ -66,8 +66,11 @@ class FitConfig:
     sgdr_cycle: float = field(default=1.0, metadata=opt("sgdr: first cycle length in epochs"))
     sgdr_mult: float = field(default=2.0, metadata=opt("sgdr: each cycle this many times longer"))
     weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay (never on norms and biases)"))
-    train_frozen_bn: bool = field(default=False, metadata=opt("let frozen BatchNorm layers update their statistics"))
-    freeze_bn: bool = field(default=False, metadata=opt("keep every BatchNorm's pretrained statistics"))
+    train_frozen_bn: bool = field(default=False, metadata=opt(
+        "let every BatchNorm layer update its statistics, frozen stages included"))
+    freeze_bn: bool = field(default=True, metadata=opt(
+        "keep every BatchNorm's pretrained statistics, in unfrozen stages too (the measured default; "
+        "--train-frozen-bn overrides it)", flag="--freeze-bn/--no-freeze-bn"))
     precision: str = field(default="no", metadata=opt("mixed precision", PRECISIONS))
     augment: str | None = field(default=None, metadata=opt(
         "augment training images in live phases (default: light when image stages are unfrozen, "

@@ -63,7 +63,7 @@ class TransferModel(nn.Module):
             for flag, stage in zip(self.frozen, self.backbone.stages.values()):
                 if flag:
                     stage.eval()
-        if mode and self.freeze_bn:
+        if mode and self.freeze_bn and not self.train_frozen_bn:  # asking for updates wins
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
