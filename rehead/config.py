@@ -160,6 +160,9 @@ class FitConfig:
             raise ConfigError("--class-weight and --label-smoothing apply to classes: not to --task regression")
         if self.budget is not None and not self.budget > 0:
             raise ConfigError(f"--budget must be > 0 (minutes), got {self.budget}")
+        if self.budget is not None and self.strategy != "auto":
+            raise ConfigError(f"--budget bounds what --strategy auto plans; --strategy {self.strategy} runs "
+                              "--epochs per phase instead: leave --budget out, or use --strategy auto")
 
     # -- round trips ----------------------------------------------------------------------
     def to_dict(self) -> dict:

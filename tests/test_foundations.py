@@ -25,6 +25,8 @@ QUIET = {"workers": 0, "progress": False, "echo": lambda *a: None}
     ({"val_fraction": 1.5}, "--val-fraction"), ({"batch_size": 0}, "--batch-size must be > 0"),
     ({"head": "transformer"}, "--head must be one of"), ({"precision": "fp8"}, "--precision must be one of"),
     ({"method": "magic"}, "--method must be one of"), ({"augment": "heavy"}, "--augment must be one of"),
+    ({"budget": 3, "strategy": "finetune"}, "--budget bounds what --strategy auto plans"),
+    ({"ema": 1.5}, "--ema must be in"),
     ({"dropout": 1.0}, "--dropout"), ({"lr": 1e-3, "lr_min": 1e-2}, "--lr-min"),
 ])
 def test_a_bad_option_is_refused_when_the_config_is_built(bad, says):
