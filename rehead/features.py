@@ -103,7 +103,7 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     keys, mkeys, hits = None, {}, {}
     ok = np.zeros(len(items), dtype=bool)
     if cache:
-        keys = [pipe.sample_key(item, cache, backbone) for item in items]
+        keys = sample_keys(pipe, items, cache, backbone)
         cache.flush()
         mkeys = {k: cache.model_key(backbone, k) for k in cuts}
         hits = {k: cache.read(mkeys[k], keys) for k in cuts}
@@ -125,6 +125,13 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     kept = sorted(set(np.flatnonzero(ok).tolist()) | set(computed[cuts[0]]))
     out = {k: _assemble(hits.get(k, (None, None))[0], computed[k], kept) for k in cuts}
     return out, kept, skipped
+
+
+def sample_keys(pipe, items: list, cache, backbone) -> list[str]:
+    """Every item's cache key; a pipeline with a batch lookup (image files) makes them in one pass."""
+    if hasattr(pipe, "sample_keys"):
+        return pipe.sample_keys(items, cache, backbone)
+    return [pipe.sample_key(item, cache, backbone) for item in items]
 
 
 def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_kw, progress, desc) -> set:
