@@ -297,12 +297,12 @@ class ShardStore:
         # The stats the data check took a moment ago in this process (a fit checks its images, then
         # keys them): one stat per file per fit. Used for hits only; a miss is stat'ed and hashed now.
         seen = self._seen if time.monotonic() - self._seen_at < STAT_REUSE_SECONDS else {}
-        for p in paths:
-            ap = _absolute(p)
-            stamp = seen.get(ap)
+        seen_get, memo_get = seen.get, memo.get
+        for ap in _all_absolute(paths):
+            stamp = seen_get(ap)
             if stamp is None:
                 stamp = stamp_of(stat(ap))
-            known = memo.get(ap)
+            known = memo_get(ap)
             if known is None and ap.rpartition(os.sep)[0] not in self._memo_dirs:
                 self._load_memo(ap.rpartition(os.sep)[0])
                 known = memo.get(ap)
@@ -429,8 +429,8 @@ class ShardStore:
                 trusted[group] = mark[1][r].astype(bool) & (mark[2][r] == ids[group, 1])
         todo = np.flatnonzero(ok & ~trusted)
         if len(todo):
-            with np.errstate(all="ignore"):
-                rows = out[todo]
+            with np.errstate(all="ignore"):  # every row (the first read after a change): no copy
+                rows = out if len(todo) == len(out) else out[todo]
                 ok[todo] = finite_rows(rows) & (row_checks(ids[todo], rows) == check[todo])
         new_marks = self._new_marks(mkey, index, marks, groups, stamps, shard, row, ids, ok & ~trusted)
         if ok.any():
@@ -679,6 +679,15 @@ def _looks_like_old_cache(root: Path) -> bool:
         return False
     keys = [p.name for sub in ("features", "snapshots") if (root / sub).is_dir() for p in (root / sub).iterdir()]
     return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
+
+
+def _all_absolute(paths: list[str]) -> list[str]:
+    """``_absolute`` of each path; one scan of them all when every one is already absolute and normal."""
+    joined = "\0".join(paths)
+    if os.sep == "/" and joined[:1] == "/" and joined.count("\0/") == len(paths) - 1 and "/." not in joined \
+            and "//" not in joined and "/\0" not in joined and joined[-1:] != "/":
+        return paths
+    return [_absolute(p) for p in paths]
 
 
 def stamp_of(st: os.stat_result) -> tuple:
