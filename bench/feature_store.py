@@ -10,16 +10,19 @@ each in a fresh process (the CLI, process start included), and reports:
   plus one digest memo per input file: 2 N);
 - warm-fit wall time, whether it built the backbone (it should not), and the part of it that is
   process start + CLI import (`rehead --help`);
-- per-sample time of what a warm `fit --strategy extract` does to get its features (the sample
-  key of every file: stat + the digest memo; then every row, read and checked), against
-  `np.load` of one .npy holding the same features (goal: within 1.5x). Interleaved, medians.
+- per-sample time, side by side in one process on the same features, interleaved, medians:
+  `np.load` of one .npy holding them all; the store read (shards already checked at their stat:
+  headers only); the store read that checks every row (as the first read after any change);
+  sample keys + store read (what a warm `fit --strategy extract` does for its features); and the
+  readability check of every image from the store's memo (what the warm fit's data loading does
+  before that). Goal: within 1.5x of the one np.load.
 
 Extracting 50,000 images with EfficientNet on 2 shared cores takes hours, so the backbone is a
 tiny 2-stage conv net (`benchtiny:WIDTH`, registered by this file, 32x32 inputs) with
 EfficientNet-Lite0's feature width (1280), so the cache holds as many bytes per sample as it would
 with the real model. The store does not care what computed the rows.
 
-    PYTHONPATH=. python bench/feature_store.py [--n 50000] [--width 1280] [--reps 5]
+    PYTHONPATH=. python bench/feature_store.py [--n 50000] [--width 1280] [--reps 5] [--name feature_store]
 """
 from __future__ import annotations
 
@@ -96,10 +99,24 @@ def count_files(root: Path) -> dict:
     return {"total": len(files), "by_top_level": by, "bytes": sum(p.stat().st_size for p in files)}
 
 
+def previous_figures() -> dict | None:
+    """The figures of the results file as committed before shard marks and readability verdicts
+    (issue 15, fourth session), kept beside the new ones."""
+    try:
+        old = json.loads(subprocess.run(["git", "-C", str(REPO), "show", "2aa1c72:bench/results/feature_store.json"],
+                                        capture_output=True, text=True, check=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
+    return {"commit": old["machine_at_end"]["git_commit"], "command": old["command"],
+            "loadavg_at_start": old["machine_at_start"]["loadavg"], "figures": old["figures"]}
+
+
 # -- the warm read, in process --------------------------------------------------------------------
 def warm_read_timings(cache_dir: Path, run: Path, spec: str, reps: int) -> dict:
-    """What a warm extract fit does for its features (sample keys, then rows), vs one np.load."""
+    """What a warm extract fit does for its data and features, vs one np.load of the features."""
+    import sqlite3
     from rehead import zoo
+    from rehead.data import images
     from rehead.features import FeatureCache
     split = json.loads((run / "split.json").read_text())
     items = {s: split[s]["items"] for s in ("train", "val")}
@@ -108,7 +125,7 @@ def warm_read_timings(cache_dir: Path, run: Path, spec: str, reps: int) -> dict:
     k = len(meta["stage_names"])
     cut = meta["cuts"][str(k)]
     mkey = probe.key(spec, cut["weights_id"], k, cut["preprocessing_id"])
-    keys = {s: [probe.file_digest(p) for p in items[s]] for s in items}
+    keys = {s: probe.file_digests(items[s]) for s in items}
     whole = np.concatenate([probe.get_all(mkey, keys[s]) for s in ("train", "val")])
     one = cache_dir.parent / "all_features.npy"
     np.save(one, whole)
@@ -117,29 +134,68 @@ def warm_read_timings(cache_dir: Path, run: Path, spec: str, reps: int) -> dict:
     def npy():
         return np.load(one)
 
-    def store_rows():  # the store alone: keys known
+    def store_rows():  # the store alone: keys known, shards checked before
         c = FeatureCache(cache_dir)
-        return [c.get_all(mkey, keys[s]) for s in ("train", "val")]
-
-    def keys_and_rows():  # the warm fit's path: a fresh process knows no digest yet
-        c = FeatureCache(cache_dir)
-        out = [c.get_all(mkey, [c.file_digest(p) for p in items[s]]) for s in ("train", "val")]
+        out = [c.get_all(mkey, keys[s]) for s in ("train", "val")]
         assert all(x is not None for x in out)
         return out
 
-    t = {"npy_load": [], "store_read": [], "keys_and_store_read": []}
-    for _ in range(reps):  # interleaved: the machine's load moves under all three alike
-        for name, fn in (("npy_load", npy), ("store_read", store_rows), ("keys_and_store_read", keys_and_rows)):
+    def forget_marks():  # untimed: as after a change to every shard
+        with sqlite3.connect(cache_dir / "index.sqlite") as db:
+            db.execute("DELETE FROM shard_marks")
+
+    def keys_and_rows():  # the warm fit's feature path: a fresh process knows no digest yet
+        c = FeatureCache(cache_dir)
+        out = [c.get_all(mkey, c.file_digests(items[s])) for s in ("train", "val")]
+        assert all(x is not None for x in out)
+        return out
+
+    def readability():  # the warm fit's data loading: every image judged from the store's memo
+        images._CHECKED.clear()
+        assert not images.unreadable(items["train"] + items["val"], FeatureCache(cache_dir))
+
+    checked = {}
+
+    def check_first():  # untimed: a warm fit's data check, which stats every file
+        images._CHECKED.clear()
+        checked["cache"] = c = FeatureCache(cache_dir)
+        assert not images.unreadable(items["train"] + items["val"], c)
+
+    def keys_after_check():  # the warm fit's feature path after its data check: no second stat
+        c = checked["cache"]
+        out = [c.get_all(mkey, c.file_digests(items[s])) for s in ("train", "val")]
+        assert all(x is not None for x in out)
+
+    def data_and_features():  # both, as one warm fit does them: one cache, so one stat per file
+        images._CHECKED.clear()
+        c = FeatureCache(cache_dir)
+        assert not images.unreadable(items["train"] + items["val"], c)
+        out = [c.get_all(mkey, c.file_digests(items[s])) for s in ("train", "val")]
+        assert all(x is not None for x in out)
+
+    store_rows()  # the shards checked once (a warm fit may have marked them already)
+    steps = (("npy_load", npy, None), ("store_read", store_rows, None),
+             ("store_read_checking_every_row", store_rows, forget_marks), ("store_read_after_check", store_rows, None),
+             ("keys_and_store_read", keys_and_rows, None), ("readability_check_from_memo", readability, None),
+             ("keys_after_data_check_and_store_read", keys_after_check, check_first),
+             ("warm_fit_data_and_features", data_and_features, None))
+    t = {name: [] for name, _, _ in steps}
+    load = []
+    for _ in range(reps):  # interleaved: the machine's load moves under all of them alike
+        for name, fn, before in steps:
+            if before:
+                before()
             t0 = time.perf_counter()
             fn()
             t[name].append(time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+    t["store_read"] += t.pop("store_read_after_check")  # the same measure, twice per round
     med = {name: median(v) for name, v in t.items()}
     assert np.array_equal(np.concatenate(store_rows()), npy())
+    per = {name: 1e6 * v / n for name, v in med.items()}
     return {"samples": n, "feature_width": int(whole.shape[1]), "feature_bytes": int(whole.nbytes),
-            "seconds_median": med, "seconds_all": t,
-            "per_sample_us": {name: 1e6 * v / n for name, v in med.items()},
-            "ratio_store_read_vs_npy": med["store_read"] / med["npy_load"],
-            "ratio_keys_and_store_read_vs_npy": med["keys_and_store_read"] / med["npy_load"]}
+            "seconds_median": med, "seconds_all": t, "loadavg_1min_per_round": load,
+            "per_sample_us": per, "ratio_vs_npy": {name: v / per["npy_load"] for name, v in per.items()}}
 
 
 def main():
@@ -147,27 +203,39 @@ def main():
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--warm-runs", type=int, default=1)
+    ap.add_argument("--warm-runs", type=int, default=2, help="the first checks every shard once; later ones do not")
     ap.add_argument("--epochs", type=int, default=2, help="head epochs (the fit's training part)")
+    ap.add_argument("--name", default="feature_store", help="results file name (bench/results/NAME.json)")
     a = ap.parse_args()
     register()
     started = machine()
+    before = previous_figures()
     spec = f"benchtiny:{a.width}"
     figures = {"samples": a.n, "files_goal": "< 100", "files_old_layout_would_be": 2 * a.n, "ratio_goal": "<= 1.5"}
     extra = {
         "backbone": f"{spec}: bench-only 2-stage conv net (patchify 4x4 conv to 32 channels, 1x1 conv to "
                     f"{a.width}, ReLU, mean pool), 32x32 inputs; chosen because EfficientNet on 50,000 images "
                     "takes hours on 2 shared cores. Feature width = EfficientNet-Lite0's, so bytes per sample match.",
-        "what_is_measured": "store_read: FeatureCache.get_all of the train and val keys (the index's key and "
-                            "checksum blobs, the shards read into one array, finite + checksum per row); "
-                            "keys_and_store_read: the same plus every file's sample key from a fresh "
-                            "FeatureCache (one stat per file, the digest memo one query per folder), which is "
-                            "what a warm `fit --strategy extract` does for its features; npy_load: np.load of "
-                            "one .npy holding the same (N, width) float32 features. All from the page cache.",
+        "what_is_measured": "npy_load: np.load of one .npy holding the same (N, width) float32 features. "
+                            "store_read: FeatureCache.get_all of the train and val keys from a fresh FeatureCache "
+                            "(the index's key and checksum blobs and the shards' marks, each shard's header, the "
+                            "rows read into one array; rows of a shard unchanged since they were checked are not "
+                            "checked again). store_read_checking_every_row: the same after the marks are deleted "
+                            "(finite + checksum per row, then the marks written), as the first read after a change. "
+                            "keys_and_store_read: store_read plus every file's sample key from a fresh FeatureCache "
+                            "(one stat per file, the digest memo one query per folder): a warm `fit --strategy "
+                            "extract`'s feature path. readability_check_from_memo: images.unreadable of every "
+                            "image with the store as memo (one stat per file, one query per folder, no decode): "
+                            "the warm fit's data loading. keys_after_data_check_and_store_read: keys_and_store_read "
+                            "with the FeatureCache that just ran the data check (untimed), whose stats the keys use "
+                            "(no second stat), as in a warm fit. warm_fit_data_and_features: both with one FeatureCache, "
+                            "as a warm fit does them: the keys use the stats the check took a moment before, so "
+                            "one stat per file. All from the page cache.",
+        "before": before,
     }
 
     def save():  # after every step: a bench cut short still leaves what it measured
-        write("feature_store", figures, started=started, extra=extra)
+        write(a.name, figures, started=started, extra=extra)
 
     with tempfile.TemporaryDirectory(prefix="rehead-feature-store-") as tmp:
         tmp = Path(tmp)
@@ -191,9 +259,7 @@ def main():
         save()
         reads = warm_read_timings(cache, tmp / "run_cold", spec, a.reps)
         figures.update(warm_fit_feature_path_seconds=reads["seconds_median"]["keys_and_store_read"],
-                       per_sample_us=reads["per_sample_us"],
-                       ratio_store_read_vs_one_npy=reads["ratio_store_read_vs_npy"],
-                       ratio_warm_fit_feature_path_vs_one_npy=reads["ratio_keys_and_store_read_vs_npy"])
+                       per_sample_us=reads["per_sample_us"], ratio_vs_one_npy=reads["ratio_vs_npy"])
         extra["warm_read"] = reads
         save()
         figures["process_start_and_cli_import_seconds"] = median([cli(["--help"], env) for _ in range(2)])

@@ -148,8 +148,15 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     return out, kept, [str(items[i]) for i in skipped]
 
 
+def sample_keys(pipe, items: list, cache, backbone) -> list[str]:
+    """Every item's cache key; a pipeline with a batch lookup (image files) makes them in one pass."""
+    if hasattr(pipe, "sample_keys"):
+        return pipe.sample_keys(items, cache, backbone)
+    return [pipe.sample_key(item, cache, backbone) for item in items]
+
+
 def _sample_keys(pipe, items: list, cache: FeatureCache, backbone) -> list[str]:
-    keys = [pipe.sample_key(item, cache, backbone) for item in items]
+    keys = sample_keys(pipe, items, cache, backbone)
     cache.flush()
     return keys
 

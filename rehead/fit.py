@@ -21,7 +21,7 @@ from .calibration import calibrate, is_multiclass, summary_line
 from .config import DEFAULT_MODEL, ConfigError, FitConfig
 from .data import DataError, Dataset, pipeline
 from .data.inputs import as_dataset
-from .features import FeatureCache, extract
+from .features import FeatureCache, extract, sample_keys
 from .heads import make_head
 from .model import TransferModel
 from .precision import extraction_device, feature_precision
@@ -118,11 +118,12 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         scout_epochs=cfg.scout_epochs, guide_on=cfg.guide_on, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets)
     seed_everything(cfg.seed)
+    cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None  # opens nothing until used
     if resume_split is not None:
         from .data import dataset_from_split
         ds = dataset_from_split(resume_split)
     else:
-        ds = as_dataset(data, cfg)
+        ds = as_dataset(data, cfg, memo=cache)  # the cache remembers which images were readable
     if getattr(ds, "task", "multiclass") != cfg.task:
         raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
                         f"build it with task={cfg.task!r}, or pass the data as a path")
@@ -137,7 +138,6 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     if ds.skipped:
         echo(f"skipped {len(ds.skipped)} unreadable item(s): " + ", ".join(map(str, ds.skipped[:5]))
              + (" ..." if len(ds.skipped) > 5 else ""))
-    cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     if cache is not None:
         cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
@@ -251,7 +251,7 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
     mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"], feature_precision(extraction_device()))
     features = []
     for split in (ds.train, ds.val):
-        x = cache.get_all(mkey, [pipe.sample_key(item, cache, hollow) for item in split.items])
+        x = cache.get_all(mkey, sample_keys(pipe, split.items, cache, hollow))
         if x is None:
             return None
         features.append(IndexedTensors(torch.from_numpy(x), to_tensor(split.labels, ds.task, len(ds.classes))))

@@ -10,9 +10,13 @@ Layout of a cache root::
 A shard is written whole and renamed before its rows enter the index, so a killed process
 leaves finished shards usable (resume) and at worst an orphan file that `gc` removes. Each
 process writes its own shards (unique names); SQLite in WAL mode serialises the index, so two
-processes may append at once; where two shards hold a sample, the newer wins. Every row read is
-checked (shape, dtype, finite values, and a checksum of its bytes mixed with its sample key, so
-another sample's values fail too); a bad row is a miss and gets recomputed.
+processes may append at once; where two shards hold a sample, the newer wins. A row is checked
+(finite values, and a checksum of its bytes mixed with its sample key, so another sample's values
+fail too) the first time it is read at a shard's stat (inode, size, mtime, ctime); the rows that
+passed are marked in the index with that stat, and later reads of an unchanged shard check only
+its header (shape, dtype). Any write to a shard moves its ctime, so it is checked again; a bad row
+is a miss and gets recomputed. Stats younger than RACY_SECONDS are never marked: a file changed
+twice within one tick of the file system's clock keeps its stat (git's "racy clean" problem).
 """
 from __future__ import annotations
 
@@ -43,7 +47,10 @@ SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
 REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the index; bump when SCHEMA changes
+SCHEMA_VERSION = 2  # PRAGMA user_version of the index; bump when SCHEMA changes
+ADDED_TABLES_FROM = 1  # versions from this one on only lack tables: they are added, nothing is dropped
+RACY_SECONDS = 2.0  # a stat younger than this is not remembered (coarse file-system clocks)
+STAT_REUSE_SECONDS = 60.0  # how long file_digests may use the stats the readability check just took
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models(mkey TEXT PRIMARY KEY, dim INTEGER NOT NULL, last_used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS shards(id INTEGER PRIMARY KEY, mkey TEXT NOT NULL, file TEXT NOT NULL UNIQUE,
@@ -52,7 +59,14 @@ CREATE TABLE IF NOT EXISTS shards(id INTEGER PRIMARY KEY, mkey TEXT NOT NULL, fi
 CREATE INDEX IF NOT EXISTS shards_mkey ON shards(mkey);
 CREATE TABLE IF NOT EXISTS file_digests(path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
                                         ctime_ns INTEGER, sha256 BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shard_marks(file TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+                                       ctime_ns INTEGER, good BLOB NOT NULL, k1 BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file_checks(path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+                                       ctime_ns INTEGER, checker TEXT NOT NULL) WITHOUT ROWID;
 """
+# shard_marks: per shard ("<model key>/<file>"), the stat at which rows were checked; good[r] = 1 for a
+#   row that passed, k1[r] the half of its sample's key id mixed into the checksum (uint64).
+# file_checks: files judged readable (rehead.data.images) at that stat by that checker.
 
 
 class CacheError(ValueError):
@@ -72,9 +86,10 @@ def key_ids(skeys: list[str]) -> np.ndarray:
     """Per sample key, 16 bytes as two uint64 columns: [:, 0] finds a row, [:, 1] is mixed into its
     checksum, so even two keys sharing the first half never serve each other's values. A key that is
     a sha256 hex digest (images, text, tables) is used as is; any other is hashed."""
-    if all(len(k) == 64 for k in skeys):
-        try:  # the usual case, in one call: 50,000 keys in milliseconds
-            return np.frombuffer(bytes.fromhex("".join(k[:32] for k in skeys)), dtype="<u8").reshape(-1, 2)
+    if skeys and set(map(len, skeys)) == {64}:
+        try:  # the usual case, in one decode of all keys: 50,000 in a few milliseconds
+            whole = np.frombuffer(bytes.fromhex("".join(skeys)), dtype="<u8").reshape(-1, 4)
+            return np.ascontiguousarray(whole[:, :2])
         except ValueError:
             pass
 
@@ -138,10 +153,18 @@ def parse_size(text: str) -> int:
     return int(n * m)
 
 
+def _absolute(p: str) -> str:
+    """os.path.abspath, skipped for a path that is already absolute and normal (the usual item)."""
+    if os.sep == "/" and p[:1] == "/" and "/." not in p and "//" not in p and p[-1:] != "/":
+        return p
+    return os.path.abspath(p)
+
+
 class ShardStore:
     """The index and the shards under ``root``. Opens nothing until used; creates nothing on reads."""
     shard_rows = SHARD_ROWS
     shard_seconds = SHARD_SECONDS
+    absolute = staticmethod(_absolute)  # the form of a path under which its digest and verdict are kept
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else default_cache_dir()
@@ -150,6 +173,11 @@ class ShardStore:
         self._memo: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, digest)
         self._memo_dirs: set[str] = set()
         self._pending: list[tuple] = []  # digests to write at the next flush
+        self._checks: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, checker): judged readable
+        self._checks_dirs: set[str] = set()
+        self._pending_checks: list[tuple] = []
+        self._seen: dict[str, tuple] = {}  # path -> stat the readability check took, at _seen_at
+        self._seen_at = -float("inf")
         self._rooted = False
 
     # -- the root and its marker ------------------------------------------------------
@@ -207,8 +235,9 @@ class ShardStore:
                 raise CacheError(f"feature cache index {self.db_path} was written by a newer rehead: upgrade, or "
                                  "pass --cache-dir DIR or --no-cache")
             if v < SCHEMA_VERSION:
-                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
-                    db.execute(f'DROP TABLE "{t}"')
+                if v < ADDED_TABLES_FROM:
+                    for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                        db.execute(f'DROP TABLE "{t}"')
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         db.execute(stmt)
@@ -257,9 +286,33 @@ class ShardStore:
     def file_digest(self, path: str) -> str:
         """sha256 of a file's bytes, remembered in the index; a rewrite, a replacement by another file
         (inode) or a metadata change (ctime, which nobody can set back) all rehash it."""
-        ap = os.path.abspath(path)
-        st = os.stat(ap)
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        ap = _absolute(path)
+        return self._digest(ap, stamp_of(os.stat(ap)))
+
+    def file_digests(self, paths: list[str]) -> list[str]:
+        """``file_digest`` of many files: one stat each (the only way to see a change; none where
+        the data check has just taken it), and one query per folder for its remembered digests;
+        only new or changed files are read."""
+        memo, stat, out = self._memo, os.stat, []
+        # The stats the data check took a moment ago in this process (a fit checks its images, then
+        # keys them): one stat per file per fit. Used for hits only; a miss is stat'ed and hashed now.
+        seen = self._seen if time.monotonic() - self._seen_at < STAT_REUSE_SECONDS else {}
+        seen_get, memo_get = seen.get, memo.get
+        for ap in _all_absolute(paths):
+            stamp = seen_get(ap)
+            if stamp is None:
+                stamp = stamp_of(stat(ap))
+            known = memo_get(ap)
+            if known is None and ap.rpartition(os.sep)[0] not in self._memo_dirs:
+                self._load_memo(ap.rpartition(os.sep)[0])
+                known = memo.get(ap)
+            if known is not None and known[:4] == stamp:
+                out.append(known[4])
+            else:
+                out.append(self._digest(ap, stamp_of(stat(ap))))
+        return out
+
+    def _digest(self, ap: str, stamp: tuple) -> str:
         d = ap.rpartition(os.sep)[0]  # dirname, without its checks: ap is absolute and normalised
         if d not in self._memo_dirs:
             self._load_memo(d)
@@ -267,9 +320,10 @@ class ShardStore:
         if known and known[:4] == stamp:
             return known[4]
         h = hashlib_sha256_file(ap)
-        self._memo[ap] = (*stamp, h)
-        if _utf8(ap):  # a name SQLite cannot store is hashed again next time
-            self._pending.append((ap, *stamp, bytes.fromhex(h)))
+        if not racy(stamp):  # a change within the clock's tick would keep this stat: hash it again next time
+            self._memo[ap] = (*stamp, h)
+            if _utf8(ap):  # a name SQLite cannot store is hashed again next time
+                self._pending.append((ap, *stamp, bytes.fromhex(h)))
         if len(self._pending) >= 1000:
             self.flush()
         return h
@@ -278,15 +332,57 @@ class ShardStore:
         """A folder's remembered digests in one range query on the path key: a warm fit makes one
         query per folder."""
         self._memo_dirs.add(d)
+        rows = self._folder_rows("file_digests", "sha256", d)
+        self._memo.update((r[0], (*r[1:5], r[5].hex())) for r in rows)
+
+    def _folder_rows(self, table: str, column: str, d: str) -> list[tuple]:
+        """(path, ino, size, mtime_ns, ctime_ns, column) of the files directly in folder ``d``."""
         db = self._conn(create=False)
         if db is None:
-            return
+            return []
         prefix = d.rstrip(os.sep) + os.sep
         with self._reading():
-            rows = db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, sha256 FROM file_digests "
+            return db.execute(f"SELECT path, ino, size, mtime_ns, ctime_ns, {column} FROM {table} "
                               "WHERE path > ? AND path < ? AND instr(substr(path, ?), ?) = 0",
                               (prefix, prefix[:-1] + chr(ord(os.sep) + 1), len(prefix) + 1, os.sep)).fetchall()
-        self._memo.update((r[0], (*r[1:5], r[5].hex())) for r in rows)
+
+    # -- readability verdicts (rehead.data.images), remembered like digests ------------------------
+    def judged_readable(self, path: str, stamp: tuple, checker: str) -> bool:
+        """True when ``path`` (absolute) was judged readable at exactly this stat by this checker."""
+        self._seen[path] = stamp
+        known = self._checks.get(path)
+        if known is None:
+            d = path.rpartition(os.sep)[0]
+            if d in self._checks_dirs:
+                return False
+            self._checks_dirs.add(d)
+            self._checks.update((r[0], r[1:]) for r in self._folder_rows("file_checks", "checker", d))
+            known = self._checks.get(path)
+        return known == (*stamp, checker)
+
+    def start_checks(self) -> None:
+        """A check of many files begins: the stats of an earlier one are not this one's."""
+        self._seen, self._seen_at = {}, -float("inf")
+
+    def remember_readable(self, path: str, stamp: tuple, checker: str) -> None:
+        """Record a readable verdict (written at ``flush_checks``); a racy stat is not recorded."""
+        if racy(stamp) or not _utf8(path):
+            return
+        self._checks[path] = (*stamp, checker)
+        self._pending_checks.append((path, *stamp, checker))
+        if len(self._pending_checks) >= 5000:  # a check killed midway keeps most of its work
+            self.flush_checks()
+
+    def flush_checks(self) -> None:
+        """Write the verdicts; a cache that cannot take writes only loses the memo (checked again).
+        Called when a check of many files ends: the stats it took count as fresh from now."""
+        self._seen_at = time.monotonic()
+        if self._pending_checks:
+            rows, self._pending_checks = self._pending_checks, []
+            try:
+                self._write([("INSERT OR REPLACE INTO file_checks VALUES (?,?,?,?,?,?)", rows)])
+            except CacheError:
+                pass
 
     def flush(self) -> None:
         """Write the digests computed since the last flush."""
@@ -312,26 +408,69 @@ class ShardStore:
                 return None, ok
             index = _Index(db.execute("SELECT id, file, keys, checks FROM shards WHERE mkey=? ORDER BY id",
                                       (mkey,)).fetchall())
+            marks = self._marks(db, mkey)
         ids = key_ids(skeys)
         shard, row, check = index.find(ids[:, 0])
         found = np.flatnonzero(shard >= 0)
         if not len(found):
             return None, ok
         out = np.empty((len(skeys), dim[0]), dtype=np.float32)  # rows left unread are never ok
+        trusted = np.zeros(len(skeys), dtype=bool)
         order = found[np.lexsort((row[found], shard[found]))]
-        for group in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
-            path = self.root / "features" / mkey / index.files[shard[group[0]]]
-            ok[group] = _read_rows(path, dim[0], row[group], group, out)
-        with np.errstate(all="ignore"):  # unread rows hold garbage: their results are masked anyway
-            ok &= finite_rows(out) & (row_checks(ids, out) == check)
+        groups = np.split(order, np.flatnonzero(np.diff(shard[order])) + 1)
+        stamps = []
+        for group in groups:
+            file = f"{mkey}/{index.files[shard[group[0]]]}"
+            ok[group], stamp = _read_rows(self.root / "features" / file, dim[0], row[group], group, out)
+            stamps.append(stamp)
+            mark = marks.get(file)
+            if ok[group[0]] and mark is not None and mark[0] == stamp:  # unchanged since its rows were checked
+                r = row[group]
+                trusted[group] = mark[1][r].astype(bool) & (mark[2][r] == ids[group, 1])
+        todo = np.flatnonzero(ok & ~trusted)
+        if len(todo):
+            with np.errstate(all="ignore"):  # every row (the first read after a change): no copy
+                rows = out if len(todo) == len(out) else out[todo]
+                ok[todo] = finite_rows(rows) & (row_checks(ids[todo], rows) == check[todo])
+        new_marks = self._new_marks(mkey, index, marks, groups, stamps, shard, row, ids, ok & ~trusted)
         if ok.any():
-            self._touch(mkey)
+            self._touch(mkey, new_marks)
         return out, ok
 
-    def _touch(self, mkey: str) -> None:
-        """Record the use for LRU eviction; a read-only cache still serves its reads."""
+    def _marks(self, db, mkey: str) -> dict[str, tuple]:
+        """{"<mkey>/<file>": (stat, good, k1)} of a model key's shards, in one range query."""
+        rows = db.execute("SELECT file, ino, size, mtime_ns, ctime_ns, good, k1 FROM shard_marks "
+                          "WHERE file > ? AND file < ?", (mkey + "/", mkey + "0")).fetchall()
+        return {f: ((i, s, m, c), np.frombuffer(g, np.uint8), np.frombuffer(k, "<u8"))
+                for f, i, s, m, c, g, k in rows}
+
+    @staticmethod
+    def _new_marks(mkey, index, marks, groups, stamps, shard, row, ids, passed) -> list[tuple]:
+        """Rows for shard_marks: per shard with rows that just passed their check, its mark with
+        them added (a new mark when the shard's stat moved). Racy stats are not marked."""
+        out = []
+        for group, stamp in zip(groups, stamps):
+            new = group[passed[group]]
+            if not len(new) or stamp is None or racy(stamp):
+                continue
+            sid = shard[group[0]]
+            file = f"{mkey}/{index.files[sid]}"
+            n = index.rows[sid]
+            old = marks.get(file)
+            if old is not None and old[0] == stamp and len(old[1]) == n:
+                good, k1 = old[1].copy(), old[2].copy()
+            else:
+                good, k1 = np.zeros(n, np.uint8), np.zeros(n, "<u8")
+            good[row[new]], k1[row[new]] = 1, ids[new, 1]
+            out.append((file, *stamp, good.tobytes(), k1.tobytes()))
+        return out
+
+    def _touch(self, mkey: str, marks: list[tuple] = ()) -> None:
+        """Record the use for LRU eviction, and the rows just checked; a read-only cache still
+        serves its reads (and checks them again next time)."""
         try:
-            self._write([("UPDATE models SET last_used=? WHERE mkey=?", [(time.time(), mkey)])])
+            self._write([("UPDATE models SET last_used=? WHERE mkey=?", [(time.time(), mkey)]),
+                         ("INSERT OR REPLACE INTO shard_marks VALUES (?,?,?,?,?,?,?)", marks)])
         except CacheError:
             pass
 
@@ -426,7 +565,8 @@ class ShardStore:
         for mkey in {r[1] for r in shards}:
             live |= _Index([(r[0], r[2], r[3], r[4]) for r in shards if r[1] == mkey]).live_shards()
         dead = [r for r in shards if r[0] not in live]
-        self._write([("DELETE FROM shards WHERE id=?", [(r[0],) for r in dead])])
+        self._write([("DELETE FROM shards WHERE id=?", [(r[0],) for r in dead]),
+                     ("DELETE FROM shard_marks WHERE file=?", [(f"{r[1]}/{r[2]}",) for r in dead])])
         freed = 0
         for _, mkey, file, _, _, nbytes in dead:
             (self.root / "features" / mkey / file).unlink(missing_ok=True)
@@ -447,7 +587,8 @@ class ShardStore:
 
     def evict(self, mkey: str) -> None:
         """Forget a model key: its index rows first (readers then miss), then its files."""
-        self._write([("DELETE FROM shards WHERE mkey=?", [(mkey,)]), ("DELETE FROM models WHERE mkey=?", [(mkey,)])])
+        self._write([("DELETE FROM shards WHERE mkey=?", [(mkey,)]), ("DELETE FROM models WHERE mkey=?", [(mkey,)]),
+                     ("DELETE FROM shard_marks WHERE file > ? AND file < ?", [(mkey + "/", mkey + "0")])])
         shutil.rmtree(self.root / "features" / mkey, ignore_errors=True)
 
     def clear(self) -> list[str]:
@@ -472,6 +613,8 @@ class ShardStore:
                     failed.append(str(p))
         self._memo.clear()
         self._memo_dirs.clear()
+        self._checks.clear()
+        self._checks_dirs.clear()
         self._rooted = False
         return [f for f in failed if os.path.lexists(f)]
 
@@ -538,6 +681,27 @@ def _looks_like_old_cache(root: Path) -> bool:
     return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
 
 
+def _all_absolute(paths: list[str]) -> list[str]:
+    """``_absolute`` of each path; one scan of them all when every one is already absolute and normal."""
+    joined = "\0".join(paths)
+    if os.sep == "/" and joined[:1] == "/" and joined.count("\0/") == len(paths) - 1 and "/." not in joined \
+            and "//" not in joined and "/\0" not in joined and joined[-1:] != "/":
+        return paths
+    return [_absolute(p) for p in paths]
+
+
+def stamp_of(st: os.stat_result) -> tuple:
+    """What says a file is unchanged: inode (replaced by another file), size, mtime, and ctime
+    (moved by any write or metadata change, and nobody can set it back)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def racy(stamp: tuple) -> bool:
+    """A stat too young to remember: a write within the same tick of a coarse file-system clock
+    would leave it as it is."""
+    return max(stamp[2], stamp[3]) > (time.time() - RACY_SECONDS) * 1e9
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode()
@@ -580,6 +744,7 @@ class _Index:
         self.files = {sid: file for sid, file, _, _ in shards}
         keys = [np.frombuffer(k, dtype="<u8") for _, _, k, _ in shards]
         n = [len(k) for k in keys]
+        self.rows = {sid: m for (sid, *_), m in zip(shards, n)}
         allk = np.concatenate(keys) if keys else np.zeros(0, dtype="<u8")
         shard = np.repeat(np.array([sid for sid, *_ in shards], dtype=np.int64), n)
         row = np.concatenate([np.arange(m) for m in n]) if n else np.zeros(0, dtype=np.int64)
@@ -601,28 +766,31 @@ class _Index:
         return set(np.unique(self.shard).tolist())
 
 
-def _read_rows(path: Path, dim: int, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> bool:
-    """Copy a shard's ``rows`` (ascending) into ``out[dest]``; False when the shard is missing,
-    torn or not a (n, dim) float32 array. Consecutive rows going to consecutive destinations (the
-    usual warm read) are read straight into ``out``."""
+def _read_rows(path: Path, dim: int, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> tuple[bool, tuple | None]:
+    """Copy a shard's ``rows`` (ascending) into ``out[dest]``; ``(done, stat of the open file)``,
+    done False when the shard is missing, torn or not a (n, dim) float32 array. Consecutive rows
+    going to consecutive destinations (the usual warm read) are read straight into ``out``."""
+    stamp = None
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            stamp = stamp_of(st)
             version = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
             if fortran or dtype != np.float32 or len(shape) != 2 or shape[1] != dim:
-                return False
+                return False, stamp
             offset = f.tell()
-            if os.fstat(f.fileno()).st_size < offset + shape[0] * dim * 4 or rows[-1] >= shape[0]:
-                return False
+            if st.st_size < offset + shape[0] * dim * 4 or rows[-1] >= shape[0]:
+                return False, stamp
             if rows[-1] - rows[0] == len(rows) - 1 and dest[-1] - dest[0] == len(dest) - 1 \
                     and np.all(np.diff(dest) == 1):
                 f.seek(offset + int(rows[0]) * dim * 4)
                 view = out[dest[0]:dest[-1] + 1]
-                return f.readinto(memoryview(view).cast("B")) == view.nbytes
+                return f.readinto(memoryview(view).cast("B")) == view.nbytes, stamp
         mm = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=tuple(shape))
         out[dest] = mm[rows]
-        return True
+        return True, stamp
     except (OSError, ValueError, EOFError):
-        return False
+        return False, stamp

@@ -250,16 +250,18 @@ def test_digest_memo_keys_on_inode_and_ctime(tmp_path, monkeypatch):
     from rehead import store
     a = tmp_path / "a.jpg"
     a.write_bytes(b"x" * 100)
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)  # the file was just written: take its stat as settled
     cache = FeatureCache(tmp_path / "c")
     d1 = cache.file_digest(str(a))
     cache.flush()
     st = os.stat(a)
     # remembered across processes: a new cache object rereads no byte
+    real = store.hashlib_sha256_file
     monkeypatch.setattr(store, "hashlib_sha256_file", lambda p: pytest.fail("rehashed an unchanged file"))
     assert FeatureCache(tmp_path / "c").file_digest(str(a)) == d1
-    monkeypatch.undo()
+    monkeypatch.setattr(store, "hashlib_sha256_file", real)
     # the same size and mtime, other bytes, written in place (ctime moves) or as another file (inode)
-    time.sleep(0.01)
+    time.sleep(0.05)  # past the file system clock's tick, so that ctime moves
     a.write_bytes(b"y" * 100)
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
     d2 = FeatureCache(tmp_path / "c").file_digest(str(a))
@@ -419,3 +421,126 @@ def test_an_index_of_another_layout_is_replaced_or_refused(tmp_path):
         db.execute("PRAGMA user_version=999")
     with pytest.raises(CacheError, match="newer rehead"):
         FeatureCache(tmp_path / "c").get_all("m", ["a"])
+
+
+# -- checks remembered by stat: shards verified once, readable images judged once -----------------
+def test_a_checked_shard_is_trusted_until_its_stat_moves(tmp_path, monkeypatch):
+    import time
+    from rehead import store
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)  # the shard was just written: take its stat as settled
+    keys = ["1" * 64, "2" * 64, "3" * 64]
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    FeatureCache(tmp_path / "c").put_many("m", keys, rows)
+    assert np.array_equal(FeatureCache(tmp_path / "c").get_all("m", keys), rows)  # checked, then marked
+    real = store.row_checks
+    monkeypatch.setattr(store, "row_checks", lambda *a: pytest.fail("checked a row of an unchanged shard"))
+    assert np.array_equal(FeatureCache(tmp_path / "c").get_all("m", keys), rows)
+    # a key sharing the first half of another's id finds its row, but the mark is not for it: checked, refused
+    monkeypatch.setattr(store, "row_checks", real)
+    assert FeatureCache(tmp_path / "c").get("m", "1" * 16 + "f" * 48) is None
+    # bytes flipped after the verified read: the write moves ctime, the rows are checked again
+    time.sleep(0.05)  # past the file system clock's tick
+    shard = _shards(tmp_path / "c")[0]
+    raw = bytearray(shard.read_bytes())
+    raw[_data_offset(shard) + 2] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    got, ok = FeatureCache(tmp_path / "c").read("m", keys)
+    assert ok.tolist() == [False, True, True] and np.array_equal(got[1:], rows[1:])
+
+
+def test_a_corrupt_row_after_a_checked_read_is_recomputed(tmp_path, tiny_spec, monkeypatch):
+    import time
+    from rehead import store
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
+    items = _items(make_images(tmp_path / "d", n=3))
+    bb = zoo.load(tiny_spec)
+    first, _, _ = extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
+    extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)  # checks, marks
+    with sqlite3_connect(tmp_path / "c") as db:
+        assert db.execute("SELECT count(*) FROM shard_marks").fetchone()[0] == 1
+    time.sleep(0.05)
+    shard = _shards(tmp_path / "c")[0]
+    raw = bytearray(shard.read_bytes())
+    raw[_data_offset(shard) + 8] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    seen = []
+    orig = type(bb).forward_cuts
+    monkeypatch.setattr(type(bb), "forward_cuts", lambda self, x, c: seen.append(len(x)) or orig(self, x, c))
+    again, kept, _ = extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
+    assert seen == [1] and kept == list(range(len(items)))  # the damaged row only, recomputed
+    assert torch.allclose(first[len(bb)], again[len(bb)], atol=1e-5)
+
+
+def test_a_stat_younger_than_the_clock_tick_is_never_trusted(tmp_path):
+    shard_rows = np.ones((2, 4), dtype=np.float32)
+    cache = FeatureCache(tmp_path / "c")
+    cache.put_many("m", ["a", "b"], shard_rows)
+    assert cache.get_all("m", ["a", "b"]) is not None
+    with sqlite3_connect(tmp_path / "c") as db:  # just written: a change in the same tick would keep its stat
+        assert db.execute("SELECT count(*) FROM shard_marks").fetchone()[0] == 0
+    shard = _shards(tmp_path / "c")[0]
+    raw = bytearray(shard.read_bytes())
+    raw[_data_offset(shard)] ^= 0x01  # at once: maybe within the same tick
+    shard.write_bytes(bytes(raw))
+    assert FeatureCache(tmp_path / "c").read("m", ["a", "b"])[1].tolist() == [False, True]
+
+
+def test_readable_images_are_remembered_across_processes_until_they_change(tmp_path, monkeypatch):
+    import os
+    import time
+    from rehead import store
+    from rehead.data import images, load_dataset
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
+    root = make_images(tmp_path / "d", n=3)
+    ds = load_dataset(root, memo=FeatureCache(tmp_path / "c"))
+    assert not ds.skipped
+    # a new process: nothing checked in memory; the store says every image is readable, none is opened
+    monkeypatch.setattr(images, "_CHECKED", {})
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("decoded an unchanged image"))
+    assert len(load_dataset(root, memo=FeatureCache(tmp_path / "c")).train.items) == len(ds.train.items)
+    # one image corrupted in place after it was judged readable, size and mtime put back: ctime moved
+    monkeypatch.setattr(PIL.Image, "open", real_open)
+    monkeypatch.setattr(images, "_CHECKED", {})
+    time.sleep(0.05)
+    victim = root / "red" / "red_0.jpg"
+    st = os.stat(victim)
+    victim.write_bytes(b"\0" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    bad = images.unreadable([str(p) for p in sorted(root.rglob("*.jpg"))], FeatureCache(tmp_path / "c"))
+    assert list(bad) == [str(victim)]
+    # without a settled stat nothing is remembered
+    monkeypatch.setattr(store, "RACY_SECONDS", 3600.0)
+    monkeypatch.setattr(images, "_CHECKED", {})
+    fresh = make_images(tmp_path / "e", n=1)
+    with sqlite3_connect(tmp_path / "c") as db:
+        before = db.execute("SELECT count(*) FROM file_checks").fetchall()
+        assert not images.unreadable([str(p) for p in fresh.rglob("*.jpg")], FeatureCache(tmp_path / "c"))
+        assert db.execute("SELECT count(*) FROM file_checks").fetchall() == before
+
+
+def sqlite3_connect(root):
+    import contextlib
+    import sqlite3
+    return contextlib.closing(sqlite3.connect(root / "index.sqlite"))
+
+
+def test_keys_use_the_stats_the_data_check_just_took_and_only_for_a_moment(tmp_path, monkeypatch):
+    import time
+    from rehead import store
+    from rehead.data import images
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
+    root = make_images(tmp_path / "d", n=2)
+    items = [str(p) for p in sorted(root.rglob("*.jpg"))]
+    cache = FeatureCache(tmp_path / "c")
+    before = cache.file_digests(items)
+    cache.flush()
+    monkeypatch.setattr(images, "_CHECKED", {})
+    fit = FeatureCache(tmp_path / "c")  # one fit: checks its images, then keys them
+    assert not images.unreadable(items, fit)
+    time.sleep(0.05)
+    PIL.Image.new("RGB", (40, 40), (0, 255, 0)).save(items[0])  # changed after the check, within the fit
+    assert fit.file_digests(items) == before  # the fit keys the images as it checked them
+    monkeypatch.setattr(store, "STAT_REUSE_SECONDS", 0.0)  # later (or another fit): stat'ed again
+    now = fit.file_digests(items)
+    assert now[0] != before[0] and now[1:] == before[1:]

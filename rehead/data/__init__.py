@@ -140,7 +140,7 @@ DATA_KW = ("text_column", "label_column", "id_columns", "split_column", "missing
 
 def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, seed: int = 0,
                  strict: bool = False, eval_only: bool = False, check: bool = True, task: str = "multiclass",
-                 **kw) -> Dataset:
+                 memo=None, **kw) -> Dataset:
     """Discover a dataset at ``path``; the modality is inferred when not given.
 
     Unreadable images are found here (a header check, about 0.1 ms an image) and left out,
@@ -153,6 +153,9 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, s
     shards, a brace pattern ``shards-{000..009}.tar``, a ``save_to_disk`` folder or Parquet. Its
     items are references; they are checked when decoded (unreadable ones are named and skipped
     then, and the classes recounted), not here.
+
+    ``memo``: a feature store (``rehead.store.ShardStore``) that remembers readable images across
+    processes by their stat, so an unchanged image is not decoded again.
     """
     mod, kw, stream = _reader(path, modality, kw)
     if eval_only:
@@ -163,7 +166,7 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, s
         mod, parts = _stream_parts(path, stream, modality, kw)
     else:
         parts = mod.read_parts(Path(path), **kw)
-    _check_readable(mod, parts, [i for p in parts.parts.values() for i in p.items], strict, check)
+    _check_readable(mod, parts, [i for p in parts.parts.values() for i in p.items], strict, check, memo)
     from .splits import assemble
     ds = assemble(mod.MODALITY, parts, val_fraction, seed, task)
     for k, v in parts.extra.items():
@@ -249,11 +252,11 @@ def _eval_part(mod, p, kw, strict, check, stream=None):
     return mod, name, parts
 
 
-def _check_readable(mod, parts: Parts, items, strict: bool, check: bool) -> None:
+def _check_readable(mod, parts: Parts, items, strict: bool, check: bool, memo=None) -> None:
     """Record unreadable items in ``parts.skipped`` (strict: raise on the first)."""
     if not check or not hasattr(mod, "unreadable") or parts.lazy:  # references: checked as they are decoded
         return
-    bad = mod.unreadable(items)
+    bad = mod.unreadable(items, memo) if memo is not None else mod.unreadable(items)
     if bad and strict:
         item, why = next(iter(bad.items()))
         raise DataError(f"cannot read {item}: {why} (remove it, or drop --strict to skip it)")

@@ -70,6 +70,16 @@ def not_regular(path) -> str | None:
     return "a device or special file"
 
 
+def _entry_not_regular(e: os.DirEntry) -> str | None:
+    """``not_regular`` of a listed entry; a plain file is known from the listing's type, no stat."""
+    try:
+        if e.is_file():
+            return None
+    except OSError:
+        pass
+    return not_regular(e.path)
+
+
 def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
     """(image files under ``folder``, sorted; {skipped path: why}). Subfolders are searched,
     but symlinked ones are not followed (no loops); dot-names are skipped."""
@@ -86,7 +96,7 @@ def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
             if e.name.startswith("."):
                 continue
             if os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
-                why = not_regular(e.path)
+                why = _entry_not_regular(e)
                 if why:
                     skipped[e.path] = why
                 else:
@@ -182,44 +192,70 @@ def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
 
 
 # -- readability (before any run directory exists) ----------------------------------------------
-_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime_ns) -> why unreadable, or None
+_CHECKED: dict[tuple, str | None] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> why unreadable, or None
+# What a remembered verdict depends on besides the file: the decoder and the pixel limit.
+CHECKER = f"pillow {Image.__version__}|max_pixels {MAX_PIXELS}|header+eoi v1"
 
 
-def unreadable(items) -> dict[str, str]:
+def unreadable(items, memo=None) -> dict[str, str]:
     """{path: why} for images that are not regular files, exceed MAX_PIXELS, or whose header
     PIL cannot parse (open + verify: about 0.1-0.4 ms an image); a JPEG without its end
     marker (cut short) is decoded at 1/8 scale to be sure. A file is checked once per
-    process while its size and mtime stay the same."""
+    process while its stat (inode, size, mtime, ctime) stays the same; with ``memo`` (the
+    feature store) a readable verdict is remembered across processes the same way, so a warm
+    fit decodes no unchanged image. Unreadable files are checked again every time (few, and
+    an error may be passing)."""
     bad = {}
-    for p in items:
-        why = _check_one(p)
-        if why:
-            bad[p] = why
+    if memo is not None:
+        memo.start_checks()
+    try:
+        for p in items:
+            why = _check_one(p, memo)
+            if why:
+                bad[p] = why
+    finally:
+        if memo is not None:
+            memo.flush_checks()  # what was checked before an interruption is kept
     return bad
 
 
-def _check_one(p: str) -> str | None:
+def _check_one(p: str, memo=None) -> str | None:
     if refs.is_ref(p):
         return _check_ref(p)
-    why = not_regular(p)
-    if why:
-        return f"it is {why}"
-    st = os.stat(p)
-    key = (p, st.st_size, st.st_mtime_ns)
+    try:
+        st = os.stat(p)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        why = not_regular(p)
+        if why:
+            return f"it is {why}"
+        st = os.stat(p)  # it became a regular file between the two looks
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if memo is not None and memo.judged_readable(memo.absolute(p), stamp, CHECKER):
+        return None
+    key = (p, *stamp)
     if key not in _CHECKED:
-        try:
-            with _quiet_bombs(), Image.open(p) as im:
-                _check_pixels(im, p)
-                fmt = im.format
-                im.verify()  # PNG: every chunk's CRC; other formats: the header
-            if fmt == "JPEG" and not _ends_with_eoi(p, st.st_size):
-                with _quiet_bombs(), Image.open(p) as im:  # cut short? decode it (1/8 scale) to be sure
-                    im.draft("RGB", (1, 1))
-                    im.load()
-            _CHECKED[key] = None
-        except Exception as e:  # any decoder failure makes the image unusable, whatever its type
-            _CHECKED[key] = _why(e)
+        _CHECKED[key] = _check_file(p, st.st_size)
+        if _CHECKED[key] is None and memo is not None:
+            memo.remember_readable(memo.absolute(p), stamp, CHECKER)
     return _CHECKED[key]
+
+
+def _check_file(p: str, size: int) -> str | None:
+    """Open + verify the header; decode a JPEG cut short (no end marker) at 1/8 scale."""
+    try:
+        with _quiet_bombs(), Image.open(p) as im:
+            _check_pixels(im, p)
+            fmt = im.format
+            im.verify()  # PNG: every chunk's CRC; other formats: the header
+        if fmt == "JPEG" and not _ends_with_eoi(p, size):
+            with _quiet_bombs(), Image.open(p) as im:  # cut short? decode it (1/8 scale) to be sure
+                im.draft("RGB", (1, 1))
+                im.load()
+        return None
+    except Exception as e:  # any decoder failure makes the image unusable, whatever its type
+        return _why(e)
 
 
 def _check_ref(ref: str) -> str | None:
@@ -411,6 +447,14 @@ def sample_key(item: str, cache, backbone) -> str:
     if refs.is_ref(item):
         return refs.content_key(item, cache)
     return cache.file_digest(item)
+
+
+def sample_keys(items: list, cache, backbone) -> list[str]:
+    """``sample_key`` of many items: files through the store's batch lookup (a stat each, one
+    query per folder), references one by one."""
+    if not any(refs.is_ref(i) for i in items):
+        return cache.file_digests(items)
+    return [sample_key(i, cache, backbone) for i in items]
 
 
 def batch_len(inputs, idx) -> int:

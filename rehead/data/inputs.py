@@ -11,12 +11,13 @@ from . import DataError, Dataset, from_items, load_dataset
 from .images import IMAGE_EXTS
 
 
-def as_dataset(data, cfg) -> Dataset:
-    """``data`` as a Dataset, split as ``cfg`` (a FitConfig) says."""
+def as_dataset(data, cfg, memo=None) -> Dataset:
+    """``data`` as a Dataset, split as ``cfg`` (a FitConfig) says; ``memo``: see ``load_dataset``."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, Path)):
         return load_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict, task=cfg.task,
+                            memo=memo,
                             **cfg.data_kw)
     if _is_dataframe(data):
         return _from_frame(data, cfg)
@@ -24,7 +25,7 @@ def as_dataset(data, cfg) -> Dataset:
         return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>", task=cfg.task)
     if _is_torch_dataset(data):
         return load_dataset(materialise(data, cfg.cache_dir), val_fraction=cfg.val_fraction, seed=cfg.seed,
-                            strict=cfg.strict)
+                            strict=cfg.strict, memo=memo)
     raise DataError(f"cannot train on a {type(data).__name__}: give a folder or CSV path, a pandas DataFrame, "
                     "a list of (item, label) pairs (items: image paths or texts) or a torch Dataset of (image, label)")
 
