@@ -108,7 +108,7 @@ def acc(logits, y) -> float:
 def run_ours(xtr, ytr, xte, yte, k, **kw):
     from rehead.train.linear_head import fit_linear_head
     t0 = time.perf_counter()
-    lin, info = fit_linear_head(xtr, ytr, k, threads=1, **kw)
+    lin, info = fit_linear_head(xtr, ytr, k, **kw)  # threads: the process setting (--threads)
     sec = time.perf_counter() - t0
     with torch.no_grad():
         a = acc(lin(torch.from_numpy(xte)).numpy(), yte)
@@ -187,8 +187,11 @@ def main():
     ap.add_argument("--synthetic-n", type=int, default=10000)
     ap.add_argument("--synthetic-lrcv", action="store_true", help="also time LogisticRegressionCV on the synthetic set")
     ap.add_argument("--merge", action="store_true", help="keep the figures already in the results file, update these")
+    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads for every solver compared")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(a.threads)  # scikit-learn's BLAS: the same thread count as ours
     started = machine()
     # Imports and first-call costs outside every timing: rehead, scikit-learn, torch's kernels.
     import sklearn.linear_model  # noqa: F401
@@ -226,7 +229,7 @@ def main():
         x, y = synthetic(a.synthetic_n + 5000)
         xtr, ytr, xte, yte = x[:a.synthetic_n], y[:a.synthetic_n], x[a.synthetic_n:], y[a.synthetic_n:]
         row = {"n_train": len(ytr), "n_test": len(yte), "dim": int(x.shape[1]), "classes": 10,
-               "loadavg_before": list(os.getloadavg())}
+               "threads": a.threads, "loadavg_before": list(os.getloadavg())}
         row["rehead_linear_head"] = run_ours(xtr, ytr, xte, yte, 10)
         old = figures.get(f"synthetic_{a.synthetic_n}x1280_10cls", {})
         if "sklearn_LogisticRegressionCV_matched" in old and not a.synthetic_lrcv:
