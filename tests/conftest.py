@@ -81,6 +81,11 @@ def make_images(root: Path, classes=("red", "blue"), n: int = 10, size: int = 40
     return root
 
 
+def split_rows(n: int, split_of, classes=("red", "blue")) -> list[str]:
+    """CSV rows ``path,label,split`` over make_images' files; ``split_of(i)`` names image i's split."""
+    return ["path,label,split"] + [f"{c}/{c}_{i}.jpg,{c},{split_of(i)}" for c in classes for i in range(n)]
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_images(tmp_path / "imgs")

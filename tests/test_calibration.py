@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import make_images
+from tests.conftest import make_images, split_rows
 
 
 # -- the measures and the fit, on logits alone -----------------------------------------------
@@ -64,10 +64,7 @@ def image_run(tmp_path_factory, tiny_spec):
     from rehead.fit import fit
     tmp = tmp_path_factory.mktemp("calib")
     root = make_images(tmp / "imgs", n=12)
-    rows = ["path,label,split"]
-    for c in ("red", "blue"):
-        for i in range(12):
-            rows.append(f"{c}/{c}_{i}.jpg,{c},{'train' if i < 6 else 'val' if i < 10 else 'test'}")
+    rows = split_rows(12, lambda i: "train" if i < 6 else "val" if i < 10 else "test")
     other = {"red": "blue", "blue": "red"}
     for j in (8, 22, 24):  # red val, blue val, blue test: labelled with the other colour
         path, lab, split = rows[j].split(",")

@@ -35,7 +35,7 @@ def test_events_fire_in_order(one_thread):
     tr.fit(nn.Linear(4, 2), data(16), data(8, 1), [Phase("a", 1, 1e-2, trainable=None), Phase("b", 2, 1e-2)],
            batch_size=8)
     step = ["before_step", "after_pred", "penalty", "after_loss", "after_backward", "after_step"]
-    epoch = ["before_epoch", *step, *step, "after_epoch"]
+    epoch = ["before_epoch", *step, *step, "before_validate", "after_epoch"]
     assert rec.seen == ["setup", "before_phase", *epoch, "after_phase",
                         "before_phase", *epoch, *epoch, "after_phase", "after_fit"]
     assert [(r["phase"], r["epoch"]) for r in tr.history] == [("a", 1), ("b", 1), ("b", 2)]
@@ -43,6 +43,26 @@ def test_events_fire_in_order(one_thread):
     best = max(tr.history, key=lambda r: (r["val_acc"], -r["val_loss"]))
     assert tr.kept["global_epoch"] == best["global_epoch"] and tr.kept["val_acc"] == best["val_acc"]
     assert [p["phase"] for p in tr.phase_best] == ["a", "b"] and tr.phase_best[1]["epochs_run"] == 2
+
+
+def test_weight_ema_is_what_val_scores_and_what_the_phase_ends_with(one_thread):
+    from rehead.train.callbacks import Callback, WeightEMA
+
+    class Raw(Callback):
+        order = 60  # after the step, before anything swaps weights
+
+        def after_step(self, tr):
+            self.last = {k: v.detach().clone() for k, v in tr.net.state_dict().items()}
+
+        def before_validate(self, tr):
+            self.trained = {k: v.detach().clone() for k, v in tr.net.state_dict().items()}
+
+    ema, raw = WeightEMA(0.9), Raw()
+    model = nn.Linear(4, 2)
+    tr = Trainer(TrainConfig(progress=False, select_best=False, hooks=[ema, raw]))
+    tr.fit(model, data(16), data(8, 1), [Phase("b", 3, 1e-1)], batch_size=8)
+    assert torch.allclose(model.weight, ema.avg["weight"])  # the phase ends averaged
+    assert not torch.allclose(model.weight, raw.last["weight"])  # not with the last step's weights
 
 
 def test_a_non_finite_loss_stops_with_the_phase_and_epoch(one_thread):

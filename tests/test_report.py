@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import make_images
+from tests.conftest import make_images, split_rows
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -63,10 +63,7 @@ def fit_run(tmp_path_factory, tiny_spec):
     from rehead.fit import fit
     tmp_path = tmp_path_factory.mktemp("fitrun")
     root = make_images(tmp_path / "imgs", n=8)
-    rows = ["path,label,split"]
-    for c in ("red", "blue"):
-        for i in range(8):
-            rows.append(f"{c}/{c}_{i}.jpg,{c},{'train' if i < 5 else 'val'}")
+    rows = split_rows(8, lambda i: "train" if i < 5 else "val")
     rows[-1] = rows[-1].replace(",blue,", ",red,")  # a blue image labelled red, in val
     (root / "data.csv").write_text("\n".join(rows) + "\n")
     run = fit(str(root / "data.csv"), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=20, lr=1e-2,
