@@ -144,6 +144,10 @@ def summary_line(rec: dict) -> str:
     """One line for the end of a fit."""
     if not rec.get("fitted"):
         return f"calibration: T = 1 ({rec.get('reason')})"
-    return (f"calibration: T = {rec['temperature']:.3f} fitted on val ({rec['n']} samples); val ECE "
+    line = (f"calibration: T = {rec['temperature']:.3f} fitted on val ({rec['n']} samples); val ECE "
             f"{rec['ece_before']:.4f} -> {rec['ece_after']:.4f}, NLL {rec['nll_before']:.4f} -> "
             f"{rec['nll_after']:.4f} (optimistic: measured where T was fitted)")
+    if rec["ece_after"] > rec["ece_before"]:  # T minimises NLL; on a small val split ECE can move the other way
+        line += ("; note: ECE rose (T is fitted to log-loss, and ECE on few samples is noisy): judge it on "
+                 "held-out data with `rehead evaluate RUN DATA`")
+    return line

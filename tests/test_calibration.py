@@ -200,3 +200,10 @@ def test_tta_on_a_text_run_is_a_one_line_error(tmp_path, tiny_bert_dir):
         assert r.exit_code == 2
         assert r.output.startswith("error: --tta averages each image") and r.output.count("\n") == 1, r.output
     assert cli.invoke(app, ["predict", str(run.dir), "a fine film"]).exit_code == 0
+
+
+def test_the_fit_line_says_when_ece_rose():
+    from rehead.calibration import summary_line
+    rec = {"fitted": True, "temperature": 2.0, "n": 100, "nll_before": 1.4, "nll_after": 1.1}
+    assert "ECE rose" in summary_line({**rec, "ece_before": 0.10, "ece_after": 0.20})
+    assert "ECE rose" not in summary_line({**rec, "ece_before": 0.20, "ece_after": 0.10})
