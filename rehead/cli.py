@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from .interrupts import catch_ignored
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: reuse a pretrained network, cut, graft, train.")
 
@@ -370,6 +372,7 @@ def _register_commands():
 
 
 _register_commands()
+catch_ignored()  # a Ctrl-C that Python would ignore (in a destructor) still stops the command
 
 
 def main():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .interrupts import check as check_interrupt
 from .precision import autocast, device_of, extraction_device, feature_precision
 from .store import CacheError, ShardStore, atomic_write_bytes, default_cache_dir
 
@@ -198,6 +199,7 @@ def _forward(backbone, pipe, items, todo, cuts, keys, computed, writers, loader_
     seen = set()
     with torch.inference_mode():
         for idx, inputs, _ in loader:
+            check_interrupt()
             if len(idx):
                 out = backbone.forward_cuts(send_to_device(inputs, device, non_blocking=True), cuts)
                 out = {k: out[k].float().cpu().numpy() for k in cuts}  # one copy per batch, not per row

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..heads import loss_for
+from ..interrupts import check as check_interrupt
 from ..recipes import Phase  # noqa: F401  (re-exported: Phase lives with the recipes)
 from .callbacks import (EVENTS, BestWeights, CancelFit, Checkpoint, EarlyStopping, MetricsCSV, Progress,
                         Schedule, TrainingDiverged)
@@ -194,6 +195,7 @@ class Trainer:
             self.total_steps = self.steps_per_epoch * ph.epochs
             self.epoch, self.stop_phase = epoch, False
             t0 = time.perf_counter()
+            check_interrupt()
             self._event("before_epoch")
             tr = self._solve(tr_data) if on_feats and ph.solver else self._train_epoch()
             self._event("before_validate")
@@ -247,6 +249,7 @@ class Trainer:
         penalties = [cb for cb in self.callbacks if hasattr(cb, "penalty")]
         autocast = nullcontext if cfg.local else acc.autocast
         for self.step, batch in enumerate(self.loader):
+            check_interrupt()  # a Ctrl-C Python ignored (in a destructor) stops here
             idx, x, y = send_to_device(batch, self.device)
             if len(idx) == 0:
                 continue

@@ -1,0 +1,32 @@
+"""Ctrl-C, even when it lands where Python ignores it.
+
+A KeyboardInterrupt raised inside a destructor (a DataLoader iterator being collected between
+epochs) is "ignored": Python prints its traceback and goes on, so the fit would run to its end
+after a Ctrl-C. The CLI installs ``catch_ignored``; the training and extraction loops call
+``check`` at every step, so such a Ctrl-C stops the run there, as any other does.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+_pending = threading.Event()
+
+
+def catch_ignored() -> None:
+    """Route an ignored KeyboardInterrupt to ``check`` instead of printing a traceback."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _pending.set()
+            return
+        previous(unraisable)
+    sys.unraisablehook = hook
+
+
+def check() -> None:
+    """Raise the Ctrl-C that an ignored KeyboardInterrupt stood for, once."""
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
