@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .interrupts import catch_ignored
+from . import interrupts
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: reuse a pretrained network, cut, graft, train.")
@@ -65,6 +65,8 @@ def guarded(fn):
         except OSError as e:  # a full disk, a read-only folder, a permission: the message names the file
             fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''} (REHEAD_DEBUG=1 shows where)")
         except Exception as e:  # a bug of rehead's: still one line, and how to see more
+            if interrupts.pending():  # not a bug: a Ctrl-C Python ignored, whose workers died first
+                fail("interrupted", code=130)
             fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                  "(unexpected; REHEAD_DEBUG=1 shows the traceback, please report it)")
     return wrapper
@@ -174,9 +176,17 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
         else:
             run_fit(data, out=out, config=cfg, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt:
-        started = (Path(out) / "config.yaml").exists()
-        fail("interrupted" + (f": continue with `rehead fit --resume {out}`" if started else
-                              ": nothing was written"), code=130)
+        _interrupted_fit(out)
+    except Exception:
+        if not interrupts.pending():
+            raise
+        _interrupted_fit(out)  # the DataLoader's workers died of the same Ctrl-C first
+
+
+def _interrupted_fit(out) -> None:
+    started = (Path(out) / "config.yaml").exists()
+    fail("interrupted" + (f": continue with `rehead fit --resume {out}`" if started else
+                          ": nothing was written"), code=130)
 
 
 def _with_options(fn, cls):
@@ -372,7 +382,7 @@ def _register_commands():
 
 
 _register_commands()
-catch_ignored()  # a Ctrl-C that Python would ignore (in a destructor) still stops the command
+interrupts.catch_ignored()  # a Ctrl-C that Python would ignore (in a destructor) still stops the command
 
 
 def main():

@@ -25,6 +25,12 @@ def catch_ignored() -> None:
     sys.unraisablehook = hook
 
 
+def pending() -> bool:
+    """Whether a Ctrl-C was ignored and not raised yet: an error right after it (a DataLoader whose
+    workers the same Ctrl-C stopped) is the interrupt's doing, not a failure of its own."""
+    return _pending.is_set()
+
+
 def check() -> None:
     """Raise the Ctrl-C that an ignored KeyboardInterrupt stood for, once."""
     if _pending.is_set():

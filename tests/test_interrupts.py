@@ -25,3 +25,21 @@ def test_an_ignored_ctrl_c_stops_the_loop(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         Trainer(TrainConfig(progress=False)).fit(nn.Linear(4, 2), data, data, [Phase("head", 2, 1e-2)], batch_size=8)
     interrupts.check()  # raised once, not again
+
+
+def test_an_error_after_an_ignored_ctrl_c_is_reported_as_the_interrupt(tmp_path, monkeypatch, image_folder):
+    """Ctrl-C stops the DataLoader's workers too; when Python ignored the main process's own
+    KeyboardInterrupt, the workers' death surfaces first: still "interrupted", with the resume hint."""
+    from typer.testing import CliRunner
+    import rehead.fit
+    from rehead.cli import app
+
+    def fit(*a, out=None, **kw):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.yaml").write_text("kind: fit\n")
+        interrupts._pending.set()
+        raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+    monkeypatch.setattr(rehead.fit, "fit", fit)
+    r = CliRunner().invoke(app, ["fit", str(image_folder), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 130 and "rehead fit --resume" in r.output and "RuntimeError" not in r.output
+    interrupts._pending.clear()
