@@ -4,9 +4,8 @@ Extraction (and the inference of a head trained on extracted features) runs the 
 under bf16 autocast where the hardware has bf16 arithmetic: CUDA GPUs that support it, and CPUs
 with AVX512-BF16 or AMX (oneDNN then runs convolutions and matmuls in bf16: 2.6x the fp32 forward
 of EfficientNet-Lite0 on this project's CPU, bench/extract_speed.py; accuracy against fp32 in
-bench/results/feature_precision.json). Elsewhere,
-and when ``REHEAD_FEATURE_PRECISION=fp32``, it stays fp32. Training steps are unaffected
-(``--precision`` sets theirs).
+bench/results/feature_precision.json). Elsewhere, and when ``REHEAD_FEATURE_PRECISION=fp32``, it
+stays fp32. Training steps are unaffected (``--precision`` sets theirs).
 """
 from __future__ import annotations
 
