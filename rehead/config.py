@@ -179,11 +179,16 @@ class FitConfig:
     def replace(self, **kw) -> "FitConfig":
         return dataclasses.replace(self, **kw)
 
+    @property
+    def augment_asked(self) -> str | None:
+        """The preset ``--augment`` names, None when unset or ``none``."""
+        return None if self.augment in (None, "none") else self.augment
+
     def augment_for(self, modality: str, unfreezes: bool) -> str | None:
         """The augmentation preset live training uses: ``--augment`` when given (``none``: off), else
         ``light`` for image phases that train backbone stages (the measured default, issue 14)."""
         if self.augment is not None:
-            return None if self.augment == "none" else self.augment
+            return self.augment_asked
         return DEFAULT_AUGMENT if modality == "image" and unfreezes else None
 
     @property

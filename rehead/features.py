@@ -98,8 +98,8 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
 
     Only samples missing from the cache (or failing its checks) go through the backbone, once,
     for all cuts, in ``rehead.precision.feature_precision`` (bf16 where the hardware has it). Their
-    features are written in shards as they come, so a killed extraction
-    resumes from the last finished shard. Under ``accelerate launch`` every process calls this with
+    features are written in shards as they come, so a killed extraction resumes from the last
+    finished shard. Under ``accelerate launch`` every process calls this with
     the same items: each computes its share of the missing samples, and all return everything
     (``rehead.distributed``).
     """

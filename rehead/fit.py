@@ -200,7 +200,7 @@ def _new_head(cfg: FitConfig, in_dim: int, n_classes: int):
 def _recipe(cfg: FitConfig, n_train: int, depth: int):
     return _solved_heads(cfg, build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
                         lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
-                        augment=cfg.augment not in (None, "none"), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
+                        augment=bool(cfg.augment_asked), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
                         sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult, plan=cfg.auto_plan))
 
 
@@ -269,7 +269,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
     augment = _augment(cfg, job.backbone, recipe)
-    if cfg.augment not in (None, "none") and recipe.strategy == "extract":
+    if cfg.augment_asked and recipe.strategy == "extract":
         echo("note: --augment is ignored by --strategy extract (features are cached once); "
              "use --strategy head or finetune to train on augmented images")
     elif augment:

@@ -45,11 +45,9 @@ def autocast(device: torch.device | str, precision: str):
 
 
 def extraction_device() -> torch.device:
-    """Where frozen features are computed: the GPU when there is one (the first; under ``accelerate
-    launch`` each process its own), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return torch.device("cpu")
+    """Where a single process computes frozen features: the GPU when there is one, else the CPU.
+    (Under a launch each process uses its own device from accelerate: ``rehead.distributed``.)"""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
