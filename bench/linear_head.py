@@ -218,6 +218,7 @@ def main():
                "loadavg_before": list(os.getloadavg())}
         row["rehead_linear_head"] = run_ours(xtr, ytr, xte, yte, k)
         row["rehead_linear_head_accuracy_scoring"] = run_ours(xtr, ytr, xte, yte, k, scoring="accuracy")
+        row["rehead_linear_head_scaling_auto"] = run_ours(xtr, ytr, xte, yte, k, scaling="auto")  # what fit runs
         row["sklearn_LogisticRegressionCV_matched"] = run_lrcv(xtr, ytr, xte, yte, **{**lrcv_matched, "cv": cv})
         row["sklearn_LogisticRegressionCV_default"] = run_lrcv(xtr, ytr, xte, yte, max_iter=1000)
         row["rehead_extract_head_today"] = run_extract_head(xtr, ytr, xte, yte, k)
@@ -231,6 +232,7 @@ def main():
         row = {"n_train": len(ytr), "n_test": len(yte), "dim": int(x.shape[1]), "classes": 10,
                "threads": a.threads, "loadavg_before": list(os.getloadavg())}
         row["rehead_linear_head"] = run_ours(xtr, ytr, xte, yte, 10)
+        row["rehead_linear_head_scaling_auto"] = run_ours(xtr, ytr, xte, yte, 10, scaling="auto")
         old = figures.get(f"synthetic_{a.synthetic_n}x1280_10cls", {})
         if "sklearn_LogisticRegressionCV_matched" in old and not a.synthetic_lrcv:
             row["sklearn_LogisticRegressionCV_matched"] = old["sklearn_LogisticRegressionCV_matched"]
@@ -255,7 +257,8 @@ def main():
     write("linear_head", figures, extra={
         "notes": ("test_acc: accuracy on the held-out split (test.csv; hymenoptera val/), never seen by any fit. "
                   "rehead_linear_head: fit_linear_head defaults (5-fold stratified CV on train, held-out log-loss, "
-                  "decades 1e-4..1e4 then half-decade neighbours of the best). *_accuracy_scoring: the same, "
+                  "decades 1e-4..1e4 then half-decade neighbours of the best). *_scaling_auto: the same with per-column and "
+                  "global scaling both cross-validated and the better solved (what `rehead fit` runs). *_accuracy_scoring: the same, "
                   "CV by accuracy. sklearn_LogisticRegressionCV_matched: StandardScaler + LogisticRegressionCV("
                   "Cs=17 half decades 1e-4..1e4, the same 5 shuffled stratified folds, neg_log_loss, lbfgs, "
                   "max_iter=1000). *_default: StandardScaler + LogisticRegressionCV(max_iter=1000): Cs=10, "

@@ -195,3 +195,14 @@ def test_global_scaling_is_the_raw_feature_probe_and_the_loop_lets_cv_choose():
     assert info["scaling"] == "global"
     with pytest.raises(ValueError, match="scaling"):
         fit_linear_head(x, y, 3, C=1.0, scaling="rows")
+    # "auto" (what the loop asks for): both scalings cross-validated on train, the better CV
+    # log-loss solved to the end, the same head as asking for that scaling alone.
+    x[:, 0] *= 1e-3  # a faint but informative column: the two scalings now differ
+    x[:, 0] += 1e-3 * y
+    auto, ai = fit_linear_head(x, y, 3, scaling="auto")
+    seen = ai["scalings"]
+    assert set(seen) == {"column", "global"}
+    chosen = min(seen, key=lambda sc: seen[sc]["log_loss"])
+    assert ai["scaling"] == chosen and seen["column"]["log_loss"] != seen["global"]["log_loss"]
+    alone, _ = fit_linear_head(x, y, 3, scaling=chosen)
+    np.testing.assert_allclose(probs(auto, x), probs(alone, x), atol=1e-5)

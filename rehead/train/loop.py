@@ -293,9 +293,9 @@ class Trainer:
         # raw-feature probe): on some features one is worth points over the other (digits on Lite0:
         # 0.78 vs 0.82), so the training split's own CV log-loss chooses.
         x, y, n = data.x.numpy(), data.y.numpy(), linear[0].out_features
-        tries = [fit_linear_head(x, y, n, seed=self.cfg.seed or 0, scaling=s, class_weight=self.cfg.class_weight,
-                                 min_relative_std=1e-7 if later_live else 0.0) for s in ("column", "global")]
-        solved, info = min(tries, key=lambda t: min((r["log_loss"] for r in t[1].get("cv", [])), default=0.0))
+        solved, info = fit_linear_head(x, y, n, seed=self.cfg.seed or 0, scaling="auto",
+                                       class_weight=self.cfg.class_weight,
+                                       min_relative_std=1e-7 if later_live else 0.0)
         with torch.no_grad():
             linear[0].weight.copy_(solved.weight)
             linear[0].bias.copy_(solved.bias)
