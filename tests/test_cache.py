@@ -544,3 +544,37 @@ def test_keys_use_the_stats_the_data_check_just_took_and_only_for_a_moment(tmp_p
     monkeypatch.setattr(store, "STAT_REUSE_SECONDS", 0.0)  # later (or another fit): stat'ed again
     now = fit.file_digests(items)
     assert now[0] != before[0] and now[1:] == before[1:]
+
+
+def test_a_read_in_write_order_takes_the_shortcut_and_serves_the_same_rows(tmp_path, monkeypatch):
+    """Every row in write order (a warm read) skips the key join; any other request joins. Both
+    serve the same rows; a key rewritten in a newer shard is served from that shard when joined,
+    and a damaged row is still refused on the shortcut."""
+    from rehead import store
+    import hashlib
+    keys = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)]
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    cache = FeatureCache(tmp_path / "c")
+    cache.put_many("m", keys[:3], rows[:3])
+    cache.put_many("m", keys[3:], rows[3:])
+    joined = []
+    real_join = store._Index._join
+    monkeypatch.setattr(store._Index, "_join", lambda self: joined.append(1) or real_join(self))
+    got, ok = cache.read("m", keys)
+    assert ok.all() and np.array_equal(got, rows) and not joined
+    perm = [5, 0, 3, 1, 4, 2]
+    got, ok = cache.read("m", [keys[i] for i in perm])
+    assert ok.all() and np.array_equal(got, rows[perm]) and joined
+    cache.put_many("m", keys[:1], rows[:1] + 100)  # a newer row for the first key
+    got, ok = cache.read("m", keys)  # no longer the write order: joined, the newest row wins
+    assert ok.all() and np.array_equal(got[0], rows[0] + 100) and np.array_equal(got[1:], rows[1:])
+    import time
+    time.sleep(0.05)
+    shard = sorted(_shards(tmp_path / "c"), key=lambda p: p.stat().st_mtime_ns)[0]
+    raw = bytearray(shard.read_bytes())
+    raw[_data_offset(shard) + 4 * 4 + 2] ^= 0x40  # keys[1]'s row
+    shard.write_bytes(bytes(raw))
+    joined.clear()
+    got, ok = cache.read("m", keys + keys[:1])  # shards 1, 2, 3 in write order: the shortcut
+    assert not joined and ok.tolist() == [True, False, True, True, True, True, True]
+    assert np.array_equal(got[2:6], rows[2:6]) and np.array_equal(got[6], rows[0] + 100)
