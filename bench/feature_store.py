@@ -124,7 +124,8 @@ def warm_read_timings(cache_dir: Path, run: Path, spec: str, reps: int) -> dict:
     meta = probe.snapshot(zoo.weights_stamp(spec))
     k = len(meta["stage_names"])
     cut = meta["cuts"][str(k)]
-    mkey = probe.key(spec, cut["weights_id"], k, cut["preprocessing_id"])
+    from rehead.precision import extraction_device, feature_precision
+    mkey = probe.key(spec, cut["weights_id"], k, cut["preprocessing_id"], feature_precision(extraction_device()))
     keys = {s: probe.file_digests(items[s]) for s in items}
     whole = np.concatenate([probe.get_all(mkey, keys[s]) for s in ("train", "val")])
     one = cache_dir.parent / "all_features.npy"

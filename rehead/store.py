@@ -21,11 +21,9 @@ twice within one tick of the file system's clock keeps its stat (git's "racy cle
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .rundir import atomic_write_bytes  # noqa: F401  (one atomic writer for the cache and run directories)
+from .shards import (ShardIndex, finite_rows, in_read_order, key_ids, read_rows, row_checks,  # noqa: F401
+                     save_shard, stamp_of)
 
 MARKER = "CACHEDIR.TAG"
 # The Cache Directory Tagging spec's signature (https://bford.info/cachedir/): backup tools skip it too.
@@ -80,56 +80,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "rehead"
-
-
-def key_ids(skeys: list[str]) -> np.ndarray:
-    """Per sample key, 16 bytes as two uint64 columns: [:, 0] finds a row, [:, 1] is mixed into its
-    checksum, so even two keys sharing the first half never serve each other's values. A key that is
-    a sha256 hex digest (images, text, tables) is used as is; any other is hashed."""
-    if skeys and set(map(len, skeys)) == {64}:
-        try:  # the usual case, in one decode of all keys: 50,000 in a few milliseconds
-            whole = np.frombuffer(bytes.fromhex("".join(skeys)), dtype="<u8").reshape(-1, 4)
-            return np.ascontiguousarray(whole[:, :2])
-        except ValueError:
-            pass
-
-    def raw(k: str) -> bytes:
-        if len(k) == 64:
-            try:
-                return bytes.fromhex(k[:32])
-            except ValueError:
-                pass
-        return hashlib.sha256(k.encode()).digest()[:16]
-    return np.frombuffer(b"".join(raw(k) for k in skeys), dtype="<u8").reshape(-1, 2)
-
-
-def _weights(n: int) -> np.ndarray:
-    """n odd uint64 weights (splitmix64 of the position): fixed forever, independent of numpy's RNG."""
-    with np.errstate(over="ignore"):
-        z = (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return (z ^ (z >> np.uint64(31))) | np.uint64(1)
-
-
-def row_checks(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Checksum per row: a position-weighted sum of its 8-byte words mod 2^64 (odd weights, so any
-    change confined to one word always shows) plus half of its key id. One vectorised pass, a
-    fraction of a crc32's time, so every read can afford it."""
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.shape[1] % 2 == 0:
-        words = rows.view(np.uint64)
-    else:  # odd widths: 4-byte words, widened (a copy; uncommon)
-        words = rows.view(np.uint32).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        s = np.einsum("ij,j->i", words, _weights(words.shape[1])) + ids[:, 1]
-    return s.view(np.int64)
-
-
-def finite_rows(rows: np.ndarray) -> np.ndarray:
-    """Rows whose values are all finite, in one pass: NaN and inf survive a sum (a float32 sum
-    that overflows also counts as bad: such a row is recomputed, never stored)."""
-    return np.isfinite(np.einsum("ij->i", rows))
 
 
 def parse_size(text: str) -> int:
@@ -406,36 +356,60 @@ class ShardStore:
             dim = db.execute("SELECT dim FROM models WHERE mkey=?", (mkey,)).fetchone()
             if dim is None:
                 return None, ok
-            index = _Index(db.execute("SELECT id, file, keys, checks FROM shards WHERE mkey=? ORDER BY id",
+            index = ShardIndex(db.execute("SELECT id, file, keys, checks FROM shards WHERE mkey=? ORDER BY id",
                                       (mkey,)).fetchall())
             marks = self._marks(db, mkey)
         ids = key_ids(skeys)
-        shard, row, check = index.find(ids[:, 0])
-        found = np.flatnonzero(shard >= 0)
-        if not len(found):
-            return None, ok
         out = np.empty((len(skeys), dim[0]), dtype=np.float32)  # rows left unread are never ok
-        trusted = np.zeros(len(skeys), dtype=bool)
-        order = found if _ascending(shard[found], row[found]) else found[np.lexsort((row[found], shard[found]))]
-        groups = np.split(order, np.flatnonzero(np.diff(shard[order])) + 1)
-        stamps = []
-        for group in groups:
-            file = f"{mkey}/{index.files[shard[group[0]]]}"
-            ok[group], stamp = _read_rows(self.root / "features" / file, dim[0], row[group], group, out)
-            stamps.append(stamp)
-            mark = marks.get(file)
-            if ok[group[0]] and mark is not None and mark[0] == stamp:  # unchanged since its rows were checked
-                r = row[group]
-                trusted[group] = mark[1][r].astype(bool) & (mark[2][r] == ids[group, 1])
-        todo = np.flatnonzero(ok & ~trusted)
-        if len(todo):
-            with np.errstate(all="ignore"):  # every row (the first read after a change): no copy
-                rows = out if len(todo) == len(out) else out[todo]
-                ok[todo] = finite_rows(rows) & (row_checks(ids[todo], rows) == check[todo])
-        new_marks = self._new_marks(mkey, index, marks, groups, stamps, shard, row, ids, ok & ~trusted)
+        shard, row, check = index.find(ids[:, 0])
+        everything = np.arange(len(skeys))
+        new_marks, found = self._serve(mkey, index, marks, ids, everything, shard, row, check, out, ok)
+        if index.ran and not ok.all():
+            # The shortcut served a run that holds damaged rows: their recomputed copies, in newer
+            # shards, are found by the join.
+            again = everything[~ok]
+            shard, row, check = index.find(ids[again, 0], join=True)
+            more, found_again = self._serve(mkey, index, marks, ids, again, shard, row, check, out, ok)
+            new_marks, found = new_marks + more, found + found_again
+        if not found:
+            return None, ok
         if ok.any():
             self._touch(mkey, new_marks)
         return out, ok
+
+    def _serve(self, mkey, index, marks, ids, sel, shard, row, check, out, ok) -> tuple[list, int]:
+        """Read the rows found for requests ``sel`` (shard, row, check aligned with it) into
+        ``out[sel]`` and set ``ok[sel]``: rows of a shard unchanged since they were checked are
+        trusted, the others checked. Returns (new shard marks, rows found)."""
+        hit = shard >= 0
+        sel, shard, row, check = sel[hit], shard[hit], row[hit], check[hit]
+        if not len(sel):
+            return [], 0
+        if not in_read_order(shard, row):
+            order = np.lexsort((row, shard))
+            sel, shard, row, check = sel[order], shard[order], row[order], check[order]
+        sids = ids[sel]
+        dim = out.shape[1]
+        good = np.zeros(len(sel), dtype=bool)
+        trusted = np.zeros(len(sel), dtype=bool)
+        groups = np.split(np.arange(len(sel)), np.flatnonzero(np.diff(shard)) + 1)
+        stamps = []
+        for group in groups:
+            file = f"{mkey}/{index.files[shard[group[0]]]}"
+            good[group], stamp = read_rows(self.root / "features" / file, dim, row[group], sel[group], out)
+            stamps.append(stamp)
+            mark = marks.get(file)
+            if good[group[0]] and mark is not None and mark[0] == stamp:  # unchanged since its rows were checked
+                r = row[group]
+                trusted[group] = mark[1][r].astype(bool) & (mark[2][r] == sids[group, 1])
+        todo = np.flatnonzero(good & ~trusted)
+        if len(todo):
+            at = sel[todo]
+            with np.errstate(all="ignore"):  # every row in order (the first read after a change): no copy
+                rows = out if len(at) == len(out) and np.array_equal(at, np.arange(len(out))) else out[at]
+                good[todo] = finite_rows(rows) & (row_checks(sids[todo], rows) == check[todo])
+        ok[sel] = good
+        return self._new_marks(mkey, index, marks, groups, stamps, shard, row, sids, good & ~trusted), len(sel)
 
     def _marks(self, db, mkey: str) -> dict[str, tuple]:
         """{"<mkey>/<file>": (stat, good, k1)} of a model key's shards, in one range query."""
@@ -500,7 +474,7 @@ class ShardStore:
         name = f"{uuid.uuid4().hex}.npy"
         path = self.root / "features" / mkey / name
         with self._writing(path):
-            _save_npy(path, rows)
+            save_shard(path, rows)
         now = time.time()
         try:
             self._write([("INSERT INTO models VALUES (?,?,?) ON CONFLICT(mkey) DO UPDATE SET last_used=?",
@@ -526,7 +500,7 @@ class ShardStore:
             for mkey, dim, used in db.execute("SELECT mkey, dim, last_used FROM models ORDER BY last_used DESC").fetchall():
                 shards = db.execute("SELECT id, file, keys, checks, bytes FROM shards WHERE mkey=?", (mkey,)).fetchall()
                 out.append({"key": mkey, "dim": dim, "last_used": used, "shards": len(shards),
-                            "bytes": sum(r[4] for r in shards), "samples": _Index([r[:4] for r in shards]).distinct()})
+                            "bytes": sum(r[4] for r in shards), "samples": ShardIndex([r[:4] for r in shards]).distinct()})
         return out
 
     def size(self) -> dict:
@@ -563,7 +537,7 @@ class ShardStore:
             shards = db.execute("SELECT id, mkey, file, keys, checks, bytes FROM shards ORDER BY id").fetchall()
         live = set()
         for mkey in {r[1] for r in shards}:
-            live |= _Index([(r[0], r[2], r[3], r[4]) for r in shards if r[1] == mkey]).live_shards()
+            live |= ShardIndex([(r[0], r[2], r[3], r[4]) for r in shards if r[1] == mkey]).live_shards()
         dead = [r for r in shards if r[0] not in live]
         self._write([("DELETE FROM shards WHERE id=?", [(r[0],) for r in dead]),
                      ("DELETE FROM shard_marks WHERE file=?", [(f"{r[1]}/{r[2]}",) for r in dead])])
@@ -690,12 +664,6 @@ def _all_absolute(paths: list[str]) -> list[str]:
     return [_absolute(p) for p in paths]
 
 
-def stamp_of(st: os.stat_result) -> tuple:
-    """What says a file is unchanged: inode (replaced by another file), size, mtime, and ctime
-    (moved by any write or metadata change, and nobody can set it back)."""
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def racy(stamp: tuple) -> bool:
     """A stat too young to remember: a write within the same tick of a coarse file-system clock
     would leave it as it is."""
@@ -717,103 +685,3 @@ def hashlib_sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _save_npy(path: Path, rows: np.ndarray) -> None:
-    """np.save to a temp file in the shard's folder, fsync'd, then renamed: a reader sees a whole
-    shard or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, rows, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class _Index:
-    """One model key's rows, from its shards' key and checksum blobs: key id -> (shard, row, check),
-    the newest shard winning. Built with numpy in a few milliseconds for 50,000 rows, where a
-    query returning one SQL row per sample takes ten times longer. A request for every row in
-    write order (a warm read of what one extraction wrote) is answered without the join."""
-
-    def __init__(self, shards: list[tuple]):
-        self.files = {sid: file for sid, file, _, _ in shards}
-        keys = [np.frombuffer(k, dtype="<u8") for _, _, k, _ in shards]
-        n = [len(k) for k in keys]
-        self.rows = {sid: m for (sid, *_), m in zip(shards, n)}
-        self.all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="<u8")
-        self.all_shard = np.repeat(np.array([sid for sid, *_ in shards], dtype=np.int64), n)
-        self.all_row = np.concatenate([np.arange(m) for m in n]) if n else np.zeros(0, dtype=np.int64)
-        self.all_check = np.concatenate([np.frombuffer(c, dtype="<i8") for *_, c in shards]) if shards \
-            else np.zeros(0, np.int64)
-        self.keys = None
-
-    def _join(self) -> None:
-        # the last occurrence of a key (shards are in id order, so the newest) is the one that counts
-        self.keys, first = np.unique(self.all_keys[::-1], return_index=True)
-        last = len(self.all_keys) - 1 - first
-        self.shard, self.row, self.check = self.all_shard[last], self.all_row[last], self.all_check[last]
-
-    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per id: shard (-1 when absent), row, check."""
-        if len(ids) == len(self.all_keys) and np.array_equal(ids, self.all_keys):
-            # Every row, in write order. A key written twice (the same content twice in a set) is
-            # then served from each of its rows; every row served is still checked on its own.
-            return self.all_shard, self.all_row, self.all_check
-        if self.keys is None:
-            self._join()
-        pos = np.minimum(np.searchsorted(self.keys, ids), max(len(self.keys) - 1, 0))
-        hit = (self.keys[pos] == ids) if len(self.keys) else np.zeros(len(ids), dtype=bool)
-        shard = np.where(hit, self.shard[pos] if len(self.keys) else -1, -1)
-        return shard, (self.row[pos] if len(self.keys) else np.zeros(len(ids), np.int64)), \
-            (self.check[pos] if len(self.keys) else np.zeros(len(ids), np.int64))
-
-    def distinct(self) -> int:
-        if self.keys is None:
-            self._join()
-        return len(self.keys)
-
-    def live_shards(self) -> set[int]:
-        if self.keys is None:
-            self._join()
-        return set(np.unique(self.shard).tolist())
-
-
-def _ascending(shard: np.ndarray, row: np.ndarray) -> bool:
-    """Whether (shard, row) pairs are already in read order (a warm read in write order is)."""
-    return bool(np.all((shard[1:] > shard[:-1]) | ((shard[1:] == shard[:-1]) & (row[1:] > row[:-1]))))
-
-
-def _read_rows(path: Path, dim: int, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> tuple[bool, tuple | None]:
-    """Copy a shard's ``rows`` (ascending) into ``out[dest]``; ``(done, stat of the open file)``,
-    done False when the shard is missing, torn or not a (n, dim) float32 array. Consecutive rows
-    going to consecutive destinations (the usual warm read) are read straight into ``out``."""
-    stamp = None
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            stamp = stamp_of(st)
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if fortran or dtype != np.float32 or len(shape) != 2 or shape[1] != dim:
-                return False, stamp
-            offset = f.tell()
-            if st.st_size < offset + shape[0] * dim * 4 or rows[-1] >= shape[0]:
-                return False, stamp
-            if rows[-1] - rows[0] == len(rows) - 1 and dest[-1] - dest[0] == len(dest) - 1 \
-                    and np.all(np.diff(dest) == 1):
-                f.seek(offset + int(rows[0]) * dim * 4)
-                view = out[dest[0]:dest[-1] + 1]
-                return f.readinto(memoryview(view).cast("B")) == view.nbytes, stamp
-        mm = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=tuple(shape))
-        out[dest] = mm[rows]
-        return True, stamp
-    except (OSError, ValueError, EOFError):
-        return False, stamp

@@ -356,7 +356,7 @@ def test_a_full_or_read_only_cache_stops_a_fit_with_one_clear_line(tmp_path, ima
     if fault == "disk full":
         def full(path, rows):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        monkeypatch.setattr(store, "_save_npy", full)
+        monkeypatch.setattr(store, "save_shard", full)
     else:
         FeatureCache(root).put("other", "k", np.zeros(3))  # the index exists; now open it read-only
         real = sqlite3.connect
@@ -547,7 +547,7 @@ def test_keys_use_the_stats_the_data_check_just_took_and_only_for_a_moment(tmp_p
 
 
 def test_a_read_in_write_order_takes_the_shortcut_and_serves_the_same_rows(tmp_path, monkeypatch):
-    """Every row in write order (a warm read) skips the key join; any other request joins. Both
+    """A run of rows in write order (a warm read) skips the key join; any other request joins. Both
     serve the same rows; a key rewritten in a newer shard is served from that shard when joined,
     and a damaged row is still refused on the shortcut."""
     from rehead import store
@@ -558,16 +558,21 @@ def test_a_read_in_write_order_takes_the_shortcut_and_serves_the_same_rows(tmp_p
     cache.put_many("m", keys[:3], rows[:3])
     cache.put_many("m", keys[3:], rows[3:])
     joined = []
-    real_join = store._Index._join
-    monkeypatch.setattr(store._Index, "_join", lambda self: joined.append(1) or real_join(self))
+    real_join = store.ShardIndex._join
+    monkeypatch.setattr(store.ShardIndex, "_join", lambda self: joined.append(1) or real_join(self))
     got, ok = cache.read("m", keys)
     assert ok.all() and np.array_equal(got, rows) and not joined
+    got, ok = cache.read("m", keys[2:5])  # a run across two shards (one split's keys)
+    assert ok.all() and np.array_equal(got, rows[2:5]) and not joined
     perm = [5, 0, 3, 1, 4, 2]
     got, ok = cache.read("m", [keys[i] for i in perm])
     assert ok.all() and np.array_equal(got, rows[perm]) and joined
-    cache.put_many("m", keys[:1], rows[:1] + 100)  # a newer row for the first key
-    got, ok = cache.read("m", keys)  # no longer the write order: joined, the newest row wins
-    assert ok.all() and np.array_equal(got[0], rows[0] + 100) and np.array_equal(got[1:], rows[1:])
+    cache.put_many("m", keys[:1], rows[:1] + 100)  # a newer row for the first key (values made to differ)
+    joined.clear()
+    got, ok = cache.read("m", keys[:1] + keys[2:])  # not a run: joined, the newest row wins
+    assert joined and ok.all() and np.array_equal(got[0], rows[0] + 100)
+    got, ok = cache.read("m", keys)  # a run serves its own rows, each checked (in real use: equal values)
+    assert ok.all() and np.array_equal(got, rows)
     import time
     time.sleep(0.05)
     shard = sorted(_shards(tmp_path / "c"), key=lambda p: p.stat().st_mtime_ns)[0]
@@ -575,6 +580,10 @@ def test_a_read_in_write_order_takes_the_shortcut_and_serves_the_same_rows(tmp_p
     raw[_data_offset(shard) + 4 * 4 + 2] ^= 0x40  # keys[1]'s row
     shard.write_bytes(bytes(raw))
     joined.clear()
-    got, ok = cache.read("m", keys + keys[:1])  # shards 1, 2, 3 in write order: the shortcut
-    assert not joined and ok.tolist() == [True, False, True, True, True, True, True]
+    got, ok = cache.read("m", keys + keys[:1])  # shards 1, 2, 3 in write order: the shortcut ...
+    assert ok.tolist() == [True, False, True, True, True, True, True]  # ... the damaged row refused
     assert np.array_equal(got[2:6], rows[2:6]) and np.array_equal(got[6], rows[0] + 100)
+    cache.put_many("m", keys[1:2], rows[1:2])  # its recomputation, in a newer shard
+    joined.clear()
+    got, ok = cache.read("m", keys)  # still a run; the damaged row's copy is found by the join
+    assert joined and ok.all() and np.array_equal(got[1:], rows[1:])
