@@ -113,6 +113,23 @@ def test_only_training_rows_reach_the_solver():
     assert torch.equal(lin_a.weight, lin_b.weight)  # deterministic (seeded folds)
 
 
+def test_many_rows_cross_validate_C_on_a_stratified_subset_and_fit_on_all():
+    """Past ``cv_rows`` training rows, C is chosen on a seeded stratified subset of that size;
+    the returned head is still the optimum on every row at that C."""
+    from rehead.train.linear_head import _cv_subset
+    x, y = blobs(n=900, k=3, seed=8)
+    lin, info = fit_linear_head(x, y, 3, cv_rows=300)
+    assert info["cv_rows"] == 300 and sum(info["held_out_sizes"]) == 300
+    same, _ = fit_linear_head(x, y, 3, C=info["C"])
+    np.testing.assert_allclose(probs(lin, x), probs(same, x), atol=2e-3)
+    _, every = fit_linear_head(x, y, 3, cv_rows=None)
+    assert "cv_rows" not in every and sum(every["held_out_sizes"]) == 900
+    sub = _cv_subset(torch.as_tensor(y), 3, 300, seed=0).numpy()
+    assert len(np.unique(sub)) == 300  # distinct rows, each class in its share of the whole
+    np.testing.assert_allclose(np.bincount(y[sub], minlength=3), np.bincount(y, minlength=3) / 3, atol=1)
+    assert np.array_equal(sub, _cv_subset(torch.as_tensor(y), 3, 300, seed=0).numpy())  # seeded
+
+
 def test_two_classes_and_accuracy_scoring():
     x, y = blobs(k=2, seed=7)
     lin, info = fit_linear_head(x, y, scoring="accuracy")
