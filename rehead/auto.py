@@ -62,7 +62,6 @@ measured epoch time is not broadcast), so give ``--epochs`` there.
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import numpy as np
@@ -294,7 +293,8 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
     transform = pipe.train_transform(prefix, augment) if augment else None
     loader = pipe.make_loader(prefix, ds.train.items[:n], ds.train.labels[:n], batch_size=bs, workers=0,
                               shuffle=False, generator=None, transform=transform, strict=False)
-    times, sizes = [], []
+    text = backbone.modality == "text"
+    times, units = [], []  # per step: seconds, and samples (text: padded tokens, what a step costs)
     it = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -309,14 +309,28 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-        sizes.append(len(y))
+        units.append(x["input_ids"].numel() if text else len(y))
     if not times:
         return 0.0
     if len(times) > 1:  # the first step pays for allocations and lazy imports
-        times, sizes = times[1:], sizes[1:]
-    per_sample = sum(times) / sum(sizes)
+        times, units = times[1:], units[1:]
+    per_unit = sum(times) / sum(units)
+    if text:  # training batches are grouped by length (text.make_loader); val batches are in order
+        from .data.text import token_lengths
+        train = padded_tokens(token_lengths(backbone, ds.train.items), bs, grouped=True)
+        val = padded_tokens(token_lengths(backbone, ds.val.items), bs, grouped=False)
+    else:
+        train, val = len(ds.train), len(ds.val)
     # val: a forward pass without autograd, about a third of a training step
-    return per_sample * (len(ds.train) + len(ds.val) / 3)
+    return per_unit * (train + val / 3)
+
+
+def padded_tokens(lengths: list[int], batch_size: int, grouped: bool) -> int:
+    """Tokens an epoch of text computes on, each batch padded to its longest text; ``grouped``:
+    batches of similar lengths (about what the training sampler's length groups give). Timing the
+    first batches as they come and scaling by samples overestimated a grouped epoch 3x."""
+    ls = sorted(lengths) if grouped else list(lengths)
+    return sum(max(ls[i:i + batch_size]) * len(ls[i:i + batch_size]) for i in range(0, len(ls), batch_size))
 
 
 # -- the whole of it: what fit._prepare calls ---------------------------------------------------------
