@@ -322,7 +322,10 @@ def probs(r: R) -> dict:
     return out
 
 
-def says_count(text: str, n: int, words=r"empty|blank|label|drop|skip|missing|unlabel|ignor|left out") -> bool:
+LEFT_OUT = r"empty|blank|label|drop|skip|missing|unlabel|ignor|left out"
+
+
+def says_count(text: str, n: int, words=LEFT_OUT) -> bool:
     """Does some output line give the number n together with a word saying what was left out?"""
     for line in text.splitlines():
         if re.search(rf"(?<![\d.]){n}(?![\d.])", line) and re.search(words, line, re.I):
@@ -924,6 +927,68 @@ def _(c):
     return decode_case(c, "img_exif_rotated", make)
 
 
+# -- bad rows: refused, or left out and the run checks out ------------------------------------
+# Many cases below judge alike: a clean error naming some words, or exit 0 and a few facts about
+# the run (or the --json answer). Each fact is a test: test(r) returns what is wrong, or None.
+EMPTY_LABEL = ("label", "empty")
+
+
+def judged(ok, *tests):
+    """A check for ok_or_error / must_succeed: tests run in order (a later one may rely on what an
+    earlier one vouched for); the first fault is SILENT, else HANDLED with ok (or ok(r))."""
+    def check(r):
+        for test in tests:
+            wrong = test(r)
+            if wrong:
+                return V(SILENT, wrong, r)
+        return V(HANDLED, ok(r) if callable(ok) else ok, r)
+    return check
+
+
+def good_classes(out: Path, bad=None, n=None):
+    """labels.json has no class for which bad(x) holds and, given n, exactly n classes."""
+    def test(r):
+        cl = classes(out)
+        if (bad and any(bad(x) for x in cl)) or (n is not None and len(cl) != n):
+            return f"classes {cl!r}"
+        return None
+    return test
+
+
+def uses(out: Path, n: int, detail="{got} rows used, {n} labelled", count=n_used):
+    """count(out), the train+val rows by default, is n."""
+    def test(r):
+        got = count(out)
+        return detail.format(got=got, n=n) if got != n else None
+    return test
+
+
+def counted(n: int, detail="dropped without a count", words=LEFT_OUT):
+    """Some output line gives the n rows left out (see says_count)."""
+    return lambda r: None if says_count(r.text, n, words) else detail
+
+
+def scored(n: int, detail: str):
+    """``evaluate --json`` scored n rows (detail gets the n it gave as {got})."""
+    def test(r):
+        got = r.json().get("n")
+        return detail.format(got=got) if got != n else None
+    return test
+
+
+def mentions(pattern: str, detail):
+    """The output matches pattern (any case); else detail, or detail(r)."""
+    return lambda r: None if re.search(pattern, r.text, re.I) else (detail(r) if callable(detail) else detail)
+
+
+def _blank_class(x):   # what the image-CSV case refuses; text and table labels must also be trimmed
+    return not str(x).strip() or str(x).lower() in ("nan", "none")
+
+
+def _bad_class(x):   # blank, or with spaces around it
+    return _blank_class(x) or str(x) != str(x).strip()
+
+
 # -- image CSVs and folder layouts --------------------------------------------------------------
 def img_csv(c, d: Path, rows_extra=(), n=8, split=None, empty_labels=0) -> Path:
     data = img_folder(d / "imgs", n=n)
@@ -941,39 +1006,29 @@ def img_csv(c, d: Path, rows_extra=(), n=8, split=None, empty_labels=0) -> Path:
     return rows_csv(d / "images.csv", ["path", "label"] + (["split"] if split else []), rows)
 
 
+def img_csv_fit(c, name, **kw):
+    """fit on an image CSV made by img_csv(**kw); returns (result, run dir)."""
+    d = c.d(name)
+    csvp = img_csv(c, d, **kw)
+    out = d / "run"
+    return c.fit(csvp, out), out
+
+
 @case("img_csv_empty_labels", "image", "image CSV, 3 empty label cells: refused, or dropped with a count; never a class ''")
 def _(c):
-    d = c.d("img_csv_empty_labels")
-    csvp = img_csv(c, d, empty_labels=3)
-    out = d / "run"
-    r = c.fit(csvp, out)
-
-    def check(r):
-        cl = classes(out)
-        if any(not str(x).strip() or str(x).lower() in ("nan", "none") for x in cl):
-            return V(SILENT, f"classes {cl}", r)
-        if n_used(out) != 13:
-            return V(SILENT, f"{n_used(out)} rows used, 13 labelled", r)
-        if not says_count(r.text, 3):
-            return V(SILENT, "3 unlabelled rows dropped without a count", r)
-        return V(HANDLED, "dropped with a count", r)
-    return ok_or_error(r, check, ("label", "empty"))
+    r, out = img_csv_fit(c, "img_csv_empty_labels", empty_labels=3)
+    check = judged("dropped with a count", good_classes(out, _blank_class), uses(out, 13),
+                   counted(3, "3 unlabelled rows dropped without a count"))
+    return ok_or_error(r, check, EMPTY_LABEL)
 
 
 @case("img_csv_missing_file", "image", "image CSV row pointing at a missing file: skipped and named, or error naming it")
 def _(c):
-    d = c.d("img_csv_missing_file")
-    csvp = img_csv(c, d, rows_extra=[["imgs/ants/not_there.jpg", "ants"]])
-    out = d / "run"
-    r = c.fit(csvp, out)
+    r, out = img_csv_fit(c, "img_csv_missing_file", rows_extra=[["imgs/ants/not_there.jpg", "ants"]])
 
-    def check(r):
-        if n_used(out) != 16:
-            return V(SILENT, f"{n_used(out)} used", r)
-        if "not_there" not in r.text + json.dumps(summary(out)):
-            return V(SILENT, "missing file not named", r)
-        return V(HANDLED, "skipped and named", r)
-    return ok_or_error(r, check, "not_there")
+    def named(r):
+        return None if "not_there" in r.text + json.dumps(summary(out)) else "missing file not named"
+    return ok_or_error(r, judged("skipped and named", uses(out, 16, "{got} used"), named), "not_there")
 
 
 @case("img_train_val_test_folders", "image", "train/val/test folders: val from val/, test never used for selection")
@@ -1030,27 +1085,14 @@ def text_fit(c, name, header, rows, *extra, encoding="utf-8", bom=False, fname="
     return c.fit(p, out, "--model", "packaged:minilm", *extra), out, p
 
 
-def _bad_class(x):
-    return not str(x).strip() or str(x) != str(x).strip() or str(x).lower() in ("nan", "none")
-
-
 @case("txt_empty_labels", "text", "4 empty label cells: refused or dropped with a count; never a class ''")
 def _(c):
     rows = [list(x) for x in phrase_rows(45)]
     for i in (0, 16, 31, 40):
         rows[i][1] = ""
     r, out, _ = text_fit(c, "txt_empty_labels", ["text", "label"], rows)
-
-    def check(r):
-        cl = classes(out)
-        if any(_bad_class(x) for x in cl):
-            return V(SILENT, f"classes {cl!r}", r)
-        if n_used(out) != 41:
-            return V(SILENT, f"{n_used(out)} rows used, 41 labelled", r)
-        if not says_count(r.text, 4):
-            return V(SILENT, "dropped without a count", r)
-        return V(HANDLED, "dropped with a count", r)
-    return ok_or_error(r, check, ("label", "empty"))
+    check = judged("dropped with a count", good_classes(out, _bad_class), uses(out, 41), counted(4))
+    return ok_or_error(r, check, EMPTY_LABEL)
 
 
 @case("txt_whitespace_labels", "text", "' positive', 'positive ' and '  ': one class per stripped label, blank refused/dropped")
@@ -1060,12 +1102,7 @@ def _(c):
         rows[i][1] = f" {rows[i][1]} " if i % 10 else f"{rows[i][1]}  "
     rows[3][1] = "   "
     r, out, _ = text_fit(c, "txt_whitespace_labels", ["text", "label"], rows)
-
-    def check(r):
-        cl = classes(out)
-        if any(_bad_class(x) for x in cl) or len(cl) != 3:
-            return V(SILENT, f"classes {cl!r}", r)
-        return V(HANDLED, f"classes {cl}", r)
+    check = judged(lambda r: f"classes {classes(out)}", good_classes(out, _bad_class, n=3))
     return ok_or_error(r, check, ("label", "empty", "blank", "whitespace"))
 
 
@@ -1082,10 +1119,7 @@ def _(c):
     for i in range(0, 45, 3):
         rows[i][0] = rows[i][0] + " café Zürich €"[:-2]
     r, out, p = text_fit(c, "txt_latin1", ["text", "label"], rows, encoding="latin-1")
-
-    def check(r):
-        return V(HANDLED, "decoded", r) if len(classes(out)) == 3 else V(SILENT, f"classes {classes(out)}", r)
-    return ok_or_error(r, check, p.name, ("utf-8", "utf8", "encoding", "decode"))
+    return ok_or_error(r, judged("decoded", good_classes(out, n=3)), p.name, ("utf-8", "utf8", "encoding", "decode"))
 
 
 @case("txt_missing_column", "text", "CSV 'sentence,label': error saying which column it looked for")
@@ -1111,10 +1145,9 @@ def _(c):
     rows = [[t, f"{(i * 37 % 101) / 10:.1f}"] for i, (t, _) in enumerate(phrase_rows(45))]
     r, out, p = text_fit(c, "txt_numeric_many_labels", ["text", "label"], rows)
 
-    def check(r):
-        if re.search(r"regress|numeric|distinct|continuous", r.text, re.I):
-            return V(HANDLED, "hint given", r)
-        return V(SILENT, f"trained a {len(classes(out))}-class classifier on numbers without a word", r)
+    def unsaid(r):
+        return f"trained a {len(classes(out))}-class classifier on numbers without a word"
+    check = judged("hint given", mentions(r"regress|numeric|distinct|continuous", unsaid))
     return ok_or_error(r, check, ("numeric", "regression", "distinct", "class"))
 
 
@@ -1126,13 +1159,10 @@ def _(c):
     rows += [[rows[i][0], flip[rows[i][1]]] for i in (20, 21, 22)]  # 3 conflicting
     r, out, p = text_fit(c, "txt_duplicates_conflicting", ["text", "label"], rows)
 
-    def check(r):
-        if re.search(r"duplicat|conflict", r.text, re.I):
-            return V(HANDLED, "reported", r)
+    def leak(r):
         tr, va = split_items(out).get("train", []), split_items(out).get("val", [])
-        leak = len(set(tr) & set(va))
-        return V(SILENT, f"not reported; {leak} texts in both train and val", r)
-    return ok_or_error(r, check, ("duplicat", "conflict"))
+        return f"not reported; {len(set(tr) & set(va))} texts in both train and val"
+    return ok_or_error(r, judged("reported", mentions(r"duplicat|conflict", leak)), ("duplicat", "conflict"))
 
 
 @case("txt_header_only", "text", "header but no rows: error naming the file")
@@ -1161,13 +1191,11 @@ def _(c):
         rows[i][0] = ""
     r, out, p = text_fit(c, "txt_empty_text_cells", ["text", "label"], rows)
 
-    def check(r):
+    def no_empty(r):
         items = sum(split_items(out).values(), [])
-        if "" in items or "nan" in items:
-            return V(SILENT, "trained on empty texts", r)
-        if not says_count(r.text, 3, r"empty|blank|text|drop|skip|missing|ignor|left out"):
-            return V(SILENT, "dropped without a count", r)
-        return V(HANDLED, "dropped with a count", r)
+        return "trained on empty texts" if "" in items or "nan" in items else None
+    check = judged("dropped with a count", no_empty,
+                   counted(3, words=r"empty|blank|text|drop|skip|missing|ignor|left out"))
     return ok_or_error(r, check, ("text", "empty"))
 
 
@@ -1247,15 +1275,11 @@ def _(c):
             rows[i][2] = ""
     r, out, p = table_fit(c, "tab_empty_labels", m)
 
-    def check(r):
-        cl = classes(out)
-        if any(_bad_class(x) for x in cl):
-            return V(SILENT, f"classes {cl!r}", r)
-        n = sum(len(v) for v in split_items(out).values())
-        if n != 69:
-            return V(SILENT, f"{n} rows in split.json, 69 labelled", r)
-        return V(HANDLED, "dropped", r)
-    return ok_or_error(r, check, ("label", "empty"))
+    def in_split(out):   # every split's rows, not only train+val
+        return sum(len(v) for v in split_items(out).values())
+    check = judged("dropped", good_classes(out, _bad_class),
+                   uses(out, 69, "{got} rows in split.json, {n} labelled", count=in_split))
+    return ok_or_error(r, check, EMPTY_LABEL)
 
 
 @case("tab_nonnumeric_cell", "table", "'abc' in a feature cell: error naming column/row")
@@ -1330,13 +1354,8 @@ def _(c):
         row[1] = "test"
     p = rows_csv(c.d("tab_evaluate_empty_labels") / "t.csv", h, rows)
     r = c.run("evaluate", run, p, "--json")
-
-    def check(r):
-        j = r.json()
-        if j.get("n") != 69:
-            return V(SILENT, f"scored n={j.get('n')} of 69 labelled rows (72 rows)", r)
-        return V(HANDLED, "69 scored", r)
-    return ok_or_error(r, check, ("label", "empty"))
+    check = judged("69 scored", scored(69, "scored n={got} of 69 labelled rows (72 rows)"))
+    return ok_or_error(r, check, EMPTY_LABEL)
 
 
 # -- evaluate -------------------------------------------------------------------------------------
@@ -1345,8 +1364,7 @@ def _(c):
     d = c.d("eval_csv_all_rows")
     p = img_csv(c, d)
     r = c.run("evaluate", fx_run(c), p, "--json")
-    return must_succeed(r, lambda r: V(HANDLED, "16 scored", r) if r.json().get("n") == 16
-                        else V(SILENT, f"scored {r.json().get('n')} of 16 rows", r))
+    return must_succeed(r, judged("16 scored", scored(16, "scored {got} of 16 rows")))
 
 
 @case("eval_csv_split_column", "evaluate", "images.csv with a split column: scores the 6 non-train rows")
@@ -1354,8 +1372,7 @@ def _(c):
     d = c.d("eval_csv_split_column")
     p = img_csv(c, d, split=lambda cl, i: "test" if i < 3 else "train")
     r = c.run("evaluate", fx_run(c), p, "--json")
-    return must_succeed(r, lambda r: V(HANDLED, "6 scored", r) if r.json().get("n") == 6
-                        else V(SILENT, f"scored {r.json().get('n')} (6 test rows)", r))
+    return must_succeed(r, judged("6 scored", scored(6, "scored {got} (6 test rows)")))
 
 
 @case("eval_csv_unlabelled_rows", "evaluate", "3 unlabelled rows: left out and counted, never mapped to a class")
@@ -1363,20 +1380,13 @@ def _(c):
     d = c.d("eval_csv_unlabelled_rows")
     p = img_csv(c, d, empty_labels=3)
     r = c.run("evaluate", fx_run(c), p, "--json")
-
-    def check(r):
-        j = r.json()
-        if j.get("n") != 13:
-            return V(SILENT, f"scored n={j.get('n')} (13 labelled of 16)", r)
-        return V(HANDLED, "13 scored", r)
-    return ok_or_error(r, check, ("label", "empty"))
+    return ok_or_error(r, judged("13 scored", scored(13, "scored n={got} (13 labelled of 16)")), EMPTY_LABEL)
 
 
 @case("eval_folder_all", "evaluate", "evaluate RUN class-folder: all 16 images scored")
 def _(c):
     r = c.run("evaluate", fx_run(c), fx_imgs(c), "--json")
-    return must_succeed(r, lambda r: V(HANDLED, "16", r) if r.json().get("n") == 16
-                        else V(SILENT, f"n={r.json().get('n')} of 16", r))
+    return must_succeed(r, judged("16", scored(16, "n={got} of 16")))
 
 
 @case("eval_unknown_classes", "evaluate", "DATA with a class 'wasps' the run never saw: error naming it, or left out and named")
@@ -1415,8 +1425,7 @@ def _(c):
     rows_csv(d / "train.csv", ["text", "label"], phrase_rows(30, skip=60))
     rows_csv(d / "test.csv", ["text", "label"], phrase_rows(15, src="test"))
     r = c.run("evaluate", fx_text_run(c), d, "--json")
-    return must_succeed(r, lambda r: V(HANDLED, "15", r) if r.json().get("n") == 15
-                        else V(SILENT, f"n={r.json().get('n')} (test.csv has 15)", r))
+    return must_succeed(r, judged("15", scored(15, "n={got} (test.csv has 15)")))
 
 
 # -- predict --------------------------------------------------------------------------------------
