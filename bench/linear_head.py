@@ -233,6 +233,9 @@ def main():
                "threads": a.threads, "loadavg_before": list(os.getloadavg())}
         row["rehead_linear_head"] = run_ours(xtr, ytr, xte, yte, 10)
         row["rehead_linear_head_scaling_auto"] = run_ours(xtr, ytr, xte, yte, 10, scaling="auto")
+        if a.synthetic_n > 10000:  # C cross-validated on a 10,000-row subset (the default) vs on every row
+            row["rehead_linear_head_scaling_auto_cv_all_rows"] = run_ours(xtr, ytr, xte, yte, 10, scaling="auto",
+                                                                           cv_rows=None)
         old = figures.get(f"synthetic_{a.synthetic_n}x1280_10cls", {})
         if "sklearn_LogisticRegressionCV_matched" in old and not a.synthetic_lrcv:
             row["sklearn_LogisticRegressionCV_matched"] = old["sklearn_LogisticRegressionCV_matched"]
