@@ -1,0 +1,71 @@
+"""Issue 14's text goals with the commands a user types: MiniLM on rt_polarity (>= 0.85 test) and
+financial_phrasebank_allagree (>= 0.96), default auto, `--strategy finetune`, and a hand-set full
+fine-tune. val is carved from train.csv; test.csv is scored once by the fit and never chooses.
+
+    PYTHONPATH=. python bench/text_defaults.py [--runs DIR]     # runs every fit (~35 min on 2 cores)
+    PYTHONPATH=. python bench/text_defaults.py --collect DIR    # only read DIR/<name>/summary.json
+
+Writes bench/results/text_defaults.json: per run, the command, val/test accuracy, the kept phase
+and epoch, each phase's best val, and the fit's wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, machine, write  # noqa: E402
+
+DATA = REPO.parent / "shared" / "datasets"
+FULL = ["--strategy", "finetune", "--unfreeze", "-1", "--epochs", "3", "--lr", "5e-4", "--lr-decay", "1.5"]
+RUNS = {  # name: (set, options after `rehead fit DATA --model packaged:minilm`)
+    "finetune": ("rt_polarity", ["--strategy", "finetune"]),
+    "auto": ("rt_polarity", []),
+    "full-rt_polarity": ("rt_polarity", FULL),
+    "fpb-finetune": ("financial_phrasebank_allagree", ["--strategy", "finetune"]),
+    "fpb-auto": ("financial_phrasebank_allagree", []),
+    "full-financial_phrasebank_allagree": ("financial_phrasebank_allagree", FULL),
+}
+
+
+def command(name: str, out: Path) -> list[str]:
+    data, opts = RUNS[name]
+    return ["rehead", "fit", str(DATA / data), "--model", "packaged:minilm", *opts, "--out", str(out / name)]
+
+
+def row(name: str, out: Path, wall: float | None) -> dict:
+    s = json.loads((out / name / "summary.json").read_text())
+    return {"data": RUNS[name][0], "command": " ".join(command(name, Path("RUNS"))),
+            "val_acc": s["val_acc"], "test_acc": s.get("test_acc"), "kept_phase": s["kept_phase"],
+            "kept_epoch": s["kept_epoch"], "phase_best_val": {p["phase"]: p["best_val_acc"] for p in s["phases"]},
+            "wall_seconds": wall if wall is not None else s.get("wall_seconds")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="/tmp/rehead-text-defaults")
+    ap.add_argument("--collect", help="read the summaries of runs already made in this folder")
+    a = ap.parse_args()
+    started = machine()
+    out = Path(a.collect or a.runs)
+    figures = {}
+    for name in RUNS:
+        wall = None
+        if not a.collect:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "rehead", *command(name, out)[1:], "--overwrite", "-q"],
+                           check=True, cwd=REPO)
+            wall = round(time.perf_counter() - t0, 1)
+        if (out / name / "summary.json").exists():
+            figures[name] = row(name, out, wall)
+            print(name, figures[name], flush=True)
+    write("text_defaults", figures, started=started, extra={
+        "goals": "rt_polarity >= 0.85 test, financial_phrasebank_allagree >= 0.96, one MiniLM model, the defaults"})
+
+
+if __name__ == "__main__":
+    main()
