@@ -4,6 +4,7 @@ fine-tune. val is carved from train.csv; test.csv is scored once by the fit and 
 
     PYTHONPATH=. python bench/text_defaults.py [--runs DIR]     # runs every fit (~35 min on 2 cores)
     PYTHONPATH=. python bench/text_defaults.py --collect DIR    # only read DIR/<name>/summary.json
+                                                                # (and DIR/before/<name>: older runs)
 
 Writes bench/results/text_defaults.json: per run, the command, val/test accuracy, the kept phase
 and epoch, each phase's best val, and the fit's wall time.
@@ -22,6 +23,9 @@ from _common import REPO, machine, write  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets"
 FULL = ["--strategy", "finetune", "--unfreeze", "-1", "--epochs", "3", "--lr", "5e-4", "--lr-decay", "1.5"]
+# the best MiniLM recipe earlier sessions measured on rt_polarity (README: 0.839-0.845 single runs)
+BEST = ["--strategy", "finetune", "--unfreeze", "-1", "--epochs", "3", "--lr", "2e-3", "--lr-decay", "1.3",
+        "--dropout", "0.1"]
 RUNS = {  # name: (set, options after `rehead fit DATA --model packaged:minilm`)
     "finetune": ("rt_polarity", ["--strategy", "finetune"]),
     "auto": ("rt_polarity", []),
@@ -29,6 +33,8 @@ RUNS = {  # name: (set, options after `rehead fit DATA --model packaged:minilm`)
     "fpb-finetune": ("financial_phrasebank_allagree", ["--strategy", "finetune"]),
     "fpb-auto": ("financial_phrasebank_allagree", []),
     "full-financial_phrasebank_allagree": ("financial_phrasebank_allagree", FULL),
+    "best-rt_polarity": ("rt_polarity", BEST),
+    "best-financial_phrasebank_allagree": ("financial_phrasebank_allagree", BEST),
 }
 
 
@@ -63,6 +69,9 @@ def main():
         if (out / name / "summary.json").exists():
             figures[name] = row(name, out, wall)
             print(name, figures[name], flush=True)
+    before = {name: row(name, out / "before", None) for name in RUNS if (out / "before" / name / "summary.json").exists()}
+    if before:  # runs of the same commands made before the text fine-tuning defaults (sixth session)
+        figures["before_text_defaults"] = before
     write("text_defaults", figures, started=started, extra={
         "goals": "rt_polarity >= 0.85 test, financial_phrasebank_allagree >= 0.96, one MiniLM model, the defaults"})
 

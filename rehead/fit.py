@@ -124,6 +124,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         ds = dataset_from_split(resume_split)
     else:
         ds = as_dataset(data, cfg, memo=cache)  # the cache remembers which images were readable
+    cfg = cfg.for_data(ds.modality)  # options left unset, filled for this data (e.g. text fine-tuning)
     if getattr(ds, "task", "multiclass") != cfg.task:
         raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
                         f"build it with task={cfg.task!r}, or pass the data as a path")
@@ -564,7 +565,7 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
                                   batch_size=cfg.batch_size,
                                   workers=cfg.workers, shuffle=True, generator=gen)
         res = lr_find(tm, loader, loss_fn, start_lr, end_lr, steps,
-                      param_groups=tm.param_groups(1.0, cfg.lr_decay))
+                      param_groups=tm.param_groups(1.0, job.cfg.lr_decay))
     where = None
     if out is not None:
         run = out if isinstance(out, RunDir) else RunDir.create(out, overwrite=_is_lr_dir(Path(out)))

@@ -148,7 +148,7 @@ def test_config_yaml_holds_the_fit_options_and_resume_reads_them(tmp_path, image
                **QUIET)
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert FitConfig.from_dict(cfg["fit"]) == FitConfig(model=tiny_spec, strategy="extract", epochs=3, seed=4,
-                                                        workers=0)
+                                                        workers=0).for_data("image")  # unset options as filled
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert set(split["train"]["items"]).isdisjoint(split["val"]["items"])
 

@@ -337,3 +337,26 @@ def test_training_batches_group_similar_lengths_and_visit_every_text_once(tiny_b
     assert seen == list(range(400))
     _, unsorted = padded(text.make_loader(bb, items, [0] * 400, batch_size=16))
     assert grouped < 0.8 * unsorted and grouped >= sum(lengths)
+
+
+def test_text_finetune_defaults_train_every_stage_and_given_options_win(sentiment_folder, tmp_path, tiny_bert_dir):
+    """`--strategy finetune` on a text encoder, options unset: every stage, LRs 1.3x lower a stage,
+    head dropout 0.1, 3 epochs at top LR 2e-3 (the measured text recipe); an image backbone and any
+    option given keep what they say."""
+    from rehead.config import FitConfig
+    from rehead.fit import fit
+    from rehead.run import Run
+    fit(sentiment_folder, model=f"hf:{tiny_bert_dir}", out=tmp_path / "t", strategy="finetune",
+        progress=False, echo=lambda *a: None)
+    cfg = Run(tmp_path / "t").config
+    live = cfg["phases"][-1]
+    assert live["trainable"] == cfg["cut"] and live["lr_decay"] == 1.3 and live["epochs"] == 3  # every stage
+    assert live["lr"] == pytest.approx(2e-4)  # the unfrozen phase runs at a tenth of the top LR
+    assert cfg["head"]["dropout"] == 0.1 and cfg["fit"]["unfreeze"] == -1
+    given = FitConfig(strategy="finetune", unfreeze=1, lr_decay=2.0, dropout=0.0, lr=1e-3).for_data("text")
+    assert (given.unfreeze, given.lr_decay, given.dropout, given.lr, given.epochs) == (1, 2.0, 0.0, 1e-3, 3)
+    image = FitConfig(strategy="finetune").for_data("image")
+    assert (image.unfreeze, image.lr_decay, image.dropout, image.lr, image.epochs) == (2, 3.0, 0.0, None, None)
+    other = FitConfig(strategy="gradual").for_data("text")  # only finetune was measured
+    assert (other.unfreeze, other.lr_decay, other.dropout) == (2, 3.0, 0.0)
+    assert FitConfig(strategy="finetune", find_lr=True).for_data("text").lr is None  # the finder picks it
