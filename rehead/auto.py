@@ -328,7 +328,7 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
 def padded_tokens(lengths: list[int], batch_size: int, grouped: bool) -> int:
     """Tokens an epoch of text computes on, each batch padded to its longest text; ``grouped``:
     batches of similar lengths (about what the training sampler's length groups give). Timing the
-    first batches as they come and scaling by samples overestimated a grouped epoch 3x."""
+    first batches as they come and scaling by samples overestimated a grouped epoch 1.6-3x."""
     ls = sorted(lengths) if grouped else list(lengths)
     return sum(max(ls[i:i + batch_size]) * len(ls[i:i + batch_size]) for i in range(0, len(ls), batch_size))
 
