@@ -104,32 +104,31 @@ class ShardIndex:
         self.all_check = np.concatenate([np.frombuffer(c, dtype="<i8") for *_, c in shards]) if shards \
             else np.zeros(0, np.int64)
         self.keys = None
-        self.ran = False
 
     def _join(self) -> None:
+        """The key -> newest row lookup, built on first need."""
+        if self.keys is not None:
+            return
         # the last occurrence of a key (shards are in id order, so the newest) is the one that counts
         self.keys, first = np.unique(self.all_keys[::-1], return_index=True)
         last = len(self.all_keys) - 1 - first
         self.shard, self.row, self.check = self.all_shard[last], self.all_row[last], self.all_check[last]
 
-    def find(self, ids: np.ndarray, join: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per id: shard (-1 when absent), row, check. ``ran`` says whether the last answer came
-        from a run (see ``_run``); ``join``: never from a run."""
+    def find(self, ids: np.ndarray, join: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Per id: shard (-1 when absent), row, check; and whether they came from a run (see
+        ``_run``). ``join``: never from a run."""
         run = None if join else self._run(ids)
-        self.ran = run is not None
         if run is not None:
-            return self.all_shard[run], self.all_row[run], self.all_check[run]
-        if self.keys is None:
-            self._join()
+            return self.all_shard[run], self.all_row[run], self.all_check[run], True
+        self._join()
         pos = np.minimum(np.searchsorted(self.keys, ids), max(len(self.keys) - 1, 0))
         hit = (self.keys[pos] == ids) if len(self.keys) else np.zeros(len(ids), dtype=bool)
         shard = np.where(hit, self.shard[pos] if len(self.keys) else -1, -1)
         return shard, (self.row[pos] if len(self.keys) else np.zeros(len(ids), np.int64)), \
-            (self.check[pos] if len(self.keys) else np.zeros(len(ids), np.int64))
+            (self.check[pos] if len(self.keys) else np.zeros(len(ids), np.int64)), False
 
     def distinct(self) -> int:
-        if self.keys is None:
-            self._join()
+        self._join()
         return len(self.keys)
 
     def _run(self, ids: np.ndarray) -> slice | None:
@@ -147,8 +146,7 @@ class ShardIndex:
         return None
 
     def live_shards(self) -> set[int]:
-        if self.keys is None:
-            self._join()
+        self._join()
         return set(np.unique(self.shard).tolist())
 
 

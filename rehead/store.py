@@ -361,14 +361,14 @@ class ShardStore:
             marks = self._marks(db, mkey)
         ids = key_ids(skeys)
         out = np.empty((len(skeys), dim[0]), dtype=np.float32)  # rows left unread are never ok
-        shard, row, check = index.find(ids[:, 0])
+        shard, row, check, from_run = index.find(ids[:, 0])
         everything = np.arange(len(skeys))
         new_marks, found = self._serve(mkey, index, marks, ids, everything, shard, row, check, out, ok)
-        if index.ran and not ok.all():
+        if from_run and not ok.all():
             # The shortcut served a run that holds damaged rows: their recomputed copies, in newer
             # shards, are found by the join.
             again = everything[~ok]
-            shard, row, check = index.find(ids[again, 0], join=True)
+            shard, row, check, _ = index.find(ids[again, 0], join=True)
             more, found_again = self._serve(mkey, index, marks, ids, again, shard, row, check, out, ok)
             new_marks, found = new_marks + more, found + found_again
         if not found:

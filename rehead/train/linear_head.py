@@ -28,9 +28,9 @@ Why it is fast (the same optimum, reached in far fewer reads of the data):
   matrix serves all k + 1 of them (these products are what costs: the head is skinny).
 - The C grid is walked from strong to weak regularisation, each solve warm-started from the
   linear extrapolation (in log C) of the previous two solutions (a third fewer iterations on
-  the synthetic set below, the same C everywhere measured); the walk stops once the CV score has not improved for ``patience`` grid points
-  (the weakly regularised end is the slow one). Default grid: decades 1e-4 .. 1e4, then the
-  two half-decade neighbours of the best.
+  the synthetic set below, the same C everywhere measured); the walk stops once the CV score
+  has not improved for ``patience`` grid points (the weakly regularised end is the slow one).
+  Default grid: decades 1e-4 .. 1e4, then the two half-decade neighbours of the best.
 - CV solves run in float32 (scores need no more); the final fit at the chosen C runs in
   float64 from the full-set CV solution, to ``tol``.
 - Products with the data's transpose and a skinny right side go through ``_zt`` (BLAS is
