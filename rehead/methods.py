@@ -28,6 +28,7 @@ import random
 import torch
 from torch import nn
 
+from .precision import to_device_of
 from .recipes import Phase
 from .train.callbacks import Callback
 
@@ -301,10 +302,11 @@ def source_predictions(backbone, inputs: torch.Tensor, batch_size: int = 64, fro
     backbone.eval()
     out = []
     for i in range(0, len(inputs), batch_size):
-        state = inputs[i:i + batch_size] if from_stage else backbone.begin(inputs[i:i + batch_size])
+        x = to_device_of(backbone, inputs[i:i + batch_size])
+        state = x if from_stage else backbone.begin(x)
         for k in range(from_stage, len(backbone)):
             state = backbone.run_stage(k, state)
-        out.append(head(backbone.pool(state)).argmax(1))
+        out.append(head(backbone.pool(state)).argmax(1).cpu())
     backbone.train(was)
     return torch.cat(out)
 

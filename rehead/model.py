@@ -100,7 +100,8 @@ class TransferModel(nn.Module):
         decay instead, per layer of the backbone's own grouping where it has one (timm's
         ``group_matcher``, as ``timm.optim`` uses it: the embeddings, then every transformer / conv
         block, the final norm with the last block): the head trains at ``lr``, each layer below it
-        ``layer_decay`` times lower than the one above.
+        ``layer_decay`` times lower than the one above. A backbone without such a grouping (a
+        Hugging Face encoder, whose stages are its layers) decays per stage: ``lr_decay = 1/layer_decay``.
         Groups are named ``layer<i>`` (``:no_decay``); timm's ``no_weight_decay()`` names (position
         embeddings, class tokens) get no weight decay either.
         """
@@ -111,6 +112,8 @@ class TransferModel(nn.Module):
             groups = [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": g["weight_decay"],
                        "name": f"layer{g['layer']}" + ("" if g["decay"] else ":no_decay")} for g in layered]
             return groups + self._groups("head", self.head, lr, weight_decay)
+        if layer_decay is not None:  # no grouping of its own (a text encoder: its stages are its layers)
+            lr_decay, lr_min = 1 / layer_decay, None
         trainable = [i for i, f in enumerate(self.frozen) if not f]
         units = [(f"stage:{self.backbone.stage_names[i]}", self.backbone.stages[self.backbone.stage_names[i]])
                  for i in trainable] + [("head", self.head)]

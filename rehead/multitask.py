@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from . import zoo
 from .data import DataError, pipeline
 from .heads import make_head
+from .precision import to_device_of
 from .model import TransferModel
 from .recipes import build_recipe
 from .rundir import RunDir
@@ -148,7 +149,7 @@ def evaluate_multitask(model: MultiTaskModel, items, y: torch.Tensor, classes, b
     model.eval()
     logits = []
     for _, x, _ in pipe.make_loader(model.backbone, items, None, batch_size=batch_size):
-        logits.append(model(x))
+        logits.append(model(to_device_of(model, x)).cpu())
     logits = torch.cat(logits).split(model.sizes, 1)
     res = {}
     for t, (name, lt) in enumerate(zip(model.tasks, logits)):

@@ -53,3 +53,10 @@ def extraction_device() -> torch.device:
 def device_of(module: torch.nn.Module) -> torch.device:
     p = next(iter(module.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def to_device_of(module: torch.nn.Module, inputs):
+    """``inputs`` (a tensor, or the dict/tuple a text or table batch is) on ``module``'s device: a
+    model trained on the GPU stays there, while loaders hand out CPU tensors."""
+    from accelerate.utils import send_to_device
+    return send_to_device(inputs, device_of(module), non_blocking=True)

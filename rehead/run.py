@@ -149,16 +149,16 @@ class Run:
         return views, kept, skipped_of(kept)
 
     def _forward(self, x) -> torch.Tensor:
-        from .precision import autocast, device_of, feature_precision
+        from .precision import autocast, device_of, feature_precision, to_device_of
         m = self.model
         if self.inference_precision is None:
             self.inference_precision = self.summary.get("inference_precision", "fp32")
-        device = device_of(m)
+        device, x = device_of(m), to_device_of(m, x)
         if self.inference_precision == "bf16" and feature_precision(device) == "bf16":
             with autocast(device, "bf16"):
                 f = m.features(x)
-            return m.head(f.float()).float()
-        return m(x).float()
+            return m.head(f.float()).float().cpu()
+        return m(x).float().cpu()
 
     def check_tta(self) -> None:
         """Flip TTA is for images: any other run stops here, before any work."""

@@ -45,3 +45,30 @@ def test_empty_class_folder_single_class_and_no_images_are_clear_errors(tmp_path
         load_dataset(tmp_path / "none")
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("interp,crop_pct", [("bicubic", 0.875), ("bilinear", 0.95), ("bilinear", 1.0)])
+def test_fast_eval_transform_matches_torchvision(interp, crop_pct):
+    # The decoding workers' resize+crop+normalise in one PIL call: the same pixels as torchvision's
+    # composition (within one 8-bit level of rounding), on portrait, landscape, square and odd sizes.
+    import numpy as np
+    import torch
+    from PIL import Image
+    from rehead.data.images import EvalTransform, eval_transform
+    cfg = {"input_size": 224, "crop_pct": crop_pct, "interpolation": interp, "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225]}
+    fast = eval_transform(cfg)
+    assert isinstance(fast, EvalTransform)
+    rng = np.random.default_rng(0)
+    for w, h in [(500, 375), (375, 500), (300, 300), (257, 901), (1000, 236), (225, 224)]:
+        small = Image.fromarray(rng.integers(0, 255, (h // 20 + 2, w // 20 + 2, 3), dtype=np.uint8))
+        im = small.resize((w, h), Image.BICUBIC)
+        a, b = fast(im), fast.reference(im)
+        assert a.shape == b.shape == (3, 224, 224)
+        level = 1 / (255 * min(cfg["std"]))
+        assert float((a - b).abs().max()) <= level * 1.01
+        assert float((a - b).abs().mean()) < level * 0.01
+    gray = Image.fromarray(rng.integers(0, 255, (300, 400), dtype=np.uint8))
+    assert torch.equal(fast(gray), fast.reference(gray))  # anything but RGB: the reference itself
+    assert not isinstance(eval_transform({**cfg, "interpolation": "nearest"}), EvalTransform)
+    assert not isinstance(eval_transform({**cfg, "crop_pct": 1.2}), EvalTransform)  # the crop pads

@@ -360,3 +360,17 @@ def test_text_finetune_defaults_train_every_stage_and_given_options_win(sentimen
     other = FitConfig(strategy="gradual").for_data("text")  # only finetune was measured
     assert (other.unfreeze, other.lr_decay, other.dropout) == (2, 3.0, 0.0)
     assert FitConfig(strategy="finetune", find_lr=True).for_data("text").lr is None  # the finder picks it
+
+
+def test_layer_decay_on_a_text_encoder_decays_per_layer(tiny_bert_dir):
+    # An HF encoder has no timm grouping: --layer-decay decays per stage (its layers), not silently
+    # the --lr-decay default.
+    from rehead.heads import make_head
+    from rehead.model import TransferModel
+    bb = zoo.load(f"hf:{tiny_bert_dir}")
+    m = TransferModel(bb, make_head(32, 2), layer_decay=0.5).set_trainable_last(-1)
+    lrs = {g["name"].removesuffix(":no_decay"): g["lr"] for g in m.param_groups(1e-3, lr_decay=1.3)}
+    assert lrs["head"] == pytest.approx(1e-3)
+    names = [f"stage:{n}" for n in bb.stage_names]
+    for k, name in enumerate(reversed(names), start=1):
+        assert lrs[name] == pytest.approx(1e-3 * 0.5 ** k)

@@ -300,7 +300,7 @@ class Trainer:
             linear[0].weight.copy_(solved.weight)
             linear[0].bias.copy_(solved.bias)
             self.net.eval()
-            logits = self.net(data.x)
+            logits = self.net(data.x.to(self.device)).cpu()  # the head is where the loop put it (a GPU)
         self.solved = info
         return {"loss": float(self.loss_fn(logits, data.y)), "acc": float((logits.argmax(1) == data.y).float().mean()),
                 "lr": 0.0}
@@ -322,7 +322,7 @@ class Trainer:
             linear.weight.copy_(solved.weight)
             linear.bias.copy_(solved.bias)
             self.net.eval()
-            out = self.net(data.x)
+            out = self.net(data.x.to(self.device)).cpu()
         self.solved = info
         return {"loss": float(self.loss_fn(out, data.y)), "acc": 0.0, "lr": 0.0}
 
