@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine, write  # noqa: E402
 
 SETS = ["rt_polarity", "financial_phrasebank_allagree"]
-RECIPES = {  # name: options after --strategy finetune (the text defaults: every stage, lr 2e-3, decay 1.3,
+RECIPES = {  # name: options after --strategy finetune, unless they name a strategy (the text defaults: every stage, lr 2e-3, decay 1.3,
     # dropout 0.1, 3 epochs; bench/text_defaults.py)
     "default": [],
     "epochs5": ["--epochs", "5"],
@@ -41,12 +41,16 @@ RECIPES = {  # name: options after --strategy finetune (the text defaults: every
     "wd0.1": ["--weight-decay", "0.1"],
     "val0.1": ["--val-fraction", "0.1"],
     "lr4e-3": ["--lr", "4e-3"],
+    # linear probe then fine-tune off: every stage trains from the start under a random head, with the
+    # LRs finetune's unfrozen phase uses (its top LR is the head phase's / 10)
+    "no-probe-first": ["--strategy", "full", "--epochs", "3", "--lr", "2e-4", "--lr-decay", "1.3", "--dropout", "0.1"],
 }
 
 
 def command(data: Path, recipe: str, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "rehead", "fit", str(data), "--model", "packaged:minilm", "--strategy", "finetune",
-            *RECIPES[recipe], "--seed", str(seed), "--out", str(out), "--overwrite", "-q"]
+    opts = RECIPES[recipe] if "--strategy" in RECIPES[recipe] else ["--strategy", "finetune", *RECIPES[recipe]]
+    return [sys.executable, "-m", "rehead", "fit", str(data), "--model", "packaged:minilm", *opts, "--seed", str(seed),
+            "--out", str(out), "--overwrite", "-q"]
 
 
 def summary(out: Path) -> dict | None:

@@ -94,6 +94,8 @@ class L2SP(Callback):
     def penalty(self, tr) -> torch.Tensor:
         if self._w0 is None:
             self.bind(tr.model)
+        if self._w0 and self._w0[0][1].device != self._w0[0][0].device:  # the loop moved the model (a GPU)
+            self._w0 = [(p, w0.to(p.device)) for p, w0 in self._w0]
         sp = sum(((p - w0) ** 2).sum() for p, w0 in self._w0 if p.requires_grad)
         l2 = sum((p ** 2).sum() for p in self._new if p.requires_grad)
         return 0.5 * self.alpha * sp + 0.5 * self.beta * l2
