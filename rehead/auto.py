@@ -277,6 +277,7 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
     from .data import pipeline
     from .heads import loss_for, make_head
     from .model import TransferModel
+    from .precision import extraction_device, to_device_of
     pipe = pipeline(backbone.modality)
     prefix = copy.deepcopy(backbone.cut(cut))
     state = torch.random.get_rng_state()
@@ -284,7 +285,8 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
                           train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn, layer_decay=cfg.layer_decay)
     torch.random.set_rng_state(state)
     model.set_trainable_last(unfreeze)
-    model.train()
+    device = extraction_device()  # where the fit will train (a GPU's steps are not the CPU's)
+    model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-8)
     loss_fn = loss_for("multiclass")
     bs = cfg.batch_size
@@ -304,10 +306,13 @@ def time_epoch(backbone, cut: int, unfreeze: int, ds, cfg, in_dim: int, steps: i
             break
         if len(y) == 0:
             continue
+        x, y = to_device_of(model, (x, y))
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels, not only their launch
         times.append(time.perf_counter() - t0)
         units.append(x["input_ids"].numel() if text else len(y))
     if not times:

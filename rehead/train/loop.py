@@ -178,6 +178,8 @@ class Trainer:
             self.wrapped, self.device = self.net, next(self.net.parameters()).device
         else:
             self.wrapped, opt, self.device = acc.prepare_model(self.net), acc.prepare_optimizer(opt), acc.device
+        if isinstance(self.loss_fn, torch.nn.Module):  # its class weights go where the logits are
+            self.loss_fn.to(self.device)
         self.opt, self.phase, self.phase_index = opt, ph, pi
         if self.resume is not None and pi == self.resume["phase"]:
             opt.load_state_dict(self.resume["optimizer"])
@@ -300,10 +302,11 @@ class Trainer:
             linear[0].weight.copy_(solved.weight)
             linear[0].bias.copy_(solved.bias)
             self.net.eval()
-            logits = self.net(data.x.to(self.device)).cpu()  # the head is where the loop put it (a GPU)
-        self.solved = info
-        return {"loss": float(self.loss_fn(logits, data.y)), "acc": float((logits.argmax(1) == data.y).float().mean()),
-                "lr": 0.0}
+            y = data.y.to(self.device)  # the head (and the loss's weights) are where the loop put them
+            logits = self.net(data.x.to(self.device))
+            self.solved = info
+            return {"loss": float(self.loss_fn(logits, y)), "acc": float((logits.argmax(1) == y).float().mean()),
+                    "lr": 0.0}
 
     def _solve_task(self, data, linear) -> dict:
         """Regression: ridge in closed form (RidgeCV, alpha by leave-one-out on these training
@@ -322,9 +325,9 @@ class Trainer:
             linear.weight.copy_(solved.weight)
             linear.bias.copy_(solved.bias)
             self.net.eval()
-            out = self.net(data.x.to(self.device)).cpu()
-        self.solved = info
-        return {"loss": float(self.loss_fn(out, data.y)), "acc": 0.0, "lr": 0.0}
+            out = self.net(data.x.to(self.device))
+            self.solved = info
+            return {"loss": float(self.loss_fn(out, data.y.to(self.device))), "acc": 0.0, "lr": 0.0}
 
     @property
     def running_loss(self) -> float:
