@@ -94,7 +94,8 @@ class FitConfig:
     # -- data
     val_fraction: float = field(default=0.2, metadata=opt("share of training data held out for val", group="data"))
     strict: bool = field(default=False, metadata=opt("an unreadable image is an error, not skipped", group="data"))
-    workers: int = field(default=2, metadata=opt("data loading processes", group="data"))
+    workers: int | None = field(default=None, metadata=opt(
+        "data loading processes (default 2; on a GPU machine every core but one, at most 16)", group="data"))
     text_column: str = field(default="text", metadata=opt("text: the column holding the text", group="data"))
     label_column: str = field(default="label", metadata=opt("the column holding the label", group="data"))
     id_columns: str | None = field(default=None, metadata=opt(
@@ -131,6 +132,9 @@ class FitConfig:
                 raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {v!r}")
         if isinstance(self.cut, str) and self.cut.lstrip("-").isdigit():
             self.cut = int(self.cut)
+        if self.workers is None:  # resolved here: config.yaml records what ran
+            from .precision import default_workers
+            self.workers = default_workers()
         self._check_ranges()
 
     def _check_ranges(self):

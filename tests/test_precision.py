@@ -51,3 +51,24 @@ def test_extract_run_scores_with_the_precision_of_its_features(tmp_path, monkeyp
     bf = run.logits(items)[0]
     run.inference_precision = "fp32"
     assert not torch.equal(run.logits(items)[0], bf)
+
+
+def test_default_workers_are_two_on_cpu_and_the_cores_on_a_gpu_machine(monkeypatch):
+    # A GPU machine's extraction is bound by decoding: every core but one decodes (shared among a
+    # launch's processes on the node); on a CPU the same cores run the forward: 2.
+    import os
+    import torch
+    from rehead.config import FitConfig
+    from rehead.precision import default_workers
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_workers() == 2 and FitConfig().workers == 2
+    assert FitConfig(workers=0).workers == 0  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 15 and FitConfig().workers == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_workers() == 16

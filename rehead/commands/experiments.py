@@ -22,6 +22,14 @@ def _report(res: dict | None, no_report: bool):
         typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
 
 
+WORKERS_HELP = "data loading processes (default 2; on a GPU machine every core but one, at most 16)"
+
+
+def _workers(workers: int | None) -> int:
+    from ..precision import default_workers
+    return default_workers() if workers is None else workers
+
+
 @app.command()
 @guarded
 def probe(data: str = typer.Argument(..., help="folder of class folders, train/val folder, or CSV"),
@@ -29,8 +37,8 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
           cuts: str = typer.Option("all", help="all | 3,5,9 | 3-9 | stage names"),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/probe-<data>)"),
           c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic-regression probes"),
-          batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
-          cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
+          batch_size: int = 32, workers: Optional[int] = typer.Option(None, help=WORKERS_HELP), seed: int = 0,
+          val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
           overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
           quiet: bool = typer.Option(False, "--quiet", "-q"),
           processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
@@ -39,7 +47,7 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
         return
     from ..experiments.probe import probe as run_probe
     res = run_probe(data, model=model, cuts=cuts, out=_out(out, "probe", data), C=c, batch_size=batch_size,
-                    workers=workers, seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
+                    workers=_workers(workers), seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
                     use_cache=not no_cache, overwrite=overwrite, progress=not quiet)
     _report(res, no_report)
 
@@ -50,8 +58,8 @@ def rank(data: str = typer.Argument(...),
          models: str = typer.Option(..., help="comma-separated specs; SPEC@CUT ranks a cut of a backbone"),
          out: Optional[str] = typer.Option(None, "--out", "-o"),
          c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the check probes"),
-         batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
-         cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
+         batch_size: int = 32, workers: Optional[int] = typer.Option(None, help=WORKERS_HELP), seed: int = 0,
+         val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
          overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
          quiet: bool = typer.Option(False, "--quiet", "-q"),
          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
@@ -59,7 +67,7 @@ def rank(data: str = typer.Argument(...),
     if relaunched(processes):
         return
     from ..experiments.rank import rank as run_rank
-    res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=workers,
+    res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=_workers(workers),
                    seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
                    overwrite=overwrite, progress=not quiet)
     _report(res, no_report)
