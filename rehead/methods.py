@@ -308,7 +308,8 @@ def source_predictions(backbone, inputs: torch.Tensor, batch_size: int = 64, fro
         state = x if from_stage else backbone.begin(x)
         for k in range(from_stage, len(backbone)):
             state = backbone.run_stage(k, state)
-        out.append(head(backbone.pool(state)).argmax(1).cpu())
+        f = backbone.pool(state)
+        out.append(head.to(f.device)(f).argmax(1).cpu())  # kept out of the backbone's modules: moved here
     backbone.train(was)
     return torch.cat(out)
 

@@ -401,7 +401,6 @@ class EvalTransform:
     The decoding workers spent 2/3 of their time in torchvision's resize, crop and normalise."""
 
     def __init__(self, cfg: dict, reference):
-        from PIL import Image
         self.size, self.side, self.reference = cfg["input_size"], resize_side(cfg), reference
         self.filter = Image.BICUBIC if cfg.get("interpolation") == "bicubic" else Image.BILINEAR  # as _interp
         std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
