@@ -5,6 +5,7 @@ fine-tune. val is carved from train.csv; test.csv is scored once by the fit and 
     PYTHONPATH=. python bench/text_defaults.py [--runs DIR]     # runs every fit (~35 min on 2 cores)
     PYTHONPATH=. python bench/text_defaults.py --collect DIR    # only read DIR/<name>/summary.json
                                                                 # (and DIR/before/<name>: older runs)
+    [--results NAME]                                            # bench/results/NAME.json
 
 Writes bench/results/text_defaults.json: per run, the command, val/test accuracy, the kept phase
 and epoch, each phase's best val, and the fit's wall time.
@@ -55,6 +56,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="/tmp/rehead-text-defaults")
     ap.add_argument("--collect", help="read the summaries of runs already made in this folder")
+    ap.add_argument("--results", default="text_defaults", help="bench/results/NAME.json")
     a = ap.parse_args()
     started = machine()
     out = Path(a.collect or a.runs)
@@ -72,7 +74,7 @@ def main():
     before = {name: row(name, out / "before", None) for name in RUNS if (out / "before" / name / "summary.json").exists()}
     if before:  # runs of the same commands made before the text fine-tuning defaults (sixth session)
         figures["before_text_defaults"] = before
-    write("text_defaults", figures, started=started, extra={
+    write(a.results, figures, started=started, extra={
         "goals": "rt_polarity >= 0.85 test, financial_phrasebank_allagree >= 0.96, one MiniLM model, the defaults"})
 
 

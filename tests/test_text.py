@@ -357,8 +357,11 @@ def test_text_finetune_defaults_train_every_stage_and_given_options_win(sentimen
     assert (given.unfreeze, given.lr_decay, given.dropout, given.lr, given.epochs) == (1, 2.0, 0.0, 1e-3, 3)
     image = FitConfig(strategy="finetune").for_data("image")
     assert (image.unfreeze, image.lr_decay, image.dropout, image.lr, image.epochs) == (2, 3.0, 0.0, None, None)
-    other = FitConfig(strategy="gradual").for_data("text")  # only finetune was measured
+    other = FitConfig(strategy="gradual").for_data("text")  # only finetune and auto were measured
     assert (other.unfreeze, other.lr_decay, other.dropout) == (2, 3.0, 0.0)
+    auto = FitConfig().for_data("text")  # auto: its own unfreezing plan and epochs, at the text LRs
+    assert (auto.lr_decay, auto.dropout, auto.lr, auto.epochs) == (1.3, 0.1, 2e-3, None)
+    assert FitConfig().for_data("image").lr is None
     assert FitConfig(strategy="finetune", find_lr=True).for_data("text").lr is None  # the finder picks it
 
 
