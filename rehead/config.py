@@ -44,7 +44,7 @@ class FitConfig:
     head: str = field(default="linear", metadata=opt("the new head", HEADS, group="model"))
     hidden: int = field(default=512, metadata=opt("mlp head: hidden units", group="model"))
     dropout: float | None = field(default=None, metadata=opt(
-        "dropout before the head's last layer (default 0; text finetune: 0.1)", group="model"))
+        "dropout before the head's last layer (default 0; text finetune and auto: 0.1)", group="model"))
     task: str = field(default="multiclass", metadata=opt(
         "multiclass: one class per item; multilabel: labels like a|b in a CSV (BCE, F1, mAP); "
         "regression: a numeric label (MSE; RMSE, MAE, R2)", TASKS, group="model"))
@@ -55,12 +55,12 @@ class FitConfig:
     auto_plan: dict | None = field(default=None, metadata=opt(
         "what --strategy auto measured and chose (written by auto, read back by --resume)", cli=False))
     epochs: int | None = field(default=None, metadata=opt("epochs per phase (strategy default when unset)"))
-    lr: float | None = field(default=None, metadata=opt("top learning rate, the head's (strategy default when unset)"))
+    lr: float | None = field(default=None, metadata=opt("top learning rate, the head's (strategy default when unset; text finetune and auto: 2e-3)"))
     find_lr: bool = field(default=False, metadata=opt("run the LR finder first and train at its suggestion"))
     unfreeze: int | None = field(default=None, metadata=opt(
         "finetune/gradual: how many last stages to unfreeze, -1 every one (default 2; text finetune: -1)"))
     lr_decay: float | None = field(default=None, metadata=opt(
-        "each earlier stage's LR is this many times lower (default 3; text finetune: 1.3)"))
+        "each earlier stage's LR is this many times lower (default 3; text finetune and auto: 1.3)"))
     lr_min: float | None = field(default=None, metadata=opt("or spread LRs geometrically from lr-min to lr"))
     layer_decay: float | None = field(default=None, metadata=opt(
         "layer-wise LR decay per block (ViTs, transformers; e.g. 0.75), from the model's own grouping"))
