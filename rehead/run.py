@@ -73,6 +73,7 @@ class Run:
             raise BadRun(f"{self.dir / 'config.yaml'} is a regression run without its target mean/std: "
                          "restore it or rerun")
         self._model = model.eval() if model is not None else None
+        self._placed = model is not None  # a handed-over model stays where its fit trained it
         # bf16 when the head was kept from features extracted in bf16 (rehead.precision): the
         # backbone then runs as it did when those features were made
         self.inference_precision: str | None = None
@@ -149,8 +150,11 @@ class Run:
         return views, kept, skipped_of(kept)
 
     def _forward(self, x) -> torch.Tensor:
-        from .precision import autocast, device_of, feature_precision, to_device_of
+        from .precision import autocast, device_of, extraction_device, feature_precision, to_device_of
         m = self.model
+        if not self._placed:  # loaded from disk on the CPU: infer where extraction runs (the GPU if any)
+            m.to(extraction_device())
+            self._placed = True
         if self.inference_precision is None:
             self.inference_precision = self.summary.get("inference_precision", "fp32")
         device, x = device_of(m), to_device_of(m, x)
