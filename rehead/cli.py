@@ -9,6 +9,9 @@ from typing import List, Optional
 import typer
 
 from . import interrupts
+from .config import DEFAULT_MODELS
+
+MODEL_HELP = f"backbone spec (default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['text']} for text)"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: reuse a pretrained network, cut, graft, train.")
@@ -207,7 +210,7 @@ _register_fit()
 
 @app.command("lr-find")
 @guarded
-def lr_find_cmd(data: str, model: str = typer.Option("packaged:efficientnet_lite0", "--model", "-m"),
+def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
                 out: Optional[str] = typer.Option(None, "--out", "-o", help="where lr_find.png/json go"),
                 cut: Optional[str] = None, head: str = "linear",
                 unfreeze: int = typer.Option(0, help="0: head only (cached features); n: also the last n stages"),

@@ -1,6 +1,6 @@
 """``rehead demo``: the main job on a built-in default, offline.
 
-Transfer the packaged ImageNet EfficientNet-Lite0 to scikit-learn's handwritten digits
+Transfer the default backbone (the packaged ImageNet EfficientNet-Lite2) to scikit-learn's handwritten digits
 (UCI optical digits, shipped inside scikit-learn): 50 images per class, 8x8 pixels
 upscaled, an 80/20 stratified split, extract strategy.
 """
@@ -26,12 +26,13 @@ def write_digits(root: Path, per_class: int = 50, seed: int = 0) -> Path:
 
 
 def run_demo(out: str = "runs/demo", overwrite: bool = True, echo=print):
+    from .config import DEFAULT_MODEL
     from .features import default_cache_dir
     from .fit import fit
     data = default_cache_dir() / "demo" / "digits"
     if not data.exists():
         echo(f"writing scikit-learn's digits as images to {data}")
         write_digits(data)
-    echo("fitting a new head on packaged:efficientnet_lite0 (ImageNet) for 10-class digits")
-    return fit(str(data), model="packaged:efficientnet_lite0", out=out, strategy="extract", overwrite=overwrite,
+    echo(f"fitting a new head on {DEFAULT_MODEL} (ImageNet) for 10-class digits")
+    return fit(str(data), model=DEFAULT_MODEL, out=out, strategy="extract", overwrite=overwrite,
                echo=echo)

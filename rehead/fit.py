@@ -125,6 +125,9 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     else:
         ds = as_dataset(data, cfg, memo=cache)  # the cache remembers which images were readable
     cfg = cfg.for_data(ds.modality)  # options left unset, filled for this data (e.g. text fine-tuning)
+    if cfg.model is None:  # no default backbone for this kind of data (tables): say so before loading any
+        raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
+                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them")
     if getattr(ds, "task", "multiclass") != cfg.task:
         raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
                         f"build it with task={cfg.task!r}, or pass the data as a path")
@@ -177,9 +180,13 @@ def _backbone(cfg: FitConfig, module) -> Backbone:
     return backbone_from_module(module, cfg.model)
 
 
+_MODEL_HINT = {"text": " (e.g. --model packaged:minilm)",
+               "tabular": " (e.g. --model tabular:mlp-<features>-64x2, an MLP encoder of its feature columns)"}
+
+
 def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
     if backbone.modality != ds.modality:
-        hint = {"text": " (e.g. --model packaged:minilm)"}.get(ds.modality, "")
+        hint = _MODEL_HINT.get(ds.modality, "")
         raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
                         f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
 

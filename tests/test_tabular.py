@@ -128,6 +128,9 @@ def test_bad_tables_give_clear_errors(tmp_path):
     assert run.config["data_config"]["constant_columns"] == 1
     logits, kept, _ = run.logits(run.val_split()[0])
     assert torch.isfinite(logits).all() and len(kept) == 3
+    with pytest.raises(DataError, match=r"tabular data, which has no default backbone.*--model tabular:mlp-"):
+        fit(p, out=tmp_path / "r0", epochs=1, progress=False, missing="mean", echo=lambda *_: None)
+    assert not (tmp_path / "r0").exists()  # refused before the run directory
     with pytest.raises(DataError, match="takes 5 features but the table has 2"):
         fit(p, model="tabular:mlp-5-4x1", out=tmp_path / "r3", strategy="full", epochs=1, progress=False,
             missing="mean", echo=lambda *_: None)

@@ -189,10 +189,10 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_acc"] >= 0.9
     entries = FeatureCache().size()["entries"]
     assert entries == 40  # train.csv's 40 sentences (val carved from them); test.csv is scored once, live
-    # the same data again: every feature from the cache
-    fit(sentiment_folder, model="packaged:minilm", out=tmp_path / "run2", strategy="extract", epochs=5,
-        progress=False, echo=lambda *a: None)
+    # the same data again, no --model: text data takes packaged:minilm, every feature from the cache
+    fit(sentiment_folder, out=tmp_path / "run2", strategy="extract", epochs=5, progress=False, echo=lambda *a: None)
     assert FeatureCache().size()["entries"] == entries
+    assert "model: packaged:minilm" in (tmp_path / "run2" / "config.yaml").read_text()
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "what a wonderful and superb film"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("what a wonderful and superb film: pos ")

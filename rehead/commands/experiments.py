@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli import PROCESSES_HELP, app, guarded, relaunched
-
-DEFAULT = "packaged:efficientnet_lite0"
+from ..config import DEFAULT_MODEL as DEFAULT
 
 
 def _out(out: Optional[str], kind: str, data: str) -> str:

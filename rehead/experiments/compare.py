@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DEFAULT_MODEL
 from . import start_run, write_results
 
 
@@ -43,7 +44,7 @@ def stratified_fraction(labels: list[int], fraction: float, seed: int) -> list[i
     return sorted(idx)
 
 
-def compare(data, model: str = "packaged:efficientnet_lite0", fractions="0.05,0.1,0.25,0.5,1.0",
+def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
             out="runs/compare", strategy: str = "auto", reference: float = 0.1, scratch_size: int = 128,
             scratch_epochs: int = 15, scratch_min_steps: int = 30, scratch_lr: float = 1e-3,
             transfer_epochs: int | None = None, batch_size: int = 32, workers: int = 2, seed: int = 0,

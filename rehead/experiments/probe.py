@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+from ..config import DEFAULT_MODEL
 from . import linear_probe, quiet, split_features, start_run, write_results
 
 
@@ -32,7 +33,7 @@ def parse_cuts(cuts, backbone) -> list[int]:
     return sorted(set(out))
 
 
-def probe(data, model: str = "packaged:efficientnet_lite0", cuts="all", out="runs/probe", C: float = 1.0,
+def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: float = 1.0,
           batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
           cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
           overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
