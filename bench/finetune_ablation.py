@@ -8,6 +8,8 @@ epoch and is the figure reported, as in the issue's own goal; one photo is 0.65 
 
     PYTHONPATH=.:bench python bench/finetune_ablation.py                 # every row, seed 0
     PYTHONPATH=.:bench python bench/finetune_ablation.py --rows light trivial --seeds 0 1
+    PYTHONPATH=.:bench python bench/finetune_ablation.py --model packaged:efficientnet_lite2 \
+        --rows defaults mix mix+epochs10 --seeds 0 1 2 --name finetune_ablation_mix
 
 Features for the solved head are computed in fp32 here (``REHEAD_FEATURE_PRECISION=fp32`` is set
 unless given), so rows compare with the first round, measured before bf16 features existed.
@@ -50,13 +52,16 @@ ROWS = {
     "none+freeze_bn+lr3e-3": {"augment": "none", "freeze_bn": True, "lr": 3e-3},
     "trivial+freeze_bn+lr3e-3+epochs10": {"augment": "trivial", "freeze_bn": True, "lr": 3e-3, "epochs": 10},
     "light+freeze_bn+l2sp": {"augment": "light", "freeze_bn": True, "method": "l2sp"},
+    # round 3 (eighth session): a harder objective for the unfrozen phase, on top of the defaults
+    "mix": {"mixup": 0.2, "cutmix": 1.0},
+    "mix+epochs10": {"mixup": 0.2, "cutmix": 1.0, "epochs": 10},
 }
 
 
-def one(name: str, seed: int, tmp: Path) -> dict:
+def one(name: str, seed: int, tmp: Path, model: str | None = None) -> dict:
     from rehead.config import FitConfig
     from rehead.fit import fit
-    opts = {**BASE, **ROWS[name], "seed": seed}
+    opts = {**BASE, **ROWS[name], "seed": seed, **({"model": model} if model else {})}
     if not all(k in FitConfig.__dataclass_fields__ for k in opts):
         return {"row": name, "seed": seed, "skipped": "option not in this version: "
                 + ", ".join(k for k in opts if k not in FitConfig.__dataclass_fields__)}
@@ -76,13 +81,15 @@ def main():
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--name", default="finetune_ablation")
+    ap.add_argument("--model", default="packaged:efficientnet_lite0",
+                    help="the backbone (rounds 1-2: Lite0, the default of the time)")
     a = ap.parse_args()
     started, rows = machine(), []
     prev = RESULTS / f"{a.name}.json"
     with tempfile.TemporaryDirectory() as d:
         for seed in a.seeds:
             for name in a.rows:
-                rows.append(one(name, seed, Path(d)))
+                rows.append(one(name, seed, Path(d), a.model))
                 print(json.dumps(rows[-1]), flush=True)
                 # written after every row: a long run killed half way keeps what it measured
                 write(a.name, {"rows": rows}, {"protocol": __doc__.split("\n\n")[1]}, started)

@@ -86,6 +86,11 @@ class FitConfig:
     ema: float | None = field(default=None, metadata=opt(
         "keep an exponential moving average of the weights in unfrozen phases (decay per step, e.g. "
         "0.99); val scores and the kept weights are the average's"))
+    mixup: float = field(default=0.0, metadata=opt(
+        "Mixup on the training images of live phases: its Beta alpha (e.g. 0.2); 0 off"))
+    cutmix: float = field(default=0.0, metadata=opt(
+        "CutMix on the training images of live phases: its Beta alpha (e.g. 1.0); 0 off; with --mixup, "
+        "each batch takes one of the two"))
     batch_size: int = field(default=32, metadata=opt("samples per step"))
     patience: int | None = field(default=None, metadata=opt("early stopping: epochs without val improvement"))
     class_weight: str = field(default="none", metadata=opt(
@@ -159,7 +164,7 @@ class FitConfig:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        for name in ("weight_decay", "alpha", "beta", "workers"):
+        for name in ("weight_decay", "alpha", "beta", "workers", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.unfreeze is not None and self.unfreeze < -1:
@@ -168,6 +173,8 @@ class FitConfig:
             raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
         if self.task != "multiclass" and self.method == "guided":
             raise ConfigError(f"--method guided trains its scouts as classifiers: not for --task {self.task}")
+        if self.task != "multiclass" and (self.mixup or self.cutmix):
+            raise ConfigError(f"--mixup and --cutmix mix the labels of one class per image: not for --task {self.task}")
         if self.task == "regression" and (self.class_weight != "none" or self.label_smoothing):
             raise ConfigError("--class-weight and --label-smoothing apply to classes: not to --task regression")
         if self.budget is not None and not self.budget > 0:

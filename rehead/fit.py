@@ -29,7 +29,7 @@ from .recipes import build_recipe
 from .run import Run
 from .rundir import BadRun, RunDir
 from .tasks import per_item, target_stats, to_tensor
-from .train.callbacks import WeightEMA
+from .train.callbacks import MixImages, WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
 
@@ -128,6 +128,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     if cfg.model is None:  # no default backbone for this kind of data (tables): say so before loading any
         raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
                         f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them")
+    if (cfg.mixup or cfg.cutmix) and ds.modality != "image":
+        raise ConfigError(f"--mixup and --cutmix mix images: {ds.source} is {ds.modality} data; leave them out")
     if getattr(ds, "task", "multiclass") != cfg.task:
         raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
                         f"build it with task={cfg.task!r}, or pass the data as a path")
@@ -295,6 +297,11 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         echo("note: --label-smoothing applies to gradient-trained phases; the linear head solved on cached "
              "features ignores it")
     hooks = job.hooks + ([WeightEMA(cfg.ema)] if cfg.ema else [])
+    if cfg.mixup or cfg.cutmix:
+        if recipe.uses_only_features:
+            echo("note: --mixup/--cutmix are ignored by a fit on cached features only; use --strategy head or "
+                 "finetune to train on mixed images")
+        hooks.append(MixImages(len(ds.classes), cfg.mixup, cfg.cutmix))
     trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=hooks,
                                   select_best=not cfg.keep_last, checkpoints=not only_features, task=cfg.task,
                                   class_weight="balanced" if cfg.class_weight == "balanced" else None),

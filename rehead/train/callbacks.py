@@ -113,6 +113,25 @@ class BestWeights(Callback):
                                   "epochs_run": sum(r["phase_index"] == pi for r in rows)})
 
 
+class MixImages(Callback):
+    """Mixup and/or CutMix on the training batches of live image phases (torchvision's
+    ``transforms.v2.MixUp`` / ``CutMix``; with both, each batch takes one of the two at random, as
+    timm's ``Mixup`` does). The loss sees the mixed soft targets (``tr.target``); the train accuracy
+    still counts against the batch's own labels. A solved head fits its training photos (loss near 0),
+    so the unfrozen stages get almost no gradient from clean batches: mixing keeps a signal."""
+
+    def __init__(self, n_classes: int, mixup: float = 0.0, cutmix: float = 0.0):
+        from torchvision.transforms import v2
+        mixes = ([v2.MixUp(alpha=mixup, num_classes=n_classes)] if mixup else []) + \
+                ([v2.CutMix(alpha=cutmix, num_classes=n_classes)] if cutmix else [])
+        self.mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+    def before_step(self, tr):
+        if tr.on_features or not (isinstance(tr.x, torch.Tensor) and tr.x.dim() == 4) or len(tr.y) < 2:
+            return
+        tr.x, tr.target = self.mix(tr.x, tr.y)
+
+
 class WeightEMA(Callback):
     """An exponential moving average of the weights (and BatchNorm statistics) over each live
     phase. The val pass, the best-weights choice and the phase's last epoch use the average;

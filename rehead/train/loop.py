@@ -8,7 +8,8 @@ callback (``rehead.train.callbacks``) on these events, in this order:
                         weights: L2-SP's anchor, the scouts' start)
     before_phase        freeze flags set, optimizer built (tr.phase, tr.opt)
       before_epoch      tr.loader
-        before_step     tr.x, tr.y (the LR schedule sets the LR here)
+        before_step     tr.x, tr.y, tr.target (what the loss compares with: y, or mixed soft
+                        labels); the LR schedule sets the LR here
         after_pred      tr.pred
         penalty         returns a term added to the loss (L2-SP)
         after_loss      tr.loss; then a non-finite loss raises TrainingDiverged
@@ -255,12 +256,12 @@ class Trainer:
             idx, x, y = send_to_device(batch, self.device)
             if len(idx) == 0:
                 continue
-            self.x, self.y = x, y
+            self.x, self.y, self.target = x, y, y
             self._event("before_step")
             with autocast():
-                self.pred = model(x)
+                self.pred = model(self.x)
                 self._event("after_pred")
-                self.loss = self.loss_fn(self.pred, y)
+                self.loss = self.loss_fn(self.pred, self.target)
                 for cb in penalties:
                     self.loss = self.loss + cb.penalty(self)
             self._event("after_loss")
