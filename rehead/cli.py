@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 
 from . import interrupts
-from .config import DEFAULT_MODELS
+from .config import FitConfig
 
-MODEL_HELP = f"backbone spec (default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['text']} for text)"
+MODEL_HELP = FitConfig.__dataclass_fields__["model"].metadata["help"]  # fit's, defaults included
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: reuse a pretrained network, cut, graft, train.")
@@ -165,7 +165,6 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
          quiet: bool = typer.Option(False, "--quiet", "-q"),
          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP), **options):
     """Train a new head (and as much of the backbone as the strategy says) on DATA."""
-    from .config import FitConfig
     if data is None and not resume:
         fail("give DATA (a folder or CSV), or --resume RUN_DIR")
     if relaunched(processes):
@@ -201,7 +200,6 @@ def _with_options(fn, cls):
 
 
 def _register_fit():
-    from .config import FitConfig
     app.command("fit")(guarded(_with_options(_fit, FitConfig)))
 
 

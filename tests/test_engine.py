@@ -94,19 +94,22 @@ def test_mixup_and_cutmix_mix_the_live_phases_images_and_labels(tmp_path, image_
 
     class Spy(Callback):
         order = 99  # after the mixing callback: sees what the loss will see
-        seen = []
+
+        def __init__(self):
+            self.seen = []
 
         def before_step(self, tr):
-            Spy.seen.append((tr.on_features, tr.target.clone(), tr.y.clone()))
+            self.seen.append((tr.on_features, tr.target.clone(), tr.y.clone()))
 
+    spy = Spy()
     _fit(image_folder, tmp_path / "mix", tiny_spec, strategy="finetune", epochs=2, unfreeze=1, batch_size=8,
-         mixup=0.4, cutmix=1.0, hooks=[Spy()])
-    live = [(t, y) for on_features, t, y in Spy.seen if not on_features]
+         mixup=0.4, cutmix=1.0, hooks=[spy])
+    live = [(t, y) for on_features, t, y in spy.seen if not on_features]
     k = len([d for d in image_folder.iterdir() if d.is_dir()])
     assert live and all(t.dtype.is_floating_point and t.shape == (len(y), k) for t, y in live)
     assert all(torch.allclose(t.sum(1), torch.ones(len(y))) for t, y in live)  # soft labels, each a distribution
     assert any(not torch.equal(t, torch.nn.functional.one_hot(y, k).float()) for t, y in live)
-    assert all(t.dtype == torch.int64 for on_features, t, _ in Spy.seen if on_features)  # cached features: as they are
+    assert all(t.dtype == torch.int64 for on_features, t, _ in spy.seen if on_features)  # cached features: as they are
     with pytest.raises(ConfigError, match="--mixup and --cutmix"):
         _fit(image_folder, tmp_path / "reg", tiny_spec, strategy="finetune", task="regression", mixup=0.2)
 
