@@ -16,7 +16,9 @@ The pipelines run interleaved (A,B,C then C,B,A ...) in one process; medians are
 A serial breakdown (one core decoding, the model's forward at the process's thread count)
 says where the time goes.
 
-    PYTHONPATH=. python bench/extract_speed.py [--n 160] [--reps 3] [--sweep]
+    PYTHONPATH=. python bench/extract_speed.py [--n 160] [--reps 3] [--sweep] [--model M]
+
+Results: ``extract_speed.json`` for Lite0, ``extract_speed_<name>.json`` for another ``--model``.
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ from _common import HYMENOPTERA, machine, median, write
 TUTORIAL_MEAN, TUTORIAL_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def tutorial_transform():
-    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                               transforms.Normalize(TUTORIAL_MEAN, TUTORIAL_STD)])
+def tutorial_transform(size: int = 224):
+    """The tutorial's transforms (Resize(256), CenterCrop(224) for a 224 px model), scaled to the
+    model's input size so both pipelines feed it the same number of pixels."""
+    return transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+                               transforms.ToTensor(), transforms.Normalize(TUTORIAL_MEAN, TUTORIAL_STD)])
 
 
 def run_tutorial(bb, ds, batch_size, workers, channels_last=False) -> float:
@@ -108,12 +112,13 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="packaged:efficientnet_lite0")
     ap.add_argument("--sweep", action="store_true", help="also rehead with workers 0/1/2 x torch threads 1/2")
     a = ap.parse_args()
     started = machine()
     from rehead import zoo
-    bb = zoo.load("packaged:efficientnet_lite0").eval()
-    full = datasets.ImageFolder(str(HYMENOPTERA / "train"), transform=tutorial_transform())
+    bb = zoo.load(a.model).eval()
+    full = datasets.ImageFolder(str(HYMENOPTERA / "train"), transform=tutorial_transform(bb.data_config["input_size"]))
     step = max(1, len(full) // a.n)
     idx = list(range(0, len(full), step))[:a.n]
     tut_ds = torch.utils.data.Subset(full, idx)
@@ -138,7 +143,8 @@ def main():
             print(f"rep {r} {k}: {speeds[k][-1]:.1f} img/s", flush=True)
     med = {k: median(v) for k, v in speeds.items()}
     bare = med["bare_forward_bf16" if auto == "bf16" else "bare_forward_fp32"]
-    figures = {"images": len(paths), "batch_size": a.batch_size, "workers": a.workers, "reps": a.reps,
+    figures = {"model": a.model, "input_size": bb.data_config["input_size"],
+               "images": len(paths), "batch_size": a.batch_size, "workers": a.workers, "reps": a.reps,
                "rehead_feature_precision": auto,
                "img_per_s_median": med, "img_per_s_all": speeds,
                "ratio_rehead_vs_tutorial_best": med["rehead"] / max(med["tutorial"], med["tutorial_channels_last"]),
@@ -160,7 +166,8 @@ def main():
                 print(f"sweep threads {threads} workers {w}: {sweep[f'threads{threads}_workers{w}']:.1f} img/s", flush=True)
         torch.set_num_threads(base_threads)
         figures["sweep_rehead_img_per_s"] = sweep
-    write("extract_speed", figures, started=started)
+    name = a.model.split(":")[-1]
+    write("extract_speed" if name == "efficientnet_lite0" else f"extract_speed_{name}", figures, started=started)
 
 
 if __name__ == "__main__":
