@@ -2,9 +2,10 @@
 
     python bench/auto.py [hym digits random fpb ...]   -> bench/results/auto.json
 
-hym: hymenoptera (244 train / 153 val photos, close to ImageNet) on packaged EfficientNet-Lite0;
+hym: hymenoptera (244 train / 153 val photos, close to ImageNet) on the default image backbone
+(``config.DEFAULT_MODEL``, EfficientNet-Lite2 since the eighth session; Lite0 before);
 digits: scikit-learn's digits, 50 a class, written as 64x64 images (rehead demo's set), far from
-ImageNet; random: hymenoptera on EfficientNet-Lite0 with random weights (timm's init);
+ImageNet; random: hymenoptera on the same backbone with random weights (timm's init);
 fpb: financial_phrasebank_allagree (1812 train sentences) on packaged MiniLM.
 """
 from __future__ import annotations
@@ -20,10 +21,11 @@ SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def sets(tmp: Path) -> dict:
+    from rehead.config import DEFAULT_MODEL
     from rehead.demo import write_digits
-    return {"hym": (SHARED / "hymenoptera_data", "packaged:efficientnet_lite0", {}),
-            "digits": (write_digits(tmp / "digits"), "packaged:efficientnet_lite0", {}),
-            "random": (SHARED / "hymenoptera_data", "packaged:efficientnet_lite0", {"random": True}),
+    return {"hym": (SHARED / "hymenoptera_data", DEFAULT_MODEL, {}),
+            "digits": (write_digits(tmp / "digits"), DEFAULT_MODEL, {}),
+            "random": (SHARED / "hymenoptera_data", DEFAULT_MODEL, {"random": True}),
             "fpb": (SHARED / "financial_phrasebank_allagree", "packaged:minilm", {})}
 
 
