@@ -55,6 +55,15 @@ same network with random weights stays near chance at every cut (best skill 0.24
 photos); scikit-learn's digits peak before the top (block6 0.830 vs head_conv 0.800 on 500
 images; +0.04 to +0.09 on 200 images over three val seeds).
 
+On the default since the eighth session, EfficientNet-Lite2, the same sets read 0.793 / 0.887 /
+0.972 / 0.970 (hymenoptera, skill 0.94: similar), best skill 0.34 (random weights: poor), and
+digits 0.722 / 0.846 / 0.842 / 0.880 (top skill 0.87): the stronger top fits digits best, so
+digits count as *similar* there and are extracted at the top. That is a reading of how well the
+source's features fit, not of how close the images are (their BatchNorm statistics are ~50x further
+from ImageNet's than hymenoptera's), and extracting holds up there: fine-tuning Lite2 on those 400
+digits beats the top's head by one image of 100 (``--strategy finetune``, 199 s against 40 s) or not
+at all (4 stages, no augmentation: 0.86 < 0.88) (``bench/auto_digits.py``, ``auto_digits.json``).
+
 Not covered: ``--keep-last`` keeps the last epoch, so the never-below-the-head guarantee is
 the default's (best val epoch); under several processes each one times its own steps (the
 measured epoch time is not broadcast), so give ``--epochs`` there.
