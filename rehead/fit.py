@@ -327,7 +327,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         return None
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
-    summary["note"] = _no_gain_note(summary)
+    summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases])
     summary["augment"] = augment
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
@@ -432,8 +432,11 @@ def headline(task: str) -> tuple[str, ...]:
     return {"regression": ("rmse", "mae", "r2"), "multilabel": ("micro_f1", "macro_f1", "map")}.get(task, ("acc",))
 
 
-def _no_gain_note(s: dict) -> str | None:
-    """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what to try."""
+def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
+                  trainable: list = ()) -> str | None:
+    """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what
+    to try among what this run did not do (augmentation only for images not already augmented,
+    fewer stages only when a phase unfroze more than one; ``trainable``: the phases' stage counts)."""
     phases = s["phases"]
     if len(phases) < 2 or s["kept_phase"] != phases[0]["phase"]:
         return None
@@ -446,9 +449,13 @@ def _no_gain_note(s: dict) -> str | None:
         said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
                 f"{phases[0]['best_val_acc']:.4f}")
     same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
+    tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
+    if modality == "image" and not augment:  # only what this run did not already do
+        tries.append("--augment light")
+    if any(t is not None and (t == -1 or t > 1) for t in trainable):
+        tries.append("fewer --unfreeze stages")
     return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
-            f"Try --strategy extract (the same {same} in seconds), a lower --lr, --augment light, "
-            "or fewer --unfreeze stages")
+            f"Try {', '.join(tries[:-1])} or {tries[-1]}")
 
 
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:

@@ -150,3 +150,19 @@ def test_hymenoptera_extract_reaches_the_tutorial_accuracy(tmp_path):
     assert summary["val_acc"] >= 0.92
     items, labels = run.val_split()
     assert Run(tmp_path / "ants").evaluate(items, labels)["accuracy"] >= 0.92
+
+
+def test_a_finetune_that_keeps_its_head_suggests_only_what_it_did_not_try():
+    """The closing hint when unfreezing never beat the head: no augmentation advice for text or for
+    images already augmented, no "fewer stages" after a one-stage phase."""
+    from rehead.fit import _no_gain_note
+    s = {"kept_phase": "head", "phases": [{"phase": "head", "best_val_acc": 0.96, "best_val_loss": 0.1},
+                                          {"phase": "unfreeze2", "best_val_acc": 0.95, "best_val_loss": 0.2}]}
+    augmented = _no_gain_note(s, "image", "light", [0, 2])
+    assert "unfreeze2 best 0.9500 <= head 0.9600" in augmented and "--augment" not in augmented
+    assert "fewer --unfreeze stages" in augmented
+    plain = _no_gain_note(s, "image", None, [0, 1])
+    assert "--augment light" in plain and "fewer" not in plain
+    text = _no_gain_note(s, "text", None, [0, -1])
+    assert "--augment" not in text and "fewer --unfreeze stages" in text and "--strategy extract" in text
+    assert _no_gain_note({**s, "kept_phase": "unfreeze2"}, "image", None, [0, 2]) is None
