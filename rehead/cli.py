@@ -369,7 +369,7 @@ def expand_inputs(inputs: list[str], modality: str) -> list:
 @app.command()
 @guarded
 def demo(out: str = typer.Option("runs/demo", "--out", "-o"), overwrite: bool = typer.Option(True)):
-    """Transfer the packaged ImageNet EfficientNet-Lite0 to scikit-learn's handwritten digits."""
+    """Transfer the default backbone (the packaged ImageNet EfficientNet-Lite2) to scikit-learn's handwritten digits."""
     from .demo import run_demo
     run_demo(out, overwrite=overwrite)
 
