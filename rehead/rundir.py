@@ -34,10 +34,29 @@ class RunBusy(RuntimeError):
     pass
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+NEW_FILE_MODE = _default_mode()
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder for an atomic write, with the permissions a plain
+    write would give (a colleague or a web server can read a run as they could any file there)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, NEW_FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

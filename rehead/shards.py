@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .rundir import temp_file_beside
 
 
 def key_ids(skeys: list[str]) -> np.ndarray:
@@ -75,7 +76,7 @@ def save_shard(path: Path, rows: np.ndarray) -> None:
     """np.save to a temp file in the shard's folder, fsync'd, then renamed: a reader sees a whole
     shard or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array(f, rows, allow_pickle=False)

@@ -76,6 +76,19 @@ def test_bad_data_or_model_leaves_no_run_directory(tmp_path, image_folder, tiny_
 
 
 # -- the run directory ---------------------------------------------------------------------------------
+def test_run_and_cache_files_get_the_permissions_of_any_new_file(tmp_path, image_folder, tiny_spec):
+    """Atomic writes go through a temporary file (0600 from mkstemp): the renamed files must end up
+    with what a plain ``open()`` gives under the user's umask, so a run can be shared or served."""
+    import os
+    import stat
+    (tmp_path / "plain").write_bytes(b"")
+    plain = stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", cache_dir=str(tmp_path / "cache"), **QUIET)
+    made = [p for p in [*(tmp_path / "run").rglob("*"), *(tmp_path / "cache").rglob("*.npy")] if p.is_file()]
+    assert any(p.suffix == ".npy" for p in made) and (tmp_path / "run" / "model.safetensors") in made
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {p.name: oct(plain) for p in made}
+
+
 def test_a_run_directory_is_claimed_by_one_process(tmp_path):
     first = RunDir.create(tmp_path / "run")
     with pytest.raises(RunBusy, match="another rehead process"):
