@@ -236,7 +236,7 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
     from .runs import open_run
     run = open_run(run_dir)
     if source_agreement:
-        res = run.source_agreement(expand_inputs([source_agreement], run.modality))
+        res = run.source_agreement(expand_inputs([source_agreement], run.modality, run.data_kw()))
         typer.echo(json.dumps(res) if as_json else
                    f"source-task agreement with the pretrained model: {res['source_agreement']:.4f} on {res['n']} "
                    "images (1.0: nothing of the source task forgotten)")
@@ -304,7 +304,7 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         run = open_run(run_dir)
         if tta:
             run.check_tta()  # before the inputs are listed
-        rows = run.predict(expand_inputs(inputs, run.modality), top_k=top_k, tta=tta)
+        rows = run.predict(expand_inputs(inputs, run.modality, run.data_kw()), top_k=top_k, tta=tta)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -339,14 +339,16 @@ def _source_predict(spec: str, inputs: list[str], top_k: int) -> list[dict]:
     return rows + [{"item": items[i], "error": "unreadable"} for i in range(len(items)) if i not in seen]
 
 
-def expand_inputs(inputs: list[str], modality: str) -> list:
+def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None) -> list:
+    """Items to predict from the command line's inputs; ``columns``: the run's data options (which
+    column of a streamed table holds the images or texts)."""
     if modality == "tabular":
         from .data.tabular import expand_inputs as table_rows
         return table_rows(inputs)
     from .data.streams import expand_input
     items = []
     for s in inputs:
-        streamed = expand_input(s, modality)  # tar shards, a datasets folder, Parquet: references
+        streamed = expand_input(s, modality, **(columns or {}))  # tar shards, a datasets folder, Parquet: references
         if streamed is not None:
             items += streamed
             continue

@@ -107,6 +107,9 @@ class FitConfig:
     workers: int | None = field(default=None, metadata=opt(
         "data loading processes (default 2; on a GPU machine every core but one, at most 16)", group="data"))
     text_column: str = field(default="text", metadata=opt("text: the column holding the text", group="data"))
+    image_column: str | None = field(default=None, metadata=opt(
+        "images: the column holding them: paths in a CSV (default 'path'), image bytes in Parquet or a datasets "
+        "folder (default: the one image column), the member extension in tar shards", group="data"))
     label_column: str = field(default="label", metadata=opt("the column holding the label", group="data"))
     id_columns: str | None = field(default=None, metadata=opt(
         "tables: comma-separated identifier columns to leave out", group="data"))
@@ -226,7 +229,7 @@ class FitConfig:
     @property
     def data_kw(self) -> dict:
         """What the data loaders take."""
-        return {"text_column": self.text_column, "label_column": self.label_column,
+        return {"text_column": self.text_column, "image_column": self.image_column, "label_column": self.label_column,
                 "id_columns": self.id_columns, "split_column": self.split_column, "missing": self.missing}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .data import DATA_KW
 from .run import BadRun, Run, read_config
 from .rundir import RunDir, load_tensors, read_json
 
@@ -101,8 +102,7 @@ def _write_ensemble(members: list[Run], run: RunDir) -> None:
     run.write_yaml("config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
                                    "sources": [str(m.dir.resolve()) for m in members],
                                    "data_config": members[0].config.get("data_config"),
-                                   "fit": {k: fit[k] for k in ("text_column", "label_column", "id_columns",
-                                                               "split_column", "missing") if k in fit}})
+                                   "fit": {k: fit[k] for k in DATA_KW if k in fit}})
     _write_common(members, run, {"kind": "ensemble", "members": [_member_summary(m) for m in members]})
 
 

@@ -239,13 +239,14 @@ class Run:
         row of a CSV (the non-train rows when it has a split column), a folder's val/test split or
         all of it. Unlabelled rows are counted, never scored."""
         from .data import load_eval
-        ev = load_eval(path, self.modality, self.classes, self._data_kw(), task=self.task)
+        ev = load_eval(path, self.modality, self.classes, self.data_kw(), task=self.task)
         return ev.items, ev.labels, {"unlabelled": ev.n_unlabelled, "source": str(path)}
 
-    def _data_kw(self) -> dict:
+    def data_kw(self) -> dict:
+        """The fit's data options (text, image and label columns, ...): new data is read as the fit read its own."""
         fit = self.config.get("fit") or {}
-        keys = ("text_column", "label_column", "id_columns", "split_column", "missing")
-        return {k: fit[k] for k in keys if k in fit} or dict((self.config.get("args") or {}).get("data_kw") or {})
+        from .data import DATA_KW
+        return {k: fit[k] for k in DATA_KW if k in fit} or dict((self.config.get("args") or {}).get("data_kw") or {})
 
     def _metrics(self, items, labels, info: dict, tta: bool = False, **kw) -> dict:
         from sklearn.metrics import classification_report, confusion_matrix

@@ -305,6 +305,52 @@ def test_split_folders_and_hub_style_parquet_names(sources, tmp_path):
         load_eval(hub.parent, "image", ds.classes)
 
 
+def test_image_column_names_the_images_among_several(sources, tiny_spec, tmp_path, one_thread):
+    """Two image columns, neither called image: refused until --image-column names one; a named column
+    that is absent or holds no images is an error; the run reads new data through the same column."""
+    import shutil
+    import rehead
+    from rehead.cli import expand_inputs
+    rows = sources["rows"]
+    t = pq.read_table(sources["parquet"])
+    two = t.rename_columns(["front", "label", "split"]).append_column("back", t["image"])
+    pq.write_table(two, tmp_path / "two.parquet", row_group_size=8)
+    src = tmp_path / "two.parquet"
+    with pytest.raises(DataError, match="several image columns"):
+        load_dataset(src)
+    ds = load_dataset(src, image_column="back")
+    assert all(refs.parse(i)[2][0] == "back" for i in ds.train.items + ds.test.items)
+    with pytest.raises(DataError, match="no column 'side'.*--image-column"):
+        load_dataset(src, image_column="side")
+    with pytest.raises(DataError, match="column 'split' does not hold images"):
+        load_dataset(src, image_column="split")
+    run = rehead.fit(str(src), model=tiny_spec, image_column="front", out=tmp_path / "run", strategy="extract",
+                     workers=0, progress=False, echo=lambda *a: None)
+    assert run.data_kw()["image_column"] == "front"
+    items = expand_inputs([str(src)], "image", run.data_kw())  # predict's inputs, read as the fit read its data
+    assert len(items) == len(rows) and all(refs.parse(i)[2][0] == "front" for i in items)
+    # a CSV whose path column has another name; tar shards whose images are .png members
+    shutil.copytree(sources["files"]["red"][0].parent.parent, tmp_path / "img")
+    lines = ["file,label"] + [f"img/{p.parent.name}/{p.name},{p.parent.name}" for fs in sources["files"].values()
+                              for p in fs]
+    (tmp_path / "data.csv").write_text("\n".join(lines))
+    ds = load_dataset(tmp_path / "data.csv", image_column="file")
+    assert ds.modality == "image" and len(ds.train) + len(ds.val) == 2 * (N_TRAIN + N_TEST)
+    with pytest.raises(DataError, match="no column 'photo'.*--image-column"):
+        load_dataset(tmp_path / "data.csv", image_column="photo")
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    with tarfile.open(wds / "train-000.tar", "w") as tf:
+        for _, key, f, y in rows[:-1]:
+            _add(tf, f"{key}.jpg", f.read_bytes())
+            _add(tf, f"{key}.png", f.read_bytes())
+            _add(tf, f"{key}.cls", y.encode())
+    ds = load_dataset(wds, image_column="png")
+    assert all(i.endswith(".png") for i in ds.train.items)
+    with pytest.raises(DataError, match="no .webp member"):
+        load_dataset(wds, image_column="webp")
+
+
 def test_shuffled_parquet_batches_stay_within_a_few_row_groups(sources, tiny_spec):
     from rehead import zoo
     bb = zoo.load(tiny_spec)

@@ -135,7 +135,7 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int, where=No
     return sorted(tr), sorted(va)
 
 
-DATA_KW = ("text_column", "label_column", "id_columns", "split_column", "missing")
+DATA_KW = ("text_column", "image_column", "label_column", "id_columns", "split_column", "missing")
 
 
 def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, seed: int = 0,
@@ -229,14 +229,16 @@ def _reader(path, modality, kw):
         raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, a CSV, tar "
                         "shards (a folder or shards-{000..009}.tar), a datasets save_to_disk folder or Parquet")
     if modality is None:
-        modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"))
+        modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"),
+                                  kw.get("image_column"))
     return pipeline(modality), kw, None
 
 
 def _stream_parts(path, stream: str, modality, kw, eval_only: bool = False):
     from .streams import read_parts
     found, parts = read_parts(path, stream, eval_only=eval_only, modality=modality,
-                              **{k: v for k, v in kw.items() if k in ("text_column", "label_column", "split_column")})
+                              **{k: v for k, v in kw.items()
+                                 if k in ("text_column", "image_column", "label_column", "split_column")})
     return pipeline(found), parts
 
 
@@ -263,16 +265,19 @@ def _check_readable(mod, parts: Parts, items, strict: bool, check: bool, memo=No
     parts.skipped.update(bad)
 
 
-def infer_modality(p, text_column: str = "text", label_column: str = "label") -> str:
-    """image for a folder or a CSV with a ``path`` column; text for a CSV with the text
-    column; tabular for another CSV."""
+def infer_modality(p, text_column: str = "text", label_column: str = "label", image_column: str | None = None) -> str:
+    """image for a folder or a CSV with a ``path`` column (or ``image_column``); text for a CSV
+    with the text column; tabular for another CSV."""
     p = Path(p)
     from .images import IMAGE_EXTS
     csvs = [p] if p.is_file() else [p / n for n in ("train.csv", "test.csv", "val.csv") if (p / n).is_file()]
     if csvs and csvs[0].suffix.lower() == ".csv":
         header = _header(csvs[0])
-        if "path" in header:
+        if (image_column or "path") in header:
             return "image"
+        if image_column:  # the user named an image column this file does not have
+            raise DataError(f"{csvs[0]} has no column {image_column!r} (columns: {', '.join(header[:12])}): "
+                            "name the image-path column with --image-column")
         if text_column in header:
             return "text"
         if text_column != "text":  # the user named a text column this file does not have

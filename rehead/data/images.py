@@ -138,7 +138,7 @@ def _first_dir(path: Path, candidates) -> Path | None:
 
 
 def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
-               split_column: str = "split", **_) -> Parts:
+               split_column: str = "split", image_column: str | None = None, **_) -> Parts:
     """Parts of an image source. A folder with train/: train, val from val/ (valid/,
     validation/), test from test/; a folder of class folders: all; a CSV: see ``_csv_parts``.
     ``eval_only`` lists only the split that evaluation scores."""
@@ -147,7 +147,7 @@ def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
         raise DataError(f"{path} is a single image: training data is a folder of class folders or a CSV of "
                         "path,label; to label one image, use `rehead predict RUN IMAGE`")
     if path.is_file():
-        return _csv_parts(path, label_column, split_column)
+        return _csv_parts(path, label_column, split_column, image_column or "path")
     skipped: dict[str, str] = {}
     val_dir, test_dir = _first_dir(path, VAL_DIRS), _first_dir(path, TEST_DIRS)
     train_dir = path / "train" if (path / "train").is_dir() else None
@@ -161,15 +161,17 @@ def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
     return Parts(parts, str(path), skipped=skipped)
 
 
-def _csv_parts(path: Path, label_column: str, split_column: str) -> Parts:
-    """A CSV of path,label (paths relative to the CSV), with an optional split column."""
+def _csv_parts(path: Path, label_column: str, split_column: str, image_column: str = "path") -> Parts:
+    """A CSV of path,label (paths relative to the CSV; the path column may be named by
+    ``image_column``), with an optional split column."""
     header, rows = read_rows(path)
-    missing = [c for c in ("path", label_column) if c not in header]
+    missing = [c for c in (image_column, label_column) if c not in header]
     if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs 'path' and a label "
-                        f"column (--label-column; found: {', '.join(header)})")
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs a path column "
+                        f"(--image-column, default 'path') and a label column (--label-column; found: "
+                        f"{', '.join(header)})")
     # abspath, not resolve: normalises '..' without following symlinks (a looping one would raise)
-    given = column(header, rows, "path", path)
+    given = column(header, rows, image_column, path)
     items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in given]
     labels = column(header, rows, label_column, path)
     skipped, gone = {}, []

@@ -95,10 +95,11 @@ def _from_frame(df, cfg) -> Dataset:
     if cfg.label_column not in cols:
         raise DataError(f"the DataFrame has no {cfg.label_column!r} column (columns: {', '.join(cols[:10])}): "
                         "name it with label_column=")
-    item_col = "path" if "path" in cols else cfg.text_column if cfg.text_column in cols else None
+    image_col = cfg.image_column or "path"
+    item_col = image_col if image_col in cols else cfg.text_column if cfg.text_column in cols else None
     if item_col is None:
-        raise DataError(f"the DataFrame has neither a 'path' column (images) nor a {cfg.text_column!r} column "
-                        "(texts): name the text column with text_column=, or save a table with "
+        raise DataError(f"the DataFrame has neither a {image_col!r} column (images) nor a {cfg.text_column!r} column "
+                        "(texts): name them with image_column= or text_column=, or save a table with "
                         "df.to_csv('table.csv', index=False) and fit that file")
     pairs = list(zip(df[item_col].tolist(), df[cfg.label_column].tolist()))
     return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>", task=cfg.task)

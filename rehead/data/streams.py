@@ -125,13 +125,15 @@ def _parquet_files(p: Path) -> list[Path]:
 
 def read_parts(path, kind_: str, eval_only: bool = False, modality: str | None = None,
                text_column: str = "text", label_column: str = "label", split_column: str = "split",
-               need_labels: bool = True, **_) -> tuple[str, Parts]:
+               need_labels: bool = True, image_column: str | None = None, **_) -> tuple[str, Parts]:
     """(modality, parts) of a streaming source; ``modality`` (a run's, when evaluating) picks the
     item column where both an image and a text could be. ``need_labels=False`` (predict): a
-    source without labels gives every item with an empty label."""
+    source without labels gives every item with an empty label. ``image_column``: the table column
+    (or the shards' member extension) holding the images, where there are several."""
     reader = {"webdataset": _webdataset, "hf": _hf, "parquet": _parquet}[kind_]
     mod, parts = reader(path, eval_only=eval_only, modality=modality, text_column=text_column,
-                        label_column=label_column, split_column=split_column, need_labels=need_labels)
+                        label_column=label_column, split_column=split_column, need_labels=need_labels,
+                        image_column=image_column)
     parts.lazy = True
     parts.labels_from = parts.labels_from or label_column
     return mod, parts
@@ -182,7 +184,8 @@ def _key_ext(name: str) -> tuple[str, str]:
     return (f"{d}/{k}" if d else k), ext.lower() if dot else ""
 
 
-def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None, notes: dict):
+def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None, notes: dict,
+               image_column: str | None = None):
     """(items, raw labels) of one shard, from its member index; label members are read (small)."""
     index = refs.tar_index(shard)
     samples: dict[str, dict[str, str]] = {}
@@ -200,7 +203,7 @@ def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None
             return os.pread(fd, size, off)
         for k, members in samples.items():
             notes["exts"].update(members)
-            img = next((members[e] for e in IMAGE_EXTS if e in members), None)
+            img = next((members[e] for e in ((image_column,) if image_column else IMAGE_EXTS) if e in members), None)
             txt = next((members[e] for e in ((text_column,) if text_column in members else ()) + TEXT_EXTS
                         if e in members), None)
             item = img if want != "text" and img else txt if want != "image" else None
@@ -233,7 +236,8 @@ def _wds_label(members: dict, read, label_column: str, shard: str, key: str, not
     return ""
 
 
-def _webdataset(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+def _webdataset(path, eval_only, modality, text_column, label_column, split_column, need_labels,
+                image_column=None) -> tuple[str, Parts]:
     source, files = _wds_files(path)
     if not files:
         raise DataError(f"{path} has no .tar shards")
@@ -243,12 +247,15 @@ def _webdataset(path, eval_only, modality, text_column, label_column, split_colu
     for split, shards in groups.items():
         items, labels = [], []
         for shard in shards:
-            i, y = _wds_shard(shard, label_column, text_column, modality, notes)
+            i, y = _wds_shard(shard, label_column, text_column, modality, notes, image_column)
             items += i
             labels += y
         where = f"{source} ({split}: {len(shards)} shard(s))" if split != "all" else source
         parts[split] = Part(items, labels, where)
     exts = sorted(notes["exts"])
+    if image_column and image_column not in notes["exts"]:
+        raise DataError(f"{source} has no .{image_column} member (--image-column; member extensions found: "
+                        f"{', '.join(exts) or 'none'})")
     if not any(p.items for p in parts.values()):
         raise DataError(f"{source} has no sample with an image ({', '.join('.' + e for e in IMAGE_EXTS)}) or text "
                         f"(.txt) member (member extensions found: {', '.join(exts) or 'none'})")
@@ -281,7 +288,8 @@ def _hf_features(schema) -> dict:
     return (d.get("info") or {}).get("features") or d.get("features") or {}
 
 
-def _choose_columns(schema, features: dict, where: str, modality, text_column, label_column, need_labels=True):
+def _choose_columns(schema, features: dict, where: str, modality, text_column, label_column, need_labels=True,
+                    image_column=None):
     """(item column, modality, class names or None) of a table, or a DataError that names the
     columns it looked for."""
     import pyarrow as pa
@@ -294,7 +302,13 @@ def _choose_columns(schema, features: dict, where: str, modality, text_column, l
         t = schema.field(name).type
         return (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0) or \
             pa.types.is_binary(t) or pa.types.is_large_binary(t)
-    images = [c for c in cols if c != label_column and is_image(c)]
+    if image_column:  # named by the user: that column or an error, never another
+        if image_column not in cols:
+            raise DataError(f"{where} has no column {image_column!r} (--image-column; columns: {', '.join(cols)})")
+        if not is_image(image_column):
+            raise DataError(f"{where}'s column {image_column!r} does not hold images (a Hugging Face Image, a struct "
+                            f"of bytes and path, or binary; its type: {schema.field(image_column).type})")
+    images = [image_column] if image_column else [c for c in cols if c != label_column and is_image(c)]
     if label_column not in cols and need_labels:
         raise DataError(f"{where} has no label column {label_column!r} (columns: {', '.join(cols)}): name it with "
                         "--label-column")
@@ -336,7 +350,7 @@ def _labels(column, class_names) -> list[str]:
 
 
 def _table_part(scheme: str, files: list[str], read_columns, where: str, modality, text_column, label_column,
-                split_column, choice: dict, need_labels: bool = True) -> dict[str, Part]:
+                split_column, choice: dict, need_labels: bool = True, image_column=None) -> dict[str, Part]:
     """Parts of one split stored in ``files`` (Arrow or Parquet): every row referenced, labels read.
     A split column, when present, divides the rows (like a CSV's)."""
     items, labels, splits = [], [], []
@@ -345,7 +359,7 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
         if not choice:
             choice.update(zip(("item", "modality", "names"),
                               _choose_columns(schema, _hf_features(schema), f, modality, text_column, label_column,
-                                              need_labels)))
+                                              need_labels, image_column)))
             choice["split"] = split_column in schema.names
             choice["labelled"] = label_column in schema.names
         elif choice["item"] not in schema.names or (choice["labelled"] and label_column not in schema.names):
@@ -406,7 +420,8 @@ def _require_pyarrow(path) -> None:
                         "(or pip install pyarrow)") from None
 
 
-def _hf(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+def _hf(path, eval_only, modality, text_column, label_column, split_column, need_labels,
+        image_column=None) -> tuple[str, Parts]:
     p = Path(os.path.abspath(path))
     _require_pyarrow(p)
     warnings: list[str] = []
@@ -434,10 +449,11 @@ def _hf(path, eval_only, modality, text_column, label_column, split_column, need
     else:
         groups = {None: _hf_split_files(p)}
     return _tables("arrow", _arrow_columns, str(p), groups, warnings, modality, text_column, label_column,
-                   split_column, "hf-datasets", need_labels)
+                   split_column, "hf-datasets", need_labels, image_column)
 
 
-def _parquet(path, eval_only, modality, text_column, label_column, split_column, need_labels) -> tuple[str, Parts]:
+def _parquet(path, eval_only, modality, text_column, label_column, split_column, need_labels,
+             image_column=None) -> tuple[str, Parts]:
     p = Path(os.path.abspath(path))
     _require_pyarrow(p)
     if p.is_file():
@@ -449,17 +465,17 @@ def _parquet(path, eval_only, modality, text_column, label_column, split_column,
         g = _grouped(pairs, eval_only)
         groups = {(None if k == "all" else k): v for k, v in g.items()}
     return _tables("parquet", _parquet_columns, str(p), groups, [], modality, text_column, label_column,
-                   split_column, "parquet", need_labels)
+                   split_column, "parquet", need_labels, image_column)
 
 
 def _tables(scheme, read_columns, source, groups, warnings, modality, text_column, label_column, split_column,
-            fmt, need_labels) -> tuple[str, Parts]:
+            fmt, need_labels, image_column=None) -> tuple[str, Parts]:
     choice: dict = {}
     parts: dict[str, Part] = {}
     for split, files in groups.items():
         where = source if split is None else f"{source} ({split})"
         got = _table_part(scheme, files, read_columns, where, modality, text_column, label_column,
-                          split_column if split is None else "\0", choice, need_labels)
+                          split_column if split is None else "\0", choice, need_labels, image_column)
         for k, part in got.items():
             parts[split or k] = part
     info = {"format": fmt, "files": sum(len(f) for f in groups.values()), "item_column": choice["item"]}
@@ -467,12 +483,13 @@ def _tables(scheme, read_columns, source, groups, warnings, modality, text_colum
 
 
 # -- prediction inputs ----------------------------------------------------------------------------------
-def expand_input(path, modality: str | None = None, text_column: str = "text", label_column: str = "label") -> list[str] | None:
+def expand_input(path, modality: str | None = None, text_column: str = "text", label_column: str = "label",
+                 image_column: str | None = None, **_) -> list[str] | None:
     """Every item of a streaming source, labelled or not, as references (for ``predict``); None when
     ``path`` is not a streaming source."""
     k = kind(path)
     if k is None:
         return None
     _, parts = read_parts(path, k, modality=modality, text_column=text_column, label_column=label_column,
-                          need_labels=False)
+                          need_labels=False, image_column=image_column)
     return [i for p in parts.parts.values() for i in p.items]

@@ -137,7 +137,8 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
     ids = _as_list(id_columns)
     if label_column not in table.index:
         raise DataError(f"{table.path} has no column {label_column!r} (columns: {_some(table.header)}): rehead looked "
-                        f"for 'path' (an image CSV of path,label), {text_column!r} (text: name yours with "
+                        f"for 'path' (an image CSV of path,label: name yours with --image-column), {text_column!r} "
+                        "(text: name yours with "
                         "--text-column) or a label column (a table: name it with --label-column)")
     for c in ids:
         if c not in table.index:
