@@ -318,7 +318,7 @@ def _choose_columns(schema, features: dict, where: str, modality, text_column, l
             named = [c for c in IMAGE_NAMES if c in images]
             if not named:
                 raise DataError(f"{where} has several image columns ({', '.join(images)}) and none is called "
-                                f"{' or '.join(IMAGE_NAMES[:2])}: keep one")
+                                f"{' or '.join(IMAGE_NAMES[:2])}: name one with --image-column")
             images = named[:1]
         item, mod = images[0], "image"
     elif text_column in cols and modality != "image":
