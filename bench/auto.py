@@ -6,7 +6,8 @@ hym: hymenoptera (244 train / 153 val photos, close to ImageNet) on the default 
 (``config.DEFAULT_MODEL``, EfficientNet-Lite2 since the eighth session; Lite0 before);
 digits: scikit-learn's digits, 50 a class, written as 64x64 images (rehead demo's set), far from
 ImageNet; random: hymenoptera on the same backbone with random weights (timm's init);
-fpb: financial_phrasebank_allagree (1812 train sentences) on packaged MiniLM.
+fpb: financial_phrasebank_allagree (1812 train sentences) on packaged MiniLM; rt: rt_polarity on
+packaged MiniLM.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def sets(tmp: Path) -> dict:
     return {"hym": (SHARED / "hymenoptera_data", DEFAULT_MODEL, {}),
             "digits": (write_digits(tmp / "digits"), DEFAULT_MODEL, {}),
             "random": (SHARED / "hymenoptera_data", DEFAULT_MODEL, {"random": True}),
-            "fpb": (SHARED / "financial_phrasebank_allagree", "packaged:minilm", {})}
+            "fpb": (SHARED / "financial_phrasebank_allagree", "packaged:minilm", {}),
+            "rt": (SHARED / "rt_polarity", "packaged:minilm", {})}
 
 
 def plan_for(data, model, random=False) -> dict:

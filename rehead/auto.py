@@ -31,7 +31,9 @@ The rule (thresholds are module constants; the test of the rule is ``tests/test_
                        top is only weak), the head then the top 1, 2 stages (kept only if val
                        improves)
     large + similar    the head, then the top 1, 2 stages (>= ``HUGE`` samples: 2, then all)
-    large + different  the head, then 2, 4, ... stages up to max(4, depth - best cut + 2)
+    large + different  an earlier cut beats the top: cut there, the head, then its last 2, 4
+                       stages; the top only weak: the head, then 2, 4, ... stages up to
+                       max(4, depth - best cut + 2)
     poor (any size)    the head, then half the stages, then all
 
 **Budget** (``--budget`` minutes, default ``DEFAULT_BUDGET`` = 5, the live phases only): a few
@@ -219,7 +221,16 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
         unfreeze = _steps(2, -1) if n_train >= HUGE else _steps(1, min(2, top_cut))
         action = ("fine-tune the top stages" + (" then every stage" if n_train >= HUGE else "")
                   + f": the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)")
-    else:  # large + different
+    elif best["cut"] < top_cut and best["acc"] >= top["acc"] + MARGIN:  # large + different, an earlier cut better
+        # The stages after the best cut fit the source, not this data: the head starts from the better
+        # features, and training goes on below the cut (retraining the top from the worse features
+        # would first have to recover what the cut gives at once; measured: bench/auto_far.py).
+        cut = best["cut"]
+        hi = min(cut, 4)
+        unfreeze = _steps(min(2, hi), hi) if n_train < HUGE else _steps(min(2, hi), -1)
+        action = (f"features from an earlier cut, then fine-tune more stages below it: cut {cut} ({best['stage']}), "
+                  f"the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)")
+    else:  # large + different: the top is weak and nothing earlier is better
         hi = min(top_cut, max(4, top_cut - best["cut"] + 2))
         unfreeze = _steps(min(2, hi), hi) if n_train < HUGE else _steps(min(2, hi), -1)
         action = (f"fine-tune more stages: the head, then unfreeze {_say(unfreeze)} "

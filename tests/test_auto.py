@@ -51,7 +51,10 @@ def test_the_rule_on_both_axes():
     big_similar, big_far = decide(similar, 5000, 9, 0.1), decide(far, 5000, 9, 0.1)
     assert big_similar["unfreeze"] == [1, 2] and "fine-tune the top stages" in big_similar["reason"]
     assert max(big_far["unfreeze"]) > max(big_similar["unfreeze"]) and "fine-tune more stages" in big_far["reason"]
-    assert big_far["cut"] == 9  # large data: the later stages are retrained rather than cut off
+    # large data, an earlier cut better: cut there (the stages after it fit the source), then train below it
+    assert (big_far["cut"], big_far["unfreeze"]) == (8, [2, 4]) and "features from an earlier cut" in big_far["reason"]
+    big_weak = decide(weak, 5000, 9, 0.1)  # nothing earlier is better: the top is kept and more of it trains
+    assert (big_weak["cut"], big_weak["unfreeze"]) == (9, [2, 4]) and "fine-tune more stages" in big_weak["reason"]
     assert decide(similar, 60000, 9, 0.1)["unfreeze"] == [2, -1]
 
 
