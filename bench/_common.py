@@ -49,3 +49,25 @@ def write(name: str, figures: dict, extra: dict | None = None, started: dict | N
 
 def median(xs):
     return statistics.median(xs) if xs else None
+
+
+def fit_row(name: str, data, args: list[str], out: Path, env: dict) -> dict:
+    """``rehead fit DATA ARGS --out OUT -q`` in a fresh process, as a user types it: the row with
+    its wall time, val accuracy, kept phase and epoch, each phase's best, and auto's plan (with its
+    probe table) when there is one; the error's tail when it failed."""
+    import time
+    import yaml
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "rehead", "fit", str(data), *args, "--out", str(out), "-q"],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    row = {"row": name, "args": args, "rc": p.returncode, "seconds": round(time.perf_counter() - t0, 1)}
+    if p.returncode != 0:
+        return {**row, "stderr_tail": p.stderr[-1000:]}
+    s = json.loads((out / "summary.json").read_text())
+    row.update(val_acc=s["val_acc"], test_acc=s.get("test_acc"), kept_phase=s["kept_phase"],
+               kept_epoch=s["kept_epoch"], phases=s.get("phases"))
+    plan = yaml.safe_load((out / "config.yaml").read_text())["fit"].get("auto_plan")
+    if plan:
+        row["plan"] = {k: plan.get(k) for k in ("size", "similarity", "cut", "unfreeze", "strategy", "reason", "epochs")}
+        row["probe"] = [{k: r[k] for k in ("cut", "stage", "acc", "skill")} for r in plan.get("table") or []]
+    return row

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, REPO, machine, write  # noqa: E402
+from _common import HYMENOPTERA, fit_row, machine, write  # noqa: E402
 
 ROWS = {"auto": [], "finetune": ["--strategy", "finetune"],
         "finetune4_noaug": ["--strategy", "finetune", "--unfreeze", "4", "--augment", "none"]}
@@ -68,20 +65,7 @@ def main():
     digits = write_digits(root / "digits")
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
     for name, args in ROWS.items():
-        out = root / name
-        t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "rehead", "fit", str(digits), *args, "--out", str(out), "-q"],
-                           cwd=REPO, env=env, capture_output=True, text=True)
-        row = {"row": name, "args": args, "rc": p.returncode, "seconds": round(time.perf_counter() - t0, 1)}
-        if p.returncode == 0:
-            s = json.loads((out / "summary.json").read_text())
-            row.update(val_acc=s["val_acc"], kept_phase=s["kept_phase"], kept_epoch=s["kept_epoch"],
-                       phases=s.get("phases"))
-            plan = yaml.safe_load((out / "config.yaml").read_text())["fit"].get("auto_plan")
-            if plan:
-                row["plan"] = {k: plan[k] for k in ("size", "similarity", "cut", "unfreeze", "strategy", "reason")}
-        else:
-            row["stderr_tail"] = p.stderr[-1000:]
+        row = fit_row(name, digits, args, root / name, env)
         rows.append(row)
         print(json.dumps(row), flush=True)
     shift = {"digits": bn_shift(DEFAULT_MODEL, digits), "hymenoptera_val": bn_shift(DEFAULT_MODEL, HYMENOPTERA / "val")}

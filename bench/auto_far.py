@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, write  # noqa: E402
+from _common import fit_row, machine, write  # noqa: E402
 
 
 def write_dots(root: Path, per_class: int = 375, seed: int = 0) -> Path:
@@ -62,24 +59,9 @@ def main():
     for name in a.rows.split(","):
         args = {"auto": [], "extract": ["--strategy", "extract"],
                 "extract_at_cut": ["--strategy", "extract", "--cut", str(best_cut)]}[name]
-        out = root / name
-        t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "rehead", "fit", str(dots), *args, "--out", str(out), "-q"],
-                           cwd=REPO, env=env, capture_output=True, text=True)
-        row = {"row": name, "args": args, "rc": p.returncode, "seconds": round(time.perf_counter() - t0, 1)}
-        if p.returncode == 0:
-            s = json.loads((out / "summary.json").read_text())
-            row.update(val_acc=s["val_acc"], kept_phase=s["kept_phase"], kept_epoch=s["kept_epoch"],
-                       phases=s.get("phases"))
-            plan = yaml.safe_load((out / "config.yaml").read_text())["fit"].get("auto_plan")
-            if plan:
-                row["plan"] = {k: plan.get(k) for k in ("size", "similarity", "cut", "unfreeze", "strategy", "reason",
-                                                         "epochs")}
-                row["probe"] = [{k: r[k] for k in ("cut", "stage", "acc", "skill")} for r in plan.get("table", [])]
-                best = max(plan.get("table", []), key=lambda r: (r["acc"], r["cut"]), default=None)
-                best_cut = best["cut"] if best else None
-        else:
-            row["stderr_tail"] = p.stderr[-1000:]
+        row = fit_row(name, dots, args, root / name, env)
+        if name == "auto" and row.get("probe"):  # the cut auto's probe found best, for extract_at_cut
+            best_cut = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     write(a.name, {"images": 1500, "rows": rows}, {"protocol": __doc__.split("\n\n")[1]}, started)

@@ -23,14 +23,12 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, REPO, machine, write  # noqa: E402
+from _common import HYMENOPTERA, fit_row, machine, write  # noqa: E402
 
 ROWS = {"extract": ["--strategy", "extract"], "finetune": ["--strategy", "finetune"],
         "finetune+mix+epochs10": ["--strategy", "finetune", "--mixup", "0.2", "--cutmix", "1.0", "--epochs", "10"]}
@@ -85,23 +83,15 @@ def main():
         data = layout(root, folds, f)
         for r in rows:
             out = root / f"{r}-{f}"
-            t0 = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "rehead", "fit", str(data), *ROWS[r], "--seed", str(a.seed),
-                                "--out", str(out), "-q"], cwd=REPO, env=env, capture_output=True, text=True)
-            row = {"row": r, "fold": f, "rc": p.returncode, "seconds": round(time.perf_counter() - t0, 1)}
-            if p.returncode != 0:
-                row["stderr_tail"] = p.stderr[-1000:]
-                runs.append(row)
-                print(json.dumps(row), flush=True)
-                continue
-            s = json.loads((out / "summary.json").read_text())
-            tests = sorted(t for t in (data / "test").rglob("*") if t.suffix.lower() in (".jpg", ".jpeg"))
-            preds = {pr["item"]: pr["top"][0]["label"] for pr in Run(out).predict([str(t) for t in tests], top_k=1)}
-            hits = [preds.get(str(t)) == t.parent.name for t in tests]
-            for t, h in zip(tests, hits):
-                correct[r][t.name] = h
-            row.update(val_acc=s["val_acc"], kept_phase=s["kept_phase"], kept_epoch=s["kept_epoch"],
-                       test_acc=sum(hits) / len(hits), test_n=len(hits), summary_test_acc=s.get("test_acc"))
+            row = {"fold": f, **fit_row(r, data, [*ROWS[r], "--seed", str(a.seed)], out, env)}
+            if row["rc"] == 0:
+                tests = sorted(t for t in (data / "test").rglob("*") if t.suffix.lower() in (".jpg", ".jpeg"))
+                preds = {pr["item"]: pr["top"][0]["label"]
+                         for pr in Run(out).predict([str(t) for t in tests], top_k=1)}
+                hits = [preds.get(str(t)) == t.parent.name for t in tests]
+                for t, h in zip(tests, hits):
+                    correct[r][t.name] = h
+                row.update(summary_test_acc=row.pop("test_acc"), test_acc=sum(hits) / len(hits), test_n=len(hits))
             runs.append(row)
             print(json.dumps(row), flush=True)
     n = len(correct[rows[0]])
