@@ -8,8 +8,9 @@ once by the kept run (`Run.predict`) and never used to choose. Every photo is sc
 per row, so the rows compare on 397 paired predictions: accuracy, and the photos one row gets
 right and the other wrong (the discordant pairs, with McNemar's exact two-sided p).
 
-Rows (the commands a user types, default backbone): ``extract`` (what `auto` picks here) and
-``finetune`` (``--strategy finetune``, its defaults).
+Rows (the commands a user types, default backbone): ``extract`` (what `auto` picks here),
+``finetune`` (``--strategy finetune``, its defaults) and ``finetune+sgd`` (the same with
+``--optimizer sgd``).
 
     PYTHONPATH=.:bench python bench/hymenoptera_cv.py [--folds 5] [--seed 0] [--rows extract,finetune]
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HYMENOPTERA, fit_row, machine, write  # noqa: E402
 
 ROWS = {"extract": ["--strategy", "extract"], "finetune": ["--strategy", "finetune"],
+        "finetune+sgd": ["--strategy", "finetune", "--optimizer", "sgd"],
         "finetune+mix+epochs10": ["--strategy", "finetune", "--mixup", "0.2", "--cutmix", "1.0", "--epochs", "10"]}
 
 

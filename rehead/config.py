@@ -15,6 +15,7 @@ DEFAULT_MODEL = "packaged:efficientnet_lite2"
 DEFAULT_MODELS = {"image": DEFAULT_MODEL, "text": "packaged:minilm"}
 STRATEGIES = ("extract", "head", "finetune", "gradual", "full", "auto")
 SCHEDULES = ("onecycle", "cosine", "sgdr", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 HEADS = ("linear", "mlp")
 AUGMENTS = ("none", "light", "trivial", "randaug", "classic")
 METHODS = ("plain", "l2sp", "guided", "lora")
@@ -70,6 +71,11 @@ class FitConfig:
     layer_decay: float | None = field(default=None, metadata=opt(
         "layer-wise LR decay per block (ViTs, transformers; e.g. 0.75), from the model's own grouping"))
     schedule: str = field(default="onecycle", metadata=opt("LR schedule within a phase", SCHEDULES))
+    optimizer: str = field(default="adamw", metadata=opt(
+        "optimizer of the phases that train on images or texts: adamw, or sgd (momentum 0.9, Nesterov) at 10x "
+        "the LRs: its steps follow the gradient's size, so where the head already fits the training data the "
+        "pretrained weights stay nearly where they are (AdamW's first steps move every weight by about the LR)",
+        OPTIMIZERS))
     warmup: float = field(default=0.1, metadata=opt("cosine: fraction of steps warming up"))
     sgdr_cycle: float = field(default=1.0, metadata=opt("sgdr: first cycle length in epochs"))
     sgdr_mult: float = field(default=2.0, metadata=opt("sgdr: each cycle this many times longer"))

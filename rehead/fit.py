@@ -211,7 +211,8 @@ def _recipe(cfg: FitConfig, n_train: int, depth: int):
     return _solved_heads(cfg, build_recipe(cfg.strategy, n_train, depth, epochs=cfg.epochs, lr=cfg.lr, unfreeze=cfg.unfreeze,
                         lr_decay=cfg.lr_decay, lr_min=cfg.lr_min, schedule=cfg.schedule,
                         augment=bool(cfg.augment_asked), weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult, plan=cfg.auto_plan))
+                        sgdr_cycle=cfg.sgdr_cycle, sgdr_mult=cfg.sgdr_mult, optimizer=cfg.optimizer,
+                        plan=cfg.auto_plan))
 
 
 def _solved_heads(cfg: FitConfig, recipe):

@@ -32,6 +32,7 @@ class Phase:
     on_features: bool = False   # train the head alone on cached features of the frozen prefix
     patience: int | None = None  # early stopping for this phase (else TrainConfig.patience)
     solver: str | None = None   # "lbfgs": a linear head on cached features solved to its optimum, not stepped
+    optimizer: str = "adamw"    # live phases: "adamw" or "sgd" (rehead.train.loop.Trainer._optimizer)
 
 
 @dataclass

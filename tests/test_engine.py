@@ -114,6 +114,38 @@ def test_mixup_and_cutmix_mix_the_live_phases_images_and_labels(tmp_path, image_
         _fit(image_folder, tmp_path / "reg", tiny_spec, strategy="finetune", task="regression", mixup=0.2)
 
 
+def test_sgd_trains_the_live_phases_at_ten_times_the_lrs(tmp_path, image_folder, tiny_spec):
+    """--optimizer sgd: the live phases step with SGD (Nesterov momentum) at 10x the recipe's LRs, group
+    by group; the head on cached features and every phase by default keep AdamW."""
+    from rehead.train.callbacks import Callback
+
+    class Spy(Callback):
+        def __init__(self):
+            self.opts = []
+
+        def before_phase(self, tr):
+            opt = getattr(tr.opt, "optimizer", tr.opt)  # accelerate's wrapper holds the torch optimizer
+            self.opts.append((tr.phase.name, type(opt).__name__, [g["initial_lr"] for g in tr.opt.param_groups],
+                              tr.opt.param_groups[0].get("nesterov")))
+
+    runs = {}
+    for name in ("adamw", "sgd"):
+        spy = Spy()
+        _fit(image_folder, tmp_path / name, tiny_spec, strategy="finetune", epochs=1, unfreeze=2, batch_size=8,
+             optimizer=name, head="mlp", hooks=[spy])
+        runs[name] = {phase: (kind, lrs, nesterov) for phase, kind, lrs, nesterov in spy.opts}
+    assert runs["adamw"]["unfreeze2"][0] == "AdamW" and runs["sgd"]["unfreeze2"][:1] == ("SGD",)
+    assert runs["sgd"]["unfreeze2"][2] is True
+    assert runs["sgd"]["unfreeze2"][1] == pytest.approx([10 * lr for lr in runs["adamw"]["unfreeze2"][1]])
+    assert runs["sgd"]["head"][0] == runs["adamw"]["head"][0] == "AdamW"  # an MLP head on cached features
+    assert yaml_optimizer(tmp_path / "sgd") == "sgd"
+
+
+def yaml_optimizer(run) -> str:
+    import yaml
+    return yaml.safe_load((run / "config.yaml").read_text())["fit"]["optimizer"]
+
+
 def test_augmentation_applies_to_training_images_only(image_folder, tiny_spec):
     from rehead import zoo
     from rehead.data import pipeline
