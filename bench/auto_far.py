@@ -8,7 +8,9 @@ network than from its top (the later stages encode ImageNet objects, not counts)
 
 Rows, each the command a user types (``rehead fit DOTS ...``) from one cold feature cache:
 ``auto`` (the default), ``extract`` (features from the top), ``extract_at_cut`` (features at the
-cut auto's probe found best, given by hand as ``--cut``).
+cut auto's probe found best, given by hand as ``--cut``); with ``--rows``, also ``auto_sgd``
+(``--optimizer sgd``), ``finetune_at_cut`` and ``finetune_at_cut_sgd`` (``--strategy finetune`` at that
+cut, 2 epochs, AdamW or SGD).
 
     PYTHONPATH=.:bench python bench/auto_far.py [--rows auto,extract,extract_at_cut] [--name auto_far]
 """
@@ -57,8 +59,11 @@ def main():
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
     best_cut = None
     for name in a.rows.split(","):
-        args = {"auto": [], "extract": ["--strategy", "extract"],
-                "extract_at_cut": ["--strategy", "extract", "--cut", str(best_cut)]}[name]
+        args = {"auto": [], "auto_sgd": ["--optimizer", "sgd"], "extract": ["--strategy", "extract"],
+                "extract_at_cut": ["--strategy", "extract", "--cut", str(best_cut)],
+                "finetune_at_cut": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2"],
+                "finetune_at_cut_sgd": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2",
+                                        "--optimizer", "sgd"]}[name]
         row = fit_row(name, dots, args, root / name, env)
         if name == "auto" and row.get("probe"):  # the cut auto's probe found best, for extract_at_cut
             best_cut = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
