@@ -114,10 +114,19 @@ def test_mixup_and_cutmix_mix_the_live_phases_images_and_labels(tmp_path, image_
         _fit(image_folder, tmp_path / "reg", tiny_spec, strategy="finetune", task="regression", mixup=0.2)
 
 
-def test_sgd_trains_the_live_phases_at_ten_times_the_lrs(tmp_path, image_folder, tiny_spec):
+def test_sgd_trains_the_live_phases_at_ten_times_the_lrs(tmp_path, image_folder, tiny_spec, monkeypatch):
     """--optimizer sgd: the live phases step with SGD (Nesterov momentum) at 10x the recipe's LRs, group
-    by group; the head on cached features and every phase by default keep AdamW."""
+    by group, their gradients clipped; the head on cached features and every phase by default keep AdamW."""
+    from accelerate import Accelerator
     from rehead.train.callbacks import Callback
+    from rehead.train.loop import SGD_CLIP
+    clipped = []
+    real_clip = Accelerator.clip_grad_norm_
+
+    def clip(self, params, max_norm, *a, **k):
+        clipped.append(max_norm)
+        return real_clip(self, params, max_norm, *a, **k)
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", clip)
 
     class Spy(Callback):
         def __init__(self):
@@ -134,10 +143,12 @@ def test_sgd_trains_the_live_phases_at_ten_times_the_lrs(tmp_path, image_folder,
         _fit(image_folder, tmp_path / name, tiny_spec, strategy="finetune", epochs=1, unfreeze=2, batch_size=8,
              optimizer=name, head="mlp", hooks=[spy])
         runs[name] = {phase: (kind, lrs, nesterov) for phase, kind, lrs, nesterov in spy.opts}
+        runs[name]["clipped"] = len(clipped)
     assert runs["adamw"]["unfreeze2"][0] == "AdamW" and runs["sgd"]["unfreeze2"][:1] == ("SGD",)
     assert runs["sgd"]["unfreeze2"][2] is True
     assert runs["sgd"]["unfreeze2"][1] == pytest.approx([10 * lr for lr in runs["adamw"]["unfreeze2"][1]])
     assert runs["sgd"]["head"][0] == runs["adamw"]["head"][0] == "AdamW"  # an MLP head on cached features
+    assert runs["adamw"]["clipped"] == 0 and runs["sgd"]["clipped"] > 0 and set(clipped) == {SGD_CLIP}
     assert yaml_optimizer(tmp_path / "sgd") == "sgd"
 
 

@@ -53,7 +53,8 @@ class TrainConfig:
 
 
 SCORED = ("regression", "multilabel")
-SGD_LR_SCALE = 10.0  # --optimizer sgd: the phase LRs x this (the usual SGD / Adam ratio; measured on hymenoptera)  # tasks whose rows carry their own metrics, not an accuracy
+SGD_LR_SCALE = 10.0  # --optimizer sgd: the phase LRs x this (the usual SGD / Adam ratio; measured on hymenoptera)
+SGD_CLIP = 1.0       # --optimizer sgd: gradient norm clipped to this (without it the dots bench diverged)  # tasks whose rows carry their own metrics, not an accuracy
 
 
 def standard_callbacks(cfg: TrainConfig) -> list:
@@ -276,6 +277,11 @@ class Trainer:
             else:
                 acc.backward(self.loss)
             self._event("after_backward")
+            if self.phase.optimizer == "sgd" and not self.phase.on_features:
+                # SGD's steps grow with the gradient: bound them where a loss spikes (augmented images a
+                # solved head has never seen), as AdamW's normalised steps are bounded
+                params = [p for g in opt.param_groups for p in g["params"]]
+                (torch.nn.utils.clip_grad_norm_ if cfg.local else acc.clip_grad_norm_)(params, SGD_CLIP)
             opt.step()
             self._event("after_step")
             self._tot += loss * len(idx)
