@@ -61,7 +61,7 @@ On the default since the eighth session, EfficientNet-Lite2, the same sets read 
 0.972 / 0.970 (hymenoptera, skill 0.94: similar), best skill 0.34 (random weights: poor), and
 digits 0.722 / 0.846 / 0.842 / 0.880 (top skill 0.87): the stronger top fits digits best, so
 digits count as *similar* there and are extracted at the top. That is a reading of how well the
-source's features fit, not of how close the images are (their BatchNorm statistics are ~50x further
+source's features fit, not of how close the images are (their BatchNorm statistics are ~45x further
 from ImageNet's than hymenoptera's), and extracting holds up there: fine-tuning Lite2 on those 400
 digits beats the top's head by one image of 100 (``--strategy finetune``, 199 s against 40 s) or not
 at all (4 stages, no augmentation: 0.86 < 0.88) (``bench/auto_digits.py``, ``auto_digits.json``).
