@@ -52,9 +52,14 @@ class TrainConfig:
     class_weight: str | None = None  # "balanced": also the linear solver's sample weights (multiclass)
 
 
-SCORED = ("regression", "multilabel")
+SCORED = ("regression", "multilabel")  # tasks whose rows carry their own metrics, not an accuracy
 SGD_LR_SCALE = 10.0  # --optimizer sgd: the phase LRs x this (the usual SGD / Adam ratio; measured on hymenoptera)
-SGD_CLIP = 1.0       # --optimizer sgd: gradient norm clipped to this (without it the dots bench diverged)  # tasks whose rows carry their own metrics, not an accuracy
+SGD_CLIP = 1.0       # --optimizer sgd: gradient norm clipped to this (without it the dots bench diverged)
+
+
+def uses_sgd(ph) -> bool:
+    """Whether a phase steps with SGD: ``--optimizer sgd`` on a live phase (a head on cached features keeps AdamW)."""
+    return ph.optimizer == "sgd" and not ph.on_features
 
 
 def standard_callbacks(cfg: TrainConfig) -> list:
@@ -237,7 +242,7 @@ class Trainer:
         else:
             groups = [{"params": [p for p in base.parameters() if p.requires_grad], "lr": ph.lr,
                        "weight_decay": ph.weight_decay, "name": "all"}]
-        sgd = ph.optimizer == "sgd" and not ph.on_features
+        sgd = uses_sgd(ph)
         for g in groups:
             g["lr"] = g["initial_lr"] = g["lr"] * (SGD_LR_SCALE if sgd else 1.0)
         return torch.optim.SGD(groups, momentum=0.9, nesterov=True) if sgd else torch.optim.AdamW(groups)
@@ -277,7 +282,7 @@ class Trainer:
             else:
                 acc.backward(self.loss)
             self._event("after_backward")
-            if self.phase.optimizer == "sgd" and not self.phase.on_features:
+            if uses_sgd(self.phase):
                 # SGD's steps grow with the gradient: bound them where a loss spikes (augmented images a
                 # solved head has never seen), as AdamW's normalised steps are bounded
                 params = [p for g in opt.param_groups for p in g["params"]]
