@@ -44,12 +44,16 @@ RECIPES = {  # name: options after --strategy finetune, unless they name a strat
     # linear probe then fine-tune off: every stage trains from the start under a random head, with the
     # LRs finetune's unfrozen phase uses (its top LR is the head phase's / 10)
     "no-probe-first": ["--strategy", "full", "--epochs", "3", "--lr", "2e-4", "--lr-decay", "1.3", "--dropout", "0.1"],
+    # ULMFiT's gradual unfreezing at the text LRs: the head, then one more layer a phase (an epoch each),
+    # each phase's top LR the last one's scaled down (rehead.recipes)
+    "gradual": ["--strategy", "gradual", "--unfreeze", "-1", "--epochs", "1", "--lr", "2e-3", "--lr-decay", "1.3",
+                "--dropout", "0.1"],
 }
 
 
-def command(data: Path, recipe: str, seed: int, out: Path) -> list[str]:
+def command(data: Path, recipe: str, seed: int, out: Path, model: str = "packaged:minilm") -> list[str]:
     opts = RECIPES[recipe] if "--strategy" in RECIPES[recipe] else ["--strategy", "finetune", *RECIPES[recipe]]
-    return [sys.executable, "-m", "rehead", "fit", str(data), "--model", "packaged:minilm", *opts, "--seed", str(seed),
+    return [sys.executable, "-m", "rehead", "fit", str(data), "--model", model, *opts, "--seed", str(seed),
             "--out", str(out), "--overwrite", "-q"]
 
 
@@ -71,6 +75,7 @@ def main():
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--results", default="text_recipes")
+    ap.add_argument("--model", default="packaged:minilm", help="the goals name MiniLM; another encoder is a comparison")
     a = ap.parse_args()
     started = machine()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -86,7 +91,7 @@ def main():
             r, d, s = job = jobs.pop(0)
             out = root / f"{r}-{d}-{s}"
             log = open(root / f"{r}-{d}-{s}.log", "w")
-            running[job] = (subprocess.Popen(command(Path(a.data) / d, r, s, out), cwd=REPO, env=env, stdout=log,
+            running[job] = (subprocess.Popen(command(Path(a.data) / d, r, s, out, a.model), cwd=REPO, env=env, stdout=log,
                                              stderr=subprocess.STDOUT), time.perf_counter(), out)
         for job, (p, start, out) in list(running.items()):
             if p.poll() is None:
@@ -114,7 +119,7 @@ def main():
         full = max(v["n"] for v in recs.values())
         best = max((r for r, v in recs.items() if v["n"] == full), key=lambda r: recs[r]["val_mean"])
         chosen[d] = {"recipe": best, **recs[best]}
-    write(a.results, {"runs": rows, "by_recipe": table, "chosen_by_val": chosen,
+    write(a.results, {"model": a.model, "runs": rows, "by_recipe": table, "chosen_by_val": chosen,
                       "not_started": [list(j) for j in not_started]}, started=started, extra={
         "recipes": RECIPES, "goals": "rt_polarity >= 0.85 test, financial_phrasebank_allagree >= 0.96 (one MiniLM)",
         "protocol": "val carved from train.csv (--val-fraction, default 0.2) picks epochs and the recipe; "

@@ -34,7 +34,8 @@ The rule (thresholds are module constants; the test of the rule is ``tests/test_
     large + different  an earlier cut beats the top: cut there, the head, then its last 2, 4
                        stages; the top only weak: the head, then 2, 4, ... stages up to
                        max(4, depth - best cut + 2)
-    poor (any size)    the head, then half the stages, then all
+    poor (any size)    the head, then half the stages, then all; cut first at an earlier cut that
+                       beats the top by ``MARGIN``
 
 **Budget** (``--budget`` minutes, default ``DEFAULT_BUDGET`` = 5, the live phases only): a few
 training steps of the most-unfrozen model are timed on real training batches (a copy of the
@@ -190,7 +191,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
             sim = "poor"
             sim_why = (f"the source transfers poorly: the best probe (cut {best['cut']} {best['stage']}) reaches "
                        f"{best['acc']:.3f} against chance {chance if chance is not None else float('nan'):.3f} "
-                       f"(skill {best['skill']:.2f} < {POOR})")
+                       f"(skill {best['skill']:.3f} < {POOR})")
         elif earlier_better:
             sim = "different"
             sim_why = (f"different from the source: an earlier cut beats the top (cut {best['cut']} {best['stage']} "
@@ -198,16 +199,22 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
         elif top["skill"] < WEAK_TOP:
             sim = "different"
             sim_why = (f"different from the source: the top's probe is weak ({top['acc']:.3f}, skill "
-                       f"{top['skill']:.2f} < {WEAK_TOP}) and no earlier cut does better")
+                       f"{top['skill']:.3f} < {WEAK_TOP}) and no earlier cut does better")
         else:
             sim = "similar"
             sim_why = (f"similar to the source: the top's probe is strong ({top['acc']:.3f}, skill "
-                       f"{top['skill']:.2f} >= {WEAK_TOP}) and no earlier cut beats it by {MARGIN}")
+                       f"{top['skill']:.3f} >= {WEAK_TOP}) and no earlier cut beats it by {MARGIN}")
     top_cut = top["cut"] if top else depth
     cut, unfreeze = top_cut, []
     if sim == "poor":
-        unfreeze = _steps(max(1, top_cut // 2), -1) if top_cut > 1 else [-1]
-        action = "the head, then unfreeze half the stages, then all of them (each kept only if val improves)"
+        # The best features there are are still the start: an earlier cut that beats the top is taken
+        # first (measured: bench/orientation.py), then half of what is left trains, then all of it.
+        where = ""
+        if earlier_better and not user_cut:
+            cut = best["cut"]
+            where = f"features from an earlier cut, cut {cut} ({best['stage']}), "
+        unfreeze = _steps(max(1, cut // 2), -1) if cut > 1 else [-1]
+        action = where + "the head, then unfreeze half the stages, then all of them (each kept only if val improves)"
     elif sim == "unmeasured" or (size == "small" and sim == "similar"):
         action = "features from the top: extract (a new head on frozen features)"
     elif size == "small" and best["cut"] < top_cut and best["acc"] >= top["acc"] + MARGIN:

@@ -450,6 +450,11 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
                 f"{phases[0]['best_val_acc']:.4f}")
     same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
+    flat = _barely_learned(phases[0], best_later)
+    if flat:  # the unfrozen stages hardly moved: too little training, not too much
+        return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here, and it barely "
+                f"trained ({flat}). Try a higher --lr (or --find-lr), more --epochs, or "
+                f"--strategy extract (the same {same} in seconds)")
     tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
@@ -457,6 +462,19 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         tries.append("fewer --unfreeze stages")
     return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
             f"Try {', '.join(tries[:-1])} or {tries[-1]}")
+
+
+FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
+FLAT_ACC = 0.9   # ... unless it fits its training samples this well
+
+
+def _barely_learned(head: dict, phase: dict) -> str | None:
+    """What says an unfrozen phase hardly trained: its last train loss fell by under a fifth from the
+    head phase's and (for classes) its train accuracy stayed under ``FLAT_ACC``; else None."""
+    before, last, acc = head.get("train_loss_last"), phase.get("train_loss_last"), phase.get("train_acc_last")
+    if before is None or last is None or before <= 0 or last < FLAT_LOSS * before or (acc is not None and acc >= FLAT_ACC):
+        return None
+    return f"train loss {before:.3f} -> {last:.3f}" + (f", train accuracy {acc:.3f}" if acc is not None else "")
 
 
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
@@ -599,8 +617,11 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
         if run is not out:
             run.release()
     lo, hi = res["range"]
-    echo(f"suggested LR {res['suggested']:.2e} (steepest descent); try {lo:.1e} .. {hi:.1e}"
-         + (f"; plot: {where}" if where else ""))
+    echo(f"suggested LR {res['suggested']:.2e} (steepest descent over a decade, at most the minimum's / 10); "
+         f"try {lo:.1e} .. {hi:.1e}" + (f"; plot: {where}" if where else ""))
+    if res.get("flat"):
+        echo("note: the loss barely fell anywhere in the range test: the suggestion is weak; "
+             "the data may be far from what this model learned (try an earlier --cut or more --unfreeze)")
     return res
 
 

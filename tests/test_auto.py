@@ -47,6 +47,10 @@ def test_the_rule_on_both_axes():
     for n in (200, 5000):
         d = decide(poor, n, 9, 0.1)
         assert d["similarity"] == "poor" and d["unfreeze"][-1] == -1 and "transfers poorly" in d["reason"]
+        # the best cut (block2 here) is still where it starts: half of its 4 stages, then all of them
+        assert (d["cut"], d["unfreeze"]) == (4, [2, -1]) and "earlier cut, cut 4" in d["reason"]
+    flat = table({4: 0.15, 6: 0.14, 8: 0.15, 9: 0.15})  # poor, no earlier cut better: the top, as before
+    assert (decide(flat, 200, 9, 0.1)["cut"], decide(flat, 200, 9, 0.1)["unfreeze"]) == (9, [4, -1])
 
     big_similar, big_far = decide(similar, 5000, 9, 0.1), decide(far, 5000, 9, 0.1)
     assert big_similar["unfreeze"] == [1, 2] and "fine-tune the top stages" in big_similar["reason"]

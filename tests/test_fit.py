@@ -166,3 +166,24 @@ def test_a_finetune_that_keeps_its_head_suggests_only_what_it_did_not_try():
     text = _no_gain_note(s, "text", None, [0, -1])
     assert "--augment" not in text and "fewer --unfreeze stages" in text and "--strategy extract" in text
     assert _no_gain_note({**s, "kept_phase": "unfreeze2"}, "image", None, [0, 2]) is None
+
+
+def test_a_finetune_that_barely_trained_is_told_to_train_more_not_less():
+    """An unfrozen phase whose train loss hardly fell from the head's (a task far from the source at
+    the default LR: bench/orientation.py) underfit: the hint says raise the LR, not lower it."""
+    from rehead.fit import _no_gain_note
+    head = {"phase": "head", "best_val_acc": 0.65, "best_val_loss": 0.66, "train_loss_last": 0.61, "train_acc_last": 0.77}
+    flat = {"phase": "unfreeze2", "best_val_acc": 0.64, "best_val_loss": 0.65, "train_loss_last": 0.58,
+            "train_acc_last": 0.78}
+    note = _no_gain_note({"kept_phase": "head", "phases": [head, flat]}, "image", "light", [0, 2])
+    assert "barely trained (train loss 0.610 -> 0.580, train accuracy 0.780)" in note
+    assert "a higher --lr" in note and "a lower --lr" not in note
+    # the same val, but the phase fit its training samples: too much training, the old advice
+    fitted = {**flat, "train_loss_last": 0.05, "train_acc_last": 0.99}
+    note = _no_gain_note({"kept_phase": "head", "phases": [head, fitted]}, "image", "light", [0, 2])
+    assert "a lower --lr" in note and "barely" not in note
+    # a phase that fits its samples though its loss did not fall (a solved head at 0.01): not flat either
+    solved = {**head, "train_loss_last": 0.01, "train_acc_last": 1.0}
+    note = _no_gain_note({"kept_phase": "head", "phases": [solved, {**flat, "train_loss_last": 0.02,
+                                                                     "train_acc_last": 0.99}]}, "image", "light", [0, 2])
+    assert "a lower --lr" in note

@@ -1,5 +1,6 @@
 """The one training loop: its events, its refusal to go on after a non-finite loss, and the
 LR finder and Guided Transfer scouts running through it."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -140,3 +141,18 @@ def test_resume_from_the_checkpoint_callback_repeats_the_run_row_for_row(tmp_pat
     last = Trainer(TrainConfig(progress=False, select_best=False))
     last.fit(model(), *args, batch_size=8)
     assert last.kept["global_epoch"] == 5  # --keep-last: the last epoch's weights, and it says so
+
+
+def test_lr_suggestion_ignores_a_ripple_on_a_flat_curve():
+    """A curve flat for five decades with a small early ripple, then a real descent at 1e-2..1e-1:
+    the point-to-point steepest descent picked the ripple (1.5e-7, a run that then learned nothing);
+    the slope over a decade picks the descent, at most the minimum's LR / 10."""
+    from rehead.train.lr_find import suggest
+    lrs = list(np.logspace(-7, 1, 100))
+    x = np.log10(lrs)
+    losses = 0.70 - 0.04 / (1 + np.exp(-(x + 1.5) * 4)) + np.where(np.abs(x + 6.8) < 0.1, -0.012, 0.0)
+    losses = list(losses + np.where(x > 0.2, (x - 0.2) * 3, 0.0))  # the blow-up
+    s = suggest(lrs, losses)
+    assert 1e-3 <= s["suggested"] <= 5e-2 and s["suggested"] <= s["min_loss_lr"] / 10 and not s["flat"]
+    rising = list(0.7 + 0.01 * np.arange(100) / 100)
+    assert suggest(lrs, rising)["flat"] and suggest(lrs, rising)["suggested"] <= lrs[0]

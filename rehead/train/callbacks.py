@@ -107,10 +107,12 @@ class BestWeights(Callback):
                    "global_epoch": kept["global_epoch"], "val_acc": kept.get("val_acc"), **_val_figures(kept)}
         tr.phase_best = []
         for pi in dict.fromkeys(r["phase_index"] for r in rows):
-            b = max((r for r in rows if r["phase_index"] == pi), key=score)
+            mine = [r for r in rows if r["phase_index"] == pi]
+            b = max(mine, key=score)
             tr.phase_best.append({"phase": b["phase"], "phase_index": pi, "best_val_acc": b.get("val_acc"),
-                                  "best_val_loss": b["val_loss"], "epoch": b["epoch"],
-                                  "epochs_run": sum(r["phase_index"] == pi for r in rows)})
+                                  "best_val_loss": b["val_loss"], "epoch": b["epoch"], "epochs_run": len(mine),
+                                  # how far training itself got (a flat train loss: a phase that barely learned)
+                                  "train_loss_last": mine[-1].get("train_loss"), "train_acc_last": mine[-1].get("train_acc")})
 
 
 class MixImages(Callback):
