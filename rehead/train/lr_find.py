@@ -50,7 +50,7 @@ def suggest(lrs: list[float], losses: list[float]) -> dict:
     slopes = (y[w:] - y[:-w]) / (x[w:] - x[:-w])
     i = int(np.argmin(slopes))
     steep = float(np.exp((x[i] + x[i + w]) / 2))
-    suggested = min(steep, lr_min_loss / 10)
+    suggested = max(min(steep, lr_min_loss / 10), float(lrs[0]))  # within the range tested
     return {"suggested": suggested, "steepest": steep, "min_loss_lr": lr_min_loss,
             "range": [suggested / 10, max(suggested, lr_min_loss / 10)], "flat": bool(y[0] - y.min() < 0.02 * abs(y[0]))}
 
