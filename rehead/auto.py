@@ -207,8 +207,8 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
     top_cut = top["cut"] if top else depth
     cut, unfreeze = top_cut, []
     if sim == "poor":
-        # The best features there are are still the start: an earlier cut that beats the top is taken
-        # first (measured: bench/orientation.py), then half of what is left trains, then all of it.
+        # Start from the best features measured: an earlier cut that beats the top is taken first
+        # (bench/orientation.py: test 0.680 -> 0.732), then half of what is left trains, then all of it.
         where = ""
         if earlier_better and not user_cut:
             cut = best["cut"]
