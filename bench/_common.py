@@ -70,4 +70,6 @@ def fit_row(name: str, data, args: list[str], out: Path, env: dict) -> dict:
     if plan:
         row["plan"] = {k: plan.get(k) for k in ("size", "similarity", "cut", "unfreeze", "strategy", "reason", "epochs")}
         row["probe"] = [{k: r[k] for k in ("cut", "stage", "acc", "skill")} for r in plan.get("table") or []]
+        if row["probe"]:  # where the probe read best (ties to the deeper cut, as auto.decide): for --cut rows
+            row["best_cut"] = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
     return row

@@ -65,8 +65,8 @@ def main():
                 "finetune_at_cut_sgd": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2",
                                         "--optimizer", "sgd"]}[name]
         row = fit_row(name, dots, args, root / name, env)
-        if name == "auto" and row.get("probe"):  # the cut auto's probe found best, for extract_at_cut
-            best_cut = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
+        if name == "auto":  # where auto's probe read best, for the *_at_cut rows
+            best_cut = row.get("best_cut")
         rows.append(row)
         print(json.dumps(row), flush=True)
     write(a.name, {"images": 1500, "rows": rows}, {"protocol": __doc__.split("\n\n")[1]}, started)

@@ -64,8 +64,8 @@ def main():
     best_cut = None
     for name in a.rows.split(","):
         row = fit_row(name, data, args_for(name, best_cut), root / name, env)
-        if name == "auto" and row.get("probe"):  # where auto's probe read best, for the *_at_cut rows
-            best_cut = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
+        if name == "auto":  # where auto's probe read best, for the *_at_cut rows
+            best_cut = row.get("best_cut")
         rows.append(row)
         print(json.dumps(row), flush=True)
     write(a.name, {"train_images": 488, "test_images": 306, "rows": rows}, {"protocol": __doc__.split("\n\n")[1]},

@@ -183,6 +183,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
     if not table:
         sim, sim_why, best, top = "unmeasured", (f"similarity not measured (fewer than {MIN_PROBE} training "
                                                  "samples)"), None, None
+        earlier_better = False
     else:
         top = table[-1]
         best = max(table, key=lambda r: (r["acc"], r["cut"]))  # ties go to the deeper cut
@@ -217,7 +218,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
         action = where + "the head, then unfreeze half the stages, then all of them (each kept only if val improves)"
     elif sim == "unmeasured" or (size == "small" and sim == "similar"):
         action = "features from the top: extract (a new head on frozen features)"
-    elif size == "small" and best["cut"] < top_cut and best["acc"] >= top["acc"] + MARGIN:
+    elif size == "small" and earlier_better:
         cut = best["cut"]
         action = f"features from an earlier cut: extract at cut {cut} ({best['stage']})"
     elif size == "small":  # different only because the top is weak
@@ -228,7 +229,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
         unfreeze = _steps(2, -1) if n_train >= HUGE else _steps(1, min(2, top_cut))
         action = ("fine-tune the top stages" + (" then every stage" if n_train >= HUGE else "")
                   + f": the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)")
-    elif best["cut"] < top_cut and best["acc"] >= top["acc"] + MARGIN:  # large + different, an earlier cut better
+    elif earlier_better:  # large + different, an earlier cut better
         # The stages after the best cut fit the source, not this data: the head starts from the better
         # features, and training goes on below the cut (retraining the top from the worse features
         # would first have to recover what the cut gives at once; measured: bench/auto_far.py).
