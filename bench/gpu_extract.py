@@ -4,7 +4,10 @@ Synthetic photo-sized JPEGs (500x375, like hymenoptera's) are written once to a 
 pipeline reads and decodes the same files, the same model up to its pooled features:
 
 - rehead:              ``rehead.features.extract`` (no cache), --workers loader processes
-- rehead_default:      the same with the CLI's default 2 workers
+- rehead_float:        the same, the workers sending normalised floats (not 8-bit crops) as on a CPU
+- rehead_seventh:      the same, with the seventh session's collate (stack, channels_last copy, shared-memory copy)
+- loader_*:            the data path alone (workers, pinning; no model): rehead's raw and float
+                       batches, the tutorial's
 - tutorial:            the PyTorch tutorial's transforms + DataLoader (pinned memory), fp32, NCHW
 - tutorial_cl_bf16:    the same, channels_last and bf16 autocast (the best hand-written CPU-decode loop)
 - nvjpeg (reference):  file bytes read by threads, decoded on the GPU (torchvision.io.decode_jpeg),
@@ -13,9 +16,9 @@ pipeline reads and decodes the same files, the same model up to its pooled featu
 
 The model is timm's tf_efficientnet_lite0 (rehead's packaged:efficientnet_lite0) with random
 weights: speed does not depend on the weights, and the GPU machine has no copy of them.
-Runs are interleaved (A..F then F..A); medians reported.
+Runs are interleaved (A..J then J..A); medians reported, warm-up reps apart.
 
-    PYTHONPATH=. python bench/gpu_extract.py [--n 6000] [--reps 2] [--workers N] [--batch-size 128]
+    PYTHONPATH=.:bench python bench/gpu_extract.py [--n 6000] [--reps 2] [--warmup-reps 0] [--workers N] [--batch-size 128]
 """
 from __future__ import annotations
 
@@ -83,6 +86,33 @@ def run_rehead(bb, paths, bs, workers, dev) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
+def seventh_collate(batch):
+    """The seventh session's collate: what the loader's shared-memory collate replaced."""
+    good = [b for b in batch if b is not None]
+    idx, xs, ys = zip(*good)
+    return torch.tensor(idx), torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.tensor(ys)
+
+
+def run_rehead_as(bb, paths, bs, workers, dev, raw: bool, collate=None) -> float:
+    """rehead's extract with its raw-crops choice (and collate) swapped: what each change is worth."""
+    from rehead import features
+    from rehead.data import images
+    kept_raw, kept_collate = features.raw_inputs, images.collate_skip
+    features.raw_inputs = lambda pipe, device: raw and kept_raw(pipe, device)
+    images.collate_skip = collate or kept_collate
+    try:
+        return run_rehead(bb, paths, bs, workers, dev)
+    finally:
+        features.raw_inputs, images.collate_skip = kept_raw, kept_collate
+
+
+def run_loader(loader, n) -> float:
+    t0 = time.perf_counter()
+    for b in loader:
+        pass
+    return n / (time.perf_counter() - t0)
+
+
 def run_tutorial(model, paths, bs, workers, dev, fast: bool) -> float:
     loader = torch.utils.data.DataLoader(Files(paths, tutorial_tf()), batch_size=bs, num_workers=workers,
                                          pin_memory=dev.type == "cuda")
@@ -130,12 +160,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6000)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--warmup-reps", type=int, default=0, help="first reps of every pipeline, not in the medians")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     a = ap.parse_args()
     started = machine()
     import timm
-    from rehead.data.images import ImageDataset
+    from rehead.data.images import ImageDataset, make_loader
     from rehead.precision import extraction_device, feature_precision
     from rehead.zoo.timm_stages import timm_backbone
     dev = extraction_device()
@@ -151,16 +182,26 @@ def main():
                                              num_workers=a.workers)
         x = torch.cat([b[1] for b in loader]).to(dev).contiguous(memory_format=torch.channels_last)
         runs = {"rehead": lambda: run_rehead(bb, paths, a.batch_size, a.workers, dev),
-                "rehead_default": lambda: run_rehead(bb, paths, 32, 2, dev),
+                "rehead_float": lambda: run_rehead_as(bb, paths, a.batch_size, a.workers, dev, False),
+                "rehead_seventh": lambda: run_rehead_as(bb, paths, a.batch_size, a.workers, dev, False,
+                                                        seventh_collate),
+                "loader_rehead_raw": lambda: run_loader(make_loader(bb, paths, None, a.batch_size, a.workers,
+                                                                    raw=True), a.n),
+                "loader_rehead_float": lambda: run_loader(make_loader(bb, paths, None, a.batch_size, a.workers), a.n),
+                "loader_tutorial": lambda: run_loader(torch.utils.data.DataLoader(
+                    Files(paths, tutorial_tf()), batch_size=a.batch_size, num_workers=a.workers,
+                    pin_memory=dev.type == "cuda"), a.n),
                 "tutorial": lambda: run_tutorial(model, paths, a.batch_size, a.workers, dev, False),
                 "tutorial_cl_bf16": lambda: run_tutorial(model_cl, paths, a.batch_size, a.workers, dev, True),
                 "bare_forward": lambda: run_bare(bb.to(dev), x, a.batch_size, dev)}
         if dev.type == "cuda":
             runs["nvjpeg_reference"] = lambda: run_nvjpeg(model_cl, paths, a.batch_size, dev)
         run_bare(bb.to(dev), x[:a.batch_size * 2], a.batch_size, dev)  # warm-up (cuDNN autotune, kernels)
-        speeds = {k: [] for k in runs}
+        speeds, warm = {k: [] for k in runs}, {}
         order = list(runs)
-        for r in range(a.reps):
+        for r in range(a.warmup_reps + a.reps):
+            if r == a.warmup_reps:
+                warm, speeds = speeds, {k: [] for k in runs}
             for k in (order if r % 2 == 0 else order[::-1]):
                 try:
                     speeds[k].append(runs[k]())
@@ -169,12 +210,13 @@ def main():
                     continue
                 print(f"rep {r} {k}: {speeds[k][-1]:.0f} img/s", flush=True)
     med = {k: median(v) for k, v in speeds.items() if v}
-    figures = {"images_per_s": med, "runs": speeds, "device": str(dev), "precision": feature_precision(dev),
+    figures = {"images_per_s": med, "runs": speeds, "warmup_runs": warm, "device": str(dev), "precision": feature_precision(dev),
                "n_images": a.n, "jpeg_size": "500x375, quality 90", "seconds_to_write_jpegs": round(made, 1),
                "batch_size": a.batch_size, "workers": a.workers, "cpu_count": os.cpu_count(),
                "rehead_vs_tutorial": med["rehead"] / med["tutorial"],
                "rehead_vs_tutorial_cl_bf16": med["rehead"] / med["tutorial_cl_bf16"],
                "rehead_vs_bare_forward": med["rehead"] / med["bare_forward"],
+               "rehead_vs_rehead_seventh": med["rehead"] / med["rehead_seventh"],
                "goals": "rehead >= 1.3x the hand-written pipeline, >= 0.9x the bare forward"}
     write("gpu_extract" if dev.type == "cuda" else "gpu_extract_cpu_dryrun", figures, started=started)
 

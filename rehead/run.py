@@ -73,7 +73,7 @@ class Run:
             raise BadRun(f"{self.dir / 'config.yaml'} is a regression run without its target mean/std: "
                          "restore it or rerun")
         self._model = model.eval() if model is not None else None
-        self._placed = model is not None  # a handed-over model stays where its fit trained it
+        self._placed, self._handed_over = False, model is not None
         # bf16 when the head was kept from features extracted in bf16 (rehead.precision): the
         # backbone then runs as it did when those features were made
         self.inference_precision: str | None = None
@@ -152,8 +152,11 @@ class Run:
     def _forward(self, x) -> torch.Tensor:
         from .precision import autocast, device_of, extraction_device, feature_precision, to_device_of
         m = self.model
-        if not self._placed:  # loaded from disk on the CPU: infer where extraction runs (the GPU if any)
-            m.to(extraction_device())
+        if not self._placed:
+            # Loaded from disk (on the CPU): where extraction runs, the GPU if any. Handed over by a fit:
+            # where its head trained (under a launch, this process's GPU), backbone included; an extract
+            # fit left its backbone on the CPU and its head on the GPU.
+            m.to(device_of(m.head) if self._handed_over else extraction_device())
             self._placed = True
         if self.inference_precision is None:
             self.inference_precision = self.summary.get("inference_precision", "fp32")

@@ -30,14 +30,18 @@ def test_second_extract_opens_no_image_and_runs_no_forward(tmp_path, tiny_spec, 
 
 
 def test_cache_features_equal_a_direct_forward(tmp_path, tiny_spec):
-    from rehead.data.images import ImageDataset
+    from rehead.data.images import ImageDataset, collate_skip
+    from rehead.precision import extraction_device
     items = _items(make_images(tmp_path / "d", n=3))
     bb = zoo.load(tiny_spec).eval()
     f, _, _ = extract(bb, items, [2, len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
-    x = torch.stack([ImageDataset(items, None, bb.data_config)[i][1] for i in range(len(items))])
+    # the same device and input layout as the extraction (on a GPU: its convolutions, not the CPU's)
+    dev = extraction_device()
+    ds = ImageDataset(items, None, bb.data_config)
+    x = collate_skip([ds[i] for i in range(len(items))])[1].to(dev)
     with torch.no_grad():
-        assert torch.allclose(f[len(bb)], bb(x), atol=1e-5)
-        assert torch.allclose(f[2], bb.cut(2)(x), atol=1e-5)
+        assert torch.allclose(f[len(bb)], bb.to(dev)(x).cpu(), atol=1e-5)
+        assert torch.allclose(f[2], bb.cut(2)(x).cpu(), atol=1e-5)
 
 
 def test_a_change_recomputes_only_what_changed(tmp_path, tiny_spec, monkeypatch):

@@ -72,3 +72,36 @@ def test_fast_eval_transform_matches_torchvision(interp, crop_pct):
     assert torch.equal(fast(gray), fast.reference(gray))  # anything but RGB: the reference itself
     assert not isinstance(eval_transform({**cfg, "interpolation": "nearest"}), EvalTransform)
     assert not isinstance(eval_transform({**cfg, "crop_pct": 1.2}), EvalTransform)  # the crop pads
+
+
+def test_raw_crops_normalised_on_the_device_equal_the_workers_floats(tmp_path):
+    # On a GPU, extraction's workers send 8-bit crops that the device normalises: the same float32
+    # multiply-add, so the same values bit for bit; and the batch comes in channels_last either way.
+    import numpy as np
+    import torch
+    from PIL import Image
+    from rehead.data.images import make_loader, normalise
+
+    class BB:
+        data_config = {"input_size": 64, "crop_pct": 0.875, "interpolation": "bicubic",
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(120, 90), (90, 120), (80, 80), (200, 75), (75, 75)]):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    paths.append(str(tmp_path / "bad.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    for workers in (0, 1):
+        (i0, f, _), = make_loader(BB, paths, None, batch_size=8, workers=workers)
+        (i1, r, _), = make_loader(BB, paths, None, batch_size=8, workers=workers, raw=True)
+        assert i0.tolist() == i1.tolist() == [0, 1, 2, 3, 4]  # the unreadable one skipped in both
+        assert f.dtype == torch.float32 and r.dtype == torch.uint8 and r.shape == f.shape == (5, 3, 64, 64)
+        assert f.is_contiguous(memory_format=torch.channels_last)
+        assert r.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(normalise(r, BB.data_config), f)
+        assert normalise(f, BB.data_config) is f  # floats pass as they are
+    # a transform other than the eval one ignores raw: floats, as before
+    (_, a, _), = make_loader(BB, paths[:2], None, batch_size=8, workers=0, raw=True,
+                             transform=lambda im: torch.zeros(3, 64, 64))
+    assert a.dtype == torch.float32
