@@ -31,8 +31,8 @@ def machine() -> dict:
             "loadavg": list(os.getloadavg()), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "git_commit": commit,
-            "note": "2 CPU cores shared with other helpers running in parallel: timings are noisy; "
-                    "compared pipelines run interleaved in one process and medians are reported"}
+            "note": os.environ.get("REHEAD_BENCH_NOTE",
+                                   "compared pipelines run interleaved in one process and medians are reported")}
 
 
 def write(name: str, figures: dict, extra: dict | None = None, started: dict | None = None) -> Path:
