@@ -218,7 +218,7 @@ def main():
                "rehead_vs_bare_forward": med["rehead"] / med["bare_forward"],
                "rehead_vs_rehead_seventh": med["rehead"] / med["rehead_seventh"],
                "goals": "rehead >= 1.3x the hand-written pipeline, >= 0.9x the bare forward"}
-    write("gpu_extract" if dev.type == "cuda" else "gpu_extract_cpu_dryrun", figures, started=started)
+    write("gpu_extract" if dev.type == "cuda" else "gpu_extract_on_cpu", figures, started=started)
 
 
 if __name__ == "__main__":
