@@ -244,7 +244,7 @@ for k, v in sorted(seen["model"].state_dict().items()):
     h.update(v.detach().contiguous().numpy().tobytes())
 open(f"{sys.argv[3]}.rank{acc.process_index}", "w").write(f"{acc.num_processes} {h.hexdigest()}")
 ''')
-    # two CPU processes, on a GPU machine too (where both would otherwise look for a GPU each)
+    # two CPU processes, on a GPU machine too (with the GPU visible it failed on a one-GPU machine)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
