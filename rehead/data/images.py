@@ -406,9 +406,7 @@ class EvalTransform:
     def __init__(self, cfg: dict, reference):
         self.size, self.side, self.reference = cfg["input_size"], resize_side(cfg), reference
         self.filter = Image.BICUBIC if cfg.get("interpolation") == "bicubic" else Image.BILINEAR  # as _interp
-        std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
-        self.scale = 1 / (255 * std)
-        self.shift = -torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1) / std
+        self.scale, self.shift = _scale_shift(cfg)
 
     def __call__(self, im, raw: bool = False):
         """A normalised float tensor; with ``raw``, the resized crop's 8-bit pixels (see ``normalise``)."""
@@ -432,9 +430,14 @@ def normalise(x: torch.Tensor, cfg: dict) -> torch.Tensor:
     multiply then add as ``EvalTransform``, so the same values on any device."""
     if x.dtype != torch.uint8:
         return x  # already normalised (not raw, or another transform)
-    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    shift = -torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1) / std
-    return x.float().mul_((1 / (255 * std)).to(x.device)).add_(shift.to(x.device))
+    scale, shift = _scale_shift(cfg)
+    return x.float().mul_(scale.to(x.device)).add_(shift.to(x.device))
+
+
+def _scale_shift(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x/255 - mean)/std as x * scale + shift, per channel, shaped (3, 1, 1)."""
+    std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
+    return 1 / (255 * std), -torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1) / std
 
 
 def resize_side(cfg: dict) -> int:
