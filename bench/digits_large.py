@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fit_row, machine, write  # noqa: E402
@@ -49,6 +48,7 @@ ROWS = {"auto": [], "extract": ["--strategy", "extract"], "finetune": ["--strate
 
 def write_digits_split(root: Path, train: int = 130, test: int = 40, seed: int = 0) -> Path:
     from sklearn.datasets import load_digits
+    from rehead.demo import digit_image
     d = load_digits()
     rng = np.random.default_rng(seed)
     for c in range(10):
@@ -56,8 +56,7 @@ def write_digits_split(root: Path, train: int = 130, test: int = 40, seed: int =
         for split, part in (("train", idx[:train]), ("test", idx[train:])):
             (root / split / str(c)).mkdir(parents=True, exist_ok=True)
             for i in part:
-                px = (d.images[i] * (255 / 16)).astype(np.uint8)
-                Image.fromarray(px).resize((64, 64), Image.NEAREST).convert("RGB").save(root / split / str(c) / f"{i}.png")
+                digit_image(d.images[i]).save(root / split / str(c) / f"{i}.png")
     return root
 
 

@@ -20,9 +20,13 @@ def write_digits(root: Path, per_class: int = 50, seed: int = 0) -> Path:
         idx = rng.choice(np.flatnonzero(d.target == c), per_class, replace=False)
         (root / str(c)).mkdir(parents=True, exist_ok=True)
         for i in idx:
-            px = (d.images[i] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(px).resize((64, 64), Image.NEAREST).convert("RGB").save(root / str(c) / f"{i}.png")
+            digit_image(d.images[i]).save(root / str(c) / f"{i}.png")
     return root
+
+
+def digit_image(pixels: np.ndarray) -> Image.Image:
+    """One of scikit-learn's 8x8 digits (values 0-16) as a 64x64 RGB image."""
+    return Image.fromarray((pixels * (255 / 16)).astype(np.uint8)).resize((64, 64), Image.NEAREST).convert("RGB")
 
 
 def run_demo(out: str = "runs/demo", overwrite: bool = True, echo=print):
