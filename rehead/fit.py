@@ -455,6 +455,13 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here, and it barely "
                 f"trained ({flat}). Try a higher --lr (or --find-lr), more --epochs, or "
                 f"--strategy extract (the same {same} in seconds)")
+    solved = _fits_its_samples(phases[0])
+    if solved:  # the unfrozen phases start at ~zero loss: too little to learn from (bench/digits_large.py)
+        tries = ["--mixup 0.2 --cutmix 1.0"] if modality == "image" else []
+        tries += ["a higher --lr with --unfreeze -1", f"--strategy extract (the same {same} in seconds)"]
+        return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here, and the head "
+                f"already fit its training samples ({solved}), which leaves the unfrozen stages little to "
+                f"learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")
     tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
@@ -466,6 +473,17 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
 
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
 FLAT_ACC = 0.9   # ... unless it fits its training samples this well
+
+
+SOLVED_LOSS = 0.02  # a head phase whose train loss ends under this, every training sample right, ...
+# ... fits its samples: the unfrozen phases start with almost no gradient
+
+
+def _fits_its_samples(head: dict) -> str | None:
+    loss, acc = head.get("train_loss_last"), head.get("train_acc_last")
+    if loss is None or acc is None or loss > SOLVED_LOSS or acc < 1.0:
+        return None
+    return f"train loss {loss:.3f}, train accuracy {acc:.3f}"
 
 
 def _barely_learned(head: dict, phase: dict) -> str | None:

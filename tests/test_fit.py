@@ -182,8 +182,27 @@ def test_a_finetune_that_barely_trained_is_told_to_train_more_not_less():
     fitted = {**flat, "train_loss_last": 0.05, "train_acc_last": 0.99}
     note = _no_gain_note({"kept_phase": "head", "phases": [head, fitted]}, "image", "light", [0, 2])
     assert "a lower --lr" in note and "barely" not in note
-    # a phase that fits its samples though its loss did not fall (a solved head at 0.01): not flat either
-    solved = {**head, "train_loss_last": 0.01, "train_acc_last": 1.0}
-    note = _no_gain_note({"kept_phase": "head", "phases": [solved, {**flat, "train_loss_last": 0.02,
+    # a phase that fits its samples though its loss did not fall: not flat either
+    nearly = {**head, "train_loss_last": 0.03, "train_acc_last": 0.99}
+    note = _no_gain_note({"kept_phase": "head", "phases": [nearly, {**flat, "train_loss_last": 0.03,
                                                                      "train_acc_last": 0.99}]}, "image", "light", [0, 2])
-    assert "a lower --lr" in note
+    assert "a lower --lr" in note and "barely" not in note
+
+
+def test_a_finetune_after_a_head_that_fit_every_sample_is_told_why_it_kept_the_head():
+    """A head solved to train loss ~0 with every training sample right leaves the unfrozen phases no
+    gradient (digits: 0.005): the hint says so and names what gives them one, not a lower LR."""
+    from rehead.fit import _no_gain_note
+    solved = {"phase": "head", "best_val_acc": 0.919, "best_val_loss": 0.34, "train_loss_last": 0.005,
+              "train_acc_last": 1.0}
+    later = {"phase": "unfreeze2", "best_val_acc": 0.912, "best_val_loss": 0.35, "train_loss_last": 0.002,
+             "train_acc_last": 1.0}
+    s = {"kept_phase": "head", "phases": [solved, later]}
+    note = _no_gain_note(s, "image", None, [0, 2])
+    assert "the head already fit its training samples (train loss 0.005, train accuracy 1.000)" in note
+    assert "--mixup 0.2 --cutmix 1.0" in note and "a higher --lr with --unfreeze -1" in note
+    assert "a lower --lr" not in note and "--strategy extract" in note
+    text = _no_gain_note(s, "text", None, [0, -1])
+    assert "--mixup" not in text and "a higher --lr" in text
+    one_wrong = {**solved, "train_acc_last": 0.999}  # not every sample right: the usual advice
+    assert "a lower --lr" in _no_gain_note({**s, "phases": [one_wrong, later]}, "image", None, [0, 2])
