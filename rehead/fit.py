@@ -450,25 +450,23 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
                 f"{phases[0]['best_val_acc']:.4f}")
     same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
+    kept = f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here"
     flat = _barely_learned(phases[0], best_later)
     if flat:  # the unfrozen stages hardly moved: too little training, not too much
-        return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here, and it barely "
-                f"trained ({flat}). Try a higher --lr (or --find-lr), more --epochs, or "
+        return (f"{kept}, and it barely trained ({flat}). Try a higher --lr (or --find-lr), more --epochs, or "
                 f"--strategy extract (the same {same} in seconds)")
     solved = _fits_its_samples(phases[0])
     if solved:  # the unfrozen phases start at ~zero loss: too little to learn from (bench/digits_large.py)
         tries = ["--mixup 0.2 --cutmix 1.0"] if modality == "image" else []
         tries += ["a higher --lr with --unfreeze -1", f"--strategy extract (the same {same} in seconds)"]
-        return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here, and the head "
-                f"already fit its training samples ({solved}), which leaves the unfrozen stages little to "
-                f"learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")
+        return (f"{kept}, and the head already fit its training samples ({solved}), which leaves the unfrozen "
+                f"stages little to learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")
     tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
     if any(t is not None and (t == -1 or t > 1) for t in trainable):
         tries.append("fewer --unfreeze stages")
-    return (f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here. "
-            f"Try {', '.join(tries[:-1])} or {tries[-1]}")
+    return f"{kept}. Try {', '.join(tries[:-1])} or {tries[-1]}"
 
 
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
