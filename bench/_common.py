@@ -73,3 +73,18 @@ def fit_row(name: str, data, args: list[str], out: Path, env: dict) -> dict:
         if row["probe"]:  # where the probe read best (ties to the deeper cut, as auto.decide): for --cut rows
             row["best_cut"] = max(row["probe"], key=lambda r: (r["acc"], r["cut"]))["cut"]
     return row
+
+
+def fit_rows(names: list[str], args_for, data, root: Path, env: dict) -> list[dict]:
+    """``fit_row`` for each named row in order, printed as it ends. ``args_for(name, best_cut)`` gives
+    a row's arguments; ``best_cut`` is where the ``auto`` row's probe read best (None before it ran),
+    for rows that fix ``--cut`` from it."""
+    rows, best_cut = [], None
+    for name in names:
+        row = fit_row(name, data, args_for(name, best_cut), root / name, env)
+        if name == "auto":
+            best_cut = row.get("best_cut")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+

@@ -17,7 +17,6 @@ cut, 2 epochs, AdamW or SGD).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fit_row, machine, write  # noqa: E402
+from _common import fit_rows, machine, write  # noqa: E402
 
 
 def write_dots(root: Path, per_class: int = 375, seed: int = 0) -> Path:
@@ -48,27 +47,24 @@ def write_dots(root: Path, per_class: int = 375, seed: int = 0) -> Path:
     return root
 
 
+def args_for(name: str, best_cut: int | None) -> list[str]:
+    return {"auto": [], "auto_sgd": ["--optimizer", "sgd"], "extract": ["--strategy", "extract"],
+            "extract_at_cut": ["--strategy", "extract", "--cut", str(best_cut)],
+            "finetune_at_cut": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2"],
+            "finetune_at_cut_sgd": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2",
+                                    "--optimizer", "sgd"]}[name]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="auto,extract,extract_at_cut")
     ap.add_argument("--name", default="auto_far")
     a = ap.parse_args()
-    started, rows = machine(), []
+    started = machine()
     root = Path(tempfile.mkdtemp(prefix="auto-far-"))
     dots = write_dots(root / "dots")
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
-    best_cut = None
-    for name in a.rows.split(","):
-        args = {"auto": [], "auto_sgd": ["--optimizer", "sgd"], "extract": ["--strategy", "extract"],
-                "extract_at_cut": ["--strategy", "extract", "--cut", str(best_cut)],
-                "finetune_at_cut": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2"],
-                "finetune_at_cut_sgd": ["--strategy", "finetune", "--cut", str(best_cut), "--epochs", "2",
-                                        "--optimizer", "sgd"]}[name]
-        row = fit_row(name, dots, args, root / name, env)
-        if name == "auto":  # where auto's probe read best, for the *_at_cut rows
-            best_cut = row.get("best_cut")
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    rows = fit_rows(a.rows.split(","), args_for, dots, root, env)
     write(a.name, {"images": 1500, "rows": rows}, {"protocol": __doc__.split("\n\n")[1]}, started)
 
 

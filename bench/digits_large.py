@@ -24,7 +24,6 @@ the ceiling the transfer is.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fit_row, machine, write  # noqa: E402
+from _common import fit_rows, machine, write  # noqa: E402
 
 ROWS = {"auto": [], "extract": ["--strategy", "extract"], "finetune": ["--strategy", "finetune"],
         "finetune_noaug": ["--strategy", "finetune", "--augment", "none"],
@@ -65,15 +64,11 @@ def main():
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--name", default="digits_large")
     a = ap.parse_args()
-    started, rows = machine(), []
+    started = machine()
     root = Path(tempfile.mkdtemp(prefix="digits-large-"))
     data = write_digits_split(root / "digits")
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
-    for name in a.rows.split(","):
-        row = fit_row(name, data, ROWS[name], root / name, env)
-        rows.append(row)
-        print(json.dumps({k: row.get(k) for k in ("row", "rc", "seconds", "val_acc", "test_acc", "kept_phase",
-                                                  "kept_epoch")}), flush=True)
+    rows = fit_rows(a.rows.split(","), lambda name, _: ROWS[name], data, root, env)
     write(a.name, {"rows": rows, "pixels_reference": pixels_reference()}, {"protocol": __doc__.split("\n\n")[1]},
           started)
 

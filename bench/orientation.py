@@ -18,7 +18,6 @@ feature cache: ``extract`` (features from the top), ``auto`` (the default), ``ex
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HYMENOPTERA, fit_row, machine, write  # noqa: E402
+from _common import HYMENOPTERA, fit_rows, machine, write  # noqa: E402
 
 ROWS = ("extract", "auto", "extract_at_cut", "finetune", "finetune_find_lr", "finetune_sgd", "finetune_at_cut")
 
@@ -57,17 +56,11 @@ def main():
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--name", default="orientation")
     a = ap.parse_args()
-    started, rows = machine(), []
+    started = machine()
     root = Path(tempfile.mkdtemp(prefix="orientation-"))
     data = write_orientation(HYMENOPTERA, root / "orientation")
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
-    best_cut = None
-    for name in a.rows.split(","):
-        row = fit_row(name, data, args_for(name, best_cut), root / name, env)
-        if name == "auto":  # where auto's probe read best, for the *_at_cut rows
-            best_cut = row.get("best_cut")
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    rows = fit_rows(a.rows.split(","), args_for, data, root, env)
     write(a.name, {"train_images": 488, "test_images": 306, "rows": rows}, {"protocol": __doc__.split("\n\n")[1]},
           started)
 
