@@ -389,7 +389,13 @@ interrupts.catch_ignored()  # a Ctrl-C that Python would ignore (in a destructor
 
 
 def main():
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if not e.code:
+            from .distributed import close
+            close()
+        raise
 
 
 if __name__ == "__main__":

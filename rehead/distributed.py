@@ -33,6 +33,18 @@ def state():
     return PartialState(cpu=cpu)
 
 
+def close() -> None:
+    """Destroy the process group a launched command made, while Python is still whole: left to the
+    interpreter's exit, gloo's threads can die holding tensors ("terminate called without an active
+    exception", SIGABRT, pytorch#190489). Called after a command succeeded: on an error another
+    process may still be in a collective, and destroying the group could wait on it."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def batch_share(todo: list[int], batch_size: int, st) -> list[int]:
     """This process's part of ``todo``: a contiguous run of whole batches, the same split on every
     process (``todo`` is the same everywhere)."""
