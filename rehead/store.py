@@ -43,6 +43,7 @@ OWN_NAMES = {MARKER, "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "fe
              "packaged",  # packaged:mpnet assembled from its pip parts: rebuilt on next use
              "datasets",  # torch Datasets given to rehead.fit, written once as PNG folders
              "demo"}
+DB_TIMEOUT = 60.0  # seconds a process waits for another's write to the index
 SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
 REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
@@ -144,7 +145,10 @@ class ShardStore:
         if self.is_marked():
             return
         with self._writing(self.root):
-            if self.root.exists() and not self.is_empty() and not _looks_like_old_cache(self.root):
+            # Another process may be creating the root now: its marker mid-write (a .tmp- file) is not
+            # "anything else", and once renamed it comes before any other file of ours (so look again).
+            if self.root.exists() and _entries(self.root) and not _looks_like_old_cache(self.root) \
+                    and not self.is_marked():
                 raise CacheError(f"{self.root} is not empty and not a rehead cache (no {MARKER}): "
                                  "pick a new or empty --cache-dir")
             self.root.mkdir(parents=True, exist_ok=True)
@@ -167,8 +171,8 @@ class ShardStore:
         if not create and not self.db_path.exists():
             return None
         with self._writing(self.db_path):
-            db = sqlite3.connect(str(self.db_path), timeout=60, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(str(self.db_path), timeout=DB_TIMEOUT, isolation_level=None, check_same_thread=False)
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._migrate(db)
@@ -646,10 +650,30 @@ class _Guard:
         return False
 
 
+def _set_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: on an index that another process is creating at the same
+    moment (several processes of one launch), SQLite answers "database is locked" at once instead of
+    waiting out the busy timeout."""
+    deadline, delay = time.monotonic() + DB_TIMEOUT, 0.01
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
+
+def _entries(root: Path) -> set[str]:
+    """The names in ``root``, but atomic writes in flight (``rundir.temp_file_beside``'s .tmp- files)."""
+    return {p.name for p in root.iterdir() if not p.name.startswith(".tmp-")}
+
+
 def _looks_like_old_cache(root: Path) -> bool:
     """A cache written before the marker existed: only rehead's names, features/<24-hex key>/..."""
-    names = {p.name for p in root.iterdir()}
-    if not names <= OWN_NAMES:
+    if not _entries(root) <= OWN_NAMES:
         return False
     keys = [p.name for sub in ("features", "snapshots") if (root / sub).is_dir() for p in (root / sub).iterdir()]
     return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)

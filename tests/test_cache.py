@@ -1,4 +1,6 @@
 """The feature cache: a hit opens no image and runs no forward; any change recomputes."""
+import os
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -299,6 +301,32 @@ def test_two_processes_append_to_one_store(tmp_path):
     x = cache.get_all("m", keys)
     assert x is not None and x[0, 0] == 100 and x[-1, 0] == 204
     assert cache.size()["shards"] == 10
+
+
+def _create_at_once(root, barrier, errors):
+    barrier.wait()  # every process opens the fresh cache at the same moment, as a launch's do
+    try:
+        FeatureCache(root).put_many("m", [f"{os.getpid()}-{r}" for r in range(4)], np.ones((4, 8), np.float32))
+    except Exception as e:
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_creating_one_cache_at_once_all_succeed(tmp_path):
+    # CI saw "database is locked" (SQLite does not wait when switching a fresh index to WAL) and
+    # "not a rehead cache" (another process's marker seen mid-write)
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for round_ in range(10):
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_create_at_once, args=(tmp_path / str(round_), barrier, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4
+        assert FeatureCache(tmp_path / str(round_)).size()["shards"] == 4
+    assert errors.empty(), errors.get()
 
 
 # -- cache safety: the marker, clear, read-only and full caches ------------------------------------
