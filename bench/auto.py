@@ -7,7 +7,8 @@ hym: hymenoptera (244 train / 153 val photos, close to ImageNet) on the default 
 digits: scikit-learn's digits, 50 a class, written as 64x64 images (rehead demo's set), far from
 ImageNet; random: hymenoptera on the same backbone with random weights (timm's init);
 fpb: financial_phrasebank_allagree (1812 train sentences) on packaged MiniLM; rt: rt_polarity on
-packaged MiniLM.
+packaged MiniLM; golub: golub_leukemia's 38 training rows (7129 expression values) on an MLP encoder
+pretrained by `rehead pretrain` on those rows (masked reconstruction, 150 epochs, seed 0).
 """
 from __future__ import annotations
 
@@ -28,10 +29,24 @@ def sets(tmp: Path) -> dict:
             "digits": (write_digits(tmp / "digits"), DEFAULT_MODEL, {}),
             "random": (SHARED / "hymenoptera_data", DEFAULT_MODEL, {"random": True}),
             "fpb": (SHARED / "financial_phrasebank_allagree", "packaged:minilm", {}),
-            "rt": (SHARED / "rt_polarity", "packaged:minilm", {})}
+            "rt": (SHARED / "rt_polarity", "packaged:minilm", {}),
+            "golub": (SHARED / "golub_leukemia" / "expression.csv", None, {"golub": True})}
 
 
-def plan_for(data, model, random=False) -> dict:
+GOLUB_KW = {"label_column": "label", "id_columns": "patient"}
+
+
+def golub_encoder(tmp: Path) -> str:
+    """An encoder pretrained on golub's training rows only (bench/golub_pretrain.py's architecture)."""
+    from rehead.experiments import quiet
+    from rehead.pretrain import pretrain
+    out = tmp / "golub_encoder"
+    pretrain(SHARED / "golub_leukemia" / "expression.csv", out, width=256, depth=3, epochs=150, seed=0,
+             rows="train", progress=False, echo=quiet, **GOLUB_KW)
+    return str(out)
+
+
+def plan_for(data, model, random=False, data_kw=None) -> dict:
     import torch
     from rehead import zoo
     from rehead.auto import measure_and_decide
@@ -39,7 +54,7 @@ def plan_for(data, model, random=False) -> dict:
     from rehead.data import pipeline
     from rehead.data.inputs import as_dataset
     from rehead.features import FeatureCache
-    cfg = FitConfig(model=model)
+    cfg = FitConfig(model=model, **(data_kw or {}))
     ds = as_dataset(str(data), cfg)
     bb = zoo.load(model)
     if random:  # every weight and statistic at its initial value, as timm builds it untrained
@@ -67,10 +82,12 @@ def main(names):
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             data, model, kw = sets(Path(tmp))[name]
-            print(f"== {name}: {data.name} on {model}{' (random weights)' if kw else ''}", flush=True)
+            if kw.pop("golub", False):
+                model, kw = golub_encoder(Path(tmp)), {"data_kw": GOLUB_KW}
+            print(f"== {name}: {data.name} on {model}{' (random weights)' if kw.get('random') else ''}", flush=True)
             results[name] = {"data": data.name, "model": model, **kw, "plan": plan_for(data, model, **kw)}
             out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["hym", "digits", "random", "fpb"])
+    main(sys.argv[1:] or ["hym", "digits", "random", "fpb", "rt", "golub"])

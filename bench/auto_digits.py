@@ -13,7 +13,8 @@ symmetric KL divergence between each BatchNorm layer's input statistics on 64 im
 pretrained running statistics (per channel, Gaussian), for digits and for hymenoptera's val
 photos. Informational: `auto`'s rule does not read it.
 
-    PYTHONPATH=.:bench python bench/auto_digits.py   -> bench/results/auto_digits.json
+    PYTHONPATH=.:bench python bench/auto_digits.py [--rows auto] [--name auto_digits]
+        -> bench/results/auto_digits.json
 """
 from __future__ import annotations
 
@@ -58,18 +59,23 @@ def bn_shift(model: str, folder: Path, n: int = 64) -> float:
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--name", default="auto_digits")
+    a = ap.parse_args()
     from rehead.config import DEFAULT_MODEL
     from rehead.demo import write_digits
     started, rows = machine(), []
     root = Path(tempfile.mkdtemp(prefix="auto-digits-"))
     digits = write_digits(root / "digits")
     env = {**os.environ, "REHEAD_CACHE": str(root / "cache")}
-    for name, args in ROWS.items():
-        row = fit_row(name, digits, args, root / name, env)
+    for name in a.rows.split(","):
+        row = fit_row(name, digits, ROWS[name], root / name, env)
         rows.append(row)
         print(json.dumps(row), flush=True)
     shift = {"digits": bn_shift(DEFAULT_MODEL, digits), "hymenoptera_val": bn_shift(DEFAULT_MODEL, HYMENOPTERA / "val")}
-    write("auto_digits", {"model": DEFAULT_MODEL, "rows": rows, "bn_shift_sym_kl": shift},
+    write(a.name, {"model": DEFAULT_MODEL, "rows": rows, "bn_shift_sym_kl": shift},
           {"protocol": __doc__.split("\n\n")[1]}, started)
 
 

@@ -22,17 +22,18 @@ The rule (thresholds are module constants; the test of the rule is ``tests/test_
 - ``poor``      the best cut's skill < ``POOR`` (0.5): the source transfers poorly (a
                 random-weights backbone lands here): the head first, then unfreeze half, then
                 every stage.
-- ``different`` an earlier cut beats the top by >= ``MARGIN`` (0.02) accuracy, or the top's
-                skill < ``WEAK_TOP`` (0.7).
+- ``different`` an earlier cut beats the top by >= ``MARGIN`` (0.02) accuracy, or the input itself
+                (``reference``: the same probe on 16x16 pixels, TF-IDF or the raw columns)
+                beats the best cut by ``MARGIN``, or the top's skill < ``WEAK_TOP`` (0.7).
 - ``similar``   otherwise.
 
     small + similar    extract at the top
     small + different  extract at the best earlier cut; when no earlier cut does better (the
-                       top is only weak), the head then the top 1, 2 stages (kept only if val
-                       improves)
+                       top is only weak, or the input reads better), the head then the top 1, 2
+                       stages (kept only if val improves)
     large + similar    the head, then the top 1, 2 stages (>= ``HUGE`` samples: 2, then all)
     large + different  an earlier cut beats the top: cut there, the head, then its last 2, 4
-                       stages; the top only weak: the head, then 2, 4, ... stages up to
+                       stages; otherwise: the head, then 2, 4, ... stages up to
                        max(4, depth - best cut + 2)
     poor (any size)    the head, then half the stages, then all; cut first at an earlier cut that
                        beats the top by ``MARGIN``
@@ -113,34 +114,51 @@ def skill(acc: float, chance: float) -> float:
 def probe_table(feats: dict, ys: dict, cuts: list[int], stage_names: list[str], n_classes: int,
                 seed: int = 0) -> tuple[list[dict], float]:
     """One row per cut: linear probe (CV on train, then val) and LogME. Returns (rows, chance)."""
-    from .experiments.logme import logme
-    from .train.linear_head import fit_linear_head
-    import torch
     ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
     sub = _stratified_subset(ytr, PROBE_MAX, seed)
     chance = chance_level(ytr)
-    rows = []
-    for k in cuts:
-        xtr, xva = feats["train"][k][sub], feats["val"][k]
-        t0 = time.perf_counter()
-        linear, info = fit_linear_head(xtr, ytr[sub], n_classes, seed=seed)
-        cv = [r for r in info.get("cv", []) if r["C"] == info["C"]]
-        cv_acc = float(cv[0]["accuracy"]) if cv else float("nan")
-        with torch.no_grad():
-            val_acc = float((linear(torch.as_tensor(xva, dtype=torch.float32)).argmax(1).numpy() == yva).mean()) \
-                if len(yva) else float("nan")
-        parts = [(cv_acc, len(sub)), (val_acc, len(yva))]
-        parts = [(a, n) for a, n in parts if n and a == a]
-        acc = sum(a * n for a, n in parts) / sum(n for _, n in parts)
-        both = np.concatenate([xtr, xva]), np.concatenate([ytr[sub], yva])
-        try:
-            lm = logme(*both) if len(np.unique(both[1])) > 1 else float("nan")
-        except (ValueError, np.linalg.LinAlgError):
-            lm = float("nan")
-        rows.append({"cut": int(k), "stage": stage_names[k - 1], "dim": int(xtr.shape[1]), "cv_acc": _r(cv_acc),
-                     "val_acc": _r(val_acc), "acc": _r(acc), "skill": _r(skill(acc, chance)), "logme": _r(lm),
-                     "C": float(info["C"]), "seconds": _r(time.perf_counter() - t0, 2)})
+    rows = [{"cut": int(k), "stage": stage_names[k - 1],
+             **_probe_row(feats["train"][k][sub], ytr[sub], feats["val"][k], yva, n_classes, chance, seed)}
+            for k in cuts]
     return rows, chance
+
+
+def input_row(modality: str, backbone, items: dict, ys: dict, n_classes: int, seed: int = 0) -> dict:
+    """The same probe on the input itself (``reference``): at most ``PROBE_MAX`` samples of each
+    split (a seeded stratified subset), the train subset the cuts' probe uses."""
+    from .reference import describe, input_features
+    ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
+    sub, vsub = _stratified_subset(ytr, PROBE_MAX, seed), _stratified_subset(yva, PROBE_MAX, seed)
+    t0 = time.perf_counter()
+    xtr, xva = input_features(modality, backbone, [items["train"][i] for i in sub], [items["val"][i] for i in vsub])
+    row = _probe_row(xtr, ytr[sub], xva, yva[vsub], n_classes, chance_level(ytr), seed, scaling="auto")
+    row.update(cut=0, stage="input", what=describe(modality), seconds=_r(time.perf_counter() - t0, 2))
+    return row
+
+
+def _probe_row(xtr, ytr, xva, yva, n_classes: int, chance: float, seed: int, scaling: str = "column") -> dict:
+    """A linear probe's figures: CV accuracy on train (its chosen C), accuracy on val, the two
+    pooled by size, skill, LogME."""
+    from .experiments.logme import logme
+    from .train.linear_head import fit_linear_head
+    import torch
+    t0 = time.perf_counter()
+    linear, info = fit_linear_head(xtr, ytr, n_classes, seed=seed, scaling=scaling)
+    cv = [r for r in info.get("cv", []) if r["C"] == info["C"]]
+    cv_acc = float(cv[0]["accuracy"]) if cv else float("nan")
+    with torch.no_grad():
+        val_acc = float((linear(torch.as_tensor(xva, dtype=torch.float32)).argmax(1).numpy() == yva).mean()) \
+            if len(yva) else float("nan")
+    parts = [(a, n) for a, n in [(cv_acc, len(ytr)), (val_acc, len(yva))] if n and a == a]
+    acc = sum(a * n for a, n in parts) / sum(n for _, n in parts)
+    both = np.concatenate([xtr, xva]), np.concatenate([ytr, yva])
+    try:
+        lm = logme(*both) if len(np.unique(both[1])) > 1 else float("nan")
+    except (ValueError, np.linalg.LinAlgError):
+        lm = float("nan")
+    return {"dim": int(xtr.shape[1]), "cv_acc": _r(cv_acc), "val_acc": _r(val_acc), "acc": _r(acc),
+            "skill": _r(skill(acc, chance)), "logme": _r(lm), "C": float(info["C"]),
+            "seconds": _r(time.perf_counter() - t0, 2)}
 
 
 def _r(v: float, nd: int = 4) -> float:
@@ -171,9 +189,10 @@ def _steps(lo: int, hi: int) -> list[int]:
 
 
 def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | None = None,
-           user_cut: bool = False) -> dict:
+           user_cut: bool = False, reference: dict | None = None) -> dict:
     """The decks' rule on a probe table (rows as ``probe_table`` makes them, shallow to deep; the
-    last row is the top: the full depth, or the cut the user fixed). Pure: no model, no data.
+    last row is the top: the full depth, or the cut the user fixed). ``reference``: the same probe on
+    the input itself (``input_row``), or None. Pure: no model, no data.
 
     Returns ``size``, ``similarity``, ``cut``, ``unfreeze`` (the unfreezing steps, [] = the head
     only), ``strategy`` and ``reason`` (in the decks' terms, with the figures behind it)."""
@@ -183,11 +202,12 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
     if not table:
         sim, sim_why, best, top = "unmeasured", (f"similarity not measured (fewer than {MIN_PROBE} training "
                                                  "samples)"), None, None
-        earlier_better = False
+        earlier_better = input_better = False
     else:
         top = table[-1]
         best = max(table, key=lambda r: (r["acc"], r["cut"]))  # ties go to the deeper cut
         earlier_better = best["cut"] < top["cut"] and best["acc"] >= top["acc"] + MARGIN
+        input_better = reference is not None and reference["acc"] >= best["acc"] + MARGIN
         if best["skill"] < POOR:
             sim = "poor"
             sim_why = (f"the source transfers poorly: the best probe (cut {best['cut']} {best['stage']}) reaches "
@@ -197,6 +217,12 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
             sim = "different"
             sim_why = (f"different from the source: an earlier cut beats the top (cut {best['cut']} {best['stage']} "
                        f"probes {best['acc']:.3f} vs the top's {top['acc']:.3f}, margin >= {MARGIN})")
+        elif input_better:
+            sim = "different"
+            sim_why = (f"different from the source: its best features (cut {best['cut']} {best['stage']}, probe "
+                       f"{best['acc']:.3f}) read this data worse than the input itself ({reference['what']}, "
+                       f"probe {reference['acc']:.3f}, margin >= {MARGIN}; a model of the input alone may serve it "
+                       "as well)")
         elif top["skill"] < WEAK_TOP:
             sim = "different"
             sim_why = (f"different from the source: the top's probe is weak ({top['acc']:.3f}, skill "
@@ -205,6 +231,9 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
             sim = "similar"
             sim_why = (f"similar to the source: the top's probe is strong ({top['acc']:.3f}, skill "
                        f"{top['skill']:.3f} >= {WEAK_TOP}) and no earlier cut beats it by {MARGIN}")
+        if input_better and "the input itself" not in sim_why:  # still worth knowing: say it too
+            sim_why += (f"; the input itself ({reference['what']}) probes {reference['acc']:.3f}, better than any "
+                        "cut: a model of the input alone may serve it as well")
     top_cut = top["cut"] if top else depth
     cut, unfreeze = top_cut, []
     if sim == "poor":
@@ -221,7 +250,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
     elif size == "small" and earlier_better:
         cut = best["cut"]
         action = f"features from an earlier cut: extract at cut {cut} ({best['stage']})"
-    elif size == "small":  # different only because the top is weak
+    elif size == "small":  # different, but no earlier cut is better: the top is weak or the input reads better
         unfreeze = _steps(1, min(2, top_cut))
         action = ("features from the top, then fine-tune its last stages "
                   f"({', '.join(map(str, unfreeze))}; kept only if val improves)")
@@ -238,7 +267,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
         unfreeze = _steps(min(2, hi), hi) if n_train < HUGE else _steps(min(2, hi), -1)
         action = (f"features from an earlier cut, then fine-tune more stages below it: cut {cut} ({best['stage']}), "
                   f"the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)")
-    else:  # large + different: the top is weak and nothing earlier is better
+    else:  # large + different: the top is weak (or the input reads better) and nothing earlier is better
         hi = min(top_cut, max(4, top_cut - best["cut"] + 2))
         unfreeze = _steps(min(2, hi), hi) if n_train < HUGE else _steps(min(2, hi), -1)
         action = (f"fine-tune more stages: the head, then unfreeze {_say(unfreeze)} "
@@ -388,7 +417,7 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
     top = backbone.stage_index(cfg.cut)
     n_train = len(ds.train)
     budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET
-    table, chance, extract_s, probe_s = None, None, 0.0, 0.0
+    table, chance, reference, extract_s, probe_s = None, None, None, 0.0, 0.0
     if n_train >= MIN_PROBE and len(ds.classes) > 1:
         cuts = probe_cuts(depth, top)
         echo(f"auto: measuring similarity to the source: {len(cuts)} cuts of {cfg.model} "
@@ -401,15 +430,18 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
         t0 = time.perf_counter()
         if len(ys["train"]) >= MIN_PROBE and len(np.unique(ys["train"])) > 1:
             table, chance = probe_table(feats, ys, cuts, backbone.stage_names, len(ds.classes), seed=cfg.seed)
+            reference = input_row(backbone.modality, backbone, info["items"], ys, len(ds.classes), seed=cfg.seed)
         probe_s = time.perf_counter() - t0
         if table:
             echo(f"auto: linear probe per cut (5-fold CV on train, then val; chance {chance:.3f}):")
             echo(f"  {'cut':>4} {'stage':14} {'dim':>5} {'cv':>6} {'val':>6} {'pooled':>7} {'skill':>6} {'LogME':>7}")
-            for r in table:
+            for r in table + [reference]:
                 echo(f"  {r['cut']:>4} {r['stage']:14} {r['dim']:>5} {r['cv_acc']:>6.3f} {r['val_acc']:>6.3f} "
-                     f"{r['acc']:>7.3f} {r['skill']:>6.2f} {r['logme']:>7.3f}")
-    plan = decide(table, n_train, depth, chance, user_cut=user_cut)
-    plan.update(table=table, chance=None if chance is None else _r(chance), n_train=n_train, n_val=len(ds.val),
+                     f"{r['acc']:>7.3f} {r['skill']:>6.2f} {r['logme']:>7.3f}"
+                     + (f"  (the input itself: {reference['what']})" if r is reference else ""))
+    plan = decide(table, n_train, depth, chance, user_cut=user_cut, reference=reference)
+    plan.update(table=table, reference=reference, chance=None if chance is None else _r(chance), n_train=n_train,
+                n_val=len(ds.val),
                 extract_seconds=_r(extract_s, 2), probe_seconds=_r(probe_s, 2), budget_minutes=budget,
                 thresholds={"small": SMALL, "huge": HUGE, "poor": POOR, "weak_top": WEAK_TOP, "margin": MARGIN})
     if plan["unfreeze"]:

@@ -62,6 +62,26 @@ def test_the_rule_on_both_axes():
     assert decide(similar, 60000, 9, 0.1)["unfreeze"] == [2, -1]
 
 
+def test_an_input_that_reads_the_data_as_well_makes_it_different():
+    # digits on Lite2: the top probes 0.88 (skill 0.87, "similar" by skill alone), 16x16 pixels 0.94
+    top_strong = table({4: 0.72, 6: 0.85, 8: 0.84, 9: 0.88})
+    pixels = {"cut": 0, "stage": "input", "what": "16x16 pixels", "acc": 0.94}
+    assert decide(top_strong, 400, 9, 0.1)["similarity"] == "similar"
+    d = decide(top_strong, 400, 9, 0.1, reference=pixels)
+    assert (d["similarity"], d["cut"], d["unfreeze"]) == ("different", 9, [1, 2])
+    assert "worse than the input itself (16x16 pixels, probe 0.940" in d["reason"]
+    assert decide(top_strong, 5000, 9, 0.1, reference=pixels)["unfreeze"] == [2, 4]  # large: fine-tune more
+    # an input that reads worse than the source's best cut changes nothing (hymenoptera: 0.62 vs 0.97),
+    # nor one within MARGIN of it (both perfect on colours)
+    assert decide(top_strong, 400, 9, 0.1, reference={**pixels, "acc": 0.87})["similarity"] == "similar"
+    assert decide(top_strong, 400, 9, 0.1, reference={**pixels, "acc": 0.88 + MARGIN / 2})["similarity"] == "similar"
+    # poor stays poor, and an earlier cut that beats the top is still where it starts
+    assert decide(table({9: 0.15}), 400, 9, 0.1, reference=pixels)["similarity"] == "poor"
+    far = decide(table({6: 0.90, 9: 0.80}), 400, 9, 0.1, reference=pixels)
+    assert (far["similarity"], far["cut"]) == ("different", 6) and "the input itself (16x16 pixels) probes 0.940" \
+        in far["reason"]
+
+
 def test_the_rule_thresholds_and_edges():
     # a margin below MARGIN is noise: the top is kept
     d = decide(table({6: 0.90 + MARGIN / 2, 9: 0.90}), 200, 9, 0.1)
@@ -235,10 +255,11 @@ def _metrics(run):
 
 # -- real weights: a set far from ImageNet against one close to it ---------------------------------------
 @pytest.mark.slow
-def test_auto_picks_an_earlier_cut_on_digits_than_on_hymenoptera(tmp_path):
-    """Packaged EfficientNet-Lite0 (ImageNet): 120 hymenoptera photos vs 200 of scikit-learn's 8x8
-    digits. The photos probe best at the top (similar: extract there); on digits an earlier cut
-    beats the top (different: features from an earlier cut)."""
+def test_auto_trains_more_on_digits_than_on_hymenoptera_and_says_why(tmp_path):
+    """The default backbone (packaged EfficientNet-Lite2, ImageNet): 120 hymenoptera photos vs 200 of
+    scikit-learn's 8x8 digits. The photos probe best at the top, far above their pixels (similar:
+    extract there); the digits' pixels read them better than any cut of the source (different:
+    the head, then its last stages trained). Lite0 read them as different by an earlier cut."""
     from rehead.demo import write_digits
     src = shared_dataset("hymenoptera_data") / "train"
     hym = tmp_path / "hym"
@@ -250,11 +271,12 @@ def test_auto_picks_an_earlier_cut_on_digits_than_on_hymenoptera(tmp_path):
     plans, said = {}, {}
     for name, data in (("hym", hym), ("digits", digits)):
         said[name] = []
-        rehead.fit(str(data), model="packaged:efficientnet_lite0", out=str(tmp_path / f"run_{name}"),
-                   progress=False, echo=said[name].append)
+        rehead.fit(str(data), out=str(tmp_path / f"run_{name}"), progress=False, echo=said[name].append,
+                   budget=0.05)  # 3 s: the plan is made and said, then cut to extraction (no time to train)
         plans[name] = yaml.safe_load((tmp_path / f"run_{name}" / "config.yaml").read_text())["fit"]["auto_plan"]
     h, d = plans["hym"], plans["digits"]
-    assert (h["similarity"], h["cut"], h["unfreeze"]) == ("similar", 9, [])
-    assert d["similarity"] == "different" and d["cut"] < h["cut"]
-    assert any("features from an earlier cut" in s for s in said["digits"])
-    assert any("features from the top" in s for s in said["hym"])
+    assert (h["similarity"], h["unfreeze"]) == ("similar", []) and h["reference"]["acc"] < h["table"][-1]["acc"]
+    assert d["similarity"] == "different" and d["reference"]["acc"] >= max(r["acc"] for r in d["table"])
+    assert "then fine-tune its last stages" in d["reason"] and "raise --budget" in d["reason"]
+    assert any("worse than the input itself (16x16 pixels" in s for s in said["digits"])
+    assert any("features from the top: extract" in s for s in said["hym"])

@@ -78,4 +78,5 @@ def split_features(backbone, ds, cuts: list[int], cache, batch_size: int, worker
     ys = {"train": y[is_train], "val": y[~is_train]}
     if skipped:
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]))
-    return feats, ys, {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}
+    return feats, ys, {"extract_seconds": time.perf_counter() - t0, "skipped": skipped,
+                       "items": {"train": [items[i] for i in kept[is_train]], "val": [items[i] for i in kept[~is_train]]}}

@@ -1,0 +1,73 @@
+"""The input alone, as a reference for how well a source model reads the data.
+
+auto's probe measures how well the source's features fit the labels (a linear probe per cut). A
+probe's accuracy says little on its own: scikit-learn's digits probe 0.88-0.93 at Lite2's top
+(skill 0.87, "similar" by the threshold) while a logistic regression on their 64 raw pixels gives
+0.98 (``bench/digits_large.py``). So the same linear probe runs on the input itself, made small:
+
+- images: each decoded to RGB and averaged down to ``PIXELS`` x ``PIXELS`` (768 numbers);
+- text: TF-IDF of words and word pairs (``TEXT_FEATURES`` most frequent on the training texts);
+- tables: the raw columns (missing values filled with the training mean).
+
+When that reads the labels better than the source's best cut (by auto's ``MARGIN``), the source
+reads this data worse than its own input does: the data is *different* from the source, whatever
+the probe's skill.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PIXELS = 16            # images: averaged down to PIXELS x PIXELS RGB
+TEXT_FEATURES = 4096   # text: TF-IDF columns (words and word pairs seen in >= 2 training texts)
+
+
+def describe(modality: str) -> str:
+    return {"image": f"{PIXELS}x{PIXELS} pixels", "text": "TF-IDF of words and pairs",
+            "tabular": "the raw columns"}.get(modality, modality)
+
+
+def input_features(modality: str, backbone, train_items: list, val_items: list) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) float32 matrices of the input itself, made as the module says; the text
+    vocabulary and the tables' fill values come from the training items only."""
+    if modality == "image":
+        return _pixels(train_items), _pixels(val_items)
+    if modality == "text":
+        return _tfidf(train_items, val_items)
+    if modality == "tabular":
+        return _columns(backbone, train_items, val_items)
+    raise ValueError(f"no input reference for {modality} data")
+
+
+def _pixels(items: list) -> np.ndarray:
+    from PIL import Image
+    from .data.images import decode
+    out = np.empty((len(items), PIXELS * PIXELS * 3), np.float32)
+    for i, p in enumerate(items):
+        im = decode(p, min_side=2 * PIXELS)  # JPEGs decode at a reduced scale: cheap
+        out[i] = np.asarray(im.resize((PIXELS, PIXELS), Image.BOX), np.float32).reshape(-1) / 255
+    return out
+
+
+def _tfidf(train_items: list, val_items: list) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from .data.text import resolve
+    tr, va = [resolve(t) for t in train_items], [resolve(t) for t in val_items]
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(tr) > 50 else 1, max_features=TEXT_FEATURES,
+                          sublinear_tf=True, dtype=np.float32)
+    try:
+        xtr = vec.fit_transform(tr)
+    except ValueError:  # no word at all (e.g. only numbers and punctuation): nothing to read
+        return np.zeros((len(tr), 1), np.float32), np.zeros((len(va), 1), np.float32)
+    return xtr.toarray(), vec.transform(va).toarray()
+
+
+def _columns(backbone, train_items: list, val_items: list) -> tuple[np.ndarray, np.ndarray]:
+    from .data.tabular import rows_of
+    cols = backbone.data_config["columns"]
+    xtr, xva = rows_of(train_items, cols), rows_of(val_items, cols)
+    with np.errstate(all="ignore"):
+        fill = np.nan_to_num(np.nanmean(xtr, axis=0)) if len(xtr) else np.zeros(len(cols), np.float32)
+    for x in (xtr, xva):
+        bad = ~np.isfinite(x)
+        x[bad] = np.broadcast_to(fill, x.shape)[bad]
+    return xtr, xva
