@@ -330,6 +330,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary = _summary(trainer, recipe, info, t_start)
     summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases])
     summary["augment"] = augment
+    summary["input_note"] = _input_note(summary, cfg.auto_plan)
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
         keys = ("C", "scaling", "folds", "seconds") if cfg.task == "multiclass" else ("solver", "alpha", "l2", "folds",
@@ -469,6 +470,18 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
     return f"{kept}. Try {', '.join(tries[:-1])} or {tries[-1]}"
 
 
+def _input_note(s: dict, plan: dict | None) -> str | None:
+    """When auto's probe of the input itself (``auto.input_row``) scored val as well as the kept
+    model, say so: the source did not pay for itself on this data."""
+    ref = (plan or {}).get("reference")
+    if not ref or s.get("val_acc") is None or not ref.get("val_acc") == ref.get("val_acc") \
+            or ref["val_acc"] < s["val_acc"]:
+        return None
+    return (f"a linear model of the input itself ({ref['what']}) scored val {ref['val_acc']:.4f} in auto's probe, "
+            f">= this model's {s['val_acc']:.4f}: the source reads this data no better than its input; a model "
+            "of the input alone may serve it as well")
+
+
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
 FLAT_ACC = 0.9   # ... unless it fits its training samples this well
 
@@ -500,8 +513,9 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
         echo("phases: " + ", ".join(f"{p['phase']} best " + (f"{p['best_val_acc']:.4f}" if acc else
                                                               f"val loss {p['best_val_loss']:.4f}") for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
-    if s.get("note"):
-        echo(s["note"])
+    for note in (s.get("note"), s.get("input_note")):
+        if note:
+            echo(note)
     keys = headline(ds.task)
     if acc:
         val = f"val accuracy {s['val_acc']:.4f}"
