@@ -25,10 +25,14 @@ def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec,
     from rehead.experiments.probe import probe
     depth = len(zoo.load(tiny_spec))
     calls = _count_stage_runs(monkeypatch)
+    said = []
     res = probe(str(image_folder), model=tiny_spec, cuts="all", out=tmp_path / "p", batch_size=8, workers=0,
-                progress=False, echo=lambda *_: None)
+                progress=False, echo=said.append)
     # 20 images in batches of 8: each batch through every stage once, not once per cut.
     assert calls["n"] == 3 * depth
+    # the input itself as the baseline: these images' colour is their label, so their pixels read it
+    assert (res["input"]["what"], res["input"]["val_acc"], res["input"]["n_train"]) == ("16x16 pixels", 1.0, 16)
+    assert any(s.startswith("note: the input itself (16x16 pixels) reads this data as well") for s in said)
     assert [r["cut"] for r in res["rows"]] == list(range(1, depth + 1))
     assert all(0 <= r["val_acc"] <= 1 for r in res["rows"])
     best = res["best"]

@@ -67,6 +67,9 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
         r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
         rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]), **r})
         echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}")
+    inp = _input_probe(backbone, info["items"], ys, C, seed)
+    echo(f"input    {inp['what'][:12]:12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself: "
+         "what a linear model reads without the backbone)")
     probe_s = time.perf_counter() - t_probe
     # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
     best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
@@ -74,11 +77,31 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
                        "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}"},
               "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
-              "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
+              "input": inp, "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
               "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
     write_results(out, rows, result)
     from ..report.plots import plot_probe
-    plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}")
+    plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}", input_row=inp)
     echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
          f"{result['best']['fit_command']}")
+    if inp["val_acc"] >= best["val_acc"]:
+        how = "better than" if inp["val_acc"] > best["val_acc"] else "as well as"
+        echo(f"note: the input itself ({inp['what']}) reads this data {how} the best cut (val acc "
+             f"{inp['val_acc']:.4f}): the source adds nothing a model of the input would not")
     return {"rows": rows, **result, "dir": str(out.path)}
+
+
+INPUT_MAX = 10000  # the input probe reads at most this many samples of each split (a stratified subset)
+
+
+def _input_probe(backbone, items: dict, ys: dict, C: float, seed: int) -> dict:
+    """The probe on the input itself (``reference``), as each cut's: the baseline a cut has to beat."""
+    import numpy as np
+    from ..auto import _stratified_subset
+    from ..reference import describe, input_features
+    tr, va = _stratified_subset(ys["train"], INPUT_MAX, seed), _stratified_subset(ys["val"], INPUT_MAX, seed)
+    xtr, xva = input_features(backbone.modality, backbone, [items["train"][i] for i in tr],
+                              [items["val"][i] for i in va])
+    r = linear_probe(xtr, np.asarray(ys["train"])[tr], xva, np.asarray(ys["val"])[va], C=C, seed=seed)
+    return {"cut": 0, "stage": "input", "what": describe(backbone.modality), "dim": int(xtr.shape[1]),
+            "n_train": len(tr), "n_val": len(va), **r}

@@ -22,11 +22,14 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
-def plot_probe(rows: list[dict], best_cut: int, path, title: str = "") -> Path:
-    """Val (and train) accuracy of a linear probe against cut depth; the best depth marked."""
+def plot_probe(rows: list[dict], best_cut: int, path, title: str = "", input_row: dict | None = None) -> Path:
+    """Val (and train) accuracy of a linear probe against cut depth; the best depth marked; the same
+    probe on the input itself (``input_row``) as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 4))
     cuts = [r["cut"] for r in rows]
     ax.plot(cuts, [r["val_acc"] for r in rows], "o-", color=BLUE, label="val accuracy")
+    if input_row:
+        ax.axhline(input_row["val_acc"], ls=":", color="grey", label=f"the input itself ({input_row['what']}), val")
     ax.plot(cuts, [r["train_acc"] for r in rows], "o--", color="grey", alpha=0.6, label="train accuracy")
     b = next(r for r in rows if r["cut"] == best_cut)
     ax.plot([best_cut], [b["val_acc"]], "*", ms=16, color=ORANGE, label=f"best: cut {best_cut} ({b['stage']})")
