@@ -40,10 +40,13 @@ def input_features(modality: str, backbone, train_items: list, val_items: list) 
 
 def _pixels(items: list) -> np.ndarray:
     from PIL import Image
-    from .data.images import decode
-    out = np.empty((len(items), PIXELS * PIXELS * 3), np.float32)
+    from .data.images import UnreadableImage, decode
+    out = np.zeros((len(items), PIXELS * PIXELS * 3), np.float32)
     for i, p in enumerate(items):
-        im = decode(p, min_side=2 * PIXELS)  # JPEGs decode at a reduced scale: cheap
+        try:  # the items were read once already (extraction); one that fails now reads as black
+            im = decode(p, min_side=2 * PIXELS)  # JPEGs decode at a reduced scale: cheap
+        except UnreadableImage:
+            continue
         out[i] = np.asarray(im.resize((PIXELS, PIXELS), Image.BOX), np.float32).reshape(-1) / 255
     return out
 
