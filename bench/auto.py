@@ -72,6 +72,7 @@ def plan_for(data, model, random=False, data_kw=None) -> dict:
     t0 = time.perf_counter()
     plan = measure_and_decide(cfg, bb, ds, FeatureCache(), echo=lambda s: (print(s, flush=True), said.append(s)))
     plan["total_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"auto: {plan['reason']}", flush=True)
     plan["said"] = said
     return plan
 

@@ -458,8 +458,7 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
         t0 = time.perf_counter()
         budget_plan(plan, lambda u: time_epoch(backbone, plan["cut"], u, ds, cfg, in_dim), budget, cfg.epochs)
         plan["timing_seconds"] = _r(time.perf_counter() - t0, 2)
-    echo(f"auto: {plan['reason']}")
-    return plan
+    return plan  # its reason is said once, by fit ("strategy auto -> ...")
 
 
 def _width(backbone, cut: int) -> int:
