@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     if a.child:
-        return child(a.child)
+        from rehead.distributed import close
+        child(a.child)
+        return close()  # the process group, before the interpreter's exit (see distributed.close)
     started = machine()
     tmp = Path(tempfile.mkdtemp(prefix="rehead-dist-"))
     runs = {"one": [], "two": []}

@@ -243,6 +243,8 @@ h = hashlib.sha256()
 for k, v in sorted(seen["model"].state_dict().items()):
     h.update(v.detach().contiguous().numpy().tobytes())
 open(f"{sys.argv[3]}.rank{acc.process_index}", "w").write(f"{acc.num_processes} {h.hexdigest()}")
+from rehead.distributed import close
+close()  # as rehead's CLI does: a gloo group left to the interpreter's exit can abort it (SIGABRT)
 ''')
     # two CPU processes, on a GPU machine too (with the GPU visible it failed on a one-GPU machine)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
