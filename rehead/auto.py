@@ -129,13 +129,10 @@ def probe_table(feats: dict, ys: dict, cuts: list[int], stage_names: list[str], 
 def input_row(modality: str, backbone, items: dict, ys: dict, n_classes: int, seed: int = 0) -> dict:
     """The same probe on the input itself (``reference``): at most ``PROBE_MAX`` samples of each
     split (a seeded stratified subset), the train subset the cuts' probe uses."""
-    from .reference import describe, input_features, scaling
-    ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
-    sub, vsub = _stratified_subset(ytr, PROBE_MAX, seed), _stratified_subset(yva, PROBE_MAX, seed)
+    from .reference import describe, sampled, scaling
     t0 = time.perf_counter()
-    xtr, xva = input_features(modality, backbone, [items["train"][i] for i in sub], [items["val"][i] for i in vsub])
-    row = _probe_row(xtr, ytr[sub], xva, yva[vsub], n_classes, chance_level(ytr), seed,
-                     scaling=scaling(modality))
+    xtr, ytr, xva, yva = sampled(modality, backbone, items, ys, PROBE_MAX, seed)
+    row = _probe_row(xtr, ytr, xva, yva, n_classes, chance_level(ys["train"]), seed, scaling=scaling(modality))
     row.update(cut=0, stage="input", what=describe(modality), seconds=_r(time.perf_counter() - t0, 2))
     return row
 

@@ -473,9 +473,9 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
 def _input_note(s: dict, plan: dict | None) -> str | None:
     """When auto's probe of the input itself (``auto.input_row``) scored val as well as the kept
     model, say so: the source did not pay for itself on this data."""
-    ref = (plan or {}).get("reference")
-    if not ref or s.get("val_acc") is None or not ref.get("val_acc") == ref.get("val_acc") \
-            or ref["val_acc"] < s["val_acc"]:
+    ref = (plan or {}).get("reference") or {}
+    v = ref.get("val_acc")
+    if v is None or v != v or s.get("val_acc") is None or v < s["val_acc"]:  # v != v: NaN, no val split
         return None
     return (f"a linear model of the input itself ({ref['what']}) scored val {ref['val_acc']:.4f} in auto's probe, "
             f">= this model's {s['val_acc']:.4f}: the source reads this data no better than its input; a model "

@@ -48,6 +48,16 @@ def input_features(modality: str, backbone, train_items: list, val_items: list) 
     raise ValueError(f"no input reference for {modality} data")
 
 
+def sampled(modality: str, backbone, items: dict, ys: dict, cap: int, seed: int = 0) -> tuple:
+    """``(xtr, ytr, xva, yva)``: the input features of at most ``cap`` samples of each split (a
+    seeded stratified subset, the one auto's probe uses for its cuts), with their labels."""
+    from .auto import _stratified_subset
+    ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
+    tr, va = _stratified_subset(ytr, cap, seed), _stratified_subset(yva, cap, seed)
+    xtr, xva = input_features(modality, backbone, [items["train"][i] for i in tr], [items["val"][i] for i in va])
+    return xtr, ytr[tr], xva, yva[va]
+
+
 def _pixels(items: list) -> np.ndarray:
     from PIL import Image
     from .data.images import UnreadableImage, decode

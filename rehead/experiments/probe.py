@@ -96,12 +96,8 @@ INPUT_MAX = 10000  # the input probe reads at most this many samples of each spl
 
 def _input_probe(backbone, items: dict, ys: dict, C: float, seed: int) -> dict:
     """The probe on the input itself (``reference``), as each cut's: the baseline a cut has to beat."""
-    import numpy as np
-    from ..auto import _stratified_subset
-    from ..reference import describe, input_features
-    tr, va = _stratified_subset(ys["train"], INPUT_MAX, seed), _stratified_subset(ys["val"], INPUT_MAX, seed)
-    xtr, xva = input_features(backbone.modality, backbone, [items["train"][i] for i in tr],
-                              [items["val"][i] for i in va])
-    r = linear_probe(xtr, np.asarray(ys["train"])[tr], xva, np.asarray(ys["val"])[va], C=C, seed=seed)
+    from ..reference import describe, sampled
+    xtr, ytr, xva, yva = sampled(backbone.modality, backbone, items, ys, INPUT_MAX, seed)
+    r = linear_probe(xtr, ytr, xva, yva, C=C, seed=seed)
     return {"cut": 0, "stage": "input", "what": describe(backbone.modality), "dim": int(xtr.shape[1]),
-            "n_train": len(tr), "n_val": len(va), **r}
+            "n_train": len(ytr), "n_val": len(yva), **r}
