@@ -94,6 +94,8 @@ PROBE_MAX = 4000      # the probe fits on at most this many training samples (a 
 DEFAULT_BUDGET = 5.0  # minutes for the live (unfrozen) phases
 MAX_EPOCHS = 5        # epochs per unfreezing phase at most
 TIMED_STEPS = 3       # training steps timed (the first is a warm-up when there are more)
+MIRROR_MAX = 128      # val images the mirror check reads at most (two forward passes each)
+MIRROR_DROP = 0.05    # val accuracy lost on mirrored images from which flips count as changing labels
 
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -408,7 +410,7 @@ def plan_auto(cfg, backbone, ds, cache, hooks: list, echo=print):
     plan = cfg.auto_plan
     if plan is None:
         plan = measure_and_decide(cfg, backbone, ds, cache, echo)
-        cfg = cfg.replace(cut=plan["cut"], auto_plan=plan)
+        cfg = cfg.replace(cut=plan["cut"], auto_plan=plan, augment=plan.get("augment", cfg.augment))
     if plan.get("unfreeze"):
         hooks = list(hooks) + [AutoGuard(plan.get("budget_minutes") or DEFAULT_BUDGET,
                                          plan.get("epoch_seconds"), echo)]
@@ -456,7 +458,50 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
         t0 = time.perf_counter()
         budget_plan(plan, lambda u: time_epoch(backbone, plan["cut"], u, ds, cfg, in_dim), budget, cfg.epochs)
         plan["timing_seconds"] = _r(time.perf_counter() - t0, 2)
+    if plan["unfreeze"] and table and backbone.modality == "image" and cfg.augment is None:
+        # live phases are planned and would augment with flips (the default): does a mirror keep the label?
+        row = next((r for r in table if r["cut"] == plan["cut"]), None)
+        if row is not None:
+            t0 = time.perf_counter()
+            sub = _stratified_subset(np.asarray(ys["train"]), PROBE_MAX, cfg.seed)  # the probe's own rows
+            m = mirror_check(backbone, plan["cut"], feats["train"][plan["cut"]][sub], np.asarray(ys["train"])[sub],
+                             info["items"]["val"], ys["val"], len(ds.classes), row["C"], cfg.batch_size, cfg.seed)
+            plan["mirror"] = {**m, "seconds": _r(time.perf_counter() - t0, 2)}
+            if m["changes_labels"]:
+                plan["augment"] = "crop"
+                plan["reason"] += (f"; mirrored images lose val accuracy ({m['val_acc']:.3f} -> "
+                                   f"{m['val_acc_mirrored']:.3f} on {m['n']}): flips would change labels, so the live "
+                                   "phases augment with crops only (--augment crop; --augment light to keep flips)")
     return plan  # its reason is said once, by fit ("strategy auto -> ...")
+
+
+def mirror_check(backbone, cut: int, xtr, ytr, items: list, y, n_classes: int, C: float, batch_size: int,
+                 seed: int = 0) -> dict:
+    """Does mirroring an image change its label here (digits, text)? The probe's linear model at
+    ``cut`` (refitted at its C on the training features) scores at most ``MIRROR_MAX`` val images as
+    they are and mirrored left to right (the same centre crop, flipped), through the frozen source."""
+    import torch
+    from .data import pipeline
+    from .train.linear_head import fit_linear_head
+    linear, _ = fit_linear_head(xtr, ytr, n_classes, C=C, seed=seed)
+    y = np.asarray(y)
+    sub = _stratified_subset(y, MIRROR_MAX, seed)
+    loader = pipeline("image").make_loader(backbone, [items[i] for i in sub], y[sub].tolist(), batch_size=batch_size,
+                                           workers=0, strict=False)
+    hits = []  # per image: (right as it is, right mirrored)
+    backbone.eval()
+    with torch.inference_mode():
+        for _, x, yb in loader:
+            hits += zip(*[(linear(backbone.forward_cuts(view, [cut])[cut].float()).argmax(1) == yb).tolist()
+                          for view in (x, x.flip(-1))])
+    n = len(hits)
+    lost = sum(a and not b for a, b in hits)    # right as it is, wrong mirrored
+    gained = sum(b and not a for a, b in hits)  # and the other way round
+    acc, mirrored = sum(a for a, _ in hits) / max(n, 1), sum(b for _, b in hits) / max(n, 1)
+    # A real loss, not a photo or two: MIRROR_DROP of accuracy and two standard errors (McNemar's z).
+    changes = acc - mirrored >= MIRROR_DROP and lost - gained >= 2 * np.sqrt(lost + gained)
+    return {"val_acc": _r(acc), "val_acc_mirrored": _r(mirrored), "n": n, "lost": lost, "gained": gained,
+            "changes_labels": bool(changes)}
 
 
 def _width(backbone, cut: int) -> int:

@@ -282,3 +282,31 @@ def test_auto_trains_more_on_digits_than_on_hymenoptera_and_says_why(tmp_path):
     assert "raise --budget" in d["reason"]
     assert any("worse than the input itself (16x16 pixels" in s for s in said["digits"])
     assert any("features from the top: extract" in s for s in said["hym"])
+
+
+def test_the_mirror_check_tells_digits_from_photos(tmp_path):
+    """Before live phases augment with flips, auto checks that a mirror keeps the label: the probe's
+    linear model at the cut, on val images as they are and mirrored (packaged Lite0, ImageNet)."""
+    from rehead import zoo
+    from rehead.auto import MIRROR_DROP, mirror_check
+    from rehead.data import load_dataset
+    from rehead.demo import write_digits
+    from rehead.features import extract
+    src = shared_dataset("hymenoptera_data") / "train"
+    hym = tmp_path / "hym"
+    for c in ("ants", "bees"):
+        (hym / c).mkdir(parents=True)
+        for p in sorted((src / c).iterdir())[:50]:
+            shutil.copy(p, hym / c / p.name)
+    bb = zoo.load("packaged:efficientnet_lite0")
+    cut = len(bb)
+    checks = {}
+    for name, data in (("digits", write_digits(tmp_path / "digits", per_class=60)), ("hym", hym)):
+        ds = load_dataset(str(data))
+        f, kept, _ = extract(bb, ds.train.items, [cut], None, workers=0, progress=False)
+        checks[name] = mirror_check(bb, cut, f[cut].numpy(), np.asarray(ds.train.labels)[kept], ds.val.items,
+                                    ds.val.labels, len(ds.classes), C=1.0, batch_size=32)
+    d, h = checks["digits"], checks["hym"]
+    assert d["changes_labels"] and d["val_acc"] - d["val_acc_mirrored"] >= MIRROR_DROP, d
+    assert not h["changes_labels"], h  # 0.95 -> 0.90 on 20 photos: one photo, not a loss
+    assert d["n"] == 120 and h["n"] == 20

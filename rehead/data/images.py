@@ -534,11 +534,12 @@ def example_input(backbone) -> torch.Tensor:
     return torch.zeros(1, 3, s, s)
 
 
-AUGMENT_PRESETS = ("light", "trivial", "randaug", "classic")
+AUGMENT_PRESETS = ("light", "crop", "trivial", "randaug", "classic")
 
 
 def train_transform(backbone, preset: str):
-    """Augmentation for training images only. ``light``: random resized crop + flip;
+    """Augmentation for training images only. ``light``: random resized crop + flip; ``crop``: the
+    crop alone (for images whose mirror is another class: digits, text);
     ``trivial`` / ``randaug``: those plus torchvision's TrivialAugmentWide / RandAugment(2, 9);
     ``classic``: the Keras ImageDataGenerator set (rotation, shifts, shear, zoom, flip)."""
     cfg, v2 = backbone.data_config, _v2()
@@ -547,6 +548,8 @@ def train_transform(backbone, preset: str):
             v2.RandomHorizontalFlip()]
     if preset == "light":
         aug = crop
+    elif preset == "crop":
+        aug = crop[:1]
     elif preset == "trivial":
         aug = crop + [v2.TrivialAugmentWide(interpolation=interp)]
     elif preset == "randaug":
