@@ -254,6 +254,16 @@ def _metrics(run):
 
 
 # -- real weights: a set far from ImageNet against one close to it ---------------------------------------
+def _hymenoptera(root, per_class: int):
+    """The first ``per_class`` ants and bees of hymenoptera's training photos."""
+    src = shared_dataset("hymenoptera_data") / "train"
+    for c in ("ants", "bees"):
+        (root / c).mkdir(parents=True)
+        for p in sorted((src / c).iterdir())[:per_class]:
+            shutil.copy(p, root / c / p.name)
+    return root
+
+
 @pytest.mark.slow
 def test_auto_trains_more_on_digits_than_on_hymenoptera_and_says_why(tmp_path):
     """The default backbone (packaged EfficientNet-Lite2, ImageNet): 120 hymenoptera photos vs 1,250
@@ -261,12 +271,7 @@ def test_auto_trains_more_on_digits_than_on_hymenoptera_and_says_why(tmp_path):
     their pixels (similar: extract there); the digits' pixels read them better than any cut of the
     source (different: the head, then more stages). Lite0 read them as different by an earlier cut."""
     from rehead.demo import write_digits
-    src = shared_dataset("hymenoptera_data") / "train"
-    hym = tmp_path / "hym"
-    for c in ("ants", "bees"):
-        (hym / c).mkdir(parents=True)
-        for p in sorted((src / c).iterdir())[:60]:
-            shutil.copy(p, hym / c / p.name)
+    hym = _hymenoptera(tmp_path / "hym", 60)
     digits = write_digits(tmp_path / "digits", per_class=125)
     plans, said = {}, {}
     for name, data in (("hym", hym), ("digits", digits)):
@@ -292,12 +297,7 @@ def test_the_mirror_check_tells_digits_from_photos(tmp_path):
     from rehead.data import load_dataset
     from rehead.demo import write_digits
     from rehead.features import extract
-    src = shared_dataset("hymenoptera_data") / "train"
-    hym = tmp_path / "hym"
-    for c in ("ants", "bees"):
-        (hym / c).mkdir(parents=True)
-        for p in sorted((src / c).iterdir())[:50]:
-            shutil.copy(p, hym / c / p.name)
+    hym = _hymenoptera(tmp_path / "hym", 50)
     bb = zoo.load("packaged:efficientnet_lite0")
     cut = len(bb)
     checks = {}
