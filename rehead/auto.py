@@ -128,12 +128,12 @@ def probe_table(feats: dict, ys: dict, cuts: list[int], stage_names: list[str], 
     return rows, chance
 
 
-def input_row(modality: str, backbone, items: dict, ys: dict, n_classes: int, seed: int = 0) -> dict:
+def input_row(modality: str, backbone, items: dict, ys: dict, n_classes: int, seed: int = 0, cache=None) -> dict:
     """The same probe on the input itself (``reference``): at most ``PROBE_MAX`` samples of each
     split (a seeded stratified subset), the train subset the cuts' probe uses."""
     from .reference import describe, sampled, scaling
     t0 = time.perf_counter()
-    xtr, ytr, xva, yva = sampled(modality, backbone, items, ys, PROBE_MAX, seed)
+    xtr, ytr, xva, yva = sampled(modality, backbone, items, ys, PROBE_MAX, seed, cache)
     row = _probe_row(xtr, ytr, xva, yva, n_classes, chance_level(ys["train"]), seed, scaling=scaling(modality))
     row.update(cut=0, stage="input", what=describe(modality), seconds=_r(time.perf_counter() - t0, 2))
     return row
@@ -437,7 +437,8 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
         t0 = time.perf_counter()
         if len(ys["train"]) >= MIN_PROBE and len(np.unique(ys["train"])) > 1:
             table, chance = probe_table(feats, ys, cuts, backbone.stage_names, len(ds.classes), seed=cfg.seed)
-            reference = input_row(backbone.modality, backbone, info["items"], ys, len(ds.classes), seed=cfg.seed)
+            reference = input_row(backbone.modality, backbone, info["items"], ys, len(ds.classes), seed=cfg.seed,
+                                  cache=cache)
         probe_s = time.perf_counter() - t0
         if table:
             echo(f"auto: linear probe per cut (5-fold CV on train, then val; chance {chance:.3f}):")

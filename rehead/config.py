@@ -6,6 +6,7 @@ takes them as keywords, ``config.yaml`` stores them under ``fit`` and ``--resume
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 
 # Lite2 over Lite0 for 2x the extraction time: +1.3 points of val on hymenoptera (0.967 vs 0.954) and
@@ -145,8 +146,11 @@ class FitConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            choices = f.metadata.get("choices")
             v = getattr(self, f.name)
+            if isinstance(v, os.PathLike):  # the Python API takes paths as Path too; config.yaml holds text
+                v = os.fspath(v)
+                setattr(self, f.name, v)
+            choices = f.metadata.get("choices")
             if choices and v is not None and v not in choices:
                 raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {v!r}")
         if isinstance(self.cut, str) and self.cut.lstrip("-").isdigit():

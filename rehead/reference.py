@@ -15,6 +15,8 @@ the probe's skill.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 PIXELS = 16            # images: averaged down to PIXELS x PIXELS RGB
@@ -36,11 +38,13 @@ def describe(modality: str) -> str:
             "tabular": "the raw columns"}.get(modality, modality)
 
 
-def input_features(modality: str, backbone, train_items: list, val_items: list) -> tuple[np.ndarray, np.ndarray]:
+def input_features(modality: str, backbone, train_items: list, val_items: list,
+                   cache=None) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) float32 matrices of the input itself, made as the module says; the text
-    vocabulary and the tables' fill values come from the training items only."""
+    vocabulary and the tables' fill values come from the training items only. ``cache``: a
+    feature store that keeps the images' pixels, so a warm run decodes none of them."""
     if modality == "image":
-        return _pixels(train_items), _pixels(val_items)
+        return _cached_pixels(train_items, cache), _cached_pixels(val_items, cache)
     if modality == "text":
         return _tfidf(train_items, val_items)
     if modality == "tabular":
@@ -48,27 +52,68 @@ def input_features(modality: str, backbone, train_items: list, val_items: list) 
     raise ValueError(f"no input reference for {modality} data")
 
 
-def sampled(modality: str, backbone, items: dict, ys: dict, cap: int, seed: int = 0) -> tuple:
+def sampled(modality: str, backbone, items: dict, ys: dict, cap: int, seed: int = 0, cache=None) -> tuple:
     """``(xtr, ytr, xva, yva)``: the input features of at most ``cap`` samples of each split (a
     seeded stratified subset, the one auto's probe uses for its cuts), with their labels."""
     from .auto import _stratified_subset
     ytr, yva = np.asarray(ys["train"]), np.asarray(ys["val"])
     tr, va = _stratified_subset(ytr, cap, seed), _stratified_subset(yva, cap, seed)
-    xtr, xva = input_features(modality, backbone, [items["train"][i] for i in tr], [items["val"][i] for i in va])
+    xtr, xva = input_features(modality, backbone, [items["train"][i] for i in tr], [items["val"][i] for i in va],
+                              cache)
     return xtr, ytr[tr], xva, yva[va]
 
 
-def _pixels(items: list) -> np.ndarray:
+# The pixels' entry in the feature store: what makes them (a change here is a new entry).
+PIXELS_KEY = f"reference:pixels|{PIXELS}x{PIXELS}|decode min_side {2 * PIXELS}|BOX|/255"
+
+
+def pixels_key(cache) -> str:
+    """The pixels' model key in the feature store (its decoding rules included)."""
+    from .data.images import DECODE
+    return cache.key(PIXELS_KEY, "-", 0, json.dumps(DECODE, sort_keys=True))
+
+
+def _cached_pixels(items: list, cache) -> np.ndarray:
+    """``_pixels`` through the feature store, keyed by each image's content like its features: up
+    to ``auto.PROBE_MAX`` decodes a split (~1.3 ms a photo) that a warm fit or probe skips."""
+    if cache is None or not items:
+        return _pixels(items)
+    from .data import images
+    from .store import CacheError
+    try:
+        keys = images.sample_keys(items, cache, None)
+        mkey = pixels_key(cache)
+        rows, ok = cache.read(mkey, keys)
+        cache.flush()  # the digests just computed
+    except CacheError:  # an unusable store costs the decodes, never the reference
+        return _pixels(items)
+    out = rows if rows is not None else np.zeros((len(items), PIXELS * PIXELS * 3), np.float32)
+    todo = np.flatnonzero(~ok)
+    if len(todo):
+        fresh, read = _pixels([items[i] for i in todo], with_read=True)
+        out[todo] = fresh
+        try:  # an image that could not be read (black here) is not kept: it is tried again next time
+            cache.put_many(mkey, [keys[i] for i, r in zip(todo, read) if r], fresh[read])
+        except CacheError:
+            pass
+    return out
+
+
+def _pixels(items: list, with_read: bool = False):
+    """Each image averaged down to PIXELS x PIXELS RGB in [0, 1]; with ``with_read``, also which
+    ones could be read."""
     from PIL import Image
     from .data.images import UnreadableImage, decode
     out = np.zeros((len(items), PIXELS * PIXELS * 3), np.float32)
+    read = np.zeros(len(items), bool)
     for i, p in enumerate(items):
         try:  # the items were read once already (extraction); one that fails now reads as black
             im = decode(p, min_side=2 * PIXELS)  # JPEGs decode at a reduced scale: cheap
         except UnreadableImage:
             continue
         out[i] = np.asarray(im.resize((PIXELS, PIXELS), Image.BOX), np.float32).reshape(-1) / 255
-    return out
+        read[i] = True
+    return (out, read) if with_read else out
 
 
 def _tfidf(train_items: list, val_items: list) -> tuple[np.ndarray, np.ndarray]:

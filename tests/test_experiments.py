@@ -184,3 +184,42 @@ def test_probe_cli_prints_the_best_depth_and_writes_the_report(tmp_path, tiny_sp
     assert r.exit_code == 2 and "error: cut must be between 1 and" in r.output
     r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--out", str(out), "--quiet"])
     assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_a_warm_probe_or_auto_fit_decodes_no_image(tmp_path, tiny_spec, image_folder, monkeypatch):
+    """The data check, the features and the input's own pixels all come from the store the second time."""
+    import PIL.Image
+    from rehead import store
+    from rehead.data import images
+    from rehead.experiments.probe import probe
+    from rehead.fit import fit
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)  # the images were just written: trust their stat at once
+    quiet = dict(progress=False, echo=lambda *_: None)
+    first = probe(str(image_folder), model=tiny_spec, out=tmp_path / "p1", workers=0, cache_dir=tmp_path / "c", **quiet)
+    auto = fit(str(image_folder), model=tiny_spec, out=tmp_path / "f1", workers=0, cache_dir=tmp_path / "c", **quiet)
+    monkeypatch.setattr(images, "_CHECKED", {})  # as a new process
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("decoded an image of a warm run"))
+    again = probe(str(image_folder), model=tiny_spec, out=tmp_path / "p2", workers=0, cache_dir=tmp_path / "c", **quiet)
+    def figures(res):  # what the probe measured, without its timings
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in [res["input"], *res["rows"]]]
+    assert figures(again) == figures(first)
+    warm = fit(str(image_folder), model=tiny_spec, out=tmp_path / "f2", workers=0, cache_dir=tmp_path / "c", **quiet)
+    plans = [yaml.safe_load((tmp_path / f / "config.yaml").read_text())["fit"]["auto_plan"] for f in ("f1", "f2")]
+    assert plans[0]["strategy"] == "extract" and plans[0]["reference"]["val_acc"] == plans[1]["reference"]["val_acc"]
+    assert warm.summary["val_acc"] == auto.summary["val_acc"]
+
+
+def test_the_input_pixels_are_kept_in_the_store_but_not_an_unreadable_image(tmp_path, image_folder):
+    from rehead import reference
+    from rehead.features import FeatureCache
+    items = sorted(str(p) for p in image_folder.rglob("*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    items.append(str(broken))
+    plain = reference._pixels(items)
+    cache = FeatureCache(tmp_path / "c")
+    assert np.array_equal(reference._cached_pixels(items, cache), plain)
+    assert not plain[-1].any()  # unreadable: black
+    _, ok = cache.read(reference.pixels_key(cache), cache.file_digests(items))
+    assert ok[:-1].all() and not ok[-1]  # kept, except the one that could not be read
+    assert np.array_equal(reference._cached_pixels(items, cache), plain)

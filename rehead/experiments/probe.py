@@ -46,8 +46,9 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     t_start = time.perf_counter()
     main = state().is_main_process
     echo = echo if main else quiet
+    cache = FeatureCache(cache_dir) if use_cache else None  # opens nothing until used
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
-                                                             **(data_kw or {}))
+                                                             memo=cache, **(data_kw or {}))
     backbone = zoo.load(model)
     ks = parse_cuts(cuts, backbone)
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
@@ -57,7 +58,6 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
                                    "data_config": backbone.data_config, "data_summary": ds.summary(),
                                    "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
-    cache = FeatureCache(cache_dir) if use_cache else None
     feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
     if not main:
         return None
@@ -67,7 +67,7 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
         r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
         rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]), **r})
         echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}")
-    inp = _input_probe(backbone, info["items"], ys, C, seed)
+    inp = _input_probe(backbone, info["items"], ys, C, seed, cache)
     echo(f"input    {inp['what'][:12]:12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself: "
          "what a linear model reads without the backbone)")
     probe_s = time.perf_counter() - t_probe
@@ -94,10 +94,10 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
 INPUT_MAX = 10000  # the input probe reads at most this many samples of each split (a stratified subset)
 
 
-def _input_probe(backbone, items: dict, ys: dict, C: float, seed: int) -> dict:
+def _input_probe(backbone, items: dict, ys: dict, C: float, seed: int, cache=None) -> dict:
     """The probe on the input itself (``reference``), as each cut's: the baseline a cut has to beat."""
     from ..reference import describe, sampled
-    xtr, ytr, xva, yva = sampled(backbone.modality, backbone, items, ys, INPUT_MAX, seed)
+    xtr, ytr, xva, yva = sampled(backbone.modality, backbone, items, ys, INPUT_MAX, seed, cache)
     r = linear_probe(xtr, ytr, xva, yva, C=C, seed=seed)
     return {"cut": 0, "stage": "input", "what": describe(backbone.modality), "dim": int(xtr.shape[1]),
             "n_train": len(ytr), "n_val": len(yva), **r}

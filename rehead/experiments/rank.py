@@ -47,14 +47,14 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     main = state().is_main_process
     echo = echo if main else quiet
     models = parse_models(models)
+    cache = FeatureCache(cache_dir) if use_cache else None  # opens nothing until used
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
-                                                             **(data_kw or {}))
+                                                             memo=cache, **(data_kw or {}))
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
                                   "data_summary": ds.summary(), "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
-    cache = FeatureCache(cache_dir) if use_cache else None
     rows, unavailable = [], []
     for cand in models:
         spec, cut = split_candidate(cand)
