@@ -525,6 +525,7 @@ class ShardStore:
         if db is None:
             return {"evicted": [], "freed_bytes": 0}
         freed = self._drop_dead_shards(db, orphan_age)
+        forgotten = self._drop_stale_memos(db)
         evicted = []
         ms = sorted(self.models(), key=lambda m: m["last_used"])
         total = sum(m["bytes"] for m in ms)
@@ -534,7 +535,32 @@ class ShardStore:
             evicted.append(m["key"])
             total -= m["bytes"]
             freed += m["bytes"]
-        return {"evicted": evicted, "freed_bytes": freed}
+        return {"evicted": evicted, "freed_bytes": freed, "forgotten_files": forgotten}
+
+    def _drop_stale_memos(self, db) -> int:
+        """Forget the digests and readable verdicts of files that are gone or changed since (their
+        rows would never match again). A stat per remembered file: gc's time, not a fit's."""
+        stale = {}
+        for table in ("file_digests", "file_checks"):
+            with self._reading():
+                rows = db.execute(f"SELECT path, ino, size, mtime_ns, ctime_ns FROM {table}").fetchall()
+            gone = []
+            for path, *stamp in rows:
+                try:
+                    if stamp_of(os.stat(path)) != tuple(stamp):
+                        gone.append((path,))
+                except OSError:
+                    gone.append((path,))
+            stale[table] = gone
+        self._write([(f"DELETE FROM {table} WHERE path=?", gone) for table, gone in stale.items()])
+        self._forget_loaded_memos()
+        return len({p for gone in stale.values() for p in gone})
+
+    def _forget_loaded_memos(self) -> None:
+        self._memo.clear()
+        self._memo_dirs.clear()
+        self._checks.clear()
+        self._checks_dirs.clear()
 
     def _drop_dead_shards(self, db, orphan_age: float) -> int:
         with self._reading():
@@ -589,10 +615,7 @@ class ShardStore:
                     p.unlink()
                 except OSError:
                     failed.append(str(p))
-        self._memo.clear()
-        self._memo_dirs.clear()
-        self._checks.clear()
-        self._checks_dirs.clear()
+        self._forget_loaded_memos()
         self._rooted = False
         return [f for f in failed if os.path.lexists(f)]
 

@@ -429,6 +429,36 @@ def test_info_and_gc_evict_the_least_recently_used_model_key(tmp_path):
     assert cache.size()["shards"] == 1 and not (tmp_path / "c" / "features" / "new").exists()
 
 
+def test_gc_forgets_files_that_are_gone_or_changed(tmp_path, monkeypatch):
+    import time
+    from rehead import store
+    from rehead.data import images
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
+    root = make_images(tmp_path / "d", n=3)
+    files = sorted(str(p) for p in root.rglob("*.jpg"))
+    cache = FeatureCache(tmp_path / "c")
+    digests = cache.file_digests(files)
+    cache.flush()
+    assert not images.unreadable(files, cache)
+    gone, changed = files[0], files[1]
+    os.remove(gone)
+    time.sleep(0.01)
+    PIL.Image.new("RGB", (8, 8), "blue").save(changed)
+    r = _cli("cache", "gc", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0 and "forgot 2 file(s) gone or changed" in r.output, r.output
+    with sqlite3_connect(tmp_path / "c") as db:
+        for table in ("file_digests", "file_checks"):
+            assert {p for (p,) in db.execute(f"SELECT path FROM {table}")} == set(files[2:])
+    again = FeatureCache(tmp_path / "c")  # what is left still serves, and a changed file gets a new digest
+    assert again.file_digests(files[1:]) == [hashlib_sha256(changed)] + digests[2:]
+
+
+def hashlib_sha256(path) -> str:
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def test_sizes_read_as_people_write_them():
     from rehead.store import parse_size
     assert parse_size("500MB") == 500_000_000 and parse_size("1.5GiB") == 3 << 29 and parse_size("2g") == 2e9

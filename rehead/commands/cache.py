@@ -75,4 +75,5 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
     left = st.size()
     typer.echo(f"freed {_mb(res['freed_bytes'])}; evicted {len(res['evicted'])} model key(s)"
                + (f" ({', '.join(res['evicted'])})" if res["evicted"] else "")
+               + f"; forgot {res['forgotten_files']} file(s) gone or changed since they were read"
                + f"; {_mb(left['bytes'])} of features left in {left['path']}")
