@@ -57,6 +57,7 @@ def test_probe_under_accelerate_launch_is_one_process_bit_for_bit(tiny_spec, tmp
     from rehead.experiments import quiet
     from rehead.experiments.probe import probe
     from rehead.features import FeatureCache
+    from rehead.reference import pixels_key
     img = make_images(tmp_path / "img", n=10)
     r = _run([*_launch(), "probe", str(img), "--model", tiny_spec, "--out", str(tmp_path / "p2"),
               "--batch-size", "4", "--no-report", "-q"], tmp_path / "c2")
@@ -73,9 +74,14 @@ def test_probe_under_accelerate_launch_is_one_process_bit_for_bit(tiny_spec, tmp
     for k in [x["cut"] for x in one["rows"]]:
         assert np.array_equal(_store_features(tmp_path / "c1", tiny_spec, items, k),
                               _store_features(tmp_path / "c2", tiny_spec, items, k))
-    # each process wrote its own shard of each model key; one process writes one
-    assert [(m["shards"], m["samples"]) for m in FeatureCache(tmp_path / "c2").models()] == [(2, 20)] * 7
-    assert [m["shards"] for m in FeatureCache(tmp_path / "c1").models()] == [1] * 7
+    # each process wrote its own shard of each model key; one process writes one (the main process
+    # keeps the input's own pixels too, a shard per split)
+    def shards(cache_dir):
+        c = FeatureCache(cache_dir)
+        return {("pixels" if m["key"] == pixels_key(c) else "features", m["shards"], m["samples"]) for m in c.models()}, \
+            len(c.models())
+    assert shards(tmp_path / "c2") == ({("features", 2, 20), ("pixels", 2, 20)}, 8)
+    assert shards(tmp_path / "c1") == ({("features", 1, 20), ("pixels", 2, 20)}, 8)
 
 
 def test_fit_under_accelerate_launch_matches_one_process(tiny_spec, tmp_path, one_thread):
