@@ -282,6 +282,32 @@ class ShardStore:
             self.flush()
         return h
 
+    def content_digest(self, ref: str, prefix: str, stamp: tuple, compute) -> str:
+        """A referenced sample's digest (a tar member, a table's cell), remembered like a file's but
+        against its container's stamp: one range query per container (``prefix``, the reference up to
+        its locator), and ``compute()`` (which hashes the bytes) only for a new or changed container."""
+        if prefix not in self._memo_dirs:
+            self._memo_dirs.add(prefix)
+            self._memo.update((r[0], (*r[1:5], r[5].hex())) for r in self._prefix_rows(prefix))
+        known = self._memo.get(ref)
+        if known is not None and known[:4] == stamp:
+            return known[4]
+        h = compute()
+        if not racy(stamp) and _utf8(ref):
+            self._memo[ref] = (*stamp, h)
+            self._pending.append((ref, *stamp, bytes.fromhex(h)))
+            if len(self._pending) >= 10000:
+                self.flush()
+        return h
+
+    def _prefix_rows(self, prefix: str) -> list[tuple]:
+        db = self._conn(create=False)
+        if db is None:
+            return []
+        with self._reading():  # the keys between prefix and prefix with its last character bumped
+            return db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, sha256 FROM file_digests "
+                              "WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).fetchall()
+
     def _load_memo(self, d: str) -> None:
         """A folder's remembered digests in one range query on the path key: a warm fit makes one
         query per folder."""
@@ -540,16 +566,17 @@ class ShardStore:
     def _drop_stale_memos(self, db) -> int:
         """Forget the digests and readable verdicts of files that are gone or changed since (their
         rows would never match again). A stat per remembered file: gc's time, not a fit's."""
+        from .data import refs
         stale = {}
         for table in ("file_digests", "file_checks"):
             with self._reading():
                 rows = db.execute(f"SELECT path, ino, size, mtime_ns, ctime_ns FROM {table}").fetchall()
             gone = []
             for path, *stamp in rows:
-                try:
-                    if stamp_of(os.stat(path)) != tuple(stamp):
+                try:  # a reference's row holds its container's stamp
+                    if stamp_of(os.stat(refs.container(path) if refs.is_ref(path) else path)) != tuple(stamp):
                         gone.append((path,))
-                except OSError:
+                except (OSError, ValueError):
                     gone.append((path,))
             stale[table] = gone
         self._write([(f"DELETE FROM {table} WHERE path=?", gone) for table, gone in stale.items()])

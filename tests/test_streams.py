@@ -163,6 +163,44 @@ def test_resume_fingerprint_notices_a_changed_shard(sources, tmp_path):
         dataset_from_split(d)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_warm_run_reads_no_container_bytes_for_its_keys(sources, kind, tmp_path, monkeypatch):
+    import shutil
+    from rehead import store
+    from rehead.data import images
+    from rehead.features import FeatureCache
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)  # the containers were just written
+    src = sources[kind]
+    src = shutil.copytree(src, tmp_path / "src") if src.is_dir() else shutil.copy(src, tmp_path / "data.parquet")
+    items = streams.expand_input(str(src), "image")
+    first = FeatureCache(tmp_path / "c")
+    keys = images.sample_keys(items, first, None)
+    first.flush()  # as extraction does after its keys
+    assert keys == [refs.digest(r) for r in items]
+    # a new process: nothing hashed in memory; the store answers while the containers are unchanged
+    monkeypatch.setattr(refs, "_DIGESTS", {})
+    real = refs.digest
+    monkeypatch.setattr(refs, "digest", lambda r: pytest.fail(f"read the bytes of {r}"))
+    c = FeatureCache(tmp_path / "c")
+    assert images.sample_keys(items, c, None) == keys
+    # one container rewritten (its stamp moves): its samples are hashed again, the others are not
+    changed = sorted(src.glob("*.tar"))[0] if kind == "webdataset" else \
+        (sorted(src.rglob("*.arrow"))[0] if kind == "hf" else src)
+    data = changed.read_bytes()
+    changed.unlink()
+    changed.write_bytes(data)  # the same bytes in a new inode: the same digests, found by hashing again
+    hashed = []
+    monkeypatch.setattr(refs, "digest", lambda r: hashed.append(r) or real(r))
+    c = FeatureCache(tmp_path / "c")
+    assert images.sample_keys(items, c, None) == keys
+    assert hashed and {refs.container(r) for r in hashed} == {str(changed)}
+    c.flush()
+    # gc forgets a container's rows once it is gone, and keeps the others'
+    os.remove(changed)
+    res = FeatureCache(tmp_path / "c").gc()
+    assert res["forgotten_files"] == len(hashed)
+
+
 def test_brace_patterns_and_a_single_shard(sources):
     src = sources["webdataset"]
     ds = load_dataset(f"{src}/train-{{000..001}}.tar")

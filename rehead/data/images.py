@@ -507,6 +507,8 @@ def sample_keys(items: list, cache, backbone) -> list[str]:
     query per folder), references one by one."""
     if not any(refs.is_ref(i) for i in items):
         return cache.file_digests(items)
+    if all(refs.is_ref(i) for i in items):
+        return refs.content_keys(items, cache)
     return [sample_key(i, cache, backbone) for i in items]
 
 

@@ -331,13 +331,25 @@ def _hash_shard(path: str, s: tuple) -> None:
 
 
 def content_key(ref: str, cache) -> str:
-    """The feature-cache key of a referenced image: the store's own memo when it offers one
-    (``cache.content_digest(name, stamp, compute)``), else this process's."""
+    """The feature-cache key of a referenced image."""
+    return content_keys([ref], cache)[0]
+
+
+def content_keys(items: list[str], cache) -> list[str]:
+    """``content_key`` of many references: each container stat'ed once, and the digests from the
+    store's memo (``cache.content_digest``) while the container is unchanged, so a warm run reads
+    no shard's bytes; else this process's (every member hashed once per process)."""
     remember = getattr(cache, "content_digest", None)
-    if remember is not None:
-        scheme, path, loc = parse(ref)
-        return remember(ref, stamp(path), lambda: digest(ref))
-    return digest(ref)
+    if remember is None:
+        return [digest(r) for r in items]
+    stamps: dict[str, tuple] = {}
+    out = []
+    for ref in items:
+        scheme, path, _ = parse(ref)
+        if path not in stamps:
+            stamps[path] = stamp(path)
+        out.append(remember(ref, f"{scheme}:{path}::", stamps[path], lambda: digest(ref)))
+    return out
 
 
 def close() -> None:
