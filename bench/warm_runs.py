@@ -1,14 +1,16 @@
-"""A warm `rehead probe` and a warm auto `rehead fit`: the input's own pixels (auto's and probe's
-reference row) and the data check from the feature store, against the same commands as they ran
-before both were kept there (every sampled image decoded again, every image checked again).
+"""What a warm run still read from the images, and what it reads now, side by side: a warm
+`rehead probe` and a warm auto `rehead fit` (the input's own pixels, auto's and probe's reference
+row, and the data check from the feature store), and a warm `rehead fit` on WebDataset shards (the
+members' digests from the store instead of hashing every shard's bytes).
 
 Arms, interleaved in rounds, each a fresh process on a warm store:
-- now: the store keeps the pixels and the readability verdicts;
+- now: the store keeps the pixels, the readability verdicts and the members' digests;
 - pixels decoded: the pixels' entry evicted before the run (the verdicts kept);
-- before (probe only): the pixels' entry evicted and the verdicts forgotten, as a probe ran before
-  (fit already kept its verdicts).
+- before (probe): the pixels' entry evicted and the verdicts forgotten, as a probe ran before
+  (fit already kept its verdicts);
+- shards hashed: the members' digests forgotten, as every warm run on shards hashed them before.
 
-    PYTHONPATH=.:bench python bench/warm_reference.py [--n 5000] [--reps 3]
+    PYTHONPATH=.:bench python bench/warm_runs.py [--n 5000] [--reps 3]
 """
 from __future__ import annotations
 
@@ -67,6 +69,28 @@ def evict_pixels(cache: Path, forget_checks: bool = False) -> None:
             db.execute("DELETE FROM file_checks")
 
 
+def write_shards(folder: Path, out: Path, k: int = 10) -> int:
+    """The folder's images as k WebDataset shards (label in .cls); their total bytes."""
+    import io
+    import tarfile
+    files = sorted(folder.rglob("*.jpg"))
+    out.mkdir(parents=True)
+    for s in range(k):
+        with tarfile.open(out / f"train-{s:03d}.tar", "w") as tf:
+            for f in files[s::k]:
+                for name, data in ((f"{f.parent.name}_{f.stem}.jpg", f.read_bytes()),
+                                   (f"{f.parent.name}_{f.stem}.cls", f.parent.name.encode())):
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    tf.addfile(ti, io.BytesIO(data))
+    return sum(p.stat().st_size for p in out.glob("*.tar"))
+
+
+def forget_member_digests(cache: Path) -> None:
+    with sqlite3.connect(cache / "index.sqlite") as db:
+        db.execute("DELETE FROM file_digests WHERE path LIKE 'tar:%'")
+
+
 def rounds(arms: dict, reps: int) -> dict:
     """{arm: [seconds]}: arms run interleaved, ``reps`` rounds; each arm is (prepare, args)."""
     t = {name: [] for name in arms}
@@ -81,12 +105,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000, help="synthetic photos for the probe")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--name", default="warm_reference")
+    ap.add_argument("--name", default="warm_runs")
     a = ap.parse_args()
     started = machine()
     figures, extra = {}, {"what": __doc__.split("\n\n")[0]}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryDirectory(prefix="rehead-warm-ref-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rehead-warm-runs-") as tmp:
         tmp = Path(tmp)
         # 1. the default `rehead fit` (auto) on hymenoptera, Lite2
         cache = tmp / "cache_hym"
@@ -118,7 +142,23 @@ def main():
         res = [json.loads((tmp / d / "results.json").read_text())["input"] for d in ("probe_cold", "p0")]
         figures["probe_input_val_acc_cold_warm"] = [r["val_acc"] for r in res]
         figures["probe_input_samples"] = res[0]["n_train"] + res[0]["n_val"]
-        extra["commands"] = {"fit": "rehead " + " ".join(fit), "probe": "rehead " + " ".join(probe)}
+        write(a.name, figures, started=started, extra=extra)
+        # 3. the same photos as 10 WebDataset shards: a warm extract fit keys them without reading them
+        shards, cache = tmp / "shards", tmp / "cache_shards"
+        figures["shard_bytes"] = write_shards(data, shards)
+        fit_shards = ["fit", str(shards), "--model", "benchtiny:256", "--strategy", "extract",
+                      "--cache-dir", str(cache), "--workers", "2", "-q"]
+        figures["shards_cold_fit_s"] = rehead(fit_shards + ["--out", str(tmp / "s_cold")], env)
+        k = iter(range(10 ** 6))
+        t = rounds({"now": (lambda: None, lambda: rehead(fit_shards + ["--out", str(tmp / f"s{next(k)}")], env)),
+                    "shards_hashed": (lambda: forget_member_digests(cache),
+                                      lambda: rehead(fit_shards + ["--out", str(tmp / f"s{next(k)}")], env))}, a.reps)
+        figures["shards_warm_fit_s"] = {name: median(v) for name, v in t.items()}
+        extra["shards_warm_fit_s_all"] = t
+        figures["shards_val_acc_cold_warm"] = [json.loads((tmp / d / "summary.json").read_text())["val_acc"]
+                                               for d in ("s_cold", "s0")]
+        extra["commands"] = {"fit": "rehead " + " ".join(fit), "probe": "rehead " + " ".join(probe),
+                             "fit_shards": "rehead " + " ".join(fit_shards)}
         write(a.name, figures, started=started, extra=extra)
     print(json.dumps(figures, indent=1))
 
