@@ -91,14 +91,22 @@ def forget_member_digests(cache: Path) -> None:
         db.execute("DELETE FROM file_digests WHERE path LIKE 'tar:%'")
 
 
-def rounds(arms: dict, reps: int) -> dict:
-    """{arm: [seconds]}: arms run interleaved, ``reps`` rounds; each arm is (prepare, args)."""
+def cold_then_warm(args: list[str], tmp: Path, tag: str, before: dict, reps: int, env: dict) -> tuple[float, dict]:
+    """`rehead ARGS` once cold (into tmp/TAG_cold), then warm in ``reps`` interleaved rounds: "now",
+    and each arm of ``before`` after its preparation (which undoes what is now kept). Runs go to
+    tmp/TAG0, TAG1, ... (TAG0: the first warm "now"). Returns (cold seconds, {arm: [seconds]})."""
+    runs = iter(range(10 ** 6))
+
+    def run() -> float:
+        return rehead(args + ["--out", str(tmp / f"{tag}{next(runs)}")], env)
+    cold = rehead(args + ["--out", str(tmp / f"{tag}_cold")], env)
+    arms = {"now": lambda: None, **before}
     t = {name: [] for name in arms}
     for _ in range(reps):
-        for name, (prepare, run) in arms.items():
+        for name, prepare in arms.items():
             prepare()
             t[name].append(run())
-    return t
+    return cold, t
 
 
 def main():
@@ -115,11 +123,8 @@ def main():
         # 1. the default `rehead fit` (auto) on hymenoptera, Lite2
         cache = tmp / "cache_hym"
         fit = ["fit", str(HYMENOPTERA), "--cache-dir", str(cache), "-q"]
-        figures["hymenoptera_cold_auto_fit_s"] = rehead(fit + ["--out", str(tmp / "hym_cold")], env)
-        k = iter(range(10 ** 6))
-        t = rounds({"now": (lambda: None, lambda: rehead(fit + ["--out", str(tmp / f"hym{next(k)}")], env)),
-                    "pixels_decoded": (lambda: evict_pixels(cache),
-                                       lambda: rehead(fit + ["--out", str(tmp / f"hym{next(k)}")], env))}, a.reps)
+        figures["hymenoptera_cold_auto_fit_s"], t = cold_then_warm(
+            fit, tmp, "hym", {"pixels_decoded": lambda: evict_pixels(cache)}, a.reps, env)
         figures["hymenoptera_warm_auto_fit_s"] = {name: median(v) for name, v in t.items()}
         extra["hymenoptera_warm_auto_fit_s_all"] = t
         plans = [yaml.safe_load((tmp / d / "config.yaml").read_text())["fit"]["auto_plan"]["reference"]
@@ -130,16 +135,12 @@ def main():
         data, cache = tmp / "photos", tmp / "cache_probe"
         extra["photos"] = f"{a.n} JPEGs 500x375, 4 tinted classes, generated in {photos(data, a.n):.0f} s (deleted)"
         probe = ["probe", str(data), "--model", "benchtiny:256", "--cache-dir", str(cache), "--workers", "2"]
-        figures["probe_cold_s"] = rehead(probe + ["--out", str(tmp / "probe_cold")], env)
-        k = iter(range(10 ** 6))
-        t = rounds({"now": (lambda: None, lambda: rehead(probe + ["--out", str(tmp / f"p{next(k)}")], env)),
-                    "pixels_decoded": (lambda: evict_pixels(cache),
-                                       lambda: rehead(probe + ["--out", str(tmp / f"p{next(k)}")], env)),
-                    "before": (lambda: evict_pixels(cache, forget_checks=True),
-                               lambda: rehead(probe + ["--out", str(tmp / f"p{next(k)}")], env))}, a.reps)
+        figures["probe_cold_s"], t = cold_then_warm(
+            probe, tmp, "p", {"pixels_decoded": lambda: evict_pixels(cache),
+                              "before": lambda: evict_pixels(cache, forget_checks=True)}, a.reps, env)
         figures["probe_warm_s"] = {name: median(v) for name, v in t.items()}
         extra["probe_warm_s_all"] = t
-        res = [json.loads((tmp / d / "results.json").read_text())["input"] for d in ("probe_cold", "p0")]
+        res = [json.loads((tmp / d / "results.json").read_text())["input"] for d in ("p_cold", "p0")]
         figures["probe_input_val_acc_cold_warm"] = [r["val_acc"] for r in res]
         figures["probe_input_samples"] = res[0]["n_train"] + res[0]["n_val"]
         write(a.name, figures, started=started, extra=extra)
@@ -148,11 +149,8 @@ def main():
         figures["shard_bytes"] = write_shards(data, shards)
         fit_shards = ["fit", str(shards), "--model", "benchtiny:256", "--strategy", "extract",
                       "--cache-dir", str(cache), "--workers", "2", "-q"]
-        figures["shards_cold_fit_s"] = rehead(fit_shards + ["--out", str(tmp / "s_cold")], env)
-        k = iter(range(10 ** 6))
-        t = rounds({"now": (lambda: None, lambda: rehead(fit_shards + ["--out", str(tmp / f"s{next(k)}")], env)),
-                    "shards_hashed": (lambda: forget_member_digests(cache),
-                                      lambda: rehead(fit_shards + ["--out", str(tmp / f"s{next(k)}")], env))}, a.reps)
+        figures["shards_cold_fit_s"], t = cold_then_warm(
+            fit_shards, tmp, "s", {"shards_hashed": lambda: forget_member_digests(cache)}, a.reps, env)
         figures["shards_warm_fit_s"] = {name: median(v) for name, v in t.items()}
         extra["shards_warm_fit_s_all"] = t
         figures["shards_val_acc_cold_warm"] = [json.loads((tmp / d / "summary.json").read_text())["val_acc"]
