@@ -122,7 +122,7 @@ class ShardStore:
         self._db: sqlite3.Connection | None = None
         self._pid = None
         self._memo: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, digest)
-        self._memo_dirs: set[str] = set()
+        self._memo_dirs: set[str] = set()  # folders and containers whose digests are loaded
         self._pending: list[tuple] = []  # digests to write at the next flush
         self._checks: dict[str, tuple] = {}  # path -> (ino, size, mtime_ns, ctime_ns, checker): judged readable
         self._checks_dirs: set[str] = set()
@@ -270,17 +270,7 @@ class ShardStore:
         d = ap.rpartition(os.sep)[0]  # dirname, without its checks: ap is absolute and normalised
         if d not in self._memo_dirs:
             self._load_memo(d)
-        known = self._memo.get(ap)
-        if known and known[:4] == stamp:
-            return known[4]
-        h = hashlib_sha256_file(ap)
-        if not racy(stamp):  # a change within the clock's tick would keep this stat: hash it again next time
-            self._memo[ap] = (*stamp, h)
-            if _utf8(ap):  # a name SQLite cannot store is hashed again next time
-                self._pending.append((ap, *stamp, bytes.fromhex(h)))
-        if len(self._pending) >= 1000:
-            self.flush()
-        return h
+        return self._remembered(ap, stamp, lambda: hashlib_sha256_file(ap))
 
     def content_digest(self, ref: str, prefix: str, stamp: tuple, compute) -> str:
         """A referenced sample's digest (a tar member, a table's cell), remembered like a file's but
@@ -289,15 +279,20 @@ class ShardStore:
         if prefix not in self._memo_dirs:
             self._memo_dirs.add(prefix)
             self._memo.update((r[0], (*r[1:5], r[5].hex())) for r in self._prefix_rows(prefix))
-        known = self._memo.get(ref)
-        if known is not None and known[:4] == stamp:
+        return self._remembered(ref, stamp, compute)
+
+    def _remembered(self, key: str, stamp: tuple, compute) -> str:
+        """The memo's digest of ``key`` (a path or a reference) at ``stamp``, else ``compute()``'s, kept."""
+        known = self._memo.get(key)
+        if known and known[:4] == stamp:
             return known[4]
         h = compute()
-        if not racy(stamp) and _utf8(ref):
-            self._memo[ref] = (*stamp, h)
-            self._pending.append((ref, *stamp, bytes.fromhex(h)))
-            if len(self._pending) >= 10000:
-                self.flush()
+        if not racy(stamp):  # a change within the clock's tick would keep this stat: hash it again next time
+            self._memo[key] = (*stamp, h)
+            if _utf8(key):  # a name SQLite cannot store is hashed again next time
+                self._pending.append((key, *stamp, bytes.fromhex(h)))
+        if len(self._pending) >= 1000:
+            self.flush()
         return h
 
     def _prefix_rows(self, prefix: str) -> list[tuple]:
