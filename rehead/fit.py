@@ -234,6 +234,7 @@ class _Warm:
     backbone: Backbone  # hollow: no stages, the recorded preprocessing
     in_dim: int
     features: tuple
+    mkey: str  # the features' model key in the store
 
 
 def _snapshot_stamp(cfg: FitConfig, ds: Dataset, cache, hooks) -> str | None:
@@ -266,7 +267,7 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
         if x is None:
             return None
         features.append(IndexedTensors(torch.from_numpy(x), to_tensor(split.labels, ds.task, len(ds.classes))))
-    return _Warm(stamp, k, meta["stage_names"][k - 1], hollow, cut["in_dim"], tuple(features))
+    return _Warm(stamp, k, meta["stage_names"][k - 1], hollow, cut["in_dim"], tuple(features), mkey)
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -344,7 +345,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         echo(summary_line(summary["calibration"]))
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.
-        res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size)
+        res = run_obj.evaluate(ds.test.items, ds.test.labels, batch_size=cfg.batch_size,
+                               views=_test_views(job, model, only_features, progress))
         summary.update({f"test_{k}": res["accuracy" if k == "acc" else k] for k in headline(cfg.task)}, test_n=res["n"])
         if "ece" in res:  # held out from both training and the temperature: the fair calibration figures
             summary.update(test_ece=res["ece"], test_ece_uncalibrated=res["ece_uncalibrated"],
@@ -366,14 +368,38 @@ def _val_logits(run_obj: Run, model, ds: Dataset, cfg: FitConfig, features, only
     """The kept weights' val logits and labels: from the cached features when the backbone never
     trained (no second pass over the images), else one pass of the run's model over val."""
     if features is not None and only_features:
-        x, y = features[1].x, features[1].y
-        head = model.head.eval()
-        dev = next(head.parameters()).device
-        with torch.inference_mode():
-            return torch.cat([head(x[s:s + 4096].to(dev).float()).float().cpu()
-                              for s in range(0, len(x), 4096)] or [torch.empty(0, len(ds.classes))]), y
+        return _head_logits(model, features[1].x, len(ds.classes)), features[1].y
     logits, kept, _ = run_obj.logits(ds.val.items, batch_size=cfg.batch_size, workers=cfg.workers)
     return logits, [ds.val.labels[i] for i in kept]
+
+
+def _head_logits(model, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """The head alone on features ``x``, in chunks, on the head's device; (N, n_out) on the CPU."""
+    head = model.head.eval()
+    dev = next(head.parameters()).device
+    with torch.inference_mode():
+        return torch.cat([head(x[s:s + 4096].to(dev).float()).float().cpu() for s in range(0, len(x), 4096)]
+                         or [torch.empty(0, n_out)])
+
+
+def _test_views(job: _Job, model, only_features: bool, progress: bool) -> tuple | None:
+    """``([logits], kept, skipped)`` of the test split from the store's features, where the kept head
+    was trained on them (the backbone never trained): a warm fit then reads the test split as it reads
+    train and val, and a cold one extracts it once for the next. None (the run's model scores it)
+    under a launch, without a cache, or for a warm fit whose store lacks some of the test split."""
+    from .distributed import state
+    cfg, ds, cache = job.cfg, job.ds, job.cache
+    if not only_features or cache is None or state().num_processes > 1:
+        return None
+    if job.warm:  # no backbone was built: only what the store holds
+        x = cache.get_all(job.warm.mkey, sample_keys(pipeline(ds.modality), ds.test.items, cache, job.warm.backbone))
+        if x is None:
+            return None
+        return [_head_logits(model, torch.from_numpy(x), len(ds.classes))], list(range(len(ds.test))), []
+    k = len(model.backbone)
+    f, kept, skipped = extract(model.backbone, ds.test.items, [k], cache, batch_size=cfg.batch_size,
+                               workers=cfg.workers, progress=progress, desc="extract test")
+    return [_head_logits(model, f[k], len(ds.classes))], kept, skipped
 
 
 def _check_checkpoint(state: dict, model, path: Path) -> None:

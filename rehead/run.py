@@ -251,10 +251,12 @@ class Run:
         from .data import DATA_KW
         return {k: fit[k] for k in DATA_KW if k in fit} or dict((self.config.get("args") or {}).get("data_kw") or {})
 
-    def _metrics(self, items, labels, info: dict, tta: bool = False, **kw) -> dict:
+    def _metrics(self, items, labels, info: dict, tta: bool = False, views: tuple | None = None, **kw) -> dict:
+        """``views``: ``([logits], kept, skipped)`` already computed for ``items`` (a fit's test split
+        from its cached features), else the run's model computes them."""
         from sklearn.metrics import classification_report, confusion_matrix
         from .calibration import ece, nll, scaled_probs
-        views, kept, skipped = self._views(items, tta=tta, **kw)
+        views, kept, skipped = views if views is not None else self._views(items, tta=tta, **kw)
         if self.task != "multiclass":  # with --tta: the mean of both views' outputs
             return self._task_metrics(items, labels, torch.stack(views).mean(0), kept, skipped, info)
         t = self.temperature

@@ -1,5 +1,6 @@
 """fit -> run directory -> evaluate / predict, from Python and from the command line."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,33 @@ def test_second_fit_with_same_inputs_builds_no_backbone_and_writes_the_same_run(
     assert (tmp_path / "a" / "config.yaml").read_text() == (tmp_path / "b" / "config.yaml").read_text()
     items, _ = first.val_split()
     assert torch.equal(first.logits(items)[0], second.logits(items)[0])
+
+
+def test_an_extract_fit_scores_its_test_split_from_the_store_and_a_warm_one_decodes_nothing(tmp_path, tiny_spec,
+                                                                                            monkeypatch):
+    import PIL.Image
+    from rehead import store, zoo
+    from rehead.data import images
+    from tests.conftest import make_images
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)  # the images were just written: trust their stat at once
+    data = tmp_path / "d"
+    make_images(data / "train", n=12)
+    make_images(data / "test", n=6, seed=1)
+    cold = _fit(data, tmp_path / "a", tiny_spec)
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["test_n"] == 12
+    # the same figures as the run's own model scoring the test images
+    items = sorted(str(p) for p in (data / "test").rglob("*.jpg"))
+    own = Run(tmp_path / "a").evaluate(items, [cold.classes.index(Path(p).parent.name) for p in items])
+    assert (own["n"], own["accuracy"]) == (s["test_n"], s["test_acc"])
+    assert abs(own["nll"] - s["test_nll"]) < 1e-6
+    # a warm fit: no backbone, no image opened, the test split read from the store
+    monkeypatch.setattr(images, "_CHECKED", {})
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("a warm fit decoded an image"))
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a warm fit built the backbone"))
+    _fit(data, tmp_path / "b", tiny_spec)
+    warm = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert {k: warm[k] for k in warm if k.startswith("test_")} == {k: s[k] for k in s if k.startswith("test_")}
 
 
 def test_a_warm_fit_imports_neither_timm_nor_torchvision(tmp_path, image_folder, tiny_spec):
