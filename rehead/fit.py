@@ -26,7 +26,7 @@ from .heads import make_head
 from .model import TransferModel
 from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
-from .run import Run
+from .run import Run, head_logits
 from .rundir import BadRun, RunDir
 from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA
@@ -339,7 +339,9 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         summary["head_solver"] = {k: solved.get(k) for k in keys if k in solved or cfg.task == "multiclass"}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)
-    run_obj.inference_precision = summary["inference_precision"] = _inference_precision(trainer, recipe, features)
+    summary["kept_on_features"] = _kept_on_features(trainer, recipe, features)
+    run_obj.inference_precision = summary["inference_precision"] = \
+        feature_precision(extraction_device()) if summary["kept_on_features"] else "fp32"
     if is_multiclass(cfg):  # before the test split is scored, so that its figures use T
         summary["calibration"] = calibrate(run, *_val_logits(run_obj, model, ds, cfg, features, only_features))
         echo(summary_line(summary["calibration"]))
@@ -357,29 +359,20 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     return run_obj
 
 
-def _inference_precision(trainer, recipe, features) -> str:
-    """A head kept from a phase on cached features is scored on features made as those were."""
+def _kept_on_features(trainer, recipe, features) -> bool:
+    """Whether the kept weights are a head trained on cached features (the backbone as pretrained):
+    the run then scores new data on features made as those were (precision, and the store)."""
     pi = (trainer.kept or {}).get("phase_index")
-    on_features = features is not None and pi is not None and recipe.phases[int(pi)].on_features
-    return feature_precision(extraction_device()) if on_features else "fp32"
+    return bool(features is not None and pi is not None and recipe.phases[int(pi)].on_features)
 
 
 def _val_logits(run_obj: Run, model, ds: Dataset, cfg: FitConfig, features, only_features: bool):
     """The kept weights' val logits and labels: from the cached features when the backbone never
     trained (no second pass over the images), else one pass of the run's model over val."""
     if features is not None and only_features:
-        return _head_logits(model, features[1].x, len(ds.classes)), features[1].y
+        return head_logits(model, features[1].x, len(ds.classes)), features[1].y
     logits, kept, _ = run_obj.logits(ds.val.items, batch_size=cfg.batch_size, workers=cfg.workers)
     return logits, [ds.val.labels[i] for i in kept]
-
-
-def _head_logits(model, x: torch.Tensor, n_out: int) -> torch.Tensor:
-    """The head alone on features ``x``, in chunks, on the head's device; (N, n_out) on the CPU."""
-    head = model.head.eval()
-    dev = next(head.parameters()).device
-    with torch.inference_mode():
-        return torch.cat([head(x[s:s + 4096].to(dev).float()).float().cpu() for s in range(0, len(x), 4096)]
-                         or [torch.empty(0, n_out)])
 
 
 def _test_views(job: _Job, model, only_features: bool, progress: bool) -> tuple | None:
@@ -395,11 +388,11 @@ def _test_views(job: _Job, model, only_features: bool, progress: bool) -> tuple 
         x = cache.get_all(job.warm.mkey, sample_keys(pipeline(ds.modality), ds.test.items, cache, job.warm.backbone))
         if x is None:
             return None
-        return [_head_logits(model, torch.from_numpy(x), len(ds.classes))], list(range(len(ds.test))), []
+        return [head_logits(model, torch.from_numpy(x), len(ds.classes))], list(range(len(ds.test))), []
     k = len(model.backbone)
     f, kept, skipped = extract(model.backbone, ds.test.items, [k], cache, batch_size=cfg.batch_size,
                                workers=cfg.workers, progress=progress, desc="extract test")
-    return [_head_logits(model, f[k], len(ds.classes))], kept, skipped
+    return [head_logits(model, f[k], len(ds.classes))], kept, skipped
 
 
 def _check_checkpoint(state: dict, model, path: Path) -> None:

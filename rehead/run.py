@@ -136,6 +136,9 @@ class Run:
         if tta:
             self.check_tta()
         items = list(items)
+        stored = None if tta else self._stored_views(items, batch_size, workers, progress)
+        if stored is not None:
+            return stored
         batches, skipped_of = self._batches(items, batch_size, workers)
         outs = ([], []) if tta else ([],)
         kept = []
@@ -148,6 +151,32 @@ class Run:
                     kept.extend(idx)
         views = [torch.cat(o) if o else torch.empty(0, len(self.classes)) for o in outs]
         return views, kept, skipped_of(kept)
+
+    def _stored_views(self, items: list, batch_size: int, workers: int, progress: bool):
+        """``([logits], kept, skipped)`` from the feature store, for a run whose head was trained on
+        cached features (its backbone as pretrained): features are made and kept as a fit makes them,
+        so a second evaluate or predict of the same data runs no backbone. None where that does not
+        hold (other runs, in-memory images, another feature precision than the fit's, a launch, the
+        store off or unusable): the model then scores the items itself."""
+        from .distributed import state
+        from .features import CacheError, FeatureCache, extract
+        from .precision import extraction_device, feature_precision
+        fit = self.config.get("fit") or {}
+        if not (items and self.summary.get("kept_on_features") and fit.get("use_cache", True)
+                and self.modality in ("image", "text") and not _in_memory_images(items)
+                and (self.inference_precision or self.summary.get("inference_precision", "fp32"))
+                == feature_precision(extraction_device())
+                and state().num_processes == 1):
+            return None
+        m = self.model
+        k = len(m.backbone)
+        try:
+            f, kept, _ = extract(m.backbone, items, [k], FeatureCache(fit.get("cache_dir")), batch_size=batch_size,
+                                 workers=workers, progress=progress, desc="predict")
+        except CacheError:
+            return None
+        done = set(kept)
+        return [head_logits(m, f[k], len(self.classes))], kept, [items[i] for i in range(len(items)) if i not in done]
 
     def _forward(self, x) -> torch.Tensor:
         from .precision import autocast, device_of, extraction_device, feature_precision, to_device_of
@@ -355,6 +384,15 @@ def _fmt(v) -> str:
 
 def _name(item, i: int) -> str:
     return item if isinstance(item, str) else str(item) if isinstance(item, Path) else f"<{type(item).__name__} {i}>"
+
+
+def head_logits(model, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """The head alone on features ``x``, in chunks, on the head's device; (N, n_out) on the CPU."""
+    head = model.head.eval()
+    dev = next(head.parameters()).device
+    with torch.inference_mode():
+        return torch.cat([head(x[s:s + 4096].to(dev).float()).float().cpu() for s in range(0, len(x), 4096)]
+                         or [torch.empty(0, n_out)])
 
 
 def _in_memory_images(items: list) -> bool:

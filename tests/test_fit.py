@@ -85,6 +85,33 @@ def test_an_extract_fit_scores_its_test_split_from_the_store_and_a_warm_one_deco
     assert {k: warm[k] for k in warm if k.startswith("test_")} == {k: s[k] for k in s if k.startswith("test_")}
 
 
+def test_an_extract_run_evaluates_and_predicts_from_the_store(tmp_path, image_folder, tiny_spec, monkeypatch):
+    import PIL.Image
+    from tests.conftest import make_images
+    _fit(image_folder, tmp_path / "a", tiny_spec)
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["kept_on_features"] is True
+    run = Run(tmp_path / "a")
+    items, labels = run.val_split()
+    new = sorted(str(p) for p in make_images(tmp_path / "new", n=3, seed=5).rglob("*.jpg"))
+    first = run.predict(new)  # computed once, kept
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("decoded an image the store holds"))
+    res = Run(tmp_path / "a").evaluate(items, labels)  # val: the fit's own features
+    assert (res["n"], res["accuracy"]) == (len(items), s["val_acc"])
+    assert Run(tmp_path / "a").predict(new) == first
+    # flips are not in the store, and a run whose backbone trained is scored by its model: both decode
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    opened = []
+    Run(tmp_path / "a").evaluate(items, labels, tta=True)
+    assert len(opened) == len(items)
+    s["kept_on_features"] = False
+    (tmp_path / "a" / "summary.json").write_text(json.dumps(s))
+    opened.clear()
+    assert Run(tmp_path / "a").evaluate(items, labels)["accuracy"] == res["accuracy"]
+    assert len(opened) == len(items)
+
+
 def test_a_warm_fit_imports_neither_timm_nor_torchvision(tmp_path, image_folder, tiny_spec):
     import os
     import subprocess
