@@ -1,6 +1,6 @@
-"""A warm `rehead fit --strategy extract` on a set with a test split: the test split scored from the
-store (now) against the code before it was (the run's model built and run over the test split live),
-side by side on one store, interleaved.
+"""A warm `rehead fit --strategy extract` on a set with a test split, then `rehead evaluate` of the
+run on that split: the test split scored from the store (now) against the code before it was (the
+run's model built and run over the test split live), side by side on one store, interleaved.
 
 "before" runs another checkout of rehead (``--before REV``, default the commit before the change,
 made as a git worktree) with the same command and cache; both arms are warm: every train and val
@@ -64,6 +64,12 @@ def main():
                 for _ in range(a.reps):  # interleaved: the load moves under both alike
                     for arm, tree in (("now", REPO), ("before", old)):
                         t[arm].append(rehead(tree, args + ["--out", str(tmp / f"{name}_{arm}")]))
+                # `rehead evaluate RUN DATA` (its test split) of the fitted run, by each checkout
+                ev = {"now": [], "before": []}
+                for _ in range(a.reps):
+                    for arm, tree in (("now", REPO), ("before", old)):
+                        ev[arm].append(rehead(tree, ["evaluate", str(tmp / f"{name}_{arm}"), str(data), "--json"]))
+                row.update({f"evaluate_{arm}_s": median(v) for arm, v in ev.items()}, evaluate_s_all=ev)
                 summaries = {arm: json.loads((tmp / f"{name}_{arm}" / "summary.json").read_text())
                              for arm in ("cold", "now", "before")}
                 row.update({f"warm_{arm}_s": median(v) for arm, v in t.items()}, warm_s_all=t,
