@@ -25,13 +25,17 @@ from _common import REPO, machine, median, write  # noqa: E402
 SETS = {"rt_polarity": "text", "financial_phrasebank_allagree": "text"}
 
 
-def rehead(tree: Path, args: list[str]) -> float:
-    """`rehead ARGS` from the checkout at ``tree``, in a fresh process; its wall seconds."""
+def rehead(tree: Path, args: list[str], out: list | None = None) -> float:
+    """`rehead ARGS` from the checkout at ``tree``, in a fresh process; its wall seconds (its
+    standard output appended to ``out`` when given)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "rehead", *args], env=env, check=True, cwd=tree,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    r = subprocess.run([sys.executable, "-m", "rehead", *args], env=env, check=True, cwd=tree,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seconds = time.perf_counter() - t0
+    if out is not None:
+        out.append(r.stdout)
+    return seconds
 
 
 def main():
@@ -65,11 +69,14 @@ def main():
                     for arm, tree in (("now", REPO), ("before", old)):
                         t[arm].append(rehead(tree, args + ["--out", str(tmp / f"{name}_{arm}")]))
                 # `rehead evaluate RUN DATA` (its test split) of the fitted run, by each checkout
-                ev = {"now": [], "before": []}
+                ev, said = {"now": [], "before": []}, {"now": [], "before": []}
                 for _ in range(a.reps):
                     for arm, tree in (("now", REPO), ("before", old)):
-                        ev[arm].append(rehead(tree, ["evaluate", str(tmp / f"{name}_{arm}"), str(data), "--json"]))
-                row.update({f"evaluate_{arm}_s": median(v) for arm, v in ev.items()}, evaluate_s_all=ev)
+                        ev[arm].append(rehead(tree, ["evaluate", str(tmp / f"{name}_{arm}"), str(data), "--json"],
+                                              said[arm]))
+                row.update({f"evaluate_{arm}_s": median(v) for arm, v in ev.items()}, evaluate_s_all=ev,
+                           evaluate_accuracy={arm: sorted({json.loads(o)["accuracy"] for o in v})
+                                              for arm, v in said.items()})
                 summaries = {arm: json.loads((tmp / f"{name}_{arm}" / "summary.json").read_text())
                              for arm in ("cold", "now", "before")}
                 row.update({f"warm_{arm}_s": median(v) for arm, v in t.items()}, warm_s_all=t,
