@@ -156,14 +156,14 @@ class Run:
         """``([logits], kept, skipped)`` from the feature store, for a run whose head was trained on
         cached features (its backbone as pretrained): features are made and kept as a fit makes them,
         so a second evaluate or predict of the same data runs no backbone. None where that does not
-        hold (other runs, in-memory images, another feature precision than the fit's, a launch, the
-        store off or unusable): the model then scores the items itself."""
+        hold (other runs, items other than paths and texts, another feature precision than the fit's,
+        a launch, the store off or unusable): the model then scores the items itself."""
         from .distributed import state
         from .features import CacheError, FeatureCache, extract
         from .precision import extraction_device, feature_precision
         fit = self.config.get("fit") or {}
         if not (items and self.summary.get("kept_on_features") and fit.get("use_cache", True)
-                and self.modality in ("image", "text") and not _in_memory_images(items)
+                and self.modality in ("image", "text") and all(isinstance(i, (str, Path)) for i in items)
                 and (self.inference_precision or self.summary.get("inference_precision", "fp32"))
                 == feature_precision(extraction_device())
                 and state().num_processes == 1):
