@@ -168,6 +168,10 @@ class Run:
                 == feature_precision(extraction_device())
                 and state().num_processes == 1):
             return None
+        if self.modality == "image":
+            from .data import images, refs
+            if any(not refs.is_ref(str(i)) and images.not_regular(i) for i in items):
+                return None  # a missing file, a folder or a pipe (never opened to key it): as the model's path says
         m = self.model
         k = len(m.backbone)
         try:

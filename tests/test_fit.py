@@ -1,5 +1,6 @@
 """fit -> run directory -> evaluate / predict, from Python and from the command line."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,13 @@ def test_an_extract_run_evaluates_and_predicts_from_the_store(tmp_path, image_fo
     opened.clear()
     assert Run(tmp_path / "a").evaluate(items, labels)["accuracy"] == res["accuracy"]
     assert len(opened) == len(items)
+    # a named pipe or a missing file is never opened to key it: the model's path names it, as before
+    s["kept_on_features"] = True
+    (tmp_path / "a" / "summary.json").write_text(json.dumps(s))
+    pipe, missing = tmp_path / "pipe.jpg", tmp_path / "missing.jpg"
+    os.mkfifo(pipe)
+    rows = Run(tmp_path / "a").predict([str(pipe), str(missing), new[0]])
+    assert {r["item"]: "error" in r for r in rows} == {str(pipe): True, str(missing): True, new[0]: False}, rows
 
 
 def test_a_warm_fit_imports_neither_timm_nor_torchvision(tmp_path, image_folder, tiny_spec):
