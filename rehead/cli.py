@@ -247,6 +247,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         res = run.evaluate(*run.val_split(), workers=workers, tta=tta)
     else:
         res = run.evaluate(data, workers=workers, tta=tta)
+    for w in res.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     if as_json:
         per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
         typer.echo(json.dumps({k: v for k, v in res.items() if k not in per_item}, indent=1))
@@ -289,7 +291,7 @@ def _echo_task_metrics(res: dict, counted: str) -> None:
 @guarded
 def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
                                                     "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
-            inputs: List[str] = typer.Argument(..., help="image files, folders, or texts"),
+            inputs: List[str] = typer.Argument(..., help="image files, folders; texts, or CSV / .txt files of texts"),
             top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json"),
             tta: bool = typer.Option(
                 False, "--tta", help="images: average the probabilities of each image and its horizontal flip")):
@@ -353,7 +355,7 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
             items += streamed
             continue
         if modality != "image":
-            items.append(s)
+            items += text_items(s, (columns or {}).get("text_column", "text"))
             continue
         from .data.images import list_image_files
         p = Path(s)
@@ -366,6 +368,44 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
     if not items:
         fail("no images found in the given inputs")
     return items
+
+
+TEXT_FILES = (".csv", ".txt")
+
+
+def text_items(arg: str, text_column: str = "text") -> list[str]:
+    """A text run's input: a CSV's text column (the column the fit read) or a .txt file's non-empty
+    lines, else the argument itself as one text. A missing .csv / .txt is an error, not a text to
+    classify: "new.csv" scored as a sentence is a silent wrong answer."""
+    p = Path(arg)
+    if p.suffix.lower() not in TEXT_FILES or "\n" in arg or (any(c.isspace() for c in arg) and not p.exists()):
+        return [arg]  # a sentence that ends in ".csv" is still a sentence
+    if not p.is_file():
+        fail(f"{arg} does not exist" if not p.exists() else f"{arg} is not a regular file")
+    if p.suffix.lower() == ".csv":  # DataError (not UTF-8, no rows, ...) is said by @guarded
+        from .data.csvio import column, read_rows
+        header, rows = read_rows(p)
+        if text_column not in header:
+            fail(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): this run reads its texts from "
+                 f"the column {text_column!r}, as its fit did")
+        texts = column(header, rows, text_column, p)
+        if not any(texts):
+            fail(f"{arg} has no text in its {text_column!r} column")
+        if not all(texts):  # a row left out would shift every prediction after it
+            from .data.csvio import lines
+            fail(f"{arg}: {texts.count('')} row(s) with empty text ({lines([i for i, t in enumerate(texts) if not t])}): "
+                 "fill or delete them")
+        return texts
+    try:
+        texts = [t.strip() for t in p.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        fail(f"{arg} is not UTF-8 text: re-save it as UTF-8")
+    except OSError as e:
+        fail(f"cannot read {arg}: {e.strerror or e}")
+    texts = [t for t in texts if t]
+    if not texts:
+        fail(f"{arg} has no text: one text a line")
+    return texts
 
 
 @app.command()

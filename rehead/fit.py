@@ -139,8 +139,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         cfg = cfg.replace(strategy="extract")
         echo(f"note: --strategy auto plans by classification accuracy; --task {cfg.task} uses --strategy extract "
              "(give --strategy head/finetune/full to train more of the backbone)")
-    for w in ds.info.get("warnings", []):
-        echo(f"warning: {w}")
+    ds.say_warnings(echo)
     if ds.skipped:
         echo(f"skipped {len(ds.skipped)} unreadable item(s): " + ", ".join(map(str, ds.skipped[:5]))
              + (" ..." if len(ds.skipped) > 5 else ""))

@@ -100,6 +100,7 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | N
     t0 = time.perf_counter()
     seed_everything(seed)
     ds, classes, y_tr, y_va = load_tasks(data, label_columns, id_columns, split_column, val_fraction, seed)
+    ds.say_warnings(echo)
     from .data.tabular import _as_list
     tasks = _as_list(label_columns)
     weights = [1.0] * len(tasks) if weights is None else [float(w) for w in weights]

@@ -276,7 +276,8 @@ class Run:
         all of it. Unlabelled rows are counted, never scored."""
         from .data import load_eval
         ev = load_eval(path, self.modality, self.classes, self.data_kw(), task=self.task)
-        return ev.items, ev.labels, {"unlabelled": ev.n_unlabelled, "source": str(path)}
+        info = {"unlabelled": ev.n_unlabelled, "source": str(path)}
+        return ev.items, ev.labels, {**info, "warnings": list(ev.warnings)} if ev.warnings else info
 
     def data_kw(self) -> dict:
         """The fit's data options (text, image and label columns, ...): new data is read as the fit read its own."""

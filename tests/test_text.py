@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 
 import pytest
@@ -179,7 +180,7 @@ def test_folder_train_test_and_eval_only(sentiment_folder):
 
 
 # -- classification ------------------------------------------------------------------------
-def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path):
+def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path, caplog):
     from typer.testing import CliRunner
     from rehead.cli import app
     from rehead.features import FeatureCache
@@ -198,6 +199,34 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path)
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "what a wonderful and superb film"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("what a wonderful and superb film: pos ")
+    # a CSV (the fit's text column) or a .txt file of texts: one prediction a row, never the file's
+    # name classified as a sentence; a missing one, another column or a gap in the rows is an error
+    write_csv(tmp_path / "new.csv", [("what a wonderful and superb film", ""), ("the plot was awful and terrible", "")])
+    (tmp_path / "new.txt").write_text("what a wonderful and superb film\n\nthe plot was awful and terrible\n")
+    for f in ("new.csv", "new.txt"):
+        r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / f), "--json"])
+        assert r.exit_code == 0, r.output
+        assert [(x["item"], x["top"][0]["label"]) for x in json.loads(r.output)] == [
+            ("what a wonderful and superb film", "pos"), ("the plot was awful and terrible", "neg")]
+    write_csv(tmp_path / "other.csv", [("a fine film", "pos")], header=("sentence", "label"))
+    write_csv(tmp_path / "gap.csv", [("a fine film", ""), ("", ""), ("a bad film", "")])
+    for f, said in (("missing.csv", "does not exist"), ("other.csv", "no 'text' column"),
+                    ("gap.csv", "1 row(s) with empty text")):
+        r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / f)])
+        assert r.exit_code == 2 and said in r.output, r.output
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "the film in results.csv was superb"])
+    assert r.exit_code == 0 and r.output.startswith("the film in results.csv was superb: "), r.output
+    # what reading the data finds is said once (it was printed twice by fit: logged and echoed), and
+    # evaluate says it too
+    rows = sentiment_rows(16, 1)
+    write_csv(tmp_path / "dup.csv", rows + rows[:1] + [("", "pos")])
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "dup.csv")])
+    assert r.exit_code == 0 and r.output.count("1 row(s) with empty text were left out") == 1, r.output
+    with caplog.at_level(logging.WARNING):  # a WARNING with no handler set goes to stderr: a second copy
+        r = CliRunner().invoke(app, ["fit", str(tmp_path / "dup.csv"), "--strategy", "extract", "--epochs", "2",
+                                     "--out", str(tmp_path / "dup")])
+    assert r.exit_code == 0 and r.output.count("1 repeated row(s)") == 1, r.output
+    assert not [x for x in caplog.records if "repeated row" in x.getMessage()]
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(sentiment_folder), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)

@@ -54,6 +54,12 @@ class Dataset:
     files: list[str] = field(default_factory=list)
     task: str = "multiclass"  # rehead.tasks: what a label in Samples.labels is
 
+    def say_warnings(self, echo=print) -> None:
+        """What reading the data found (repeated rows, empty labels, ...): the data layer only logs it
+        (at info), so each command says it once, through its own output."""
+        for w in self.info.get("warnings", []):
+            echo(f"warning: {w}")
+
     def summary(self) -> dict:
         def counts(s):
             if self.task == "multilabel":

@@ -104,7 +104,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
         if test is not None:
             how += f"; test (scored once, never for selection): {named['test'].where}"
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # the caller says them, once (fit, probe, evaluate...)
     info = {"split": how, **parts.info}
     if warnings:
         info["warnings"] = warnings
@@ -165,7 +165,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     if test is not None:
         how += f"; test (scored once, never for selection): {named['test'].where}"
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # the caller says them, once (fit, probe, evaluate...)
     info = {"split": how, **parts.info, **({"warnings": warnings} if warnings else {})}
     return Dataset(modality, classes, train, val, parts.source, skipped=list(parts.skipped), info=info, test=test,
                    files=list(parts.files), task=task)
@@ -311,7 +311,7 @@ def eval_data(name: str, parts: Parts, classes: list[str], task: str = "multicla
                         f"{names(classes, 20)}): remove those rows, or evaluate a run trained on them")
     index = {c: i for i, c in enumerate(classes)}
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # the caller says them, once (fit, probe, evaluate...)
     labels = [sorted(index[c] for c in ys) for ys in sets] if sets is not None else [index[y] for y in p.labels]
     return EvalData(list(p.items), labels, n_unlabelled, parts.source,
                     f"{name}: {p.where}" if name != "all" else f"every labelled row/item of {p.where}", own,

@@ -56,6 +56,7 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
     t_start = time.perf_counter()
     fracs = parse_fractions(fractions)
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)
+    ds.say_warnings(echo)
     if ds.modality != "image":
         raise ValueError(f"compare trains a small CNN from scratch, which needs image data; {ds.source} is {ds.modality}")
     args = {"data": ds.source, "model": model, "fractions": fracs, "strategy": strategy, "reference": reference,

@@ -49,6 +49,7 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     cache = FeatureCache(cache_dir) if use_cache else None  # opens nothing until used
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              memo=cache, **(data_kw or {}))
+    ds.say_warnings(echo)
     backbone = zoo.load(model)
     ks = parse_cuts(cuts, backbone)
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,

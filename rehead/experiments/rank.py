@@ -50,6 +50,7 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     cache = FeatureCache(cache_dir) if use_cache else None  # opens nothing until used
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              memo=cache, **(data_kw or {}))
+    ds.say_warnings(echo)
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
