@@ -63,6 +63,10 @@ def guarded(fn):
             raise
         except KeyboardInterrupt:
             fail("interrupted", code=130)
+        except BrokenPipeError:  # `rehead predict ... | head`: the reader has all it wanted
+            import sys
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise typer.Exit(141)
         except user_errors() as e:
             fail(str(e))
         except OSError as e:  # a full disk, a read-only folder, a permission: the message names the file
@@ -292,7 +296,7 @@ def _echo_task_metrics(res: dict, counted: str) -> None:
 def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
                                                     "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
             inputs: List[str] = typer.Argument(..., help="image files, folders; texts, or CSV / .txt files of texts"),
-            top_k: int = typer.Option(3, "--top-k", "-k"), as_json: bool = typer.Option(False, "--json"),
+            top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels shown per item"), as_json: bool = typer.Option(False, "--json"),
             tta: bool = typer.Option(
                 False, "--tta", help="images: average the probabilities of each image and its horizontal flip")):
     """Top-k labels with calibrated probabilities (the run's temperature) for images or texts
@@ -361,6 +365,9 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
         p = Path(s)
         if p.is_dir():  # regular image files only: no pipes, no symlink loops, no dot-folders
             items += list_image_files(p)[0]
+        elif p.suffix.lower() == ".csv" and p.is_file():  # a CSV of image paths, as fit reads one
+            from .data.images import csv_images
+            items += csv_images(p, (columns or {}).get("image_column"))
         elif p.exists():
             items.append(str(p))
         else:
@@ -386,8 +393,8 @@ def text_items(arg: str, text_column: str = "text") -> list[str]:
         from .data.csvio import column, read_rows
         header, rows = read_rows(p)
         if text_column not in header:
-            fail(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): this run reads its texts from "
-                 f"the column {text_column!r}, as its fit did")
+            fail(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): the run reads texts from the "
+                 f"column {text_column!r} (its fit's --text-column; default 'text')")
         texts = column(header, rows, text_column, p)
         if not any(texts):
             fail(f"{arg} has no text in its {text_column!r} column")

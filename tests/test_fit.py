@@ -192,6 +192,19 @@ def test_cli_models_inspect_fit_evaluate_predict(tmp_path, image_folder, tiny_sp
     r = runner.invoke(app, ["predict", str(out), str(one), str(image_folder / "blue"), "--json"])
     rows = json.loads(r.output)
     assert len(rows) == 11 and all(len(x["top"]) == 2 for x in rows)
+    # a CSV of image paths (relative to it, as fit reads one): each image predicted, not the CSV
+    # itself called an unreadable image; a CSV without the path column or with a missing image: an error
+    (tmp_path / "new.csv").write_text(f"path\n{os.path.relpath(one, tmp_path)}\n{rows[1]['item']}\n")
+    r = runner.invoke(app, ["predict", str(out), str(tmp_path / "new.csv"), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    assert [x["item"] for x in got] == [str(one), rows[1]["item"]] and [x["top"] for x in got] == [rows[0]["top"],
+                                                                                                rows[1]["top"]]
+    (tmp_path / "bad.csv").write_text(f"file\n{one}\n")
+    (tmp_path / "gone.csv").write_text("path\nno_such.jpg\n")
+    for f, said in (("bad.csv", "no column 'path'"), ("gone.csv", "do not exist")):
+        r = runner.invoke(app, ["predict", str(out), str(tmp_path / f)])
+        assert r.exit_code == 2 and said in r.output, r.output
     r = runner.invoke(app, ["fit", str(image_folder), "--model", "timm:no_such_net", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "timm has no model" in r.output
 

@@ -171,10 +171,23 @@ def _csv_parts(path: Path, label_column: str, split_column: str, image_column: s
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}: an image CSV needs a path column "
                         f"(--image-column, default 'path') and a label column (--label-column; found: "
                         f"{', '.join(header)})")
+    items, skipped = _listed(path, header, rows, image_column)
+    labels = column(header, rows, label_column, path)
+    if split_column in header:
+        idx = split_column_parts(column(header, rows, split_column, path), path)
+        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})")
+                 for k, ix in idx.items()}
+    else:
+        parts = {"all": Part(items, labels, str(path))}
+    return Parts(parts, str(path), skipped=skipped, files=[str(path)], labels_from=label_column)
+
+
+def _listed(path: Path, header, rows, image_column: str) -> tuple[list[str], dict[str, str]]:
+    """The CSV's image paths made absolute (relative to the CSV), and those that are not regular
+    files (named, to be skipped); a missing one is an error."""
     # abspath, not resolve: normalises '..' without following symlinks (a looping one would raise)
     given = column(header, rows, image_column, path)
     items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in given]
-    labels = column(header, rows, label_column, path)
     skipped, gone = {}, []
     for n, p in enumerate(items):
         why = not_regular(p) if p else "missing"
@@ -185,13 +198,19 @@ def _csv_parts(path: Path, label_column: str, split_column: str, image_column: s
     if gone:
         raise DataError(f"{len(gone)} image(s) listed in {path} do not exist, e.g. line {gone[0] + 2}: "
                         f"{given[gone[0]]!r}: fix the paths (relative to the CSV's folder)")
-    if split_column in header:
-        idx = split_column_parts(column(header, rows, split_column, path), path)
-        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})")
-                 for k, ix in idx.items()}
-    else:
-        parts = {"all": Part(items, labels, str(path))}
-    return Parts(parts, str(path), skipped=skipped, files=[str(path)], labels_from=label_column)
+    return items, skipped
+
+
+def csv_images(path, image_column: str | None = None) -> list[str]:
+    """For ``predict``: every image a CSV lists (its path column, relative to the CSV; no label
+    needed). Rows that are not regular files stay in, for predict to name as unreadable."""
+    path = Path(path)
+    header, rows = read_rows(path)
+    image_column = image_column or "path"
+    if image_column not in header:
+        raise DataError(f"{path} has no column {image_column!r} (columns: {', '.join(header)}): the run reads "
+                        f"image paths from the column {image_column!r} (its fit's --image-column; default 'path')")
+    return _listed(path, header, rows, image_column)[0]
 
 
 # -- readability (before any run directory exists) ----------------------------------------------

@@ -14,9 +14,12 @@ GREEN, RED, BLUE, ORANGE = "#2e7d32", "#c62828", "#1f77b4", "#ff7f0e"
 def _save(fig, path: Path) -> Path:
     import io
     from ..rundir import atomic_write_bytes
-    fig.tight_layout()
+    import warnings
+    with warnings.catch_warnings():  # "tight layout not applied" (long class names): bbox_inches="tight" still fits them
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
+    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())  # a killed report never leaves half a PNG
     return Path(path)
