@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -385,10 +386,21 @@ def text_items(arg: str, text_column: str = "text") -> list[str]:
     lines, else the argument itself as one text. A missing .csv / .txt is an error, not a text to
     classify: "new.csv" scored as a sentence is a silent wrong answer."""
     p = Path(arg)
-    if p.suffix.lower() not in TEXT_FILES or "\n" in arg or (any(c.isspace() for c in arg) and not p.exists()):
-        return [arg]  # a sentence that ends in ".csv" is still a sentence
+    try:
+        exists = "\n" not in arg and os.path.lexists(arg)
+    except (OSError, ValueError):  # a sentence too long for a file name
+        exists = False
+    if not exists:
+        if p.suffix.lower() in TEXT_FILES and not any(c.isspace() for c in arg):
+            fail(f"{arg} does not exist")
+        return [arg]  # a text (a sentence that ends in ".csv" is still a sentence)
+    if p.is_dir():
+        fail(f"{arg} is a folder: give texts, a CSV of texts or a .txt file (one text a line)")
     if not p.is_file():
-        fail(f"{arg} does not exist" if not p.exists() else f"{arg} is not a regular file")
+        fail(f"{arg} is not a regular file")
+    if p.suffix.lower() not in TEXT_FILES:
+        fail(f"{arg} is a file, not a text: this run classifies texts; give them as arguments, in a CSV or in a "
+             ".txt file (one text a line)")
     if p.suffix.lower() == ".csv":  # DataError (not UTF-8, no rows, ...) is said by @guarded
         from .data.csvio import column, read_rows
         header, rows = read_rows(p)

@@ -162,7 +162,8 @@ def test_in_memory_pairs_follow_the_same_label_rules():
     texts = [f"text {i}" for i in range(10)] + ["no label", "nan label"]
     ds = from_items(texts, ["a", "b"] * 5 + [None, float("nan")], "text", "<pairs>", val_fraction=0.4)
     assert ds.classes == ["a", "b"] and len(ds.train) + len(ds.val) == 10
-    assert "<pairs>: 2 row(s) with an empty label were left out" in ds.info["warnings"][0]
+    assert "<pairs>: 2 row(s) with an empty label were left out (position(s) 10, 11, counting from 0)" \
+        in ds.info["warnings"][0]  # in memory: no file, so no "line(s)"
 
 
 def test_numeric_labels_with_many_values_hint_at_task_regression(tmp_path):

@@ -216,6 +216,13 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
         assert r.exit_code == 2 and said in r.output, r.output
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "the film in results.csv was superb"])
     assert r.exit_code == 0 and r.output.startswith("the film in results.csv was superb: "), r.output
+    # a text longer than a file name may be (it died in "File name too long"), a folder, another file
+    long = "a wonderful and superb film " * 20
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), long])
+    assert r.exit_code == 0 and r.output.startswith(f"{long}: pos "), r.output
+    for arg, said in ((tmp_path, "is a folder"), (tmp_path / "run" / "config.yaml", "is a file, not a text")):
+        r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(arg)])
+        assert r.exit_code == 2 and said in r.output, r.output
     # what reading the data finds is said once (it was printed twice by fit: logged and echoed), and
     # evaluate says it too
     rows = sentiment_rows(16, 1)

@@ -68,6 +68,8 @@ def drop_unlabelled(labels: list[str], where, items: list | None = None) -> tupl
     if items is not None and refs.is_ref(items[empty[0]]):
         shown = ", ".join(refs.display(items[i]) for i in empty[:3])
         at = f"e.g. {shown}{' ...' if len(empty) > 3 else ''}"
+    elif str(where).startswith("<"):  # in memory (a DataFrame, a list of pairs): positions, not file lines
+        at = f"position(s) {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}, counting from 0"
     else:
         at = lines(empty)
     return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({at}): "

@@ -56,7 +56,11 @@ def kind(path) -> str | None:
     if _is_brace(s):
         return "webdataset"
     p = Path(s)
-    if p.is_file():
+    try:
+        is_file, is_dir = p.is_file(), p.is_dir()
+    except (OSError, ValueError):  # a text too long to be a file name ("File name too long")
+        return None
+    if is_file:
         low = p.name.lower()
         if low.endswith(".tar"):
             return "webdataset"
@@ -68,7 +72,7 @@ def kind(path) -> str | None:
         if low.endswith(".arrow"):
             return "hf"
         return None
-    if not p.is_dir():
+    if not is_dir:
         return None
     if (p / "dataset_dict.json").is_file() or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file()):
         return "hf"
