@@ -141,7 +141,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
              "(give --strategy head/finetune/full to train more of the backbone)")
     ds.say_warnings(echo)
     if ds.skipped:
-        echo(f"skipped {len(ds.skipped)} unreadable item(s): " + ", ".join(map(str, ds.skipped[:5]))
+        echo(f"skipped {len(ds.skipped)} item(s): " + ", ".join(map(str, ds.skipped[:5]))
              + (" ..." if len(ds.skipped) > 5 else ""))
     if cache is not None:
         cache.check_writable()  # a read-only or full cache stops here, before the run directory exists

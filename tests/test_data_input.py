@@ -61,6 +61,22 @@ def test_only_regular_files_are_listed_and_the_rest_named(tmp_path, no_hang):
         images.decode(str(root / "red" / "pipe.jpg"))  # predict on a pipe: an error, not a hang
 
 
+def test_a_run_directory_inside_the_data_is_not_a_class_and_not_data(tmp_path):
+    """`rehead fit photos/ --out photos/run` then `rehead report`: the next fit of photos/ made a
+    class "run" of the report's plots, silently; a run inside a class folder added its plots there."""
+    from rehead.rundir import MARKER
+    root = make_images(tmp_path / "photos", n=4)
+    for run in (root / "run", root / "red" / "old" / "run"):
+        run.mkdir(parents=True)
+        (run / MARKER).touch()
+        Image.new("RGB", (8, 8)).save(run / "confusion.png")
+    ds = load_dataset(root, val_fraction=0.5)
+    assert ds.classes == ["blue", "red"] and len(ds.train) + len(ds.val) == 8
+    said = " ".join(ds.info["warnings"])
+    assert "2 item(s) left out" in said and "a rehead run directory" in said
+    assert images.list_image_files(root / "red")[0] == sorted(str(f) for f in (root / "red").glob("*.jpg"))
+
+
 def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")

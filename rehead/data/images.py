@@ -103,17 +103,31 @@ def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
                 else:
                     files.append(e.path)
             elif e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
+                if _is_run(e.path):
+                    skipped[e.path] = RUN_NOT_DATA
+                else:
+                    stack.append(e.path)
     return sorted(files), skipped
+
+
+RUN_NOT_DATA = "a rehead run directory: its plots are not data (keep runs out of the data folder)"
+
+
+def _is_run(d: str) -> bool:
+    """A folder rehead wrote a run into (its marker file): never a class folder or data."""
+    from ..rundir import MARKER
+    return os.path.isfile(os.path.join(d, MARKER))
 
 
 def _class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     """{class: image paths} for each class folder of ``root``, and skipped entries."""
     dirs = sorted(d for d in root.iterdir() if not d.name.startswith(".") and d.is_dir())
+    runs = {str(d): RUN_NOT_DATA for d in dirs if _is_run(str(d))}  # `fit photos/ --out photos/run`: not a class
+    dirs = [d for d in dirs if str(d) not in runs]
     if not dirs:
         raise DataError(f"{root} has no class folders: put each class's images in a folder "
                         f"named after the class (e.g. {root}/cats/*.jpg)")
-    found, skipped = {}, {}
+    found, skipped = {}, dict(runs)
     for d in dirs:
         found[d.name], sk = list_image_files(d)
         skipped.update(sk)

@@ -238,7 +238,7 @@ def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
 
 def _skipped_warning(skipped: dict) -> str:
     item, why = next(iter(skipped.items()))
-    return f"{len(skipped)} item(s) left out as unreadable or not regular files, e.g. {item} ({why})"
+    return f"{len(skipped)} item(s) left out (unreadable, not regular files or not data), e.g. {item} ({why})"
 
 
 def _require_each_class(classes, base: Part, skipped: dict, hint) -> None:
