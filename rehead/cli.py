@@ -227,6 +227,14 @@ def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", 
             start_lr=start_lr, end_lr=end_lr, progress=not quiet)
 
 
+COLUMN_HELP = "a CSV's column of {} (default: the one the fit read)"
+
+
+def _columns(run, **given) -> dict:
+    """The run's data options (the columns its fit read), with the ones given on the command line."""
+    return {**run.data_kw(), **{k: v for k, v in given.items() if v}}
+
+
 @app.command()
 @guarded
 def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
@@ -235,13 +243,17 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
                  False, "--tta", help="images: average the probabilities of each image and its horizontal flip"),
              source_agreement: Optional[str] = typer.Option(
                  None, "--source-agreement", help="DATA (images): share of them on which the run and the pretrained "
-                                                  "model agree on the source task (forgetting)")):
+                                                  "model agree on the source task (forgetting)"),
+             text_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("texts")),
+             image_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("image paths")),
+             label_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("labels"))):
     """Accuracy, per-class precision/recall and the confusion matrix (regression: RMSE, MAE, R²;
     multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
     from .runs import open_run
     run = open_run(run_dir)
+    columns = _columns(run, text_column=text_column, image_column=image_column, label_column=label_column)
     if source_agreement:
-        res = run.source_agreement(expand_inputs([source_agreement], run.modality, run.data_kw()))
+        res = run.source_agreement(expand_inputs([source_agreement], run.modality, columns))
         typer.echo(json.dumps(res) if as_json else
                    f"source-task agreement with the pretrained model: {res['source_agreement']:.4f} on {res['n']} "
                    "images (1.0: nothing of the source task forgotten)")
@@ -251,7 +263,7 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
     if data is None:
         res = run.evaluate(*run.val_split(), workers=workers, tta=tta)
     else:
-        res = run.evaluate(data, workers=workers, tta=tta)
+        res = run.evaluate(data, workers=workers, tta=tta, columns=columns)
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
     if as_json:
@@ -299,7 +311,9 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
             inputs: List[str] = typer.Argument(..., help="image files, folders; texts, or CSV / .txt files of texts"),
             top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels shown per item"), as_json: bool = typer.Option(False, "--json"),
             tta: bool = typer.Option(
-                False, "--tta", help="images: average the probabilities of each image and its horizontal flip")):
+                False, "--tta", help="images: average the probabilities of each image and its horizontal flip"),
+            text_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("texts")),
+            image_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("image paths"))):
     """Top-k labels with calibrated probabilities (the run's temperature) for images or texts
     (multilabel: every label with p >= 0.5; regression: the value)."""
     from .runs import open_run
@@ -311,7 +325,8 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         run = open_run(run_dir)
         if tta:
             run.check_tta()  # before the inputs are listed
-        rows = run.predict(expand_inputs(inputs, run.modality, run.data_kw()), top_k=top_k, tta=tta)
+        columns = _columns(run, text_column=text_column, image_column=image_column)
+        rows = run.predict(expand_inputs(inputs, run.modality, columns), top_k=top_k, tta=tta)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -406,7 +421,7 @@ def text_items(arg: str, text_column: str = "text") -> list[str]:
         header, rows = read_rows(p)
         if text_column not in header:
             fail(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): the run reads texts from the "
-                 f"column {text_column!r} (its fit's --text-column; default 'text')")
+                 f"column {text_column!r}, as its fit did: name yours with --text-column")
         texts = column(header, rows, text_column, p)
         if not any(texts):
             fail(f"{arg} has no text in its {text_column!r} column")

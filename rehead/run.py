@@ -261,21 +261,23 @@ class Run:
                              "probs": probs})
         return rows + [{"item": str(s), "error": "unreadable"} for s in skipped]
 
-    def evaluate(self, items, labels: list | None = None, **kw) -> dict:
+    def evaluate(self, items, labels: list | None = None, columns: dict | None = None, **kw) -> dict:
         """Metrics on ``items`` with ``labels`` (multiclass: class indices in the run's order;
         multilabel: lists of them; regression: numbers), or on a dataset at a path
-        (``evaluate("photos/")``): its classes are mapped onto the run's by name."""
+        (``evaluate("photos/")``): its classes are mapped onto the run's by name; ``columns``
+        (``text_column``, ``image_column``, ``label_column``) where its CSV names them otherwise
+        than the fit's data did."""
         info = {}
         if labels is None:
-            items, labels, info = self.eval_data(items)
+            items, labels, info = self.eval_data(items, columns)
         return self._metrics(items, labels, info, **kw)
 
-    def eval_data(self, path) -> tuple[list, list[int], dict]:
+    def eval_data(self, path, columns: dict | None = None) -> tuple[list, list[int], dict]:
         """(items, labels in the run's class order, info) of the data at ``path``: every labelled
         row of a CSV (the non-train rows when it has a split column), a folder's val/test split or
         all of it. Unlabelled rows are counted, never scored."""
         from .data import load_eval
-        ev = load_eval(path, self.modality, self.classes, self.data_kw(), task=self.task)
+        ev = load_eval(path, self.modality, self.classes, {**self.data_kw(), **(columns or {})}, task=self.task)
         info = {"unlabelled": ev.n_unlabelled, "source": str(path)}
         return ev.items, ev.labels, {**info, "warnings": list(ev.warnings)} if ev.warnings else info
 

@@ -214,6 +214,17 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
                     ("gap.csv", "1 row(s) with empty text")):
         r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / f)])
         assert r.exit_code == 2 and said in r.output, r.output
+    # a CSV whose columns are named otherwise than the fit's data: evaluate and predict take the options
+    # the error names (they had none)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "other.csv"), "--text-column",
+                                 "sentence"])
+    assert r.exit_code == 0 and r.output.startswith("a fine film: "), r.output
+    write_csv(tmp_path / "alt.csv", [("a superb film", "pos"), ("an awful film", "neg")], header=("sentence", "y"))
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "alt.csv")])
+    assert r.exit_code == 2 and "--text-column / --label-column" in r.output, r.output
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "alt.csv"), "--json",
+                                 "--text-column", "sentence", "--label-column", "y"])
+    assert r.exit_code == 0 and json.loads(r.output)["n"] == 2, r.output
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "the film in results.csv was superb"])
     assert r.exit_code == 0 and r.output.startswith("the film in results.csv was superb: "), r.output
     # a text longer than a file name may be (it died in "File name too long"), a folder, another file
