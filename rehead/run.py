@@ -270,7 +270,28 @@ class Run:
         info = {}
         if labels is None:
             items, labels, info = self.eval_data(items, columns)
+            info = self._seen(items, info)  # data at a path may be what the run trained on
         return self._metrics(items, labels, info, **kw)
+
+    def _seen(self, items, info: dict) -> dict:
+        """``info`` plus how many of ``items`` this run trained on or chose with (its split.json),
+        and a warning when any: a score on them is optimistic, and it must not look like a held-out one."""
+        p = self.dir / "split.json"
+        if not p.exists():  # an ensemble or soup: its members' splits may differ
+            return info
+        try:
+            split = read_json(p)
+            seen = {k: set(split[k]["items"]) for k in ("train", "val")}
+        except (KeyError, TypeError, ValueError, OSError):
+            return info  # val_split() names a broken split.json; a score on new data does not need it
+        n = {k: sum(1 for it in items if isinstance(it, str) and it in ids) for k, ids in seen.items()}
+        if not any(n.values()):
+            return info
+        parts = ([f"{n['train']} in its training split"] if n["train"] else []) + (
+            [f"{n['val']} in its val split, which chose its kept epoch and temperature"] if n["val"] else [])
+        w = (f"{sum(n.values())} of {len(items)} samples were seen by this run: {'; '.join(parts)}. The score is "
+             "optimistic: evaluate on data it has not seen (a test split) for a held-out figure")
+        return {**info, "seen": n, "warnings": info.get("warnings", []) + [w]}
 
     def eval_data(self, path, columns: dict | None = None) -> tuple[list, list[int], dict]:
         """(items, labels in the run's class order, info) of the data at ``path``: every labelled
