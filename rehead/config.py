@@ -177,7 +177,7 @@ class FitConfig:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        for name in ("weight_decay", "alpha", "beta", "workers", "mixup", "cutmix"):
+        for name in ("weight_decay", "alpha", "beta", "workers", "mixup", "cutmix", "seed"):  # numpy seeds are >= 0
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.unfreeze is not None and self.unfreeze < -1:
