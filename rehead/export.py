@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -37,33 +38,37 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     run = open_run(run_dir)
     from .lora import merge
     model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
-    example = pipeline(run.modality).example_input(model.backbone)
-    if not isinstance(example, torch.Tensor):
-        raise ValueError(f"export supports models whose input is one tensor (image runs); this {run.modality} "
-                         "run takes tokenized inputs: use `rehead predict` or load the run in Python")
+    text = not isinstance(pipeline(run.modality).example_input(model.backbone), torch.Tensor)
+    tokenizer = getattr(model.backbone, "tokenizer", None)
+    if text and not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
+                         f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
     out = Path(out) if out else run.dir / "export" / f"model{FORMATS[fmt]}"
     sidecar = out.with_name(out.name + ".json")
-    for p in (out, sidecar):
+    tok_dir = out.with_name(out.name + ".tokenizer")
+    for p in (out, sidecar) + ((tok_dir,) if text else ()):
         if p.exists() and not overwrite:
             raise RunExists(f"{p} exists: pass --overwrite to replace it, or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = example.expand(2, *example.shape[1:]).contiguous()  # batch of 2: no batch-1 specialisation
     for p in model.parameters():
         p.requires_grad_(False)
+    net, args, names, axes = _traced_inputs(model, text)
     tmp = out.with_name(f".tmp-{out.name}")  # written whole, then renamed: never half a model at `out`
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
         if fmt == "onnx":
             # The TorchScript-based exporter: the dynamo one needs onnxscript, which rehead does not require.
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
-                              output_names=["logits"], opset_version=opset,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(net, args, str(tmp), dynamo=False, input_names=names, output_names=["logits"],
+                              opset_version=opset, dynamic_axes={**axes, "logits": {0: "batch"}})
         else:
-            torch.jit.trace(model, (example,)).save(str(tmp))
+            torch.jit.trace(net, args).save(str(tmp))
     os.replace(tmp, out)
+    if text:
+        _save_tokenizer(tokenizer, tok_dir)
+    inputs = ([{"name": n, "shape": ["batch", "tokens"], "dtype": "int64"} for n in names] if text else
+              {"name": "input", "shape": ["batch", *args[0].shape[1:]], "dtype": "float32"})
     meta = {"format": fmt, "file": out.name, "run": str(run.dir.resolve()), "model": run.config["model"],
-            "cut": run.config["cut"], "modality": run.modality,
-            "input": {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"},
+            "cut": run.config["cut"], "modality": run.modality, "input": inputs,
             "output": {"name": "logits", "shape": ["batch", len(run.classes)], "meaning": _meaning(run)},
             "labels": {str(i): c for i, c in enumerate(run.classes)},
             "data_config": model.backbone.data_config, "torch": torch.__version__}
@@ -76,27 +81,83 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
         from .data.images import DECODE
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
         meta["decode"] = DECODE  # exactly how rehead turns a file into RGB pixels
+    if text:  # everything a deployment needs to turn a text into the two inputs
+        cfg = model.backbone.data_config
+        meta["tokenizer"] = {"dir": tok_dir.name, "max_length": cfg["max_length"], "padding": True,
+                             "truncation": True, "how": f"AutoTokenizer.from_pretrained(dir)(texts, padding=True, "
+                                                        f"truncation=True, max_length={cfg['max_length']})"}
     if fmt == "onnx":
         meta["opset"] = opset
     atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
     return {**meta, "path": str(out), "sidecar": str(sidecar)}
 
 
+class _TextInputs(torch.nn.Module):
+    """The model with its tokenized input as two tensors (a graph takes tensors, not a dict)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def _traced_inputs(model, text: bool):
+    """(module, example args, input names, dynamic axes). A batch of 2 (no batch-1 specialisation);
+    texts of two lengths, so padding is in the trace."""
+    if text:
+        enc = model.backbone.tokenize(["An example sentence.", "A second, somewhat longer example sentence here."])
+        names = ["input_ids", "attention_mask"]
+        return (_TextInputs(model).eval(), (enc["input_ids"], enc["attention_mask"]), names,
+                {n: {0: "batch", 1: "tokens"} for n in names})
+    from .data import pipeline
+    x = pipeline(model.backbone.modality).example_input(model.backbone)
+    return model, (x.expand(2, *x.shape[1:]).contiguous(),), ["input"], {"input": {0: "batch"}}
+
+
+def _save_tokenizer(tokenizer, path: Path) -> None:
+    """Written whole beside the graph, then renamed (an export never leaves half a tokenizer)."""
+    import shutil
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
 def load_exported(path):
-    """A callable ``f(x: numpy float32 array) -> logits numpy array`` for an exported file."""
+    """A callable ``f(x) -> logits numpy array`` for an exported file, from what the export wrote
+    alone: ``x`` a numpy float32 array (images, tables), or a list of texts (text runs: tokenized by
+    the tokenizer shipped beside the graph, as its sidecar says)."""
     path = Path(path)
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
     if path.suffix == ".onnx":
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: sess.run(["logits"], {"input": x})[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated; it still works
-        m = torch.jit.load(str(path), map_location="cpu").eval()
+        graph = lambda *xs: sess.run(["logits"], {n: x for n, x in zip(_input_names(meta), xs)})[0]  # noqa: E731
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated; it still works
+            m = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(x):
-        with torch.no_grad():
-            return m(torch.as_tensor(x)).numpy()
-    return run
+        def graph(*xs):
+            with torch.no_grad():
+                return m(*map(torch.as_tensor, xs)).numpy()
+    if "tokenizer" not in meta:
+        return graph
+    from transformers import AutoTokenizer
+    tok, t = AutoTokenizer.from_pretrained(str(path.with_name(meta["tokenizer"]["dir"]))), meta["tokenizer"]
+
+    def on_texts(texts):
+        enc = tok(list(texts), padding=True, truncation=True, max_length=t["max_length"], return_tensors="np")
+        return graph(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+    return on_texts
+
+
+def _input_names(meta: dict) -> list[str]:
+    spec = meta["input"]
+    return [i["name"] for i in spec] if isinstance(spec, list) else [spec["name"]]
 
 
 def _meaning(run) -> str:

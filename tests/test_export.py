@@ -87,3 +87,24 @@ def test_export_cli(run, tmp_path):
     assert out.exists() and Path(str(out) + ".json").exists()
     r = CliRunner().invoke(app, ["export", str(run.dir), "--format", "onnx", "--out", str(out)])
     assert r.exit_code != 0 and "--overwrite" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_text_run_exports_with_its_tokenizer_and_gives_the_runs_logits(fmt, tmp_path, tiny_bert_dir):
+    """A text run took "export supports models whose input is one tensor (image runs)"; now the graph
+    takes input_ids and attention_mask (any batch, any length) and its tokenizer ships beside it."""
+    from rehead.export import export, load_exported
+    from rehead.fit import fit
+    from tests.test_text import sentiment_rows, write_csv
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(24, 0))
+    run = fit(str(data), model=f"hf:{tiny_bert_dir}", out=tmp_path / "run", strategy="extract", epochs=3,
+              workers=0, cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+    res = export(run.dir, fmt)
+    meta = json.loads(Path(res["sidecar"]).read_text())
+    assert [i["name"] for i in meta["input"]] == ["input_ids", "attention_mask"]
+    assert (Path(res["path"]).parent / meta["tokenizer"]["dir"] / "tokenizer_config.json").exists()
+    texts = ["the movie was really superb", "awful", "the plot and the acting were quite dreadful overall"]
+    want = run.logits(texts)[0].numpy()
+    f = load_exported(res["path"])  # from the exported files alone: graph, sidecar, tokenizer
+    np.testing.assert_allclose(f(texts), want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(f(texts[2:]), want[2:], atol=1e-4, rtol=0)  # one text, another length

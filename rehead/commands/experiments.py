@@ -116,5 +116,8 @@ def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", he
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
-    typer.echo(f"{res['path']}  (input {res['input']['shape']}, {len(res['labels'])} classes)")
+    shapes = [i["shape"] for i in res["input"]] if isinstance(res["input"], list) else [res["input"]["shape"]]
+    typer.echo(f"{res['path']}  (input {', '.join(map(str, shapes))}, {len(res['labels'])} classes)")
     typer.echo(f"{res['sidecar']}  (preprocessing and label map)")
+    if "tokenizer" in res:
+        typer.echo(f"{Path(res['path']).with_name(res['tokenizer']['dir'])}/  (the tokenizer: {res['tokenizer']['how']})")
