@@ -331,6 +331,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases])
     summary["augment"] = augment
     summary["input_note"] = _input_note(summary, cfg.auto_plan)
+    summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
         keys = ("C", "scaling", "folds", "seconds") if cfg.task == "multiclass" else ("solver", "alpha", "l2", "folds",
@@ -500,6 +501,19 @@ def _input_note(s: dict, plan: dict | None) -> str | None:
             "of the input alone may serve it as well")
 
 
+def _budget_note(s: dict, cfg: FitConfig, hooks: list) -> str | None:
+    """When auto's budget ended its live phases (or dropped one from its plan) while its last epoch was
+    still its best, more minutes may well pay: say so, rather than end as if the data allowed no more."""
+    plan = cfg.auto_plan or {}
+    stopped = next((getattr(h, "stopped", None) or "" for h in hooks if type(h).__name__ == "AutoGuard"), "")
+    cut = stopped.startswith("budget:") or "not unfreezing" in plan.get("reason", "")
+    if not cut or s.get("best_epoch") is None or s["best_epoch"] != s.get("epochs_run") or len(s["phases"]) < 2:
+        return None
+    b = plan.get("budget_minutes") or cfg.budget
+    return (f"auto's budget ({b:g} min of live training) ended the fit while val was still improving (its last epoch "
+            f"is the one kept): more minutes may pay, e.g. --budget {3 * b:g}, or --strategy finetune")
+
+
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
 FLAT_ACC = 0.9   # ... unless it fits its training samples this well
 
@@ -531,7 +545,7 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
         echo("phases: " + ", ".join(f"{p['phase']} best " + (f"{p['best_val_acc']:.4f}" if acc else
                                                               f"val loss {p['best_val_loss']:.4f}") for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
-    for note in (s.get("note"), s.get("input_note")):
+    for note in (s.get("note"), s.get("input_note"), s.get("budget_note")):
         if note:
             echo(note)
     keys = headline(ds.task)

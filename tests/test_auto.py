@@ -165,6 +165,15 @@ def test_the_guard_stops_unfreezing_when_val_stops_improving_and_at_the_budget()
     with pytest.raises(CancelFit):
         g.before_epoch(tr)
     assert "budget" in said[-1] and g.stopped
+    # the run then ends by saying the budget, not the data, stopped it while val was still rising
+    from rehead.config import FitConfig
+    from rehead.fit import _budget_note
+    cfg = FitConfig(auto_plan={"budget_minutes": 5, "reason": "large + different -> ..."})
+    phases_s = [{"phase": "head"}, {"phase": "unfreeze1"}]
+    rising = {"best_epoch": 31, "epochs_run": 31, "phases": phases_s}
+    assert "--budget 15" in _budget_note(rising, cfg, [g])
+    assert _budget_note({**rising, "best_epoch": 20}, cfg, [g]) is None  # it had stopped improving
+    assert _budget_note(rising, cfg, [AutoGuard(5, 10)]) is None  # not stopped by the budget
 
 
 # -- through fit, on a tiny model --------------------------------------------------------------------
