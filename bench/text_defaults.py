@@ -5,7 +5,7 @@ fine-tune. val is carved from train.csv; test.csv is scored once by the fit and 
     PYTHONPATH=. python bench/text_defaults.py [--runs DIR]     # runs every fit (~35 min on 2 cores)
     PYTHONPATH=. python bench/text_defaults.py --collect DIR    # only read DIR/<name>/summary.json
                                                                 # (and DIR/before/<name>: older runs)
-    [--results NAME]                                            # bench/results/NAME.json
+    [--results NAME] [--only NAME,NAME]                         # bench/results/NAME.json; some runs
 
 Writes bench/results/text_defaults.json: per run, the command, val/test accuracy, the kept phase
 and epoch, each phase's best val, and the fit's wall time.
@@ -36,6 +36,12 @@ RUNS = {  # name: (set, options after `rehead fit DATA --model packaged:minilm`)
     "full-financial_phrasebank_allagree": ("financial_phrasebank_allagree", FULL),
     "best-rt_polarity": ("rt_polarity", BEST),
     "best-financial_phrasebank_allagree": ("financial_phrasebank_allagree", BEST),
+    # fourteenth session: the text default by its epochs (what auto's 5-minute budget affords on rt_polarity)
+    "finetune-e1": ("rt_polarity", ["--strategy", "finetune", "--epochs", "1"]),
+    "finetune-e2": ("rt_polarity", ["--strategy", "finetune", "--epochs", "2"]),
+    "fpb-finetune-e1": ("financial_phrasebank_allagree", ["--strategy", "finetune", "--epochs", "1"]),
+    "fpb-finetune-e2": ("financial_phrasebank_allagree", ["--strategy", "finetune", "--epochs", "2"]),
+    "auto-budget15": ("rt_polarity", ["--budget", "15"]),  # what auto's closing note suggests there
 }
 
 
@@ -57,11 +63,12 @@ def main():
     ap.add_argument("--runs", default="/tmp/rehead-text-defaults")
     ap.add_argument("--collect", help="read the summaries of runs already made in this folder")
     ap.add_argument("--results", default="text_defaults", help="bench/results/NAME.json")
+    ap.add_argument("--only", help="comma-separated run names (default: all)")
     a = ap.parse_args()
     started = machine()
     out = Path(a.collect or a.runs)
     figures = {}
-    for name in RUNS:
+    for name in (a.only.split(",") if a.only else RUNS):
         wall = None
         if not a.collect:
             t0 = time.perf_counter()

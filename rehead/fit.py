@@ -502,16 +502,19 @@ def _input_note(s: dict, plan: dict | None) -> str | None:
 
 
 def _budget_note(s: dict, cfg: FitConfig, hooks: list) -> str | None:
-    """When auto's budget ended its live phases (or dropped one from its plan) while its last epoch was
-    still its best, more minutes may well pay: say so, rather than end as if the data allowed no more."""
+    """When auto's budget ended its live phases, dropped one from its plan or set their epochs, and its
+    last epoch was still its best, more minutes may well pay: say so, rather than end as if the data
+    allowed no more (rt_polarity's default run: 1 epoch a phase in 5 minutes, val rising at the end)."""
     plan = cfg.auto_plan or {}
     stopped = next((getattr(h, "stopped", None) or "" for h in hooks if type(h).__name__ == "AutoGuard"), "")
-    cut = stopped.startswith("budget:") or "not unfreezing" in plan.get("reason", "")
+    from .auto import MAX_EPOCHS
+    fewer = cfg.epochs is None and 0 < (plan.get("epochs") or MAX_EPOCHS) < MAX_EPOCHS  # epochs set by the budget
+    cut = stopped.startswith("budget:") or "not unfreezing" in plan.get("reason", "") or fewer
     if not cut or s.get("best_epoch") is None or s["best_epoch"] != s.get("epochs_run") or len(s["phases"]) < 2:
         return None
     b = plan.get("budget_minutes") or cfg.budget
-    return (f"auto's budget ({b:g} min of live training) ended the fit while val was still improving (its last epoch "
-            f"is the one kept): more minutes may pay, e.g. --budget {3 * b:g}, or --strategy finetune")
+    return (f"auto's budget ({b:g} min of live training) limited the fit while val was still improving (its last "
+            f"epoch is the one kept): more minutes may pay, e.g. --budget {3 * b:g}, or --strategy finetune")
 
 
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...

@@ -174,6 +174,9 @@ def test_the_guard_stops_unfreezing_when_val_stops_improving_and_at_the_budget()
     assert "--budget 15" in _budget_note(rising, cfg, [g])
     assert _budget_note({**rising, "best_epoch": 20}, cfg, [g]) is None  # it had stopped improving
     assert _budget_note(rising, cfg, [AutoGuard(5, 10)]) is None  # not stopped by the budget
+    few = FitConfig(auto_plan={"budget_minutes": 5, "reason": "...", "epochs": 1})  # the budget set 1 epoch a phase
+    assert "--budget 15" in _budget_note(rising, few, [AutoGuard(5, 10)])
+    assert _budget_note(rising, few.replace(epochs=1), [AutoGuard(5, 10)]) is None  # the user set them
 
 
 # -- through fit, on a tiny model --------------------------------------------------------------------
