@@ -1492,6 +1492,50 @@ def _(c):
     return ok_or_error(r, check, ("empty", "text"))
 
 
+@case("predict_text_csv", "predict", "predict a text run on a CSV of 3 texts: 3 rows scored, not the file's name")
+def _(c):
+    d = c.d("predict_text_csv")
+    texts = [t for t, _ in phrase_rows(3, src="test")]
+    r = c.run("predict", fx_text_run(c), rows_csv(d / "new.csv", ["text"], [[t] for t in texts]), "--json")
+    return must_succeed(r, judged("3 rows scored", lambda r: None if sorted(probs(r)) == sorted(texts) and all(
+        probs(r).values()) else f"rows {list(probs(r))[:4]}"))
+
+
+@case("predict_text_long", "predict", "predict a text run on a 600-character text (longer than a file name may be)")
+def _(c):
+    text = " ".join(t for t, _ in phrase_rows(12, src="test"))[:600]
+    r = c.run("predict", fx_text_run(c), text, "--json")
+    return must_succeed(r, judged("scored", lambda r: None if probs(r).get(text) else "not scored"))
+
+
+@case("predict_image_csv", "predict", "predict an image run on a CSV of 2 image paths: both scored, not the CSV as an image")
+def _(c):
+    d = c.d("predict_image_csv")
+    imgs = pick("ants", 1, split="val") + pick("bees", 1, split="val")
+    r = c.run("predict", fx_run(c), rows_csv(d / "imgs.csv", ["path"], [[str(f)] for f in imgs]), "--json")
+    return must_succeed(r, judged("2 scored", lambda r: None if sorted(probs(r)) == sorted(f.name for f in imgs)
+                                  and all(probs(r).values()) else f"rows {probs(r)}"))
+
+
+@case("img_run_dir_in_data", "image", "a run directory (with report plots) inside the data folder: not a class, named")
+def _(c):
+    d = img_folder(c.d("img_run_dir_in_data") / "data")
+    shutil.copytree(fx_run(c), d / "oldrun")
+    for name in ("confusion.png", "curves.png"):
+        shutil.copy(pick("ants", 1, skip=40)[0], d / "oldrun" / name)
+    out = c.d("img_run_dir_in_data") / "out"
+    r = c.fit(d, out)
+    return ok_or_error(r, judged("not a class, named", good_classes(out, n=2), mentions("oldrun", "not named")),
+                       "oldrun")
+
+
+@case("eval_training_data_said", "evaluate", "evaluate RUN on its own training images: the score is said to be optimistic")
+def _(c):
+    r = c.run("evaluate", fx_run(c), fx_imgs(c))
+    return must_succeed(r, judged("said", mentions(r"seen by this run|optimistic|training", "a score on training "
+                                                   "data reported as if held out")))
+
+
 # -- damaged run directories -----------------------------------------------------------------------
 def damaged(c, name, damage, cmd="predict", names=("model.safetensors",)):
     run = copy_run(fx_run(c), c.d(name) / "run")

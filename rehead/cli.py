@@ -65,7 +65,6 @@ def guarded(fn):
         except KeyboardInterrupt:
             fail("interrupted", code=130)
         except BrokenPipeError:  # `rehead predict ... | head`: the reader has all it wanted
-            import sys
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             raise typer.Exit(141)
         except user_errors() as e:
@@ -309,7 +308,8 @@ def _echo_task_metrics(res: dict, counted: str) -> None:
 def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backbone spec whose pretrained head "
                                                     "is known (e.g. packaged:efficientnet_lite0): the source task's labels"),
             inputs: List[str] = typer.Argument(..., help="image files, folders; texts, or CSV / .txt files of texts"),
-            top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels shown per item"), as_json: bool = typer.Option(False, "--json"),
+            top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels shown per item"),
+            as_json: bool = typer.Option(False, "--json"),
             tta: bool = typer.Option(
                 False, "--tta", help="images: average the probabilities of each image and its horizontal flip"),
             text_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("texts")),
@@ -375,7 +375,8 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
             items += streamed
             continue
         if modality != "image":
-            items += text_items(s, (columns or {}).get("text_column", "text"))
+            from .data.text import input_texts
+            items += input_texts(s, (columns or {}).get("text_column", "text"))
             continue
         from .data.images import list_image_files
         p = Path(s)
@@ -391,55 +392,6 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
     if not items:
         fail("no images found in the given inputs")
     return items
-
-
-TEXT_FILES = (".csv", ".txt")
-
-
-def text_items(arg: str, text_column: str = "text") -> list[str]:
-    """A text run's input: a CSV's text column (the column the fit read) or a .txt file's non-empty
-    lines, else the argument itself as one text. A missing .csv / .txt is an error, not a text to
-    classify: "new.csv" scored as a sentence is a silent wrong answer."""
-    p = Path(arg)
-    try:
-        exists = "\n" not in arg and os.path.lexists(arg)
-    except (OSError, ValueError):  # a sentence too long for a file name
-        exists = False
-    if not exists:
-        if p.suffix.lower() in TEXT_FILES and not any(c.isspace() for c in arg):
-            fail(f"{arg} does not exist")
-        return [arg]  # a text (a sentence that ends in ".csv" is still a sentence)
-    if p.is_dir():
-        fail(f"{arg} is a folder: give texts, a CSV of texts or a .txt file (one text a line)")
-    if not p.is_file():
-        fail(f"{arg} is not a regular file")
-    if p.suffix.lower() not in TEXT_FILES:
-        fail(f"{arg} is a file, not a text: this run classifies texts; give them as arguments, in a CSV or in a "
-             ".txt file (one text a line)")
-    if p.suffix.lower() == ".csv":  # DataError (not UTF-8, no rows, ...) is said by @guarded
-        from .data.csvio import column, read_rows
-        header, rows = read_rows(p)
-        if text_column not in header:
-            fail(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): the run reads texts from the "
-                 f"column {text_column!r}, as its fit did: name yours with --text-column")
-        texts = column(header, rows, text_column, p)
-        if not any(texts):
-            fail(f"{arg} has no text in its {text_column!r} column")
-        if not all(texts):  # a row left out would shift every prediction after it
-            from .data.csvio import lines
-            fail(f"{arg}: {texts.count('')} row(s) with empty text ({lines([i for i, t in enumerate(texts) if not t])}): "
-                 "fill or delete them")
-        return texts
-    try:
-        texts = [t.strip() for t in p.read_text(encoding="utf-8-sig").splitlines()]
-    except UnicodeDecodeError:
-        fail(f"{arg} is not UTF-8 text: re-save it as UTF-8")
-    except OSError as e:
-        fail(f"cannot read {arg}: {e.strerror or e}")
-    texts = [t for t in texts if t]
-    if not texts:
-        fail(f"{arg} has no text: one text a line")
-    return texts
 
 
 @app.command()

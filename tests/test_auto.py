@@ -171,11 +171,11 @@ def test_the_guard_stops_unfreezing_when_val_stops_improving_and_at_the_budget()
     cfg = FitConfig(auto_plan={"budget_minutes": 5, "reason": "large + different -> ..."})
     phases_s = [{"phase": "head"}, {"phase": "unfreeze1"}]
     rising = {"best_epoch": 31, "epochs_run": 31, "phases": phases_s}
-    assert "--budget 15" in _budget_note(rising, cfg, [g])
+    assert "--strategy finetune, or a larger --budget (e.g. 15)" in _budget_note(rising, cfg, [g])
     assert _budget_note({**rising, "best_epoch": 20}, cfg, [g]) is None  # it had stopped improving
     assert _budget_note(rising, cfg, [AutoGuard(5, 10)]) is None  # not stopped by the budget
     few = FitConfig(auto_plan={"budget_minutes": 5, "reason": "...", "epochs": 1})  # the budget set 1 epoch a phase
-    assert "--budget 15" in _budget_note(rising, few, [AutoGuard(5, 10)])
+    assert "(e.g. 15)" in _budget_note(rising, few, [AutoGuard(5, 10)])
     assert _budget_note(rising, few.replace(epochs=1), [AutoGuard(5, 10)]) is None  # the user set them
 
 

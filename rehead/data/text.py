@@ -105,6 +105,52 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
     return Parts(parts, str(path), warnings=warnings, labels_from=label_column, files=[str(path.absolute())])
 
 
+TEXT_FILES = (".csv", ".txt")
+
+
+def input_texts(arg: str, text_column: str = "text") -> list[str]:
+    """For ``predict``: a CSV's text column (the column the fit read) or a .txt file's non-empty
+    lines, else the argument itself as one text. A missing .csv / .txt, a folder or another file is
+    an error, not a text to classify: "new.csv" scored as a sentence is a silent wrong answer."""
+    p = Path(arg)
+    try:
+        exists = "\n" not in arg and os.path.lexists(arg)
+    except (OSError, ValueError):  # a sentence too long for a file name
+        exists = False
+    if not exists:
+        if p.suffix.lower() in TEXT_FILES and not any(c.isspace() for c in arg):
+            raise DataError(f"{arg} does not exist")
+        return [arg]  # a text (a sentence that ends in ".csv" is still a sentence)
+    if p.is_dir():
+        raise DataError(f"{arg} is a folder: give texts, a CSV of texts or a .txt file (one text a line)")
+    if not p.is_file():
+        raise DataError(f"{arg} is not a regular file")
+    if p.suffix.lower() not in TEXT_FILES:
+        raise DataError(f"{arg} is a file, not a text: this run classifies texts; give them as arguments, in a CSV "
+                        "or in a .txt file (one text a line)")
+    if p.suffix.lower() == ".csv":
+        header, rows = read_rows(p)
+        if text_column not in header:
+            raise DataError(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): the run reads texts "
+                            f"from the column {text_column!r}, as its fit did: name yours with --text-column")
+        texts = column(header, rows, text_column, p)
+        if not any(texts):
+            raise DataError(f"{arg} has no text in its {text_column!r} column")
+        if not all(texts):  # a row left out would shift every prediction after it
+            raise DataError(f"{arg}: {texts.count('')} row(s) with empty text "
+                            f"({lines([i for i, t in enumerate(texts) if not t])}): fill or delete them")
+        return texts
+    try:
+        texts = [t.strip() for t in p.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        raise DataError(f"{arg} is not UTF-8 text: re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"cannot read {arg}: {e.strerror or e}") from None
+    if not any(texts):
+        raise DataError(f"{arg} has no text: one text a line")
+    return [t for t in texts if t]
+
+
 # -- the pipeline interface (see rehead.data.pipeline) -------------------------------------
 unit = "sent"
 
