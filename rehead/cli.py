@@ -173,6 +173,8 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
         fail("give DATA (a folder or CSV), or --resume RUN_DIR")
     if relaunched(processes):
         return
+    if resume:
+        _resume_takes_no_options(resume, data, out, overwrite, options)
     out = resume or out or f"runs/{Path(data.split('{')[0].rstrip('-_') or data).stem}"
     cfg = None if resume else FitConfig(**options)  # every option checked before torch is even imported
     from .fit import fit as run_fit
@@ -187,6 +189,30 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
         if not interrupts.pending():
             raise
         _interrupted_fit(out)  # the DataLoader's workers died of the same Ctrl-C first
+
+
+def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict) -> None:
+    """--resume continues a run with the options and data its config.yaml holds: any other given
+    would be ignored silently (`--epochs 20` would not add an epoch), so it is refused."""
+    import dataclasses
+    flags = {f.name: (f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
+                      f.default_factory() if f.default is dataclasses.MISSING else f.default)
+             for f in dataclasses.fields(FitConfig) if f.default is not dataclasses.MISSING
+             or f.default_factory is not dataclasses.MISSING}
+    given = [flags[k][0] for k, v in options.items() if k in flags and v != flags[k][1]]
+    given += ["--out"] * bool(out and Path(out) != Path(run)) + ["--overwrite"] * overwrite
+    if given:
+        fail(f"--resume continues {run} with the options in its config.yaml; {', '.join(given)} would be ignored: "
+             "leave them out, or start a new run (--out NEW_DIR) with them")
+    if data is not None:
+        import yaml
+        try:
+            said = (yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("data")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return  # the resume itself names a missing or broken run
+        if said and os.path.abspath(str(said)) != os.path.abspath(data):
+            fail(f"--resume continues {run} on its own data ({said}), not {data}: leave DATA out, or start a new "
+                 "run with --out NEW_DIR")
 
 
 def _interrupted_fit(out) -> None:

@@ -77,6 +77,14 @@ def test_a_run_directory_inside_the_data_is_not_a_class_and_not_data(tmp_path):
     assert images.list_image_files(root / "red")[0] == sorted(str(f) for f in (root / "red").glob("*.jpg"))
 
 
+def test_a_val_fraction_the_data_overrides_is_said(tmp_path):
+    make_images(tmp_path / "d" / "train", n=4)
+    make_images(tmp_path / "d" / "val", n=2, seed=1)
+    assert not load_dataset(tmp_path / "d").info.get("warnings")
+    ds = load_dataset(tmp_path / "d", val_fraction=0.3)  # silently unused before
+    assert len(ds.val) == 4 and "--val-fraction 0.3 is not used" in " ".join(ds.info["warnings"])
+
+
 def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")

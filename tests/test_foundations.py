@@ -128,6 +128,11 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, image_folder, tiny_sp
     (tmp_path / "run" / "model.safetensors").unlink()
     res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run")])
     assert res.exit_code == 2 and "checkpoint.pt" in res.output and "Traceback" not in res.output
+    # options or other data given with --resume were ignored silently (--epochs 20 added no epoch)
+    for extra, says in ((["--epochs", "20", "--lr", "0.5"], "--epochs, --lr would be ignored"),
+                        ([str(tmp_path)], "on its own data")):
+        res = runner.invoke(app, ["fit", *extra, "--resume", str(tmp_path / "run")])
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 def test_every_kind_of_run_opens_or_says_why_not(tmp_path):

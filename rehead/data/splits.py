@@ -97,6 +97,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
         if "val" in named:
             train, val = train_all, samples(named["val"])
             how = f"train: {named['train'].where}; val: {named['val'].where}"
+            warnings += _own_val(val_fraction, named["val"])
         else:  # classes seen once stay in train (see the once_report warning)
             tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where, hint)
             train, val = train_all.subset(tr), train_all.subset(va)
@@ -157,6 +158,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     if "val" in built:
         train, val = train_all, built["val"]
         how = f"train: {named['train'].where}; val: {named['val'].where}"
+        warnings += _own_val(val_fraction, named["val"])
     else:
         tr, va = _random_split(len(train_all), val_fraction, seed, base.where)
         train, val = train_all.subset(tr), train_all.subset(va)
@@ -234,6 +236,16 @@ def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
                 w = overlap_report(tr.keys if tr.keys is not None else tr.items, keys, "train", k, named[k].where)
                 if w:
                     warnings.append(w)
+
+
+VAL_FRACTION = 0.2  # FitConfig's and load_dataset's default
+
+
+def _own_val(val_fraction: float, val: Part) -> list[str]:
+    """A --val-fraction other than the default is not used when the data brings its val split: say so."""
+    if val_fraction == VAL_FRACTION:
+        return []
+    return [f"--val-fraction {val_fraction:g} is not used: {val.where} is the data's own val split"]
 
 
 def _skipped_warning(skipped: dict) -> str:
