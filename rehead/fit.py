@@ -188,8 +188,9 @@ _MODEL_HINT = {"text": " (e.g. --model packaged:minilm)",
 def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
     if backbone.modality != ds.modality:
         hint = _MODEL_HINT.get(ds.modality, "")
+        a = "an" if ds.modality[0] in "aeiou" else "a"
         raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
-                        f"{backbone.modality} data: choose a {ds.modality} model{hint}; `rehead models` lists them")
+                        f"{backbone.modality} data: choose {a} {ds.modality} model{hint}; `rehead models` lists them")
 
 
 def task_loss(cfg: FitConfig, ds: Dataset):
