@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .data import DataError
-from .data.tabular import _as_list, feature_columns, read_table
+from .data.tabular import _as_list, feature_columns, id_warning, read_table
 from .recipes import Phase
 from .rundir import RunDir
 from .train.loop import TrainConfig, Trainer, seed_everything
@@ -105,6 +105,9 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
         raise ValueError(f"mask_ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
     t0 = time.perf_counter()
     x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing)
+    w = id_warning(read_table(data), cols)
+    if w:
+        echo(f"warning: {w}")
     run = RunDir.create(out, overwrite=overwrite)
     seed_everything(seed)
     enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")

@@ -49,6 +49,23 @@ def test_csv_without_path_or_text_is_tabular(tmp_path):
     assert ds.feature_columns == [f"g{j}" for j in range(16)]
 
 
+def test_a_column_that_numbers_the_rows_is_said_to_be_an_identifier(tmp_path):
+    """golub's "patient" (1..72, its training rows ALL first, then AML) was read as a feature, silently:
+    a model can learn the label from the row order. A run of distinct whole numbers, or an id-like
+    name, is named with the --id-columns that leaves it out."""
+    p, x = low_rank_table(tmp_path / "t.csv")
+    rows = list(csv.reader(open(p)))
+    rows[0].insert(1, "n")
+    for i, r in enumerate(rows[1:]):
+        r.insert(1, str(i + 1))
+    write_csv(tmp_path / "n.csv", rows[0], rows[1:])
+    said = " ".join(load_dataset(tmp_path / "n.csv", label_column="a", id_columns="b").info["warnings"])
+    assert "'patient', 'n' look like row identifiers" in said and "--id-columns patient,n" in said
+    assert not load_dataset(tmp_path / "n.csv", label_column="a", id_columns="patient,n,b").info.get("warnings")
+    # real counts are not numbered rows
+    assert not load_dataset(p, label_column="a", id_columns="patient,b").info.get("warnings")
+
+
 def test_standardisation_is_fitted_on_training_rows_only_and_travels(tmp_path):
     from rehead.fit import fit
     p, x = low_rank_table(tmp_path / "t.csv")

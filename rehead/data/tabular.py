@@ -104,6 +104,38 @@ def feature_columns(table: Table, label_column, id_columns, split_column) -> lis
     return cols
 
 
+ID_NAMES = {"id", "index", "idx", "patient", "sample", "subject", "row", "unnamed: 0", ""}
+
+
+def id_like(table: Table, cols: list[str]) -> list[str]:
+    """Feature columns that look like row identifiers: named like one, or holding a distinct whole
+    number per row that together make a run of consecutive numbers (1..N). Read as a feature, such a
+    column lets a model learn the row order (golub's "patient" numbers its training rows ALL first,
+    then AML)."""
+    out = []
+    for c in cols:
+        name = c.strip().lower()
+        if name in ID_NAMES or name.endswith(("_id", " id")):
+            out.append(c)
+            continue
+        cells = table.column(c)
+        if len(cells) < 10 or not all(v.strip().isdigit() for v in cells):
+            continue
+        v = sorted(int(x) for x in cells)
+        if len(set(v)) == len(v) and v[-1] - v[0] == len(v) - 1:
+            out.append(c)
+    return out
+
+
+def id_warning(table: Table, cols: list[str]) -> str | None:
+    ids = id_like(table, cols)
+    if not ids:
+        return None
+    shown = ", ".join(repr(c) for c in ids[:5]) + (" ..." if len(ids) > 5 else "")
+    return (f"{table.path}: column(s) {shown} look like row identifiers and are read as features (a model can "
+            f"learn the row order from them): leave them out with --id-columns {','.join(ids)}")
+
+
 def _as_list(v) -> list[str]:
     if v is None:
         return []
@@ -160,7 +192,8 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
         idx, where = {"all": list(range(len(items)))}, {"all": str(table.path)}
     parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix])
              for k, ix in idx.items()}
-    return Parts(parts, str(table.path), files=[str(table.path)], labels_from=label_column,
+    w = None if eval_only else id_warning(table, cols)
+    return Parts(parts, str(table.path), warnings=[w] if w else [], files=[str(table.path)], labels_from=label_column,
                  info={"features": len(cols), "missing": missing}, extra={"feature_columns": cols, "missing": missing})
 
 
