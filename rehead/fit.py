@@ -139,10 +139,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         cfg = cfg.replace(strategy="extract")
         echo(f"note: --strategy auto plans by classification accuracy; --task {cfg.task} uses --strategy extract "
              "(give --strategy head/finetune/full to train more of the backbone)")
-    ds.say_warnings(echo)
-    if ds.skipped:
-        echo(f"skipped {len(ds.skipped)} item(s): " + ", ".join(map(str, ds.skipped[:5]))
-             + (" ..." if len(ds.skipped) > 5 else ""))
+    ds.say_warnings(echo)  # skipped items among them (data.splits._skipped_warning)
     if cache is not None:
         cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None

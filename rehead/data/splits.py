@@ -249,8 +249,9 @@ def _own_val(val_fraction: float, val: Part) -> list[str]:
 
 
 def _skipped_warning(skipped: dict) -> str:
-    item, why = next(iter(skipped.items()))
-    return f"{len(skipped)} item(s) left out (unreadable, not regular files or not data), e.g. {item} ({why})"
+    shown = "; ".join(f"{item} ({why})" for item, why in list(skipped.items())[:3])
+    return (f"{len(skipped)} item(s) left out (unreadable, not regular files or not data): {shown}"
+            + (" ..." if len(skipped) > 3 else ""))
 
 
 def _require_each_class(classes, base: Part, skipped: dict, hint) -> None:
