@@ -38,7 +38,8 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     run = open_run(run_dir)
     from .lora import merge
     model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
-    text = not isinstance(pipeline(run.modality).example_input(model.backbone), torch.Tensor)
+    example = pipeline(run.modality).example_input(model.backbone)
+    text = not isinstance(example, torch.Tensor)  # tokenized inputs
     tokenizer = getattr(model.backbone, "tokenizer", None)
     if text and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
@@ -52,7 +53,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    net, args, names, axes = _traced_inputs(model, text)
+    net, args, names, axes = _traced_inputs(model, None if text else example)
     tmp = out.with_name(f".tmp-{out.name}")  # written whole, then renamed: never half a model at `out`
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
@@ -103,17 +104,15 @@ class _TextInputs(torch.nn.Module):
         return self.model({"input_ids": input_ids, "attention_mask": attention_mask})
 
 
-def _traced_inputs(model, text: bool):
-    """(module, example args, input names, dynamic axes). A batch of 2 (no batch-1 specialisation);
-    texts of two lengths, so padding is in the trace."""
-    if text:
-        enc = model.backbone.tokenize(["An example sentence.", "A second, somewhat longer example sentence here."])
-        names = ["input_ids", "attention_mask"]
-        return (_TextInputs(model).eval(), (enc["input_ids"], enc["attention_mask"]), names,
-                {n: {0: "batch", 1: "tokens"} for n in names})
-    from .data import pipeline
-    x = pipeline(model.backbone.modality).example_input(model.backbone)
-    return model, (x.expand(2, *x.shape[1:]).contiguous(),), ["input"], {"input": {0: "batch"}}
+def _traced_inputs(model, x: torch.Tensor | None):
+    """(module, example args, input names, dynamic axes) for one input tensor ``x``, or (None) a text
+    model's two. A batch of 2 (no batch-1 specialisation); texts of two lengths, so padding is traced."""
+    if x is not None:
+        return model, (x.expand(2, *x.shape[1:]).contiguous(),), ["input"], {"input": {0: "batch"}}
+    enc = model.backbone.tokenize(["An example sentence.", "A second, somewhat longer example sentence here."])
+    names = ["input_ids", "attention_mask"]
+    return (_TextInputs(model).eval(), (enc["input_ids"], enc["attention_mask"]), names,
+            {n: {0: "batch", 1: "tokens"} for n in names})
 
 
 def _save_tokenizer(tokenizer, path: Path) -> None:

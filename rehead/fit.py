@@ -503,9 +503,9 @@ def _budget_note(s: dict, cfg: FitConfig, hooks: list) -> str | None:
     """When auto's budget ended its live phases, dropped one from its plan or set their epochs, and its
     last epoch was still its best, more minutes may well pay: say so, rather than end as if the data
     allowed no more (rt_polarity's default run: 1 epoch a phase in 5 minutes, val rising at the end)."""
+    from .auto import MAX_EPOCHS, AutoGuard
     plan = cfg.auto_plan or {}
-    stopped = next((getattr(h, "stopped", None) or "" for h in hooks if type(h).__name__ == "AutoGuard"), "")
-    from .auto import MAX_EPOCHS
+    stopped = next((h.stopped or "" for h in hooks if isinstance(h, AutoGuard)), "")
     fewer = cfg.epochs is None and 0 < (plan.get("epochs") or MAX_EPOCHS) < MAX_EPOCHS  # epochs set by the budget
     cut = stopped.startswith("budget:") or "not unfreezing" in plan.get("reason", "") or fewer
     if not cut or s.get("best_epoch") is None or s["best_epoch"] != s.get("epochs_run") or len(s["phases"]) < 2:
