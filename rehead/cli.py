@@ -194,11 +194,9 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
 def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict) -> None:
     """--resume continues a run with the options and data its config.yaml holds: any other given
     would be ignored silently (`--epochs 20` would not add an epoch), so it is refused."""
-    import dataclasses
-    flags = {f.name: (f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
-                      f.default_factory() if f.default is dataclasses.MISSING else f.default)
-             for f in dataclasses.fields(FitConfig) if f.default is not dataclasses.MISSING
-             or f.default_factory is not dataclasses.MISSING}
+    import dataclasses  # the options' defaults are the fields' own (_fit_params), not FitConfig()'s resolved ones
+    flags = {f.name: (f.metadata.get("flag") or "--" + f.name.replace("_", "-"), f.default)
+             for f in dataclasses.fields(FitConfig)}
     given = [flags[k][0] for k, v in options.items() if k in flags and v != flags[k][1]]
     given += ["--out"] * bool(out and Path(out) != Path(run)) + ["--overwrite"] * overwrite
     if given:

@@ -27,6 +27,7 @@ DEFAULT_AUGMENT = "light"  # for unfrozen image phases; from the on/off table in
 TASKS = ("multiclass", "multilabel", "regression")  # rehead.tasks owns what each means
 CLASS_WEIGHTS = ("none", "balanced")
 LABEL_SEP = "|"  # multilabel: the labels of one item, in one cell
+VAL_FRACTION = 0.2  # share of training data held out for val when the data has no val split
 
 
 class ConfigError(ValueError):
@@ -109,7 +110,7 @@ class FitConfig:
     keep_last: bool = field(default=False, metadata=opt("keep the last epoch's weights, not the best val epoch's"))
     seed: int = field(default=0, metadata=opt("seed of the split, the head's init and the shuffling"))
     # -- data
-    val_fraction: float = field(default=0.2, metadata=opt("share of training data held out for val", group="data"))
+    val_fraction: float = field(default=VAL_FRACTION, metadata=opt("share of training data held out for val", group="data"))
     strict: bool = field(default=False, metadata=opt("an unreadable image is an error, not skipped", group="data"))
     workers: int | None = field(default=None, metadata=opt(
         "data loading processes (default 2; on a GPU machine every core but one, at most 16)", group="data"))

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import VAL_FRACTION
+
 log = logging.getLogger(__name__)
 
 
@@ -144,7 +146,7 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int, where=No
 DATA_KW = ("text_column", "image_column", "label_column", "id_columns", "split_column", "missing")
 
 
-def load_dataset(path, modality: str | None = None, val_fraction: float = 0.2, seed: int = 0,
+def load_dataset(path, modality: str | None = None, val_fraction: float = VAL_FRACTION, seed: int = 0,
                  strict: bool = False, eval_only: bool = False, check: bool = True, task: str = "multiclass",
                  memo=None, **kw) -> Dataset:
     """Discover a dataset at ``path``; the modality is inferred when not given.
@@ -202,7 +204,7 @@ def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] 
     return from_split(d, modality, classes, where, check)
 
 
-def from_items(items: list, labels: list, modality: str, source: str, val_fraction: float = 0.2,
+def from_items(items: list, labels: list, modality: str, source: str, val_fraction: float = VAL_FRACTION,
                seed: int = 0, task: str = "multiclass") -> Dataset:
     """In-memory (item, label) data as a Dataset, by the same rules as a CSV: empty labels
     dropped and counted, duplicates reported, a stratified seeded val split."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import DataError, Dataset, EvalData, Part, Parts, Samples, refs, stratified_split
 from ..config import LABEL_SEP as SEP
+from ..config import VAL_FRACTION
 from .csvio import drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report
 
 log = logging.getLogger(__name__)
@@ -236,9 +237,6 @@ def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
                 w = overlap_report(tr.keys if tr.keys is not None else tr.items, keys, "train", k, named[k].where)
                 if w:
                     warnings.append(w)
-
-
-VAL_FRACTION = 0.2  # FitConfig's and load_dataset's default
 
 
 def _own_val(val_fraction: float, val: Part) -> list[str]:
