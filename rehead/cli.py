@@ -291,9 +291,14 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         typer.echo(f"warning: {w}", err=True)
     if as_json:
         per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
-        typer.echo(json.dumps({k: v for k, v in res.items() if k not in per_item}, indent=1))
+        typer.echo(json.dumps({"kind": run.kind, **{k: v for k, v in res.items() if k not in per_item}}, indent=1))
         return
-    counted = f" on {res['n']} samples" + (f" ({res['skipped']} skipped)" if res["skipped"] else "") \
+    if run.kind != "fit":  # an ensemble or a soup is said as such, never read as one model's score
+        n = len(run.members) if run.kind == "ensemble" else len(run.config["soup"]["members"])
+        typer.echo(f"{run.kind} of {n} runs ("
+                   + ("their mean probability)" if run.kind == "ensemble" else "one model of their mean weights)"))
+    counted = f" on {res['n']} samples" + (" of the run's val split" if data is None else "") \
+        + (f" ({res['skipped']} skipped)" if res["skipped"] else "") \
         + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else "") \
         + ("; with flip TTA" if tta else "")
     if res.get("task") in ("regression", "multilabel"):

@@ -11,6 +11,7 @@ originals breaks nothing):
     members/N/    each member's config.yaml, labels.json, model.safetensors (+ summary, split)
     summary.json  the members' own val accuracies
     split.json    only when every member was trained on the same split
+    seen.json     otherwise: every sample some member trained or chose on, so `evaluate` can warn
 
 A soup (Wortsman et al. 2022, "Model soups"; timm's ``avg_checkpoints.py`` does the same for
 one run's checkpoints) is an ordinary run directory of ``kind: soup`` whose model.safetensors is
@@ -81,11 +82,24 @@ def _common_split(members: list[Run]) -> dict | None:
     return splits[0] if all(s == splits[0] for s in splits) else None
 
 
+def _seen_by_any(members: list[Run]) -> dict:
+    """The union of the members' train and val items: a score on any of them is optimistic."""
+    seen = {"train": set(), "val": set()}
+    for m in members:
+        p = m.dir / "split.json"
+        split = read_json(p) if p.exists() else {}
+        for k in seen:
+            seen[k].update((split.get(k) or {}).get("items") or [])
+    return {k: {"items": sorted(v, key=str)} for k, v in seen.items()}
+
+
 def _write_common(members: list[Run], run: RunDir, summary: dict) -> None:
     run.write_json("labels.json", members[0].classes)
     split = _common_split(members)
     if split is not None:
         run.write_json("split.json", split)
+    else:
+        run.write_json("seen.json", _seen_by_any(members))
     summary["shared_val_split"] = split is not None
     run.write_json("summary.json", summary)
 

@@ -273,24 +273,36 @@ class Run:
             info = self._seen(items, info)  # data at a path may be what the run trained on
         return self._metrics(items, labels, info, **kw)
 
+    @property
+    def kind(self) -> str:
+        """fit, soup or ensemble."""
+        return self.config.get("kind", "fit")
+
     def _seen(self, items, info: dict) -> dict:
-        """``info`` plus how many of ``items`` this run trained on or chose with (its split.json),
-        and a warning when any: a score on them is optimistic, and it must not look like a held-out one."""
-        p = self.dir / "split.json"
-        if not p.exists():  # an ensemble or soup: its members' splits may differ
+        """``info`` plus how many of ``items`` this run trained on or chose with (its split.json; an
+        ensemble's or soup's members split apart: seen.json, their union), and a warning when any:
+        a score on them is optimistic, and it must not look like a held-out one."""
+        own = (self.dir / "split.json").exists()
+        p = self.dir / ("split.json" if own else "seen.json")
+        if not p.exists():  # an ensemble or soup made before seen.json
             return info
         try:
             split = read_json(p)
             seen = {k: set(split[k]["items"]) for k in ("train", "val")}
         except (KeyError, TypeError, ValueError, OSError):
             return info  # val_split() names a broken split.json; a score on new data does not need it
+        seen["val"] -= seen["train"]  # members split apart: a sample one trained on counts as trained on
         n = {k: sum(1 for it in items if isinstance(it, str) and it in ids) for k, ids in seen.items()}
         if not any(n.values()):
             return info
-        parts = ([f"{n['train']} in its training split"] if n["train"] else []) + (
-            [f"{n['val']} in its val split, which chose its kept epoch and temperature"] if n["val"] else [])
-        w = (f"{sum(n.values())} of {len(items)} samples were seen by this run: {'; '.join(parts)}. The score is "
-             "optimistic: evaluate on data it has not seen (a test split) for a held-out figure")
+        one = self.kind == "fit"
+        whose = "its" if one else "a member's"
+        parts = ([f"{n['train']} in {whose} training split"] if n["train"] else []) + (
+            [f"{n['val']} in {whose} val split, which chose {whose} kept epoch"
+             + (" and temperature" if one else "")] if n["val"] else [])
+        w = (f"{sum(n.values())} of {len(items)} samples were seen by this {'run' if one else self.kind}: "
+             f"{'; '.join(parts)}. The score is optimistic: evaluate on data it has not seen (a test split) "
+             "for a held-out figure")
         return {**info, "seen": n, "warnings": info.get("warnings", []) + [w]}
 
     def eval_data(self, path, columns: dict | None = None) -> tuple[list, list[int], dict]:

@@ -71,7 +71,17 @@ def test_cli_ensemble_evaluate_predict_and_clear_refusals(tmp_path, two_runs, im
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["evaluate", str(ens), str(image_folder), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["n"] == 20
+    res = json.loads(r.stdout)  # the warning goes to stderr
+    assert res["n"] == 20 and res["kind"] == "ensemble"
+    # the members' training data is not a held-out set for the ensemble, though their splits differ
+    assert sum(res["seen"].values()) == 20
+    r = runner.invoke(app, ["evaluate", str(ens), str(image_folder)])
+    assert "ensemble of 2 runs (their mean probability)" in r.output
+    assert "20 of 20 samples were seen by this ensemble" in r.output
+    soup = tmp_path / "soup"
+    assert runner.invoke(app, ["ensemble", str(a.dir), str(b.dir), "--soup", "--out", str(soup)]).exit_code == 0
+    r = runner.invoke(app, ["evaluate", str(soup), str(image_folder)])
+    assert "soup of 2 runs (one model of their mean weights)" in r.output and "seen by this soup" in r.output
     img = next(image_folder.rglob("*.jpg"))
     r = runner.invoke(app, ["predict", str(ens), str(img), "-k", "1"])
     assert r.exit_code == 0 and str(img) in r.output

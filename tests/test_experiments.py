@@ -38,6 +38,12 @@ def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec,
     best = res["best"]
     assert best["val_acc"] == max(r["val_acc"] for r in res["rows"])
     assert f"--cut {best['cut']}" in best["fit_command"]
+    # 4 val images: one is 0.25 of accuracy, so the cuts within two of the best's SE are named as a tie
+    p, n = best["val_acc"], res["n_val"]
+    tied = [r["cut"] for r in res["rows"] if r["cut"] != best["cut"]
+            and r["val_acc"] >= p - 2 * max((p * (1 - p) / n) ** 0.5, 1 / n)]
+    assert best["within_noise"] == tied and tied
+    assert any(s.startswith(f"note: cuts {', '.join(map(str, tied))} score within two standard errors") for s in said)
     d = tmp_path / "p"
     assert yaml.safe_load((d / "config.yaml").read_text())["kind"] == "probe"
     assert (d / "probe.png").stat().st_size > 1000 and (d / "results.csv").exists()

@@ -75,8 +75,10 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
     best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
     source = ds.source
+    near = near_best(rows, best, len(ys["val"]))
     result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
-                       "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}"},
+                       "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}",
+                       "within_noise": near},
               "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
               "input": inp, "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
               "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
@@ -85,11 +87,23 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}", input_row=inp)
     echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
          f"{result['best']['fit_command']}")
+    if near:
+        echo(f"note: cuts {', '.join(str(c) for c in near)} score within two standard errors of it (val has "
+             f"{len(ys['val'])} samples; one is {1 / len(ys['val']):.4f} of accuracy): on this val split the "
+             "choice between them is noise; a larger --val-fraction or more data would tell them apart")
     if inp["val_acc"] >= best["val_acc"]:
         how = "better than" if inp["val_acc"] > best["val_acc"] else "as well as"
         echo(f"note: the input itself ({inp['what']}) reads this data {how} the best cut (val acc "
              f"{inp['val_acc']:.4f}): the source adds nothing a model of the input would not")
     return {"rows": rows, **result, "dir": str(out.path)}
+
+
+def near_best(rows: list[dict], best: dict, n_val: int) -> list[int]:
+    """The other cuts whose val accuracy is within two standard errors of the best's (the binomial
+    SE of an accuracy on ``n_val`` samples, at least one sample's worth): val cannot tell them apart."""
+    p = best["val_acc"]
+    margin = 2 * max((p * (1 - p) / n_val) ** 0.5, 1 / n_val)
+    return [r["cut"] for r in rows if r["cut"] != best["cut"] and r["val_acc"] >= p - margin]
 
 
 INPUT_MAX = 10000  # the input probe reads at most this many samples of each split (a stratified subset)

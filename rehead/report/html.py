@@ -212,6 +212,9 @@ def _probe_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     b = r["best"]
     find = (f"<p class='finding'>best depth: <b>cut {b['cut']} ({escape(b['stage'])})</b>, val accuracy "
             f"{b['val_acc']:.4f}. Use it: <code>{escape(b['fit_command'])}</code></p>")
+    if b.get("within_noise"):
+        find += (f"<p class='muted'>cuts {', '.join(map(str, b['within_noise']))} score within two standard errors "
+                 f"of it on {r['n_val']} val samples: this val split cannot tell them apart.</p>")
     timing = (f"<p class='muted'>features for all {len(r['rows'])} depths from one pass: "
               f"{r['extract_seconds']:.1f}s; {len(r['rows'])} probes: {r['probe_seconds']:.1f}s</p>")
     cols = ["cut", "stage", "dim", "train_acc", "val_acc", "val_loss", "fit_seconds"]
