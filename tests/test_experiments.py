@@ -149,7 +149,11 @@ def test_scratch_needs_reports_never_or_the_sample_count():
     assert scratch_needs(rows, 0.1)["scratch_samples_needed"] == 50
     rows[3]["val_acc"] = rows[4]["val_acc"] = 0.6
     r = scratch_needs(rows, 0.1)
-    assert r["scratch_samples_needed"] is None and "never" in r["text"]
+    assert r["scratch_samples_needed"] is None and "never" in r["text"] and "cannot tell" not in r["text"]
+    # a gap of 0.3 on 4 val samples (one is 0.25) is not one val can call
+    r = scratch_needs(rows, 0.1, n_val=4)
+    assert "never" in r["text"] and "within two standard errors on 4 val samples" in r["text"]
+    assert "cannot tell" not in scratch_needs(rows, 0.1, n_val=1000)["text"]
 
 
 def test_scratch_cnn_is_the_classic_four_block_baseline():

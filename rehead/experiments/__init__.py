@@ -55,6 +55,12 @@ def linear_probe(x_train, y_train, x_val, y_val, C: float = 1.0, seed: int = 0) 
             "fit_seconds": time.perf_counter() - t0}
 
 
+def noise_margin(acc: float, n: int) -> float:
+    """Two binomial standard errors of an accuracy measured on ``n`` samples (at least one sample's
+    worth): accuracies closer than this are not told apart by that split."""
+    return 2 * max((acc * (1 - acc) / n) ** 0.5, 1 / n)
+
+
 def quiet(*_a, **_k):
     """The echo of every process but the first under ``accelerate launch``: one process reports."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import DEFAULT_MODEL
-from . import start_run, write_results
+from . import noise_margin, start_run, write_results
 
 
 def parse_fractions(fractions) -> list[float]:
@@ -103,7 +103,7 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
                      "val_loss": res["val_loss"], "epochs": res["epochs"], "seconds": time.perf_counter() - t0})
         echo(f"fraction {f:g} ({n} samples): transfer {rows[-2]['val_acc']:.4f} ({rows[-2]['seconds']:.0f}s), "
              f"scratch {res['val_acc']:.4f} ({rows[-1]['seconds']:.0f}s, {res['epochs']} epochs)")
-    finding = scratch_needs(rows, reference)
+    finding = scratch_needs(rows, reference, n_val=len(y_va))
     result = {"finding": finding, "n_val": len(y_va), "total_seconds": time.perf_counter() - t_start,
               "scratch_params": res["params"]}
     write_results(out, rows, result)
@@ -114,8 +114,9 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
     return {"rows": rows, **result, "dir": str(out.path)}
 
 
-def scratch_needs(rows: list[dict], reference: float) -> dict:
-    """Fewest training samples at which the scratch CNN reaches transfer's accuracy at ``reference``."""
+def scratch_needs(rows: list[dict], reference: float, n_val: int | None = None) -> dict:
+    """Fewest training samples at which the scratch CNN reaches transfer's accuracy at ``reference``;
+    with ``n_val``, a "never" whose gap val cannot tell from noise says so."""
     tr = [r for r in rows if r["arm"] == "transfer"]
     ref = min(tr, key=lambda r: (abs(r["fraction"] - reference), r["fraction"]))
     ref = {"fraction": ref["fraction"], "n_train": ref["n_train"], "val_acc": ref["val_acc"]}
@@ -130,4 +131,8 @@ def scratch_needs(rows: list[dict], reference: float) -> dict:
         text = (f"the scratch CNN never matches transfer at {ref['fraction']:g} ({ref['n_train']} samples, "
                 f"val acc {ref['val_acc']:.4f}) with up to {max(r['n_train'] for r in rows)} samples: its best is "
                 f"{best_scratch['val_acc']:.4f} with {best_scratch['n_train']}")
+        gap = ref["val_acc"] - best_scratch["val_acc"]
+        if n_val and gap < noise_margin(ref["val_acc"], n_val):
+            text += (f"; but the gap ({gap:.4f}) is within two standard errors on {n_val} val samples: "
+                     "this val split cannot tell them apart")
     return {"reference": ref, "scratch_samples_needed": n, "text": text}

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL
-from . import linear_probe, quiet, split_features, start_run, write_results
+from . import linear_probe, noise_margin, quiet, split_features, start_run, write_results
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -99,11 +99,9 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
 
 
 def near_best(rows: list[dict], best: dict, n_val: int) -> list[int]:
-    """The other cuts whose val accuracy is within two standard errors of the best's (the binomial
-    SE of an accuracy on ``n_val`` samples, at least one sample's worth): val cannot tell them apart."""
-    p = best["val_acc"]
-    margin = 2 * max((p * (1 - p) / n_val) ** 0.5, 1 / n_val)
-    return [r["cut"] for r in rows if r["cut"] != best["cut"] and r["val_acc"] >= p - margin]
+    """The other cuts whose val accuracy is within two standard errors of the best's: val cannot tell them apart."""
+    margin = noise_margin(best["val_acc"], n_val)
+    return [r["cut"] for r in rows if r["cut"] != best["cut"] and r["val_acc"] >= best["val_acc"] - margin]
 
 
 INPUT_MAX = 10000  # the input probe reads at most this many samples of each split (a stratified subset)
