@@ -34,7 +34,13 @@ class FeatureCache(ShardStore):
         # Features at cut k depend on the first k stages only: key them by that prefix's weights,
         # so a probe over every depth (full backbone) and `fit --cut k` (the prefix) share entries.
         wid = backbone.weights_id if cut == len(backbone) else backbone.cut(cut).weights_id
-        return self.key(backbone.spec, wid, cut, backbone.preprocessing_id(), precision)
+        mkey = self.key(backbone.spec, wid, cut, backbone.preprocessing_id(), precision)
+        self.name(mkey, backbone.spec, cut, backbone.stage_names[cut - 1], precision)
+        return mkey
+
+    def name(self, mkey: str, spec: str, cut: int, stage: str, precision: str = "fp32") -> None:
+        """What ``mkey`` is, for `rehead cache info` (stored with its next shard or read)."""
+        self.names[mkey] = f"{spec} cut {cut} ({stage})" + (f" {precision}" if precision != "fp32" else "")
 
     @staticmethod
     def key(spec: str, weights_id: str, cut: int, preprocessing_id: str, precision: str = "fp32") -> str:

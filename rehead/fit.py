@@ -257,7 +257,9 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
         return None
     hollow = Backbone({}, meta["data_config"], cfg.model)
     pipe = pipeline(ds.modality)
-    mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"], feature_precision(extraction_device()))
+    precision = feature_precision(extraction_device())
+    mkey = cache.key(cfg.model, cut["weights_id"], k, cut["preprocessing_id"], precision)
+    cache.name(mkey, cfg.model, k, meta["stage_names"][k - 1], precision)
     features = []
     for split in (ds.train, ds.val):
         x = cache.get_all(mkey, sample_keys(pipe, split.items, cache, hollow))

@@ -70,7 +70,9 @@ PIXELS_KEY = f"reference:pixels|{PIXELS}x{PIXELS}|decode min_side {2 * PIXELS}|B
 def pixels_key(cache) -> str:
     """The pixels' model key in the feature store (its decoding rules included)."""
     from .data.images import DECODE
-    return cache.key(PIXELS_KEY, "-", 0, json.dumps(DECODE, sort_keys=True))
+    mkey = cache.key(PIXELS_KEY, "-", 0, json.dumps(DECODE, sort_keys=True))
+    cache.names[mkey] = f"the input itself: {PIXELS}x{PIXELS} pixels (auto's and probe's reference)"
+    return mkey
 
 
 def _cached_pixels(items: list, cache) -> np.ndarray:

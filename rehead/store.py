@@ -62,10 +62,13 @@ CREATE TABLE IF NOT EXISTS file_digests(path TEXT PRIMARY KEY, ino INTEGER, size
                                         ctime_ns INTEGER, sha256 BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shard_marks(file TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
                                        ctime_ns INTEGER, good BLOB NOT NULL, k1 BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS model_names(mkey TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS file_checks(path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
                                        ctime_ns INTEGER, checker TEXT NOT NULL) WITHOUT ROWID;
 """
-# shard_marks: per shard ("<model key>/<file>"), the stat at which rows were checked; good[r] = 1 for a
+NAMES_TABLE = next(t for t in SCHEMA.split(";") if "model_names" in t).strip()
+# model_names: what each model key is (spec, cut, stage, precision), for `rehead cache info`; written
+# with a key's first shard. shard_marks: per shard ("<model key>/<file>"), the stat at which rows were checked; good[r] = 1 for a
 #   row that passed, k1[r] the half of its sample's key id mixed into the checksum (uint64).
 # file_checks: files judged readable (rehead.data.images) at that stat by that checker.
 
@@ -130,6 +133,7 @@ class ShardStore:
         self._seen: dict[str, tuple] = {}  # path -> stat the readability check took, at _seen_at
         self._seen_at = -float("inf")
         self._rooted = False
+        self.names: dict[str, str] = {}  # model key -> what it is, recorded with its first shard
 
     # -- the root and its marker ------------------------------------------------------
     @property
@@ -176,6 +180,11 @@ class ShardStore:
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._migrate(db)
+            else:  # a table added within version 2 (an older rehead reads past it): no bump, the index stays shared
+                try:
+                    db.execute(NAMES_TABLE)
+                except sqlite3.OperationalError:  # a read-only index: nothing will be named in it
+                    pass
         self._db, self._pid = db, os.getpid()
         return db
 
@@ -469,7 +478,9 @@ class ShardStore:
         serves its reads (and checks them again next time)."""
         try:
             self._write([("UPDATE models SET last_used=? WHERE mkey=?", [(time.time(), mkey)]),
-                         ("INSERT OR REPLACE INTO shard_marks VALUES (?,?,?,?,?,?,?)", marks)])
+                         ("INSERT OR REPLACE INTO shard_marks VALUES (?,?,?,?,?,?,?)", marks),
+                         ("INSERT OR IGNORE INTO model_names VALUES (?,?)",  # a key cached before names
+                          [(mkey, self.names[mkey])] if mkey in self.names else [])])
         except CacheError:
             pass
 
@@ -502,8 +513,10 @@ class ShardStore:
             save_shard(path, rows)
         now = time.time()
         try:
+            named = [(mkey, self.names[mkey])] if mkey in self.names else []
             self._write([("INSERT INTO models VALUES (?,?,?) ON CONFLICT(mkey) DO UPDATE SET last_used=?",
                           [(mkey, rows.shape[1], now, now)]),
+                         ("INSERT OR REPLACE INTO model_names VALUES (?,?)", named),
                          ("INSERT INTO shards(mkey, file, rows, bytes, created, keys, checks) VALUES (?,?,?,?,?,?,?)",
                           [(mkey, name, len(rows), path.stat().st_size, now, ids[:, 0].tobytes(),
                             row_checks(ids, rows).tobytes())])])
@@ -522,9 +535,11 @@ class ShardStore:
             return []
         out = []
         with self._reading():
+            names = dict(db.execute("SELECT mkey, name FROM model_names").fetchall()) if db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='model_names'").fetchone() else {}
             for mkey, dim, used in db.execute("SELECT mkey, dim, last_used FROM models ORDER BY last_used DESC").fetchall():
                 shards = db.execute("SELECT id, file, keys, checks, bytes FROM shards WHERE mkey=?", (mkey,)).fetchall()
-                out.append({"key": mkey, "dim": dim, "last_used": used, "shards": len(shards),
+                out.append({"key": mkey, "name": names.get(mkey), "dim": dim, "last_used": used, "shards": len(shards),
                             "bytes": sum(r[4] for r in shards), "samples": ShardIndex([r[:4] for r in shards]).distinct()})
         return out
 
@@ -614,6 +629,7 @@ class ShardStore:
     def evict(self, mkey: str) -> None:
         """Forget a model key: its index rows first (readers then miss), then its files."""
         self._write([("DELETE FROM shards WHERE mkey=?", [(mkey,)]), ("DELETE FROM models WHERE mkey=?", [(mkey,)]),
+                     ("DELETE FROM model_names WHERE mkey=?", [(mkey,)]),
                      ("DELETE FROM shard_marks WHERE file > ? AND file < ?", [(mkey + "/", mkey + "0")])])
         shutil.rmtree(self.root / "features" / mkey, ignore_errors=True)
 

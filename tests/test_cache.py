@@ -649,3 +649,25 @@ def test_a_read_in_write_order_takes_the_shortcut_and_serves_the_same_rows(tmp_p
     joined.clear()
     got, ok = cache.read("m", keys)  # still a run; the damaged row's copy is found by the join
     assert joined and ok.all() and np.array_equal(got[1:], rows[1:])
+
+
+def test_cache_info_names_each_model_key_even_one_cached_before_names(tmp_path, tiny_spec, image_folder, one_thread):
+    import sqlite3
+    from rehead.fit import fit
+    c = tmp_path / "c"
+    kw = dict(model=tiny_spec, strategy="extract", epochs=1, workers=0, progress=False, echo=lambda *_: None,
+              cache_dir=str(c))
+    fit(str(image_folder), out=tmp_path / "a", cut=2, **kw)
+    stage = zoo.load(tiny_spec).stage_names[1]
+    r = _cli("cache", "info", "--cache-dir", str(c))
+    assert r.exit_code == 0 and f"{tiny_spec} cut 2 ({stage})" in r.output, r.output
+    # an index written before the names table: still read, and named when its features are next used
+    db = sqlite3.connect(str(c / "index.sqlite"))
+    db.execute("DROP TABLE model_names")
+    db.commit()
+    db.close()
+    r = _cli("cache", "info", "--cache-dir", str(c))
+    assert r.exit_code == 0 and "(unnamed: cached before names)" in r.output
+    fit(str(image_folder), out=tmp_path / "b", cut=2, **kw)
+    r = _cli("cache", "info", "--cache-dir", str(c))
+    assert f"{tiny_spec} cut 2 ({stage})" in r.output and "unnamed" not in r.output, r.output

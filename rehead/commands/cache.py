@@ -38,7 +38,7 @@ def cache_info(cache_dir: Optional[str] = CACHE_DIR, as_json: bool = typer.Optio
     for m in s["per_model"]:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["last_used"]))
         typer.echo(f"  {m['key']}  dim {m['dim']:<5} {m['samples']:>8} samples {m['shards']:>5} shards "
-                   f"{_mb(m['bytes']):>10}  last used {used}")
+                   f"{_mb(m['bytes']):>10}  last used {used}  {m['name'] or '(unnamed: cached before names)'}")
 
 
 @cache_app.command("clear")
