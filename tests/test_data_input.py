@@ -231,6 +231,26 @@ def test_bom_is_accepted_and_latin1_is_named(tmp_path):
         load_dataset(lat_tab)
 
 
+def test_csv_shape_errors_are_named_and_lines_are_file_lines(tmp_path):
+    """Two columns of one name would be read as the first; an unquoted comma shifts a row's cells;
+    a quoted newline makes a row span lines, so a row's index is not its line."""
+    dup = write(tmp_path / "dup.csv", "text,label,label\n" + "".join(f"t{i},neutral,{'ab'[i % 2]}\n" for i in range(8)))
+    with pytest.raises(DataError, match=r"dup.csv has duplicate column name\(s\) 'label': rename them"):
+        load_dataset(dup)
+    unq = write(tmp_path / "unq.csv", "text,label\n" + text_rows(8) + "profits rose, sales fell,neg\n")
+    with pytest.raises(DataError, match=r"unq.csv: 1 row\(s\) have more cells than the header's 2 \(line\(s\) 10\)"
+                                        r".*must be quoted"):
+        load_dataset(unq)
+    load_dataset(write(tmp_path / "trailing.csv", "text,label\n" + text_rows(8).replace("\n", ",\n")))
+    nl = write(tmp_path / "nl.csv", "text,label\n" + '"two\nlines",pos\n\n' + text_rows(8) + "no label,\n")
+    ds = load_dataset(nl, val_fraction=0.5)
+    assert "1 row(s) with an empty label were left out (line(s) 13)" in " ".join(ds.info["warnings"])
+    img = write(tmp_path / "img.csv", "path,label\n" + "".join(f"{i}.jpg,a\n" for i in range(4)))
+    for path, kw in ((nl, {"text_column": "label"}), (img, {"image_column": "label"})):
+        with pytest.raises(DataError, match="both name 'label'"):
+            load_dataset(path, **kw)
+
+
 def test_a_csv_matching_no_modality_says_which_columns_it_looked_for(tmp_path):
     with pytest.raises(DataError, match="semi.csv looks separated by ';', not commas"):
         load_dataset(write(tmp_path / "semi.csv", "text;label\na;b\n"))

@@ -92,11 +92,13 @@ class Dataset:
 class Part:
     """One split as read from the source: items, raw label strings ('' = unlabelled), and
     ``where`` (the file or folder, for messages). ``keys``: what makes two rows the same
-    item when that is not the item itself (a table row's cells)."""
+    item when that is not the item itself (a table row's cells); ``lines``: each row's line in
+    the CSV it came from, for messages."""
     items: list
     labels: list[str]
     where: str
     keys: list | None = None
+    lines: list[int] | None = None
 
 
 @dataclass

@@ -17,16 +17,34 @@ log = logging.getLogger(__name__)
 NUMERIC_HINT_MIN = 20  # more distinct numeric labels than this look like a regression target
 
 
-def read_rows(path) -> tuple[list[str], list[list[str]]]:
+class Rows(list):
+    """A CSV's data rows, each with the file line it starts on (``line``): a quoted newline
+    makes a row span lines, and blank lines are skipped, so a row's index is not its line."""
+
+    def __init__(self, rows=(), line=()):
+        super().__init__(rows)
+        self.line = list(line)
+
+    def take(self, idx) -> "Rows":
+        return Rows([self[i] for i in idx], [self.line[i] for i in idx])
+
+
+def read_rows(path) -> tuple[list[str], Rows]:
     """(header, rows) of a UTF-8 CSV (a BOM, as Excel writes it, is accepted); blank lines
-    are skipped. Every failure is a DataError that names the file."""
+    are skipped. Every failure is a DataError that names the file; so are duplicate column
+    names and rows with more cells than the header (an unquoted comma in a text)."""
     path = Path(path)
     csv.field_size_limit(1 << 24)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            rows = [r for r in reader if r]
+            rows, after = Rows(), reader.line_num
+            for r in reader:
+                if r:
+                    rows.append(r)
+                    rows.line.append(after + 1)
+                after = reader.line_num
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
                         "re-save it as UTF-8 (in Excel: Save As > 'CSV UTF-8')") from None
@@ -42,6 +60,14 @@ def read_rows(path) -> tuple[list[str], list[list[str]]]:
                         "comma-separated CSV; re-save it with commas")
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
+    dup = sorted(c for c, n in Counter(header).items() if n > 1)
+    if dup:  # a column read by name would silently be the first of its namesakes
+        raise DataError(f"{path} has duplicate column name(s) {names(dup)}: rename them so each column has its own")
+    long = [i for i, r in enumerate(rows) if len(r) > len(header) and any(c.strip() for c in r[len(header):])]
+    if long:
+        raise DataError(f"{path}: {len(long)} row(s) have more cells than the header's {len(header)} "
+                        f"({lines(long, rows.line)}): a cell holding a comma must be quoted (\"a, b\"); re-save the "
+                        "file from a spreadsheet or with a CSV writer")
     return header, rows
 
 
@@ -51,15 +77,18 @@ def column(header, rows, name: str, path) -> list[str]:
     return [(r[j] if j < len(r) else "").strip() for r in rows]
 
 
-def lines(idx: list[int], first_line: int = 2) -> str:
-    """'line(s) 3, 7 ...' for row indices (data row 0 is line 2: line 1 is the header)."""
-    shown = ", ".join(str(i + first_line) for i in idx[:10])
+def lines(idx: list[int], at: list[int] | None = None) -> str:
+    """'line(s) 3, 7 ...' for row indices: ``at[i]`` is row i's file line (``Rows.line``); without
+    it, data row 0 is line 2 (line 1 is the header)."""
+    shown = ", ".join(str(at[i] if at is not None else i + 2) for i in idx[:10])
     return f"line(s) {shown}{' ...' if len(idx) > 10 else ''}"
 
 
-def drop_unlabelled(labels: list[str], where, items: list | None = None) -> tuple[list[int], str | None]:
+def drop_unlabelled(labels: list[str], where, items: list | None = None,
+                    line_of: list[int] | None = None) -> tuple[list[int], str | None]:
     """Indices of labelled rows, and a warning counting the rows left out (or None). Rows are
-    located by CSV line, or, for references into shards and tables (``items``), by name."""
+    located by CSV line (``line_of``: each row's, see ``lines``), or, for references into shards and
+    tables (``items``), by name."""
     keep = [i for i, y in enumerate(labels) if y.strip()]
     if len(keep) == len(labels):
         return keep, None
@@ -71,7 +100,7 @@ def drop_unlabelled(labels: list[str], where, items: list | None = None) -> tupl
     elif str(where).startswith("<"):  # in memory (a DataFrame, a list of pairs): positions, not file lines
         at = f"position(s) {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}, counting from 0"
     else:
-        at = lines(empty)
+        at = lines(empty, line_of)
     return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({at}): "
                   "label or delete them")
 

@@ -179,6 +179,9 @@ def read_parts(path: Path, eval_only: bool = False, label_column: str = "label",
 def _csv_parts(path: Path, label_column: str, split_column: str, image_column: str = "path") -> Parts:
     """A CSV of path,label (paths relative to the CSV; the path column may be named by
     ``image_column``), with an optional split column."""
+    if image_column == label_column:
+        raise DataError(f"--image-column and --label-column both name {image_column!r}: the image paths and the "
+                        "labels must be two columns")
     header, rows = read_rows(path)
     missing = [c for c in (image_column, label_column) if c not in header]
     if missing:
@@ -189,10 +192,10 @@ def _csv_parts(path: Path, label_column: str, split_column: str, image_column: s
     labels = column(header, rows, label_column, path)
     if split_column in header:
         idx = split_column_parts(column(header, rows, split_column, path), path)
-        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})")
-                 for k, ix in idx.items()}
+        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})",
+                         lines=[rows.line[i] for i in ix]) for k, ix in idx.items()}
     else:
-        parts = {"all": Part(items, labels, str(path))}
+        parts = {"all": Part(items, labels, str(path), lines=rows.line)}
     return Parts(parts, str(path), skipped=skipped, files=[str(path)], labels_from=label_column)
 
 

@@ -209,7 +209,7 @@ def _random_split(n: int, val_fraction: float, seed: int, where) -> tuple[list[i
 
 
 def _labelled(p: Part, warnings: list[str]) -> Part:
-    keep, w = drop_unlabelled(p.labels, p.where, p.items)
+    keep, w = drop_unlabelled(p.labels, p.where, p.items, p.lines)
     if w:
         warnings.append(w)
     return _subset(p, keep)
@@ -217,7 +217,8 @@ def _labelled(p: Part, warnings: list[str]) -> Part:
 
 def _subset(p: Part, keep) -> Part:
     return Part([p.items[i] for i in keep], [p.labels[i].strip() for i in keep], p.where,
-                [p.keys[i] for i in keep] if p.keys is not None else None)
+                [p.keys[i] for i in keep] if p.keys is not None else None,
+                [p.lines[i] for i in keep] if p.lines is not None else None)
 
 
 def _drop_skipped(p: Part, skipped: dict) -> Part:
@@ -295,7 +296,7 @@ def choose_eval(parts: Parts) -> str:
 
 def _eval_part(name: str, parts: Parts):
     p = parts.parts[name]
-    keep, w = drop_unlabelled(p.labels, p.where, p.items)
+    keep, w = drop_unlabelled(p.labels, p.where, p.items, p.lines)
     warnings = list(parts.warnings) + ([w] if w else [])
     p2 = _drop_skipped(_subset(p, keep), parts.skipped)
     listed = {i for q in parts.parts.values() for i in q.items}

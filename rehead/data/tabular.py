@@ -83,11 +83,7 @@ def read_table(path) -> Table:
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _TABLES:
         header, rows = read_rows(path)
-        from collections import Counter
-        dup = sorted(c for c, n in Counter(header).items() if n > 1)
-        if dup:
-            raise DataError(f"{path} has duplicate column name(s): {', '.join(dup[:5])}")
-        bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
+        bad = [rows.line[i] for i, r in enumerate(rows) if len(r) != len(header)]
         if bad:
             raise DataError(f"{path}: line(s) {', '.join(map(str, bad[:5]))} have a different number of "
                             f"cells than the header ({len(header)})")
@@ -190,8 +186,9 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
         where = {k: f"{table.path} (split={k})" for k in idx}
     else:
         idx, where = {"all": list(range(len(items)))}, {"all": str(table.path)}
-    parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix])
-             for k, ix in idx.items()}
+    at = getattr(table.rows, "line", None)
+    parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix],
+                     [at[i] for i in ix] if at else None) for k, ix in idx.items()}
     w = None if eval_only else id_warning(table, cols)
     return Parts(parts, str(table.path), warnings=[w] if w else [], files=[str(table.path)], labels_from=label_column,
                  info={"features": len(cols), "missing": missing}, extra={"feature_columns": cols, "missing": missing})

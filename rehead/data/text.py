@@ -28,6 +28,9 @@ TEST_FILES = ("test.csv",)
 def _read(path: Path, text_column: str, label_column: str | None):
     """(texts, raw labels ('' when empty), warnings, header, kept rows); rows with
     empty text are left out with a warning."""
+    if text_column == label_column:  # the model would read its answer
+        raise DataError(f"--text-column and --label-column both name {text_column!r}: the texts and the labels "
+                        "must be two columns")
     header, rows = read_rows(path)
     missing = [c for c in (text_column, label_column) if c and c not in header]
     if missing:
@@ -39,18 +42,19 @@ def _read(path: Path, text_column: str, label_column: str | None):
     warnings = []
     if len(keep) < len(texts):
         empty = [i for i, t in enumerate(texts) if not t]
-        warnings.append(f"{path}: {len(empty)} row(s) with empty text were left out ({lines(empty)}): fill or delete them")
+        warnings.append(f"{path}: {len(empty)} row(s) with empty text were left out ({lines(empty, rows.line)}): "
+                        "fill or delete them")
     if not keep:
         raise DataError(f"{path} has no row with a text in column {text_column!r}")
-    return [texts[i] for i in keep], [labels[i] for i in keep], warnings, header, [rows[i] for i in keep]
+    return [texts[i] for i in keep], [labels[i] for i in keep], warnings, header, rows.take(keep)
 
 
 def read_csv(path: Path, text_column: str = "text", label_column: str | None = "label") -> tuple[list[str], list[str], list[str]]:
     """(texts, labels, warnings). Rows with empty text, or an empty label when there is a
     label column, are left out with a warning."""
-    texts, labels, warnings, _, _ = _read(Path(path), text_column, label_column)
+    texts, labels, warnings, _, rows = _read(Path(path), text_column, label_column)
     if label_column:
-        keep, w = drop_unlabelled(labels, path)
+        keep, w = drop_unlabelled(labels, path, line_of=rows.line)
         if w:
             warnings.append(w)
         if not keep:
@@ -65,9 +69,9 @@ def _header_of(path: Path) -> list[str]:
 
 
 def _file_part(path: Path, text_column, label_column, warnings) -> Part:
-    t, y, w, _, _ = _read(path, text_column, label_column)
+    t, y, w, _, rows = _read(path, text_column, label_column)
     warnings += w
-    return Part(t, y, str(path))
+    return Part(t, y, str(path), lines=rows.line)
 
 
 def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", label_column: str = "label",
@@ -99,9 +103,10 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
     warnings += w
     if split_column in header:
         idx = split_column_parts(column(header, rows, split_column, path), path)
-        parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})") for k, ix in idx.items()}
+        parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})", lines=[rows.line[i] for i in ix])
+                 for k, ix in idx.items()}
     else:
-        parts = {"all": Part(t, y, str(path))}
+        parts = {"all": Part(t, y, str(path), lines=rows.line)}
     return Parts(parts, str(path), warnings=warnings, labels_from=label_column, files=[str(path.absolute())])
 
 
@@ -138,7 +143,7 @@ def input_texts(arg: str, text_column: str = "text") -> list[str]:
             raise DataError(f"{arg} has no text in its {text_column!r} column")
         if not all(texts):  # a row left out would shift every prediction after it
             raise DataError(f"{arg}: {texts.count('')} row(s) with empty text "
-                            f"({lines([i for i, t in enumerate(texts) if not t])}): fill or delete them")
+                            f"({lines([i for i, t in enumerate(texts) if not t], rows.line)}): fill or delete them")
         return texts
     try:
         texts = [t.strip() for t in p.read_text(encoding="utf-8-sig").splitlines()]
