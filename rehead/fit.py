@@ -481,6 +481,11 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         tries += ["a higher --lr with --unfreeze -1", f"--strategy extract (the same {same} in seconds)"]
         return (f"{kept}, and the head already fit its training samples ({solved}), which leaves the unfrozen "
                 f"stages little to learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")
+    # the head's train loss is on clean features: compared only with a phase that saw clean inputs too
+    rose = _loss_rose(phases[0], best_later) if not (modality == "image" and augment) else None
+    if rose:  # the unfrozen steps undid the head's fit: too large, not too small (a higher --lr would be wrong)
+        return (f"{kept}, and its train loss rose ({rose}): the unfrozen steps undid what the head had fit. "
+                f"Try a lower --lr or --strategy extract (the same {same} in seconds)")
     tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
@@ -518,6 +523,7 @@ def _budget_note(s: dict, cfg: FitConfig, hooks: list) -> str | None:
             f"epoch is the one kept): more training may pay: --strategy finetune, or a larger --budget (e.g. {3 * b:g})")
 
 
+ROSE = 1.5  # a live phase whose train loss ends above this multiple of the head's undid its fit
 FLAT_LOSS = 0.8  # a live phase whose train loss ends above this share of the head's barely learned ...
 FLAT_ACC = 0.9   # ... unless it fits its training samples this well
 
@@ -533,11 +539,21 @@ def _fits_its_samples(head: dict) -> str | None:
     return f"train loss {loss:.3f}, train accuracy {acc:.3f}"
 
 
+def _loss_rose(head: dict, phase: dict) -> str | None:
+    """The unfrozen phase's last train loss over ``ROSE`` times the head phase's, else None."""
+    before, last = head.get("train_loss_last"), phase.get("train_loss_last")
+    if before is None or last is None or before <= 0 or last <= ROSE * before:
+        return None
+    return f"train loss {before:.3f} -> {last:.3f}"
+
+
 def _barely_learned(head: dict, phase: dict) -> str | None:
     """What says an unfrozen phase hardly trained: its last train loss fell by under a fifth from the
-    head phase's and (for classes) its train accuracy stayed under ``FLAT_ACC``; else None."""
+    head phase's (and did not rise past ``ROSE`` times it) and, for classes, its train accuracy stayed under
+    ``FLAT_ACC``; else None."""
     before, last, acc = head.get("train_loss_last"), phase.get("train_loss_last"), phase.get("train_acc_last")
-    if before is None or last is None or before <= 0 or last < FLAT_LOSS * before or (acc is not None and acc >= FLAT_ACC):
+    if before is None or last is None or before <= 0 or not FLAT_LOSS * before <= last <= ROSE * before \
+            or (acc is not None and acc >= FLAT_ACC):
         return None
     return f"train loss {before:.3f} -> {last:.3f}" + (f", train accuracy {acc:.3f}" if acc is not None else "")
 

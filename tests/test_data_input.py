@@ -245,6 +245,10 @@ def test_csv_shape_errors_are_named_and_lines_are_file_lines(tmp_path):
     nl = write(tmp_path / "nl.csv", "text,label\n" + '"two\nlines",pos\n\n' + text_rows(8) + "no label,\n")
     ds = load_dataset(nl, val_fraction=0.5)
     assert "1 row(s) with an empty label were left out (line(s) 13)" in " ".join(ds.info["warnings"])
+    same = write(tmp_path / "same.csv", "text,label\n" + "".join(f"IGNORE ME,{'ab'[i % 2]}\n" for i in range(8)))
+    for task in ("multiclass", "multilabel"):
+        with pytest.raises(DataError, match=r"all 8 rows have the same input \('IGNORE ME'\).*--text-column"):
+            load_dataset(same, task=task)
     img = write(tmp_path / "img.csv", "path,label\n" + "".join(f"{i}.jpg,a\n" for i in range(4)))
     for path, kw in ((nl, {"text_column": "label"}), (img, {"image_column": "label"})):
         with pytest.raises(DataError, match="both name 'label'"):

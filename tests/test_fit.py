@@ -270,6 +270,23 @@ def test_a_finetune_that_barely_trained_is_told_to_train_more_not_less():
     assert "a lower --lr" in note and "barely" not in note
 
 
+def test_a_finetune_whose_train_loss_rose_is_told_to_lower_the_lr_not_raise_it():
+    """A regression fine-tune whose unfrozen steps took its train loss from the solved head's 0.058 to
+    0.140 did not "barely train": it undid the head's fit. (Images under augmentation are not compared:
+    the head's loss is on clean features.)"""
+    from rehead.fit import _no_gain_note
+    head = {"phase": "head", "best_val_acc": None, "best_val_loss": 0.34, "train_loss_last": 0.058,
+            "train_acc_last": None}
+    later = {"phase": "unfreeze7", "best_val_acc": None, "best_val_loss": 0.56, "train_loss_last": 0.140,
+             "train_acc_last": None}
+    note = _no_gain_note({"kept_phase": "head", "phases": [head, later]}, "text", None, [0, -1])
+    assert "its train loss rose (train loss 0.058 -> 0.140)" in note and "a lower --lr" in note
+    assert "barely" not in note and "higher" not in note
+    augmented = _no_gain_note({"kept_phase": "head", "phases": [{**head, "best_val_acc": 0.9},
+                                                                {**later, "best_val_acc": 0.8}]}, "image", "light", [0, 2])
+    assert "rose" not in augmented
+
+
 def test_a_finetune_after_a_head_that_fit_every_sample_is_told_why_it_kept_the_head():
     """A head solved to train loss ~0 with every training sample right leaves the unfrozen phases no
     gradient (digits: 0.005): the hint says so and names what gives them one, not a lower LR."""

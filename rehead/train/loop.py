@@ -302,17 +302,17 @@ class Trainer:
         linear = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         if len(linear) != 1:
             raise ValueError(f"the {self.phase.solver} solver fits one linear layer; this head has {len(linear)}")
-        if self.cfg.task in SCORED:
-            return self._solve_task(data, linear[0])
         # A head the backbone will be fine-tuned under must not lean on columns too faint for float32.
-        later_live = any(not p.on_features for p in self.phases)
+        faint = 1e-7 if any(not p.on_features for p in self.phases) else 0.0
+        if self.cfg.task in SCORED:
+            return self._solve_task(data, linear[0], faint)
         # Per-column standardisation (scikit-learn's pipeline) or one scale for all columns (the
         # raw-feature probe): on some features one is worth points over the other (digits on Lite0:
         # 0.78 vs 0.82), so the training split's own CV log-loss chooses.
         x, y, n = data.x.numpy(), data.y.numpy(), linear[0].out_features
         solved, info = fit_linear_head(x, y, n, seed=self.cfg.seed or 0, scaling="auto",
                                        class_weight=self.cfg.class_weight,
-                                       min_relative_std=1e-7 if later_live else 0.0)
+                                       min_relative_std=faint)
         with torch.no_grad():
             linear[0].weight.copy_(solved.weight)
             linear[0].bias.copy_(solved.bias)
@@ -323,7 +323,7 @@ class Trainer:
             return {"loss": float(self.loss_fn(logits, y)), "acc": float((logits.argmax(1) == y).float().mean()),
                     "lr": 0.0}
 
-    def _solve_task(self, data, linear) -> dict:
+    def _solve_task(self, data, linear, faint: float) -> dict:
         """Regression: ridge in closed form (RidgeCV, alpha by leave-one-out on these training
         features). Multilabel: one logistic regression per label, full-batch L-BFGS (L2 by k-fold
         CV on these training features). Both on the targets the loss sees."""
@@ -331,11 +331,11 @@ class Trainer:
         x, y = data.x.numpy(), data.y.numpy()
         if self.cfg.task == "regression":
             t = self.loss_fn.target
-            solved, info = fit_ridge_head(x, (y - t["mean"]) / t["std"])
+            solved, info = fit_ridge_head(x, (y - t["mean"]) / t["std"], min_relative_std=faint)
         else:
             pw = getattr(self.loss_fn, "pos_weight", None)
             solved, info = fit_multilabel_head(x, y, pos_weight=None if pw is None else pw.numpy(),
-                                               seed=self.cfg.seed or 0)
+                                               seed=self.cfg.seed or 0, min_relative_std=faint)
         with torch.no_grad():
             linear.weight.copy_(solved.weight)
             linear.bias.copy_(solved.bias)

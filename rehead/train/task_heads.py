@@ -16,10 +16,15 @@ RIDGE_ALPHAS = np.logspace(-3, 6, 37)  # a quarter-decade grid; Ridge's penalty 
 MULTILABEL_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # per-sample L2 strengths tried on the mean BCE
 
 
-def _standardise(x: np.ndarray):
+def _standardise(x: np.ndarray, min_relative_std: float = 0.0):
+    """Columns to unit spread; a constant column keeps std 1, and so does one fainter than
+    ``min_relative_std`` times the widest (as ``fit_linear_head``: a head to be fine-tuned must not
+    lean on MiniLM's ~1e-32 columns with weights of ~1e31, or its first step diverges)."""
     x = np.asarray(x, dtype=np.float64)
     mean, std = x.mean(0), x.std(0)
-    std = np.where(std > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
+    kept = (std > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0)))) \
+        & (std >= min_relative_std * std.max(initial=0.0))
+    std = np.where(kept, std, 1.0)
     return (x - mean) / std, mean, std
 
 
@@ -34,12 +39,12 @@ def _linear(w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray, std: np.ndar
     return lin
 
 
-def fit_ridge_head(x, y) -> tuple[nn.Linear, dict]:
+def fit_ridge_head(x, y, min_relative_std: float = 0.0) -> tuple[nn.Linear, dict]:
     """Ridge regression of ``y`` (N,) on ``x`` (N, D) in closed form, alpha chosen by
     scikit-learn's RidgeCV (efficient leave-one-out on these rows) over ``RIDGE_ALPHAS``."""
     from sklearn.linear_model import RidgeCV
     t0 = time.perf_counter()
-    xs, mean, std = _standardise(x)
+    xs, mean, std = _standardise(x, min_relative_std)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if len(y) < 3:
         raise ValueError(f"ridge regression needs at least 3 training rows, got {len(y)}")
@@ -71,12 +76,13 @@ def _bce_lbfgs(z, y, l2: float, pos_weight, start=None, max_iter: int = 500):
     return w.detach(), b.detach()
 
 
-def fit_multilabel_head(x, y, pos_weight=None, folds: int = 3, seed: int = 0) -> tuple[nn.Linear, dict]:
+def fit_multilabel_head(x, y, pos_weight=None, folds: int = 3, seed: int = 0,
+                        min_relative_std: float = 0.0) -> tuple[nn.Linear, dict]:
     """One logistic regression per label (sigmoid, BCE; ``pos_weight`` per label, as the loss's),
     by full-batch L-BFGS; the L2 strength is the one of ``MULTILABEL_L2`` with the lowest held-out
     BCE over ``folds`` folds of these rows (folds are random: label sets do not stratify)."""
     t0 = time.perf_counter()
-    xs, mean, std = _standardise(x)
+    xs, mean, std = _standardise(x, min_relative_std)
     z = torch.as_tensor(xs, dtype=torch.float64)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float64)
