@@ -78,6 +78,8 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
         meta["task"] = task
     if task == "regression":
         meta["target"] = run.target
+    if task == "multiclass":  # rehead predict's probabilities are calibrated: a deployment needs T to match them
+        meta["temperature"] = float(run.temperature)
     if run.modality == "image":
         from .data.images import DECODE
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
@@ -166,4 +168,6 @@ def _meaning(run) -> str:
         return "the target standardised: value = output * target.std + target.mean"
     if task == "multilabel":
         return "one score per label; sigmoid for each label's probability (a label is on at p >= 0.5)"
-    return "unnormalised class scores; softmax for probabilities"
+    t = float(run.temperature)
+    return ("unnormalised class scores; softmax(logits / temperature) for the calibrated probabilities rehead "
+            f"predict gives (temperature {t:.4g}, fitted on val), softmax(logits) for the uncalibrated ones")

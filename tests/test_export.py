@@ -64,6 +64,13 @@ def test_export_on_generated_images_and_sidecar(run, tmp_path):
     np.testing.assert_allclose(got, run.logits(paths)[0].numpy(), atol=1e-4, rtol=0)
     # Predicted labels through the sidecar's label map are the run's own predictions.
     assert [meta["labels"][str(i)] for i in got.argmax(1)] == [r["top"][0]["label"] for r in run.predict(paths)]
+    # ... and with the sidecar's temperature, its probabilities are the ones rehead predict gives
+    assert meta["temperature"] == pytest.approx(run.temperature) and "softmax(logits / temperature)" in \
+        meta["output"]["meaning"]
+    z = got / meta["temperature"]
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert probs.max(1) == pytest.approx([r["top"][0]["prob"] for r in run.predict(paths)], abs=1e-4)
 
 
 def test_export_refuses_to_overwrite_and_names_bad_formats(run, tmp_path):
