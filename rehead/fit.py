@@ -146,6 +146,9 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None \
         and cfg.strategy != "auto" else None  # auto measures the backbone first
     if warm:
+        if ds.modality == "tabular":  # the encoder's columns, checked as prepare_backbone checks them
+            from .data.tabular import check_encoder_columns
+            check_encoder_columns(warm.backbone.data_config, ds, echo)
         recipe = _recipe(cfg, len(ds.train), warm.cut)
         return _Job(cfg, ds, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
                     hooks, cache, stamp, warm)
@@ -153,7 +156,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     _check_modality(backbone, ds, cfg)
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
-        pipe.prepare_backbone(backbone, ds)
+        pipe.prepare_backbone(backbone, ds, echo)
     if cfg.strategy == "auto":  # size x similarity from one cached pass: sets cfg.cut and cfg.auto_plan (auto.py)
         from .auto import plan_auto
         cfg, hooks = plan_auto(cfg, backbone, ds, cache, hooks, echo)

@@ -191,7 +191,9 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
                      [at[i] for i in ix] if at else None) for k, ix in idx.items()}
     w = None if eval_only else id_warning(table, cols)
     return Parts(parts, str(table.path), warnings=[w] if w else [], files=[str(table.path)], labels_from=label_column,
-                 info={"features": len(cols), "missing": missing}, extra={"feature_columns": cols, "missing": missing})
+                 info={"features": len(cols), "missing": missing},
+                 extra={"feature_columns": cols, "missing": missing,
+                        "held_columns": [c for c in table.header if c not in cols]})
 
 
 def rows_of(items: list, columns: list[str]) -> np.ndarray:
@@ -227,15 +229,16 @@ def expand_inputs(inputs: list[str]) -> list:
 
 
 # -- fitting the encoder's input standardisation ---------------------------------------------
-def prepare_backbone(backbone, ds: Dataset) -> None:
+def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
     """Before training: an encoder that has not seen data yet records the table's feature
     columns and fits its standardisation on the training rows only; a pretrained encoder
-    checks that the table has the columns it was trained on."""
+    checks that the table has the columns it was trained on, and that none is held out here."""
     cols = getattr(ds, "feature_columns", None)
     if cols is None:
         raise DataError("a tabular backbone needs a table loaded with rehead.data.tabular.load_table")
     missing = getattr(ds, "missing", "error")
     if backbone.is_fitted():
+        check_encoder_columns(backbone.data_config, ds, echo)
         cols = backbone.data_config["columns"]
         missing = backbone.data_config.get("missing", "error")
         check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
@@ -246,6 +249,23 @@ def prepare_backbone(backbone, ds: Dataset) -> None:
                         "with --id-columns")
     check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
     backbone.fit_scaler(rows_of(ds.train.items, cols), cols, missing)
+
+
+def check_encoder_columns(data_config: dict, ds: Dataset, echo=None) -> None:
+    """A pretrained encoder reads the columns it was pretrained on, by name. One of them being this
+    fit's label, id or split column would hand the model its answer (val 1.0 on noise): refused.
+    The table's feature columns it does not read are said."""
+    enc = data_config.get("columns") or []
+    held = set(getattr(ds, "held_columns", ()))
+    leak = [c for c in enc if c in held]
+    if leak:
+        raise DataError(f"the encoder reads column(s) {', '.join(map(repr, leak))} as input (it was pretrained with "
+                        f"them as features), but this fit holds them out as its label, id or split column: the model "
+                        "would read its answer. Pretrain it again naming them (--label-column, --id-columns)")
+    unread = [c for c in getattr(ds, "feature_columns", ()) if c not in enc]
+    if unread and echo:
+        echo(f"note: the encoder reads the {len(enc)} column(s) it was pretrained on; {len(unread)} other column(s) "
+             f"of {ds.source} are not read: {', '.join(map(repr, unread[:8]))}{' ...' if len(unread) > 8 else ''}")
 
 
 def check_values(x: np.ndarray, cols: list[str], where, missing: str) -> None:

@@ -1,0 +1,30 @@
+"""A pretrained table encoder reads its own columns by name: never the fit's label, id or split column."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from rehead.data import DataError
+
+
+def test_a_pretrained_encoder_that_reads_the_fits_label_column_is_refused(tmp_path):
+    """Pretrained with the label (named y, so read as a feature), then fit on y: val 1.0 on pure
+    noise before. The encoder's own columns win, so the fit must refuse, and name the fix."""
+    from rehead.fit import fit
+    from rehead.pretrain import pretrain
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame(rng.normal(size=(60, 4)), columns=list("abcd"))
+    d["y"] = rng.integers(0, 2, 60)
+    d.to_csv(tmp_path / "t.csv", index=False)
+    pretrain(tmp_path / "t.csv", tmp_path / "enc", width=8, depth=1, epochs=2, label_column=None,
+             progress=False, echo=lambda *_: None)
+    kw = dict(model=str(tmp_path / "enc"), strategy="extract", workers=0, progress=False)
+    with pytest.raises(DataError, match=r"the encoder reads column\(s\) 'y' as input .*--label-column"):
+        fit(str(tmp_path / "t.csv"), out=tmp_path / "leak", label_column="y", echo=lambda *_: None, **kw)
+    assert not (tmp_path / "leak").exists()
+    # the encoder's columns without y, on a table with two more: those are said, not silently dropped
+    pretrain(tmp_path / "t.csv", tmp_path / "enc2", width=8, depth=1, epochs=2, label_column="y",
+             id_columns="c,d", progress=False, echo=lambda *_: None)
+    said = []
+    fit(str(tmp_path / "t.csv"), out=tmp_path / "ok", label_column="y", echo=said.append,
+        **{**kw, "model": str(tmp_path / "enc2")})
+    assert any("2 other column(s)" in s and "'c', 'd'" in s for s in said), said
