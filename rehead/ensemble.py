@@ -137,6 +137,35 @@ def _check_soup(members: list[Run]) -> None:
         if set(sd) != keys or any(sd[k].shape != states[0][k].shape for k in keys):
             raise BadRun(f"{m.dir}/model.safetensors does not match {members[0].dir}'s tensors: "
                          "a soup needs members of one architecture")
+    _check_shared_start(members, states)
+
+
+def _frozen_stages(m: Run) -> int:
+    """How many stages (from the input side) no phase of the run trained."""
+    trainable = [p.get("trainable") for p in m.config.get("phases") or []]
+    if any(t is None or t < 0 for t in trainable):
+        return 0
+    return max(int(m.config.get("cut") or 0) - max(trainable, default=0), 0)
+
+
+def _check_shared_start(members: list[Run], states: list[dict]) -> None:
+    """A soup averages models fine-tuned from one start: the weights of the stages none of them
+    trained must be equal. Two runs of a randomly initialised encoder (``tabular:``) with different
+    seeds share a spec and an architecture but no weights: their mean scored 0.40 on iris."""
+    frozen = min(_frozen_stages(m) for m in members)
+    if frozen < 1:
+        return  # every stage trained somewhere: nothing left to compare
+    stages = members[0].model.backbone.stage_names[:frozen]
+    params = {k for k, _ in members[0].model.named_parameters()}  # not buffers: BN statistics may move
+    for k in sorted(params):
+        stage = next((n for n in stages if k.startswith(f"backbone.stages.{n}.")), None)
+        if stage is None:
+            continue
+        for m, sd in zip(members[1:], states[1:]):
+            if not torch.equal(sd[k], states[0][k]):
+                raise BadRun(f"{m.dir} and {members[0].dir} differ in stage {stage!r}, which neither trained: they "
+                             "do not start from the same weights (e.g. a random encoder drawn with another --seed), "
+                             "so their mean is not a model; use a plain ensemble (without --soup)")
 
 
 def _states(members: list[Run]) -> list[dict]:
