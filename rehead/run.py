@@ -389,9 +389,17 @@ class Run:
                          "held-out data, `rehead evaluate RUN DATA`")
         split = read_json(p)
         try:
-            return split["val"]["items"], split["val"]["labels"]
+            items, labels = split["val"]["items"], split["val"]["labels"]
         except (KeyError, TypeError):
             raise BadRun(f"{p} has no val split: restore it or rerun with --overwrite") from None
+        if split.get("modality") == "tabular":  # items are rows by number ("t.csv#7"): an edited table moves them
+            from .data.splits import file_changes
+            changed = file_changes(split.get("fingerprint") or {})
+            if changed:
+                raise BadRun(f"the table changed since the fit ({changed[0]}): the run's val split names its rows "
+                             "by number, so it would score other rows; restore the file, or evaluate on held-out "
+                             "data: `rehead evaluate RUN DATA`")
+        return items, labels
 
     # -- display -------------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -28,3 +28,21 @@ def test_a_pretrained_encoder_that_reads_the_fits_label_column_is_refused(tmp_pa
     fit(str(tmp_path / "t.csv"), out=tmp_path / "ok", label_column="y", echo=said.append,
         **{**kw, "model": str(tmp_path / "enc2")})
     assert any("2 other column(s)" in s and "'c', 'd'" in s for s in said), said
+
+
+def test_evaluating_a_table_runs_val_split_after_the_table_changed_is_refused(tmp_path):
+    """The val split names table rows by number ("t.csv#7"): re-sorting the file made `rehead evaluate
+    RUN` score other rows (0.98 -> 0.80), silently."""
+    from rehead.fit import fit
+    from rehead.run import BadRun, Run
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame(rng.normal(size=(60, 3)), columns=list("abc"))
+    d["label"] = np.where(d["a"] > 0, "pos", "neg")
+    d.to_csv(tmp_path / "t.csv", index=False)
+    fit(str(tmp_path / "t.csv"), model="tabular:mlp-3-8x1", strategy="extract", out=tmp_path / "r", workers=0,
+        progress=False, echo=lambda *_: None)
+    run = Run(tmp_path / "r")
+    assert run.evaluate(*run.val_split())["n"] == 12
+    d.sort_values("b").to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(BadRun, match=r"the table changed since the fit .*t.csv was modified.*rehead evaluate RUN DATA"):
+        Run(tmp_path / "r").val_split()

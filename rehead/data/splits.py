@@ -494,13 +494,19 @@ def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
     return ds
 
 
-def _changes(fp: dict, ds: Dataset) -> list[str]:
+def file_changes(fp: dict) -> list[str]:
+    """The fingerprint's files (CSVs, tables) that are gone or modified since it was taken."""
     out = []
     for f, sha in fp.get("files", {}).items():
         if not Path(f).is_file():
             out.append(f"{f} is gone")
         elif file_sha256(f) != sha:
             out.append(f"{f} was modified")
+    return out
+
+
+def _changes(fp: dict, ds: Dataset) -> list[str]:
+    out = file_changes(fp)
     for c, old in fp.get("containers", {}).items():
         new = _stat(c)
         if new != old:
