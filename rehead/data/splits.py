@@ -125,6 +125,9 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
                         + "); class folders give one class per item: use --task multiclass, or write a CSV")
     warnings = list(parts.warnings)
     named = {k: _labelled(p, warnings) for k, p in parts.parts.items()}
+    if task == "multilabel":  # an empty cell is unlabelled (dropped), as for every task; "none of them" is '|'
+        warnings[:] = [w + ". An item that has none of the labels is written '|'" if "with an empty label" in w
+                       else w for w in warnings]
     base_name = "all" if "all" in named else "train"
     if base_name not in named or not named[base_name].items:
         raise DataError(f"{parts.source} has no labelled training row: fill its label column (--label-column names it)")
