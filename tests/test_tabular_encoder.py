@@ -1,6 +1,7 @@
 """A pretrained table encoder reads its own columns by name: never the fit's label, id or split column."""
 import numpy as np
 import pandas as pd
+import torch
 import pytest
 
 from rehead.data import DataError
@@ -46,3 +47,14 @@ def test_evaluating_a_table_runs_val_split_after_the_table_changed_is_refused(tm
     d.sort_values("b").to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadRun, match=r"the table changed since the fit .*t.csv was modified.*rehead evaluate RUN DATA"):
         Run(tmp_path / "r").val_split()
+
+
+def test_a_column_of_huge_values_is_standardised_not_zeroed():
+    """Values ~1e20 fit float32, their variance (~1e40) does not: the scaler computed in float32 got
+    std = inf, so the column standardised to 0 (and alone, the solver crashed on no features)."""
+    from rehead import zoo
+    x = np.stack([np.linspace(1, 7, 50) * 1e20, np.linspace(0, 1, 50)], 1)
+    bb = zoo.load("tabular:mlp-2-8x1")
+    bb.fit_scaler(x, ["big", "small"])
+    z = bb.scaler(torch.from_numpy(x).float())
+    assert torch.isfinite(bb.scaler.std).all() and z.std(0).min() > 0.9

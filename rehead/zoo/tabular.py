@@ -58,12 +58,13 @@ class TabularBackbone(Backbone):
     def fit_scaler(self, x: np.ndarray, columns: list[str], missing: str = "error") -> dict:
         """Mean/std per column of the training rows ``x``. A constant column (std 0) gets std 1:
         it standardises to 0 and carries no information, instead of dividing by zero."""
-        t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        # float64: a column of values ~1e20 (fine in float32) has a variance ~1e40 that float32 reads as inf
+        t = torch.from_numpy(np.asarray(x, dtype=np.float64))
         mean = torch.nanmean(t, 0)
         mean = torch.nan_to_num(mean, nan=0.0)  # a column empty on every training row
         var = torch.nanmean((t - mean) ** 2, 0)
         std = torch.nan_to_num(var.sqrt(), nan=0.0)
-        constant = std < 1e-8
+        constant = std < 1e-8 * torch.clamp(mean.abs(), min=1.0)  # no spread beyond rounding
         std[constant] = 1.0
         self.scaler.mean.copy_(mean)
         self.scaler.std.copy_(std)
