@@ -233,3 +233,19 @@ def test_the_input_pixels_are_kept_in_the_store_but_not_an_unreadable_image(tmp_
     _, ok = cache.read(reference.pixels_key(cache), cache.file_digests(items))
     assert ok[:-1].all() and not ok[-1]  # kept, except the one that could not be read
     assert np.array_equal(reference._cached_pixels(items, cache), plain)
+
+
+def test_probe_and_rank_take_the_datas_default_model_and_refuse_another_modality_before_any_file(tmp_path, tiny_spec):
+    """`rehead probe TEXT.csv` probed the default image backbone and died reading a sentence as an image
+    path, leaving a run directory that blocked the rerun; rank did so after a first model's extraction."""
+    from rehead.data import load_dataset
+    from rehead.experiments.probe import default_model, probe
+    from rehead.experiments.rank import rank
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\n" + "".join(f"sentence {i},{'ab'[i % 2]}\n" for i in range(20)))
+    assert default_model(load_dataset(str(p))) == "packaged:minilm"
+    with pytest.raises(ValueError, match="is text data but .* is a backbone for image data"):
+        probe(str(p), model=tiny_spec, out=tmp_path / "p", progress=False, echo=lambda *_: None)
+    with pytest.raises(ValueError, match="is an image backbone but .* is text data"):
+        rank(str(p), [tiny_spec], out=tmp_path / "r", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()

@@ -21,6 +21,8 @@ def _report(res: dict | None, no_report: bool):
         typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
 
 
+MODEL_HELP = "backbone spec (default: the data's, as `rehead fit` takes it: packaged:efficientnet_lite2 for " \
+             "images, packaged:minilm for text)"
 WORKERS_HELP = "data loading processes (default 2; on a GPU machine every core but one, at most 16)"
 
 
@@ -32,7 +34,7 @@ def _workers(workers: int | None) -> int:
 @app.command()
 @guarded
 def probe(data: str = typer.Argument(..., help="folder of class folders, train/val folder, or CSV"),
-          model: str = typer.Option(DEFAULT, "--model", "-m"),
+          model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
           cuts: str = typer.Option("all", help="all | 3,5,9 | 3-9 | stage names"),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/probe-<data>)"),
           c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic-regression probes"),
@@ -40,14 +42,18 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
           val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
           overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
           quiet: bool = typer.Option(False, "--quiet", "-q"),
-          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
+          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP),
+          text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text (default text)"),
+          image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column (default path)"),
+          label_column: Optional[str] = typer.Option(None, help="the column holding the label (default label)")):
     """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass."""
     if relaunched(processes):
         return
     from ..experiments.probe import probe as run_probe
     res = run_probe(data, model=model, cuts=cuts, out=_out(out, "probe", data), C=c, batch_size=batch_size,
                     workers=_workers(workers), seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
-                    use_cache=not no_cache, overwrite=overwrite, progress=not quiet)
+                    use_cache=not no_cache, overwrite=overwrite, progress=not quiet,
+                    data_kw={"text_column": text_column, "image_column": image_column, "label_column": label_column})
     _report(res, no_report)
 
 

@@ -10,8 +10,16 @@ import re
 import time
 from pathlib import Path
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODELS
 from . import linear_probe, noise_margin, quiet, split_features, start_run, write_results
+
+
+def default_model(ds) -> str:
+    """The data's default backbone, as `rehead fit` takes it; tables have none."""
+    if ds.modality not in DEFAULT_MODELS:
+        raise ValueError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model; "
+                         "`rehead models` lists them")
+    return DEFAULT_MODELS[ds.modality]
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -33,7 +41,7 @@ def parse_cuts(cuts, backbone) -> list[int]:
     return sorted(set(out))
 
 
-def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: float = 1.0,
+def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float = 1.0,
           batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
           cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
           overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
@@ -50,7 +58,11 @@ def probe(data, model: str = DEFAULT_MODEL, cuts="all", out="runs/probe", C: flo
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              memo=cache, **(data_kw or {}))
     ds.say_warnings(echo)
+    model = model or default_model(ds)
     backbone = zoo.load(model)
+    if backbone.modality != ds.modality:  # else extraction reads each sentence as an image path
+        raise ValueError(f"{ds.source} is {ds.modality} data but {model} is a backbone for {backbone.modality} data: "
+                         f"choose a {ds.modality} model with --model; `rehead models` lists them")
     ks = parse_cuts(cuts, backbone)
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
             "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size, "data_kw": data_kw}

@@ -53,20 +53,16 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     ds.say_warnings(echo)
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
+    unavailable = _check_candidates(models, ds, echo)  # every refusal before any extraction or file
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
                                   "data_summary": ds.summary(), "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
-    rows, unavailable = [], []
+    rows = []
     for cand in models:
-        spec, cut = split_candidate(cand)
-        try:
-            bb = zoo.load(spec)
-        except zoo.ModelNotFound as e:  # offline: say which ones could not be loaded, rank the rest
-            echo(f"skipping {cand}: {e}")
-            unavailable.append({"model": cand, "reason": str(e)})
+        if any(u["model"] == cand for u in unavailable):
             continue
-        if bb.modality != ds.modality:
-            raise ValueError(f"{cand} is a {bb.modality} backbone but {ds.source} is {ds.modality} data")
+        spec, cut = split_candidate(cand)
+        bb = zoo.load(spec)
         k = bb.stage_index(cut) if cut is not None else len(bb)
         t0 = time.perf_counter()
         feats, ys, info = split_features(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
@@ -99,6 +95,30 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
                                                  if a.get("kendall_tau") is not None else ""))
     return {"rows": rows, **result, "dir": str(out.path)}
+
+
+def _check_candidates(models: list[str], ds, echo) -> list[dict]:
+    """Load each candidate once (then let it go: they may not all fit in memory together) to refuse
+    a wrong modality or cut before any work; returns those that cannot be loaded (offline), which
+    are skipped and said."""
+    from .. import zoo
+    unavailable = []
+    for cand in models:
+        spec, cut = split_candidate(cand)
+        try:
+            bb = zoo.load(spec)
+        except zoo.ModelNotFound as e:  # offline: say which ones could not be loaded, rank the rest
+            echo(f"skipping {cand}: {e}")
+            unavailable.append({"model": cand, "reason": str(e)})
+            continue
+        if bb.modality != ds.modality:
+            raise ValueError(f"{cand} is {'an' if bb.modality[0] in 'aeiou' else 'a'} {bb.modality} backbone but {ds.source} is {ds.modality} data: rank "
+                             f"{ds.modality} backbones only")
+        if cut is not None:
+            bb.stage_index(cut)
+    if len(unavailable) == len(models):
+        raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
+    return unavailable
 
 
 def agreement(rows: list[dict]) -> dict:
