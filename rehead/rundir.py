@@ -216,6 +216,9 @@ class RunDir:
 def read_yaml(path: Path) -> dict:
     import yaml
     path = Path(path)
+    if path.parent.is_file():  # `rehead evaluate DATA RUN`: the arguments swapped
+        raise BadRun(f"{path.parent} is a file, not a rehead run directory: give the run directory first "
+                     "(e.g. `rehead evaluate RUN DATA`, `rehead predict RUN FILES`)")
     try:
         obj = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -77,6 +77,21 @@ def test_a_run_directory_inside_the_data_is_not_a_class_and_not_data(tmp_path):
     assert images.list_image_files(root / "red")[0] == sorted(str(f) for f in (root / "red").glob("*.jpg"))
 
 
+def test_a_run_directory_given_as_data_and_a_file_given_as_a_run_are_named(tmp_path):
+    """`rehead fit RUN` said "no images found"; `rehead evaluate DATA RUN` said "DATA/config.yaml is
+    unreadable (Not a directory)": both now say which argument is which."""
+    from rehead.rundir import MARKER, BadRun
+    from rehead.runs import open_run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MARKER).write_text("")
+    with pytest.raises(DataError, match="run is a rehead run directory, not data"):
+        load_dataset(run)
+    csv = write(tmp_path / "t.csv", "text,label\n" + text_rows(8))
+    with pytest.raises(BadRun, match=r"t.csv is a file, not a rehead run directory: give the run directory first"):
+        open_run(csv)
+
+
 def test_a_val_fraction_the_data_overrides_is_said(tmp_path):
     make_images(tmp_path / "d" / "train", n=4)
     make_images(tmp_path / "d" / "val", n=2, seed=1)

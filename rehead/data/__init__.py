@@ -238,6 +238,10 @@ def _reader(path, modality, kw):
     if not p.exists():
         raise DataError(f"{p} does not exist: give a folder of class folders, a train/val folder, a CSV, tar "
                         "shards (a folder or shards-{000..009}.tar), a datasets save_to_disk folder or Parquet")
+    from .images import _is_run
+    if p.is_dir() and _is_run(str(p)):  # `rehead fit RUN` / `rehead evaluate DATA RUN`: a run is never data
+        raise DataError(f"{p} is a rehead run directory, not data: give the data folder or CSV (a run's own data "
+                        "is the `data:` line of its config.yaml)")
     if modality is None:
         modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"),
                                   kw.get("image_column"))
