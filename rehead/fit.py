@@ -127,7 +127,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     cfg = cfg.for_data(ds.modality)  # options left unset, filled for this data (e.g. text fine-tuning)
     if cfg.model is None:  # no default backbone for this kind of data (tables): say so before loading any
         raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
-                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them")
+                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them{_text_hint(ds)}")
     if (cfg.mixup or cfg.cutmix) and ds.modality != "image":
         raise ConfigError(f"--mixup and --cutmix mix images: {ds.source} is {ds.modality} data; leave them out")
     if getattr(ds, "task", "multiclass") != cfg.task:
@@ -190,7 +190,15 @@ def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
         hint = _MODEL_HINT.get(ds.modality, "")
         a = "an" if ds.modality[0] in "aeiou" else "a"
         raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
-                        f"{backbone.modality} data: choose {a} {ds.modality} model{hint}; `rehead models` lists them")
+                        f"{backbone.modality} data: choose {a} {ds.modality} model{hint}; `rehead models` lists them"
+                        f"{_text_hint(ds)}")
+
+
+def _text_hint(ds: Dataset) -> str:
+    if ds.modality != "tabular":
+        return ""
+    from .data.tabular import text_column_hint
+    return text_column_hint(ds)
 
 
 def task_loss(cfg: FitConfig, ds: Dataset):

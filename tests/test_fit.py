@@ -316,3 +316,15 @@ def test_a_model_no_better_than_a_linear_model_of_its_input_is_told_so():
     assert _input_note({"val_acc": 0.95}, plan) is None       # the model beats it: nothing to say
     assert _input_note({"val_acc": 0.93}, None) is None        # not auto: no probe of the input
     assert _input_note({"val_acc": None, "val_rmse": 1.0}, plan) is None
+
+
+def test_a_text_csv_whose_text_column_is_named_otherwise_is_told_to_name_it(tmp_path):
+    """A CSV of sentence,label is read as a table (no 'text' column): the error named table encoders
+    only; the fix is --text-column sentence."""
+    from rehead.data import DataError
+    p = tmp_path / "t.csv"
+    p.write_text("sentence,label\n" + "".join(f"the market rose {i} points today,{'ab'[i % 2]}\n" for i in range(20)))
+    for model in (None, "packaged:minilm"):
+        with pytest.raises(DataError, match="if column 'sentence' holds texts, pass --text-column sentence"):
+            rehead.fit(str(p), model=model, out=tmp_path / "r", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "r").exists()

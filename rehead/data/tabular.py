@@ -251,6 +251,29 @@ def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
     backbone.fit_scaler(rows_of(ds.train.items, cols), cols, missing)
 
 
+def text_column_hint(ds: Dataset) -> str:
+    """'; if column 'sentence' holds texts, pass --text-column sentence' when a feature column of the
+    table reads as sentences (words with spaces, not numbers): a text CSV whose text column is named
+    otherwise than 'text' is read as a table, and the fix is that option, not a table encoder."""
+    try:
+        table = read_table(ds.source)
+    except (DataError, OSError, TypeError):
+        return ""
+    for c in getattr(ds, "feature_columns", ()):
+        cells = [v.strip() for v in table.column(c)[:200]]
+        if sum(" " in v and not _is_number(v) for v in cells) > len(cells) / 2:
+            return f"; if column {c!r} holds texts, pass --text-column {c} (a text CSV's column is 'text' by default)"
+    return ""
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
 def check_encoder_columns(data_config: dict, ds: Dataset, echo=None) -> None:
     """A pretrained encoder reads the columns it was pretrained on, by name. One of them being this
     fit's label, id or split column would hand the model its answer (val 1.0 on noise): refused.
