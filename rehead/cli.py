@@ -240,14 +240,22 @@ def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", 
                 out: Optional[str] = typer.Option(None, "--out", "-o", help="where lr_find.png/json go"),
                 cut: Optional[str] = None, head: str = "linear",
                 unfreeze: int = typer.Option(0, help="0: head only (cached features); n: also the last n stages"),
-                lr_decay: float = 3.0, steps: int = 100, batch_size: int = 32, workers: int = 2, seed: int = 0,
-                start_lr: float = 1e-7, end_lr: float = 10.0, quiet: bool = typer.Option(False, "--quiet", "-q")):
+                lr_decay: Optional[float] = typer.Option(
+                    None, help="LR ratio between unfrozen stages (default: the fine-tune's: 3, text 1.3)"),
+                steps: int = 100, batch_size: int = 32, workers: int = 2, seed: int = 0,
+                start_lr: float = 1e-7, end_lr: float = 10.0, quiet: bool = typer.Option(False, "--quiet", "-q"),
+                task: Optional[str] = typer.Option(None, help="multiclass | regression | multilabel (as fit's)"),
+                text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text"),
+                image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column"),
+                label_column: Optional[str] = typer.Option(None, help="the column holding the label")):
     """LR range test: a plot and a suggested range. Weights, optimizer and RNG are left untouched."""
     from .fit import find_lr
     c = int(cut) if cut is not None and cut.lstrip("-").isdigit() else cut
+    given = {"lr_decay": lr_decay, "task": task, "text_column": text_column, "image_column": image_column,
+             "label_column": label_column}
     find_lr(data, model=model, out=out or f"runs/lr_find-{Path(data).stem}", cut=c, head=head, unfreeze=unfreeze,
-            lr_decay=lr_decay, steps=steps, batch_size=batch_size, workers=workers, seed=seed,
-            start_lr=start_lr, end_lr=end_lr, progress=not quiet)
+            steps=steps, batch_size=batch_size, workers=workers, seed=seed, start_lr=start_lr, end_lr=end_lr,
+            progress=not quiet, **{k: v for k, v in given.items() if v is not None})
 
 
 COLUMN_HELP = "a CSV's column of {} (default: the one the fit read)"

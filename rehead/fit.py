@@ -27,7 +27,7 @@ from .model import TransferModel
 from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
 from .run import Run, head_logits
-from .rundir import BadRun, RunDir
+from .rundir import BadRun, RunDir, RunExists
 from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
@@ -678,8 +678,11 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
     from .train.lr_find import lr_find, plot
     cfg = _config(config, options)
-    if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts
-        cfg = cfg.replace(strategy="extract")
+    if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts; with stages
+        cfg = cfg.replace(strategy="finetune" if unfreeze else "extract")  # ... at a fine-tune's LR spread
+    if out is not None and not isinstance(out, RunDir) and Path(out).exists() and not _is_lr_dir(Path(out)) \
+            and any(Path(out).iterdir()):  # before the range test, not after it
+        raise RunExists(f"{out} exists and holds more than an lr-find output (lr_find.json/png): choose another --out")
     job = _prepare(cfg, data, None, [], echo, warm_ok=False)  # the range test steps the real model
     tm, ds, k = job.model, job.ds, job.cut
     loss_fn = task_loss(cfg, ds)
