@@ -6,7 +6,8 @@ text before and after, with the same masks both times for masked LMs.
 
 The result is a run directory that ``fit --model DIR`` takes as a backbone:
 
-    config.yaml            kind: backbone, model: hf:<abs path of DIR/hf>, depth, adapt figures
+    config.yaml            kind: backbone, model: hf:<abs path of DIR/hf>?pooling=..&max_length=.. (the
+                           source backbone's, so a fit pools and truncates as on the source), depth, adapt figures
     backbone.safetensors   the encoder's stages (what rehead loads)
     hf/                    the whole adapted LM + tokenizer (save_pretrained): usable by transformers,
                            and the architecture/tokenizer rehead rebuilds the backbone from
@@ -14,9 +15,11 @@ The result is a run directory that ``fit --model DIR`` takes as a backbone:
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,14 +33,24 @@ from .zoo import ModelNotFound
 OBJECTIVES = ("auto", "causal", "masked")
 
 
+CORPUS_KINDS = "a .txt file (one passage per line), a CSV with a text column, or a folder with train.csv"
+
+
+def corpus_file(path) -> Path:
+    """The file a corpus argument names: itself, or a folder's train.csv."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "train.csv").is_file():
+            raise DataError(f"corpus {path} is a folder without train.csv: give {CORPUS_KINDS}")
+        return p / "train.csv"
+    if not p.is_file():
+        raise DataError(f"corpus {path} does not exist: give {CORPUS_KINDS}")
+    return p
+
+
 def read_corpus(path, text_column: str = "text") -> list[str]:
     """Lines of a .txt (one passage per line), or the text column of a CSV / a folder's train.csv."""
-    p = Path(path)
-    if p.is_dir() and (p / "train.csv").exists():
-        p = p / "train.csv"
-    if not p.is_file():
-        raise DataError(f"corpus {path} does not exist: give a .txt file (one passage per line) or a CSV "
-                        "with a text column")
+    p = corpus_file(path)
     if p.suffix.lower() == ".csv":
         from .data.text import read_csv
         texts, _, _ = read_csv(p, text_column, None)
@@ -50,21 +63,48 @@ def read_corpus(path, text_column: str = "text") -> list[str]:
     return texts
 
 
-def resolve_source(model: str) -> str:
-    """Where the LM's files are: hf:<id or dir>, packaged:minilm, or an earlier adapt run directory."""
-    from .zoo.hf import minilm_path, parse_name
+def resolve_source(model: str) -> tuple[str, dict]:
+    """Where the LM's files are (hf:<id or dir>, packaged:minilm, or an earlier adapt run directory),
+    and the pooling / max_length / normalize its spec sets (hf.parse_name's options)."""
+    from .zoo.hf import DEFAULT_MAX_LENGTH, minilm_path, parse_name, resolve
     from .run import read_config
     if model.startswith("hf:"):
-        return parse_name(model[3:])[0]
+        name, opts = parse_name(model[3:])
+        return resolve(name), opts  # a missing folder named as fit names it, before any work
     if model == "packaged:minilm":
-        return minilm_path()
+        return minilm_path(), {"max_length": DEFAULT_MAX_LENGTH}  # as zoo.hf.minilm loads it
     p = Path(model)
     if p.is_dir() and (p / "config.yaml").exists():
         cfg = read_config(p)
         if cfg.get("kind") == "backbone" and (p / "hf" / "config.json").exists():
-            return str((p / "hf").resolve())
+            return str((p / "hf").resolve()), parse_name(str(cfg.get("model", ""))[3:])[1]
     raise ModelNotFound(f"adapt needs a transformers language model: hf:<hub id or local dir>, packaged:minilm, "
                         f"or a directory written by an earlier `rehead adapt`; got {model!r}")
+
+
+def load_config(source: str):
+    """The model's transformers config; an unreachable hub id gets hf's offline advice."""
+    import transformers as tf
+    from .zoo.hf import _offline_error
+    try:
+        return tf.AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise _offline_error(source, e) from e
+
+
+def preprocessing(lm, tokenizer, source: str, opts: dict) -> dict:
+    """The source backbone's pooling, max_length and normalize (spec options, else its card, else the
+    family's default): the adapted backbone must pool and truncate as the one `fit` would have used."""
+    from .zoo.hf import wrap_text_model
+    dc = wrap_text_model(lm, tokenizer, source, "", opts.get("max_length"), opts.get("pooling"),
+                         opts.get("normalize", False)).data_config
+    return {"pooling": dc["pooling"], "max_length": dc["max_length"], "normalize": bool(dc.get("normalize"))}
+
+
+def adapted_spec(hf_dir: Path, prep: dict) -> str:
+    """hf:DIR with the source's preprocessing as options: hf/ has no sentence-transformers card to say it."""
+    q = f"pooling={prep['pooling']}&max_length={prep['max_length']}" + ("&normalize=1" if prep["normalize"] else "")
+    return f"hf:{hf_dir}?{q}"
 
 
 def pick_objective(config, objective: str = "auto") -> str:
@@ -80,6 +120,93 @@ def pick_objective(config, objective: str = "auto") -> str:
     if "MaskedLM" in archs or type(config) in MODEL_FOR_MASKED_LM_MAPPING:
         return "masked"
     return "causal"
+
+
+def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed) -> None:
+    """Every option, before the corpus is read, the model loaded or --out created."""
+    from .config import ConfigError
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if epochs < 0:
+        raise ConfigError(f"--epochs must be >= 0 (0: only measure perplexity and save the model as is), got {epochs}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"--lr must be > 0, got {lr}")
+    for flag, v in (("--batch-size", batch_size), ("--max-length", max_length)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    for flag, v in (("--val-fraction", val_fraction), ("--mlm-probability", mlm_probability)):
+        if not 0 < v < 1:
+            raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {v}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+
+
+def check_out(out, overwrite: bool) -> None:
+    """RunDir.create's checks, made before the model loads, in adapt's words (it has no --resume)."""
+    from .rundir import RunExists, is_run_dir
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise RunExists(f"{p} exists and is not a directory: choose another --out")
+    if p.is_dir() and any(p.iterdir()):
+        if not overwrite:
+            raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it, "
+                            "or choose another --out")
+        if not is_run_dir(p):
+            raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only replaces run "
+                            "directories; choose another --out")
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load reports (an LM head's MISSING keys in an ANSI table) and progress bars are
+    noise in adapt's output; what matters is said by ``head_is_new``."""
+    from transformers.utils import logging as hf_logging
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def checkpoint_keys(source: str) -> set[str] | None:
+    """Tensor names of a folder's / a cached hub model's safetensors checkpoint; None when unknown."""
+    from safetensors import safe_open
+
+    def find(name):
+        if Path(source).is_dir():
+            f = Path(source) / name
+            return f if f.is_file() else None
+        try:
+            from transformers.utils import cached_file
+            f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
+        except Exception:  # not cached, offline: unknown
+            return None
+        return Path(f) if f else None
+
+    index = find("model.safetensors.index.json") or find("pytorch_model.bin.index.json")
+    if index is not None:
+        return set(json.loads(index.read_text()).get("weight_map", {}))
+    single = find("model.safetensors")
+    if single is None:
+        return None
+    with safe_open(str(single), "pt") as f:
+        return set(f.keys())
+
+
+def head_is_new(lm, source: str) -> bool:
+    """True when none of the LM head's own tensors (those outside the base model and not tied to it)
+    is in the checkpoint: a sentence encoder saved without its pretraining head (all-MiniLM-L6-v2)."""
+    prefix = getattr(lm, "base_model_prefix", "") + "."
+    heads = {n.split(".")[0] + "." for n, _ in lm.named_parameters() if not n.startswith(prefix)}
+    keys = checkpoint_keys(source)
+    if not heads or keys is None:
+        return False
+    return not any(k.startswith(tuple(heads)) for k in keys)
 
 
 def mask_tokens(ids: torch.Tensor, attn: torch.Tensor, tokenizer, prob: float, gen: torch.Generator):
@@ -180,33 +307,40 @@ def perplexity(lm, texts, tokenizer, objective, max_length, batch_size, mlm_prob
                                         generator=gen, shuffle=False):
         loss, k = token_loss(lm, inputs.to(device), attn.to(device), labels.to(device), objective)
         tot, n = tot + loss.item(), n + k
-    return math.exp(tot / max(n, 1))
+    mean = tot / max(n, 1)
+    return math.exp(mean) if mean < 700 else math.inf  # a diverged LM: inf, not an OverflowError
 
 
 def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr: float = 5e-5,
           batch_size: int = 16, max_length: int = 128, val_fraction: float = 0.1, mlm_probability: float = 0.15,
           seed: int = 0, text_column: str = "text", overwrite: bool = False, progress: bool = True,
           device: str | None = None, echo=print) -> dict:
-    """Continue training ``model`` on ``corpus``; write the adapted LM as a run directory ``out``."""
+    """Continue training ``model`` on ``corpus``; write the adapted LM as a run directory ``out``.
+    ``epochs=0`` only measures perplexity and saves the model as it is (a baseline)."""
     from .rundir import RunDir
     from .train.loop import TrainConfig, Trainer
     from .zoo.hf import load_hf_model, wrap_text_model
     from .zoo.runs import save_backbone
     t0 = time.perf_counter()
+    # Everything that can be refused is, before --out is created: a failed start leaves no directory behind.
+    check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed)
+    check_out(out, overwrite)
     texts = read_corpus(corpus, text_column)
-    source = resolve_source(model)
+    source, opts = resolve_source(model)
+    objective = pick_objective(load_config(source), objective)
+    torch.manual_seed(seed)  # a head the checkpoint lacks is initialised here
+    with quiet_transformers():
+        lm, tokenizer, source = load_hf_model(source, pretrained=True, lm=objective)
+    if objective == "masked" and tokenizer.mask_token_id is None:
+        raise ValueError(f"{model} has no mask token: use --objective causal")
+    prep = preprocessing(lm, tokenizer, source, opts)
+    new_head = head_is_new(lm, source)
     run = RunDir.create(out, overwrite=overwrite)
     rng = random.Random(seed)
     order = list(range(len(texts)))
     rng.shuffle(order)
-    n_val = max(1, round(len(texts) * val_fraction))
+    n_val = min(max(1, round(len(texts) * val_fraction)), len(texts) - 1)  # one passage to train on at least
     val, train = [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
-    torch.manual_seed(seed)
-    import transformers as tf
-    objective = pick_objective(tf.AutoConfig.from_pretrained(source), objective)
-    lm, tokenizer, source = load_hf_model(source, pretrained=True, lm=objective)
-    if objective == "masked" and tokenizer.mask_token_id is None:
-        raise ValueError(f"{model} has no mask token: use --objective causal")
     accelerator = None
     if device == "cpu":
         from accelerate import Accelerator
@@ -220,6 +354,9 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     device = trainer.acc.device
     lm.to(device)
     echo(f"adapt {model} ({objective} LM) on {len(train)} passages, {len(val)} held out")
+    if new_head:
+        echo(f"note: {model}'s checkpoint has no {objective} LM head: it starts from random weights, so the "
+             "first perplexity drop is mostly that head learning")
     before = perplexity(lm, val, seed=seed, device=device, **kw)
     echo(f"held-out perplexity before: {before:.2f}")
     # Hugging Face's recipe: AdamW, weight decay 0.01, 10% linear warmup then linear decay, clip at 1.
@@ -232,15 +369,19 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     lm.to("cpu").eval()
     hf_dir = (run.path / "hf").resolve()
     if run.writer:  # transformers writes its own folder
-        lm.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
+        with quiet_transformers():
+            lm.save_pretrained(hf_dir)
+            tokenizer.save_pretrained(hf_dir)
     report = {"model": model, "source": source, "objective": objective, "corpus": str(corpus),
               "train_passages": len(train), "heldout_passages": len(val), "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "max_length": max_length, "seed": seed,
               "mlm_probability": mlm_probability if objective == "masked" else None,
+              "head_from_random": new_head, "backbone": prep,
               "perplexity_before": before, "perplexity_after": after, "history": history,
               "wall_seconds": time.perf_counter() - t0}
-    bb = wrap_text_model(lm, tokenizer, str(hf_dir), f"hf:{hf_dir}")
+    # The source's pooling / max length / normalize go in the spec: hf/ alone would give the family default.
+    bb = wrap_text_model(lm, tokenizer, str(hf_dir), adapted_spec(hf_dir, prep), prep["max_length"],
+                         prep["pooling"], prep["normalize"])
     save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
     run.write_json("adapt.json", report)
     run.release()

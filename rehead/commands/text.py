@@ -9,13 +9,17 @@ from ..cli import app, guarded
 
 @app.command()
 @guarded
-def adapt(corpus: str = typer.Argument(..., help=".txt (one passage per line), or a CSV / folder with train.csv"),
+def adapt(corpus: str = typer.Argument(..., help=".txt (one passage per line), a CSV with a text column, "
+                                                "or a folder with train.csv"),
           model: str = typer.Option(..., "--model", "-m", help="hf:<hub id or local dir>, packaged:minilm, "
                                                                 "or an earlier adapt directory"),
           out: str = typer.Option(..., "--out", "-o", help="run directory for the adapted model"),
           objective: str = typer.Option("auto", help="auto | causal (next token) | masked (masked tokens)"),
-          epochs: int = 1, lr: float = 5e-5, batch_size: int = 16,
-          max_length: int = typer.Option(128, help="passages are cut to this many tokens"),
+          epochs: int = typer.Option(1, help="passes over the corpus; 0: only measure perplexity and save "
+                                             "the model as it is (a baseline)"),
+          lr: float = 5e-5, batch_size: int = 16,
+          max_length: int = typer.Option(128, help="passages are cut to this many tokens while adapting (the adapted "
+                                                  "backbone keeps the source's max length and pooling)"),
           val_fraction: float = typer.Option(0.1, help="share of passages held out to measure perplexity"),
           mlm_probability: float = 0.15, seed: int = 0,
           text_column: str = typer.Option("text", help="the text column when CORPUS is a CSV"),

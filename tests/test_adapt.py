@@ -1,0 +1,109 @@
+"""`rehead adapt`: the adapted backbone keeps its source's preprocessing; bad options, models and
+corpora are refused before --out exists; transformers' load report is replaced by one line.
+The training itself is tested in test_text.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rehead import zoo
+from rehead.adapt import adapt, perplexity
+from rehead.cli import app
+
+PREP = ("pooling", "max_length", "normalize")
+LINES = ["the plot was thin but the acting carried it", "a slow film that never finds its story",
+         "great fun from start to finish", "the worst movie of the year", "quietly moving and well made",
+         "too long by half and dull throughout"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("\n".join(LINES) + "\n")
+    return p
+
+
+def quiet(*a):
+    pass
+
+
+def prep(spec_or_dir) -> dict:
+    dc = zoo.load(str(spec_or_dir), pretrained=False).data_config
+    return {k: dc.get(k) for k in PREP}
+
+
+def test_adapted_minilm_pools_and_truncates_as_minilm_and_says_its_mlm_head_is_new(tmp_path, corpus, capfd):
+    """all-MiniLM-L6-v2: mean pooling, 256 tokens (its sentence-transformers card), and no MLM head in
+    its checkpoint; hf/ has no card, so without the spec's options the result was CLS pooling, 512."""
+    said = []
+    rep = adapt(corpus, "packaged:minilm", tmp_path / "lm", epochs=0, batch_size=8, max_length=32,
+                progress=False, echo=said.append)
+    assert prep(tmp_path / "lm") == prep("packaged:minilm") == {"pooling": "mean", "max_length": 256,
+                                                                "normalize": None}
+    assert rep["head_from_random"] and any("starts from random weights" in s for s in said), said
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "corrupted" not in err and "MISSING" not in err, err
+
+
+def test_adapt_keeps_spec_options_and_says_nothing_of_a_head_the_checkpoint_has(tmp_path, corpus, tiny_bert_dir):
+    said = []
+    spec = f"hf:{tiny_bert_dir}?pooling=max&max_length=48&normalize=1"
+    rep = adapt(corpus, spec, tmp_path / "lm", epochs=1, batch_size=8, max_length=16, progress=False,
+                echo=said.append)
+    assert prep(tmp_path / "lm") == {"pooling": "max", "max_length": 48, "normalize": True}
+    assert not rep["head_from_random"] and not any("random weights" in s for s in said), said
+    # an adapt of the adapted directory keeps them too
+    adapt(corpus, str(tmp_path / "lm"), tmp_path / "lm2", epochs=0, progress=False, echo=quiet)
+    assert prep(tmp_path / "lm2") == prep(tmp_path / "lm")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("epochs", -1, "--epochs must be >= 0"), ("lr", -1.0, "--lr must be > 0"), ("lr", 0.0, "--lr must be > 0"),
+    ("batch_size", 0, "--batch-size must be >= 1"), ("max_length", 0, "--max-length must be >= 1"),
+    ("val_fraction", 1.0, "--val-fraction must be between 0 and 1"),
+    ("mlm_probability", 0.0, "--mlm-probability must be between 0 and 1"),
+    ("objective", "mlm", "--objective must be one of"), ("seed", -1, "--seed must be >= 0")])
+def test_bad_options_are_refused_before_out_exists(tmp_path, corpus, tiny_bert_dir, option, value, words):
+    from rehead.config import ConfigError
+    with pytest.raises(ConfigError, match=words):
+        adapt(corpus, f"hf:{tiny_bert_dir}", tmp_path / "lm", progress=False, echo=quiet, **{option: value})
+    assert not (tmp_path / "lm").exists()
+
+
+def adapt_cli(out, *args):
+    return CliRunner().invoke(app, ["adapt", *map(str, args), "--out", str(out), "-q"])
+
+
+def test_a_missing_model_folder_is_named_as_fit_names_it(tmp_path, corpus):
+    r = adapt_cli(tmp_path / "lm", corpus, "--model", "hf:/tmp/rehead-no-such-dir", "--epochs", "0")
+    assert r.exit_code == 2 and "no folder /tmp/rehead-no-such-dir" in r.output, r.output
+    assert not (tmp_path / "lm").exists()
+
+
+def test_a_folder_without_train_csv_is_said_not_to_be_a_corpus(tmp_path, tiny_bert_dir):
+    (tmp_path / "run").mkdir()  # it exists: it is just not a corpus
+    r = adapt_cli(tmp_path / "lm", tmp_path / "run", "--model", f"hf:{tiny_bert_dir}")
+    assert r.exit_code == 2 and "is a folder without train.csv" in r.output, r.output
+    assert "does not exist" not in r.output and not (tmp_path / "lm").exists()
+
+
+def test_a_failed_adapt_leaves_no_directory_and_a_used_out_names_only_adapts_options(tmp_path, corpus,
+                                                                                      tiny_bert_dir):
+    r = adapt_cli(tmp_path / "lm", corpus, "--model", f"hf:{tiny_bert_dir}", "--lr", "-1")
+    assert r.exit_code == 2 and not (tmp_path / "lm").exists(), r.output
+    assert adapt_cli(tmp_path / "lm", corpus, "--model", f"hf:{tiny_bert_dir}", "--epochs", "0").exit_code == 0
+    r = adapt_cli(tmp_path / "lm", corpus, "--model", f"hf:{tiny_bert_dir}", "--epochs", "0")
+    assert r.exit_code == 2 and "--overwrite" in r.output and "--resume" not in r.output, r.output
+
+
+def test_perplexity_of_a_diverged_lm_is_inf_not_an_overflow(tiny_bert_dir):
+    from rehead.zoo.hf import load_hf_model
+    lm, tok, _ = load_hf_model(str(tiny_bert_dir), pretrained=True, lm="masked")
+    with torch.no_grad():
+        lm.get_output_embeddings().weight.mul_(1e4)  # logits in the thousands: mean CE far past exp's range
+    ppl = perplexity(lm, LINES, tok, "masked", max_length=16, batch_size=8, mlm_probability=0.5, seed=0,
+                     device="cpu")
+    assert ppl == math.inf
