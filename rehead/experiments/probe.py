@@ -81,7 +81,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
         rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]), **r})
         echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}")
     inp = _input_probe(backbone, info["items"], ys, C, seed, cache)
-    echo(f"input    {inp['what'][:12]:12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself: "
+    echo(f"input    {'':12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself, {inp['what']}: "
          "what a linear model reads without the backbone)")
     probe_s = time.perf_counter() - t_probe
     # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.

@@ -118,7 +118,9 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
             return [("Validation predictions", f"<p class='muted'>{len(missing)} val image(s) are no longer at "
                                                f"their paths (e.g. {escape(missing[0])}): no confusion matrix "
                                                "or gallery</p>")]
-        echo(f"evaluating {len(items)} val samples for the confusion matrix and gallery")
+        what = {"regression": "the predicted-vs-true plot", "multilabel": "the per-label scores"}.get(
+            run.task, "the confusion matrix and gallery")
+        echo(f"evaluating {len(items)} val samples for {what}")
         res = run.evaluate(items, labels)
     except Exception as e:  # a report should still come out for a run that cannot be re-evaluated
         return [("Validation predictions", f"<p class='muted'>could not evaluate the run: {escape(str(e))}</p>")]
