@@ -130,7 +130,7 @@ def test_cli_pretrain_then_fit(tmp_path):
 
 def test_bad_tables_give_clear_errors(tmp_path):
     p = write_csv(tmp_path / "text.csv", ["label", "x", "y"], [["a", "1", "2"], ["b", "3", "oops"]] * 3)
-    with pytest.raises(DataError, match=r"column 'y', row 2 holds 'oops'.*--id-columns"):
+    with pytest.raises(DataError, match=r"column 'y', line 3 holds 'oops'.*--id-columns"):
         from rehead.data.tabular import prepare_backbone
         prepare_backbone(zoo.load("tabular:mlp-2-4x1"), load_table(p, val_fraction=0.5))
     p = write_csv(tmp_path / "nan.csv", ["label", "x", "y"], [["a", "1", ""], ["b", "3", "4"]] * 3)

@@ -58,3 +58,28 @@ def test_a_column_of_huge_values_is_standardised_not_zeroed():
     bb.fit_scaler(x, ["big", "small"])
     z = bb.scaler(torch.from_numpy(x).float())
     assert torch.isfinite(bb.scaler.std).all() and z.std(0).min() > 0.9
+
+
+def test_bad_cells_at_predict_are_located_by_column_and_line(tmp_path):
+    """An infinite cell was "holds infinite values: replace them before training" (at predict, with no
+    column); a NaN was "1 row(s) have empty/NaN features" with no file, row or column."""
+    from rehead.fit import fit
+    from rehead.run import Run
+    from rehead.data import DataError
+    from rehead.data.tabular import expand_inputs
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame(rng.normal(size=(40, 3)), columns=list("abc"))
+    d["label"] = np.where(d["a"] > 0, "pos", "neg")
+    d.to_csv(tmp_path / "t.csv", index=False)
+    fit(str(tmp_path / "t.csv"), model="tabular:mlp-3-8x1", strategy="extract", out=tmp_path / "r", workers=0,
+        progress=False, echo=lambda *_: None)
+    x = d.drop(columns="label").head(4)
+    x.loc[1, "b"] = np.inf
+    x.to_csv(tmp_path / "inf.csv", index=False)
+    run = Run(tmp_path / "r")
+    with pytest.raises(DataError, match=r"inf.csv: 1 infinite cell\(s\).*column 'b', line 3"):
+        run.predict(expand_inputs([str(tmp_path / "inf.csv")]))
+    x.loc[1, "b"] = np.nan
+    x.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(DataError, match=r"first nan.csv data row 2 in column 'b'.*--missing mean"):
+        run.predict(expand_inputs([str(tmp_path / "nan.csv")]))

@@ -40,6 +40,11 @@ class Table:
         j = self.index[name]
         return [r[j] for r in self.rows]
 
+    def _at(self, i: int) -> str:
+        """Where data row ``i`` is in the file, for messages."""
+        line = getattr(self.rows, "line", None)
+        return f"line {line[i]}" if line else f"row {i + 1}"
+
     def matrix(self, columns: list[str]) -> np.ndarray:
         """(rows, columns) float32; empty / NaN cells become NaN; other text is an error."""
         key = tuple(columns)
@@ -60,13 +65,16 @@ class Table:
                         float(cells[i, k])
                     except ValueError:
                         raise DataError(
-                            f"{self.path}: column {columns[k]!r}, row {i + 1} holds {str(cells[i, k])!r}, which is not a "
-                            "number. Tabular features must be numeric: name identifier columns with "
-                            "--id-columns, or encode categories as numbers (for text data, name the text "
-                            "column with --text-column)") from None
+                            f"{self.path}: column {columns[k]!r}, {self._at(i)} holds {str(cells[i, k])!r}, which is not "
+                            "a number. Tabular features must be numeric: when fitting, leave identifier columns out "
+                            "with --id-columns, encode categories as numbers, or for text data name the text "
+                            "column with --text-column") from None
                 raise
-            if not np.isfinite(out[~np.isnan(out)]).all():
-                raise DataError(f"{self.path} holds infinite values: replace them before training")
+            bad = np.argwhere(np.isinf(out))
+            if len(bad):
+                i, k = bad[0]
+                raise DataError(f"{self.path}: {len(bad)} infinite cell(s) (or beyond float32's range, |v| > 3.4e38), "
+                                f"first in column {columns[k]!r}, {self._at(i)}: replace them with finite numbers")
             self._numeric[key] = out
         return self._numeric[key]
 
@@ -331,8 +339,12 @@ def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False,
                         "train it with `rehead fit TABLE` or `rehead pretrain TABLE` first")
     x = rows_of(items, cols)
     if np.isnan(x).any() and backbone.data_config.get("missing", "error") != "mean":
-        raise DataError(f"{int(np.isnan(x).any(1).sum())} row(s) have empty/NaN features; this model was "
-                        "trained with missing='error': fill them first")
+        i, j = np.argwhere(np.isnan(x))[0]
+        path, _, row = str(items[i]).rpartition("#")
+        first = f"{Path(path).name} data row {int(row) + 1}" if row.isdigit() else str(items[i])
+        raise DataError(f"{int(np.isnan(x).any(1).sum())} row(s) have empty/NaN features, first {first} "
+                        f"in column {cols[j]!r}: this model was fitted with --missing error and cannot fill them; "
+                        "fill them, or fit again with --missing mean")
     # Rows are in memory already: worker processes would only add start-up time.
     return torch.utils.data.DataLoader(RowDataset(x, labels), batch_size=batch_size, shuffle=shuffle,
                                        num_workers=0, generator=generator, drop_last=drop_last)
