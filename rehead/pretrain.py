@@ -15,34 +15,125 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import MISSING, ConfigError
 from .data import DataError
-from .data.tabular import _as_list, feature_columns, id_warning, read_table
+from .data.splits import split_column_parts
+from .data.tabular import _as_list, _some, feature_columns, id_warning, read_table
 from .recipes import Phase
-from .rundir import RunDir
+from .rundir import RunDir, RunExists
 from .train.loop import TrainConfig, Trainer, seed_everything
 from .zoo.runs import save_backbone
 from .zoo.tabular import TabularBackbone
 
 
-def pretrain_rows(path, label_column: str | None = "label", id_columns=None, split_column: str = "split",
-                  rows: str = "train", missing: str = "error") -> tuple[np.ndarray, list[str]]:
+def check_options(width: int, depth: int, dropout: float, mask_ratio: float, epochs: int, lr: float,
+                  weight_decay: float, batch_size: int, seed: int, rows: str, missing: str) -> None:
+    """Every option's range, before the table is read or OUT is made (depth 0 crashed mid-run,
+    batch size 0 divided by zero, width 0 saved an encoder fit refuses, lr -1 diverged)."""
+    for name, v in (("width", width), ("depth", depth), ("epochs", epochs), ("batch-size", batch_size)):
+        if v < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {v}")
+    if not lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {lr}")
+    if not 0 < mask_ratio < 1:
+        raise ConfigError(f"--mask-ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
+    if not weight_decay >= 0:  # not a CLI option: the keyword's name
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if rows not in ("train", "all"):
+        raise ConfigError(f"--rows must be train or all, got {rows!r}")
+    if missing not in MISSING:
+        raise ConfigError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
+
+
+def new_run(out, overwrite: bool) -> RunDir:
+    """RunDir.create, refusing an existing OUT with only the options pretrain and fit-multitask have
+    (RunDir's own message offers --resume, which they lack)."""
+    p = Path(out)
+    if not overwrite and p.is_dir() and any(p.iterdir()):
+        raise RunExists(f"{p} already exists and is not empty: pass --overwrite to replace it, or choose another --out")
+    return RunDir.create(p, overwrite=overwrite)
+
+
+def label_of(table, label_column: str | None, echo=print) -> str | None:
+    """The label column, left out of the inputs. None: ``label`` when the table has one; without
+    it every column but the id and split columns is an input, which is said (a label named
+    otherwise would be pretrained on)."""
+    if label_column is not None:
+        if label_column not in table.index:
+            raise DataError(f"{table.path} has no column {label_column!r} (columns: {_some(table.header)}): "
+                            "fix --label-column")
+        return label_column
+    if "label" in table.index:
+        return "label"
+    echo(f"warning: {table.path} has no 'label' column, so every column but the id and split columns is "
+         "pretrained as an input: name a label column with --label-column (or leave it out with --id-columns)")
+    return None
+
+
+def first_text_cell(table, cols: list[str]):
+    """(column, where, cell) of the first cell that is neither a number nor empty, or None."""
+    lines = getattr(table.rows, "line", None)
+    for c in cols:
+        for i, v in enumerate(table.column(c)):
+            v = v.strip()
+            if v.lower() in ("", "na", "nan"):
+                continue
+            try:
+                float(v)
+            except ValueError:
+                return c, f"line {lines[i]}" if lines else f"row {i + 1}", v
+    return None
+
+
+def input_matrix(table, cols: list[str], has_label: bool) -> np.ndarray:
+    """The inputs as numbers; a text column is named with the option that leaves it out."""
+    try:
+        return table.matrix(cols)
+    except DataError:
+        bad = first_text_cell(table, cols)
+        if bad is None:  # not a text cell (an infinite value): the table's own message says it
+            raise
+    c, at, v = bad
+    fix = (f"leave it out with --id-columns {c}" if has_label else
+           f"if it is the label, name it with --label-column {c}; else leave it out with --id-columns {c}")
+    raise DataError(f"{table.path}: column {c!r} holds {v!r} ({at}), not a number, and pretraining reads "
+                    f"every column but the label, id and split columns as input: {fix}")
+
+
+def train_rows(table, split_column: str) -> list[int]:
+    """The rows the split column calls train (read as fit reads it)."""
+    try:
+        parts = split_column_parts([v.strip() for v in table.column(split_column)], table.path)
+    except DataError as e:
+        raise DataError(f"{e}; or pass --rows all to pretrain on every row, whatever its split") from None
+    if not parts.get("train"):
+        raise DataError(f"{table.path}: no row has {split_column}=train (only {', '.join(parts)}): mark the rows "
+                        "to pretrain on as train, or pass --rows all to pretrain on every row, the val and test rows "
+                        "included (a later test score is then on rows the encoder has seen)")
+    return parts["train"]
+
+
+def pretrain_rows(path, label_column: str | None = None, id_columns=None, split_column: str = "split",
+                  rows: str = "train", missing: str = "error", echo=print) -> tuple[np.ndarray, list[str]]:
     """Feature values (N, F) of the rows to pretrain on, and the feature column names.
     ``rows``: ``train`` (rows whose split column says train; all rows if there is none) or ``all``."""
     table = read_table(path)
     ids = _as_list(id_columns)
     for c in ids:
         if c not in table.index:
-            raise DataError(f"{table.path} has no id column {c!r}")
-    label = label_column if label_column and label_column in table.index else None
+            raise DataError(f"{table.path} has no column {c!r} (columns: {_some(table.header)}): fix --id-columns")
+    label = label_of(table, label_column, echo)
     cols = feature_columns(table, label or [], ids, split_column)
-    x = table.matrix(cols)
-    if rows not in ("train", "all"):
-        raise DataError(f"rows must be 'train' or 'all', got {rows!r}")
+    w = id_warning(table, cols)
+    if w:
+        echo(f"warning: {w}")
+    x = input_matrix(table, cols, has_label=label is not None)
     if rows == "train" and split_column in table.index:
-        keep = [i for i, v in enumerate(table.column(split_column)) if v.strip() == "train"]
-        if not keep:
-            raise DataError(f"{table.path}: no row has {split_column}=train (use rows='all' to pretrain on every row)")
-        x = x[keep]
+        x = x[train_rows(table, split_column)]
     if np.isnan(x).any() and missing == "error":
         raise DataError(f"{table.path}: {int(np.isnan(x).sum())} empty or NaN cell(s) in the pretraining rows: "
                         "fill them, or pass --missing mean")
@@ -97,18 +188,15 @@ class MaskedBatches:
 
 def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, mask_ratio: float = 0.3,
              epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
-             seed: int = 0, label_column: str | None = "label", id_columns=None, split_column: str = "split",
+             seed: int = 0, label_column: str | None = None, id_columns=None, split_column: str = "split",
              rows: str = "train", missing: str = "error", overwrite: bool = False, progress: bool = True,
              echo=print) -> dict:
-    """Pretrain ``tabular:mlp-<F>-<width>x<depth>`` by masked reconstruction on ``data``; save only the encoder."""
-    if not 0 < mask_ratio < 1:
-        raise ValueError(f"mask_ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
+    """Pretrain ``tabular:mlp-<F>-<width>x<depth>`` by masked reconstruction on ``data``; save only the encoder.
+    ``label_column`` (left out of the inputs) None: ``label`` when the table has one."""
+    check_options(width, depth, dropout, mask_ratio, epochs, lr, weight_decay, batch_size, seed, rows, missing)
     t0 = time.perf_counter()
-    x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing)
-    w = id_warning(read_table(data), cols)
-    if w:
-        echo(f"warning: {w}")
-    run = RunDir.create(out, overwrite=overwrite)
+    x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing, echo)
+    run = new_run(out, overwrite)
     seed_everything(seed)
     enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")
     if dropout != 0.1:  # 0.1 is the spec's default

@@ -18,7 +18,8 @@ def pretrain(data: str = typer.Argument(..., help="CSV of numeric feature column
              dropout: float = 0.1,
              mask_ratio: float = typer.Option(0.3, help="fraction of feature values hidden per row"),
              epochs: int = 200, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
-             label_column: str = typer.Option("label", help="left out of the features (labels are not used)"),
+             label_column: Optional[str] = typer.Option(
+                 None, help="the label column, left out of the inputs (default: label, when the table has one)"),
              id_columns: Optional[str] = typer.Option(None, help="comma-separated identifier columns to leave out"),
              split_column: str = typer.Option("split", help="when present, only its 'train' rows are used"),
              rows: str = typer.Option("train", help="train | all (all: also the val/test rows' features, no labels)"),
@@ -42,13 +43,13 @@ def fit_multitask(data: str = typer.Argument(..., help="CSV with two or more lab
                   out: str = typer.Option(..., "--out", "-o"),
                   weights: Optional[str] = typer.Option(None, help="comma-separated loss weights (default all 1)"),
                   id_columns: Optional[str] = None, split_column: str = "split",
-                  strategy: str = typer.Option("full", help="head | finetune | gradual | full"),
+                  strategy: str = typer.Option("full", help="head | finetune | gradual | full (the heads train "
+                                               "live: no extract or auto)"),
                   epochs: Optional[int] = None, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
                   val_fraction: float = 0.2, overwrite: bool = False,
                   quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Train one head per label column on a shared backbone; each head is evaluated on its own."""
     from ..multitask import fit_multitask as run
-    w = [float(v) for v in weights.split(",")] if weights else None
-    run(data, label_columns, model, out, weights=w, id_columns=id_columns, split_column=split_column,
+    run(data, label_columns, model, out, weights=weights, id_columns=id_columns, split_column=split_column,
         strategy=strategy, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
         overwrite=overwrite, progress=not quiet, echo=typer.echo)
