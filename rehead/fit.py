@@ -66,7 +66,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = 
         raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
     out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
     job = _prepare(cfg, data, model_obj if not isinstance(model_obj, (str, type(None))) else None, hooks, echo)
-    run = RunDir.create(out, overwrite=overwrite, writer=main)
+    run = RunDir.create(out, overwrite=overwrite, writer=main, resumable=True)
     accelerator.wait_for_everyone()
     try:
         return _train(job, run, echo, progress, accelerator, t_start)

@@ -86,9 +86,9 @@ class RunDir:
 
     # -- claiming ------------------------------------------------------------------
     @classmethod
-    def create(cls, path, overwrite: bool = False, writer: bool = True) -> "RunDir":
+    def create(cls, path, overwrite: bool = False, writer: bool = True, resumable: bool = False) -> "RunDir":
         """Claim a new run directory; an existing non-empty one only with ``overwrite``, and only
-        if rehead made it (never a folder of the user's)."""
+        if rehead made it (never a folder of the user's). ``resumable``: the command has --resume."""
         rd = cls(path, writer)
         if not writer:
             return rd
@@ -97,8 +97,8 @@ class RunDir:
             raise RunExists(f"{p} exists and is not a directory: choose another --out")
         if p.exists() and any(p.iterdir()):
             if not overwrite:
-                raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite "
-                                "to replace it, --resume to continue it, or choose another --out")
+                raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
+                                + (", --resume to continue it," if resumable else "") + " or choose another --out")
             if not is_run_dir(p):
                 raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only "
                                 "replaces run directories; choose another --out")

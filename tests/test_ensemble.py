@@ -91,7 +91,7 @@ def test_cli_ensemble_evaluate_predict_and_clear_refusals(tmp_path, two_runs, im
     r = runner.invoke(app, ["export", str(ens)])
     assert r.exit_code == 2 and "--soup" in r.output
     r = runner.invoke(app, ["ensemble", str(a.dir), str(b.dir), "--out", str(ens)])
-    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert r.exit_code == 2 and "--overwrite" in r.output and "--resume" not in r.output  # ensemble has none
     r = runner.invoke(app, ["ensemble", str(a.dir), "--out", str(tmp_path / "one")])
     assert r.exit_code == 2 and "at least two" in r.output
 
