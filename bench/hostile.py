@@ -1128,6 +1128,29 @@ def _(c):
     return expect_error(r, ("text", "--text-column"))
 
 
+@case("txt_duplicate_label_column", "text", "header text,label,label (the first all 'neutral'): error naming the "
+                                           "duplicate, not a fit on the first namesake")
+def _(c):
+    rows = [(t, "neutral", y) for t, y in phrase_rows(45)]
+    r, out, p = text_fit(c, "txt_duplicate_label_column", ["text", "label", "label"], rows)
+    return expect_error(r, "duplicate", "label")
+
+
+@case("txt_text_column_is_label_column", "text", "--text-column label: the model would read its answer; refused")
+def _(c):
+    r, out, p = text_fit(c, "txt_text_column_is_label_column", ["text", "label"], phrase_rows(45),
+                         "--text-column", "label")
+    return expect_error(r, "label")
+
+
+@case("txt_unquoted_commas", "text", "texts with unquoted commas (rows longer than the header): error saying quote them")
+def _(c):
+    rows = [(t.replace(" , ", ", "), y) for t, y in phrase_rows(45)]
+    raw = ("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows)).encode()
+    r, out, p = text_fit(c, "txt_unquoted_commas", None, None, raw=raw)
+    return expect_error(r, "quoted")
+
+
 @case("txt_wrong_text_column", "text", "--text-column body: error naming 'body'")
 def _(c):
     r, out, p = text_fit(c, "txt_wrong_text_column", ["text", "label"], phrase_rows(45), "--text-column", "body")
@@ -1316,6 +1339,31 @@ def _(c):
 def _(c):
     r, out, p = table_fit(c, "tab_label_column_missing", lambda h, rows: None, "--label-column", "nope")
     return expect_error(r, "nope")
+
+
+@case("tab_val_split_after_edit", "table", "evaluate RUN after its table was re-sorted: refused, not other rows scored")
+def _(c):
+    r, out, p = table_fit(c, "tab_val_split_after_edit", lambda h, rows: None)
+    if r.rc != 0:
+        return V(UNEXPECTED, f"the fit failed: {r.last_err}", r)
+    h, rows = golub_rows(20)
+    rows_csv(p, h, list(reversed(rows)))
+    return expect_error(c.run("evaluate", out), "changed")
+
+
+@case("tab_encoder_reads_label", "table", "an encoder pretrained with column y as a feature, then fit on y: refused")
+def _(c):
+    d = c.d("tab_encoder_reads_label")
+    h, rows = golub_rows(20)
+    j = h.index("label")  # a 0/1 label named y: numeric, so an encoder not told of it reads it as a feature
+    rows = [r[:j] + [str(int(r[j] == "AML"))] + r[j + 1:] for r in rows]
+    p = rows_csv(d / "table.csv", ["y" if x == "label" else x for x in h], rows)
+    pre = c.run("pretrain", p, "--out", d / "enc", "--epochs", "2", "--width", "16", "--depth", "1",
+                "--id-columns", "patient", "--rows", "all")
+    if pre.rc != 0:
+        return V(UNEXPECTED, f"pretrain failed: {pre.last_err}", pre)
+    return expect_error(c.fit(p, d / "run", "--model", d / "enc", "--label-column", "y", "--id-columns", "patient"),
+                        "'y'")
 
 
 @case("tab_predict_wrong_feature_count", "table", "predict on a table lacking a feature column: error naming it")
@@ -2147,15 +2195,28 @@ def _(c):
     return expect_error(r, ("modalit", "image", "text", "classes"))
 
 
-@case("ensemble_evaluate", "export", "control: evaluate an ensemble on DATA scores all 16")
+@case("ensemble_evaluate", "export", "evaluate an ensemble on its members' own images: scores all 16 and says "
+                                    "all 16 were seen (else a score on training data reads as held out)")
 def _(c):
     try:
         ens = fx_ensemble(c)
     except FixtureFailed as e:
         return V(SKIPPED, str(e))
     r = c.run("evaluate", ens, fx_imgs(c), "--json")
-    return must_succeed(r, lambda r: V(HANDLED, "16", r) if r.json().get("n") == 16
-                        else V(SILENT, f"n={r.json().get('n')}", r))
+
+    def check(r):
+        n, seen = r.json().get("n"), sum((r.json().get("seen") or {}).values())
+        return V(HANDLED, "16, 16 seen", r) if (n, seen) == (16, 16) else V(SILENT, f"n={n}, seen={seen}", r)
+    return must_succeed(r, check)
+
+
+@case("tab_soup_other_seeds", "export", "soup of two random table encoders drawn with other seeds: refused")
+def _(c):
+    other = c.fixture("table_run_s1", lambda: _fit_fixture(c, "table_run_s1", fx_table(c), "--model",
+                                                           "tabular:mlp-20-16x1", "--id-columns", "patient",
+                                                           "--seed", "1"))
+    r = c.run("ensemble", fx_table_run(c), other, "--soup", "--out", c.d("tab_soup_other_seeds") / "soup")
+    return expect_error(r, "same weights")
 
 
 @case("ensemble_out_user_folder", "export", "ensemble --out onto a user folder: refuse, delete nothing")

@@ -31,17 +31,23 @@ def test_a_pretrained_encoder_that_reads_the_fits_label_column_is_refused(tmp_pa
     assert any("2 other column(s)" in s and "'c', 'd'" in s for s in said), said
 
 
-def test_evaluating_a_table_runs_val_split_after_the_table_changed_is_refused(tmp_path):
-    """The val split names table rows by number ("t.csv#7"): re-sorting the file made `rehead evaluate
-    RUN` score other rows (0.98 -> 0.80), silently."""
+def _fitted_table(tmp_path, n: int) -> pd.DataFrame:
+    """t.csv of n rows (label: the sign of column a) and an extract run of it at tmp_path/r."""
     from rehead.fit import fit
-    from rehead.run import BadRun, Run
     rng = np.random.default_rng(0)
-    d = pd.DataFrame(rng.normal(size=(60, 3)), columns=list("abc"))
+    d = pd.DataFrame(rng.normal(size=(n, 3)), columns=list("abc"))
     d["label"] = np.where(d["a"] > 0, "pos", "neg")
     d.to_csv(tmp_path / "t.csv", index=False)
     fit(str(tmp_path / "t.csv"), model="tabular:mlp-3-8x1", strategy="extract", out=tmp_path / "r", workers=0,
         progress=False, echo=lambda *_: None)
+    return d
+
+
+def test_evaluating_a_table_runs_val_split_after_the_table_changed_is_refused(tmp_path):
+    """The val split names table rows by number ("t.csv#7"): re-sorting the file made `rehead evaluate
+    RUN` score other rows (0.98 -> 0.80), silently."""
+    from rehead.run import BadRun, Run
+    d = _fitted_table(tmp_path, 60)
     run = Run(tmp_path / "r")
     assert run.evaluate(*run.val_split())["n"] == 12
     d.sort_values("b").to_csv(tmp_path / "t.csv", index=False)
@@ -63,16 +69,10 @@ def test_a_column_of_huge_values_is_standardised_not_zeroed():
 def test_bad_cells_at_predict_are_located_by_column_and_line(tmp_path):
     """An infinite cell was "holds infinite values: replace them before training" (at predict, with no
     column); a NaN was "1 row(s) have empty/NaN features" with no file, row or column."""
-    from rehead.fit import fit
     from rehead.run import Run
     from rehead.data import DataError
     from rehead.data.tabular import expand_inputs
-    rng = np.random.default_rng(0)
-    d = pd.DataFrame(rng.normal(size=(40, 3)), columns=list("abc"))
-    d["label"] = np.where(d["a"] > 0, "pos", "neg")
-    d.to_csv(tmp_path / "t.csv", index=False)
-    fit(str(tmp_path / "t.csv"), model="tabular:mlp-3-8x1", strategy="extract", out=tmp_path / "r", workers=0,
-        progress=False, echo=lambda *_: None)
+    d = _fitted_table(tmp_path, 40)
     x = d.drop(columns="label").head(4)
     x.loc[1, "b"] = np.inf
     x.to_csv(tmp_path / "inf.csv", index=False)
