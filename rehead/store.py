@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS file_checks(path TEXT PRIMARY KEY, ino INTEGER, size 
 """
 NAMES_TABLE = next(t for t in SCHEMA.split(";") if "model_names" in t).strip()
 # model_names: what each model key is (spec, cut, stage, precision), for `rehead cache info`; written
-# with a key's first shard. shard_marks: per shard ("<model key>/<file>"), the stat at which rows were checked; good[r] = 1 for a
+#   with a key's next shard or read (a key cached before the table existed is named when next used).
+# shard_marks: per shard ("<model key>/<file>"), the stat at which rows were checked; good[r] = 1 for a
 #   row that passed, k1[r] the half of its sample's key id mixed into the checksum (uint64).
 # file_checks: files judged readable (rehead.data.images) at that stat by that checker.
 
@@ -133,7 +134,7 @@ class ShardStore:
         self._seen: dict[str, tuple] = {}  # path -> stat the readability check took, at _seen_at
         self._seen_at = -float("inf")
         self._rooted = False
-        self.names: dict[str, str] = {}  # model key -> what it is, recorded with its first shard
+        self.names: dict[str, str] = {}  # model key -> what it is (FeatureCache.name), for model_names
 
     # -- the root and its marker ------------------------------------------------------
     @property
