@@ -137,6 +137,14 @@ def duplicate_report(items: list, labels: list[str], where) -> list[str]:
     return out
 
 
+def require_distinct(items: list, where) -> None:
+    """Rows that are all one item (the same text in every row: a wrong --text-column) leave nothing
+    to learn from: refused before any work, not a solver's crash on constant features."""
+    if len(items) > 1 and len(set(map(_key, items))) == 1:
+        raise DataError(f"{where}: all {len(items)} rows have the same input ({_show(_key(items[0]))}): nothing tells "
+                        "their labels apart; check the input column (--text-column, --image-column)")
+
+
 def overlap_report(a: list, b: list, a_name: str, b_name: str, where) -> str | None:
     """A warning when the same item is in two splits (the held-out numbers are then optimistic)."""
     both = set(map(_key, a)) & set(map(_key, b))

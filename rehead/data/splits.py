@@ -13,7 +13,8 @@ import numpy as np
 from . import DataError, Dataset, EvalData, Part, Parts, Samples, refs, stratified_split
 from ..config import LABEL_SEP as SEP
 from ..config import VAL_FRACTION
-from .csvio import _key, _show, drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report
+from .csvio import (drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report,
+                    require_distinct)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
     if len(classes) < 2:
         raise DataError(f"{base.where} has a single class (a single label: {classes[0] if classes else 'none'!r}): "
                         "a classifier needs at least two classes" + (f". {hint}" if hint else ""))
-    _require_distinct(base)
+    require_distinct(base.keys if base.keys is not None else base.items, base.where)
     _report_duplicates(named, warnings)
     if base_name == "train":
         once = once_report(base.labels, base.where)
@@ -134,7 +135,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     parse = _numbers if task == "regression" else _label_sets
     values = {k: parse(p) for k, p in named.items()}
     base = named[base_name]
-    _require_distinct(base)
+    require_distinct(base.keys if base.keys is not None else base.items, base.where)
     if task == "regression":
         classes = [parts.labels_from]
         index = None
@@ -230,15 +231,6 @@ def _drop_skipped(p: Part, skipped: dict) -> Part:
     if not skipped:
         return p
     return _subset(p, [i for i, it in enumerate(p.items) if it not in skipped])
-
-
-def _require_distinct(p: Part) -> None:
-    """Rows that are all one item (the same text in every row: a wrong --text-column) leave nothing
-    to learn from: refused before any work, not a solver's crash on constant features."""
-    keys = p.keys if p.keys is not None else p.items
-    if len(keys) > 1 and len(set(map(_key, keys))) == 1:
-        raise DataError(f"{p.where}: all {len(keys)} rows have the same input ({_show(_key(keys[0]))}): nothing tells "
-                        "their labels apart; check the input column (--text-column, --image-column)")
 
 
 def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
