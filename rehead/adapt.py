@@ -141,21 +141,6 @@ def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, m
         raise ConfigError(f"--seed must be >= 0, got {seed}")
 
 
-def check_out(out, overwrite: bool) -> None:
-    """RunDir.create's checks, made before the model loads, in adapt's words (it has no --resume)."""
-    from .rundir import RunExists, is_run_dir
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise RunExists(f"{p} exists and is not a directory: choose another --out")
-    if p.is_dir() and any(p.iterdir()):
-        if not overwrite:
-            raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it, "
-                            "or choose another --out")
-        if not is_run_dir(p):
-            raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only replaces run "
-                            "directories; choose another --out")
-
-
 @contextmanager
 def quiet_transformers():
     """transformers' load reports (an LM head's MISSING keys in an ANSI table) and progress bars are
@@ -324,7 +309,7 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     t0 = time.perf_counter()
     # Everything that can be refused is, before --out is created: a failed start leaves no directory behind.
     check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed)
-    check_out(out, overwrite)
+    RunDir.check_free(out, overwrite)  # before the model loads: a refused start costs nothing
     texts = read_corpus(corpus, text_column)
     source, opts = resolve_source(model)
     objective = pick_objective(load_config(source), objective)

@@ -25,9 +25,9 @@ from .data.tabular import MODALITY, _as_list, _some, read_parts, read_table
 from .heads import make_head
 from .precision import to_device_of
 from .model import TransferModel
-from .pretrain import new_run
 from .recipes import build_recipe
 from .run import load_weights, read_config
+from .rundir import RunDir
 from .train.loop import TrainConfig, Trainer, seed_everything
 
 
@@ -226,7 +226,7 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
     sizes = [len(c) for c in classes]
     mt = MultiTaskModel(backbone, {t: make_head(in_dim, n, head) for t, n in zip(tasks, sizes)}, sizes)
     recipe = live_recipe(strategy, len(ds.train), len(backbone), epochs, lr, unfreeze)
-    run = new_run(out, overwrite)
+    run = RunDir.create(out, overwrite=overwrite)
     # No single accuracy: the best epoch is chosen by the weighted val loss (val_acc stays 0).
     trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask"), run=run,
                       loss_fn=MultiTaskLoss(sizes, weights))

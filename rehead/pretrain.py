@@ -20,7 +20,7 @@ from .data import DataError
 from .data.splits import split_column_parts
 from .data.tabular import _as_list, _some, feature_columns, id_warning, read_table
 from .recipes import Phase
-from .rundir import RunDir, RunExists
+from .rundir import RunDir
 from .train.loop import TrainConfig, Trainer, seed_everything
 from .zoo.runs import save_backbone
 from .zoo.tabular import TabularBackbone
@@ -47,15 +47,6 @@ def check_options(width: int, depth: int, dropout: float, mask_ratio: float, epo
         raise ConfigError(f"--rows must be train or all, got {rows!r}")
     if missing not in MISSING:
         raise ConfigError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
-
-
-def new_run(out, overwrite: bool) -> RunDir:
-    """RunDir.create, refusing an existing OUT with only the options pretrain and fit-multitask have
-    (RunDir's own message offers --resume, which they lack)."""
-    p = Path(out)
-    if not overwrite and p.is_dir() and any(p.iterdir()):
-        raise RunExists(f"{p} already exists and is not empty: pass --overwrite to replace it, or choose another --out")
-    return RunDir.create(p, overwrite=overwrite)
 
 
 def label_of(table, label_column: str | None, echo=print) -> str | None:
@@ -196,7 +187,7 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
     check_options(width, depth, dropout, mask_ratio, epochs, lr, weight_decay, batch_size, seed, rows, missing)
     t0 = time.perf_counter()
     x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing, echo)
-    run = new_run(out, overwrite)
+    run = RunDir.create(out, overwrite=overwrite)
     seed_everything(seed)
     enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")
     if dropout != 0.1:  # 0.1 is the spec's default

@@ -85,6 +85,24 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     # -- claiming ------------------------------------------------------------------
+    @staticmethod
+    def check_free(path, overwrite: bool = False, resumable: bool = False) -> bool:
+        """Refuse an --out that ``create`` would refuse (a file; a non-empty folder without
+        ``overwrite``; one rehead did not make), so a command can check before its work; True when
+        ``create`` would replace an existing run. ``resumable``: the command has --resume."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise RunExists(f"{p} exists and is not a directory: choose another --out")
+        if not (p.exists() and any(p.iterdir())):
+            return False
+        if not overwrite:
+            raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
+                            + (", --resume to continue it," if resumable else "") + " or choose another --out")
+        if not is_run_dir(p):
+            raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only "
+                            "replaces run directories; choose another --out")
+        return True
+
     @classmethod
     def create(cls, path, overwrite: bool = False, writer: bool = True, resumable: bool = False) -> "RunDir":
         """Claim a new run directory; an existing non-empty one only with ``overwrite``, and only
@@ -93,15 +111,7 @@ class RunDir:
         if not writer:
             return rd
         p = rd.path
-        if p.exists() and not p.is_dir():
-            raise RunExists(f"{p} exists and is not a directory: choose another --out")
-        if p.exists() and any(p.iterdir()):
-            if not overwrite:
-                raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
-                                + (", --resume to continue it," if resumable else "") + " or choose another --out")
-            if not is_run_dir(p):
-                raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only "
-                                "replaces run directories; choose another --out")
+        if cls.check_free(p, overwrite, resumable):
             rd._claim()  # a run still writing there keeps its lock: refuse before deleting anything
             for child in p.iterdir():
                 if child.name != ".lock":
