@@ -291,8 +291,13 @@ class Run:
             seen = {k: set(split[k]["items"]) for k in ("train", "val")}
         except (KeyError, TypeError, ValueError, OSError):
             return info  # val_split() names a broken split.json; a score on new data does not need it
+        if self.modality == "tabular":  # rows are "file#row": compared by their cells, not their numbers
+            keyed = self._seen_rows(split, seen, items, info)
+            if isinstance(keyed, dict):
+                return keyed  # the training table changed: said, and nothing counted
+            seen, items = keyed
         seen["val"] -= seen["train"]  # members split apart: a sample one trained on counts as trained on
-        n = {k: sum(1 for it in items if isinstance(it, str) and it in ids) for k, ids in seen.items()}
+        n = {k: sum(1 for it in items if isinstance(it, (str, tuple)) and it in ids) for k, ids in seen.items()}
         if not any(n.values()):
             return info
         one = self.kind == "fit"
@@ -304,6 +309,20 @@ class Run:
              f"{'; '.join(parts)}. The score is optimistic: evaluate on data it has not seen (a test split) "
              "for a held-out figure")
         return {**info, "seen": n, "warnings": info.get("warnings", []) + [w]}
+
+    def _seen_rows(self, split: dict, seen: dict, items: list, info: dict):
+        """Table rows as their feature cells, so a training row copied into another file (or the same
+        file re-sorted) is still recognised; a dict (``info`` with a warning) when the training table
+        changed since the fit, which leaves nothing to compare with."""
+        from .data.splits import file_changes
+        from .data.tabular import row_cells
+        changed = file_changes(split.get("fingerprint") or {})
+        if changed:
+            w = (f"cannot tell which of these rows the run trained on: its training table changed since the fit "
+                 f"({changed[0]})")
+            return {**info, "warnings": info.get("warnings", []) + [w]}
+        cols = (self.config.get("data_config") or {}).get("columns") or []
+        return {k: set(row_cells(list(v), cols)) for k, v in seen.items()}, row_cells(items, cols)
 
     def eval_data(self, path, columns: dict | None = None) -> tuple[list, list[int], dict]:
         """(items, labels in the run's class order, info) of the data at ``path``: every labelled

@@ -83,3 +83,20 @@ def test_bad_cells_at_predict_are_located_by_column_and_line(tmp_path):
     x.to_csv(tmp_path / "nan.csv", index=False)
     with pytest.raises(DataError, match=r"first nan.csv data row 2 in column 'b'.*--missing mean"):
         run.predict(expand_inputs([str(tmp_path / "nan.csv")]))
+
+
+def test_a_table_runs_training_rows_are_recognised_by_their_cells_in_another_file(tmp_path):
+    """Rows are "file#row": a copy of training rows in another file (or re-sorted) got no "seen"
+    warning, so a score on them read as held out. Compared by their cells now; and when the training
+    table itself changed, evaluate says it cannot tell."""
+    from rehead.run import Run
+    d = _fitted_table(tmp_path, 40)
+    d.sample(frac=1, random_state=1).head(10).to_csv(tmp_path / "copy.csv", index=False)
+    res = Run(tmp_path / "r").evaluate(str(tmp_path / "copy.csv"))
+    assert sum(res["seen"].values()) == 10 and "10 of 10 samples were seen" in res["warnings"][-1]
+    fresh = pd.DataFrame(np.random.default_rng(5).normal(size=(6, 3)), columns=list("abc")).assign(label="pos")
+    fresh.to_csv(tmp_path / "new.csv", index=False)
+    assert "seen" not in Run(tmp_path / "r").evaluate(str(tmp_path / "new.csv"))
+    d.sort_values("b").to_csv(tmp_path / "t.csv", index=False)
+    res = Run(tmp_path / "r").evaluate(str(tmp_path / "copy.csv"))
+    assert "seen" not in res and "its training table changed since the fit" in res["warnings"][-1]

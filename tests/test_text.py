@@ -214,6 +214,8 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
                     ("gap.csv", "1 row(s) with empty text")):
         r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / f)])
         assert r.exit_code == 2 and said in r.output, r.output
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), " "])  # "$EMPTY": not a text to score
+    assert r.exit_code == 2 and "an empty text was given" in r.output, r.output
     # a CSV whose columns are named otherwise than the fit's data: evaluate and predict take the options
     # the error names (they had none)
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "other.csv"), "--text-column",

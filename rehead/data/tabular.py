@@ -204,6 +204,19 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
                         "held_columns": [c for c in table.header if c not in cols]})
 
 
+def row_cells(items: list, columns: list[str]) -> list[tuple]:
+    """Each table row reference ("t.csv#7") as its stripped cells in ``columns``: what makes two rows
+    the same sample, whichever file or position they are at. A file lacking a column gives ()."""
+    out = []
+    for it in items:
+        path, _, row = str(it).rpartition("#")
+        t = read_table(path)
+        js = [t.index.get(c) for c in columns]
+        r = t.rows[int(row)]
+        out.append(() if None in js else tuple(r[j].strip() for j in js))
+    return out
+
+
 def rows_of(items: list, columns: list[str]) -> np.ndarray:
     """Raw feature values (N, F) float32 of row references or number sequences."""
     out, matrices = [], {}

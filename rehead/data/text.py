@@ -117,6 +117,8 @@ def input_texts(arg: str, text_column: str = "text") -> list[str]:
     """For ``predict``: a CSV's text column (the column the fit read) or a .txt file's non-empty
     lines, else the argument itself as one text. A missing .csv / .txt, a folder or another file is
     an error, not a text to classify: "new.csv" scored as a sentence is a silent wrong answer."""
+    if not arg.strip():  # a shell variable that expanded to nothing, most likely: no text to classify
+        raise DataError("an empty text was given: pass the texts, a CSV of texts or a .txt file (one text a line)")
     p = Path(arg)
     try:
         exists = "\n" not in arg and os.path.lexists(arg)
