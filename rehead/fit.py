@@ -18,7 +18,7 @@ import torch
 
 from . import zoo
 from .calibration import calibrate, is_multiclass, summary_line
-from .config import DEFAULT_MODEL, ConfigError, FitConfig
+from .config import DEFAULT_MODEL, DEFAULT_MODELS, ConfigError, FitConfig
 from .data import DataError, Dataset, pipeline
 from .data.inputs import as_dataset
 from .features import FeatureCache, extract, sample_keys
@@ -126,8 +126,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         ds = as_dataset(data, cfg, memo=cache)  # the cache remembers which images were readable
     cfg = cfg.for_data(ds.modality)  # options left unset, filled for this data (e.g. text fine-tuning)
     if cfg.model is None:  # no default backbone for this kind of data (tables): say so before loading any
-        raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
-                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them{_text_hint(ds)}")
+        cfg = cfg.replace(model=default_model(ds))
     if (cfg.mixup or cfg.cutmix) and ds.modality != "image":
         raise ConfigError(f"--mixup and --cutmix mix images: {ds.source} is {ds.modality} data; leave them out")
     if getattr(ds, "task", "multiclass") != cfg.task:
@@ -153,7 +152,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         return _Job(cfg, ds, recipe, warm.cut, warm.cut_name, warm.in_dim, warm.backbone, None,
                     hooks, cache, stamp, warm)
     backbone = _backbone(cfg, module)
-    _check_modality(backbone, ds, cfg)
+    check_modality(backbone, ds, cfg.model)
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):  # e.g. a table encoder fits its standardisation on train rows
         pipe.prepare_backbone(backbone, ds, echo)
@@ -185,11 +184,20 @@ _MODEL_HINT = {"text": " (e.g. --model packaged:minilm)",
                "tabular": " (e.g. --model tabular:mlp-<features>-64x2, an MLP encoder of its feature columns)"}
 
 
-def _check_modality(backbone: Backbone, ds: Dataset, cfg: FitConfig) -> None:
+def default_model(ds: Dataset) -> str:
+    """The data's default backbone (fit's, probe's); tables have none: refused, saying what to give."""
+    if ds.modality not in DEFAULT_MODELS:
+        raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
+                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them{_text_hint(ds)}")
+    return DEFAULT_MODELS[ds.modality]
+
+
+def check_modality(backbone: Backbone, ds: Dataset, model: str) -> None:
+    """Refuse a backbone for other data (fit's, probe's), before any extraction reads an item wrongly."""
     if backbone.modality != ds.modality:
         hint = _MODEL_HINT.get(ds.modality, "")
         a = "an" if ds.modality[0] in "aeiou" else "a"
-        raise DataError(f"{ds.source} is {ds.modality} data but {cfg.model} is a backbone for "
+        raise DataError(f"{ds.source} is {ds.modality} data but {model} is a backbone for "
                         f"{backbone.modality} data: choose {a} {ds.modality} model{hint}; `rehead models` lists them"
                         f"{_text_hint(ds)}")
 

@@ -21,7 +21,7 @@ from .config import HEADS, ConfigError
 from .data import DataError, pipeline
 from .data.csvio import lines
 from .data.splits import assemble
-from .data.tabular import MODALITY, _as_list, _some, read_parts, read_table
+from .data.tabular import MODALITY, _as_list, _some, read_parts, read_table, row_ref
 from .heads import make_head
 from .precision import to_device_of
 from .model import TransferModel
@@ -123,7 +123,7 @@ def check_options(strategy: str, epochs, lr, batch_size: int, val_fraction: floa
 
 
 def _row(item) -> int:
-    return int(item.rpartition("#")[2])
+    return row_ref(item)[1]
 
 
 def _stratified_by_first(parts, cells: dict[str, list[str]]) -> list[int]:

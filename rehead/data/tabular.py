@@ -204,16 +204,25 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
                         "held_columns": [c for c in table.header if c not in cols]})
 
 
+def row_ref(item) -> tuple[str, int]:
+    """(path, row) of a table row reference ``/path/table.csv#ROW``."""
+    path, _, row = str(item).rpartition("#")
+    if not path or not row.isdigit():
+        raise DataError(f"{item!r} is not a table row reference (expected /path/table.csv#ROW)")
+    return path, int(row)
+
+
 def row_cells(items: list, columns: list[str]) -> list[tuple]:
     """Each table row reference ("t.csv#7") as its stripped cells in ``columns``: what makes two rows
     the same sample, whichever file or position they are at. A file lacking a column gives ()."""
-    out = []
+    out, tables = [], {}
     for it in items:
-        path, _, row = str(it).rpartition("#")
-        t = read_table(path)
-        js = [t.index.get(c) for c in columns]
-        r = t.rows[int(row)]
-        out.append(() if None in js else tuple(r[j].strip() for j in js))
+        path, row = row_ref(it)
+        if path not in tables:  # one lookup per file, not per row
+            t = read_table(path)
+            tables[path] = (t, [t.index.get(c) for c in columns])
+        t, js = tables[path]
+        out.append(() if None in js else tuple(t.rows[row][j].strip() for j in js))
     return out
 
 
@@ -222,13 +231,11 @@ def rows_of(items: list, columns: list[str]) -> np.ndarray:
     out, matrices = [], {}
     for it in items:
         if isinstance(it, str):
-            path, _, row = it.rpartition("#")
-            if not path or not row.isdigit():
-                raise DataError(f"{it!r} is not a table row reference (expected /path/table.csv#ROW)")
+            path, r = row_ref(it)
             if path not in matrices:  # one lookup per file, not per row: gene tables are wide
                 table = read_table(path)
                 matrices[path] = table.matrix(columns)
-            r, m = int(row), matrices[path]
+            m = matrices[path]
             if r >= len(m):
                 raise DataError(f"{path} has {len(m)} rows, no row {r}")
             out.append(m[r])
@@ -353,8 +360,11 @@ def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False,
     x = rows_of(items, cols)
     if np.isnan(x).any() and backbone.data_config.get("missing", "error") != "mean":
         i, j = np.argwhere(np.isnan(x))[0]
-        path, _, row = str(items[i]).rpartition("#")
-        first = f"{Path(path).name} data row {int(row) + 1}" if row.isdigit() else str(items[i])
+        if isinstance(items[i], str):  # a reference (rows_of read it); else values given directly
+            path, row = row_ref(items[i])
+            first = f"{Path(path).name} data row {row + 1}"
+        else:
+            first = f"row {i + 1} of those given"
         raise DataError(f"{int(np.isnan(x).any(1).sum())} row(s) have empty/NaN features, first {first} "
                         f"in column {cols[j]!r}: this model was fitted with --missing error and cannot fill them; "
                         "fill them, or fit again with --missing mean")

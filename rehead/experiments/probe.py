@@ -10,16 +10,8 @@ import re
 import time
 from pathlib import Path
 
-from ..config import DEFAULT_MODELS
+from ..fit import check_modality, default_model
 from . import linear_probe, noise_margin, quiet, split_features, start_run, write_results
-
-
-def default_model(ds) -> str:
-    """The data's default backbone, as `rehead fit` takes it; tables have none."""
-    if ds.modality not in DEFAULT_MODELS:
-        raise ValueError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model; "
-                         "`rehead models` lists them")
-    return DEFAULT_MODELS[ds.modality]
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -60,9 +52,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     ds.say_warnings(echo)
     model = model or default_model(ds)
     backbone = zoo.load(model)
-    if backbone.modality != ds.modality:  # else extraction reads each sentence as an image path
-        raise ValueError(f"{ds.source} is {ds.modality} data but {model} is a backbone for {backbone.modality} data: "
-                         f"choose a {ds.modality} model with --model; `rehead models` lists them")
+    check_modality(backbone, ds, model)  # else extraction reads each sentence as an image path
     ks = parse_cuts(cuts, backbone)
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
             "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size, "data_kw": data_kw}
