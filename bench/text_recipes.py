@@ -46,6 +46,11 @@ RECIPES = {  # name: options after --strategy finetune, unless they name a strat
     "no-probe-first": ["--strategy", "full", "--epochs", "3", "--lr", "2e-4", "--lr-decay", "1.3", "--dropout", "0.1"],
     # ULMFiT's gradual unfreezing at the text LRs: the head, then one more layer a phase (an epoch each),
     # each phase's top LR the last one's scaled down (rehead.recipes)
+    # the plain command a user types (auto's own plan; on a GPU its budget does not bind)
+    "auto": ["--strategy", "auto"],
+    # the Hugging Face Trainer's usual recipe: every weight from the start at one small LR, 4 epochs
+    "hf-full": ["--strategy", "full", "--epochs", "4", "--lr", "5e-5", "--lr-decay", "1", "--dropout", "0.1"],
+    "hf-full-lr1e-4": ["--strategy", "full", "--epochs", "4", "--lr", "1e-4", "--lr-decay", "1", "--dropout", "0.1"],
     "gradual": ["--strategy", "gradual", "--unfreeze", "-1", "--epochs", "1", "--lr", "2e-3", "--lr-decay", "1.3",
                 "--dropout", "0.1"],
 }

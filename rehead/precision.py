@@ -46,8 +46,11 @@ def autocast(device: torch.device | str, precision: str):
 
 def extraction_device() -> torch.device:
     """Where a single process computes frozen features: the GPU when there is one, else the CPU.
-    (Under a launch each process uses its own device from accelerate: ``rehead.distributed``.)"""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    (Under a launch each process uses its own device from accelerate: ``rehead.distributed``.)
+    ACCELERATE_USE_CPU=true keeps it on the CPU, as it keeps accelerate's training there."""
+    from accelerate.utils import parse_flag_from_env
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
 def device_of(module: torch.nn.Module) -> torch.device:

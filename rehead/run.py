@@ -188,8 +188,10 @@ class Run:
         if not self._placed:
             # Loaded from disk (on the CPU): where extraction runs, the GPU if any. Handed over by a fit:
             # where its head trained (under a launch, this process's GPU), backbone included; an extract
-            # fit left its backbone on the CPU and its head on the GPU.
-            m.to(device_of(m.head) if self._handed_over else extraction_device())
+            # fit left its backbone on the CPU and its head on the GPU. Moved outside inference mode:
+            # weights copied inside it are inference tensors, which no later training or LoRA merge can use.
+            with torch.inference_mode(False):
+                m.to(device_of(m.head) if self._handed_over else extraction_device())
             self._placed = True
         if self.inference_precision is None:
             self.inference_precision = self.summary.get("inference_precision", "fp32")

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import make_images, split_rows
+from tests.conftest import atol, make_images, split_rows
 
 
 # -- the measures and the fit, on logits alone -----------------------------------------------
@@ -136,11 +136,11 @@ def test_tta_averages_the_probabilities_of_each_image_and_its_flip(image_run):
     for items in (paths, x):  # through the loader and in memory
         got, kept, _ = run.probs(items, tta=True)
         assert kept == list(range(6))
-        assert torch.allclose(got.double(), want, atol=1e-5)
+        assert torch.allclose(got.double(), want, atol=atol(1e-5))
         no_tta, _, _ = run.probs(items)
         assert not torch.allclose(got, no_tta, atol=1e-5)
     rows = run.predict(paths, tta=True)
-    assert [r["top"][0]["prob"] for r in rows] == pytest.approx(want.max(1).values.tolist(), abs=1e-5)
+    assert [r["top"][0]["prob"] for r in rows] == pytest.approx(want.max(1).values.tolist(), abs=atol(1e-5))
     res = run.evaluate(*run.val_split(), tta=True)
     assert res["tta"] is True and 0 <= res["ece"] <= 1
 

@@ -29,7 +29,9 @@ def _env(cache: Path) -> dict:
 
 def _run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    # every process's first error line, then the tail: a launch's tail is the launcher's own traceback
+    errors = [l for l in r.stderr.splitlines() if "error" in l.lower() and "Traceback" not in l][:8]
+    assert r.returncode == 0, "\n".join(errors) + "\n...\n" + r.stderr[-2000:]
     return r
 
 

@@ -246,7 +246,7 @@ def test_finetune_a_tiny_model_from_a_csv(family, tiny_dirs, tmp_path):
     before = zoo.load(spec).state_dict()
     run = rehead.fit(tmp_path / "data.csv", out=tmp_path / "run", model=spec, strategy="finetune", epochs=1,
                      unfreeze=2, batch_size=8, keep_last=True, progress=False, echo=lambda *a: None)
-    after = run.model.backbone.state_dict()
+    after = {k: v.cpu() for k, v in run.model.backbone.state_dict().items()}
     changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"layer1", "layer2"}
     top = rehead.Run(tmp_path / "run").predict(["a great film"])[0]["top"]

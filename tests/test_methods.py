@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def drift(run, spec):
     """||w - w_pretrained|| over the run's backbone."""
     w0 = zoo.load(spec).cut(len(run.model.backbone)).state_dict()
-    return sum(((v.float() - w0[k].float()) ** 2).sum() for k, v in run.model.backbone.state_dict().items()
+    return sum(((v.float().cpu() - w0[k].float()) ** 2).sum() for k, v in run.model.backbone.state_dict().items()
                if v.is_floating_point() and "running" not in k) ** 0.5
 
 

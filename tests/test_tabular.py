@@ -74,8 +74,8 @@ def test_standardisation_is_fitted_on_training_rows_only_and_travels(tmp_path):
     sc = run.model.backbone.scaler
     import json
     rows = [int(i.rsplit("#", 1)[1]) for i in json.loads((run.dir / "split.json").read_text())["train"]["items"]]
-    assert torch.allclose(sc.mean, torch.tensor(x[rows].mean(0), dtype=torch.float32), rtol=1e-4)
-    assert not torch.allclose(sc.mean, torch.tensor(x.mean(0), dtype=torch.float32), rtol=1e-4)
+    assert torch.allclose(sc.mean.cpu(), torch.tensor(x[rows].mean(0), dtype=torch.float32), rtol=1e-4)
+    assert not torch.allclose(sc.mean.cpu(), torch.tensor(x.mean(0), dtype=torch.float32), rtol=1e-4)
     # evaluate/predict read rows by column name: a reordered copy of the table predicts the same.
     items, labels = run.val_split()
     res = run.evaluate(items, labels)
@@ -107,7 +107,7 @@ def test_pretrain_saves_only_the_encoder_and_fit_reuses_it(tmp_path):
     # fit grafts a head on it; the text 'patient' column is ignored because the encoder reads its own columns.
     run = fit(p, model=str(tmp_path / "enc"), out=tmp_path / "run", strategy="full", epochs=10,
               progress=False, label_column="a", echo=lambda *_: None)
-    assert torch.equal(run.model.backbone.scaler.mean, enc.scaler.mean)
+    assert torch.equal(run.model.backbone.scaler.mean.cpu(), enc.scaler.mean)
     items, labels = run.val_split()
     assert run.evaluate(items, labels)["accuracy"] >= 0.7
 

@@ -78,13 +78,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2])}
+    s = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+         "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+         "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from its own generator
+        s["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return s
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(list(s["cuda"]))
     random.setstate((3, tuple(s["python"]), s["python_pos"]))
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
