@@ -1321,6 +1321,12 @@ def _(c):
     return expect_error(r, ("empty", "missing", golub_rows(20)[0][10]))
 
 
+@case("tab_split_column_absent", "table", "--split-column NAME that the table lacks: error naming it, not an unsplit table")
+def _(c):
+    r, out, p = table_fit(c, "tab_split_column_absent", lambda h, rows: None, "--split-column", "fold")
+    return expect_error(r, ("fold",))
+
+
 @case("tab_inf_cell", "table", "'inf' in a feature cell: error")
 def _(c):
     def m(h, rows):

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import MISSING, ConfigError
 from .data import DataError
-from .data.splits import split_column_parts
+from .data.splits import has_split_column, split_column_parts
 from .data.tabular import _as_list, _some, feature_columns, id_warning, read_table
 from .recipes import Phase
 from .rundir import RunDir
@@ -117,13 +117,14 @@ def pretrain_rows(path, label_column: str | None = None, id_columns=None, split_
     for c in ids:
         if c not in table.index:
             raise DataError(f"{table.path} has no column {c!r} (columns: {_some(table.header)}): fix --id-columns")
+    split = has_split_column(table.header, split_column, table.path)
     label = label_of(table, label_column, echo)
     cols = feature_columns(table, label or [], ids, split_column)
     w = id_warning(table, cols)
     if w:
         echo(f"warning: {w}")
     x = input_matrix(table, cols, has_label=label is not None)
-    if rows == "train" and split_column in table.index:
+    if rows == "train" and split:
         x = x[train_rows(table, split_column)]
     if np.isnan(x).any() and missing == "error":
         raise DataError(f"{table.path}: {int(np.isnan(x).sum())} empty or NaN cell(s) in the pretraining rows: "

@@ -357,6 +357,16 @@ def test_split_column_train_test_only_carves_val_and_typos_are_errors(tmp_path):
     typo = write(tmp_path / "typo.csv", "x,label,split\n" + body.replace("test", "tset"))
     with pytest.raises(DataError, match="split value\\(s\\) 'tset' on 4 row\\(s\\) are not train, val or test"):
         load_dataset(typo)
+    # a column named with --split-column that is not there: an error, not one unsplit table
+    fold = write(tmp_path / "fold.csv", "x,label,fold\n" + body)
+    assert len(load_dataset(fold, split_column="fold").test) == 4
+    texts = write(tmp_path / "texts.csv", "text,label,fold\n" + "".join(f"w{i},{'ab'[i % 2]},train\n" for i in range(8)))
+    for path in (fold, texts):
+        with pytest.raises(DataError, match="has no column 'part' \\(--split-column\\); its columns: .*'fold'"):
+            load_dataset(path, split_column="part")
+    from rehead.pretrain import pretrain_rows
+    with pytest.raises(DataError, match="has no column 'part'"):
+        pretrain_rows(fold, split_column="part", echo=lambda *_: None)
 
 
 # -- 6. resume: rebuild the splits, refuse changed data ---------------------------------------

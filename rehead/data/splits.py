@@ -24,6 +24,17 @@ SPLIT_VALUES = {"train": ("train", "training"), "val": ("val", "valid", "validat
 EVAL_ORDER = ("test", "val", "all")  # what `evaluate RUN DATA` scores, first found
 
 
+def has_split_column(columns, split_column: str, where) -> bool:
+    """Whether rows are split by a column. The default 'split' is optional; a column named with
+    --split-column must be there: read as one unsplit table, its split would be silently lost."""
+    if split_column in columns:
+        return True
+    if split_column != "split":
+        raise DataError(f"{where} has no column {split_column!r} (--split-column); its columns: {names(columns)}: "
+                        "name the column that says train / val / test, or leave --split-column out")
+    return False
+
+
 def split_column_parts(values: list[str], where) -> dict[str, list[int]]:
     """Row indices per split from a split column's values."""
     to_name = {v: name for name, vs in SPLIT_VALUES.items() for v in vs}

@@ -32,7 +32,7 @@ from pathlib import Path
 from . import DataError, Part, Parts
 from . import refs
 from .csvio import names
-from .splits import SPLIT_VALUES, split_column_parts
+from .splits import SPLIT_VALUES, has_split_column, split_column_parts
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # preference order within a sample
 TEXT_EXTS = ("txt", "text")
@@ -364,7 +364,7 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
             choice.update(zip(("item", "modality", "names"),
                               _choose_columns(schema, _hf_features(schema), f, modality, text_column, label_column,
                                               need_labels, image_column)))
-            choice["split"] = split_column in schema.names
+            choice["split"] = split_column != "\0" and has_split_column(schema.names, split_column, f)
             choice["labelled"] = label_column in schema.names
         elif choice["item"] not in schema.names or (choice["labelled"] and label_column not in schema.names):
             raise DataError(f"{f} lacks column {choice['item']!r} or {label_column!r} that {files[0]} has "

@@ -23,7 +23,7 @@ import torch
 
 from . import DataError, Dataset, Part, Parts
 from .csvio import read_rows
-from .splits import split_column_parts
+from .splits import has_split_column, split_column_parts
 
 MODALITY = "tabular"
 
@@ -189,7 +189,7 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
     items = [f"{table.path}#{i}" for i in range(len(table.rows))]
     fj = [table.index[c] for c in cols]
     keys = [tuple(r[j] for j in fj) for r in table.rows]  # same cells = same sample
-    if split_column in table.index:
+    if has_split_column(table.header, split_column, table.path):
         idx = split_column_parts([v.strip() for v in table.column(split_column)], table.path)
         where = {k: f"{table.path} (split={k})" for k in idx}
     else:

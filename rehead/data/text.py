@@ -17,7 +17,7 @@ import torch
 
 from . import DataError, Part, Parts, refs
 from .csvio import column, drop_unlabelled, lines, read_rows
-from .splits import split_column_parts
+from .splits import has_split_column, split_column_parts
 
 log = logging.getLogger(__name__)
 MODALITY = "text"
@@ -101,7 +101,7 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
                      files=[str(f.absolute()) for f in files.values() if f])
     t, y, w, header, rows = _read(path, text_column, label_column)
     warnings += w
-    if split_column in header:
+    if has_split_column(header, split_column, path):
         idx = split_column_parts(column(header, rows, split_column, path), path)
         parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})", lines=[rows.line[i] for i in ix])
                  for k, ix in idx.items()}
