@@ -280,7 +280,7 @@ class HeldOutPerplexity(Callback):
         ppl = perplexity(tr.model.lm, self.texts, self.tokenizer, self.objective, device=tr.device, **self.kw)
         tr.row["val_perplexity"] = ppl
         self.echo(f"epoch {tr.epoch + 1}/{tr.phase.epochs}: train loss {tr.row['train_loss']:.3f}, "
-                  f"held-out perplexity {ppl:.2f}")
+                  f"held-out perplexity {_ppl(ppl)}")
 
 
 @torch.no_grad()
@@ -292,8 +292,14 @@ def perplexity(lm, texts, tokenizer, objective, max_length, batch_size, mlm_prob
                                         generator=gen, shuffle=False):
         loss, k = token_loss(lm, inputs.to(device), attn.to(device), labels.to(device), objective)
         tot, n = tot + loss.item(), n + k
-    mean = tot / max(n, 1)
+    if n == 0:  # no held-out token scored (passages too short for any mask): not measured, not 1.0
+        return math.nan
+    mean = tot / n
     return math.exp(mean) if mean < 700 else math.inf  # a diverged LM: inf, not an OverflowError
+
+
+def _ppl(p: float) -> str:
+    return "not measured" if math.isnan(p) else f"{p:.2f}"
 
 
 def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr: float = 5e-5,
@@ -343,7 +349,11 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
         echo(f"note: {model}'s checkpoint has no {objective} LM head: it starts from random weights, so the "
              "first perplexity drop is mostly that head learning")
     before = perplexity(lm, val, seed=seed, device=device, **kw)
-    echo(f"held-out perplexity before: {before:.2f}")
+    echo(f"held-out perplexity before: {_ppl(before)}")
+    if math.isnan(before):
+        echo(f"warning: the {len(val)} held-out passage(s) gave no token to score ({objective} LM, "
+             f"{f'{mlm_probability:.0%} of tokens masked' if objective == 'masked' else 'next-token'}): perplexity cannot say whether "
+             "adapting helped; give a larger corpus or a larger --val-fraction")
     # Hugging Face's recipe: AdamW, weight decay 0.01, 10% linear warmup then linear decay, clip at 1.
     trainer.fit(LanguageModel(lm), train, None,
                 [Phase("adapt", epochs, lr, trainable=None, schedule="linear", warmup=0.1, weight_decay=0.01)],
@@ -370,6 +380,6 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
     run.write_json("adapt.json", report)
     run.release()
-    echo(f"held-out perplexity {before:.2f} -> {after:.2f}; adapted model in {run.path} "
+    echo(f"held-out perplexity {_ppl(before)} -> {_ppl(after)}; adapted model in {run.path} "
          f"(use it with: rehead fit DATA --model {run.path})")
     return report

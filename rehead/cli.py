@@ -238,18 +238,24 @@ _register_fit()
 @guarded
 def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
                 out: Optional[str] = typer.Option(None, "--out", "-o", help="where lr_find.png/json go"),
-                cut: Optional[str] = None, head: str = "linear",
-                unfreeze: int = typer.Option(0, help="0: head only (cached features); n: also the last n stages"),
+                cut: Optional[str] = typer.Option(None, help="keep the first N stages (or a stage name), as fit's --cut"),
+                head: str = typer.Option("linear", help="linear | mlp, as fit's --head"),
+                unfreeze: int = typer.Option(0, min=0, help="0: head only (cached features); n: also the last n stages"),
                 lr_decay: Optional[float] = typer.Option(
                     None, help="LR ratio between unfrozen stages (default: the fine-tune's: 3, text 1.3)"),
-                steps: int = 100, batch_size: int = 32, workers: int = 2, seed: int = 0,
-                start_lr: float = 1e-7, end_lr: float = 10.0, quiet: bool = typer.Option(False, "--quiet", "-q"),
+                steps: int = typer.Option(100, min=5, help="LRs tried, one batch each"),
+                batch_size: int = typer.Option(32, min=1), workers: int = typer.Option(2, min=0), seed: int = 0,
+                start_lr: float = typer.Option(1e-7, min=1e-12),
+                end_lr: float = typer.Option(10.0, min=1e-12),
+                quiet: bool = typer.Option(False, "--quiet", "-q"),
                 task: Optional[str] = typer.Option(None, help="multiclass | regression | multilabel (as fit's)"),
                 text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text"),
                 image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column"),
                 label_column: Optional[str] = typer.Option(None, help="the column holding the label")):
     """LR range test: a plot and a suggested range. Weights, optimizer and RNG are left untouched."""
     from .fit import find_lr
+    if start_lr >= end_lr:
+        raise ValueError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the test sweeps the LR upwards")
     c = int(cut) if cut is not None and cut.lstrip("-").isdigit() else cut
     given = {"lr_decay": lr_decay, "task": task, "text_column": text_column, "image_column": image_column,
              "label_column": label_column}
@@ -368,6 +374,7 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         typer.echo(json.dumps(rows, indent=1))
         return
     for r in rows:
+        r = {**r, "item": _one_line(r["item"])}
         if "error" in r:
             typer.echo(f"{r['item']}: {r['error']}")
             continue
@@ -381,6 +388,12 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
             continue
         tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
         typer.echo(f"{r['item']}: {tops}")
+
+
+def _one_line(item) -> str:
+    """A text with line breaks (a quoted CSV cell) shown on its one output line: escaped as in JSON."""
+    s = str(item)
+    return s.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n") if ("\n" in s or "\r" in s) else s
 
 
 def _source_predict(spec: str, inputs: list[str], top_k: int) -> list[dict]:

@@ -20,6 +20,7 @@ import torch
 
 from .heads import make_head
 from .model import TransferModel
+from .data import DataError
 from .rundir import BadRun, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (BadRun, RunExists re-exported)
 from .tasks import multi_hot, multilabel_metrics, predictions, regression_metrics, task_of
 
@@ -265,15 +266,52 @@ class Run:
 
     def evaluate(self, items, labels: list | None = None, columns: dict | None = None, **kw) -> dict:
         """Metrics on ``items`` with ``labels`` (multiclass: class indices in the run's order;
-        multilabel: lists of them; regression: numbers), or on a dataset at a path
-        (``evaluate("photos/")``): its classes are mapped onto the run's by name; ``columns``
-        (``text_column``, ``image_column``, ``label_column``) where its CSV names them otherwise
-        than the fit's data did."""
+        multilabel: lists of them; regression: numbers; class names are taken too), on a pandas
+        DataFrame (the fit's columns), or on a dataset at a path (``evaluate("photos/")``): its classes
+        are mapped onto the run's by name; ``columns`` (``text_column``, ``image_column``,
+        ``label_column``) where its CSV or DataFrame names them otherwise than the fit's data did."""
         info = {}
-        if labels is None:
+        if labels is None and hasattr(items, "columns") and hasattr(items, "iloc"):  # a DataFrame
+            items, labels = self._frame_columns(items, columns)
+        if labels is not None:
+            labels = self._label_indices(list(labels))
+            if len(items) != len(labels):
+                raise DataError(f"{len(items)} items but {len(labels)} labels: give one label per item")
+        else:
             items, labels, info = self.eval_data(items, columns)
             info = self._seen(items, info)  # data at a path may be what the run trained on
         return self._metrics(items, labels, info, **kw)
+
+    def _frame_columns(self, df, columns: dict | None) -> tuple[list, list]:
+        kw = {**self.data_kw(), **{k: v for k, v in (columns or {}).items() if v}}
+        item = kw.get("text_column") or "text" if self.modality == "text" else kw.get("image_column") or "path"
+        label = kw.get("label_column") or "label"
+        missing = [c for c in (item, label) if c not in df.columns]
+        if self.modality == "tabular" or missing:
+            raise DataError(f"the DataFrame has no column(s) {', '.join(map(repr, missing))} (its columns: "
+                            f"{', '.join(map(str, df.columns))}): pass columns={{'text_column' or 'image_column': ..., "
+                            "'label_column': ...}" if missing else "a table run evaluates a CSV path: save the "
+                            "DataFrame with df.to_csv(PATH) and evaluate PATH")
+        return df[item].tolist(), df[label].tolist()
+
+    def _label_indices(self, labels: list) -> list:
+        """Multiclass labels as the run's class indices: names mapped, anything else refused by name."""
+        if self.task != "multiclass":
+            return labels
+        index = {c: i for i, c in enumerate(self.classes)}
+        out, bad = [], []
+        for y in labels:
+            if isinstance(y, str) and y in index:
+                out.append(index[y])
+            elif isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(self.classes):
+                out.append(int(y))
+            else:
+                bad.append(y)
+        if bad:
+            raise DataError(f"{len(bad)} label(s) are neither one of this run's classes ({', '.join(self.classes[:10])}"
+                            f"{' ...' if len(self.classes) > 10 else ''}) nor a class index 0..{len(self.classes) - 1}: "
+                            f"e.g. {bad[0]!r}")
+        return out
 
     @property
     def kind(self) -> str:

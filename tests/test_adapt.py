@@ -107,3 +107,17 @@ def test_perplexity_of_a_diverged_lm_is_inf_not_an_overflow(tiny_bert_dir):
     ppl = perplexity(lm, LINES, tok, "masked", max_length=16, batch_size=8, mlm_probability=0.5, seed=0,
                      device="cpu")
     assert ppl == math.inf
+
+
+def test_a_held_out_set_with_no_token_to_score_is_said_not_read_as_perplexity_one(tmp_path, tiny_bert_dir):
+    """`printf "a\\nb\\n" | adapt` printed "held-out perplexity 1.00 -> 1.00": no token was masked, and
+    the mean of nothing read as a perfect model."""
+    p = tmp_path / "tiny.txt"
+    p.write_text("a\nb\n")
+    said = []
+    rep = adapt(p, f"hf:{tiny_bert_dir}", tmp_path / "lm", epochs=1, batch_size=8, max_length=16, progress=False,
+                echo=said.append)
+    assert math.isnan(rep["perplexity_before"]) and math.isnan(rep["perplexity_after"])
+    assert any("gave no token to score" in s for s in said), said
+    assert said[-1].startswith("held-out perplexity not measured -> not measured"), said
+    assert (tmp_path / "lm" / "adapt.json").exists()

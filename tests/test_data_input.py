@@ -402,3 +402,74 @@ def test_split_round_trips_text_and_tables_and_detects_changed_csvs(tmp_path):
     write(d / "test.csv", "text,label\nfresh,pos\nnew,pos\n")
     with pytest.raises(DataError, match="data changed since the run started.*test.csv was modified"):
         dataset_from_split(saved)
+
+
+# -- 7. in memory (rehead.fit's data=): a DataFrame, pairs, a torch Dataset, a Dataset -----------
+def _fit_data(data, **options):
+    """What ``rehead.fit(data, **options)`` trains on (data.inputs.as_dataset, as fit calls it)."""
+    from rehead.config import FitConfig
+    from rehead.data.inputs import as_dataset
+    return as_dataset(data, FitConfig(**options))
+
+
+def test_a_dataframe_split_column_is_honoured_as_in_its_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from tests.conftest import split_rows
+    make_images(tmp_path, n=10)
+    csv = write(tmp_path / "t.csv", "\n".join(split_rows(10, lambda i: "Test" if i >= 8 else "train")) + "\n")
+    df = pd.read_csv(csv).assign(path=lambda d: [str(tmp_path / p) for p in d.path])
+    from_csv, from_df = _fit_data(csv, val_fraction=0.25), _fit_data(df, val_fraction=0.25)
+    for name in ("train", "val", "test"):  # val carved from the train rows only; test rows kept out
+        assert getattr(from_df, name) == getattr(from_csv, name), name
+    assert (len(from_df.train), len(from_df.val), len(from_df.test)) == (12, 4, 4)
+    assert all(int(p.rpartition("_")[2][:-4]) >= 8 for p in from_df.test.items)
+    own_val = _fit_data(df.assign(split=["val" if i % 10 == 0 else s for i, s in enumerate(df.split)]), val_fraction=0.3)
+    assert len(own_val.val) == 2 and any("--val-fraction 0.3 is not used" in w for w in own_val.info["warnings"])
+    with pytest.raises(DataError, match="split value\\(s\\) 'tset' on 4 row\\(s\\) are not train, val or test"):
+        _fit_data(df.assign(split=df.split.str.replace("Test", "tset")))
+    with pytest.raises(DataError, match="has no column 'fold' \\(--split-column\\)"):
+        _fit_data(df, split_column="fold")
+    assert len(_fit_data(df.rename(columns={"split": "fold"}), split_column="fold").test) == 4
+
+
+def test_image_paths_that_do_not_exist_are_refused_not_read_as_text(tmp_path):
+    pd = pytest.importorskip("pandas")
+    gone = [(f"/x/nope/{c}/{i}.JPG", c) for c in ("cat", "dog") for i in range(5)]
+    for data in (gone, pd.DataFrame(gone, columns=["path", "label"])):
+        with pytest.raises(DataError, match="^10 of 10 items look like image paths but do not exist "
+                                            "\\(e.g. /x/nope/cat/0.JPG\\): fix the paths"):
+            _fit_data(data)
+    real = [(str(p), p.parent.name) for p in sorted(make_images(tmp_path, n=6).rglob("*.jpg"))]
+    with pytest.raises(DataError, match="^1 of 13 items .* \\(e.g. /x/nope/cat/0.JPG\\)"):
+        _fit_data(real + gone[:1])  # one missing image among real ones: not text either
+    assert _fit_data(real).modality == "image"
+    texts = [(f"a sentence, number {i}", "ab"[i % 2]) for i in range(9)] + [("see the chart in plot.png", "a")]
+    assert _fit_data(texts).modality == "text"  # a text that ends in .png is still a text
+
+
+def test_a_torch_dataset_of_normalised_tensors_is_refused_not_clamped(tmp_path):
+    import torch
+    x = torch.rand(8, 3, 8, 8) * 0.2 + torch.arange(8).remainder(2).view(8, 1, 1, 1) * 0.7
+    y = torch.arange(8).remainder(2)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="outside \\[0, 1\\].*backbone's own normalisation.*drop T.Normalize"):
+        _fit_data(torch.utils.data.TensorDataset((x - 0.45) / 0.225, y), cache_dir=str(cache))
+    assert list((cache / "datasets").iterdir()) == []  # nothing half-written
+    ds = _fit_data(torch.utils.data.TensorDataset(x, y), cache_dir=str(cache), val_fraction=0.25)
+    assert ds.classes == ["0", "1"] and (len(ds.train), len(ds.val)) == (6, 2)
+    # fit's task= reaches the folder it is written to (it was read as multiclass, then refused later)
+    with pytest.raises(DataError, match="--task regression needs its labels in a CSV column"):
+        _fit_data(torch.utils.data.TensorDataset(x, y), cache_dir=str(cache), task="regression")
+
+
+def test_a_dataset_object_says_that_fits_val_fraction_and_seed_do_not_split_it(tmp_path):
+    ds = load_dataset(make_images(tmp_path, n=6), val_fraction=0.5)
+    assert _fit_data(ds) is ds  # the defaults: nothing to say
+    got = _fit_data(ds, val_fraction=0.3, seed=3)
+    said = []
+    got.say_warnings(said.append)
+    assert said == ["warning: --val-fraction 0.3 is not used: the Dataset given to fit is already split "
+                    "(stratified 50% val, seed 0); split it with load_dataset(..., val_fraction=0.3)",
+                    "warning: --seed 3 does not re-split the Dataset given to fit (it seeds training only): its "
+                    "split is stratified 50% val, seed 0; split it with load_dataset(..., seed=3)"]
+    assert (got.train, got.val) == (ds.train, ds.val) and "warnings" not in ds.info  # the caller's Dataset unchanged

@@ -246,6 +246,23 @@ def test_probe_and_rank_take_the_datas_default_model_and_refuse_another_modality
     assert default_model(load_dataset(str(p))) == "packaged:minilm"
     with pytest.raises(ValueError, match="is text data but .* is a backbone for image data"):
         probe(str(p), model=tiny_spec, out=tmp_path / "p", progress=False, echo=lambda *_: None)
-    with pytest.raises(ValueError, match="is an image backbone but .* is text data"):
+    with pytest.raises(ValueError, match="is text data but .* is a backbone for image data"):
         rank(str(p), [tiny_spec], out=tmp_path / "r", progress=False, echo=lambda *_: None)
     assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()
+
+
+def test_bad_experiment_options_are_refused_before_any_work(tmp_path, tiny_spec, image_folder, monkeypatch):
+    """`probe --C -1` failed in scikit-learn after the whole extraction, `compare --strategy bogus` after
+    decoding every image, both leaving a run directory; `lr-find --steps 0` crashed and
+    `--start-lr 1 --end-lr 0.1` suggested an inverted range."""
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a backbone was loaded"))
+    for args, said in ((["probe", str(image_folder), "--model", tiny_spec, "--C", "-1"], "--C must be > 0"),
+                       (["rank", str(image_folder), "--models", tiny_spec, "--batch-size", "0"], "--batch-size must be at least 1"),
+                       (["compare", str(image_folder), "--strategy", "bogus"], "--strategy must be one of"),
+                       (["lr-find", str(image_folder), "--start-lr", "1", "--end-lr", "0.1"], "must be below --end-lr"),
+                       (["lr-find", str(image_folder), "--steps", "0"], "--steps")):
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
+        assert r.exit_code == 2 and said in r.output, r.output
+        assert not (tmp_path / "r").exists()

@@ -152,6 +152,19 @@ def test_fit_takes_pairs_and_a_dataframe_and_run_evaluates_a_path(tmp_path, imag
     assert run.classes == ["blue", "red"]
     res = run.evaluate(str(image_folder))  # a path: its classes mapped onto the run's by name
     assert res["n"] == len(pairs)
+    # items with labels as class names (scikit-learn's habit), as indices, or a DataFrame: one answer
+    import pandas as pd
+    items, names = [p for p, _ in pairs], [c for _, c in pairs]
+    idx = [run.classes.index(c) for c in names]
+    frame = pd.DataFrame({"path": items, "label": names})
+    assert run.evaluate(items, names)["accuracy"] == run.evaluate(items, idx)["accuracy"] \
+        == run.evaluate(frame)["accuracy"] == res["accuracy"]
+    for labels, said in ((names[:-1], "items but .* labels"), (["green"] * len(items), "neither one of this run's"),
+                         ([7] * len(items), "class index 0..1")):  # were raw IndexError / ValueError
+        with pytest.raises(DataError, match=said):
+            run.evaluate(items, labels)
+    with pytest.raises(DataError, match="no column.*'path'"):
+        run.evaluate(frame.rename(columns={"path": "file"}))
     assert "Run(" in repr(run) and "val_acc=" in repr(run) and "<table>" in run._repr_html_()
     with_blank = rehead.fit(pairs + [(pairs[0][0], " ")], model=tiny_spec, out=tmp_path / "blank",
                             strategy="extract", epochs=1, **QUIET)

@@ -233,6 +233,11 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
     long = "a wonderful and superb film " * 20
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), long])
     assert r.exit_code == 0 and r.output.startswith(f"{long}: pos "), r.output
+    # a quoted CSV cell with a line break: one output line per text, the break shown as \n
+    write_csv(tmp_path / "multi.csv", [("what a wonderful\nand superb film", ""), ("awful", "")])
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "multi.csv")])
+    assert r.exit_code == 0 and r.output.splitlines()[0].startswith("what a wonderful\\nand superb film: pos "), r.output
+    assert len(r.output.splitlines()) == 2, r.output
     for arg, said in ((tmp_path, "is a folder"), (tmp_path / "run" / "config.yaml", "is a file, not a text")):
         r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(arg)])
         assert r.exit_code == 2 and said in r.output, r.output

@@ -207,14 +207,27 @@ def dataset_from_split(d: dict, modality: str | None = None, classes: list[str] 
 
 
 def from_items(items: list, labels: list, modality: str, source: str, val_fraction: float = VAL_FRACTION,
-               seed: int = 0, task: str = "multiclass") -> Dataset:
+               seed: int = 0, task: str = "multiclass", splits: list[str] | None = None) -> Dataset:
     """In-memory (item, label) data as a Dataset, by the same rules as a CSV: empty labels
-    dropped and counted, duplicates reported, a stratified seeded val split."""
-    from .splits import assemble
+    dropped and counted, duplicates reported, a stratified seeded val split. ``splits``: each
+    item's value of a split column (train / val / test), read as a CSV's split column is."""
+    from .csvio import drop_unlabelled
+    from .splits import assemble, split_column_parts
     labels = ["" if y is None else str(y) for y in labels]
     labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
-    parts = Parts({"all": Part(list(items), labels, source)}, source, labels_from="label")
-    return assemble(modality, parts, val_fraction, seed, task)
+    items = list(items)
+    warnings = []
+    if splits is None:
+        parts = {"all": Part(items, labels, source)}
+    else:
+        idx = split_column_parts(splits, source)  # every row's split checked, labelled or not
+        # unlabelled rows dropped here, not per split: the positions said count over all the rows
+        keep, w = drop_unlabelled(labels, source)
+        warnings += [w] if w else []
+        keep = set(keep)
+        parts = {k: Part([items[i] for i in ix if i in keep], [labels[i] for i in ix if i in keep],
+                         f"{source} (split={k})") for k, ix in idx.items()}
+    return assemble(modality, Parts(parts, source, warnings=warnings, labels_from="label"), val_fraction, seed, task)
 
 
 def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:

@@ -5,16 +5,20 @@ stratified val split, empty labels dropped and counted.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
 from pathlib import Path
 
 from . import DataError, Dataset, from_items, load_dataset
 from .images import IMAGE_EXTS
+from .splits import has_split_column
 
 
 def as_dataset(data, cfg, memo=None) -> Dataset:
     """``data`` as a Dataset, split as ``cfg`` (a FitConfig) says; ``memo``: see ``load_dataset``."""
     if isinstance(data, Dataset):
-        return data
+        return _already_split(data, cfg)
     if isinstance(data, (str, Path)):
         return load_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict, task=cfg.task,
                             memo=memo,
@@ -25,9 +29,29 @@ def as_dataset(data, cfg, memo=None) -> Dataset:
         return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>", task=cfg.task)
     if _is_torch_dataset(data):
         return load_dataset(materialise(data, cfg.cache_dir), val_fraction=cfg.val_fraction, seed=cfg.seed,
-                            strict=cfg.strict, memo=memo)
+                            strict=cfg.strict, task=cfg.task, memo=memo, **cfg.data_kw)
     raise DataError(f"cannot train on a {type(data).__name__}: give a folder or CSV path, a pandas DataFrame, "
                     "a list of (item, label) pairs (items: image paths or texts) or a torch Dataset of (image, label)")
+
+
+def _already_split(ds: Dataset, cfg) -> Dataset:
+    """A Dataset comes split: fit's val_fraction and seed, when not the defaults, do not re-split it.
+    Said as the data's own val split says an unused --val-fraction, through the Dataset's warnings
+    (on a copy: the caller's Dataset is left as it was)."""
+    default = {f.name: f.default for f in dataclasses.fields(cfg)}
+    how = ds.info.get("split", "as given")
+    said = []
+    if cfg.val_fraction != default["val_fraction"]:
+        said.append(f"--val-fraction {cfg.val_fraction:g} is not used: the Dataset given to fit is already split "
+                    f"({how}); split it with load_dataset(..., val_fraction={cfg.val_fraction:g})")
+    if cfg.seed != default["seed"]:
+        said.append(f"--seed {cfg.seed} does not re-split the Dataset given to fit (it seeds training only): its "
+                    f"split is {how}; split it with load_dataset(..., seed={cfg.seed})")
+    if not said:
+        return ds
+    out = copy.copy(ds)
+    out.info = {**ds.info, "warnings": [*ds.info.get("warnings", []), *said]}
+    return out
 
 
 def _is_torch_dataset(obj) -> bool:
@@ -66,6 +90,13 @@ def materialise(ds, cache_dir=None) -> Path:
                 label.item() if isinstance(label, torch.Tensor) else label)
             if isinstance(img, torch.Tensor):  # CHW, float in [0, 1] or uint8
                 arr = img.detach().cpu()
+                if arr.is_floating_point() and arr.numel():
+                    lo, hi = arr.min().item(), arr.max().item()
+                    if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # normalised (or NaN): clamping would change it
+                        raise DataError(f"the Dataset's item {i} is a tensor with values in [{lo:.3g}, {hi:.3g}], "
+                                        "outside [0, 1]: rehead applies the backbone's own normalisation, so give "
+                                        "it un-normalised tensors in [0, 1] (drop T.Normalize from the transform) "
+                                        "or PIL images")
                 arr = (arr.clamp(0, 1) * 255).round().byte() if arr.is_floating_point() else arr.byte()
                 img = Image.fromarray(np.ascontiguousarray(arr.permute(1, 2, 0).squeeze(-1).numpy()))
             if not isinstance(img, Image.Image):
@@ -102,21 +133,34 @@ def _from_frame(df, cfg) -> Dataset:
                         "(texts): name them with image_column= or text_column=, or save a table with "
                         "df.to_csv('table.csv', index=False) and fit that file")
     pairs = list(zip(df[item_col].tolist(), df[cfg.label_column].tolist()))
-    return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>", task=cfg.task)
+    splits = None
+    if has_split_column(cols, cfg.split_column, "<DataFrame>"):  # as a CSV's: its train / val / test rows
+        col = df[cfg.split_column]
+        splits = ["" if empty else str(v) for v, empty in zip(col.tolist(), col.isna().tolist())]
+    return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>", task=cfg.task, splits=splits)
 
 
-def from_pairs(pairs: list, val_fraction: float, seed: int, source: str, task: str = "multiclass") -> Dataset:
-    """(item, label) pairs by the CSV rules (``data.from_items``): empty labels dropped and counted."""
+def from_pairs(pairs: list, val_fraction: float, seed: int, source: str, task: str = "multiclass",
+               splits: list[str] | None = None) -> Dataset:
+    """(item, label) pairs by the CSV rules (``data.from_items``): empty labels dropped and counted;
+    ``splits``: each pair's split column value (train / val / test)."""
     if not pairs:
         raise DataError(f"{source} is empty: give at least two labelled samples per class")
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise DataError(f"{source}: element {i} is not an (item, label) pair: {pair!r:.80}")
     items = [str(i) if isinstance(i, Path) else i for i, _ in pairs]
-    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed, task)
+    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed, task,
+                      splits)
 
 
 def _modality(items: list, source: str) -> str:
+    looks = [i for i in items if isinstance(i, str) and Path(i).suffix.lower() in IMAGE_EXTS]
+    if 2 * len(looks) > len(items):  # mostly image paths: a missing one is a wrong path, not a text to train on
+        gone = [i for i in looks if not os.path.exists(i)]
+        if gone:
+            raise DataError(f"{len(gone)} of {len(items)} items look like image paths but do not exist "
+                            f"(e.g. {gone[0]}): fix the paths")
     if all(isinstance(i, str) and Path(i).suffix.lower() in IMAGE_EXTS and Path(i).is_file() for i in items[:50]):
         return "image"
     if all(isinstance(i, str) for i in items):

@@ -16,6 +16,20 @@ import numpy as np
 from ..rundir import RunDir
 
 
+def check_options(C: float | None = None, batch_size: int | None = None, workers: int | None = None,
+                  val_fraction: float | None = None) -> None:
+    """Options the experiments share, refused before any data is read or any file written (a bad
+    --C surfaced as scikit-learn's error after the whole extraction, leaving a run directory)."""
+    if C is not None and not C > 0:
+        raise ValueError(f"--C must be > 0 (the probes' inverse L2 strength), got {C}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+
+
 def start_run(out, kind: str, config: dict, overwrite: bool = False, writer: bool = True) -> RunDir:
     """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch).
     ``writer=False`` (the other processes of a launched command): nothing is claimed or written."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import DEFAULT_MODEL
-from . import noise_margin, start_run, write_results
+from . import check_options, noise_margin, start_run, write_results
 
 
 def parse_fractions(fractions) -> list[float]:
@@ -53,6 +53,12 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
     from ..data import Dataset, load_dataset
     from ..fit import fit
     from .scratch import decode_all, train_scratch
+    from ..recipes import STRATEGIES
+    check_options(batch_size=batch_size, workers=workers, val_fraction=val_fraction)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)} (the transfer arm's), got {strategy!r}")
+    if not 0 < reference <= 1:
+        raise ValueError(f"--reference must be a fraction in (0, 1], got {reference}")
     t_start = time.perf_counter()
     fracs = parse_fractions(fractions)
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..fit import check_modality, default_model
-from . import linear_probe, noise_margin, quiet, split_features, start_run, write_results
+from . import check_options, linear_probe, noise_margin, quiet, split_features, start_run, write_results
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -43,6 +43,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     from ..distributed import state
     from ..data import Dataset, load_dataset
     from ..features import FeatureCache
+    check_options(C=C, batch_size=batch_size, workers=workers, val_fraction=val_fraction)
     t_start = time.perf_counter()
     main = state().is_main_process
     echo = echo if main else quiet

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import linear_probe, quiet, split_features, start_run, write_results
+from . import check_options, linear_probe, quiet, split_features, start_run, write_results
 from .logme import logme
 
 
@@ -43,6 +43,7 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     from ..data import Dataset, load_dataset
     from ..distributed import state
     from ..features import FeatureCache
+    check_options(C=C, batch_size=batch_size, workers=workers, val_fraction=val_fraction)
     t_start = time.perf_counter()
     main = state().is_main_process
     echo = echo if main else quiet
@@ -102,6 +103,7 @@ def _check_candidates(models: list[str], ds, echo) -> list[dict]:
     a wrong modality or cut before any work; returns those that cannot be loaded (offline), which
     are skipped and said."""
     from .. import zoo
+    from ..fit import check_modality
     unavailable = []
     for cand in models:
         spec, cut = split_candidate(cand)
@@ -111,9 +113,7 @@ def _check_candidates(models: list[str], ds, echo) -> list[dict]:
             echo(f"skipping {cand}: {e}")
             unavailable.append({"model": cand, "reason": str(e)})
             continue
-        if bb.modality != ds.modality:
-            raise ValueError(f"{cand} is {'an' if bb.modality[0] in 'aeiou' else 'a'} {bb.modality} backbone but {ds.source} is {ds.modality} data: rank "
-                             f"{ds.modality} backbones only")
+        check_modality(bb, ds, cand)  # fit's words: which kind of model the data needs, and the hint
         if cut is not None:
             bb.stage_index(cut)
     if len(unavailable) == len(models):
