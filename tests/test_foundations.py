@@ -260,3 +260,6 @@ def test_fit_takes_a_torch_dataset_of_images(tmp_path, tiny_spec):
     assert s["train"] + s["val"] == 12
     again = rehead.fit(Colours(), model=tiny_spec, out=tmp_path / "run2", strategy="extract", **QUIET)
     assert again.config["data"] == run.config["data"]  # the same data is written once, same identity
+    Colours.classes = ["train", "val"]  # class names that are split folder names: still classes
+    named = rehead.fit(Colours(), model=tiny_spec, out=tmp_path / "run3", strategy="extract", **QUIET)
+    assert named.classes == ["train", "val"] and sum(named.config["data_summary"][k] for k in ("train", "val")) == 12

@@ -79,7 +79,7 @@ def materialise(ds, cache_dir=None) -> Path:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     (root / "datasets").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root / "datasets", prefix=".tmp-"))
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"train-layout\0")  # folders written before the train/ layout are not reused
     try:
         for i in range(len(ds)):
             item = ds[i]
@@ -104,8 +104,9 @@ def materialise(ds, cache_dir=None) -> Path:
             buf = io.BytesIO()
             img.convert("RGB").save(buf, "PNG")
             h.update(label.encode() + b"\0" + buf.getvalue())
-            (tmp / label).mkdir(exist_ok=True)
-            (tmp / label / f"{i:07d}.png").write_bytes(buf.getvalue())
+            # under train/: a class named train, val or test is then a class, not a split folder
+            (tmp / "train" / label).mkdir(parents=True, exist_ok=True)
+            (tmp / "train" / label / f"{i:07d}.png").write_bytes(buf.getvalue())
         dest = root / "datasets" / h.hexdigest()[:24]
         if dest.exists():
             shutil.rmtree(tmp)
