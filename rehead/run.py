@@ -32,6 +32,11 @@ def read_config(run_dir) -> dict:
 def build_model(cfg: dict, pretrained: bool = False) -> TransferModel:
     """The architecture a config describes (weights loaded separately)."""
     from . import zoo
+    if str(cfg["model"]).startswith("module:"):
+        raise BadRun(f"this run was fitted on an in-memory nn.Module ({cfg['model'][len('module:'):]}), whose "
+                     "architecture a run directory does not hold: rehead cannot rebuild it from disk. Use the Run "
+                     "that fit returned in that session; to reload later, fit with a spec rehead can rebuild "
+                     "(timm:NAME, file:WEIGHTS#timm:NAME, hf:DIR, a run directory)")
     bb = zoo.load(cfg["model"], pretrained=pretrained).cut(cfg["cut"])
     if cfg.get("data_config"):  # what the run recorded wins (e.g. a table's fitted feature columns)
         bb.data_config = dict(cfg["data_config"])

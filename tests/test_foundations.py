@@ -263,3 +263,13 @@ def test_fit_takes_a_torch_dataset_of_images(tmp_path, tiny_spec):
     Colours.classes = ["train", "val"]  # class names that are split folder names: still classes
     named = rehead.fit(Colours(), model=tiny_spec, out=tmp_path / "run3", strategy="extract", **QUIET)
     assert named.classes == ["train", "val"] and sum(named.config["data_summary"][k] for k in ("train", "val")) == 12
+
+
+def test_a_run_fitted_on_an_in_memory_module_says_why_it_cannot_be_reloaded(tmp_path, image_folder):
+    """It died in "unknown source 'module' in 'module:EfficientNet'; sources are: file, glove, ..."."""
+    import timm
+    run = rehead.fit(str(image_folder), model=timm.create_model("test_efficientnet", num_classes=0),
+                     out=tmp_path / "run", strategy="extract", **QUIET)
+    assert run.predict([str(next(image_folder.rglob("*.jpg")))])  # the Run fit returned works
+    with pytest.raises(BadRun, match="in-memory nn.Module \\(EfficientNet\\).*timm:NAME"):
+        rehead.Run(tmp_path / "run").predict([str(next(image_folder.rglob("*.jpg")))])

@@ -2,8 +2,9 @@
 
 A timm model goes through timm's own stages; any other module is one stage whose output is
 pooled (mean over spatial or token axes), with the preprocessing its ``pretrained_cfg`` names or
-ImageNet's defaults. The run stores the module's weights; reloading it needs the same class, so
-such a run is for the Python session that made it unless the module is a timm model.
+ImageNet's defaults. The run stores the module's weights but not its architecture, so such a run
+is for the Python session that made it (``Run(dir)`` says so); a spec (``timm:NAME``,
+``file:WEIGHTS#timm:NAME``) makes a run that reloads anywhere.
 """
 from __future__ import annotations
 
