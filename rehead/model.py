@@ -8,6 +8,13 @@ from .zoo.backbone import Backbone
 
 
 class TransferModel(nn.Module):
+    """A cut ``Backbone`` with a grafted ``head``: ``model(x)`` is ``head(backbone(x))``.
+
+    ``freeze(stages)`` / ``unfreeze(stages)`` set which backbone stages train (frozen stages run in
+    eval mode unless ``train_frozen_bn``); ``freeze_bn`` keeps every BatchNorm's pretrained
+    statistics; ``layer_decay`` scales LRs per block. ``rehead.fit`` builds and trains one; a run's
+    is ``Run(dir).model``."""
+
     def __init__(self, backbone: Backbone, head: nn.Module, train_frozen_bn: bool = False,
                  freeze_bn: bool = False, layer_decay: float | None = None):
         super().__init__()

@@ -67,14 +67,18 @@ def rank(data: str = typer.Argument(...),
          val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
          overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
          quiet: bool = typer.Option(False, "--quiet", "-q"),
-         processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP)):
+         processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP),
+         text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text (default text)"),
+         image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column (default path)"),
+         label_column: Optional[str] = typer.Option(None, help="the column holding the label (default label)")):
     """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe."""
     if relaunched(processes):
         return
     from ..experiments.rank import rank as run_rank
     res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=_workers(workers),
                    seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
-                   overwrite=overwrite, progress=not quiet)
+                   overwrite=overwrite, progress=not quiet,
+                   data_kw={"text_column": text_column, "image_column": image_column, "label_column": label_column})
     _report(res, no_report)
 
 

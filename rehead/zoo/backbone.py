@@ -14,6 +14,14 @@ from torch import nn
 
 
 class Backbone(nn.Module):
+    """A pretrained network as an ordered list of stages (``rehead.load(spec)`` makes one).
+
+    ``len(bb)`` stages, named by ``bb.stage_names``; ``bb.cut(n)`` keeps the first ``n`` (or up to a
+    stage name); ``bb(x)`` gives pooled features (N, D) after the last kept stage;
+    ``bb.describe()`` lists stages with output shapes and parameter counts (``rehead inspect``).
+    ``data_config`` holds its preprocessing (input size, mean/std; tokenizer settings for text;
+    feature columns for tables), ``spec`` the string that rebuilds it, ``modality`` image, text or
+    tabular, and ``source_head`` the pretrained task head, kept aside (never trained)."""
     modality = "image"
 
     def __init__(self, stages: dict[str, nn.Module], data_config: dict, spec: str,
