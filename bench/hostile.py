@@ -2116,6 +2116,18 @@ def _(c):
     return expect_error(r, "mystuff", silent_detail="wrote a run into the user's folder (files kept)")
 
 
+@case("out_user_project_overwrite", "rundir", "--overwrite onto a user project holding its own config.yaml: refuse, delete nothing")
+def _(c):
+    d = user_folder(c.d("out_user_project_overwrite") / "project")
+    (d / "config.yaml").write_text("lr: 1\n")  # the project's own settings, not a rehead run
+    before = tree_digest(d)
+    r = c.fit(fx_imgs(c), d, "--overwrite")
+    gone = lost(before, tree_digest(d))
+    if gone:
+        return V(LOST, f"deleted {', '.join(gone)}", r)
+    return expect_error(r, "project", silent_detail="wrote a run into the user's folder (files kept)")
+
+
 @case("out_user_folder", "rundir", "--out onto a non-empty user folder, no --overwrite: refuse")
 def _(c):
     d = user_folder(c.d("out_user_folder") / "mystuff")

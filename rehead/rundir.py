@@ -98,9 +98,10 @@ class RunDir:
         if not overwrite:
             raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
                             + (", --resume to continue it," if resumable else "") + " or choose another --out")
-        if not is_run_dir(p):
-            raise RunExists(f"{p} is not a rehead run directory (no config.yaml): --overwrite only "
-                            "replaces run directories; choose another --out")
+        if not (p / MARKER).exists():  # a config.yaml alone may be the user's own project file
+            raise RunExists(f"{p} is not a directory rehead made (no {MARKER} marker): --overwrite only replaces "
+                            "rehead's run directories, never a folder of yours; choose another --out (a run from "
+                            "before rehead marked its directories: delete it yourself)")
         return True
 
     @classmethod

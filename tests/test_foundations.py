@@ -43,6 +43,37 @@ def test_the_config_round_trips_through_yaml_and_names_unknown_options():
         FitConfig.from_dict({"lerning_rate": 1})
 
 
+@pytest.mark.parametrize("bad, says", [
+    ({"lr": "0.1"}, "--lr must be a number (or None: unset), got '0.1'"), ({"seed": "0"}, "--seed must be an integer, got '0'"),
+    ({"val_fraction": "0.2"}, "--val-fraction must be a number, got '0.2'"),
+    ({"epochs": 2.5}, "--epochs must be an integer (or None: unset), got 2.5"),
+    ({"batch_size": 8.5}, "--batch-size must be an integer, got 8.5"), ({"hidden": True}, "--hidden must be an integer, got True"),
+    ({"cut": 3.5}, "--cut must be a stage count (an integer) or a stage name"),
+    ({"freeze_bn": "no"}, "--freeze-bn/--no-freeze-bn must be True or False, got 'no'"),
+    ({"use_cache": "false"}, "--cache/--no-cache (use_cache=) must be True or False, got 'false'"),
+    ({"model": 123}, "--model must be a string (or None: unset), got 123"), ({"text_column": 5}, "--text-column must be a string"),
+    ({"lr": float("inf")}, "--lr must be a finite number, got inf"), ({"mixup": float("nan")}, "--mixup must be a finite number"),
+    ({"epochs": float("inf")}, "--epochs must be an integer, got inf"), ({"head": 1}, "--head must be one of linear, mlp, got 1"),
+    ({"keep_last": 1}, "--keep-last must be True or False, got 1"), ({"auto_plan": [1]}, "auto_plan must be a dict"),
+])
+def test_an_option_of_the_wrong_type_is_refused_naming_it_and_its_value(bad, says):
+    with pytest.raises(ConfigError) as e:
+        FitConfig(**bad)
+    assert str(e.value).startswith(says), str(e.value)
+
+
+def test_an_integral_float_is_an_int_and_a_number_a_float_that_round_trips_through_yaml():
+    import numpy as np
+    from pathlib import Path
+    cfg = FitConfig(epochs=3.0, cut=2.0, lr=1, batch_size=np.int64(8), mixup=0, budget=2, freeze_bn=False,
+                    use_cache=False, cache_dir=Path("/tmp/c"), seed=np.int32(4))
+    assert (cfg.epochs, cfg.cut, cfg.batch_size, cfg.seed, cfg.cache_dir) == (3, 2, 8, 4, "/tmp/c")
+    assert all(type(v) is int for v in (cfg.epochs, cfg.cut, cfg.batch_size, cfg.seed))
+    assert all(type(v) is float for v in (cfg.lr, cfg.mixup, cfg.budget))
+    again = FitConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+
+
 def test_cli_choices_show_in_help_and_a_wrong_one_fails_before_any_work(tmp_path, image_folder):
     out = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "300"}).output
     for choice in ("extract|head|finetune|gradual|full|auto", "onecycle|cosine|sgdr|constant", "linear|mlp"):
@@ -104,9 +135,19 @@ def test_overwrite_never_deletes_a_folder_rehead_did_not_make(tmp_path):
     mine = tmp_path / "photos"
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(RunExists, match="not a rehead run directory"):
+    with pytest.raises(RunExists, match="not a directory rehead made"):
         RunDir.create(mine, overwrite=True)
     assert (mine / "holiday.jpg").read_bytes() == b"precious"
+    # a project folder with a config.yaml of its own: `fit ... --out . --overwrite` deleted all of it
+    (mine / "config.yaml").write_text("lr: 1\n")
+    with pytest.raises(RunExists, match="not a directory rehead made"):
+        RunDir.create(mine, overwrite=True)
+    assert (mine / "holiday.jpg").read_bytes() == b"precious"
+    run = RunDir.create(tmp_path / "run")  # one rehead made is replaced
+    (run.path / "old.txt").write_text("x")
+    run.release()
+    RunDir.create(tmp_path / "run", overwrite=True).release()
+    assert not (tmp_path / "run" / "old.txt").exists()
 
 
 @pytest.mark.parametrize("name, damage", [
