@@ -6,6 +6,8 @@ takes them as keywords, ``config.yaml`` stores them under ``fit`` and ``--resume
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 
@@ -150,7 +152,8 @@ class FitConfig:
             v = getattr(self, f.name)
             if isinstance(v, os.PathLike):  # the Python API takes paths as Path too; config.yaml holds text
                 v = os.fspath(v)
-                setattr(self, f.name, v)
+            v = _typed(f, v)  # first: every later check compares values of the annotated type
+            setattr(self, f.name, v)
             choices = f.metadata.get("choices")
             if choices and v is not None and v not in choices:
                 raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {v!r}")
@@ -219,11 +222,29 @@ class FitConfig:
         image recipe (the last 2 stages, LRs 3x lower a stage; docs/notes/issue-14.md). ``auto`` on
         text keeps its own unfreezing plan and epochs, at those LRs (``TEXT_AUTO``): val 0.786 -> 0.823
         on rt_polarity, 0.942 -> 0.956 on financial_phrasebank."""
-        text = {"finetune": TEXT_FINETUNE, "auto": TEXT_AUTO}.get(self.strategy, {}) if modality == "text" else {}
-        fill = {**GENERAL_DEFAULTS, **text, "model": DEFAULT_MODELS.get(modality)}
+        fill = {**_fills(modality, self.strategy), "model": DEFAULT_MODELS.get(modality)}
         if self.find_lr:
             fill.pop("lr", None)  # the LR finder chooses it
         return self.replace(**{k: v for k, v in fill.items() if getattr(self, k) is None})
+
+    def given(self, modality: str) -> set[str]:
+        """The options set away from their defaults: from the field's own and from what ``for_data``
+        fills for this data (so a config already filled, a run's config.yaml, reads as the user gave it).
+        ``auto`` on a task other than multiclass runs as extract: its text fills are defaults there too."""
+        fills = [_fills(modality, self.strategy)]
+        if self.strategy == "extract" and self.task != "multiclass":
+            fills.append(_fills(modality, "auto"))
+        return {f.name for f in fields(self) if getattr(self, f.name) != f.default
+                and all(f.name not in fill or getattr(self, f.name) != fill[f.name] for fill in fills)}
+
+    @staticmethod
+    def flag(name: str, value=None) -> str:
+        """An option as the CLI spells it: ``--batch-size``; a switch as ``value`` sets it (``--no-freeze-bn``)."""
+        flag = FitConfig.__dataclass_fields__[name].metadata.get("flag") or "--" + _flag(name)
+        if "/" in flag:
+            on, off = flag.split("/")
+            flag = flag if value is None else on if value else off
+        return flag
 
     @property
     def augment_asked(self) -> str | None:
@@ -249,5 +270,60 @@ TEXT_FINETUNE = {"unfreeze": -1, "lr_decay": 1.3, "dropout": 0.1, "lr": 2e-3, "e
 TEXT_AUTO = {k: TEXT_FINETUNE[k] for k in ("lr_decay", "dropout", "lr")}
 
 
+def _fills(modality: str | None, strategy: str) -> dict:
+    """What ``for_data`` gives the options left unset, for this data and strategy (model aside)."""
+    text = {"finetune": TEXT_FINETUNE, "auto": TEXT_AUTO}.get(strategy, {}) if modality == "text" else {}
+    return {**GENERAL_DEFAULTS, **text}
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+_KINDS: dict[str, tuple[tuple, bool]] = {}  # field name -> (the annotated types but None, whether None is one)
+_WHAT = {int: "an integer", float: "a number", bool: "True or False", str: "a string", dict: "a dict"}
+
+
+def _kinds(name: str) -> tuple[tuple, bool]:
+    if not _KINDS:
+        import typing
+        for n, hint in typing.get_type_hints(FitConfig).items():
+            args = typing.get_args(hint) or (hint,)
+            _KINDS[n] = tuple(a for a in args if a is not type(None)), type(None) in args
+    return _KINDS[name]
+
+
+def _typed(f, v):
+    """``v`` as field ``f``'s annotation types it, or a ConfigError naming the option as the CLI spells it.
+    An int is an int (a bool is not one; an integral float such as 3.0 is taken as 3), a float any finite
+    real number, a bool only True or False (the string "false" would read as True), a string a str."""
+    kinds, optional = _kinds(f.name)
+    if v is None and optional:
+        return v
+    if isinstance(v, bool):
+        if bool in kinds:
+            return v
+    elif isinstance(v, numbers.Real) and (int in kinds or float in kinds):
+        if isinstance(v, numbers.Integral):
+            return int(v) if int in kinds else float(v)
+        if not math.isfinite(v):
+            raise ConfigError(f"{_option(f)} must be {'a finite number' if float in kinds else 'an integer'}, got {v!r}")
+        if float in kinds:
+            return float(v)
+        if float(v).is_integer():
+            return int(v)
+    elif any(isinstance(v, k) for k in kinds if k not in (int, float, bool)):
+        return v
+    choices = f.metadata.get("choices")
+    what = f"one of {', '.join(choices)}" if choices else " or ".join(_WHAT[k] for k in kinds)
+    if f.name == "cut":
+        what = "a stage count (an integer) or a stage name"
+    raise ConfigError(f"{_option(f)} must be {what}{' (or None: unset)' if optional else ''}, got {v!r}")
+
+
+def _option(f) -> str:
+    """The option as the CLI spells it, with the keyword where the flag reads otherwise (--cache: use_cache)."""
+    if not f.metadata.get("cli", True):
+        return f.name
+    flag = f.metadata.get("flag") or "--" + _flag(f.name)
+    return flag if _flag(f.name) in flag else f"{flag} ({f.name}=)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import time
 import types
@@ -57,15 +58,19 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = 
             raise BadRun("resume needs the run directory: rehead fit --resume RUN_DIR")
         return _resume(Path(out), echo, progress, accelerator, t_start)
     model_obj = options.pop("model", None)
-    if model_obj is not None and not isinstance(model_obj, str):
-        options["model"] = getattr(model_obj, "spec", None) or f"module:{type(model_obj).__name__}"
+    if isinstance(model_obj, os.PathLike):  # a run directory or a weights file given as a Path: its spec, as text
+        model_obj = os.fspath(model_obj)
+    module = model_obj if isinstance(model_obj, torch.nn.Module) else None  # a Backbone is a Module too
+    if module is not None:
+        options["model"] = getattr(module, "spec", None) or f"module:{type(module).__name__}"
     elif model_obj is not None:
-        options["model"] = model_obj
+        options["model"] = model_obj  # a spec; FitConfig refuses what is not one by its type
     cfg = _config(config, options)
+    _refuse_idle_find_lr(cfg)
     if data is None:
         raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
     out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
-    job = _prepare(cfg, data, model_obj if not isinstance(model_obj, (str, type(None))) else None, hooks, echo)
+    job = _prepare(cfg, data, module, hooks, echo)
     run = RunDir.create(out, overwrite=overwrite, writer=main, resumable=True)
     accelerator.wait_for_everyone()
     try:
@@ -79,6 +84,48 @@ def _config(config: FitConfig | None, options: dict) -> FitConfig:
         return config.replace(**options) if config else FitConfig.from_dict(options)
     except TypeError as e:  # dataclasses.replace with an unknown field
         raise ConfigError(str(e)) from None
+
+
+def _refuse_idle_find_lr(cfg: FitConfig) -> None:
+    """``--find-lr`` with ``--strategy extract`` and a linear head: that head is solved on cached features
+    (L-BFGS, one step) with no learning rate, so the range test would run for a suggestion nothing uses."""
+    if cfg.find_lr and cfg.strategy == "extract" and cfg.head == "linear":
+        raise ConfigError("--find-lr has nothing to set with --strategy extract: its linear head is solved on cached "
+                          "features (L-BFGS), with no learning rate; leave --find-lr out, or use --head mlp (a trained "
+                          "head) or --strategy finetune")
+
+
+# Options that change nothing when every phase trains the head alone on cached features (extract): the
+# backbone never trains, and the head phase keeps its own patience. A linear head there is solved in one
+# step (_solved_heads), which leaves the options of gradient training idle too. Checked by fitting with
+# each one changed: the same weights (tests/test_fit.py keeps a few of those checks).
+_IDLE_ON_FEATURES = ("unfreeze", "lr_decay", "lr_min", "layer_decay", "optimizer", "ema", "patience", "freeze_bn",
+                     "train_frozen_bn")
+_IDLE_SOLVED = ("epochs", "lr", "find_lr", "schedule", "warmup", "sgdr_cycle", "sgdr_mult", "weight_decay",
+                "keep_last", "dropout", "hidden")
+_IDLE_ORDER = ("epochs", "lr", "find_lr", "unfreeze", "lr_decay", "lr_min", "layer_decay", "schedule", "warmup",
+               "sgdr_cycle", "sgdr_mult", "optimizer", "weight_decay", "ema", "patience", "keep_last", "dropout",
+               "hidden", "freeze_bn", "train_frozen_bn")
+
+
+def _idle_options_note(cfg: FitConfig, recipe, modality: str) -> str | None:
+    """One note naming every option given (away from its default) that an extract fit leaves idle; None
+    when there is none, or when some phase runs the backbone."""
+    if not recipe.phases or not recipe.uses_only_features:
+        return None
+    solved = all(p.solver for p in recipe.phases)
+    idle = set(_IDLE_ON_FEATURES) | (set(_IDLE_SOLVED) if solved else set())
+    given = cfg.given(modality)
+    names = [FitConfig.flag(n, getattr(cfg, n)) for n in _IDLE_ORDER if n in idle and n in given]
+    if not names:
+        return None
+    which = "--strategy extract" if cfg.strategy == "extract" else f"extract (--strategy {cfg.strategy}'s choice)"
+    verb = "has" if len(names) == 1 else "have"
+    if solved:
+        return (f"note: {which} solves the {cfg.head} head on cached features: {', '.join(names)} {verb} no effect "
+                "(use --strategy finetune, or --head mlp for a trained head)")
+    return (f"note: {which} trains only the {cfg.head} head, on cached features: {', '.join(names)} {verb} no effect "
+            "(use --strategy finetune to train backbone stages)")
 
 
 def _accelerator(precision: str = "no"):
@@ -292,9 +339,14 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
 def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resuming: bool = False) -> Run | None:
     cfg, ds, recipe = job.cfg, job.ds, job.recipe
     if job.cfg.find_lr and cfg.lr is None and not resuming:
-        res = find_lr(ds, config=cfg, out=run, progress=progress, echo=echo)
-        cfg = job.cfg = cfg.replace(lr=res["suggested"])
-        recipe = job.recipe = _recipe(cfg, len(ds.train), job.cut)
+        if recipe.phases and all(p.solver for p in recipe.phases):  # auto chose extract: no LR to find
+            echo(f"note: --find-lr has nothing to set: this fit runs extract, whose {cfg.head} head is solved on "
+                 "cached features with no learning rate; the range test is skipped")
+            cfg = job.cfg = cfg.replace(find_lr=False)  # config.yaml records what ran
+        else:
+            res = find_lr(ds, config=cfg, out=run, progress=progress, echo=echo)
+            cfg = job.cfg = cfg.replace(lr=res["suggested"])
+            recipe = job.recipe = _recipe(cfg, len(ds.train), job.cut)
     t0 = time.perf_counter()
     if recipe.reason:
         echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
@@ -305,6 +357,9 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     elif augment:
         echo(f"augmentation {augment} on the live phases' training images"
              + (" (the default when image stages are unfrozen; --augment none turns it off)" if not cfg.augment else ""))
+    idle = _idle_options_note(cfg, recipe, ds.modality)
+    if idle:
+        echo(idle)
     model = job.model or TransferModel(job.backbone, _new_head(cfg, job.in_dim, len(ds.classes)))
     if any(getattr(h, "replaces_weight_decay", False) for h in job.hooks):
         for p in recipe.phases:  # L2-SP replaces decay towards 0 by decay towards the pretrained weights

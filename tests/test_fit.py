@@ -328,3 +328,79 @@ def test_a_text_csv_whose_text_column_is_named_otherwise_is_told_to_name_it(tmp_
         with pytest.raises(DataError, match="if column 'sentence' holds texts, pass --text-column sentence"):
             rehead.fit(str(p), model=model, out=tmp_path / "r", progress=False, echo=lambda *_: None)
     assert not (tmp_path / "r").exists()
+
+
+# -- options an extract fit leaves idle; a Path as the model ---------------------------------------------
+def _said(data, out, spec, **kw):
+    said = []
+    run = rehead.fit(str(data), model=spec, out=str(out), workers=0, progress=False, echo=said.append, **kw)
+    return run, [s for s in said if s.startswith("note: ")]
+
+
+def test_an_extract_fit_names_in_one_note_every_option_its_solved_linear_head_leaves_idle(tmp_path, image_folder,
+                                                                                          tiny_spec):
+    """The linear head is solved on cached features in one step: epochs, LRs, schedules, EMA, dropout and
+    the backbone's options change nothing (the same head as without them), and one note says so."""
+    plain, notes = _said(image_folder, tmp_path / "a", tiny_spec, strategy="extract")
+    assert notes == []
+    idle, notes = _said(image_folder, tmp_path / "b", tiny_spec, strategy="extract", epochs=3, lr=0.05, ema=0.9,
+                        dropout=0.5, schedule="cosine", patience=1, optimizer="sgd", unfreeze=-1, layer_decay=0.5,
+                        lr_min=1e-5, freeze_bn=False, hidden=8, seed=0)
+    assert notes == ["note: --strategy extract solves the linear head on cached features: --epochs, --lr, --unfreeze, "
+                     "--lr-min, --layer-decay, --schedule, --optimizer, --ema, --patience, --dropout, --hidden, "
+                     "--no-freeze-bn have no effect (use --strategy finetune, or --head mlp for a trained head)"]
+    items, _ = plain.val_split()
+    assert same(plain.logits(items)[0], idle.logits(items)[0])  # what the fit computes is unchanged
+
+
+def test_an_extract_fit_with_an_mlp_head_flags_only_what_its_trained_head_does_not_use(tmp_path, image_folder,
+                                                                                       tiny_spec):
+    _, notes = _said(image_folder, tmp_path / "a", tiny_spec, strategy="extract", head="mlp", hidden=8, epochs=2,
+                     lr=1e-2, dropout=0.2, schedule="cosine", unfreeze=1, optimizer="sgd", ema=0.9)
+    assert notes == ["note: --strategy extract trains only the mlp head, on cached features: --unfreeze, --optimizer, "
+                     "--ema have no effect (use --strategy finetune to train backbone stages)"]
+
+
+def test_find_lr_with_extract_is_refused_before_any_work(tmp_path, image_folder, tiny_spec, monkeypatch):
+    from rehead import fit as fit_module
+    from rehead.config import ConfigError
+    monkeypatch.setattr(fit_module, "find_lr", lambda *a, **k: pytest.fail("the range test ran"))
+    with pytest.raises(ConfigError, match="--find-lr has nothing to set with --strategy extract"):
+        _fit(image_folder, tmp_path / "run", tiny_spec, find_lr=True)
+    assert not (tmp_path / "run").exists()
+    r = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--strategy", "extract", "--find-lr",
+                            "--out", str(tmp_path / "run"), "--workers", "0", "-q"])
+    assert r.exit_code == 2 and "--find-lr has nothing to set" in r.output and not (tmp_path / "run").exists()
+
+
+def test_find_lr_where_auto_chose_extract_skips_the_range_test_and_says_so(tmp_path, image_folder, tiny_spec,
+                                                                          monkeypatch):
+    import yaml
+    from rehead import fit as fit_module
+    monkeypatch.setattr(fit_module, "find_lr", lambda *a, **k: pytest.fail("the range test ran"))
+    _, notes = _said(image_folder, tmp_path / "run", tiny_spec, find_lr=True, epochs=1)
+    assert any(n.startswith("note: --find-lr has nothing to set: this fit runs extract") for n in notes), notes
+    assert "note: extract (--strategy auto's choice) solves the linear head on cached features: --epochs has no " \
+           "effect (use --strategy finetune, or --head mlp for a trained head)" in notes
+    fit_cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["fit"]
+    assert fit_cfg["find_lr"] is False and fit_cfg["lr"] is None  # config.yaml records what ran
+
+
+def test_a_run_directory_given_as_a_path_is_the_model(tmp_path, image_folder, tiny_spec):
+    _fit(image_folder, tmp_path / "bb", tiny_spec, epochs=1)
+    run = rehead.fit(str(image_folder), model=tmp_path / "bb", out=tmp_path / "run", strategy="extract", workers=0,
+                     progress=False, echo=lambda *a: None)
+    assert run.summary["val_acc"] is not None
+    import yaml
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"] == str(tmp_path / "bb")
+
+
+def test_a_mistyped_option_is_refused_before_the_run_directory_exists(tmp_path, image_folder, tiny_spec):
+    from rehead.config import ConfigError
+    for bad, says in (({"epochs": 2.5}, "--epochs must be an integer"), ({"model": 123}, "--model must be a string"),
+                      ({"freeze_bn": "no"}, "--freeze-bn/--no-freeze-bn must be True or False")):
+        kw = {"model": tiny_spec, **bad}
+        with pytest.raises(ConfigError, match=says):
+            rehead.fit(str(image_folder), out=tmp_path / "run", strategy="extract", progress=False,
+                       echo=lambda *a: None, **kw)
+        assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ from .splits import has_split_column, split_column_parts
 
 log = logging.getLogger(__name__)
 MODALITY = "image"
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VAL_DIRS = ("val", "valid", "validation")
 TEST_DIRS = ("test",)
 # Larger images are skipped and named: decoding one takes gigabytes (PIL's own default limit).
@@ -107,6 +107,10 @@ def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
                     skipped[e.path] = RUN_NOT_DATA
                 else:
                     stack.append(e.path)
+            elif e.is_file():  # named, not dropped unseen: a photo saved as .heic or without extension
+                ext = os.path.splitext(e.name)[1]
+                skipped[e.path] = (f"not read: {ext or 'no extension'} is not an image type rehead lists "
+                                   f"({', '.join(sorted(IMAGE_EXTS))}): rename it with its type's extension")
     return sorted(files), skipped
 
 
