@@ -370,6 +370,12 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
             run.check_tta()  # before the inputs are listed
         columns = _columns(run, text_column=text_column, image_column=image_column)
         rows = run.predict(expand_inputs(inputs, run.modality, columns), top_k=top_k, tta=tta)
+    _print_predictions(rows, as_json, top_k)
+    if rows and all("error" in r for r in rows):  # a script must be able to tell that nothing was predicted
+        fail(f"none of the {len(rows)} input(s) could be read (each is named above)")
+
+
+def _print_predictions(rows: list[dict], as_json: bool, top_k: int) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return

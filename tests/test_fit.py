@@ -210,6 +210,10 @@ def test_cli_models_inspect_fit_evaluate_predict(tmp_path, image_folder, tiny_sp
     for f, said in (("bad.csv", "no column 'path'"), ("gone.csv", "do not exist")):
         r = runner.invoke(app, ["predict", str(out), str(tmp_path / f)])
         assert r.exit_code == 2 and said in r.output, r.output
+    # every input unreadable: each named, and an exit status a script can test (it was 0)
+    (tmp_path / "fake.jpg").write_bytes(b"not a jpeg")
+    r = runner.invoke(app, ["predict", str(out), str(tmp_path / "fake.jpg")])
+    assert r.exit_code == 2 and "fake.jpg: unreadable" in r.output and "none of the 1 input(s)" in r.output, r.output
     r = runner.invoke(app, ["fit", str(image_folder), "--model", "timm:no_such_net", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "timm has no model" in r.output
 
