@@ -312,7 +312,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         typer.echo(f"{run.kind} of {n} runs ("
                    + ("their mean probability)" if run.kind == "ensemble" else "one model of their mean weights)"))
     counted = f" on {res['n']} samples" + (" of the run's val split" if data is None else "") \
-        + (f" ({res['skipped']} skipped)" if res["skipped"] else "") \
+        + (f" ({res['skipped']} skipped, unreadable: {', '.join(res.get('skipped_items', []))}"
+           f"{' ...' if res['skipped'] > len(res.get('skipped_items', [])) else ''})" if res["skipped"] else "") \
         + (f"; {res['unlabelled']} unlabelled row(s) left out" if res.get("unlabelled") else "") \
         + ("; with flip TTA" if tta else "")
     if res.get("task") in ("regression", "multilabel"):

@@ -390,6 +390,11 @@ class Run:
         from sklearn.metrics import classification_report, confusion_matrix
         from .calibration import ece, nll, scaled_probs
         views, kept, skipped = views if views is not None else self._views(items, tta=tta, **kw)
+        if not kept:  # else scikit-learn's "Found empty input array"
+            raise DataError(f"none of the {len(items)} samples could be read (e.g. {_name(skipped[0], 0)}): moved, "
+                            "deleted or damaged since the fit? evaluate on the data where it is now (evaluate RUN DATA)"
+                            if skipped else "no samples to evaluate")
+        info = {**info, "skipped_items": [_name(s, i) for i, s in enumerate(skipped[:5])]} if skipped else info
         if self.task != "multiclass":  # with --tta: the mean of both views' outputs
             return self._task_metrics(items, labels, torch.stack(views).mean(0), kept, skipped, info)
         t = self.temperature

@@ -191,6 +191,15 @@ def test_fit_takes_pairs_and_a_dataframe_and_run_evaluates_a_path(tmp_path, imag
     pairs = [(str(p), p.parent.name) for p in sorted(image_folder.rglob("*.jpg"))]
     run = rehead.fit(pairs, model=tiny_spec, out=tmp_path / "pairs", strategy="extract", epochs=5, **QUIET)
     assert run.classes == ["blue", "red"]
+    import os  # relative paths are stored absolute (split.json was read from another directory)
+    here = os.getcwd()
+    try:
+        os.chdir(image_folder.parent)
+        rel = rehead.fit([(os.path.relpath(p), c) for p, c in pairs], model=tiny_spec, out=tmp_path / "rel",
+                         strategy="extract", **QUIET)
+    finally:
+        os.chdir(here)
+    assert all(os.path.isabs(i) for i in rel.val_split()[0])
     res = run.evaluate(str(image_folder))  # a path: its classes mapped onto the run's by name
     assert res["n"] == len(pairs)
     # items with labels as class names (scikit-learn's habit), as indices, or a DataFrame: one answer
@@ -314,3 +323,20 @@ def test_a_run_fitted_on_an_in_memory_module_says_why_it_cannot_be_reloaded(tmp_
     assert run.predict([str(next(image_folder.rglob("*.jpg")))])  # the Run fit returned works
     with pytest.raises(BadRun, match="in-memory nn.Module \\(EfficientNet\\).*timm:NAME"):
         rehead.Run(tmp_path / "run").predict([str(next(image_folder.rglob("*.jpg")))])
+
+
+def test_evaluate_names_val_images_that_are_gone_and_says_when_none_is_left(tmp_path, image_folder, tiny_spec):
+    """It printed "(1 skipped)" naming nothing, and scikit-learn's "Found empty input array" when
+    the photos had moved."""
+    import os
+    import shutil
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    run = rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", **QUIET)
+    items, _ = run.val_split()
+    os.remove(items[0])
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0 and f"(1 skipped, unreadable: {items[0]})" in r.output, r.output
+    shutil.rmtree(image_folder)
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 2 and f"none of the {len(items)} samples could be read" in r.output, r.output

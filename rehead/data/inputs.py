@@ -151,8 +151,10 @@ def from_pairs(pairs: list, val_fraction: float, seed: int, source: str, task: s
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise DataError(f"{source}: element {i} is not an (item, label) pair: {pair!r:.80}")
     items = [str(i) if isinstance(i, Path) else i for i, _ in pairs]
-    return from_items(items, [y for _, y in pairs], _modality(items, source), source, val_fraction, seed, task,
-                      splits)
+    modality = _modality(items, source)
+    if modality == "image":  # split.json names them: valid from any directory, as a folder's are
+        items = [os.path.abspath(i) for i in items]
+    return from_items(items, [y for _, y in pairs], modality, source, val_fraction, seed, task, splits)
 
 
 def _modality(items: list, source: str) -> str:
