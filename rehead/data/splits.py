@@ -495,8 +495,11 @@ def from_split(d: dict, modality, classes, where, check: bool) -> Dataset:
     if check and "fingerprint" in d:
         changes = _changes(d["fingerprint"], ds)
         if changes:
+            stamp = any("(size/mtime)" in c for c in changes)
             raise DataError(f"the data changed since the run started ({where}): {len(changes)} change(s), e.g. "
-                            f"{changes[0]}: restore the data to resume, or start a new run (--overwrite) on the new data")
+                            f"{changes[0]}: restore the data to resume, or start a new run (--overwrite) on the new data"
+                            + ("; files are compared by size and modification time, so a restored copy must keep "
+                               "its times (cp -p, rsync -t)" if stamp else ""))
     return ds
 
 
