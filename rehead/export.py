@@ -44,6 +44,9 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if text and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
                          f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
+    # a folder (an existing one, a trailing slash, or a name without extension): the model goes inside it
+    if out and (Path(out).is_dir() or str(out).endswith(("/", os.sep)) or not Path(out).suffix):
+        out = Path(out) / f"model{FORMATS[fmt]}"
     out = Path(out) if out else run.dir / "export" / f"model{FORMATS[fmt]}"
     sidecar = out.with_name(out.name + ".json")
     tok_dir = out.with_name(out.name + ".tokenizer")

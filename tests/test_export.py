@@ -95,6 +95,13 @@ def test_export_cli(run, tmp_path):
     assert out.exists() and Path(str(out) + ".json").exists()
     r = CliRunner().invoke(app, ["export", str(run.dir), "--format", "onnx", "--out", str(out)])
     assert r.exit_code != 0 and "--overwrite" in r.output
+    # a folder (existing, a trailing slash, or a name without extension) gets model.onnx inside it: a file
+    # named "exports" was written, and an existing folder died naming a temporary file
+    (tmp_path / "d").mkdir()
+    for given in (tmp_path / "d", f"{tmp_path / 'e'}/", tmp_path / "f"):
+        r = CliRunner().invoke(app, ["export", str(run.dir), "--format", "onnx", "--out", str(given)])
+        assert r.exit_code == 0 and (Path(str(given)) / "model.onnx").is_file(), r.output
+        assert (Path(str(given)) / "model.onnx.json").is_file()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

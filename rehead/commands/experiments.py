@@ -119,7 +119,7 @@ def report(run_dir: str, out: Optional[str] = typer.Option(None, "--out", "-o", 
 @app.command()
 @guarded
 def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
-           out: Optional[str] = typer.Option(None, "--out", "-o", help="default RUN_DIR/export/model.onnx|.pt"),
+           out: Optional[str] = typer.Option(None, "--out", "-o", help="a file, or a folder to write model.onnx|.pt into (default RUN_DIR/export/)"),
            opset: int = 17, overwrite: bool = False, as_json: bool = typer.Option(False, "--json")):
     """The trained model (prefix + head, eval mode) as ONNX or TorchScript, with a JSON sidecar."""
     from ..export import export as run_export
