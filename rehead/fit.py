@@ -349,7 +349,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
             recipe = job.recipe = _recipe(cfg, len(ds.train), job.cut)
     t0 = time.perf_counter()
     if recipe.reason:
-        echo(f"strategy auto -> {recipe.strategy}: {recipe.reason}")
+        echo(f"strategy {'auto -> ' if cfg.strategy == 'auto' else ''}{recipe.strategy}: {recipe.reason}")
     augment = _augment(cfg, job.backbone, recipe)
     if cfg.augment_asked and recipe.strategy == "extract":
         echo("note: --augment is ignored by --strategy extract (features are cached once); "

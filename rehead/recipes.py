@@ -60,6 +60,10 @@ def auto_strategy(n_train: int) -> tuple[str, str]:
     return "full", f"{n_train} training samples (>= 50000): enough data to train every stage"
 
 
+def _join(reason: str, note: str) -> str:
+    return f"{reason}; {note}" if reason else note
+
+
 def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = None, lr: float | None = None,
                  unfreeze: int = 2, lr_decay: float = 3.0, lr_min: float | None = None,
                  schedule: str = "onecycle", augment: bool = False, plan: dict | None = None, **phase_kw) -> Recipe:
@@ -102,6 +106,11 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
             ph("full" if u == -1 else f"unfreeze{min(u, depth)}", epochs or plan.get("epochs") or 1, top / 10,
                u if u == -1 else min(u, depth), lr_decay=lr_decay, lr_min=lr_min) for u in plan["unfreeze"]]
     elif strategy == "finetune":
+        if unfreeze == 0:
+            raise ValueError("--unfreeze 0 unfreezes no stage: --strategy finetune needs 1 or more (-1: every "
+                             "stage); --strategy extract trains the head alone")
+        if unfreeze > depth:
+            reason = _join(reason, f"--unfreeze {unfreeze} > the backbone's {depth} stages: all {depth} unfrozen")
         unfreeze = min(unfreeze, depth) if unfreeze >= 0 else depth
         e = epochs or 5
         top = lr or 1e-3
@@ -112,6 +121,8 @@ def build_recipe(strategy: str, n_train: int, depth: int, epochs: int | None = N
         e = epochs or 2
         top = lr or 1e-3
         n = min(unfreeze if unfreeze > 0 else depth, depth)
+        if unfreeze > depth:
+            reason = _join(reason, f"--unfreeze {unfreeze} > the backbone's {depth} stages: up to all {depth}")
         phases = [head_phase()]
         phases += [ph(f"unfreeze{k}", e, top / (2 * k), k, lr_decay=lr_decay, lr_min=lr_min) for k in range(1, n + 1)]
     else:  # full

@@ -86,6 +86,15 @@ def test_finetune_and_gradual_run_their_phases(tmp_path, image_folder, tiny_spec
          augment="light")
     phases = [r.split(",")[0] for r in (tmp_path / "gr" / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["head", "unfreeze1", "unfreeze2"]
+    # --unfreeze 0 ran a phase "unfreeze0" training nothing, then said unfreezing did not pay; more
+    # stages than the backbone has became all of them, unsaid
+    with pytest.raises(ValueError, match="--unfreeze 0 unfreezes no stage"):
+        _fit(image_folder, tmp_path / "u0", tiny_spec, strategy="finetune", epochs=1, unfreeze=0)
+    assert not (tmp_path / "u0").exists()
+    said = []
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "u20", strategy="finetune", epochs=1, unfreeze=20,
+               batch_size=8, progress=False, echo=said.append)
+    assert any("--unfreeze 20 > the backbone's" in s for s in said), said
 
 
 def test_mixup_and_cutmix_mix_the_live_phases_images_and_labels(tmp_path, image_folder, tiny_spec):
