@@ -386,7 +386,7 @@ def _print_predictions(rows: list[dict], as_json: bool, top_k: int) -> None:
             typer.echo(f"{r['item']}: {r['error']}")
             continue
         if "value" in r:  # regression
-            typer.echo(f"{r['item']}: {r['value']:.6g}")
+            typer.echo(f"{r['item']}: {r['value']:.6g}" + (f"  ({r['note']}: an extrapolation)" if r.get("note") else ""))
             continue
         if "labels" in r:  # multilabel: every label at p >= 0.5, then the top probabilities
             top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:top_k]

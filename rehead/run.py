@@ -22,7 +22,7 @@ from .heads import make_head
 from .model import TransferModel
 from .data import DataError
 from .rundir import BadRun, RunExists, load_tensors, read_json, read_yaml  # noqa: F401  (BadRun, RunExists re-exported)
-from .tasks import multi_hot, multilabel_metrics, predictions, regression_metrics, task_of
+from .tasks import far_outside, multi_hot, multilabel_metrics, predictions, regression_metrics, task_of
 
 
 def read_config(run_dir) -> dict:
@@ -262,7 +262,11 @@ class Run:
         rows = []
         for j, i in enumerate(kept):
             if self.task == "regression":
-                rows.append({"item": _name(items[i], i), "value": float(pred[j])})
+                row = {"item": _name(items[i], i), "value": float(pred[j])}
+                if far_outside(row["value"], self.target):
+                    row["note"] = "far outside the training targets" + (
+                        f" ({self.target['min']:.4g} .. {self.target['max']:.4g})" if "min" in self.target else "")
+                rows.append(row)
             else:
                 probs = {c: float(p) for c, p in zip(self.classes, pred[j])}
                 rows.append({"item": _name(items[i], i), "labels": [c for c, p in probs.items() if p >= 0.5],

@@ -31,7 +31,18 @@ def target_stats(values) -> dict:
     gets std 1 (nothing to scale)."""
     v = np.asarray(values, dtype=np.float64)
     std = float(v.std())
-    return {"mean": float(v.mean()), "std": std if std > 1e-12 else 1.0}
+    # min/max: predict flags a value far outside what the head was trained on
+    return {"mean": float(v.mean()), "std": std if std > 1e-12 else 1.0, "min": float(v.min()), "max": float(v.max())}
+
+
+def far_outside(value: float, target: dict) -> bool:
+    """Beyond the training targets' range by more than the range's own width (runs without min/max:
+    6 standard deviations from the mean): an extrapolation a linear head makes freely."""
+    if "min" in target and "max" in target:
+        lo, hi = target["min"], target["max"]
+        width = max(hi - lo, target["std"])
+        return value < lo - width or value > hi + width
+    return abs(value - target["mean"]) > 6 * target["std"]
 
 
 def to_tensor(labels: list, task: str, n_classes: int) -> torch.Tensor:

@@ -65,6 +65,16 @@ def test_regression_run_loads_back_and_evaluates_a_new_csv(tmp_path, one_thread)
     res = run.evaluate(str(write_table(tmp_path / "new.csv", x2, [f"{v:.4f}" for v in y2])))
     assert res["n"] == 60 and res["r2"] > 0.8
     assert "r2=" in repr(run) and "task='regression'" in repr(run)
+    # a prediction far beyond the training targets is flagged (a held-out photo got 461 for targets 3..30)
+    assert min(y) - 1e-3 <= run.target["min"] < run.target["mean"] < run.target["max"] <= max(y) + 1e-3  # train split
+    rows = run.predict([f"{tmp_path / 'new.csv'}#{i}" for i in range(3)])
+    assert not any("note" in r for r in rows), rows
+    run.target = {**run.target, "min": 700.0, "max": 710.0}  # as if it had trained on targets near 700
+    rows = run.predict([f"{tmp_path / 'new.csv'}#{i}" for i in range(3)])
+    assert all(r["note"] == "far outside the training targets (700 .. 710)" for r in rows), rows
+    from rehead.tasks import far_outside
+    t = {"mean": 16.0, "std": 8.0, "min": 2.6, "max": 29.8}
+    assert not far_outside(29.0, t) and not far_outside(50.0, t) and far_outside(461.5, t) and far_outside(-30.0, t)
 
 
 def test_regression_trained_by_gradient_keeps_the_lowest_val_loss_epoch(tmp_path, one_thread):
