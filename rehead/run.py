@@ -13,6 +13,7 @@ Every file is written by ``rehead.rundir.RunDir``; this module only reads.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,8 @@ class Run:
             if isinstance(keyed, dict):
                 return keyed  # the training table changed: said, and nothing counted
             seen, items = keyed
+        if self.modality == "image":
+            seen, items = _seen_by_content(seen, items)
         seen["val"] -= seen["train"]  # members split apart: a sample one trained on counts as trained on
         n = {k: sum(1 for it in items if isinstance(it, (str, tuple)) and it in ids) for k, ids in seen.items()}
         if not any(n.values()):
@@ -501,6 +504,28 @@ class Run:
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _seen_by_content(seen: dict, items: list) -> tuple[dict, list]:
+    """Image files compared by content where a path is not in the split but its size is: a copy of
+    the training photos under another folder was read as held out. Only equal-sized files are hashed."""
+    from .data.splits import file_sha256
+
+    def size(p):
+        try:
+            return os.path.getsize(p)
+        except (OSError, TypeError, ValueError):
+            return None
+    known = {k: {p: size(p) for p in ids} for k, ids in seen.items()}
+    sizes = {s for d in known.values() for s in d.values() if s is not None}
+    cand = {it for it in items if isinstance(it, str) and not any(it in ids for ids in seen.values())
+            and size(it) in sizes}
+    if not cand:
+        return seen, items
+    want = {size(c) for c in cand}
+    digest = {p: "sha256:" + file_sha256(p) for p in cand | {p for d in known.values() for p, s in d.items() if s in want}}
+    seen = {k: ids | {digest[p] for p in ids if p in digest} for k, ids in seen.items()}
+    return seen, [digest[it] if it in cand else it for it in items]
 
 
 def _name(item, i: int) -> str:

@@ -190,6 +190,10 @@ def test_cli_models_inspect_fit_evaluate_predict(tmp_path, image_folder, tiny_sp
     assert r.exit_code == 0 and "on 20 samples" in r.output
     # ... which are the run's own train and val images: said, or 1.0 on its training data reads as held out
     assert "20 of 20 samples were seen by this run" in r.output and "optimistic" in r.output
+    import shutil  # a copy of them under another folder: the same photos, still said (compared by content)
+    shutil.copytree(image_folder, tmp_path / "copy")
+    r = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "copy")])
+    assert r.exit_code == 0 and "20 of 20 samples were seen by this run" in r.output, r.output
     from tests.conftest import make_images
     r = runner.invoke(app, ["evaluate", str(out), str(make_images(tmp_path / "new", n=3, seed=7)), "--json"])
     assert r.exit_code == 0 and "seen" not in json.loads(r.output) and "seen by this run" not in r.output
