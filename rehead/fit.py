@@ -377,10 +377,12 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
             echo("note: --mixup/--cutmix are ignored by a fit on cached features only; use --strategy head or "
                  "finetune to train on mixed images")
         hooks.append(MixImages(len(ds.classes), cfg.mixup, cfg.cutmix))
+    # smoothing that no phase applies stays out of the losses reported too (plain cross-entropy)
     trainer = Trainer(TrainConfig(seed=cfg.seed, patience=cfg.patience, progress=progress, hooks=hooks,
                                   select_best=not cfg.keep_last, checkpoints=not only_features, task=cfg.task,
                                   class_weight="balanced" if cfg.class_weight == "balanced" else None),
-                      run=run, accelerator=accelerator, loss_fn=task_loss(cfg, ds))
+                      run=run, accelerator=accelerator, loss_fn=task_loss(
+                          cfg.replace(label_smoothing=0.0) if all(p.solver for p in recipe.phases) else cfg, ds))
     for h in job.hooks:
         if hasattr(h, "prepare"):  # what a method needs before the loop's setup event (the data for scouts)
             h.prepare(model, ds=ds, phases=recipe.phases, args=cfg, uses_cache=only_features)

@@ -270,3 +270,14 @@ def test_solved_regression_and_multilabel_heads_leave_faint_columns_alone_when_f
         guarded = solve(x, target, min_relative_std=1e-7)[0]
         assert loose > 1e6 and guarded.weight.abs().max().item() < 1e3, solve.__name__
         assert torch.isfinite(guarded.weight).all()
+
+
+def test_an_extract_fit_reports_plain_losses_when_its_solved_head_ignores_label_smoothing(tmp_path, one_thread):
+    """The note said smoothing was ignored while metrics.csv's losses included it (val 0.95 vs 0.68)."""
+    import json
+    x, _ = linear_target()
+    data = write_table(tmp_path / "c.csv", x, ["a" if v > 0 else "b" for v in x[:, 0]])
+    loss = [json.loads((r.dir / "summary.json").read_text())["phases"][0]["best_val_loss"]
+            for r in (fit(data, tmp_path / "plain", strategy="extract"),
+                      fit(data, tmp_path / "smooth", strategy="extract", label_smoothing=0.2))]
+    assert loss[0] == pytest.approx(loss[1])
