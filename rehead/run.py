@@ -217,11 +217,14 @@ class Run:
 
     def _batches(self, items: list, batch_size: int, workers: int):
         """(index list, model input) batches, and a function naming the items no batch kept."""
-        if items and _in_memory_images(items):  # PIL images through the run's eval transform; tensors as given
-            from PIL import Image
-            from .data.images import eval_transform
-            tf = eval_transform(self.model.backbone.data_config)
-            xs = [tf(i.convert("RGB")) if isinstance(i, Image.Image) else i for i in items]
+        if items and _in_memory_images(items):  # decoded as files are, through the run's eval transform
+            from .data.images import UnreadableImage, eval_transform, in_memory_image
+            cfg = self.model.backbone.data_config
+            tf = eval_transform(cfg)
+            try:
+                xs = [in_memory_image(i, cfg, tf) for i in items]
+            except UnreadableImage as e:
+                raise DataError(f"cannot predict on {e}") from None
             batches = [(list(range(s, min(s + batch_size, len(xs)))), torch.stack(xs[s:s + batch_size]))
                        for s in range(0, len(xs), batch_size)]
         else:
@@ -543,5 +546,5 @@ def head_logits(model, x: torch.Tensor, n_out: int) -> torch.Tensor:
 
 def _in_memory_images(items: list) -> bool:
     from PIL import Image
-    return all(isinstance(i, (Image.Image, torch.Tensor)) for i in items)
+    return all(isinstance(i, (Image.Image, torch.Tensor, np.ndarray)) for i in items)
 

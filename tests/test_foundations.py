@@ -340,3 +340,28 @@ def test_evaluate_names_val_images_that_are_gone_and_says_when_none_is_left(tmp_
     shutil.rmtree(image_folder)
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
     assert r.exit_code == 2 and f"none of the {len(items)} samples could be read" in r.output, r.output
+
+
+def test_in_memory_images_are_decoded_as_their_files_are(tmp_path, image_folder, tiny_spec):
+    """A 16-bit or EXIF-rotated PIL image, a [0, 1] or uint8 tensor and a numpy array were fed
+    otherwise than the same picture as a file (a raw full-size tensor, a crash, a 'path' error)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    run = rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", **QUIET)
+    p = str(next(image_folder.rglob("*.jpg")))
+    rgb = np.asarray(Image.open(p).convert("RGB"))
+    t8 = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    want = run.logits([p])[0]
+    for x in (Image.open(p), rgb, t8, t8.float() / 255):
+        assert torch.allclose(run.logits([x])[0], want, atol=1e-5), type(x)
+    wide = (rgb[..., 0].astype(np.uint16) * 257)  # 16 bits: the file is scaled, so is the image in memory
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert torch.allclose(run.logits([Image.fromarray(wide)])[0], run.logits([str(tmp_path / "wide.png")])[0], atol=1e-5)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: a camera's portrait photo
+    Image.open(p).save(tmp_path / "rot.jpg", exif=exif)
+    assert torch.allclose(run.logits([Image.open(tmp_path / "rot.jpg")])[0], run.logits([str(tmp_path / "rot.jpg")])[0],
+                          atol=1e-5)
+    with pytest.raises(DataError, match="tensor of shape \\(5, 5\\)"):
+        run.predict([torch.zeros(5, 5)])

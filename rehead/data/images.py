@@ -395,6 +395,31 @@ ORIENTATION = 0x0112  # the EXIF tag
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+def in_memory_image(x, cfg: dict, tf) -> torch.Tensor:
+    """One in-memory image as the model's input, decoded as a file is (EXIF orientation, 16-bit and
+    float modes scaled): a PIL image; a numpy array (HW or HWC); a tensor that is an image (uint8, or
+    float in [0, 1], CHW); or a tensor already preprocessed (float, normalised, the model's input size),
+    which is taken as given."""
+    if isinstance(x, np.ndarray):
+        x = Image.fromarray(x)
+    if isinstance(x, torch.Tensor):
+        s = cfg["input_size"]
+        image = x.ndim == 3 and x.shape[0] in (1, 3) and x.numel() > 0
+        if image and (x.dtype == torch.uint8 or (x.is_floating_point() and 0 <= float(x.min()) and float(x.max()) <= 1)):
+            x = Image.fromarray(np.ascontiguousarray(
+                (x if x.dtype == torch.uint8 else (x * 255).round().byte()).permute(1, 2, 0).squeeze(-1).numpy()))
+        elif x.is_floating_point() and tuple(x.shape) == (3, s, s):
+            return x  # the run's own preprocessing already applied
+        else:
+            raise UnreadableImage(f"a {x.dtype} tensor of shape {tuple(x.shape)}: give an image (uint8, or float in "
+                                  f"[0, 1], CHW) or the preprocessed input (normalised, 3x{s}x{s})")
+    if not isinstance(x, Image.Image):
+        raise UnreadableImage(f"a {type(x).__name__}: give a path, a PIL image, a numpy array or a tensor")
+    if x.getexif().get(ORIENTATION, 1) != 1:
+        x = ImageOps.exif_transpose(x)
+    return tf(to_rgb(x))
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB; 16-bit, 32-bit and float images are scaled, not clipped (see DECODE)."""
     if im.mode not in WIDE_MODES:
