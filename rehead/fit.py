@@ -404,7 +404,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         return None
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
-    summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases])
+    summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
+                                    mixed=bool(cfg.mixup or cfg.cutmix))
     summary["augment"] = augment
     summary["input_note"] = _input_note(summary, cfg.auto_plan)
     summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
@@ -530,7 +531,7 @@ def headline(task: str) -> tuple[str, ...]:
 
 
 def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
-                  trainable: list = ()) -> str | None:
+                  trainable: list = (), mixed: bool = False) -> str | None:
     """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what
     to try among what this run did not do (augmentation only for images not already augmented,
     fewer stages only when a phase unfroze more than one; ``trainable``: the phases' stage counts)."""
@@ -553,7 +554,7 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
                 f"--strategy extract (the same {same} in seconds)")
     solved = _fits_its_samples(phases[0])
     if solved:  # the unfrozen phases start at ~zero loss: too little to learn from (bench/digits_large.py)
-        tries = ["--mixup 0.2 --cutmix 1.0"] if modality == "image" else []
+        tries = ["--mixup 0.2 --cutmix 1.0"] if modality == "image" and not mixed else []
         tries += ["a higher --lr with --unfreeze -1", f"--strategy extract (the same {same} in seconds)"]
         return (f"{kept}, and the head already fit its training samples ({solved}), which leaves the unfrozen "
                 f"stages little to learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")

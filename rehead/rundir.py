@@ -97,7 +97,8 @@ class RunDir:
             return False
         if not overwrite:
             raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
-                            + (", --resume to continue it," if resumable else "") + " or choose another --out")
+                            + (", --resume to continue it," if resumable and not (p / "summary.json").exists() else "")
+                            + " or choose another --out")
         if not (p / MARKER).exists():  # a config.yaml alone may be the user's own project file
             raise RunExists(f"{p} is not a directory rehead made (no {MARKER} marker): --overwrite only replaces "
                             "rehead's run directories, never a folder of yours; choose another --out (a run from "

@@ -276,6 +276,11 @@ def test_a_finetune_that_barely_trained_is_told_to_train_more_not_less():
     note = _no_gain_note({"kept_phase": "head", "phases": [nearly, {**flat, "train_loss_last": 0.03,
                                                                      "train_acc_last": 0.99}]}, "image", "light", [0, 2])
     assert "a lower --lr" in note and "barely" not in note
+    # a head that fit its samples: mixing is suggested, unless the run already mixed its images
+    solved = {**head, "train_loss_last": 0.005, "train_acc_last": 1.0}
+    s = {"kept_phase": "head", "phases": [solved, flat]}
+    assert "--mixup 0.2" in _no_gain_note(s, "image", "light", [0, 2])
+    assert "--mixup" not in _no_gain_note(s, "image", "light", [0, 2], mixed=True)
 
 
 def test_a_finetune_whose_train_loss_rose_is_told_to_lower_the_lr_not_raise_it():

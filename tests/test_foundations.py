@@ -264,6 +264,12 @@ def test_ctrl_c_says_how_to_resume(tmp_path, image_folder, tiny_spec, monkeypatc
     monkeypatch.setattr(fit_module, "_train", interrupted)
     res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 130 and "interrupted" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 2 and "--resume to continue it" in res.output  # unfinished: resume offered
+    monkeypatch.undo()
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "done", strategy="extract", **QUIET)
+    res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "done"), "-q"])
+    assert res.exit_code == 2 and "--overwrite" in res.output and "--resume" not in res.output  # finished: not
 
 
 def test_a_reloaded_run_keeps_the_pretrained_source_head(tmp_path, image_folder, tiny_spec):
