@@ -128,7 +128,10 @@ def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", he
         typer.echo(json.dumps(res, indent=1))
         return
     shapes = [i["shape"] for i in res["input"]] if isinstance(res["input"], list) else [res["input"]["shape"]]
-    typer.echo(f"{res['path']}  (input {', '.join(map(str, shapes))}, {len(res['labels'])} classes)")
-    typer.echo(f"{res['sidecar']}  (preprocessing and label map)")
+    outputs = {"regression": "1 output: the standardised value, unscaled by the sidecar's target mean/std",
+               "multilabel": f"{len(res['labels'])} labels, one sigmoid each"}.get(res.get("task"),
+                                                                                     f"{len(res['labels'])} classes")
+    typer.echo(f"{res['path']}  (input {', '.join(map(str, shapes))}, {outputs})")
+    typer.echo(f"{res['sidecar']}  (preprocessing and {'label map' if res.get('task') != 'regression' else 'target'})")
     if "tokenizer" in res:
         typer.echo(f"{Path(res['path']).with_name(res['tokenizer']['dir'])}/  (the tokenizer: {res['tokenizer']['how']})")
