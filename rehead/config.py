@@ -50,7 +50,7 @@ class FitConfig:
         f"(default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['text']} for text)",
         short="-m", group="model"))
     cut: int | str | None = field(default=None, metadata=opt(
-        "keep the first N stages, or up to a stage name (default: all)", group="model"))
+        "keep the first N stages, -N: all but the last N, or up to a stage name (default: all)", group="model"))
     head: str = field(default="linear", metadata=opt("the new head", HEADS, group="model"))
     hidden: int = field(default=512, metadata=opt("mlp head: hidden units", group="model"))
     dropout: float | None = field(default=None, metadata=opt(

@@ -153,7 +153,8 @@ def stage_index(names: list[str], cut: int | str | None) -> int:
     if k < 0:
         k = len(names) + k
     if not 1 <= k <= len(names):
-        raise ValueError(f"cut must be between 1 and {len(names)} stages (or a stage name), got {cut}")
+        raise ValueError(f"cut must be between 1 and {len(names)} stages (-1 .. -{len(names) - 1}: all but the last "
+                         f"N; or a stage name), got {cut}")
     return k
 
 
