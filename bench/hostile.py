@@ -2105,27 +2105,26 @@ def user_folder(d: Path) -> Path:
     return d
 
 
-@case("out_user_folder_overwrite", "rundir", "--overwrite onto a user folder that is not a run: refuse, delete nothing")
-def _(c):
-    d = user_folder(c.d("out_user_folder_overwrite") / "mystuff")
+def overwrite_user_folder(c, d) -> V:
+    """`fit ... --out D --overwrite` onto a folder of the user's: refused, nothing deleted."""
     before = tree_digest(d)
     r = c.fit(fx_imgs(c), d, "--overwrite")
     gone = lost(before, tree_digest(d))
     if gone:
         return V(LOST, f"deleted {', '.join(gone)}", r)
-    return expect_error(r, "mystuff", silent_detail="wrote a run into the user's folder (files kept)")
+    return expect_error(r, d.name, silent_detail="wrote a run into the user's folder (files kept)")
+
+
+@case("out_user_folder_overwrite", "rundir", "--overwrite onto a user folder that is not a run: refuse, delete nothing")
+def _(c):
+    return overwrite_user_folder(c, user_folder(c.d("out_user_folder_overwrite") / "mystuff"))
 
 
 @case("out_user_project_overwrite", "rundir", "--overwrite onto a user project holding its own config.yaml: refuse, delete nothing")
 def _(c):
     d = user_folder(c.d("out_user_project_overwrite") / "project")
     (d / "config.yaml").write_text("lr: 1\n")  # the project's own settings, not a rehead run
-    before = tree_digest(d)
-    r = c.fit(fx_imgs(c), d, "--overwrite")
-    gone = lost(before, tree_digest(d))
-    if gone:
-        return V(LOST, f"deleted {', '.join(gone)}", r)
-    return expect_error(r, "project", silent_detail="wrote a run into the user's folder (files kept)")
+    return overwrite_user_folder(c, d)
 
 
 @case("out_user_folder", "rundir", "--out onto a non-empty user folder, no --overwrite: refuse")
