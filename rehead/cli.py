@@ -373,7 +373,7 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         rows = run.predict(expand_inputs(inputs, run.modality, columns), top_k=top_k, tta=tta)
     _print_predictions(rows, as_json, top_k)
     if rows and all("error" in r for r in rows):  # a script must be able to tell that nothing was predicted
-        fail(f"none of the {len(rows)} input(s) could be read (each is named above)")
+        fail(f"none of the {len(rows)} input(s) could be read (e.g. {rows[0]['item']}: {rows[0]['error']})")
 
 
 def _print_predictions(rows: list[dict], as_json: bool, top_k: int) -> None:
