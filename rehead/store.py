@@ -142,7 +142,11 @@ class ShardStore:
         return self.root / "index.sqlite"
 
     def is_marked(self) -> bool:
-        return (self.root / MARKER).is_file()
+        """rehead's own marker: CACHEDIR.TAG is a shared convention, another tool's folder carries one too."""
+        try:
+            return "rehead" in (self.root / MARKER).read_text(errors="replace")
+        except OSError:
+            return False
 
     def _ensure_root(self) -> None:
         """Create the root with its marker, or adopt an empty directory or an old-layout rehead cache;
@@ -560,7 +564,7 @@ class ShardStore:
         in ``max_bytes``."""
         db = self._conn(create=False)
         if db is None:
-            return {"evicted": [], "freed_bytes": 0}
+            return {"evicted": [], "freed_bytes": 0, "forgotten_files": 0}
         freed = self._drop_dead_shards(db, orphan_age)
         forgotten = self._drop_stale_memos(db)
         evicted = []
@@ -737,8 +741,11 @@ def _looks_like_old_cache(root: Path) -> bool:
     """A cache written before the marker existed: only rehead's names, features/<24-hex key>/..."""
     if not _entries(root) <= OWN_NAMES:
         return False
-    keys = [p.name for sub in ("features", "snapshots") if (root / sub).is_dir() for p in (root / sub).iterdir()]
-    return all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
+    keys = [p.name for sub in ("features", "snapshots", "datasets") if (root / sub).is_dir()
+            for p in (root / sub).iterdir()]
+    # some evidence of ours, and nothing else: a folder holding only a datasets/ of the user's is no cache
+    ours = (root / "index.sqlite").is_file() or bool(keys) or (root / "demo").is_dir()  # demo: written before a fit
+    return ours and all(len(k) == 24 and all(c in "0123456789abcdef" for c in k) for k in keys)
 
 
 def _all_absolute(paths: list[str]) -> list[str]:

@@ -356,6 +356,16 @@ def test_clear_deletes_only_a_marked_cache(tmp_path, tiny_spec):
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(CacheError, match="not a rehead cache"):
         FeatureCache(mine).put("m", "k", np.zeros(3))
+    # a folder holding only a datasets/ of the user's, or another tool's CACHEDIR.TAG: never adopted or
+    # cleared (`cache clear` deleted both)
+    theirs = tmp_path / "theirs"
+    (theirs / "datasets" / "mydata").mkdir(parents=True)
+    (theirs / "datasets" / "mydata" / "labels.csv").write_text("precious")
+    with pytest.raises(CacheError, match="not a rehead cache"):
+        FeatureCache(theirs).put("m", "k", np.zeros(3))
+    (theirs / MARKER).write_text("Signature: 8a477f597d28d172789f06886806bc55\n# another tool's cache\n")
+    r = _cli("cache", "clear", "-y", "--cache-dir", str(theirs))
+    assert r.exit_code != 0 and (theirs / "datasets" / "mydata" / "labels.csv").read_text() == "precious"
     # `rehead demo` writes its images under the default cache root before its first fit: adopted
     (tmp_path / "fresh" / "demo" / "digits").mkdir(parents=True)
     FeatureCache(tmp_path / "fresh").put("m", "k", np.zeros(3))
@@ -671,3 +681,15 @@ def test_cache_info_names_each_model_key_even_one_cached_before_names(tmp_path, 
     fit(str(image_folder), out=tmp_path / "b", cut=2, **kw)
     r = _cli("cache", "info", "--cache-dir", str(c))
     assert f"{tiny_spec} cut 2 ({stage})" in r.output and "unnamed" not in r.output, r.output
+
+
+def test_gc_on_an_empty_cache_and_clear_without_a_terminal_say_so(tmp_path, tiny_spec):
+    """`cache gc` on a cache with no index died in KeyError 'forgotten_files'; `cache clear </dev/null`
+    in "error: Abort: (unexpected ...)"."""
+    r = _cli("cache", "gc", "--cache-dir", str(tmp_path / "none"))
+    assert r.exit_code == 0 and "freed 0" in r.output, r.output
+    items = _items(make_images(tmp_path / "d", n=2))
+    bb = zoo.load(tiny_spec)
+    extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
+    r = _cli("cache", "clear", "--cache-dir", str(tmp_path / "c"))  # CliRunner's stdin is no terminal
+    assert r.exit_code == 2 and "pass -y" in r.output and _shards(tmp_path / "c"), r.output

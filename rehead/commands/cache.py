@@ -52,8 +52,12 @@ def cache_clear(cache_dir: Optional[str] = CACHE_DIR, yes: bool = typer.Option(F
         return
     if not st.is_marked():
         fail(f"{st.root} does not carry rehead's cache marker ({MARKER}): not deleting anything")
-    if not yes and not typer.confirm(f"delete the feature cache at {st.root}?"):
-        raise typer.Exit(1)
+    if not yes:
+        import sys
+        if not sys.stdin.isatty():  # no one to answer: typer's confirm would abort with a bare "Abort"
+            fail(f"not deleting {st.root} without a confirmation: pass -y (no terminal to ask on)")
+        if not typer.confirm(f"delete the feature cache at {st.root}?"):
+            raise typer.Exit(1)
     failed = st.clear()
     if failed:
         fail(f"could not delete {len(failed)} path(s) in {st.root}: " + ", ".join(failed[:5])
