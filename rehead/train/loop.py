@@ -370,10 +370,10 @@ class Trainer:
             if len(idx) == 0:
                 continue
             x, y = send_to_device((x, y), self.device)
-            out = model(x)
-            loss = self.loss_fn(out, y)
-            out, y, loss = self.acc.gather_for_metrics((out, y, loss.reshape(1).repeat(len(y))))
-            tot_loss += loss.sum().item()
+            # gathered first, then the loss: a process's batch mean repeated per sample counted the
+            # padding accelerate adds to the last batch (val loss 0.1131 on 2 processes vs 0.1087 on 1)
+            out, y = self.acc.gather_for_metrics((model(x), y))
+            tot_loss += self.loss_fn(out, y).item() * len(y)
             n += len(y)
             if self.cfg.task == "multiclass":
                 correct += (out.argmax(1) == y).sum().item()
