@@ -230,6 +230,16 @@ def test_missing_columns_and_labels_name_what_was_looked_for(sources, tmp_path):
                                         r"\(member extensions found: jpg, txt\)"):
         load_dataset(d)
     assert len(streams.expand_input(d, "image")) == 1  # predict needs no labels
+    # .cls holding indices in one shard and names in another: 4 classes '0', '1', 'blue', 'red' were made
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for shard, labels in (("train-000.tar", ("red", "blue")), ("train-001.tar", ("0", "1"))):
+        with tarfile.open(mixed / shard, "w") as tf:
+            for i, y in enumerate(labels * 3):
+                _add(tf, f"k{i}.jpg", sources["files"]["red"][0].read_bytes())
+                _add(tf, f"k{i}.cls", y.encode())
+    with pytest.raises(DataError, match=r"by class index \(0, 1\) and others by name \(blue, red\)"):
+        load_dataset(mixed)
 
 
 def test_tar_members_decode_in_worker_processes(sources, tiny_spec):

@@ -240,6 +240,16 @@ def _wds_label(members: dict, read, label_column: str, shard: str, key: str, not
     return ""
 
 
+def _check_label_kinds(labels: list[str], source: str) -> None:
+    """Class indices in some labels and names in others would make 0 and 'ants' two classes."""
+    given = {y for y in labels if y}
+    numbers = sorted(y for y in given if y.lstrip("-").isdigit())
+    names_ = sorted(given - set(numbers))
+    if numbers and names_:
+        raise DataError(f"{source} labels some samples by class index ({', '.join(numbers[:5])}) and others by name "
+                        f"({', '.join(names_[:5])}): they would be different classes; give one kind in every shard")
+
+
 def _webdataset(path, eval_only, modality, text_column, label_column, split_column, need_labels,
                 image_column=None) -> tuple[str, Parts]:
     source, files = _wds_files(path)
@@ -269,6 +279,7 @@ def _webdataset(path, eval_only, modality, text_column, label_column, split_colu
                         "name the member extension or JSON field with --label-column")
     if len(notes["kinds"]) > 1:
         raise DataError(f"{source} mixes samples with images and samples with only text: give one kind per dataset")
+    _check_label_kinds([y for p in parts.values() for y in p.labels], source)
     if notes["no_item"]:
         warnings.append(f"{source}: {len(notes['no_item'])} sample(s) without an image or text member were left out, "
                         f"e.g. {notes['no_item'][0]}")
