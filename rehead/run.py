@@ -12,6 +12,7 @@ Every file is written by ``rehead.rundir.RunDir``; this module only reads.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 from pathlib import Path
@@ -509,10 +510,28 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+MAX_HASHED = 200_000  # samples a run may have seen beyond which shard and table members are not hashed
+
+
 def _seen_by_content(seen: dict, items: list) -> tuple[dict, list]:
-    """Image files compared by content where a path is not in the split but its size is: a copy of
-    the training photos under another folder was read as held out. Only equal-sized files are hashed."""
+    """Images compared by content where a path is not in the split: a copy of the training photos
+    under another folder, or in a tar shard or Parquet file, was read as held out. Files are hashed
+    only where sizes match; members of shards and tables (no cheap size) are all hashed, up to
+    MAX_HASHED seen samples."""
+    from .data import refs
     from .data.splits import file_sha256
+
+    def digest(p):
+        try:
+            return "sha256:" + (hashlib.sha256(refs.read_bytes(p)).hexdigest() if refs.is_ref(p) else file_sha256(p))
+        except Exception:  # unreadable: compared by its name only
+            return None
+    every = {p for ids in seen.values() for p in ids}
+    new = {it for it in items if isinstance(it, str) and it not in every}
+    if any(refs.is_ref(p) for p in every | new) and len(every) <= MAX_HASHED:
+        d = {p: digest(p) for p in every | new}
+        seen = {k: ids | {d[p] for p in ids if d[p]} for k, ids in seen.items()}
+        return seen, [d[it] or it if it in new else it for it in items]
 
     def size(p):
         try:

@@ -127,7 +127,14 @@ def test_fit_evaluate_predict_with_features_equal_to_files(sources, kind, tiny_s
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train"]["items"]) == 11 and len(split["val"]["items"]) == 3 and len(split["test"]["items"]) == 6
     res = run.evaluate(str(src))
-    assert res["n"] == 2 * N_TEST and res["skipped"] == 0
+    assert res["n"] == 2 * N_TEST and res["skipped"] == 0 and "seen" not in res
+    # its training images as files elsewhere: seen, compared by content (it read as held out)
+    import shutil
+    for _, key, f, y in (r for r in sources["rows"] if r[0] == "train" and r[3]):
+        (tmp_path / "as_files" / y).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / "as_files" / y / f"{key}.jpg")
+    res = run.evaluate(str(tmp_path / "as_files"))
+    assert res["seen"] == {"train": 11, "val": 3}, res.get("seen")
     items = streams.expand_input(src, "image")
     assert len(items) == len(sources["rows"])  # every sample, the unlabelled one too
     rows = run.predict(items[:4], top_k=1)
