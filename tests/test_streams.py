@@ -421,3 +421,13 @@ def test_shuffled_parquet_batches_stay_within_a_few_row_groups(sources, tiny_spe
                                            generator=torch.Generator().manual_seed(1))
     assert sorted(i for idx, _, _ in loader for i in idx.tolist()) == list(range(len(items)))
     assert refs.row_groups(streams.expand_input(sources["webdataset"], "image")) is None
+
+
+def test_repeated_texts_and_train_test_overlap_are_said_for_parquet_as_for_a_csv(tmp_path):
+    """A CSV warned of both; the same rows as Parquet said nothing (rows were compared by reference)."""
+    texts = [f"sentence number {i} about things" for i in range(30)]
+    rows = texts + texts[:3] + [f"test sentence {i}" for i in range(8)] + texts[3:5]
+    pq.write_table(pa.table({"text": rows, "label": ["ab"[i % 2] for i in range(len(rows))],
+                             "split": ["train"] * 33 + ["test"] * 10}), tmp_path / "x.parquet")
+    said = " ".join(load_dataset(tmp_path / "x.parquet").info["warnings"])
+    assert "3 repeated row(s)" in said and "2 item(s) are in both train and test" in said, said

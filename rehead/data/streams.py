@@ -368,7 +368,7 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
                 split_column, choice: dict, need_labels: bool = True, image_column=None) -> dict[str, Part]:
     """Parts of one split stored in ``files`` (Arrow or Parquet): every row referenced, labels read.
     A split column, when present, divides the rows (like a CSV's)."""
-    items, labels, splits = [], [], []
+    items, labels, splits, texts = [], [], [], []
     for f in files:
         schema, get = read_columns(f)
         if not choice:
@@ -387,13 +387,16 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
             n = get([choice["item"]])[0]
             labels += [""] * n
         items += [refs.make(scheme, f, choice["item"], r) for r in range(n)]
+        if choice["modality"] == "text":  # the texts are what makes two rows the same (repeats, train/test overlap)
+            texts += ["" if v is None else str(v).strip() for v in get([choice["item"]])[1][0].to_pylist()]
         if choice["split"]:
             splits += ["" if v is None else str(v) for v in get([split_column])[1][0].to_pylist()]
+    keys = texts or None
     if choice.get("split"):
         idx = split_column_parts(splits, where)
-        return {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{where} ({split_column}={k})")
-                for k, ix in idx.items()}
-    return {"all": Part(items, labels, where)}
+        return {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{where} ({split_column}={k})",
+                        [keys[i] for i in ix] if keys else None) for k, ix in idx.items()}
+    return {"all": Part(items, labels, where, keys)}
 
 
 def _arrow_columns(f: str):
