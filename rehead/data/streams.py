@@ -339,11 +339,12 @@ def _choose_columns(schema, features: dict, where: str, modality, text_column, l
     elif text_column in cols and modality != "image":
         item, mod = text_column, "text"
     if item is None:
-        want = {"image": "an image column", "text": f"a text column {text_column!r}"}.get(
-            modality, f"an image column or a text column {text_column!r}")
-        raise DataError(f"{where} has no {want} (looked for: a column of Hugging Face Image type, a struct of "
-                        f"bytes and path, or binary; the text column {text_column!r}; columns: {', '.join(cols)}): "
-                        "name the text column with --text-column")
+        want = {"image": "no image column", "text": f"no text column {text_column!r}"}.get(
+            modality, f"neither an image column nor a text column {text_column!r}")
+        raise DataError(f"{where} has {want} (looked for: a column "
+                        f"of Hugging Face Image type, a struct of bytes and path, or binary; the text column "
+                        f"{text_column!r}; columns: {', '.join(cols)}): name the text column with --text-column; "
+                        "images in a table must be their bytes (a column of file paths: a CSV of path,label reads them)")
     f = features.get(label_column) or {}
     names_ = f.get("names") if f.get("_type") == "ClassLabel" else None
     return item, mod, names_
