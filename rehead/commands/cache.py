@@ -69,7 +69,8 @@ def cache_clear(cache_dir: Optional[str] = CACHE_DIR, yes: bool = typer.Option(F
 @guarded
 def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
                                                     help="evict least-recently-used model keys until the "
-                                                         "features fit, e.g. 500MB, 2GB"),
+                                                         "features fit, e.g. 500MB, 2GB (backbone snapshots are "
+                                                         "not counted: `cache clear` removes them)"),
              cache_dir: Optional[str] = CACHE_DIR):
     """Drop unreferenced shards; with --max-size, evict least-recently-used model keys."""
     from ..store import parse_size
@@ -80,4 +81,6 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
     typer.echo(f"freed {_mb(res['freed_bytes'])}; evicted {len(res['evicted'])} model key(s)"
                + (f" ({', '.join(res['evicted'])})" if res["evicted"] else "")
                + f"; forgot {res['forgotten_files']} file(s) gone or changed since they were read"
-               + f"; {_mb(left['bytes'])} of features left in {left['path']}")
+               + f"; {_mb(left['bytes'])} of features left in {left['path']}"
+               + (f" (and {left['snapshots']} backbone snapshot(s), {_mb(left['snapshot_bytes'])}, which "
+                  "--max-size does not count)" if left.get("snapshots") else ""))
