@@ -17,7 +17,10 @@ CACHE_DIR = typer.Option(None, "--cache-dir", help="the cache root (default $REH
 
 def _store(cache_dir):
     from ..store import ShardStore
-    return ShardStore(cache_dir)
+    st = ShardStore(cache_dir)
+    if st.root.exists() and not st.root.is_dir():  # REHEAD_CACHE or --cache-dir naming a file
+        fail(f"the feature cache {st.root} is a file, not a folder: point --cache-dir or REHEAD_CACHE at a folder")
+    return st
 
 
 def _mb(n: int) -> str:
