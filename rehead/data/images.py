@@ -406,8 +406,7 @@ def in_memory_image(x, cfg: dict, tf) -> torch.Tensor:
         s = cfg["input_size"]
         image = x.ndim == 3 and x.shape[0] in (1, 3) and x.numel() > 0
         if image and (x.dtype == torch.uint8 or (x.is_floating_point() and 0 <= float(x.min()) and float(x.max()) <= 1)):
-            x = Image.fromarray(np.ascontiguousarray(
-                (x if x.dtype == torch.uint8 else (x * 255).round().byte()).permute(1, 2, 0).squeeze(-1).numpy()))
+            x = tensor_image(x)
         elif x.is_floating_point() and tuple(x.shape) == (3, s, s):
             return x  # the run's own preprocessing already applied
         else:
@@ -418,6 +417,13 @@ def in_memory_image(x, cfg: dict, tf) -> torch.Tensor:
     if x.getexif().get(ORIENTATION, 1) != 1:
         x = ImageOps.exif_transpose(x)
     return tf(to_rgb(x))
+
+
+def tensor_image(t: torch.Tensor) -> Image.Image:
+    """A CHW image tensor (uint8, or float in [0, 1]) as a PIL image."""
+    t = t.detach().cpu()
+    t = (t.clamp(0, 1) * 255).round().byte() if t.is_floating_point() else t.byte()
+    return Image.fromarray(np.ascontiguousarray(t.permute(1, 2, 0).squeeze(-1).numpy()))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import DataError, Dataset, from_items, load_dataset
-from .images import IMAGE_EXTS
+from .images import IMAGE_EXTS, tensor_image
 from .splits import has_split_column
 
 
@@ -68,10 +68,8 @@ def materialise(ds, cache_dir=None) -> Path:
     named by a hash of every PNG's bytes and label, so the same data is written once."""
     import hashlib
     import io
-    import os
     import shutil
     import tempfile
-    import numpy as np
     import torch
     from PIL import Image
     from ..store import default_cache_dir
@@ -97,8 +95,7 @@ def materialise(ds, cache_dir=None) -> Path:
                                         "outside [0, 1]: rehead applies the backbone's own normalisation, so give "
                                         "it un-normalised tensors in [0, 1] (drop T.Normalize from the transform) "
                                         "or PIL images")
-                arr = (arr.clamp(0, 1) * 255).round().byte() if arr.is_floating_point() else arr.byte()
-                img = Image.fromarray(np.ascontiguousarray(arr.permute(1, 2, 0).squeeze(-1).numpy()))
+                img = tensor_image(arr)
             if not isinstance(img, Image.Image):
                 raise DataError(f"the Dataset's item {i} holds a {type(img).__name__}: give PIL images or CHW tensors")
             buf = io.BytesIO()
