@@ -325,5 +325,5 @@ def _option(f) -> str:
     """The option as the CLI spells it, with the keyword where the flag reads otherwise (--cache: use_cache)."""
     if not f.metadata.get("cli", True):
         return f.name
-    flag = f.metadata.get("flag") or "--" + _flag(f.name)
+    flag = FitConfig.flag(f.name)
     return flag if _flag(f.name) in flag else f"{flag} ({f.name}=)"
