@@ -154,6 +154,8 @@ def test_scratch_needs_reports_never_or_the_sample_count():
     r = scratch_needs(rows, 0.1, n_val=4)
     assert "never" in r["text"] and "within two standard errors on 4 val samples" in r["text"]
     assert "cannot tell" not in scratch_needs(rows, 0.1, n_val=1000)["text"]
+    # a --reference that is not one of the fractions is said (it was silently the nearest one)
+    assert "nearest" not in r["text"] and "the nearest, 0.1, was used" in scratch_needs(rows, 0.2)["text"]
 
 
 def test_scratch_cnn_is_the_classic_four_block_baseline():

@@ -141,4 +141,6 @@ def scratch_needs(rows: list[dict], reference: float, n_val: int | None = None) 
         if n_val and gap < noise_margin(ref["val_acc"], n_val):
             text += (f"; but the gap ({gap:.4f}) is within two standard errors on {n_val} val samples: "
                      "this val split cannot tell them apart")
+    if abs(ref["fraction"] - reference) > 1e-9:  # --reference is not one of --fractions: say which one served
+        text += f" (--reference {reference:g} is not among the fractions: the nearest, {ref['fraction']:g}, was used)"
     return {"reference": ref, "scratch_samples_needed": n, "text": text}
