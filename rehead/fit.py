@@ -20,7 +20,7 @@ import torch
 from . import zoo
 from .calibration import calibrate, is_multiclass, summary_line
 from .config import DEFAULT_MODEL, DEFAULT_MODELS, ConfigError, FitConfig
-from .data import DataError, Dataset, pipeline
+from .data import DataError, Dataset, load_dataset, pipeline
 from .data.inputs import as_dataset
 from .features import FeatureCache, extract, sample_keys
 from .heads import make_head
@@ -709,6 +709,19 @@ def _live_loaders(model, ds, cfg: FitConfig, augment: str | None, echo):
     return make_loader
 
 
+def _added_since(ds: Dataset, cfg: FitConfig) -> int:
+    """Samples the data at the run's source holds now that its split does not (new photos, new shards);
+    0 when the source is not a path that can be read again (a DataFrame, a list) or cannot be read."""
+    if not os.path.exists(ds.source):
+        return 0
+    try:
+        now = load_dataset(ds.source, val_fraction=cfg.val_fraction, seed=cfg.seed, task=cfg.task, **cfg.data_kw)
+    except (DataError, OSError):
+        return 0
+    had = {i for s in (ds.train, ds.val, ds.test) if s is not None for i in s.items}
+    return sum(1 for s in (now.train, now.val, now.test) if s is not None for i in s.items if i not in had)
+
+
 def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
     main = accelerator.is_main_process
     run = RunDir.open(out, writer=main)
@@ -721,6 +734,10 @@ def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
             return Run(out)
         cfg = FitConfig.from_dict(cfg_yaml["fit"])
         job = _prepare(cfg, None, None, _hooks_from(cfg_yaml), echo, resume_split=run.read_json("split.json"))
+        added = _added_since(job.ds, cfg)
+        if added:
+            echo(f"note: {added} sample(s) added to {job.ds.source} since the run started are not used: a resume "
+                 "trains on the split it started with; start a new run (--overwrite) to use them")
         resuming = run.exists("checkpoint.pt")
         if not resuming:
             echo(f"{out} has no checkpoint yet: starting it again from the beginning")

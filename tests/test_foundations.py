@@ -256,6 +256,18 @@ def test_resume_stops_when_the_data_changed(tmp_path, image_folder, tiny_spec):
     assert res.exit_code == 2 and "changed" in res.output and "Traceback" not in res.output
 
 
+def test_resume_says_that_samples_added_since_the_start_are_not_used(tmp_path, image_folder, tiny_spec):
+    """New photos (or shards) added after an interrupted fit were ignored by its resume, unsaid."""
+    import shutil
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=2, **QUIET)
+    (tmp_path / "run" / "model.safetensors").unlink()  # as if killed before the end
+    for c in ("red", "blue"):  # 3 more photos of each class
+        for i in range(3):
+            shutil.copy(image_folder / c / f"{c}_{i}.jpg", image_folder / c / f"new_{i}.jpg")
+    res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 0 and "6 sample(s) added to" in res.output and "are not used" in res.output, res.output
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, image_folder, tiny_spec, monkeypatch):
     import rehead.fit as fit_module
 
