@@ -117,8 +117,7 @@ def calibrate(run: RunDir, logits: torch.Tensor, labels) -> dict:
     rec = {"temperature": t or 1.0, "fitted": t is not None, "split": "val", "n": len(y),
            "ece_before": ece(before, y), "nll_before": nll(before, y)}
     if t is None:
-        rec["reason"] = (f"val NLL is lowest at a bound of T in [{T_MIN}, {T_MAX}] (e.g. a val split the "
-                         "model separates perfectly): no temperature fitted, T = 1")
+        rec["reason"] = _bound_reason(z, y)
         return rec
     after = scaled_probs([z], t)
     rec.update(ece_after=ece(after, y), nll_after=nll(after, y),
@@ -126,6 +125,17 @@ def calibrate(run: RunDir, logits: torch.Tensor, labels) -> dict:
     run.write_json(FILE, {"temperature": t, "fitted_on": "val", "n": len(y), "objective": "nll",
                           "search": f"bounded Brent over log T in [log {T_MIN}, log {T_MAX}]"})
     return rec
+
+
+def _bound_reason(z: torch.Tensor, y: torch.Tensor) -> str:
+    """Why no T was fitted, by the bound val NLL runs to: sharper without end (val separated perfectly), or
+    flatter without end (the val predictions are worth no more than uniform ones: a collapsed or failed model)."""
+    if nll(scaled_probs([z], T_MIN), y) <= nll(scaled_probs([z], T_MAX), y):
+        return (f"val NLL is lowest at T = {T_MIN}, the search's lower bound (e.g. a val split the model "
+                "separates perfectly): no temperature fitted, T = 1")
+    return (f"val NLL is lowest at T = {T_MAX}, the search's upper bound: the val predictions are worth no more than "
+            "a uniform guess (a model that failed to learn, or confident where it is wrong): no temperature "
+            "fitted, T = 1")
 
 
 def read_temperature(run_dir) -> float:

@@ -287,6 +287,11 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
     """Accuracy, per-class precision/recall and the confusion matrix (regression: RMSE, MAE, R²;
     multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
     from .runs import open_run
+    if source_agreement and data:  # one measure a call: DATA was dropped unsaid
+        fail(f"--source-agreement measures forgetting on its own images and scores no DATA: run `rehead evaluate "
+             f"{run_dir} {data}` for accuracy, and --source-agreement in a call of its own")
+    if source_agreement and tta:
+        fail("--tta does not apply to --source-agreement (each image's source label, as it is): leave --tta out")
     run = open_run(run_dir)
     columns = _columns(run, text_column=text_column, image_column=image_column, label_column=label_column)
     if source_agreement:

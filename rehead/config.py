@@ -22,6 +22,12 @@ OPTIMIZERS = ("adamw", "sgd")
 HEADS = ("linear", "mlp")
 AUGMENTS = ("none", "light", "crop", "trivial", "randaug", "classic")
 METHODS = ("plain", "l2sp", "guided", "lora")
+_METHOD_OF = {"alpha": "l2sp", "beta": "l2sp", "scouts": "guided", "scout_size": "guided", "scout_epochs": "guided",
+              "guide_on": "guided", "lora_rank": "lora", "lora_alpha": "lora", "lora_dropout": "lora",
+              "lora_targets": "lora"}  # options that only their method reads
+_METHOD_ACTS = {"l2sp": "pulls fine-tuned backbone weights towards the pretrained ones",
+                "guided": "scales each backbone weight's fine-tuning step by its scouts' guide value",
+                "lora": "trains low-rank adapters on backbone layers"}
 PRECISIONS = ("no", "fp16", "bf16")
 MISSING = ("error", "mean")
 GUIDE_ON = ("update", "gradient")
@@ -188,6 +194,7 @@ class FitConfig:
             raise ConfigError(f"--unfreeze must be >= 0 (or -1: every stage), got {self.unfreeze}")
         if self.lr_min is not None and self.lr is not None and self.lr_min > self.lr:
             raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+        self._check_method_options()
         if self.task != "multiclass" and self.method == "guided":
             raise ConfigError(f"--method guided trains its scouts as classifiers: not for --task {self.task}")
         if self.task != "multiclass" and (self.mixup or self.cutmix):
@@ -199,6 +206,17 @@ class FitConfig:
         if self.budget is not None and self.strategy != "auto":
             raise ConfigError(f"--budget bounds what --strategy auto plans; --strategy {self.strategy} runs "
                               "--epochs per phase instead: leave --budget out, or use --strategy auto")
+
+    def _check_method_options(self):
+        """An option of a method not chosen changed nothing and was recorded as if it had: refused."""
+        for f in fields(self):
+            owner = _METHOD_OF.get(f.name)
+            if owner and owner != self.method and getattr(self, f.name) != f.default:
+                raise ConfigError(f"--{_flag(f.name)} is an option of --method {owner}, and this fit's method is "
+                                  f"{self.method}: add --method {owner}, or leave --{_flag(f.name)} out")
+        if self.method != "plain" and self.strategy == "extract":  # refused here, before a run directory exists
+            raise ConfigError(f"--method {self.method} {_METHOD_ACTS[self.method]}: with --strategy extract no "
+                              "backbone weight trains; use --strategy finetune, gradual or full, not extract")
 
     # -- round trips ----------------------------------------------------------------------
     def to_dict(self) -> dict:

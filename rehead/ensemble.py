@@ -51,8 +51,11 @@ def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) 
 def _check_members(runs: list) -> list[Run]:
     if len(runs) < 2:
         raise BadRun(f"an ensemble needs at least two runs, got {len(runs)}")
-    members = []
+    members, given = [], {}
     for r in runs:
+        if Path(r).resolve() in given:  # one run twice would count as two votes, or two weights
+            raise BadRun(f"{r} is given twice (also as {given[Path(r).resolve()]}): give each run once")
+        given[Path(r).resolve()] = r
         cfg = read_config(Path(r))
         if cfg.get("kind", "fit") not in ("fit", "soup"):
             raise BadRun(f"{r} is a {cfg.get('kind')!r} directory: an ensemble combines fit runs")
@@ -182,6 +185,8 @@ def _write_soup(members: list[Run], run: RunDir) -> None:
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors[0].is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+        return tensors[0]
+    if all(torch.equal(t, tensors[0]) for t in tensors[1:]):  # frozen weights stay bit for bit (a float mean rounds)
         return tensors[0]
     return torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype)
 

@@ -83,9 +83,20 @@ class FeatureCache(ShardStore):
             if not (d / "weights.safetensors").exists():
                 sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
                 atomic_write_bytes(d / "weights.safetensors", save(sd))
+            source = backbone.source_head[0]
+            if source is not None and not (d / "source_head.safetensors").exists():  # a warm run keeps it too
+                sd = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+                atomic_write_bytes(d / "source_head.safetensors", save(sd))
             meta["cuts"][str(cut)] = {"weights_id": prefix.weights_id,
                                       "preprocessing_id": prefix.preprocessing_id(), "in_dim": int(in_dim)}
             atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())
+
+    def snapshot_source_head(self, stamp: str) -> dict | None:
+        """The pretrained task head recorded with a snapshot (None: the backbone has none, or an older
+        snapshot did not keep it)."""
+        from safetensors.torch import load_file
+        p = self._snap_dir(stamp) / "source_head.safetensors"
+        return load_file(str(p)) if p.exists() else None
 
     def snapshot_prefix(self, stamp: str, cut: int) -> dict:
         """The first ``cut`` stages' weights (Backbone state-dict names) from a snapshot."""

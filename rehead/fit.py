@@ -186,6 +186,9 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         echo(f"note: --strategy auto plans by classification accuracy; --task {cfg.task} uses --strategy extract "
              "(give --strategy head/finetune/full to train more of the backbone)")
     ds.say_warnings(echo)  # skipped items among them (data.splits._skipped_warning)
+    for h in hooks:  # what a method can check of the data (guided: its scouts' size) before any file is written
+        if hasattr(h, "check_data"):
+            h.check_data(ds)
     if cache is not None:
         cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
@@ -510,9 +513,11 @@ def _save_model(run: RunDir, job: _Job, model: TransferModel) -> None:
     else:
         sd = model.state_dict()
     run.save_tensors("model.safetensors", sd)
-    source = job.backbone.source_head[0]
-    if source is not None:  # the pretrained task head, kept aside: forgetting is measured through it
-        run.save_tensors("source_head.safetensors", source.state_dict())
+    source = job.backbone.source_head[0]  # the pretrained task head, kept aside: forgetting is measured through it
+    source_sd = job.cache.snapshot_source_head(job.warm.stamp) if job.warm else \
+        source.state_dict() if source is not None else None
+    if source_sd is not None:
+        run.save_tensors("source_head.safetensors", source_sd)
 
 
 def _summary(trainer, recipe, info: dict, t_start: float) -> dict:

@@ -203,6 +203,7 @@ class GuidedTransfer(Callback):
                              "gradual or full (not extract)")
         if self.guide is not None or ds is None:
             return
+        self.check_data(ds)
         from .data import pipeline
         pipe = pipeline(model.backbone.modality)
 
@@ -212,6 +213,14 @@ class GuidedTransfer(Callback):
                                     workers=_get(args, "workers"), shuffle=True, generator=generator,
                                     strict=_get(args, "strict"))
         self._scout_loader = (make_loader, ds.train.labels, phases, _get(args, "seed"))
+
+    def check_data(self, ds) -> None:
+        """Before any file is written (``fit`` calls it once the data is read)."""
+        n = len(ds.train)
+        if self.guide is None and self.scout_size >= n:  # every scout would train on the same samples: a guide of noise
+            raise ValueError(f"--scout-size {self.scout_size} is the whole training split ({n} samples): every scout "
+                             f"would train on the same data; give fewer than {n} (each scout learns a small "
+                             "sub-problem, e.g. the default 8)")
 
     def setup(self, tr, **ctx) -> None:
         """Before training, on the pretrained weights: the guide is read back on resume, else

@@ -2,7 +2,9 @@
 
 The loss is a weighted sum of each task's cross-entropy (a missing label, -1, is ignored
 by its task). The heads' logits are concatenated so the one training loop
-(``rehead.train.loop.Trainer``) runs unchanged; each head is evaluated on its own.
+(``rehead.train.loop.Trainer``) runs unchanged; each head is evaluated on its own (val, and the
+test rows once), and each task's accuracy is logged per epoch (``TaskAccuracy``). A run is scored
+again from Python: ``evaluate_multitask_run(RUN, CSV)``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from . import zoo
 from .config import HEADS, ConfigError
 from .data import DataError, pipeline
 from .data.csvio import lines
-from .data.splits import assemble
+from .data.splits import assemble, choose_eval
 from .data.tabular import MODALITY, _as_list, _some, read_parts, read_table, row_ref
 from .heads import make_head
 from .precision import to_device_of
@@ -28,6 +30,7 @@ from .model import TransferModel
 from .recipes import build_recipe
 from .run import load_weights, read_config
 from .rundir import RunDir
+from .train.callbacks import Callback
 from .train.loop import TrainConfig, Trainer, seed_everything
 
 
@@ -46,6 +49,13 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, sizes: list[int], weights: list[float]):
         super().__init__()
         self.sizes, self.weights = list(sizes), list(weights)
+        self.tally = None  # TaskAccuracy's per-task [correct, labelled] over the batches this loss sees
+
+    def count(self, logits, y) -> None:
+        for t, chunk in enumerate(logits.detach().split(self.sizes, 1)):
+            keep = y[:, t] >= 0
+            self.tally[t][0] += int((chunk.argmax(1)[keep] == y[keep, t]).sum())
+            self.tally[t][1] += int(keep.sum())
 
     def per_task(self, logits, y) -> list[torch.Tensor]:
         losses = []
@@ -56,15 +66,55 @@ class MultiTaskLoss(nn.Module):
         return losses
 
     def forward(self, logits, y):
+        if self.tally is not None:
+            self.count(logits, y)
         return sum(w * l for w, l in zip(self.weights, self.per_task(logits, y)))
 
 
-class MultiTaskModel(TransferModel):
-    """A TransferModel whose head is a MultiHead; ``predict_tasks`` splits the logits per task."""
+class TaskAccuracy(Callback):
+    """Each task's train and val accuracy in the epoch's row (train_acc_<task>, val_acc_<task>; empty
+    where the task had no labelled row), from the batches the loss already sees. They replace the
+    loop's single train_acc / val_acc, which a multi-task run does not have (they read 0)."""
+    order = 5  # before BestWeights (10): without val_acc the kept epoch is the lowest weighted val loss
 
-    def __init__(self, backbone, heads: dict[str, nn.Module], sizes: list[int]):
+    def __init__(self, loss: MultiTaskLoss, tasks: list[str]):
+        self.loss, self.tasks = loss, tasks
+
+    def _take(self) -> list:
+        got, self.loss.tally = self.loss.tally or [], [[0, 0] for _ in self.tasks]
+        return [c / n if n else None for c, n in got]
+
+    def before_epoch(self, tr):
+        self._take()
+
+    def before_validate(self, tr):
+        self.train = self._take()
+
+    def after_epoch(self, tr):
+        val = self._take() if "val_loss" in tr.row else None
+        row = list(tr.row.items())
+        tr.row.clear()  # rebuilt in place: tr.row is also the history's last row
+        for k, v in row:
+            if k in ("train_acc", "val_acc"):
+                continue
+            tr.row[k] = v
+            if k == "train_loss":
+                tr.row.update({f"train_acc_{t}": a for t, a in zip(self.tasks, self.train)})
+            if k == "val_loss" and val is not None:
+                tr.row.update({f"val_acc_{t}": a for t, a in zip(self.tasks, val)})
+
+    def after_fit(self, tr):
+        self.loss.tally = None
+
+
+class MultiTaskModel(TransferModel):
+    """A TransferModel whose head is a MultiHead; ``task_logits`` splits the logits per task.
+    ``classes``: each task's class names (what evaluating on a CSV maps its labels onto)."""
+
+    def __init__(self, backbone, heads: dict[str, nn.Module], sizes: list[int], classes=None):
         super().__init__(backbone, MultiHead(heads))
         self.tasks, self.sizes = list(heads), list(sizes)
+        self.classes = [list(c) for c in classes] if classes is not None else None
 
     def task_logits(self, inputs) -> dict[str, torch.Tensor]:
         return dict(zip(self.tasks, self(inputs).split(self.sizes, 1)))
@@ -189,9 +239,24 @@ def load_tasks(path, label_columns: list[str], id_columns=None, split_column: st
         setattr(ds, k, v)
     tr, va = [_row(it) for it in ds.train.items], [_row(it) for it in ds.val.items]
     ds.info.setdefault("warnings", []).extend(unlabelled_warnings(table, cells, tr + va, dropped))
-    y_all = torch.tensor([[cl.index(v) if v else -1 for v in cells[c]] for c, cl in zip(tasks, classes)],
-                         dtype=torch.long).T  # (rows, tasks)
+    y_all = task_labels(table, tasks, classes)
+    # the test split's labels ride on ds (scored once after training, never for selection)
+    ds.y_test = y_all[[_row(it) for it in ds.test.items]] if ds.test is not None else None
     return ds, classes, y_all[tr], y_all[va]
+
+
+def task_labels(table, tasks: list[str], classes: list[list[str]]) -> torch.Tensor:
+    """(rows, tasks) class indices of every row of ``table``; -1 where a task's cell is empty."""
+    out = []
+    for c, cl in zip(tasks, classes):
+        vals = [v.strip() for v in table.column(c)]
+        unknown = sorted(set(vals) - set(cl) - {""})
+        if unknown:
+            raise DataError(f"{table.path}: label column {c!r} holds class(es) the run never saw: "
+                            f"{', '.join(map(repr, unknown[:5]))} (its classes: {', '.join(cl)}): remove those rows")
+        index = {v: i for i, v in enumerate(cl)}
+        out.append([index.get(v, -1) for v in vals])
+    return torch.tensor(out, dtype=torch.long).T
 
 
 def live_recipe(strategy: str, n_train: int, depth: int, epochs, lr, unfreeze: int):
@@ -203,12 +268,16 @@ def live_recipe(strategy: str, n_train: int, depth: int, epochs, lr, unfreeze: i
     return recipe
 
 
+TEST_NOTE = "the test rows were scored once, after training: nothing was chosen on them (val chose the epoch)"
+
+
 def fit_multitask(data, label_columns, model: str, out, weights: list[float] | str | None = None,
                   id_columns=None, split_column: str = "split", strategy: str = "full", epochs: int | None = None,
                   lr: float | None = None, unfreeze: int = 2, batch_size: int = 32, seed: int = 0,
                   val_fraction: float = 0.2, head: str = "linear", overwrite: bool = False,
                   progress: bool = True, echo=print) -> dict:
-    """Train one head per label column on a shared backbone; report each head's val accuracy.
+    """Train one head per label column on a shared backbone; report each head's val accuracy, and its
+    test accuracy where the table has split=test rows (scored once, never used for selection).
     ``weights``: one loss weight > 0 per label column, a list or '1,0.5' (default all 1)."""
     tasks = task_names(label_columns)
     weights = parse_weights(weights, len(tasks))
@@ -224,12 +293,13 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
     in_dim = backbone(pipe.example_input(backbone)).shape[1]
     seed_everything(seed)
     sizes = [len(c) for c in classes]
-    mt = MultiTaskModel(backbone, {t: make_head(in_dim, n, head) for t, n in zip(tasks, sizes)}, sizes)
+    mt = MultiTaskModel(backbone, {t: make_head(in_dim, n, head) for t, n in zip(tasks, sizes)}, sizes, classes)
     recipe = live_recipe(strategy, len(ds.train), len(backbone), epochs, lr, unfreeze)
     run = RunDir.create(out, overwrite=overwrite)
-    # No single accuracy: the best epoch is chosen by the weighted val loss (val_acc stays 0).
-    trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask"), run=run,
-                      loss_fn=MultiTaskLoss(sizes, weights))
+    # No single accuracy: the kept epoch is the lowest weighted val loss; each task's accuracy is logged.
+    loss = MultiTaskLoss(sizes, weights)
+    trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask", hooks=[TaskAccuracy(loss, tasks)]),
+                      run=run, loss_fn=loss)
 
     def make_loader(split, shuffle, generator):
         s, y = (ds.train, y_tr) if split == "train" else (ds.val, y_va)
@@ -238,47 +308,139 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
     trainer.fit(mt, "train", "val", recipe.phases, make_loader=make_loader)
     run.save_tensors("model.safetensors", mt.state_dict())
     res = evaluate_multitask(mt, ds.val.items, y_va, classes)
+    # Scored once, after every choice was made on val: reported beside it, never selected on.
+    test = evaluate_multitask(mt, ds.test.items, ds.y_test, classes) if ds.test is not None and len(ds.test) else None
     config = {"kind": "multitask", "model": model, "tasks": tasks, "classes": classes, "weights": weights,
               "head": head, "in_dim": int(in_dim), "data_config": backbone.data_config,
               "strategy": recipe.strategy, "data": str(data), "seed": seed}
     run.write_yaml("config.yaml", config)
     run.remove("checkpoint.pt", "best.safetensors")
-    summary = {"tasks": res, "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val),
-               "kept": trainer.kept, "phases": trainer.phase_best}
+    summary = {**_summary(res, test, len(ds.test) if test else 0, trainer, tasks),
+               "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
     run.write_json("summary.json", summary)
     run.release()
-    for t, r in res.items():
-        echo(f"{t}: val accuracy {r['accuracy']:.4f} ({r['n']} labelled rows)")
+    _report_end(echo, summary, run.path)
     return summary
 
 
+def learned(r: dict) -> bool | None:
+    """Whether a head beat always answering its task's commonest val class (None: no labelled val row)."""
+    return None if not r["n"] else r["accuracy"] > r["majority_baseline"]
+
+
+def baseline_warning(task: str, r: dict) -> str:
+    if not r["n"]:
+        return f"{task}: no val row has a {task!r} label: its head is unmeasured; label some of its train rows"
+    how = "below" if r["accuracy"] < r["majority_baseline"] else "no better than"
+    return (f"{task}: val accuracy {r['accuracy']:.4f} is {how} its majority-class baseline "
+            f"{r['majority_baseline']:.2f}: the head learned nothing useful for {task} "
+            "(try more --epochs, or a larger --weights share for it)")
+
+
+def _per_task(row: dict, prefix: str, tasks: list[str]) -> dict:
+    """{task: row[prefix_task]} (None: no labelled row that epoch)."""
+    return {t: row.get(f"{prefix}_{t}") for t in tasks}
+
+
+def _summary(val: dict, test: dict | None, n_test: int, trainer, tasks: list[str]) -> dict:
+    """summary.json's figures: per task val (and test) accuracy, and what was kept, with each task's
+    accuracies in place of the loop's single ones (None there: a multi-task run has none)."""
+    out = {}
+    for t, r in val.items():
+        out[t] = {**r, "above_baseline": learned(r)}
+        if test is not None:
+            out[t].update(test_accuracy=test[t]["accuracy"], test_n=test[t]["n"])
+    s = {"tasks": out}
+    if test is not None:
+        s.update(test_rows=n_test, test_note=TEST_NOTE)
+    s["warnings"] = [baseline_warning(t, r) for t, r in val.items() if not learned(r)]
+    kept = trainer.kept or {}
+    s["kept"] = {**{k: v for k, v in kept.items() if v is not None and not k.startswith("val_acc")},
+                 "val_acc": _per_task(kept, "val_acc", tasks), "chosen_by": "lowest weighted val loss"}
+    s["phases"] = []
+    for p in trainer.phase_best:
+        rows = [r for r in trainer.history if r["phase_index"] == p["phase_index"]]
+        best = next(r for r in rows if r["epoch"] == p["epoch"])
+        s["phases"].append({**{k: v for k, v in p.items() if v is not None},
+                            "best_val_acc": _per_task(best, "val_acc", tasks),
+                            "train_acc_last": _per_task(rows[-1], "train_acc", tasks)})
+    return s
+
+
+def _acc(a) -> str:
+    return "n/a" if a is None else f"{a:.4f}"
+
+
+def _report_end(echo, s: dict, out) -> None:
+    for t, r in s["tasks"].items():
+        test = f"; test accuracy {_acc(r['test_accuracy'])} ({r['test_n']} labelled rows, scored once, " \
+               "not used for selection)" if "test_n" in r else ""
+        echo(f"{t}: val accuracy {_acc(r['accuracy'])} ({r['n']} labelled rows){test}")
+    for w in s["warnings"]:
+        echo(f"warning: {w}")
+    echo(f"-> {out} (score it again: rehead.multitask.evaluate_multitask_run({str(out)!r}, DATA) from Python)")
+
+
+def eval_rows(path, tasks: list[str], classes: list[list[str]], split_column: str = "split"):
+    """A CSV's rows to score, as ``rehead evaluate`` picks them (its test rows, else val, else every
+    row), and their labels (rows, tasks), mapped onto the run's ``classes``."""
+    table = read_table(path)
+    missing = [c for c in tasks if c not in table.index]
+    if missing:
+        raise DataError(f"{table.path} has no column {missing[0]!r} (columns: {_some(table.header)}): "
+                        f"evaluate on a table with every task's label column ({', '.join(tasks)})")
+    parts = read_parts(table.path, eval_only=True, label_column=tasks[0], id_columns=tasks[1:],
+                       split_column=split_column)
+    items = parts.parts[choose_eval(parts)].items
+    return items, task_labels(table, tasks, classes)[[_row(it) for it in items]]
+
+
 @torch.no_grad()
-def evaluate_multitask(model: MultiTaskModel, items, y: torch.Tensor, classes, batch_size: int = 64) -> dict:
-    """Each head on its own: accuracy over the rows that have that task's label."""
+def evaluate_multitask(model: MultiTaskModel, data, y: torch.Tensor | None = None, classes=None,
+                       batch_size: int = 64, split_column: str = "split") -> dict:
+    """Each head on its own: {task: accuracy, n (its labelled rows), classes, majority_baseline}; accuracy
+    and baseline None where no row has the task's label. ``data``: row items with ``y`` (rows, tasks; -1:
+    no label), or a CSV path: its test rows (else val, else all), labels read with the run's classes."""
+    classes = classes if classes is not None else getattr(model, "classes", None)
+    if classes is None:
+        raise ValueError("evaluate_multitask needs each task's classes: pass classes=, or load the model "
+                         "with rehead.multitask.load_multitask(RUN_DIR)")
+    if y is None:
+        if not isinstance(data, (str, Path)):
+            raise ValueError("evaluate_multitask(model, items) needs y, the items' labels (rows, tasks): "
+                             "or give a CSV path instead of items")
+        data, y = eval_rows(data, model.tasks, classes, split_column)
     pipe = pipeline(model.backbone.modality)
     model.eval()
     logits = []
-    for _, x, _ in pipe.make_loader(model.backbone, items, None, batch_size=batch_size):
+    for _, x, _ in pipe.make_loader(model.backbone, data, None, batch_size=batch_size):
         logits.append(model(to_device_of(model, x)).cpu())
     logits = torch.cat(logits).split(model.sizes, 1)
     res = {}
     for t, (name, lt) in enumerate(zip(model.tasks, logits)):
         keep = y[:, t] >= 0
-        pred = lt.argmax(1)[keep]
-        res[name] = {"accuracy": float((pred == y[keep, t]).float().mean()) if keep.any() else float("nan"),
-                     "n": int(keep.sum()), "classes": classes[t],
-                     "majority_baseline": float(np.bincount(y[keep, t].numpy()).max() / max(int(keep.sum()), 1))}
+        n = int(keep.sum())
+        res[name] = {"accuracy": float((lt.argmax(1)[keep] == y[keep, t]).float().mean()) if n else None,
+                     "n": n, "classes": classes[t],
+                     "majority_baseline": float(np.bincount(y[keep, t].numpy()).max() / n) if n else None}
     return res
 
 
+def evaluate_multitask_run(run_dir, data, batch_size: int = 64, split_column: str = "split") -> dict:
+    """A multi-task run scored on a CSV (its test rows, else val, else all): per task, as ``evaluate_multitask``."""
+    return evaluate_multitask(load_multitask(run_dir), data, batch_size=batch_size, split_column=split_column)
+
+
 def load_multitask(run_dir) -> MultiTaskModel:
-    """A multi-task run directory back as a model (eval mode)."""
+    """A multi-task run directory back as a model (eval mode), with each task's classes."""
     cfg = read_config(run_dir)
     if cfg.get("kind") != "multitask":
-        raise ValueError(f"{run_dir} is not a multi-task run")
+        raise ValueError(f"{run_dir} is not a multi-task run (its kind: {cfg.get('kind', 'fit')}): "
+                         "open it with rehead.open_run")
     bb = zoo.load(cfg["model"], pretrained=False)
     bb.data_config = dict(cfg["data_config"])
     sizes = [len(c) for c in cfg["classes"]]
-    mt = MultiTaskModel(bb, {t: make_head(cfg["in_dim"], n, cfg["head"]) for t, n in zip(cfg["tasks"], sizes)}, sizes)
+    heads = {t: make_head(cfg["in_dim"], n, cfg["head"]) for t, n in zip(cfg["tasks"], sizes)}
+    mt = MultiTaskModel(bb, heads, sizes, cfg["classes"])
     load_weights(mt, Path(run_dir) / "model.safetensors")
     return mt.eval()

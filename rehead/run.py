@@ -257,8 +257,7 @@ class Run:
             p, c = probs[j].topk(k)
             rows.append({"item": _name(items[i], i), "top": [{"label": self.classes[ci], "prob": float(pi)}
                                                              for pi, ci in zip(p.tolist(), c.tolist())]})
-        rows += [{"item": str(s), "error": "unreadable"} for s in skipped]
-        return rows
+        return _in_input_order(items, kept, rows)
 
     def _predict_task(self, items, out, kept, skipped) -> list[dict]:
         if not torch.isfinite(out).all():
@@ -276,7 +275,7 @@ class Run:
                 probs = {c: float(p) for c, p in zip(self.classes, pred[j])}
                 rows.append({"item": _name(items[i], i), "labels": [c for c, p in probs.items() if p >= 0.5],
                              "probs": probs})
-        return rows + [{"item": str(s), "error": "unreadable"} for s in skipped]
+        return _in_input_order(items, kept, rows)
 
     def evaluate(self, items, labels: list | None = None, columns: dict | None = None, **kw) -> dict:
         """Metrics on ``items`` with ``labels`` (multiclass: class indices in the run's order;
@@ -548,6 +547,13 @@ def _seen_by_content(seen: dict, items: list) -> tuple[dict, list]:
     digest = {p: "sha256:" + file_sha256(p) for p in cand | {p for d in known.values() for p, s in d.items() if s in want}}
     seen = {k: ids | {digest[p] for p in ids if p in digest} for k, ids in seen.items()}
     return seen, [digest[it] if it in cand else it for it in items]
+
+
+def _in_input_order(items, kept, rows: list[dict]) -> list[dict]:
+    """The rows of the kept items, with an error row for each unreadable one, in the order given: a
+    script pairs outputs with inputs by position."""
+    by_index = {int(k): r for k, r in zip(kept, rows)}
+    return [by_index.get(i) or {"item": _name(item, i), "error": "unreadable"} for i, item in enumerate(items)]
 
 
 def _name(item, i: int) -> str:

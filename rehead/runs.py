@@ -2,7 +2,8 @@
 
     fit, soup   a TransferModel: evaluate, predict, report, export
     ensemble    several models, mean probability: evaluate, predict, report (export a member)
-    multitask   one backbone, a head per task: `rehead.multitask.load_multitask`
+    multitask   one backbone, a head per task: from Python, `rehead.multitask.evaluate_multitask_run`
+                and `load_multitask` (evaluate, predict, report and export take one head)
     backbone    an encoder saved by `pretrain` or `adapt`: no head; `rehead fit DATA --model DIR`
     probe, rank, compare
                 experiments: `rehead report DIR`
@@ -16,8 +17,11 @@ from .rundir import BadRun, read_yaml
 WHY_NOT = {
     "backbone": "{d} is an encoder saved by `rehead pretrain` or `rehead adapt`: it has no head to predict with; "
                 "graft one with `rehead fit DATA --model {d}`",
-    "multitask": "{d} is a multi-task run (one head per task): evaluate it with "
-                 "`rehead.multitask.load_multitask` and `evaluate_multitask` from Python",
+    # evaluate, predict and export all say this (open_run is not told which is asking)
+    "multitask": "{d} is a multi-task run (one head per task): rehead evaluate, predict and export take "
+                 "single-head runs; from Python, "
+                 "`rehead.multitask.evaluate_multitask_run({d!r}, DATA)` scores each head on a CSV, and "
+                 "`rehead.multitask.load_multitask({d!r})` gives the model (`.task_logits(x)`: each head's logits)",
     "probe": "{d} is a cut-depth probe, not a model: `rehead report {d}` shows it",
     "rank": "{d} is a backbone ranking, not a model: `rehead report {d}` shows it",
     "compare": "{d} is a transfer-vs-scratch comparison, not a model: `rehead report {d}` shows it",
@@ -38,4 +42,4 @@ def open_run(run_dir):
         from .run import Run
         return Run(run_dir)
     why = WHY_NOT.get(kind, "{d} is a {kind!r} directory, which rehead cannot predict with")
-    raise BadRun(why.format(d=run_dir, kind=kind))
+    raise BadRun(why.format(d=str(run_dir), kind=kind))

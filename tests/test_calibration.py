@@ -48,6 +48,16 @@ def test_no_temperature_when_val_asks_for_one_on_a_bound():
     assert fit_temperature(z, torch.tensor([0, 1] * 10)) is None
 
 
+def test_the_reason_for_no_temperature_names_the_bound_it_ran_to(tmp_path):
+    from rehead.calibration import calibrate
+    from rehead.rundir import RunDir
+    run = RunDir.create(tmp_path / "r")
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0]] * 10)
+    assert "separates perfectly" in calibrate(run, z, torch.tensor([0, 1] * 10))["reason"]
+    wrong = calibrate(run, z * 10, torch.tensor([1, 0] * 10))  # confidently wrong on every sample: a failed model
+    assert not wrong["fitted"] and "upper bound" in wrong["reason"] and "separates" not in wrong["reason"]
+
+
 def test_only_multiclass_configs_are_calibrated():
     from rehead.calibration import is_multiclass
     assert is_multiclass({"kind": "fit", "fit": {"seed": 0}})

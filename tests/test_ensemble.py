@@ -140,3 +140,16 @@ def test_a_soup_of_members_that_share_no_starting_weights_is_refused(tmp_path, o
         make_ensemble([runs[0].dir, runs[1].dir], tmp_path / "soup", soup=True)
     assert not (tmp_path / "soup").exists()
     make_ensemble([runs[0].dir, runs[2].dir], tmp_path / "soup2", soup=True)
+
+
+def test_a_run_given_twice_is_refused_and_a_soup_keeps_frozen_weights_bit_for_bit(tmp_path, two_runs):
+    a, b = two_runs
+    with pytest.raises(BadRun, match="given twice"):  # one run twice would be two votes
+        make_ensemble([a.dir, a.dir], tmp_path / "dup")
+    assert not (tmp_path / "dup").exists()
+    make_ensemble([a.dir, b.dir], tmp_path / "soup", soup=True)
+    wa, ws = load_file(str(a.dir / "model.safetensors")), load_file(str(tmp_path / "soup" / "model.safetensors"))
+    frozen = [k for k in ws if k.startswith("backbone.") and ws[k].is_floating_point()]
+    assert frozen and all(torch.equal(ws[k], wa[k]) for k in frozen)  # a float mean of equal tensors rounds
+    make_ensemble([tmp_path / "soup", a.dir], tmp_path / "soup2", soup=True)  # was refused: "do not start from ..."
+    assert open_run(tmp_path / "soup2").config["kind"] == "soup"

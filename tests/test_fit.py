@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import rehead
@@ -131,6 +132,26 @@ def test_a_warm_fit_imports_neither_timm_nor_torchvision(tmp_path, image_folder,
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_warm_extract_run_keeps_the_pretrained_head_and_measures_forgetting(tmp_path, image_folder, tiny_spec):
+    _fit(image_folder, tmp_path / "a", tiny_spec)
+    b = _fit(image_folder, tmp_path / "b", tiny_spec)
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["backbone_built"] is False  # warm
+    sa, sb = (load_file(str(tmp_path / r / "source_head.safetensors")) for r in ("a", "b"))  # b had none
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    items = [str(p) for p in sorted(image_folder.rglob("*.jpg"))[:4]]
+    assert Run(b.dir).source_agreement(items)["source_agreement"] == 1.0  # the backbone never trained
+
+
+def test_predict_keeps_the_input_order_with_unreadable_items(tmp_path, image_folder, tiny_spec):
+    run = _fit(image_folder, tmp_path / "a", tiny_spec)
+    good = [str(p) for p in sorted(image_folder.rglob("*.jpg"))[:2]]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("x")
+    rows = run.predict([good[0], str(bad), good[1]])
+    assert [r["item"] for r in rows] == [good[0], str(bad), good[1]]  # a script pairs outputs with inputs
+    assert "error" in rows[1] and "top" in rows[0] and "top" in rows[2]
 
 
 def test_new_weights_in_the_same_file_are_not_taken_from_the_snapshot(tmp_path, image_folder):

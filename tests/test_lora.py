@@ -120,7 +120,9 @@ def test_bert_lora_adapts_attention_of_trained_layers_and_reloads(tmp_path, tiny
     # an ensemble copies its members' config.yaml and model.safetensors (not lora.json): the adapters
     # are placed again from config.yaml
     from rehead.ensemble import Ensemble, make_ensemble
-    make_ensemble([run.dir, run.dir], tmp_path / "ens")
+    import shutil
+    shutil.copytree(run.dir, tmp_path / "r_copy")  # the same run twice is refused: a copy of it is another member
+    make_ensemble([run.dir, tmp_path / "r_copy"], tmp_path / "ens")
     ens = Ensemble(tmp_path / "ens")
     assert torch.allclose(ens.logits(texts)[0].softmax(1), before.softmax(1), atol=1e-6)
     merged = lora.merge(again.model)

@@ -172,3 +172,32 @@ def test_forgetting_is_measured_with_the_source_head(tiny_spec):
     assert source_agreement(before, source_predictions(bb, x)) < 1.0
     with pytest.raises(ValueError, match="no source head"):
         source_predictions(zoo.load("tabular:mlp-4-4x1"), torch.zeros(2, 4))
+
+
+def test_method_options_without_their_method_and_methods_with_extract_are_refused(tmp_path, image_folder, tiny_spec):
+    from rehead.config import ConfigError, FitConfig
+    for kw, flag in (({"alpha": 0.5}, "--alpha"), ({"scouts": 3}, "--scouts"), ({"lora_rank": 4}, "--lora-rank")):
+        with pytest.raises(ConfigError, match=f"{flag} is an option of --method"):  # recorded, never applied
+            FitConfig(**kw)
+    assert FitConfig(method="l2sp", alpha=0.5).alpha == 0.5
+    with pytest.raises(ConfigError, match="l2sp .*not extract"):  # it was recorded as applied, changing nothing
+        fit(image_folder, model=tiny_spec, out=tmp_path / "x", strategy="extract", method="l2sp", workers=0,
+            progress=False, echo=quiet)
+    assert not (tmp_path / "x").exists()
+
+
+def test_guided_scouts_as_large_as_the_training_split_are_refused_before_anything_is_written(tmp_path, image_folder,
+                                                                                            tiny_spec):
+    with pytest.raises(ValueError, match="--scout-size 1000 is the whole training split"):
+        fit(image_folder, model=tiny_spec, out=tmp_path / "g", strategy="finetune", method="guided", scout_size=1000,
+            epochs=1, workers=0, progress=False, echo=quiet)
+    assert not (tmp_path / "g").exists()
+
+
+def test_cli_source_agreement_with_data_is_refused_not_dropped(tmp_path, image_folder, tiny_spec):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    fit(image_folder, model=tiny_spec, out=tmp_path / "r", strategy="extract", workers=0, progress=False, echo=quiet)
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), str(image_folder), "--source-agreement",
+                                 str(image_folder)])
+    assert r.exit_code == 2 and "scores no DATA" in r.output and "agreement" not in r.output.split("error")[0]

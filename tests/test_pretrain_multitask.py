@@ -151,3 +151,101 @@ def test_options_are_checked_in_the_python_api_too(tmp_path):
         fit_multitask("no.csv", "a,b", "tabular:mlp-4-8x1", tmp_path / "mt", weights=[1, "x"])
     with pytest.raises(ConfigError, match="--batch-size"):
         pretrain("no.csv", tmp_path / "enc", batch_size=0)
+
+
+# -- fit-multitask: what it reports -----------------------------------------------------------
+def two_tasks(path):
+    """The tester's table: a (sign of f0) is learnable in 3 epochs, b (3 bins of f1, 20 cells empty)
+    is not; the last 50 rows are split=test."""
+    import numpy as np
+    r = np.random.default_rng(0)
+    x = r.normal(size=(200, 10))
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(10)])
+    df["a"] = np.where(x[:, 0] > 0, "pos", "neg")
+    df["b"] = pd.cut(x[:, 1], [-9, -0.5, 0.5, 9], labels=["lo", "mid", "hi"]).astype(str)
+    df.loc[r.choice(200, 20, replace=False), "b"] = ""
+    df["split"] = ["train"] * 150 + ["test"] * 50
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory):
+    import torch
+    d = tmp_path_factory.mktemp("mt")
+    data = two_tasks(d / "mt.csv")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = cli("fit-multitask", data, "--label-columns", "a,b", "--weights", "1,0.5", "--model",
+                "tabular:mlp-10-64x2", "--out", d / "mt", "--epochs", 3, "-q")
+    finally:
+        torch.set_num_threads(n)
+    assert r.exit_code == 0, r.output
+    return data, d / "mt", r.output, json.loads((d / "mt" / "summary.json").read_text())
+
+
+def test_fit_multitask_scores_the_test_split_once_per_task(mt_run):
+    """The 50 split=test rows were never scored nor mentioned; val alone was reported."""
+    _, _, out, s = mt_run
+    assert s["test_rows"] == 50 and "nothing was chosen on them" in s["test_note"]
+    assert [s["tasks"][t]["test_n"] for t in "ab"] == [50, 48]  # b is empty on 2 test rows
+    for t in "ab":
+        r = s["tasks"][t]
+        assert 0 <= r["test_accuracy"] <= 1
+        said = (f"{t}: val accuracy {r['accuracy']:.4f} ({r['n']} labelled rows); test accuracy "
+                f"{r['test_accuracy']:.4f} ({r['test_n']} labelled rows, scored once, not used for selection)")
+        assert said in out, out
+
+
+def test_fit_multitask_logs_each_tasks_accuracy_never_a_fake_zero(mt_run):
+    """summary.json's kept val_acc, train_acc_last and every metrics.csv row read 0: the loop has no
+    single accuracy for several heads."""
+    _, run, _, s = mt_run
+    rows = pd.read_csv(run / "metrics.csv")
+    assert "train_acc" not in rows and "val_acc" not in rows
+    assert len(rows) == 3 and rows[["train_acc_a", "train_acc_b", "val_acc_a", "val_acc_b"]].gt(0).all().all()
+    kept = s["kept"]
+    assert kept["chosen_by"] == "lowest weighted val loss"
+    assert kept["val_acc"] == pytest.approx({t: s["tasks"][t]["accuracy"] for t in "ab"})  # the kept weights, rescored
+    assert s["phases"][0]["train_acc_last"] == pytest.approx({"a": rows["train_acc_a"].iloc[-1],
+                                                             "b": rows["train_acc_b"].iloc[-1]}, abs=1e-5)
+    assert s["phases"][0]["best_val_acc"] == kept["val_acc"]  # one phase: its best epoch is the kept one
+    # report refuses the kind in one line, as before (no traceback on the new summary)
+    r = cli("report", run)
+    assert r.exit_code == 2 and "'multitask' run" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_fit_multitask_flags_a_task_no_better_than_its_majority_baseline(mt_run):
+    """b: val accuracy 0.31 vs its majority class's 0.42 went unsaid."""
+    _, _, out, s = mt_run
+    for t in "ab":
+        r = s["tasks"][t]
+        assert r["above_baseline"] == (r["accuracy"] > r["majority_baseline"])
+    b = s["tasks"]["b"]
+    assert s["tasks"]["a"]["above_baseline"] and not b["above_baseline"]
+    said = (f"b: val accuracy {b['accuracy']:.4f} is below its majority-class baseline {b['majority_baseline']:.2f}: "
+            "the head learned nothing useful for b")
+    assert f"warning: {said}" in out and said in s["warnings"][0] and len(s["warnings"]) == 1, out
+
+
+def test_a_multitask_run_is_scored_from_python_on_a_csv(mt_run, tmp_path):
+    """evaluate_multitask(model, "mt.csv") was a TypeError (y and classes missing), though `rehead
+    evaluate` sent users there; predict and export said "evaluate it with" too."""
+    from rehead.multitask import evaluate_multitask, evaluate_multitask_run, load_multitask
+    data, run, _, s = mt_run
+    for res in (evaluate_multitask(load_multitask(run), data), evaluate_multitask_run(run, data)):
+        # the table's test rows, as `rehead evaluate` picks them: the figures fit reported
+        assert [res[t]["n"] for t in "ab"] == [s["tasks"][t]["test_n"] for t in "ab"]
+        assert [res[t]["accuracy"] for t in "ab"] == pytest.approx([s["tasks"][t]["test_accuracy"] for t in "ab"])
+    df = pd.read_csv(data)
+    df.drop(columns="b").to_csv(tmp_path / "nob.csv", index=False)
+    with pytest.raises(DataError, match=r"no column 'b' .*every task's label column \(a, b\)"):
+        evaluate_multitask_run(run, tmp_path / "nob.csv")
+    df.assign(b="huge").to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(DataError, match=r"'b' holds class\(es\) the run never saw: 'huge'"):
+        evaluate_multitask_run(run, tmp_path / "new.csv")
+    for cmd in (["evaluate", run, data], ["predict", run, data], ["export", run]):
+        r = cli(*cmd)
+        assert r.exit_code == 2 and "rehead evaluate, predict and export take single-head runs" in r.output, r.output
+        assert f"evaluate_multitask_run('{run}', DATA)" in r.output and "evaluate it with" not in r.output

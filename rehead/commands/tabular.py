@@ -48,7 +48,8 @@ def fit_multitask(data: str = typer.Argument(..., help="CSV with two or more lab
                   epochs: Optional[int] = None, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
                   val_fraction: float = 0.2, overwrite: bool = False,
                   quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Train one head per label column on a shared backbone; each head is evaluated on its own."""
+    """Train one head per label column on a shared backbone; each head is evaluated on its own, on val
+    and (scored once, never for selection) on the split=test rows."""
     from ..multitask import fit_multitask as run
     run(data, label_columns, model, out, weights=weights, id_columns=id_columns, split_column=split_column,
         strategy=strategy, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
