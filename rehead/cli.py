@@ -122,8 +122,10 @@ def inspect(model: str, as_json: bool = typer.Option(False, "--json")):
     from .data import pipeline
     bb = zoo.load(model)
     rows = bb.describe(pipeline(bb.modality).example_input(bb))
+    head = _run_head(model)
     if as_json:
-        typer.echo(json.dumps({"model": model, "stages": rows, "data_config": bb.data_config}, indent=1, default=str))
+        typer.echo(json.dumps({"model": model, "stages": rows, "data_config": bb.data_config, "head": head}, indent=1,
+                              default=str))
         return
     typer.echo(f"{model}: {len(rows)} stages, {sum(r['params'] for r in rows):,} parameters")
     typer.echo(f"{'#':>3}  {'stage':14} {'output shape':18} {'params':>12}")
@@ -131,7 +133,26 @@ def inspect(model: str, as_json: bool = typer.Option(False, "--json")):
         typer.echo(f"{r['index']:>3}  {r['name']:14} {str(r['output_shape']):18} {r['params']:>12,}")
     cfg = {k: v for k, v in bb.data_config.items() if k not in ("feature_mean", "feature_std", "columns", "tokenizer")}
     typer.echo(f"preprocessing: {json.dumps(cfg)}")
-    typer.echo("cut with --cut INDEX or --cut NAME (keeps stages 1..INDEX)")
+    if head:
+        typer.echo(f"head ({head['kind']}, the run's own): {head['in']} features -> {head['out']} outputs "
+                   f"({', '.join(head['classes'][:8])}{' ...' if len(head['classes']) > 8 else ''}), "
+                   f"{head['params']:,} parameters")
+    typer.echo(f"cut a fit at a stage: rehead fit DATA --model {model} --cut INDEX|NAME (keeps stages 1..INDEX)")
+
+
+def _run_head(model: str) -> dict | None:
+    """A fit run's grafted head, which inspect's stages (the backbone's) leave out; None for a backbone spec."""
+    if not (Path(model) / "config.yaml").is_file():
+        return None
+    from .runs import open_run, run_kind
+    if run_kind(model) not in ("fit", "soup"):
+        return None
+    run = open_run(model)
+    from torch import nn
+    linears = [m for m in run.model.head.modules() if isinstance(m, nn.Linear)]
+    kind = run.config.get("head") or "linear"
+    return {"kind": kind.get("kind", "linear") if isinstance(kind, dict) else kind, "in": linears[0].in_features, "out": linears[-1].out_features,
+            "classes": list(run.classes), "params": sum(p.numel() for p in run.model.head.parameters())}
 
 
 def config_options(cls, skip: tuple = ()) -> list:

@@ -438,3 +438,14 @@ def test_a_mistyped_option_is_refused_before_the_run_directory_exists(tmp_path, 
             rehead.fit(str(image_folder), out=tmp_path / "run", strategy="extract", progress=False,
                        echo=lambda *a: None, **kw)
         assert not (tmp_path / "run").exists()
+
+
+def test_inspect_a_run_shows_its_head_and_how_to_cut(tmp_path, image_folder, tiny_spec):
+    _fit(image_folder, tmp_path / "a", tiny_spec)
+    r = runner.invoke(app, ["inspect", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "head (linear, the run's own)" in r.output and "-> 2 outputs (blue, red)" in r.output
+    assert "rehead fit DATA --model" in r.output  # inspect has no --cut: the line names the command that has
+    j = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "a"), "--json"]).output)
+    assert j["head"]["out"] == 2
+    assert json.loads(runner.invoke(app, ["inspect", tiny_spec, "--json"]).output)["head"] is None
