@@ -117,6 +117,7 @@ def _write_ensemble(members: list[Run], run: RunDir) -> None:
         names.append(f"members/{i}")
     fit = members[0].config.get("fit") or {}
     run.write_yaml("config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
+                                   "models": sorted({str(m.config.get("model")) for m in members}),
                                    "sources": [str(m.dir.resolve()) for m in members],
                                    "data_config": members[0].config.get("data_config"),
                                    "fit": {k: fit[k] for k in DATA_KW if k in fit}})
@@ -179,8 +180,15 @@ def _write_soup(members: list[Run], run: RunDir) -> None:
     states = _states(members)
     run.save_tensors("model.safetensors", {k: _mean([sd[k] for sd in states]) for k in states[0]})
     cfg = dict(members[0].config, kind="soup", soup={"members": [str(m.dir.resolve()) for m in members]})
+    if _common_split(members) is None:  # member 0's split and seed are not the soup's: its report showed them
+        cfg["data_summary"] = {"splits": SPLITS_DIFFER}
+        cfg["fit"] = {k: v for k, v in (cfg.get("fit") or {}).items() if k != "seed"}
     run.write_yaml("config.yaml", cfg)
     _write_common(members, run, {"kind": "soup", "members": [_member_summary(m) for m in members]})
+
+
+SPLITS_DIFFER = ("the members were trained on different train/val splits (e.g. other seeds): no val split is "
+                 "this model's own; score it on held-out data with `rehead evaluate DIR DATA`")
 
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:

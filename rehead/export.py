@@ -1,8 +1,8 @@
 """Export a trained run (prefix + head, eval mode) as ONNX or TorchScript, with a JSON sidecar.
 
 The sidecar says everything a deployment needs that the graph does not hold: how to turn
-an image into the input tensor (resize, crop, scale, normalise, in that order), the input
-and output names and shapes, and the label map.
+an image into the input tensor (decode, JPEG draft, resize and crop, scale, normalise: the exact
+Pillow calls ``predict`` makes), the input and output names and shapes, and the label map.
 """
 from __future__ import annotations
 
@@ -15,26 +15,100 @@ import numpy as np
 import torch
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".torchscript", ".ts")}  # what load_exported tells apart
+OPSET = 17  # the default
+# The lowest opset a rehead model exports at (found by exporting them): EfficientNet's "same" padding
+# (a Pad of computed size) needs 11; a transformer's scaled_dot_product_attention needs 14.
+MIN_OPSET = {"text": 14}
+MIN_OPSET_OTHER = 11
+
+
+def opset_range(modality: str | None) -> tuple[int, int]:
+    """(lowest, highest) ONNX opset an export of this modality can take."""
+    from torch.onnx import _constants  # torch states its highest opset nowhere public
+    return MIN_OPSET.get(modality, MIN_OPSET_OTHER), getattr(_constants, "ONNX_MAX_OPSET", 20)
+
+
+def check_options(fmt: str, out, opset: int | None, modality: str | None = None) -> int | None:
+    """Refuse options that do not fit, before anything is loaded or written; the opset to use
+    (None for TorchScript, which has none)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if out and not _is_folder(out) and Path(out).suffix not in SUFFIXES[fmt]:
+        kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[fmt]
+        raise ValueError(f"--out {out}: {kind} export is a {' or '.join(SUFFIXES[fmt])} file: name it "
+                         f"{Path(out).with_suffix(FORMATS[fmt]).name}, or give a folder (trailing slash) to hold it")
+    if fmt != "onnx":
+        if opset is not None:
+            raise ValueError("--opset sets the ONNX opset, which a TorchScript export does not have: leave --opset out")
+        return None
+    lo, hi = opset_range(modality)
+    opset = OPSET if opset is None else opset
+    if not lo <= opset <= hi:
+        raise ValueError(f"--opset {opset} is out of range: an ONNX export of {'an' if modality == 'image' else 'a'} "
+                         f"{modality or 'rehead'} run takes --opset {lo} to {hi} (default {OPSET})")
+    return opset
+
+
+def _is_folder(out) -> bool:
+    """An existing folder, a trailing slash, or a name without extension: the model goes inside it."""
+    return Path(out).is_dir() or str(out).endswith(("/", os.sep)) or not Path(out).suffix
 
 
 def preprocessing_steps(cfg: dict) -> list[dict]:
-    """The eval transform of rehead.data.images as plain steps (so a non-Python runtime can redo it)."""
-    size = int(cfg["input_size"])
-    return [{"op": "decode", "mode": "RGB"},
-            {"op": "resize_shorter_side", "size": int(round(size / cfg.get("crop_pct", 1.0))),
-             "interpolation": cfg.get("interpolation", "bilinear"), "antialias": True},
-            {"op": "center_crop", "size": [size, size]},
-            {"op": "to_float", "scale": "divide by 255 (values in [0, 1])", "layout": "CHW"},
-            {"op": "normalize", "mean": cfg["mean"], "std": cfg["std"]}]
+    """How ``predict`` turns a file into the input (rehead.data.images: ``decode``, then the eval
+    transform), step by step: following them with Pillow and numpy gives predict's input."""
+    from .data.images import resize_side
+    size, side = int(cfg["input_size"]), resize_side(cfg)
+    interp = cfg.get("interpolation", "bilinear")
+    interp = interp if interp in ("bicubic", "nearest") else "bilinear"  # as images.EvalTransform / _interp
+    return [*_decode_steps(side), *_resize_steps(size, side, interp),
+            {"op": "to_float", "dtype": "float32", "divide_by": 255, "layout": "CHW",
+             "call": "x = np.asarray(im, np.float32).transpose(2, 0, 1) / 255"},
+            {"op": "normalize", "mean": cfg["mean"], "std": cfg["std"], "call": "x = (x - mean) / std, per channel"}]
 
 
-def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset: int = 17) -> dict:
-    """Write the run's model to ``out`` (default RUN/export/model.onnx|.pt) and ``<out>.json``."""
+def _decode_steps(side: int) -> list[dict]:
+    return [{"op": "decode", "library": "Pillow", "call": "im = PIL.Image.open(path)"},
+            # the draft changes the pixels (libjpeg's DCT scaling, not a resize): a consumer must do it too
+            {"op": "jpeg_draft", "when": "JPEG files only, before the pixels are read", "size": [side, side],
+             "call": f"im.draft('RGB', ({side}, {side}))",
+             "effect": f"libjpeg decodes at 1/s scale, s the largest of 8, 4, 2, 1 with s <= min(width // {side}, "
+                       f"height // {side}): ceil(width / s) x ceil(height / s) pixels"},
+            {"op": "exif_transpose", "call": "im = PIL.ImageOps.exif_transpose(im)"},
+            {"op": "to_rgb", "mode": "RGB", "call": "im = im.convert('RGB')",
+             "note": "16-bit, 32-bit and float images are scaled to 8 bits first, as the sidecar's decode says"}]
+
+
+def _resize_steps(size: int, side: int, interp: str) -> list[dict]:
+    """The resize and crop as rehead computes them: torchvision's sizes, Pillow's filter on the PIL image."""
+    geometry = (f"w, h = im.size; nw, nh = ({side}, int({side} * h / w)) if w <= h else (int({side} * w / h), "
+                f"{side}); left, top = round((nw - {size}) / 2), round((nh - {size}) / 2)")
+    rounding = "int() truncates the long side; round() is Python's: halves to even (4.5 -> 4)"
+    filt = f"PIL.Image.{interp.upper()}"
+    if side >= size and interp != "nearest":  # images.EvalTransform: one resample of the crop's source box
+        return [{"op": "resize_center_crop", "resize_shorter_side": side, "size": [size, size], "library": "Pillow",
+                 "interpolation": interp, "geometry": geometry, "rounding": rounding,
+                 "call": f"sx, sy = w / nw, h / nh; im = im.resize(({size}, {size}), {filt}, box=(left * sx, "
+                         f"top * sy, (left + {size}) * sx, (top + {size}) * sy))",
+                 "equivalent": f"im.resize((nw, nh), {filt}).crop((left, top, left + {size}, top + {size})): "
+                               "the same pixels within one 8-bit level"}]
+    return [{"op": "resize_shorter_side", "size": side, "library": "Pillow", "interpolation": interp,
+             "geometry": geometry, "rounding": rounding, "call": f"im = im.resize((nw, nh), {filt})"},
+            {"op": "center_crop", "size": [size, size],
+             "call": f"im = im.crop((left, top, left + {size}, top + {size}))",
+             "note": "a side shorter than the crop is first zero-padded, (size - n) // 2 before, the rest after "
+                     "(torchvision's CenterCrop)"}]
+
+
+def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset: int | None = None) -> dict:
+    """Write the run's model to ``out`` (default RUN/export/model.onnx|.pt) and ``<out>.json``;
+    ``opset``: ONNX only (default 17)."""
     from .data import pipeline
-    from .rundir import RunExists, atomic_write_bytes
+    from .rundir import RunExists, atomic_write_bytes, read_yaml
     from .runs import open_run
-    if fmt not in FORMATS:
-        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    modality = (read_yaml(Path(run_dir) / "config.yaml").get("data_config") or {}).get("modality")
+    opset = check_options(fmt, out, opset, modality)
     run = open_run(run_dir)
     from .lora import merge
     model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
@@ -44,8 +118,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if text and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
                          f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
-    # a folder (an existing one, a trailing slash, or a name without extension): the model goes inside it
-    if out and (Path(out).is_dir() or str(out).endswith(("/", os.sep)) or not Path(out).suffix):
+    if out and _is_folder(out):
         out = Path(out) / f"model{FORMATS[fmt]}"
     out = Path(out) if out else run.dir / "export" / f"model{FORMATS[fmt]}"
     sidecar = out.with_name(out.name + ".json")
@@ -61,9 +134,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
         if fmt == "onnx":
-            # The TorchScript-based exporter: the dynamo one needs onnxscript, which rehead does not require.
-            torch.onnx.export(net, args, str(tmp), dynamo=False, input_names=names, output_names=["logits"],
-                              opset_version=opset, dynamic_axes={**axes, "logits": {0: "batch"}})
+            _onnx_export(net, args, tmp, names, axes, opset)
         else:
             torch.jit.trace(net, args).save(str(tmp))
     os.replace(tmp, out)
@@ -96,6 +167,18 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
         meta["opset"] = opset
     atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
     return {**meta, "path": str(out), "sidecar": str(sidecar)}
+
+
+def _onnx_export(net, args, path: Path, names: list, axes: dict, opset: int) -> None:
+    """The TorchScript-based exporter (the dynamo one needs onnxscript, which rehead does not require);
+    an operator this opset cannot express is one line (a timm ViT's attention needs 14)."""
+    try:
+        torch.onnx.export(net, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                          opset_version=opset, dynamic_axes={**axes, "logits": {0: "batch"}})
+    except torch.onnx.OnnxExporterError as e:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"this model does not export at --opset {opset} ({str(e).splitlines()[0]}): "
+                         f"pass a higher --opset (at most {opset_range(None)[1]})") from None
 
 
 class _TextInputs(torch.nn.Module):

@@ -153,3 +153,15 @@ def test_a_run_given_twice_is_refused_and_a_soup_keeps_frozen_weights_bit_for_bi
     assert frozen and all(torch.equal(ws[k], wa[k]) for k in frozen)  # a float mean of equal tensors rounds
     make_ensemble([tmp_path / "soup", a.dir], tmp_path / "soup2", soup=True)  # was refused: "do not start from ..."
     assert open_run(tmp_path / "soup2").config["kind"] == "soup"
+
+
+def test_a_soup_of_members_on_other_splits_does_not_show_one_members_split_as_its_own(tmp_path, two_runs, tiny_spec):
+    import yaml
+    from rehead.report import write_report
+    a, b = two_runs  # seeds 0 and 1: other val splits
+    make_ensemble([a.dir, b.dir], tmp_path / "soup", soup=True)
+    cfg = yaml.safe_load((tmp_path / "soup" / "config.yaml").read_text())
+    assert "different train/val splits" in cfg["data_summary"]["splits"] and "seed" not in cfg["fit"]
+    make_ensemble([a.dir, b.dir], tmp_path / "ens")
+    html = write_report(tmp_path / "ens", echo=lambda *_: None).read_text()
+    assert tiny_spec in html.split("<h2>")[0]  # the header names the members' model

@@ -268,3 +268,89 @@ def test_bad_experiment_options_are_refused_before_any_work(tmp_path, tiny_spec,
         r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
         assert r.exit_code == 2 and said in r.output, r.output
         assert not (tmp_path / "r").exists()
+
+
+def _tvt(root):
+    """train/val/test folders of coloured images (8 / 4 / 4 per class)."""
+    from tests.conftest import make_images
+    for seed, (split, n) in enumerate((("train", 8), ("val", 4), ("test", 4))):
+        make_images(root / split, n=n, seed=seed)
+    return root
+
+
+def test_probe_and_rank_score_the_test_split_once_for_what_val_chose(tmp_path, tiny_spec, image_folder):
+    """The data summary said `test (scored once, never for selection)` but nothing scored test."""
+    from rehead.experiments.probe import probe
+    from rehead.experiments.rank import rank
+    data, said = _tvt(tmp_path / "tvt"), []
+    res = probe(str(data), model=tiny_spec, cuts="1,2", out=tmp_path / "p", workers=0, progress=False,
+                echo=said.append)
+    saved = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert saved["test"]["scored"] and saved["test"]["n_test"] == 8 and "best cut" in saved["test"]["what"]
+    assert 0 <= saved["best"]["test_acc"] <= 1 and saved["best"]["test_acc"] == saved["test"]["test_acc"]
+    assert res["best"]["val_acc"] == max(r["val_acc"] for r in res["rows"])  # val chose, test did not
+    assert any("8 test samples, scored once, never for selection" in s for s in said)
+    r = rank(str(data), [tiny_spec], out=tmp_path / "r", workers=0, progress=False, echo=lambda *_: None)
+    assert r["test"]["n_test"] == 8 and 0 <= r["rows"][0]["probe_test_acc"] <= 1
+    # no test split: said plainly, not implied by the data summary
+    plain = probe(str(image_folder), model=tiny_spec, cuts="1", out=tmp_path / "p2", workers=0, progress=False,
+                  echo=lambda *_: None)
+    assert not plain["test"]["scored"] and "no test split" in plain["test"]["text"]
+    assert plain["best"]["test_acc"] is None
+
+
+def test_compare_arms_keep_their_last_epoch_score_test_and_say_raised_epochs(tmp_path, tiny_spec, one_thread,
+                                                                              monkeypatch):
+    """The scratch arm reported its best val epoch (chosen on the val it reported); --scratch-epochs
+    was raised silently."""
+    from rehead import fit as fit_module
+    from rehead.experiments.compare import compare
+    said, asked = [], []
+    real_fit = fit_module.fit
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: asked.append(k) or real_fit(*a, **k))
+    res = compare(str(_tvt(tmp_path / "tvt")), model=tiny_spec, fractions="1.0", out=tmp_path / "c", strategy="head",
+                  scratch_size=48, scratch_epochs=2, scratch_min_steps=3, transfer_epochs=2, workers=0,
+                  progress=False, echo=said.append)
+    d = tmp_path / "c" / "arms"
+    transfer, scratch = res["rows"]
+    last = list(__import__("csv").DictReader(open(d / "scratch-1" / "metrics.csv")))[-1]
+    assert scratch["val_acc"] == pytest.approx(float(last["val_acc"]))  # the last epoch, not the best
+    kept = json.loads((d / "transfer-1" / "summary.json").read_text())
+    assert kept["best_epoch"] == kept["epochs_run"] == 2 and asked[0]["keep_last"]  # the transfer arm: its last too
+    assert all(0 <= r["test_acc"] <= 1 for r in res["rows"])
+    assert res["finding"]["reference"]["metric"] == "test_acc" and "test acc" in res["finding"]["text"]
+    assert "LAST epoch" in json.loads((tmp_path / "c" / "results.json").read_text())["protocol"]
+    # 16 samples at batch 16: one step an epoch, so 3 steps need 3 epochs, not 2, and that is said
+    assert scratch["epochs"] == 3 and scratch["epochs_asked"] == 2
+    assert any("trains 3 epochs, not --scratch-epochs 2" in s for s in said)
+
+
+def test_rank_counts_one_cut_once_and_says_when_the_probe_cannot_tell(tmp_path, tiny_spec, image_folder):
+    from rehead.experiments.rank import rank
+    name = zoo.load(tiny_spec).stage_names[1]
+    said = []
+    res = rank(str(image_folder), [tiny_spec, f"{tiny_spec}@{name}", f"{tiny_spec}@2"], out=tmp_path / "r",
+               workers=0, progress=False, echo=said.append)
+    assert sorted(r["model"] for r in res["rows"]) == sorted([tiny_spec, f"{tiny_spec}@{name}"])
+    assert res["duplicates"] == [{"model": f"{tiny_spec}@2", "same_as": f"{tiny_spec}@{name}", "cut": 2}]
+    assert any(s.startswith(f"note: {tiny_spec}@2 is the same cut as") for s in said)
+    # 4 val images: one is 0.25 of accuracy, so the two probes are within noise of each other
+    a = res["agreement"]
+    assert a["within_noise"] == [r["model"] for r in res["rows"] if r["model"] != a["probe_best"]]
+    assert any(s.startswith(f"note: the probes of {a['within_noise'][0]} score within two standard errors")
+               for s in said)
+
+
+def test_the_scratch_arm_reports_its_last_epoch_not_the_best_val_one(monkeypatch):
+    from rehead.experiments.scratch import train_scratch
+    from rehead.train.loop import Trainer
+    chose = []
+
+    def fake_fit(self, model, *a, **k):  # val peaks at epoch 1, then falls
+        chose.append(self.cfg.select_best)
+        return [{"val_acc": acc, "val_loss": loss, "global_epoch": e} for e, acc, loss in ((1, 0.9, 0.2), (2, 0.5, 0.7))]
+    monkeypatch.setattr(Trainer, "fit", fake_fit)
+    x, y = torch.zeros(4, 3, 55, 55, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    res = train_scratch(x, y, x, y, 2, size=48, epochs=2, min_steps=0, x_test=x, y_test=y)
+    assert (res["val_acc"], res["kept_epoch"], chose) == (0.5, 2, [False])  # the last epoch's weights and figures
+    assert 0 <= res["test_acc"] <= 1

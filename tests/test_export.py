@@ -56,7 +56,7 @@ def test_export_on_generated_images_and_sidecar(run, tmp_path):
     cfg = run.model.backbone.data_config
     assert meta["data_config"] == cfg
     steps = {s["op"]: s for s in meta["preprocessing"]}
-    assert steps["center_crop"]["size"] == [cfg["input_size"]] * 2
+    assert steps["resize_center_crop"]["size"] == [cfg["input_size"]] * 2
     assert steps["normalize"]["mean"] == cfg["mean"] and steps["normalize"]["std"] == cfg["std"]
     assert meta["input"]["shape"] == ["batch", 3, cfg["input_size"], cfg["input_size"]]
     paths = sorted(str(p) for p in Path(run.config["data"]).rglob("*.jpg"))[:4]
@@ -72,6 +72,92 @@ def test_export_on_generated_images_and_sidecar(run, tmp_path):
     probs = np.exp(z - z.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     assert probs.max(1) == pytest.approx([r["top"][0]["prob"] for r in run.predict(paths)], abs=1e-4)
+
+
+def _follow_sidecar(steps: list[dict], path: str) -> np.ndarray:
+    """The sidecar's preprocessing steps, done as written with Pillow and numpy (no rehead code)."""
+    from PIL import Image, ImageOps
+    for s in steps:
+        op = s["op"]
+        if op == "decode":
+            im = Image.open(path)
+        elif op == "jpeg_draft":
+            if im.format == "JPEG":
+                im.draft("RGB", tuple(s["size"]))
+        elif op == "exif_transpose":
+            im = ImageOps.exif_transpose(im)
+        elif op == "to_rgb":
+            im = im.convert(s["mode"])
+        elif op == "resize_center_crop":
+            side, (size, _) = s["resize_shorter_side"], s["size"]
+            w, h = im.size
+            nw, nh = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+            left, top = round((nw - size) / 2), round((nh - size) / 2)
+            sx, sy = w / nw, h / nh
+            im = im.resize((size, size), getattr(Image, s["interpolation"].upper()),
+                           box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+        elif op == "to_float":
+            x = np.asarray(im, np.dtype(s["dtype"])).transpose(2, 0, 1) / np.float32(s["divide_by"])
+        elif op == "normalize":
+            x = (x - np.float32(s["mean"])[:, None, None]) / np.float32(s["std"])[:, None, None]
+        else:
+            raise AssertionError(f"a step this test does not know: {op}")
+    return x
+
+
+def test_following_the_sidecar_gives_predicts_probabilities(run, tmp_path):
+    """The op list was resize-then-crop without JPEG draft decoding: followed literally, it gave
+    probabilities up to 0.02 away from predict's. Two large JPEGs: the draft decodes them at 1/2 and 1/8."""
+    from rehead.export import export, load_exported
+    res = export(run.dir, "onnx", out=tmp_path / "m.onnx")
+    meta = json.loads(Path(res["sidecar"]).read_text())
+    root = shared_dataset("hymenoptera_data")
+    paths = _real_images(4) + [str(root / "val/ants/desert_ant.jpg"), str(root / "val/ants/ants-devouring-remains-"
+                                "of-large-dead-insect-on-red-tile-in-Stellenbosch-South-Africa-closeup-1-DHD.jpg")]
+    z = load_exported(res["path"])(np.stack([_follow_sidecar(meta["preprocessing"], p) for p in paths]))
+    np.testing.assert_allclose(z, run.logits(paths)[0].numpy(), atol=atol(1e-4), rtol=0)
+    z = z / meta["temperature"]
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    want = [{t["label"]: t["prob"] for t in r["top"]} for r in run.predict(paths, top_k=len(run.classes))]
+    got = [{c: probs[i, j] for j, c in enumerate(run.classes)} for i in range(len(paths))]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=atol(1e-5))
+
+
+@pytest.mark.parametrize("fmt,out,opset,says", [
+    ("onnx", "new/m.onnx", 5, "--opset 11 to "), ("onnx", "new/m.onnx", 99, "--opset 11 to "),
+    ("torchscript", "new/m.pt", 17, "leave --opset out"), ("onnx", "new/x.txt", None, "name it x.onnx"),
+    ("torchscript", "new/m.onnx", None, "name it m.pt")])
+def test_export_refuses_bad_options_before_writing_anything(run, tmp_path, fmt, out, opset, says):
+    """--opset 5 died in torch's exporter (leaving an empty folder), --opset 99 in torch's own check; a
+    torchscript export ignored --opset; --out x.txt got an ONNX model named x.txt."""
+    from rehead.export import export
+    with pytest.raises(ValueError, match=says):
+        export(run.dir, fmt, out=tmp_path / out, opset=opset)
+    assert not (tmp_path / "new").exists()
+
+
+def test_opset_range_per_modality():
+    """Text runs' attention (scaled_dot_product_attention) exports from opset 14 only."""
+    from rehead.export import check_options, opset_range
+    lo, hi = opset_range("text")
+    assert lo == 14 and hi >= 20 and check_options("onnx", None, None, "text") == 17
+    with pytest.raises(ValueError, match=f"a text run takes --opset 14 to {hi}"):
+        check_options("onnx", None, 13, "text")
+    assert check_options("torchscript", "m.pth", None, "image") is None  # .pth: a TorchScript file too
+
+
+def test_an_operator_the_opset_lacks_is_one_line_and_no_file(run, tmp_path, monkeypatch):
+    from rehead.export import export
+
+    def fails(*a, **kw):
+        Path(a[2]).write_bytes(b"half")
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::scaled_dot_product_attention", 11, 14)
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    with pytest.raises(ValueError, match="does not export at --opset 11 .*a higher --opset"):
+        export(run.dir, "onnx", out=tmp_path / "m.onnx", opset=11)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refuses_to_overwrite_and_names_bad_formats(run, tmp_path):
@@ -95,6 +181,13 @@ def test_export_cli(run, tmp_path):
     assert out.exists() and Path(str(out) + ".json").exists()
     r = CliRunner().invoke(app, ["export", str(run.dir), "--format", "onnx", "--out", str(out)])
     assert r.exit_code != 0 and "--overwrite" in r.output
+    # one line each, and no folder made: --opset 5 was a raw SymbolicValueError after an empty folder
+    for bad, says in ((["--opset", "5"], "--opset 5 is out of range"), (["-f", "torchscript", "--opset", "17"],
+                      "leave --opset out"), (["--out", str(tmp_path / "g/x.txt")], "name it x.onnx")):
+        out = ["--out", str(tmp_path / "g" / ("m.pt" if "torchscript" in bad else "m.onnx"))]
+        r = CliRunner().invoke(app, ["export", str(run.dir), *out, *bad])
+        assert r.exit_code != 0 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "g").exists()
     # a folder (existing, a trailing slash, or a name without extension) gets model.onnx inside it: a file
     # named "exports" was written, and an existing folder died naming a temporary file
     (tmp_path / "d").mkdir()

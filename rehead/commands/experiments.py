@@ -46,7 +46,9 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
           text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text (default text)"),
           image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column (default path)"),
           label_column: Optional[str] = typer.Option(None, help="the column holding the label (default label)")):
-    """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass."""
+    """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass.
+
+    Val chooses the best cut; a test split, if the data has one, scores that cut's probe once."""
     if relaunched(processes):
         return
     from ..experiments.probe import probe as run_probe
@@ -71,7 +73,9 @@ def rank(data: str = typer.Argument(...),
          text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text (default text)"),
          image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column (default path)"),
          label_column: Optional[str] = typer.Option(None, help="the column holding the label (default label)")):
-    """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe."""
+    """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe.
+
+    SPEC@CUT candidates naming the same cut are ranked once. A test split, if any, scores each probe once."""
     if relaunched(processes):
         return
     from ..experiments.rank import rank as run_rank
@@ -91,13 +95,16 @@ def compare(data: str = typer.Argument(...), model: str = typer.Option(DEFAULT, 
                                          help="the transfer arm's strategy"),
             reference: float = typer.Option(0.1, help="fraction whose transfer accuracy scratch must match"),
             scratch_size: int = typer.Option(128, help="input side of the scratch CNN, px"),
-            scratch_epochs: int = typer.Option(15, help="epochs of the scratch CNN (at least --scratch-min-steps steps)"),
+            scratch_epochs: int = typer.Option(15, help="epochs of the scratch CNN; raised (and said) where a "
+                                               "fraction needs more to take --scratch-min-steps steps"),
             scratch_min_steps: int = 30, scratch_lr: float = 1e-3,
             transfer_epochs: Optional[int] = typer.Option(None, help="epochs of the transfer arm (strategy default)"),
             batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
             cache_dir: Optional[str] = None, overwrite: bool = False,
             no_report: bool = typer.Option(False, "--no-report"), quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Transfer vs a small CNN trained from scratch, as the training data shrinks."""
+    """Transfer vs a small CNN trained from scratch, as the training data shrinks.
+
+    Both arms keep their last epoch; a test split, if any, scores both once and decides the finding."""
     from ..experiments.compare import compare as run_compare
     res = run_compare(data, model=model, fractions=fractions, out=_out(out, "compare", data), strategy=strategy,
                       reference=reference, scratch_size=scratch_size, scratch_epochs=scratch_epochs,
@@ -120,7 +127,8 @@ def report(run_dir: str, out: Optional[str] = typer.Option(None, "--out", "-o", 
 @guarded
 def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
            out: Optional[str] = typer.Option(None, "--out", "-o", help="a file, or a folder to write model.onnx|.pt into (default RUN_DIR/export/)"),
-           opset: int = 17, overwrite: bool = False, as_json: bool = typer.Option(False, "--json")):
+           opset: Optional[int] = typer.Option(None, help="ONNX opset (default 17); not for torchscript"),
+           overwrite: bool = False, as_json: bool = typer.Option(False, "--json")):
     """The trained model (prefix + head, eval mode) as ONNX or TorchScript, with a JSON sidecar."""
     from ..export import export as run_export
     res = run_export(run_dir, fmt=format, out=out, overwrite=overwrite, opset=opset)

@@ -2,10 +2,11 @@
 
 For each fraction of the training split (stratified per class, seeded, and nested: a
 smaller fraction is a subset of every larger one) two arms train and are scored on the
-SAME full val split: (a) the pretrained backbone with the default strategy (``rehead fit``
+SAME full val split (and test split, when the data has one), each keeping its LAST epoch: (a) the pretrained backbone with the default strategy (``rehead fit``
 with ``strategy=auto``), (b) a small CNN from scratch with augmentation and dropout
 (``scratch.ScratchCNN``). The finding: how many samples the scratch CNN needs to match
-transfer at the reference fraction (default 10%), or that it never does on this data.
+transfer at the reference fraction (default 10%), or that it never does on this data; on
+test accuracy when there is a test split (nothing chose on it), else on val accuracy.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
             progress: bool = True, echo=print) -> dict:
     from ..data import Dataset, load_dataset
     from ..fit import fit
-    from .scratch import decode_all, train_scratch
+    from .scratch import scratch_epochs as epochs_for, train_scratch
     from ..recipes import STRATEGIES
     check_options(batch_size=batch_size, workers=workers, val_fraction=val_fraction)
     if strategy not in STRATEGIES:
@@ -73,74 +74,112 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
                                                 f"{scratch_size}px, classic augmentation",
                                      "data_summary": ds.summary(), "args": args}, overwrite=overwrite)
     out.write_json("labels.json", ds.classes)
-    echo(f"decoding {len(ds.train) + len(ds.val)} images once at {scratch_size}px for the scratch CNN")
-    x_tr, kept_tr = decode_all(ds.train.items, scratch_size)
-    x_va, kept_va = decode_all(ds.val.items, scratch_size)
-    y_tr = torch.tensor([ds.train.labels[i] for i in kept_tr])
-    y_va = torch.tensor([ds.val.labels[i] for i in kept_va])
+    test = ds.test if ds.test is not None and len(ds.test) else None
+    n_images = len(ds.train) + len(ds.val) + (len(test) if test is not None else 0)
+    echo(f"decoding {n_images} images once at {scratch_size}px for the scratch CNN")
+    x_tr, y_tr, kept_tr = _decoded(ds.train, scratch_size)
+    x_va, y_va, _ = _decoded(ds.val, scratch_size)
+    x_te, y_te, _ = _decoded(test, scratch_size) if test is not None else (None, None, [])
     rows = []
     for f in fracs:
         idx = stratified_fraction(ds.train.labels, f, seed)
         sub = Dataset(ds.modality, ds.classes, ds.train.subset(idx), ds.val, ds.source,
-                      info={"fraction": f})
+                      info={"fraction": f}, test=test)
         n = len(idx)
         # (a) transfer: the ordinary fit pipeline (features cached once, shared by every fraction)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             run = fit(sub, model=model, out=Path(tmp) / "run", strategy=strategy, epochs=transfer_epochs,
                       batch_size=batch_size, workers=workers, seed=seed, cache_dir=cache_dir, progress=False,
-                      echo=lambda *_: None)
+                      keep_last=True, echo=lambda *_: None)  # the last epoch, as the scratch arm
             summary = run.summary
             arm = out.subdir(f"arms/transfer-{f:g}")
             for name in ("metrics.csv", "summary.json", "config.yaml"):
                 arm.write_bytes(name, (run.dir / name).read_bytes())
         rows.append({"fraction": f, "n_train": n, "arm": "transfer", "val_acc": summary["val_acc"],
-                     "val_loss": summary["val_loss"], "strategy": summary["strategy"],
-                     "seconds": time.perf_counter() - t0})
+                     "val_loss": summary["val_loss"], "test_acc": summary.get("test_acc"),
+                     "strategy": summary["strategy"], "seconds": time.perf_counter() - t0})
         # (b) scratch: same samples (those that decoded), same val split
         t0 = time.perf_counter()
         pos = {i: j for j, i in enumerate(kept_tr)}
-        sel = torch.tensor([pos[i] for i in idx if i in pos])
+        sel = torch.tensor([pos[i] for i in idx if i in pos], dtype=torch.long)
+        ep = epochs_for(len(sel), scratch_epochs, scratch_min_steps)
+        if ep != scratch_epochs:  # the user's number is overridden: say so, and how to keep it
+            echo(f"note: fraction {f:g}: the scratch CNN trains {ep} epochs, not --scratch-epochs {scratch_epochs}, "
+                 f"to take at least --scratch-min-steps {scratch_min_steps} steps on {len(sel)} samples "
+                 f"(--scratch-min-steps 0 keeps {scratch_epochs})")
         res = train_scratch(x_tr[sel], y_tr[sel], x_va, y_va, len(ds.classes), size=scratch_size,
                             epochs=scratch_epochs, min_steps=scratch_min_steps, lr=scratch_lr, seed=seed,
-                            progress=progress)
+                            progress=progress, x_test=x_te, y_test=y_te)
         out.subdir(f"arms/scratch-{f:g}").write_rows("metrics.csv", res["history"])
         rows.append({"fraction": f, "n_train": len(sel), "arm": "scratch", "val_acc": res["val_acc"],
-                     "val_loss": res["val_loss"], "epochs": res["epochs"], "seconds": time.perf_counter() - t0})
-        echo(f"fraction {f:g} ({n} samples): transfer {rows[-2]['val_acc']:.4f} ({rows[-2]['seconds']:.0f}s), "
-             f"scratch {res['val_acc']:.4f} ({rows[-1]['seconds']:.0f}s, {res['epochs']} epochs)")
-    finding = scratch_needs(rows, reference, n_val=len(y_va))
-    result = {"finding": finding, "n_val": len(y_va), "total_seconds": time.perf_counter() - t_start,
+                     "val_loss": res["val_loss"], "test_acc": res.get("test_acc"), "epochs": res["epochs"],
+                     "epochs_asked": scratch_epochs, "seconds": time.perf_counter() - t0})
+        echo(f"fraction {f:g} ({n} samples): {_said(rows[-2])} ({rows[-2]['seconds']:.0f}s), "
+             f"{_said(rows[-1])} ({rows[-1]['seconds']:.0f}s, {res['epochs']} epochs)")
+    metric = "test_acc" if test is not None and all(r["test_acc"] is not None for r in rows) else "val_acc"
+    n_scored = len(y_te) if metric == "test_acc" else len(y_va)
+    finding = scratch_needs(rows, reference, n_val=n_scored, metric=metric)
+    result = {"finding": finding, "protocol": protocol(strategy, metric, n_scored), "n_val": len(y_va),
+              "n_test": len(y_te) if test is not None else 0, "total_seconds": time.perf_counter() - t_start,
               "scratch_params": res["params"]}
     write_results(out, rows, result)
     from ..report.plots import plot_compare
     plot_compare(rows, out / "compare.png", reference=finding["reference"],
                  title=f"{model} vs scratch CNN on {Path(str(ds.source)).name}")
     echo(finding["text"])
+    echo(result["protocol"])
     return {"rows": rows, **result, "dir": str(out.path)}
 
 
-def scratch_needs(rows: list[dict], reference: float, n_val: int | None = None) -> dict:
-    """Fewest training samples at which the scratch CNN reaches transfer's accuracy at ``reference``;
-    with ``n_val``, a "never" whose gap val cannot tell from noise says so."""
+def _decoded(samples, size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(images, labels, kept indices) of a split decoded once for the scratch CNN (unreadable ones skipped)."""
+    from .scratch import decode_all
+    x, kept = decode_all(samples.items, size)
+    return x, torch.tensor([samples.labels[i] for i in kept], dtype=torch.long), kept
+
+
+def _said(row: dict) -> str:
+    test = f", test {row['test_acc']:.4f}" if row.get("test_acc") is not None else ""
+    return f"{row['arm']} val {row['val_acc']:.4f}{test}"
+
+
+def protocol(strategy: str, metric: str, n: int) -> str:
+    """What each number in results.json is: the same rule for both arms."""
+    text = ("protocol: both arms keep their LAST epoch (neither picks an epoch on val); val_acc is that model on "
+            "val" + (", test_acc on the test split, scored once" if metric == "test_acc" else "")
+            + f"; the finding compares {metric.replace('_', ' ')} ({n} samples)")
+    if strategy == "auto":
+        text += "; --strategy auto chooses the transfer arm's plan on val" + (
+            ", so only test_acc is free of selection" if metric == "test_acc" else
+            ", so its val_acc is somewhat optimistic (a test/ split would give unbiased figures)")
+    return text
+
+
+def scratch_needs(rows: list[dict], reference: float, n_val: int | None = None, metric: str = "val_acc") -> dict:
+    """Fewest training samples at which the scratch CNN reaches transfer's accuracy at ``reference``,
+    on ``metric`` (val_acc or test_acc); with ``n_val`` (the samples that metric was measured on), a
+    "never" whose gap that split cannot tell from noise says so."""
+    split = metric.split("_")[0]
     tr = [r for r in rows if r["arm"] == "transfer"]
     ref = min(tr, key=lambda r: (abs(r["fraction"] - reference), r["fraction"]))
-    ref = {"fraction": ref["fraction"], "n_train": ref["n_train"], "val_acc": ref["val_acc"]}
-    hits = sorted((r["n_train"], r["val_acc"]) for r in rows if r["arm"] == "scratch" and r["val_acc"] >= ref["val_acc"])
-    best_scratch = max((r for r in rows if r["arm"] == "scratch"), key=lambda r: r["val_acc"])
+    ref = {"fraction": ref["fraction"], "n_train": ref["n_train"], "val_acc": ref["val_acc"], metric: ref[metric],
+           "metric": metric}
+    hits = sorted((r["n_train"], r[metric]) for r in rows if r["arm"] == "scratch" and r[metric] >= ref[metric])
+    best_scratch = max((r for r in rows if r["arm"] == "scratch"), key=lambda r: r[metric])
     if hits:
         n = hits[0][0]
         text = (f"the scratch CNN needs {n} training samples to match transfer at {ref['fraction']:g} "
-                f"({ref['n_train']} samples, val acc {ref['val_acc']:.4f}): {n / ref['n_train']:.1f}x the data")
+                f"({ref['n_train']} samples, {split} acc {ref[metric]:.4f}): {n / ref['n_train']:.1f}x the data")
     else:
         n = None
         text = (f"the scratch CNN never matches transfer at {ref['fraction']:g} ({ref['n_train']} samples, "
-                f"val acc {ref['val_acc']:.4f}) with up to {max(r['n_train'] for r in rows)} samples: its best is "
-                f"{best_scratch['val_acc']:.4f} with {best_scratch['n_train']}")
-        gap = ref["val_acc"] - best_scratch["val_acc"]
-        if n_val and gap < noise_margin(ref["val_acc"], n_val):
-            text += (f"; but the gap ({gap:.4f}) is within two standard errors on {n_val} val samples: "
-                     "this val split cannot tell them apart")
+                f"{split} acc {ref[metric]:.4f}) with up to {max(r['n_train'] for r in rows)} samples: its best is "
+                f"{best_scratch[metric]:.4f} with {best_scratch['n_train']}")
+        gap = ref[metric] - best_scratch[metric]
+        if n_val and gap < noise_margin(ref[metric], n_val):
+            text += (f"; but the gap ({gap:.4f}) is within two standard errors on {n_val} {split} samples: "
+                     f"this {split} split cannot tell them apart")
     if abs(ref["fraction"] - reference) > 1e-9:  # --reference is not one of --fractions: say which one served
         text += f" (--reference {reference:g} is not among the fractions: the nearest, {ref['fraction']:g}, was used)"
     return {"reference": ref, "scratch_samples_needed": n, "text": text}

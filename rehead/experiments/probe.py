@@ -10,6 +10,8 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..fit import check_modality, default_model
 from . import check_options, linear_probe, noise_margin, quiet, split_features, start_run, write_results
 
@@ -63,6 +65,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
                                    "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
     feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
+    test = features_of_test(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
     if not main:
         return None
     t_probe = time.perf_counter()
@@ -79,10 +82,12 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
     source = ds.source
     near = near_best(rows, best, len(ys["val"]))
+    scored = score_on_test(feats, ys, test, best["cut"], C, seed, "the best cut's probe (chosen on val)")
     result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
+                       "test_acc": scored.get("test_acc"),
                        "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}",
                        "within_noise": near},
-              "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
+              "test": scored, "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
               "input": inp, "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
               "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
     write_results(out, rows, result)
@@ -90,6 +95,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}", input_row=inp)
     echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
          f"{result['best']['fit_command']}")
+    echo(scored["text"])
     if near:
         echo(f"note: cuts {', '.join(str(c) for c in near)} score within two standard errors of it (val has "
              f"{len(ys['val'])} samples; one is {1 / len(ys['val']):.4f} of accuracy): on this val split the "
@@ -105,6 +111,35 @@ def near_best(rows: list[dict], best: dict, n_val: int) -> list[int]:
     """The other cuts whose val accuracy is within two standard errors of the best's: val cannot tell them apart."""
     margin = noise_margin(best["val_acc"], n_val)
     return [r["cut"] for r in rows if r["cut"] != best["cut"] and r["val_acc"] >= best["val_acc"] - margin]
+
+
+def features_of_test(backbone, ds, cuts: list[int], cache, batch_size: int, workers: int, strict: bool,
+                  progress: bool, echo=print) -> tuple[dict, np.ndarray] | None:
+    """({cut: X}, y) of the test split, or None without one. Every process calls it under a launch
+    (as ``split_features``): the extraction is shared."""
+    if ds.test is None or not len(ds.test):
+        return None
+    from ..features import extract
+    f, kept, skipped = extract(backbone, ds.test.items, cuts, cache, batch_size=batch_size, workers=workers,
+                               strict=strict, progress=progress, desc="extract test")
+    if skipped:
+        echo(f"skipped {len(skipped)} unreadable test item(s): " + ", ".join(skipped[:5]))
+    if not kept:
+        return None
+    return {k: v.numpy() for k, v in f.items()}, np.asarray(ds.test.labels)[np.asarray(kept, dtype=np.int64)]
+
+
+def score_on_test(feats: dict, ys: dict, test, cut: int, C: float, seed: int, what: str) -> dict:
+    """``results.json``'s ``test``: the probe at ``cut`` scored once on the test split, or why not.
+    The probe is refit on train (deterministic: the very probe val scored) and only scored on test:
+    test never chooses anything."""
+    if test is None:
+        return {"scored": False, "what": None, "n_test": 0,
+                "text": "no test split: nothing was scored on test (val figures only)"}
+    x, y = test
+    acc = linear_probe(feats["train"][cut], ys["train"], x[cut], y, C=C, seed=seed)["val_acc"]
+    return {"scored": True, "what": what, "n_test": int(len(y)), "test_acc": acc,
+            "text": f"test acc {acc:.4f} of {what}: {len(y)} test samples, scored once, never for selection"}
 
 
 INPUT_MAX = 10000  # the input probe reads at most this many samples of each split (a stratified subset)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 
-from . import check_options, linear_probe, quiet, split_features, start_run, write_results
+from . import check_options, linear_probe, noise_margin, quiet, split_features, start_run, write_results
 from .logme import logme
+from .probe import features_of_test, score_on_test
 
 
 def split_candidate(spec: str) -> tuple[str, str | None]:
@@ -54,31 +55,36 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     ds.say_warnings(echo)
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
-    unavailable = _check_candidates(models, ds, echo)  # every refusal before any extraction or file
+    unavailable, cuts = _check_candidates(models, ds, echo)  # every refusal before any extraction or file
+    duplicates = same_cuts(cuts, echo)
     out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
                                   "data_summary": ds.summary(), "args": args}, overwrite=overwrite, writer=main)
     out.write_json("labels.json", ds.classes)
     rows = []
-    for cand in models:
-        if any(u["model"] == cand for u in unavailable):
+    n_test = 0
+    for cand, (spec, k) in cuts.items():  # loadable ones, each name once
+        if any(d["model"] == cand for d in duplicates):
             continue
-        spec, cut = split_candidate(cand)
         bb = zoo.load(spec)
-        k = bb.stage_index(cut) if cut is not None else len(bb)
         t0 = time.perf_counter()
         feats, ys, info = split_features(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
+        test = features_of_test(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
         if not main:
             continue  # its share of the extraction is done; the first process scores
         t1 = time.perf_counter()
         score = logme(feats["train"][k], ys["train"])
         logme_s = time.perf_counter() - t1
         pr = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+        scored = score_on_test(feats, ys, test, k, C, seed, "this backbone's probe")
+        n_test = scored["n_test"]
         rows.append({"model": cand, "cut": k, "stage": bb.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]),
                      "input_size": bb.data_config.get("input_size"), "logme": score,
-                     "probe_val_acc": pr["val_acc"], "probe_train_acc": pr["train_acc"],
+                     "probe_val_acc": pr["val_acc"], "probe_test_acc": scored.get("test_acc"),
+                     "probe_train_acc": pr["train_acc"],
                      "extract_seconds": info["extract_seconds"], "logme_seconds": logme_s,
                      "seconds": time.perf_counter() - t0})
-        echo(f"{cand:40} LogME {score:+.4f}  probe val acc {pr['val_acc']:.4f}")
+        echo(f"{cand:40} LogME {score:+.4f}  probe val acc {pr['val_acc']:.4f}"
+             + (f"  test acc {scored['test_acc']:.4f}" if scored["scored"] else ""))
     if not main:
         return None
     if not rows:
@@ -86,25 +92,29 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
     rows.sort(key=lambda r: -r["logme"])
     for i, r in enumerate(rows, 1):
         r["rank"] = i
-    result = {"best": rows[0]["model"], "unavailable": unavailable,
-              "agreement": agreement(rows), "total_seconds": time.perf_counter() - t_start,
-              "n_train": len(ds.train), "n_val": len(ds.val)}
+    n_val = len(ds.val)
+    result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates,
+              "agreement": agreement(rows, n_val), "test": _test_note(n_test),
+              "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val}
     write_results(out, rows, result)
     from ..report.plots import plot_rank
     plot_rank(rows, out / "rank.png")
     a = result["agreement"]
     echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
                                                  if a.get("kendall_tau") is not None else ""))
+    echo(result["test"]["text"])
+    if a["within_noise"]:
+        echo(noise_note(a, n_val))
     return {"rows": rows, **result, "dir": str(out.path)}
 
 
-def _check_candidates(models: list[str], ds, echo) -> list[dict]:
+def _check_candidates(models: list[str], ds, echo) -> tuple[list[dict], dict]:
     """Load each candidate once (then let it go: they may not all fit in memory together) to refuse
-    a wrong modality or cut before any work; returns those that cannot be loaded (offline), which
-    are skipped and said."""
+    a wrong modality or cut before any work. Returns those that cannot be loaded (offline), which
+    are skipped and said, and {candidate: (spec, cut index)} of the others."""
     from .. import zoo
     from ..fit import check_modality
-    unavailable = []
+    unavailable, cuts = [], {}
     for cand in models:
         spec, cut = split_candidate(cand)
         try:
@@ -114,19 +124,53 @@ def _check_candidates(models: list[str], ds, echo) -> list[dict]:
             unavailable.append({"model": cand, "reason": str(e)})
             continue
         check_modality(bb, ds, cand)  # fit's words: which kind of model the data needs, and the hint
-        if cut is not None:
-            bb.stage_index(cut)
+        cuts[cand] = (spec, bb.stage_index(cut) if cut is not None else len(bb))
     if len(unavailable) == len(models):
         raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
-    return unavailable
+    return unavailable, cuts
 
 
-def agreement(rows: list[dict]) -> dict:
-    """Does LogME order the candidates as the probe does? Kendall's tau, and whether the top agrees."""
+def same_cuts(cuts: dict, echo=print) -> list[dict]:
+    """Candidates that name a cut already listed (``X@block4`` and ``X@6``, or ``X`` and ``X@<last>``):
+    the same features, so ranked once, as the first spelling (two rows would tie and count twice in tau)."""
+    first, dups = {}, []
+    for cand, key in cuts.items():
+        if key in first:
+            dups.append({"model": cand, "same_as": first[key], "cut": key[1]})
+            echo(f"note: {cand} is the same cut as {first[key]} (cut {key[1]}): ranked once, as {first[key]}")
+        else:
+            first[key] = cand
+    return dups
+
+
+def agreement(rows: list[dict], n_val: int | None = None) -> dict:
+    """Does LogME order the candidates as the probe does? Kendall's tau, whether the top agrees, and
+    (with ``n_val``) the candidates whose probe val accuracy is within noise of the best probe's."""
+    best = max(rows, key=lambda r: r["probe_val_acc"])
+    margin = noise_margin(best["probe_val_acc"], n_val) if n_val else 0.0
+    near = [r["model"] for r in rows if r is not best and r["probe_val_acc"] >= best["probe_val_acc"] - margin]
+    out = {"kendall_tau": None, "same_best": rows[0]["probe_val_acc"] == best["probe_val_acc"],
+           "probe_best": best["model"], "within_noise": near if n_val else []}
     if len(rows) < 2:
-        return {"kendall_tau": None, "same_best": True}
+        return out
     from scipy.stats import kendalltau
     tau = kendalltau([r["logme"] for r in rows], [r["probe_val_acc"] for r in rows]).statistic
-    best_probe = max(r["probe_val_acc"] for r in rows)
-    return {"kendall_tau": None if tau != tau else float(tau),
-            "same_best": rows[0]["probe_val_acc"] == best_probe}
+    return {**out, "kendall_tau": None if tau != tau else float(tau)}
+
+
+def noise_note(a: dict, n_val: int) -> str:
+    """The small-sample caveat: the probe cannot rank candidates whose val accuracies are this close."""
+    what = "agreement" if a["same_best"] else "preferring another best than LogME"
+    return (f"note: the probes of {', '.join(a['within_noise'])} score within two standard errors of the best "
+            f"probe's ({a['probe_best']}; val has {n_val} samples, one is {1 / n_val:.4f} of accuracy): this val "
+            f"split cannot order them, so the probe's {what} among them, and tau, is noise; a larger --val-fraction "
+            "or more data would tell them apart")
+
+
+def _test_note(n_test: int) -> dict:
+    """``results.json``'s ``test``: what was scored on the test split (nothing chose on it)."""
+    if not n_test:
+        return {"scored": False, "what": None, "n_test": 0,
+                "text": "no test split: nothing was scored on test (val figures only)"}
+    return {"scored": True, "what": "each backbone's probe (probe_test_acc); the ranking is LogME's", "n_test": n_test,
+            "text": f"probe_test_acc: each backbone's probe scored once on {n_test} test samples, never for selection"}

@@ -217,6 +217,8 @@ def _probe_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     if b.get("within_noise"):
         find += (f"<p class='muted'>cuts {', '.join(map(str, b['within_noise']))} score within two standard errors "
                  f"of it on {r['n_val']} val samples: this val split cannot tell them apart.</p>")
+    if r.get("test"):  # older runs have no test record
+        find += f"<p class='muted'>{escape(r['test']['text'])}</p>"
     timing = (f"<p class='muted'>features for all {len(r['rows'])} depths from one pass: "
               f"{r['extract_seconds']:.1f}s; {len(r['rows'])} probes: {r['probe_seconds']:.1f}s</p>")
     cols = ["cut", "stage", "dim", "train_acc", "val_acc", "val_loss", "fit_seconds"]
@@ -231,7 +233,17 @@ def _rank_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     find = (f"<p class='finding'>best by LogME: <b>{escape(r['best'])}</b>"
             + (f"; Kendall tau between LogME and probe accuracy: {tau:+.2f}" if tau is not None else "")
             + ("; the probe agrees on the best" if a.get("same_best") else "; the probe prefers another") + "</p>")
-    cols = ["rank", "model", "cut", "stage", "dim", "input_size", "logme", "probe_val_acc", "probe_train_acc", "seconds"]
+    if a.get("within_noise"):
+        find += (f"<p class='muted'>{escape(', '.join(a['within_noise']))}: probe val accuracy within two standard "
+                 f"errors of the best probe's ({escape(a['probe_best'])}) on {r['n_val']} val samples: this val split "
+                 "cannot order them, so whether the probe agrees with LogME among them is noise.</p>")
+    for dup in r.get("duplicates", []):
+        find += (f"<p class='muted'>{escape(dup['model'])} is the same cut as {escape(dup['same_as'])} "
+                 f"(cut {dup['cut']}): ranked once.</p>")
+    if r.get("test"):
+        find += f"<p class='muted'>{escape(r['test']['text'])}</p>"
+    cols = ["rank", "model", "cut", "stage", "dim", "input_size", "logme", "probe_val_acc", "probe_test_acc",
+            "probe_train_acc", "seconds"]
     secs = [("Ranking", find + img(d / "rank.png", "rank plot")
              + table(r["rows"], cols, best=lambda x: x["rank"] == 1, left=("model", "stage")))]
     if r.get("unavailable"):
@@ -241,8 +253,9 @@ def _rank_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
 
 def _compare_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     r = _results(d)
-    cols = ["fraction", "n_train", "arm", "val_acc", "val_loss", "strategy", "epochs", "seconds"]
-    return [("Transfer vs scratch", f"<p class='finding'>{escape(r['finding']['text'])}</p>"
+    cols = ["fraction", "n_train", "arm", "val_acc", "val_loss", "test_acc", "strategy", "epochs", "seconds"]
+    how = f"<p class='muted'>{escape(r['protocol'])}</p>" if r.get("protocol") else ""
+    return [("Transfer vs scratch", f"<p class='finding'>{escape(r['finding']['text'])}</p>" + how
              + img(d / "compare.png", "compare plot") + table(r["rows"], cols, left=("arm", "strategy")))]
 
 
