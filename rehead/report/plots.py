@@ -62,21 +62,23 @@ def plot_rank(rows: list[dict], path) -> Path:
 
 
 def plot_compare(rows: list[dict], path, reference: dict | None = None, title: str = "") -> Path:
-    """Val accuracy against number of training samples, transfer vs scratch."""
+    """Accuracy against number of training samples, transfer vs scratch: the figure the finding compares
+    (``reference["metric"]``: test accuracy where there is a test split, else val)."""
+    metric = (reference or {}).get("metric", "val_acc")
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, color, label in (("transfer", BLUE, "transfer (pretrained)"), ("scratch", RED, "small CNN from scratch")):
-        pts = sorted((r["n_train"], r["val_acc"]) for r in rows if r["arm"] == arm)
+        pts = sorted((r["n_train"], r[metric]) for r in rows if r["arm"] == arm)
         if pts:
             ax.plot(*zip(*pts), "o-", color=color, label=label)
     if reference:
-        ax.axhline(reference["val_acc"], color=BLUE, ls=":", alpha=0.7,
+        ax.axhline(reference[metric], color=BLUE, ls=":", alpha=0.7,
                    label=f"transfer at {reference['fraction']:g} ({reference['n_train']} samples)")
     ax.set_xscale("log")
     ns = sorted({r["n_train"] for r in rows})
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.minorticks_off()
     ax.set_xlabel("training samples")
-    ax.set_ylabel("val accuracy")
+    ax.set_ylabel("test accuracy" if metric == "test_acc" else "val accuracy")
     ax.set_title(title or "transfer vs training from scratch", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
