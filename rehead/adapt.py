@@ -19,7 +19,6 @@ import json
 import math
 import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from .data import DataError
 from .recipes import Phase
 from .train.callbacks import Callback, ClipGrad, MetricsCSV, Progress, Schedule
 from .zoo import ModelNotFound
+from .zoo.hf import quiet_transformers
 
 OBJECTIVES = ("auto", "causal", "masked")
 
@@ -85,9 +85,10 @@ def resolve_source(model: str) -> tuple[str, dict]:
 def load_config(source: str):
     """The model's transformers config; an unreachable hub id gets hf's offline advice."""
     import transformers as tf
-    from .zoo.hf import _offline_error
+    from .zoo.hf import _offline_error, hub_or_cache
     try:
-        return tf.AutoConfig.from_pretrained(source)
+        with hub_or_cache(source):
+            return tf.AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise _offline_error(source, e) from e
 
@@ -107,19 +108,35 @@ def adapted_spec(hf_dir: Path, prep: dict) -> str:
     return f"hf:{hf_dir}?{q}"
 
 
-def pick_objective(config, objective: str = "auto") -> str:
-    """causal for decoders (GPT-2, Llama ...), masked for encoders (BERT, RoBERTa, MiniLM ...)."""
+def causal_attention(config) -> bool:
+    """Whether each token attends only to those before it (GPT-2, Llama ...). Families with both a masked
+    and a causal LM class (BERT, RoBERTa ...) are causal only with ``is_decoder`` (XLM: ``causal``): their
+    ForCausalLM / LMHeadModel without it is a bidirectional encoder that sees the token it is to predict."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+    if getattr(config, "is_decoder", False) or getattr(config, "causal", False) is True:
+        return True
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        return False
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return True
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    return "CausalLM" in archs or "LMHeadModel" in archs
+
+
+def pick_objective(config, objective: str = "auto", model: str = "") -> str:
+    """causal for decoders (GPT-2, Llama ...), masked for encoders (BERT, RoBERTa, MiniLM ...); causal on an
+    encoder is refused: its perplexity would be measured with the next token in view."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    causal = causal_attention(config)
+    if objective == "causal" and not causal:
+        from .config import ConfigError
+        raise ConfigError(f"--objective causal needs a decoder (GPT-2, Llama ...): {model or 'the model'} is an "
+                          f"encoder ({config.model_type}) whose attention sees every token, the next one included; "
+                          "use --objective masked (or a decoder model)")
     if objective != "auto":
         return objective
-    from transformers import MODEL_FOR_MASKED_LM_MAPPING
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if "CausalLM" in archs or "LMHead" in archs or getattr(config, "is_decoder", False):
-        return "causal"
-    if "MaskedLM" in archs or type(config) in MODEL_FOR_MASKED_LM_MAPPING:
-        return "masked"
-    return "causal"
+    return "causal" if causal else "masked"
 
 
 def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed) -> None:
@@ -141,22 +158,6 @@ def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, m
         raise ConfigError(f"--seed must be >= 0, got {seed}")
 
 
-@contextmanager
-def quiet_transformers():
-    """transformers' load reports (an LM head's MISSING keys in an ANSI table) and progress bars are
-    noise in adapt's output; what matters is said by ``head_is_new``."""
-    from transformers.utils import logging as hf_logging
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def checkpoint_keys(source: str) -> set[str] | None:
     """Tensor names of a folder's / a cached hub model's safetensors checkpoint; None when unknown."""
     from safetensors import safe_open
@@ -167,8 +168,10 @@ def checkpoint_keys(source: str) -> set[str] | None:
             return f if f.is_file() else None
         try:
             from transformers.utils import cached_file
-            f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False)
+            from .zoo.hf import hub_or_cache
+            with hub_or_cache(source):
+                f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
         except Exception:  # not cached, offline: unknown
             return None
         return Path(f) if f else None
@@ -318,7 +321,7 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     RunDir.check_free(out, overwrite)  # before the model loads: a refused start costs nothing
     texts = read_corpus(corpus, text_column)
     source, opts = resolve_source(model)
-    objective = pick_objective(load_config(source), objective)
+    objective = pick_objective(load_config(source), objective, model)
     torch.manual_seed(seed)  # a head the checkpoint lacks is initialised here
     with quiet_transformers():
         lm, tokenizer, source = load_hf_model(source, pretrained=True, lm=objective)

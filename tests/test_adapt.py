@@ -121,3 +121,27 @@ def test_a_held_out_set_with_no_token_to_score_is_said_not_read_as_perplexity_on
     assert any("gave no token to score" in s for s in said), said
     assert said[-1].startswith("held-out perplexity not measured -> not measured"), said
     assert (tmp_path / "lm" / "adapt.json").exists()
+
+
+def test_causal_objective_on_an_encoder_is_refused_before_anything_is_written(tmp_path, corpus):
+    """`adapt --model packaged:minilm --objective causal` trained a BertLMHeadModel with is_decoder false:
+    bidirectional attention, so its "held-out perplexity 54528 -> 241" was scored with the next token visible."""
+    from rehead.config import ConfigError
+    with pytest.raises(ConfigError, match=r"--objective causal needs a decoder.*use --objective masked"):
+        adapt(corpus, "packaged:minilm", tmp_path / "lm", objective="causal", progress=False, echo=quiet)
+    assert not (tmp_path / "lm").exists()
+    r = adapt_cli(tmp_path / "lm", corpus, "--model", "packaged:minilm", "--objective", "causal")
+    assert r.exit_code == 2 and "--objective masked" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "lm").exists()
+
+
+def test_causal_attention_is_read_from_the_config_not_the_head_class_name():
+    from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig
+    from rehead.adapt import causal_attention, pick_objective
+    assert causal_attention(GPT2Config()) and causal_attention(LlamaConfig())
+    assert not causal_attention(BertConfig()) and not causal_attention(RobertaConfig())
+    assert causal_attention(BertConfig(is_decoder=True))  # BERT built as a decoder: causal masks
+    # what the bug saved: a BertLMHeadModel without is_decoder is an encoder; auto picks masked for it
+    assert not causal_attention(BertConfig(architectures=["BertLMHeadModel"]))
+    assert pick_objective(BertConfig(architectures=["BertLMHeadModel"])) == "masked"
+    assert pick_objective(GPT2Config(architectures=["GPT2LMHeadModel"]), "causal") == "causal"

@@ -100,3 +100,27 @@ def test_a_table_runs_training_rows_are_recognised_by_their_cells_in_another_fil
     d.sort_values("b").to_csv(tmp_path / "t.csv", index=False)
     res = Run(tmp_path / "r").evaluate(str(tmp_path / "copy.csv"))
     assert "seen" not in res and "its training table changed since the fit" in res["warnings"][-1]
+
+
+def test_pretrain_says_which_rows_its_mse_is_on_and_when_it_is_no_better_than_the_mean(tmp_path):
+    """golub, 5 epochs: "masked-cell MSE 1.083 (predicting the column mean: 1.0)", worse than the
+    baseline with no comment, and no word of the rows it was measured on."""
+    from rehead.pretrain import mask_batch, masked_errors, mse_verdict, pretrain
+    from rehead.zoo.tabular import TabularBackbone
+    bad = mse_verdict(1.083, 1.002, 38)
+    assert "on the 38 pretraining rows" in bad and "against 1.002 predicting each column's mean" in bad
+    assert "learned nothing useful yet" in bad and "--epochs" in bad
+    assert "nothing useful" not in mse_verdict(0.4, 1.0, 38)
+    # the baseline is the column mean's error (0 once standardised) on the very cells the model is scored on
+    x, observed = torch.randn(50, 4), torch.ones(50, 4, dtype=torch.bool)
+    enc = TabularBackbone(4, 8, 1, 0.0, spec="tabular:mlp-4-8x1")
+    _, base = masked_errors(enc, torch.nn.Linear(8, 4), x, observed, 0.3, 7)
+    m = mask_batch(x, 0.3, torch.Generator().manual_seed(7), observed)[1]
+    assert base == pytest.approx(float((x[m] ** 2).mean()), rel=1e-5)
+    said = []
+    pd.DataFrame(np.random.default_rng(0).normal(size=(30, 4)), columns=list("abcd")).to_csv(tmp_path / "t.csv",
+                                                                                         index=False)
+    summary = pretrain(tmp_path / "t.csv", tmp_path / "enc", width=8, depth=1, epochs=1, label_column=None,
+                       progress=False, echo=said.append)
+    assert "on the 30 pretraining rows" in said[-1], said
+    assert 0.5 < summary["masked_mse_predicting_mean"] < 1.5

@@ -433,3 +433,80 @@ def test_layer_decay_on_a_text_encoder_decays_per_layer(tiny_bert_dir):
     names = [f"stage:{n}" for n in bb.stage_names]
     for k, name in enumerate(reversed(names), start=1):
         assert lrs[name] == pytest.approx(1e-3 * 0.5 ** k)
+
+
+# -- loading reports, the Hub offline, truncation --------------------------------------------
+def _hub_cache(root, repo: str, folder):
+    """A Hugging Face cache holding ``folder``'s files as the snapshot of hub id ``repo``."""
+    import shutil
+    d = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(folder, d / "snapshots" / ("0" * 40))
+    (d / "refs").mkdir()
+    (d / "refs" / "main").write_text("0" * 40)
+    return root
+
+
+def test_a_hub_model_loads_from_the_cache_and_fails_fast_when_offline_and_not_cached(tmp_path, monkeypatch,
+                                                                                     tiny_bert_dir):
+    """Offline, `fit --model hf:bert-base-uncased` spent ~35 s in huggingface_hub's retries before its error."""
+    import time
+    from huggingface_hub import constants
+    from rehead.zoo import hf
+    monkeypatch.setattr(hf, "hub_reachable", lambda *a: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", "rehead-test/tiny", tiny_bert_dir)))
+    bb = zoo.load("hf:rehead-test/tiny")  # from the cache, no request
+    assert bb.family == "bert" and constants.HF_HUB_OFFLINE is False  # offline only while loading
+    t0 = time.perf_counter()
+    with pytest.raises(zoo.ModelNotFound, match=r"not in the local Hugging Face cache .* the Hub is unreachable"):
+        zoo.load("hf:rehead-test/not-cached")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_an_adapt_outputs_hf_folder_pools_as_its_run_and_the_load_report_stays_quiet(tmp_path, tiny_bert_dir,
+                                                                                     sentiment_folder, capfd):
+    """`fit --model hf:runs/lm/hf` printed transformers' LOAD REPORT table under -q, and pooled with a random-
+    pooler-free CLS instead of the run's mean pooling (val 0.80 against 0.85 for --model runs/lm)."""
+    from typer.testing import CliRunner
+    from rehead.adapt import adapt
+    from rehead.cli import app
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(s for s, _ in sentiment_rows(20, 3)) + "\n")
+    adapt(corpus, f"hf:{tiny_bert_dir}?pooling=mean", tmp_path / "lm", epochs=0, progress=False,
+          echo=lambda *a: None)
+    bb = zoo.load(f"hf:{tmp_path / 'lm' / 'hf'}")
+    assert bb.data_config["pooling"] == zoo.load(str(tmp_path / "lm")).data_config["pooling"] == "mean"
+    assert any("hf/ folder of `rehead adapt` output" in n and f"--model {tmp_path / 'lm'}" in n
+               for n in bb.load_notes), bb.load_notes
+    assert zoo.load(f"hf:{tmp_path / 'lm' / 'hf'}?pooling=max").data_config["pooling"] == "max"  # given: kept
+    capfd.readouterr()
+    r = CliRunner().invoke(app, ["fit", str(sentiment_folder), "--model", f"hf:{tmp_path / 'lm' / 'hf'}",
+                                 "--strategy", "extract", "--out", str(tmp_path / "h"), "-q"])
+    err = capfd.readouterr().err
+    assert r.exit_code == 0, r.output
+    assert "hf/ folder of `rehead adapt` output" in r.output, r.output
+    for noise in ("LOAD REPORT", "UNEXPECTED", "MISSING"):
+        assert noise not in r.output + err, r.output + err
+
+
+def test_a_missing_pooler_on_default_cls_pooling_is_noted_once_in_rehead_words(tiny_bert_dir):
+    """tiny_bert_dir is a BertForMaskedLM checkpoint: AutoModel's pooler is not in it."""
+    notes = zoo.load(f"hf:{tiny_bert_dir}").load_notes
+    assert len(notes) == 1 and "no pooler weights" in notes[0] and "?pooling=mean" in notes[0], notes
+    assert zoo.load(f"hf:{tiny_bert_dir}?pooling=cls").load_notes == []  # chosen: nothing to say
+    assert zoo.load("packaged:minilm").load_notes == []
+
+
+def test_texts_cut_to_the_max_length_are_counted_and_said_once(tiny_bert_dir, caplog):
+    from types import SimpleNamespace
+    from rehead.data import text
+    bb = zoo.load(f"hf:{tiny_bert_dir}?pooling=mean")
+    ml = bb.data_config["max_length"]
+    texts = ["word " * (ml + 5), "word " * (ml - 5), "short", "é" * (ml // 2)]
+    assert bb.count_truncated(texts) == 1
+    said = []
+    ds = SimpleNamespace(train=SimpleNamespace(items=texts), val=SimpleNamespace(items=["x " * 300]), test=None)
+    text.prepare_backbone(bb, ds, said.append)
+    assert said == [f"note: 2 of 5 texts are longer than {ml} tokens, the backbone's max length: they are cut "
+                    f"to their first {ml} tokens (the rest is not read)"], said
+    assert "longer than the specified maximum" not in caplog.text
+    text.prepare_backbone(bb, ds)  # no echo (fit-multitask): nothing said, nothing counted

@@ -206,6 +206,24 @@ def token_lengths(backbone, items: list[str], chunk: int = 1024) -> list[int]:
     return out
 
 
+def prepare_backbone(backbone, ds, echo=None) -> None:
+    """Before extraction or training, once for every split: what the backbone's loading left unsaid
+    (transformers' load report, kept quiet) and how many texts its max length cuts."""
+    if echo is None:
+        return
+    for note in getattr(backbone, "load_notes", ()):
+        echo(note)
+    count = getattr(backbone, "count_truncated", None)
+    if count is None:
+        return
+    # texts held inline; a reference into a shard would be read a second time just to count
+    texts = [t for s in (ds.train, ds.val, ds.test) if s is not None for t in s.items if not refs.is_ref(t)]
+    cut, ml = count(texts), backbone.data_config["max_length"]
+    if cut:
+        echo(f"note: {cut} of {len(texts)} texts are longer than {ml} tokens, the backbone's max length: "
+             f"they are cut to their first {ml} tokens (the rest is not read)")
+
+
 def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False, shuffle=False,
                 transform=None, generator=None, drop_last=False):
     """Batches tokenized with dynamic padding (to the longest text of the batch)."""

@@ -30,9 +30,13 @@ preprocessing does.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
+import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -190,6 +194,17 @@ class TextBackbone(Backbone):
                              max_length=self.data_config["max_length"], return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def count_truncated(self, texts: list[str]) -> int:
+        """How many of ``texts`` ``tokenize`` cuts to max_length. Only texts of more UTF-8 bytes than
+        max_length, less a margin for special tokens, are tokenized: a tokenizer makes at most a token per
+        byte (WordPiece, byte-level BPE, SentencePiece); a normaliser that expands characters could beat it."""
+        ml = self.data_config["max_length"]
+        long = [t for t in texts if len(t.encode("utf-8", "replace")) + 8 > ml]
+        lengths = []
+        for i in range(0, len(long), 256):  # verbose=False: no "sequence length is longer than" warning
+            lengths += map(len, self.tokenizer(long[i:i + 256], truncation=False, verbose=False)["input_ids"])
+        return sum(n > ml for n in lengths)
+
     # -- the model's own forward, truncated -----------------------------------------------
     @property
     def n_layers(self) -> int:
@@ -327,12 +342,52 @@ def pool_hidden(x: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bo
 
 # -- loading ------------------------------------------------------------------------------
 def _offline_error(name: str, err: Exception) -> ModelNotFound:
+    from huggingface_hub import constants
+    offline = not Path(name).is_dir() and (constants.HF_HUB_OFFLINE or not hub_reachable())
+    why = (f"it is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub is unreachable"
+           if offline else
+           f"{type(err).__name__}: {' '.join(str(err).split())}")  # one line: transformers' messages span several
     return ModelNotFound(
-        f"could not load Hugging Face model {name!r} ({type(err).__name__}: {err}). Offline? On a machine "
+        f"could not load Hugging Face model {name!r} ({why}). Offline? On a machine "
         f"with network run `hf download {name} --local-dir DIR` (huggingface_hub's CLI; older versions: "
         f"`huggingface-cli download {name} --local-dir DIR`), or in Python AutoModel.from_pretrained({name!r}) and "
         "AutoTokenizer.from_pretrained(...), then .save_pretrained(DIR) for both; copy DIR here and use "
         "--model hf:DIR (a local folder with config.json, the weights and the tokenizer files).")
+
+
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host answers a TCP connect: without network, huggingface_hub retries each
+    request for ~35 s before failing. Behind a proxy the probe cannot tell: the loaders decide."""
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    if any(os.environ.get(v) for v in PROXY_VARS):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def hub_or_cache(source: str):
+    """A hub id whose Hub is unreachable loads from the local Hugging Face cache alone (huggingface_hub's
+    offline mode: no request, no retries); a model not cached then fails at once. A local folder, or a
+    reachable Hub, loads as transformers always does (downloading what is not cached)."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or Path(source).is_dir() or hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True  # read at each request (huggingface_hub.is_offline_mode)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def parse_name(name: str) -> tuple[str, dict]:
@@ -380,8 +435,9 @@ def _card_file(source: str, name: str) -> dict | list | None:
         return json.loads(p.read_text()) if p.is_file() else None
     try:
         from transformers.utils import cached_file
-        f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
-                        _raise_exceptions_for_connection_errors=False)
+        with hub_or_cache(source):
+            f = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
     except Exception:  # no such file, offline: the card has nothing to say
         return None
     return json.loads(Path(f).read_text()) if f else None
@@ -417,32 +473,101 @@ def load_tokenizer(source: str):
     return tok
 
 
+@contextmanager
+def quiet_transformers():
+    """transformers' load report (an ANSI table of MISSING / UNEXPECTED keys, printed even under -q) and
+    progress bars are noise in rehead's output: rehead says what matters in its own line (load_notes)."""
+    from transformers.utils import logging as hf_logging
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
-    """A transformers model from a hub id or local dir: base model, or with an LM head (lm='causal'|'masked')."""
+    """A transformers model from a hub id or local dir: base model, or with an LM head (lm='causal'|'masked').
+    ``model.rehead_loading``: transformers' loading info (missing / unexpected / mismatched keys)."""
     import transformers as tf
     source = resolve(source)
     auto = {"causal": tf.AutoModelForCausalLM, "masked": tf.AutoModelForMaskedLM, None: tf.AutoModel}[lm]
-    bars = tf.utils.logging.is_progress_bar_enabled()
-    tf.utils.logging.disable_progress_bar()  # a bar per load is noise in rehead's own output
     try:
-        config = tf.AutoConfig.from_pretrained(source)
-        if getattr(config, "is_encoder_decoder", False):
-            raise ModelNotFound(f"{source} is an encoder-decoder model ({config.model_type}): hf: takes encoders "
-                                "(BERT-like) and decoders (GPT-2-, Llama-like)")
-        model = auto.from_pretrained(source) if pretrained else auto.from_config(config)
-        if getattr(model, "main_input_name", "input_ids") != "input_ids":
-            raise ModelNotFound(f"{source} is not a text model ({config.model_type} takes {model.main_input_name}): "
-                                "hf: loads text models; for image models use timm: (e.g. timm:hf-hub:ORG/NAME)")
-        tokenizer = load_tokenizer(source)
+        with hub_or_cache(source), quiet_transformers():
+            config = tf.AutoConfig.from_pretrained(source)
+            if getattr(config, "is_encoder_decoder", False):
+                raise ModelNotFound(f"{source} is an encoder-decoder model ({config.model_type}): hf: takes "
+                                    "encoders (BERT-like) and decoders (GPT-2-, Llama-like)")
+            model, info = (auto.from_pretrained(source, output_loading_info=True) if pretrained
+                           else (auto.from_config(config), {}))
+            if getattr(model, "main_input_name", "input_ids") != "input_ids":
+                raise ModelNotFound(f"{source} is not a text model ({config.model_type} takes "
+                                    f"{model.main_input_name}): hf: loads text models; for image models use "
+                                    "timm: (e.g. timm:hf-hub:ORG/NAME)")
+            tokenizer = load_tokenizer(source)
     except ModelNotFound:
         raise
     except (OSError, ValueError) as e:
         raise _offline_error(source, e) from e
-    finally:
-        if bars:
-            tf.utils.logging.enable_progress_bar()
     model.eval()
+    model.rehead_loading = info
     return model, tokenizer, source
+
+
+def _some_keys(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def load_notes(info: dict, name: str, pooling: str, pooling_chosen: bool) -> list[str]:
+    """rehead's own lines for transformers' load report. Weights the checkpoint held beyond the model (an
+    LM or task head) are left out unsaid: rehead's head replaces them. Weights it lacked start random:
+    a warning, except the pooler, which rehead never runs; a missing pooler only says that the model's
+    first token was not trained as a sentence summary, which matters when rehead pools with it."""
+    missing = list(info.get("missing_keys", ())) + [k[0] if isinstance(k, tuple) else k
+                                                     for k in info.get("mismatched_keys", ())]
+    pooler = [k for k in missing if k.split(".")[0] in POOLERS]
+    other = sorted(k for k in missing if k not in pooler)
+    notes = []
+    if other:
+        notes.append(f"warning: {len(other)} weight(s) of {name} are not in its checkpoint (or have another "
+                     f"shape) and start random ({_some_keys(other)}): its features are partly noise; check that "
+                     "the folder holds the weights its config.json describes")
+    if pooler and pooling == "cls" and not pooling_chosen:
+        notes.append(f"note: {name} has no pooler weights ({_some_keys(sorted(pooler), 1)}: rehead does not use "
+                     "them), a sign its first token ([CLS]) was never trained as a sentence summary, and rehead "
+                     f"pools with it (the family default): add ?pooling=mean to the spec if it scores low")
+    return notes
+
+
+def adapt_run_of(source: str) -> Path | None:
+    """The `rehead adapt` output whose hf/ folder ``source`` is (config.yaml: kind backbone, with adapt), or None."""
+    folder = Path(source)
+    cfg_file = folder.parent / "config.yaml"
+    if folder.name != "hf" or not cfg_file.is_file():
+        return None
+    import yaml
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return folder.parent if isinstance(cfg, dict) and cfg.get("kind") == "backbone" and "adapt" in cfg else None
+
+
+def adapt_options(source: str) -> tuple[dict, str | None]:
+    """(the pooling / max_length / normalize its adapt run pools with, a note saying so) for the hf/ folder
+    of a `rehead adapt` output (hf/ alone has no card: it would fall back to the family's CLS pooling)."""
+    run = adapt_run_of(source)
+    if run is None:
+        return {}, None
+    import yaml
+    spec = str((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", ""))
+    opts = parse_name(spec[3:])[1] if spec.startswith("hf:") else {}
+    said = ", ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in opts.items())
+    return opts, (f"note: {source} is the hf/ folder of `rehead adapt` output {run}: it pools as that run does "
+                  f"({said or 'its defaults'}); --model {run} is the same backbone")
 
 
 def default_max_length(tokenizer, config) -> int:
@@ -457,9 +582,12 @@ def wrap_text_model(model, tokenizer, source: str, spec: str, max_length: int | 
     length from the arguments, else the model card, else the family's default."""
     base = getattr(model, "base_model", model)
     card, card_len = card_pooling(source)
+    chosen = bool(pooling or card)
     pooling = pooling or card or ("last" if is_decoder(base) else "cls")
     ml = max_length or card_len or default_max_length(tokenizer, base.config)
-    return TextBackbone(base, tokenizer, ml, spec, source, pooling, normalize)
+    bb = TextBackbone(base, tokenizer, ml, spec, source, pooling, normalize)
+    bb.load_notes = load_notes(getattr(model, "rehead_loading", None) or {}, spec or source, pooling, chosen)
+    return bb
 
 
 def _hf_list() -> list[dict]:
@@ -471,9 +599,14 @@ def _hf_list() -> list[dict]:
 @register_source("hf", "Hugging Face transformers: hf:ORG/NAME (the Hub) or hf:/local/dir", _hf_list)
 def load_hf(name: str, pretrained: bool = True) -> TextBackbone:
     source, opts = parse_name(name)
+    note = None
+    if not opts:  # an adapt output's hf/ folder pools as its run directory does
+        opts, note = adapt_options(resolve(source))
     model, tokenizer, source = load_hf_model(source, pretrained)
-    return wrap_text_model(model, tokenizer, source, f"hf:{name}", opts.get("max_length"), opts.get("pooling"),
-                           opts.get("normalize", False))
+    bb = wrap_text_model(model, tokenizer, source, f"hf:{name}", opts.get("max_length"), opts.get("pooling"),
+                         opts.get("normalize", False))
+    bb.load_notes = ([note] if note else []) + bb.load_notes
+    return bb
 
 
 # -- packaged:minilm ----------------------------------------------------------------------
