@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import math
 import os
 from pathlib import Path
 
@@ -218,7 +219,8 @@ class Run:
 
     def _batches(self, items: list, batch_size: int, workers: int):
         """(index list, model input) batches, and a function naming the items no batch kept."""
-        if items and _in_memory_images(items):  # decoded as files are, through the run's eval transform
+        # in-memory images decoded as files are, through the run's eval transform (a table's arrays are rows)
+        if items and self.modality == "image" and _in_memory_images(items):
             from .data.images import UnreadableImage, eval_transform, in_memory_image
             cfg = self.model.backbone.data_config
             tf = eval_transform(cfg)
@@ -243,7 +245,10 @@ class Run:
         """One row per item, unreadable items marked: multiclass, the top-k labels with
         (calibrated) probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and
         each label's probability (``probs``); regression, the predicted ``value`` in the target's units."""
-        if isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
+        if self.modality == "tabular":  # a CSV path, a DataFrame, a 2-D array or a list of rows
+            from .data.tabular import predict_items
+            items = predict_items(items, self._columns())
+        elif isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
             items = [items]
         if self.task != "multiclass":
             views, kept, skipped = self._views(items, tta=tta, **kw)
@@ -278,53 +283,81 @@ class Run:
         return _in_input_order(items, kept, rows)
 
     def evaluate(self, items, labels: list | None = None, columns: dict | None = None, **kw) -> dict:
-        """Metrics on ``items`` with ``labels`` (multiclass: class indices in the run's order;
-        multilabel: lists of them; regression: numbers; class names are taken too), on a pandas
-        DataFrame (the fit's columns), or on a dataset at a path (``evaluate("photos/")``): its classes
-        are mapped onto the run's by name; ``columns`` (``text_column``, ``image_column``,
-        ``label_column``) where its CSV or DataFrame names them otherwise than the fit's data did."""
+        """Metrics on ``items`` with ``labels`` (multiclass: class names, or class indices in the run's
+        order; multilabel: lists of them; regression: numbers), on a pandas DataFrame (the fit's
+        columns), or on a dataset at a path (``evaluate("photos/")``): its classes are mapped onto the
+        run's by name; ``columns`` (``text_column``, ``image_column``, ``label_column``) where its CSV or
+        DataFrame names them otherwise than the fit's data did. In a run whose class names are numbers
+        a number label is the class it names, never an index (see ``_label_indices``)."""
         info = {}
-        if labels is None and hasattr(items, "columns") and hasattr(items, "iloc"):  # a DataFrame
-            items, labels = self._frame_columns(items, columns)
-        if labels is not None:
-            labels = self._label_indices(list(labels))
-            if len(items) != len(labels):
-                raise DataError(f"{len(items)} items but {len(labels)} labels: give one label per item")
-        else:
+        if labels is None and _is_frame(items):
+            items, labels, info = self._frame_columns(items, columns)
+        if labels is None:
             items, labels, info = self.eval_data(items, columns)
-            info = self._seen(items, info)  # data at a path may be what the run trained on
+            return self._metrics(items, labels, self._seen(items, info), **kw)
+        items, labels = list(items), list(labels)
+        if len(items) != len(labels):
+            raise DataError(f"{len(items)} items but {len(labels)} labels: give one label per item")
+        split = self._split_json()
+        if not _recorded(split, items, labels, self.classes):  # else split.json's labels: indices already
+            labels = self._label_indices(labels)
+        if not _a_part_of(split, items):  # its own val/test split (evaluate RUN, a fit's test score): asked for
+            info = self._seen(items, info)
         return self._metrics(items, labels, info, **kw)
 
-    def _frame_columns(self, df, columns: dict | None) -> tuple[list, list]:
+    def _split_json(self) -> dict | None:
+        try:
+            return read_json(self.dir / "split.json") if (self.dir / "split.json").exists() else None
+        except (ValueError, OSError):
+            return None
+
+    def _frame_columns(self, df, columns: dict | None) -> tuple[list, list, dict]:
+        """(items, labels, info) of a DataFrame, read as the CSV path reads a file: a table run's rows
+        by the fit's feature column names; rows with an empty label left out and counted."""
         kw = {**self.data_kw(), **{k: v for k, v in (columns or {}).items() if v}}
         item = kw.get("text_column") or "text" if self.modality == "text" else kw.get("image_column") or "path"
         label = kw.get("label_column") or "label"
-        missing = [c for c in (item, label) if c not in df.columns]
-        if self.modality == "tabular" or missing:
+        missing = [c for c in ([label] if self.modality == "tabular" else [item, label]) if c not in df.columns]
+        if missing:
+            which = "" if self.modality == "tabular" else "'text_column' or 'image_column': ..., "
             raise DataError(f"the DataFrame has no column(s) {', '.join(map(repr, missing))} (its columns: "
-                            f"{', '.join(map(str, df.columns))}): pass columns={{'text_column' or 'image_column': ..., "
-                            "'label_column': ...}" if missing else "a table run evaluates a CSV path: save the "
-                            "DataFrame with df.to_csv(PATH) and evaluate PATH")
-        return df[item].tolist(), df[label].tolist()
+                            f"{', '.join(map(str, df.columns))}): pass columns={{{which}'label_column': ...}}")
+        empty = df[label].isna() | df[label].astype(str).str.strip().eq("")
+        df = df[~empty]
+        if self.modality == "tabular":
+            from .data.tabular import frame_rows
+            items = frame_rows(df, self._columns())
+        else:
+            items = df[item].tolist()
+        labels = [y.strip() if isinstance(y, str) else y for y in df[label].tolist()]
+        return items, labels, {"unlabelled": int(empty.sum()), "source": "<DataFrame>"}
+
+    def _columns(self) -> list[str]:
+        """A table run's feature columns, in the fit's order."""
+        return list((self.config.get("data_config") or {}).get("columns")
+                    or self.model.backbone.data_config.get("columns") or [])
 
     def _label_indices(self, labels: list) -> list:
-        """Multiclass labels as the run's class indices: names mapped, anything else refused by name."""
+        """Multiclass labels as the run's class indices: class names mapped by name; whole numbers are
+        class indices, except in a run whose class names are numbers (1, 2, 3), where a number is the
+        class it names, as in its CSV, and one that names no class is refused, never re-indexed."""
         if self.task != "multiclass":
             return labels
         index = {c: i for i, c in enumerate(self.classes)}
+        numeric = any(_is_number_name(c) for c in self.classes)
         out, bad = [], []
         for y in labels:
-            if isinstance(y, str) and y in index:
-                out.append(index[y])
-            elif isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(self.classes):
-                out.append(int(y))
-            else:
-                bad.append(y)
-        if bad:
-            raise DataError(f"{len(bad)} label(s) are neither one of this run's classes ({', '.join(self.classes[:10])}"
-                            f"{' ...' if len(self.classes) > 10 else ''}) nor a class index 0..{len(self.classes) - 1}: "
-                            f"e.g. {bad[0]!r}")
-        return out
+            i = _class_index(y, index, numeric)
+            (bad if i is None else out).append(y if i is None else i)
+        if not bad:
+            return out
+        shown = f"{', '.join(self.classes[:10])}{' ...' if len(self.classes) > 10 else ''}"
+        if numeric:
+            raise DataError(f"{len(bad)} label(s) are not one of this run's classes ({shown}), e.g. {bad[0]!r}: its "
+                            "class names are numbers, so a number label is read as the class it names, never as a "
+                            "class index; give class names (for indices: [run.classes[i] for i in indices])")
+        raise DataError(f"{len(bad)} label(s) are neither one of this run's classes ({shown}) nor a class index "
+                        f"0..{len(self.classes) - 1}: e.g. {bad[0]!r}")
 
     @property
     def kind(self) -> str:
@@ -344,6 +377,9 @@ class Run:
             seen = {k: set(split[k]["items"]) for k in ("train", "val")}
         except (KeyError, TypeError, ValueError, OSError):
             return info  # val_split() names a broken split.json; a score on new data does not need it
+        # split.json names samples by path or text: in-memory images (unhashable) are never among them
+        items = [str(it) if isinstance(it, Path) else it if isinstance(it, str) or self.modality == "tabular"
+                 else None for it in items]
         if self.modality == "tabular":  # rows are "file#row": compared by their cells, not their numbers
             keyed = self._seen_rows(split, seen, items, info)
             if isinstance(keyed, dict):
@@ -377,7 +413,13 @@ class Run:
                  f"({changed[0]})")
             return {**info, "warnings": info.get("warnings", []) + [w]}
         cols = (self.config.get("data_config") or {}).get("columns") or []
-        return {k: set(row_cells(list(v), cols)) for k, v in seen.items()}, row_cells(items, cols)
+        if all(isinstance(it, str) for it in items):
+            return {k: set(row_cells(list(v), cols)) for k, v in seen.items()}, row_cells(items, cols)
+        from .data.tabular import rows_of  # rows given as numbers (a DataFrame): compared by value
+
+        def keys(rows):
+            return [(r.tobytes(),) for r in rows_of(rows, cols)]
+        return {k: set(keys(list(v))) for k, v in seen.items()}, keys(items)
 
     def eval_data(self, path, columns: dict | None = None) -> tuple[list, list[int], dict]:
         """(items, labels in the run's class order, info) of the data at ``path``: every labelled
@@ -503,6 +545,52 @@ class Run:
                 imgs += f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' width=360>"
         return (f"<div><b>{html.escape(repr(self))}</b><table>{rows}</table>{imgs}"
                 f"<p>plots: <code>rehead report {html.escape(str(self.dir))}</code></p></div>")
+
+
+def _is_frame(obj) -> bool:
+    return hasattr(obj, "columns") and hasattr(obj, "iloc")
+
+
+def _is_number_name(c: str) -> bool:
+    try:
+        return math.isfinite(float(c))
+    except ValueError:
+        return False
+
+
+def _class_index(y, index: dict, numeric: bool) -> int | None:
+    """The class index that label ``y`` stands for, or None. ``numeric``: the class names are numbers,
+    so a number is read as the name it spells (2, 2.0 or 2.5, as a CSV cell would), never as an index."""
+    if isinstance(y, str):
+        return index.get(y)
+    if isinstance(y, bool) or not isinstance(y, (int, float, np.integer, np.floating)):
+        return None
+    whole = float(y).is_integer()
+    if numeric:
+        names = ([str(int(y))] if whole else []) + [str(y), str(float(y))]
+        return next((index[n] for n in names if n in index), None)
+    return int(y) if whole and 0 <= y < len(index) else None
+
+
+def _recorded(split: dict | None, items: list, labels: list, classes: list[str]) -> bool:
+    """Whether a run with numeric class names is given (items, labels) as its split.json records them
+    (``val_split()``, a fit's test split): those labels are class indices, not names. Other runs read
+    indices the same either way, so they are not looked up."""
+    if not (split and items and any(_is_number_name(c) for c in classes)):
+        return False
+    rec = {}
+    for k in ("train", "val", "test"):
+        part = split.get(k) or {}
+        rec.update((it, y) for it, y in zip(part.get("items") or [], part.get("labels") or []) if isinstance(it, str))
+    return all(isinstance(it, str) and it in rec and isinstance(y, (int, np.integer)) and rec[it] == y
+               for it, y in zip(items, labels))
+
+
+def _a_part_of(split: dict | None, items: list) -> bool:
+    """Whether ``items`` are exactly the run's val or test split: scored on purpose, not by mistake."""
+    if not (split and all(isinstance(it, str) for it in items)):  # split.json names samples by path or text
+        return False
+    return any(items == (split.get(k) or {}).get("items") for k in ("val", "test"))
 
 
 def _fmt(v) -> str:

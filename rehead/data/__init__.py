@@ -93,7 +93,7 @@ class Part:
     """One split as read from the source: items, raw label strings ('' = unlabelled), and
     ``where`` (the file or folder, for messages). ``keys``: what makes two rows the same
     item when that is not the item itself (a table row's cells); ``lines``: each row's line in
-    the CSV it came from, for messages."""
+    the CSV it came from (header = line 1; in memory, ``where`` '<...>': its position from 0), for messages."""
     items: list
     labels: list[str]
     where: str
@@ -218,7 +218,7 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
     items = list(items)
     warnings = []
     if splits is None:
-        parts = {"all": Part(items, labels, source)}
+        parts = {"all": Part(items, labels, source, lines=list(range(len(items))))}  # positions, for messages
     else:
         idx = split_column_parts(splits, source)  # every row's split checked, labelled or not
         # unlabelled rows dropped here, not per split: the positions said count over all the rows
@@ -226,7 +226,7 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
         warnings += [w] if w else []
         keep = set(keep)
         parts = {k: Part([items[i] for i in ix if i in keep], [labels[i] for i in ix if i in keep],
-                         f"{source} (split={k})") for k, ix in idx.items()}
+                         f"{source} (split={k})", lines=[i for i in ix if i in keep]) for k, ix in idx.items()}
     return assemble(modality, Parts(parts, source, warnings=warnings, labels_from="label"), val_fraction, seed, task)
 
 

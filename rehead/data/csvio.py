@@ -12,8 +12,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import DataError
+from ..config import LABEL_SEP
 
 log = logging.getLogger(__name__)
+KEPT_APART = " (each item's copies are kept on one side of the train/val split)"
 NUMERIC_HINT_MIN = 20  # more distinct numeric labels than this look like a regression target
 
 
@@ -98,7 +100,8 @@ def drop_unlabelled(labels: list[str], where, items: list | None = None,
         shown = ", ".join(refs.display(items[i]) for i in empty[:3])
         at = f"e.g. {shown}{' ...' if len(empty) > 3 else ''}"
     elif str(where).startswith("<"):  # in memory (a DataFrame, a list of pairs): positions, not file lines
-        at = f"position(s) {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}, counting from 0"
+        pos = [line_of[i] if line_of is not None else i for i in empty]  # in memory, ``lines`` are positions
+        at = f"position(s) {', '.join(map(str, pos[:10]))}{' ...' if len(pos) > 10 else ''}, counting from 0"
     else:
         at = lines(empty, line_of)
     return keep, (f"{where}: {len(empty)} row(s) with an empty label were left out ({at}): "
@@ -119,8 +122,24 @@ def numeric_hint(labels: list[str], where, column_name: str = "label") -> str | 
             "for a numeric target use --task regression (or bin the values into a few classes)")
 
 
-def duplicate_report(items: list, labels: list[str], where) -> list[str]:
-    """Warnings for items listed more than once: conflicting labels first, then plain repeats."""
+def multilabel_hint(labels: list[str], where, column_name: str = "label") -> str | None:
+    """A hint when multiclass labels look like label sets ('a|b'; '|' for none of them)."""
+    sets = Counter(y for y in labels if LABEL_SEP in y)
+    if not sets:
+        return None
+    many = [y for y, _ in sets.most_common() if sum(bool(c.strip()) for c in y.split(LABEL_SEP)) > 1]
+    example = many[0] if many else sets.most_common(1)[0][0]
+    empty = sum(n for y, n in sets.items() if not y.replace(LABEL_SEP, "").strip())
+    none = (f"; its {empty} row(s) labelled {LABEL_SEP!r}, none of the labels under multilabel, are a class named "
+            f"{LABEL_SEP!r}") if empty else ""
+    return (f"{where}: labels like {example!r} in column {column_name!r} look like several labels per row: "
+            f"--task multilabel reads them so (--task multiclass makes each distinct cell a class{none})")
+
+
+def duplicate_report(items: list, labels: list[str], where, split: bool = False) -> list[str]:
+    """Warnings for items listed more than once: conflicting labels first, then plain repeats.
+    ``split``: rehead carves val out of these rows, keeping each item's copies on one side."""
+    side = KEPT_APART if split else ""
     seen: dict = defaultdict(list)
     for it, y in zip(items, labels):
         seen[_key(it)].append(y)
@@ -129,11 +148,11 @@ def duplicate_report(items: list, labels: list[str], where) -> list[str]:
     if conflict:
         k, ys = next(iter(conflict.items()))
         out.append(f"{where}: {len(conflict)} item(s) carry conflicting labels, e.g. {_show(k)} is labelled "
-                   f"{' and '.join(map(repr, sorted(set(ys))))}: keep one label per item")
+                   f"{' and '.join(map(repr, sorted(set(ys))))}: keep one label per item{side}")
     repeats = sum(len(ys) - 1 for k, ys in seen.items() if len(ys) > 1 and k not in conflict)
     if repeats:
         out.append(f"{where}: {repeats} repeated row(s) (same item, same label): they weigh double in "
-                   "training; remove the copies")
+                   f"training{side}; remove the copies")
     return out
 
 

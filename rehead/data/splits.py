@@ -13,8 +13,8 @@ import numpy as np
 from . import DataError, Dataset, EvalData, Part, Parts, Samples, refs, stratified_split
 from ..config import LABEL_SEP as SEP
 from ..config import VAL_FRACTION
-from .csvio import (drop_unlabelled, duplicate_report, names, numeric_hint, once_report, overlap_report,
-                    require_distinct)
+from .csvio import (KEPT_APART, _key, drop_unlabelled, duplicate_report, multilabel_hint, names, numeric_hint,
+                    once_report, overlap_report, require_distinct)
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,15 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
     if not base.items:
         raise DataError(f"{base.where} has no labelled row: fill its label column (--label-column names it)")
     classes = sorted(set(base.labels))
-    hint = numeric_hint(base.labels, base.where, parts.labels_from) if parts.labels_from else None
+    hint = (numeric_hint(base.labels, base.where, parts.labels_from)
+            or multilabel_hint(base.labels, base.where, parts.labels_from)) if parts.labels_from else None
     if hint:
         warnings.append(hint)
     if len(classes) < 2:
         raise DataError(f"{base.where} has a single class (a single label: {classes[0] if classes else 'none'!r}): "
                         "a classifier needs at least two classes" + (f". {hint}" if hint else ""))
-    require_distinct(base.keys if base.keys is not None else base.items, base.where)
-    _report_duplicates(named, warnings)
+    require_distinct(_keys(base), base.where)
+    _report_duplicates(named, warnings, _carved(named, base_name))
     if base_name == "train":
         once = once_report(base.labels, base.where)
         if once:
@@ -103,7 +104,8 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
         return Samples(list(p.items), [index[y] for y in p.labels])
     if base_name == "all":
         readable = samples(named["all"])
-        tr, va = _split_all(named["all"], val_fraction, seed, hint)
+        tr, va = _split_all(named["all"], val_fraction, seed, hint)  # copies of an item kept on one side
+        _said_leaks(_keys(named["all"]), tr, va, named["all"].where, warnings)
         train, val, test = readable.subset(tr), readable.subset(va), None
         how = f"stratified {val_fraction:.0%} val, seed {seed}"
     else:
@@ -113,7 +115,8 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
             how = f"train: {named['train'].where}; val: {named['val'].where}"
             warnings += _own_val(val_fraction, named["val"])
         else:  # classes seen once stay in train (see the once_report warning)
-            tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where, hint)
+            tr, va = _carve(train_all.labels, val_fraction, seed, named["train"].where, hint, _keys(named["train"]))
+            _said_leaks(_keys(named["train"]), tr, va, named["train"].where, warnings)
             train, val = train_all.subset(tr), train_all.subset(va)
             how = f"val: stratified {val_fraction:.0%} of {named['train'].where}, seed {seed}"
         if test is not None:
@@ -146,7 +149,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     parse = _numbers if task == "regression" else _label_sets
     values = {k: parse(p) for k, p in named.items()}
     base = named[base_name]
-    require_distinct(base.keys if base.keys is not None else base.items, base.where)
+    require_distinct(_keys(base), base.where)
     if task == "regression":
         classes = [parts.labels_from]
         index = None
@@ -158,7 +161,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
             if extra:
                 raise DataError(f"{named[k].where} has label(s) not in {base.where}: {names(extra)}: "
                                 "every label must have training samples")
-    _report_duplicates(named, warnings)
+    _report_duplicates(named, warnings, _carved(named, base_name))
 
     def samples(k: str) -> Samples:
         p, vs = named[k], values[k]
@@ -178,7 +181,9 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
         how = f"train: {named['train'].where}; val: {named['val'].where}"
         warnings += _own_val(val_fraction, named["val"])
     else:
-        tr, va = _random_split(len(train_all), val_fraction, seed, base.where)
+        keys = [k for it, k in zip(base.items, _keys(base)) if it not in parts.skipped]  # as samples() keeps
+        tr, va = _random_split(len(train_all), val_fraction, seed, base.where, keys)
+        _said_leaks(keys, tr, va, base.where, warnings)
         train, val = train_all.subset(tr), train_all.subset(va)
         how = f"random {val_fraction:.0%} val (not stratified: {task}) of {base.where}, seed {seed}"
     test = built.get("test") if base_name == "train" else None
@@ -194,16 +199,27 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
 def _numbers(p: Part) -> list[float]:
     """A regression part's labels as floats; the first that is not a finite number is an error."""
     out = []
-    for i, (item, v) in enumerate(zip(p.items, p.labels)):
+    for i, v in enumerate(p.labels):
         try:
             x = float(v)
         except ValueError:
             x = float("nan")
         if not np.isfinite(x):
-            raise DataError(f"{p.where}: row {i + 1} ({_show_item(item)}) has label {v!r}, not a number: --task "
+            raise DataError(f"{p.where}: {_row_at(p, i)} has label {v!r}, not a number: --task "
                             "regression needs a numeric label column; fix the value or leave it empty to skip the row")
         out.append(x)
     return out
+
+
+def _row_at(p: Part, i: int) -> str:
+    """Row ``i`` of a part for messages: its CSV line (header = line 1), its position in memory, or only its
+    item (a folder, a shard); never an index that skips the rows dropped before."""
+    shown = _show_item(p.items[i])
+    if p.lines is None:
+        return f"the row of {shown}"
+    if str(p.where).startswith("<"):
+        return f"position {p.lines[i]} ({shown}, counting from 0)"
+    return f"line {p.lines[i]} ({shown})"
 
 
 def _label_sets(p: Part) -> list[list[str]]:
@@ -216,7 +232,11 @@ def _show_item(item) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _random_split(n: int, val_fraction: float, seed: int, where) -> tuple[list[int], list[int]]:
+def _random_split(n: int, val_fraction: float, seed: int, where, keys=None) -> tuple[list[int], list[int]]:
+    groups = _groups(keys)
+    if groups is not None:
+        return _by_group(groups, lambda reps: _random_split(len(reps), val_fraction, seed, where),
+                         lambda: _random_split(n, val_fraction, seed, where))
     n_val = int(round(n * val_fraction))
     if n < 2 or n_val < 1 or n_val >= n:
         raise DataError(f"cannot split {where} into train and a {val_fraction:.0%} val ({n} labelled rows): "
@@ -244,9 +264,19 @@ def _drop_skipped(p: Part, skipped: dict) -> Part:
     return _subset(p, [i for i, it in enumerate(p.items) if it not in skipped])
 
 
-def _report_duplicates(named: dict[str, Part], warnings: list[str]) -> None:
-    for p in named.values():
-        warnings += duplicate_report(p.keys if p.keys is not None else p.items, p.labels, p.where)
+def _keys(p: Part) -> list:
+    """What makes two rows of a part the same item: a table row's cells, else the item (text, image path)."""
+    return p.keys if p.keys is not None else p.items
+
+
+def _carved(named: dict[str, Part], base_name: str) -> str | None:
+    """The part rehead carves val out of, or None when the data brings its own val."""
+    return base_name if base_name == "all" or "val" not in named else None
+
+
+def _report_duplicates(named: dict[str, Part], warnings: list[str], carved: str | None = None) -> None:
+    for k, p in named.items():
+        warnings += duplicate_report(_keys(p), p.labels, p.where, split=k == carved)
     if "train" in named:
         tr = named["train"]
         for k in ("val", "test"):
@@ -288,16 +318,59 @@ def _split_all(base: Part, val_fraction, seed, hint):
         raise DataError(f"class(es) {names(few)} in {base.where} appear only once: a stratified "
                         "train/val split needs at least 2 samples of each class; add samples, remove those rows, "
                         "or give a separate val split" + (f". {hint}" if hint else ""))
+    if _groups(_keys(base)) is not None:  # a class's copies may be one item: carved so it stays in train
+        return _carve(base.labels, val_fraction, seed, base.where, hint, _keys(base))
     return stratified_split(base.labels, val_fraction, seed, base.where, hint)
 
 
-def _carve(labels: list[int], val_fraction, seed, where, hint=None):
-    """A stratified val out of train; classes with one sample stay in train."""
+def _carve(labels: list, val_fraction, seed, where, hint=None, keys=None):
+    """A stratified val out of train; classes with one sample (one item) stay in train."""
+    groups = _groups(keys)
+    if groups is not None:
+        return _by_group(groups, lambda reps: _carve([labels[i] for i in reps], val_fraction, seed, where, hint),
+                         lambda: _carve(labels, val_fraction, seed, where, hint), labels)
     counts = Counter(labels)
     ok = [i for i, y in enumerate(labels) if counts[y] >= 2]
     tr, va = stratified_split([labels[i] for i in ok], val_fraction, seed, where, hint)
     alone = [i for i, y in enumerate(labels) if counts[y] < 2]
     return sorted([ok[i] for i in tr] + alone), [ok[i] for i in va]
+
+
+def _groups(keys) -> list[int] | None:
+    """Each row's group: the index of the first row holding the same item; None when all items differ
+    (the split is then exactly what it was before groups existed: same runs, resumes and benchmarks)."""
+    if keys is None:
+        return None
+    first: dict = {}
+    groups = [first.setdefault(_key(k), i) for i, k in enumerate(keys)]
+    return groups if len(first) < len(groups) else None
+
+
+def _by_group(groups: list[int], split, by_rows, labels=None) -> tuple[list[int], list[int]]:
+    """Group-k-fold style: ``split`` one row per item (the first, whose label stratifies), then every
+    copy goes to its item's side; copies in both train and val would make val optimistic. When too
+    few distinct items allow it, or it would leave a class out of val (a class that is one item,
+    copied): ``by_rows``, the split as before groups (the caller says the overlap)."""
+    reps = sorted(set(groups))
+    try:
+        _, va = split(reps)
+    except DataError:
+        return by_rows()
+    in_val = {reps[j] for j in va}
+    out = [i for i, g in enumerate(groups) if g not in in_val], [i for i, g in enumerate(groups) if g in in_val]
+    if labels is not None:
+        rows = by_rows()
+        if {labels[i] for i in rows[1]} - {labels[i] for i in out[1]}:
+            return rows
+    return out
+
+
+def _said_leaks(keys: list, tr: list[int], va: list[int], where, warnings: list[str]) -> None:
+    """A val carved by rows (``_by_group``'s fallback) may hold copies of train items: said, not claimed kept apart."""
+    w = overlap_report([keys[i] for i in tr], [keys[i] for i in va], "train", "val", where)
+    if w:
+        warnings[:] = [x.replace(KEPT_APART, "") for x in warnings]
+        warnings.append(w + " (too few distinct items to carve val keeping each item's copies on one side)")
 
 
 # -- evaluation data -------------------------------------------------------------------------

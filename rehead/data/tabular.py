@@ -256,6 +256,69 @@ def expand_inputs(inputs: list[str]) -> list:
     return items
 
 
+def predict_items(x, columns: list[str]) -> list:
+    """What a table run predicts on, as items, one a row: a CSV path (all its rows, read by the fit's
+    column names, as ``rehead predict`` reads one), a DataFrame (by column names), a 2-D array (rows x
+    features in the fit's column order; 1-D: one row), or a list of rows (number sequences, row
+    references ``t.csv#7``, CSV paths)."""
+    if isinstance(x, (str, Path)):
+        x = [x]
+    if hasattr(x, "columns") and hasattr(x, "iloc"):
+        return frame_rows(x, columns)
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return list(_matrix(x, columns))
+    if not isinstance(x, (list, tuple)):
+        raise DataError(f"cannot predict on a {type(x).__name__}: a table run takes a CSV path, a DataFrame with "
+                        f"the fit's columns ({_some(columns)}), a 2-D array of {len(columns)} features a row, or a "
+                        "list of rows")
+    items = []
+    for it in x:
+        if isinstance(it, (str, Path)) and not _is_row_ref(str(it)):
+            items += expand_inputs([str(it)])
+        else:
+            items.append(it)
+    return items
+
+
+def _is_row_ref(s: str) -> bool:
+    path, _, row = s.rpartition("#")
+    return bool(path) and row.isdigit()
+
+
+def frame_rows(df, columns: list[str]) -> list:
+    """A DataFrame's rows as feature vectors, by the fit's column names (others, the label, ignored)."""
+    names = {str(c): c for c in df.columns}
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"the DataFrame lacks feature column(s) the model was trained on: {_some(missing)} "
+                        f"({len(missing)} missing; its columns: {_some([str(c) for c in df.columns])}): name its "
+                        "columns as the fit's table did, or pass df.to_numpy() in the fit's column order")
+    return list(_matrix(df[[names[c] for c in columns]], columns))
+
+
+def _matrix(x, columns: list[str]) -> np.ndarray:
+    """(rows, features) float32 of an array or DataFrame; a 1-D array is one row."""
+    try:
+        a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    except (TypeError, ValueError):
+        bad = next((str(c) for c in getattr(x, "columns", []) if not _numeric_column(x[c])), None)
+        raise DataError(f"table features must be numbers: {'column ' + repr(bad) if bad else 'the array'} holds "
+                        "other values; encode them as numbers") from None
+    a = a[None] if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[1] != len(columns):
+        raise DataError(f"a {'x'.join(map(str, a.shape))} array was given: the model takes rows of {len(columns)} "
+                        f"features ({_some(columns)}), one row per prediction")
+    return a
+
+
+def _numeric_column(col) -> bool:
+    try:
+        np.asarray(col, dtype=np.float32)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 # -- fitting the encoder's input standardisation ---------------------------------------------
 def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
     """Before training: an encoder that has not seen data yet records the table's feature
@@ -265,17 +328,19 @@ def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
     if cols is None:
         raise DataError("a tabular backbone needs a table loaded with rehead.data.tabular.load_table")
     missing = getattr(ds, "missing", "error")
+    items = ds.train.items + ds.val.items
     if backbone.is_fitted():
         check_encoder_columns(backbone.data_config, ds, echo)
         cols = backbone.data_config["columns"]
         missing = backbone.data_config.get("missing", "error")
-        check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
+        check_values(rows_of(items, cols), cols, ds.source, missing, items)
         return
+    x = rows_of(items, cols)  # a non-numeric column first: its fix changes the feature count
     if len(cols) != backbone.in_features:
         raise DataError(f"{backbone.spec} takes {backbone.in_features} features but the table has {len(cols)} "
                         f"feature columns: use tabular:mlp-{len(cols)}-<width>x<depth>, or leave columns out "
                         "with --id-columns")
-    check_values(rows_of(ds.train.items + ds.val.items, cols), cols, ds.source, missing)
+    check_values(x, cols, ds.source, missing, items)
     backbone.fit_scaler(rows_of(ds.train.items, cols), cols, missing)
 
 
@@ -319,12 +384,24 @@ def check_encoder_columns(data_config: dict, ds: Dataset, echo=None) -> None:
              f"of {ds.source} are not read: {', '.join(map(repr, unread[:8]))}{' ...' if len(unread) > 8 else ''}")
 
 
-def check_values(x: np.ndarray, cols: list[str], where, missing: str) -> None:
+def check_values(x: np.ndarray, cols: list[str], where, missing: str, items: list | None = None) -> None:
+    """``missing='error'``: an empty or NaN cell is an error naming the first one's file line (``items``: x's rows)."""
     if missing == "error" and np.isnan(x).any():
-        i, j = np.argwhere(np.isnan(x))[0]
-        raise DataError(f"{where}: {int(np.isnan(x).sum())} empty or NaN cell(s), first in column {cols[j]!r} "
-                        f"(row {i + 1} of those read). Fill them, or pass missing='mean' (--missing mean) to "
-                        "replace them by the training mean of their column")
+        rows = np.flatnonzero(np.isnan(x).any(1))
+        i = min(rows, key=lambda r: _line(items[r]) or 0) if items else rows[0]  # train+val: not file order
+        j = int(np.flatnonzero(np.isnan(x[i]))[0])
+        at = f"line {_line(items[i])}" if items and _line(items[i]) else f"row {i + 1} of those read"
+        raise DataError(f"{where}: {int(np.isnan(x).sum())} empty or NaN cell(s), first in column {cols[j]!r}, {at}: "
+                        "fill them, or pass missing='mean' (--missing mean) to replace them by the training mean of "
+                        "their column")
+
+
+def _line(item) -> int | None:
+    """The file line (header = line 1) of a table row reference; None for values given directly."""
+    if not isinstance(item, str):
+        return None
+    path, row = row_ref(item)
+    return read_table(path).rows.line[row]
 
 
 # -- the pipeline interface (see rehead.data.pipeline) ---------------------------------------
@@ -365,8 +442,9 @@ def make_loader(backbone, items, labels, batch_size=32, workers=2, strict=False,
             first = f"{Path(path).name} data row {row + 1}"
         else:
             first = f"row {i + 1} of those given"
+        at = f" (line {_line(items[i])})" if isinstance(items[i], str) else ""
         raise DataError(f"{int(np.isnan(x).any(1).sum())} row(s) have empty/NaN features, first {first} "
-                        f"in column {cols[j]!r}: this model was fitted with --missing error and cannot fill them; "
+                        f"in column {cols[j]!r}{at}: this model was fitted with --missing error and cannot fill them; "
                         "fill them, or fit again with --missing mean")
     # Rows are in memory already: worker processes would only add start-up time.
     return torch.utils.data.DataLoader(RowDataset(x, labels), batch_size=batch_size, shuffle=shuffle,
