@@ -105,3 +105,13 @@ def split_rows(n: int, split_of, classes=("red", "blue")) -> list[str]:
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_images(tmp_path / "imgs")
+
+
+def write_csv(path, header, rows):
+    """A CSV of ``header`` then ``rows``; returns its path."""
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path

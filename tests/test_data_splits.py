@@ -1,5 +1,4 @@
 """Splits rehead carves itself keep copies of an item on one side; data errors name file lines."""
-import csv
 
 import numpy as np
 import pytest
@@ -8,17 +7,9 @@ from sklearn.model_selection import train_test_split
 from rehead import zoo
 from rehead.data import DataError, from_items, load_dataset
 from rehead.data.tabular import load_table, prepare_backbone, row_cells
-from tests.conftest import make_images
+from tests.conftest import make_images, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def table_rows(n, seed=0, f=3):

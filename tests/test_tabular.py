@@ -9,18 +9,10 @@ import torch
 from rehead import zoo
 from rehead.data import DataError, infer_modality, load_dataset
 from rehead.data.tabular import load_table
-from tests.conftest import shared_dataset
+from tests.conftest import shared_dataset, write_csv
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def low_rank_table(path, n=80, f=16, seed=0, split=True):
