@@ -96,7 +96,7 @@ def test_a_non_numeric_regression_label_stops_before_the_run_directory(tmp_path)
     labels = [f"{v:.3f}" for v in y]
     labels[6] = "tall"
     bad = write_table(tmp_path / "bad.csv", x, labels)
-    with pytest.raises(DataError, match=r"row 7 .*'tall', not a number"):
+    with pytest.raises(DataError, match=r"line 8 .*'tall', not a number"):  # the file's line: header + 7
         fit(bad, tmp_path / "run", task="regression")
     assert not (tmp_path / "run").exists()
 
