@@ -67,6 +67,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = 
         options["model"] = model_obj  # a spec; FitConfig refuses what is not one by its type
     cfg = _config(config, options)
     _refuse_idle_find_lr(cfg)
+    _refuse_overridden(cfg)
     if data is None:
         raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
     out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
@@ -93,6 +94,27 @@ def _refuse_idle_find_lr(cfg: FitConfig) -> None:
         raise ConfigError("--find-lr has nothing to set with --strategy extract: its linear head is solved on cached "
                           "features (L-BFGS), with no learning rate; leave --find-lr out, or use --head mlp (a trained "
                           "head) or --strategy finetune")
+
+
+def _refuse_overridden(cfg: FitConfig) -> None:
+    """Options a fresh fit was given that another option given with them overrides: each was recorded as if it
+    ran (checked on the options as given, before the data's defaults fill any)."""
+    if cfg.strategy == "auto" and cfg.unfreeze is not None:
+        raise ConfigError(f"--strategy auto plans its own unfreezing from the data (its size and the probe), so "
+                          f"--unfreeze {cfg.unfreeze} would not be used: give --strategy finetune --unfreeze "
+                          f"{cfg.unfreeze} to train that many stages, or leave --unfreeze out")
+    if cfg.find_lr and cfg.lr is not None:
+        raise ConfigError(f"--find-lr picks the learning rate and --lr {cfg.lr:g} sets it: give one of the two")
+    if cfg.layer_decay is not None and (cfg.lr_decay is not None or cfg.lr_min is not None):
+        raise ConfigError("--layer-decay sets every stage's LR (the top's times layer_decay per layer down), which "
+                          "replaces --lr-decay and --lr-min: give --layer-decay alone, or those without it")
+    if cfg.warmup != FitConfig.__dataclass_fields__["warmup"].default and cfg.schedule not in ("cosine", "linear"):
+        raise ConfigError(f"--warmup applies to --schedule cosine or linear; --schedule {cfg.schedule} has its own "
+                          "shape (onecycle warms up over its first 25 %): leave --warmup out, or change --schedule")
+    given = [f for f in ("sgdr_cycle", "sgdr_mult") if getattr(cfg, f) != FitConfig.__dataclass_fields__[f].default]
+    if given and cfg.schedule != "sgdr":
+        raise ConfigError(f"--{given[0].replace('_', '-')} shapes --schedule sgdr's restarts; this fit's schedule is "
+                          f"{cfg.schedule}: add --schedule sgdr, or leave it out")
 
 
 # Options that change nothing when every phase trains the head alone on cached features (extract): the
@@ -408,7 +430,7 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
     summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
-                                    mixed=bool(cfg.mixup or cfg.cutmix))
+                                    mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto")
     summary["augment"] = augment
     summary["input_note"] = _input_note(summary, cfg.auto_plan)
     summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
@@ -536,7 +558,7 @@ def headline(task: str) -> tuple[str, ...]:
 
 
 def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
-                  trainable: list = (), mixed: bool = False) -> str | None:
+                  trainable: list = (), mixed: bool = False, planned: bool = False) -> str | None:
     """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what
     to try among what this run did not do (augmentation only for images not already augmented,
     fewer stages only when a phase unfroze more than one; ``trainable``: the phases' stage counts)."""
@@ -571,7 +593,7 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
     tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
-    if any(t is not None and (t == -1 or t > 1) for t in trainable):
+    if not planned and any(t is not None and (t == -1 or t > 1) for t in trainable):  # auto plans its own stages
         tries.append("fewer --unfreeze stages")
     return f"{kept}. Try {', '.join(tries[:-1])} or {tries[-1]}"
 

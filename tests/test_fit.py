@@ -449,3 +449,17 @@ def test_inspect_a_run_shows_its_head_and_how_to_cut(tmp_path, image_folder, tin
     j = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "a"), "--json"]).output)
     assert j["head"]["out"] == 2
     assert json.loads(runner.invoke(app, ["inspect", tiny_spec, "--json"]).output)["head"] is None
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"find_lr": True, "lr": 1e-3, "strategy": "finetune"}, "--find-lr picks the learning rate and --lr"),
+    ({"layer_decay": 0.75, "lr_decay": 2.0, "strategy": "finetune"}, "replaces --lr-decay and --lr-min"),
+    ({"warmup": 0.3, "strategy": "finetune"}, "--warmup applies to --schedule cosine or linear"),
+    ({"sgdr_mult": 3.0, "strategy": "finetune"}, "shapes --schedule sgdr"),
+    ({"unfreeze": 1}, "auto plans its own unfreezing")])
+def test_an_option_another_one_overrides_is_refused_before_anything_is_written(tmp_path, image_folder, tiny_spec,
+                                                                              options, said):
+    from rehead.config import ConfigError
+    with pytest.raises(ConfigError, match=said):  # each was recorded in config.yaml as if it had run
+        _fit(image_folder, tmp_path / "r", tiny_spec, **{"strategy": "auto", **options})
+    assert not (tmp_path / "r").exists()
