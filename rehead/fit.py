@@ -429,6 +429,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
         return None
     _save_model(run, job, model)
     summary = _summary(trainer, recipe, info, t_start)
+    for p in summary["phases"]:  # a phase that ended before its epochs (--patience, a budget) is said so
+        p["epochs_planned"] = recipe.phases[p["phase_index"]].epochs
     summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
                                     mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto")
     summary["augment"] = augment
@@ -662,12 +664,18 @@ def _barely_learned(head: dict, phase: dict) -> str | None:
     return f"train loss {before:.3f} -> {last:.3f}" + (f", train accuracy {acc:.3f}" if acc is not None else "")
 
 
+def _stopped(p: dict) -> str:
+    planned = p.get("epochs_planned")
+    return f" (stopped after {p['epochs_run']} of {planned} epochs)" if planned and p["epochs_run"] < planned else ""
+
+
 def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
     phases = s["phases"]
     acc = s.get("val_acc") is not None
     if len(phases) > 1:  # say which phase the kept weights come from, and how each phase did
         echo("phases: " + ", ".join(f"{p['phase']} best " + (f"{p['best_val_acc']:.4f}" if acc else
-                                                              f"val loss {p['best_val_loss']:.4f}") for p in phases)
+                                                              f"val loss {p['best_val_loss']:.4f}") + _stopped(p)
+                                    for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
     for note in (s.get("note"), s.get("input_note"), s.get("budget_note")):
         if note:

@@ -463,3 +463,15 @@ def test_an_option_another_one_overrides_is_refused_before_anything_is_written(t
     with pytest.raises(ConfigError, match=said):  # each was recorded in config.yaml as if it had run
         _fit(image_folder, tmp_path / "r", tiny_spec, **{"strategy": "auto", **options})
     assert not (tmp_path / "r").exists()
+
+
+def test_a_phase_early_stopping_ended_is_said_in_the_phases_line(tmp_path, image_folder, tiny_spec):
+    said = []
+    run = rehead.fit(str(image_folder), model=tiny_spec, out=str(tmp_path / "r"), strategy="finetune", unfreeze=1,
+                     epochs=4, lr=3.0, patience=1, workers=0, progress=False, echo=said.append)
+    phases = run.summary["phases"]
+    assert all(p["epochs_planned"] for p in phases)
+    line = next(s for s in said if s.startswith("phases: "))
+    stopped = [p for p in phases if p["epochs_run"] < p["epochs_planned"]]
+    assert stopped, phases  # a top LR of 3 cannot improve val every epoch: patience 1 ends the phase early
+    assert f"(stopped after {stopped[0]['epochs_run']} of {stopped[0]['epochs_planned']} epochs)" in line
