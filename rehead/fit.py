@@ -833,6 +833,10 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     lo, hi = res["range"]
     echo(f"suggested LR {res['suggested']:.2e} (steepest descent over a decade, at most the minimum's / 10); "
          f"try {lo:.1e} .. {hi:.1e}" + (f"; plot: {where}" if where else ""))
+    if unfreeze:  # measured with the stages training: finetune's unfrozen phase runs at --lr / 10
+        echo(f"note: measured with the last {unfreeze} stage(s) training, as the top group's LR: `rehead fit "
+             f"--strategy finetune --unfreeze {unfreeze}` runs its unfrozen phase at --lr / 10, so give it "
+             f"--lr {res['suggested'] * 10:.1e}")
     if res.get("flat"):
         echo("note: the loss barely fell anywhere in the range test: the suggestion is weak; "
              "the data may be far from what this model learned (try an earlier --cut or more --unfreeze)")

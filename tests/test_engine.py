@@ -265,3 +265,12 @@ close()  # as rehead's CLI does: a gloo group left to the interpreter's exit can
     assert ranks[0][0] == ranks[1][0] == "2"
     assert ranks[0][1] == ranks[1][1]
     assert (out / "model.safetensors").exists()
+
+
+def test_lr_find_with_stages_says_the_lr_finetune_needs(tmp_path, image_folder, tiny_spec):
+    from rehead.fit import find_lr
+    said = []
+    res = find_lr(str(image_folder), model=tiny_spec, out=tmp_path / "lrf", unfreeze=1, steps=12, workers=0,
+                  batch_size=8, progress=False, echo=said.append)
+    note = next(s for s in said if s.startswith("note: measured with the last 1"))
+    assert f"--lr {res['suggested'] * 10:.1e}" in note  # finetune's unfrozen phase runs at --lr / 10
