@@ -143,6 +143,29 @@ def test_resume_from_the_checkpoint_callback_repeats_the_run_row_for_row(tmp_pat
     assert last.kept["global_epoch"] == 5  # --keep-last: the last epoch's weights, and it says so
 
 
+def test_resume_under_weight_ema_repeats_the_run_row_for_row(tmp_path, one_thread):
+    """The checkpoint holds the averaged weights shown to val; a phase resumed mid-way took them as its raw
+    weights and restarted the average (close figures, not the same)."""
+    from rehead.rundir import RunDir
+    from rehead.train.callbacks import WeightEMA
+
+    def model():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+    phases = [Phase("a", 2, 1e-2), Phase("b", 4, 3e-3, schedule="cosine")]
+    args = (data(32), data(16, 1), phases)
+    ref = Trainer(TrainConfig(progress=False, hooks=[WeightEMA(0.9)]), run=RunDir(tmp_path / "ref"))
+    ref.fit(model(), *args, batch_size=8)
+    run = RunDir(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):  # killed after phase b's first epoch: mid-phase
+        Trainer(TrainConfig(progress=False, hooks=[WeightEMA(0.9), Kill(3)]), run=run).fit(model(), *args,
+                                                                                          batch_size=8)
+    again = Trainer(TrainConfig(progress=False, hooks=[WeightEMA(0.9)]), run=run)
+    again.fit(model(), *args, batch_size=8, resume=again.load_checkpoint())
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(again.history) == strip(ref.history) and len(ref.history) == 6
+
+
 def test_lr_suggestion_ignores_a_ripple_on_a_flat_curve():
     """A curve flat for five decades with a small early ripple, then a real descent at 1e-2..1e-1:
     the point-to-point steepest descent picked the ripple (1.5e-7, a run that then learned nothing);

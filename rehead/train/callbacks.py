@@ -139,7 +139,8 @@ class WeightEMA(Callback):
     phase. The val pass, the best-weights choice and the phase's last epoch use the average;
     training steps on the raw weights in between. The decay warms up as in timm's ModelEmaV2
     (min(decay, (1 + n) / (10 + n))) so a short phase is not dominated by its starting weights.
-    A resumed phase restarts its average from the checkpointed (averaged) weights."""
+    A phase resumed mid-way takes back its raw weights, its average and its step count from the
+    checkpoint (``checkpoint_state``), so it goes on as it would have."""
     order = 90  # after best weights, early stopping and the checkpoint have seen the averaged epoch
 
     def __init__(self, decay: float = 0.99):
@@ -148,6 +149,20 @@ class WeightEMA(Callback):
     def before_phase(self, tr):
         self.avg = None if tr.on_features else {k: v.detach().clone() for k, v in tr.net.state_dict().items()}
         self.n = 0
+        saved = ((tr.resume or {}).get("callbacks") or {}).get("WeightEMA")
+        if saved and self.avg is not None and tr.phase_index == tr.resume["phase"]:
+            dev = next(tr.net.parameters()).device
+            self.avg = {k: v.to(dev) for k, v in saved["avg"].items()}
+            self.n = saved["n"]
+            if saved["raw"] is not None:  # the checkpoint's model is the average shown to val
+                tr.net.load_state_dict(saved["raw"])
+
+    def checkpoint_state(self, tr) -> dict | None:
+        """What a resume needs to go on mid-phase (Checkpoint runs before after_epoch swaps the raw weights back)."""
+        if self.avg is None:
+            return None
+        cpu = lambda d: None if d is None else {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
+        return {"avg": cpu(self.avg), "raw": cpu(self.raw), "n": self.n}
 
     def after_step(self, tr):
         if self.avg is None:
@@ -203,7 +218,9 @@ class Checkpoint(Callback):
             "model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
             "optimizer": tr.opt.state_dict(), "phase": tr.phase_index, "epoch": tr.epoch,
             "frozen": list(getattr(m, "frozen", [])), "rng": rng_state(),
-            "best": tr.best, "bad": tr.bad, "history": tr.history})
+            "best": tr.best, "bad": tr.bad, "history": tr.history,
+            "callbacks": {type(cb).__name__: cb.checkpoint_state(tr) for cb in tr.callbacks
+                          if hasattr(cb, "checkpoint_state")}})
 
 
 class MetricsCSV(Callback):
