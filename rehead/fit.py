@@ -105,6 +105,8 @@ def _refuse_overridden(cfg: FitConfig) -> None:
                           f"{cfg.unfreeze} to train that many stages, or leave --unfreeze out")
     if cfg.find_lr and cfg.lr is not None:
         raise ConfigError(f"--find-lr picks the learning rate and --lr {cfg.lr:g} sets it: give one of the two")
+    if cfg.strategy == "extract":  # no schedule or LR spread runs at all: the idle-options note names them
+        return
     if cfg.layer_decay is not None and (cfg.lr_decay is not None or cfg.lr_min is not None):
         raise ConfigError("--layer-decay sets every stage's LR (the top's times layer_decay per layer down), which "
                           "replaces --lr-decay and --lr-min: give --layer-decay alone, or those without it")
