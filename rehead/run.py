@@ -251,9 +251,9 @@ class Run:
         elif isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
             items = [items]
         if self.task != "multiclass":
-            views, kept, skipped = self._views(items, tta=tta, **kw)
-            return self._predict_task(items, torch.stack(views).mean(0), kept, skipped)
-        probs, kept, skipped = self.probs(items, tta=tta, **kw)
+            views, kept, _ = self._views(items, tta=tta, **kw)  # unread items: rows by position (_in_input_order)
+            return self._predict_task(items, torch.stack(views).mean(0), kept)
+        probs, kept, _ = self.probs(items, tta=tta, **kw)
         if not torch.isfinite(probs).all():
             raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
         k = min(top_k, len(self.classes))
@@ -264,7 +264,7 @@ class Run:
                                                              for pi, ci in zip(p.tolist(), c.tolist())]})
         return _in_input_order(items, kept, rows)
 
-    def _predict_task(self, items, out, kept, skipped) -> list[dict]:
+    def _predict_task(self, items, out, kept) -> list[dict]:
         if not torch.isfinite(out).all():
             raise BadRun(f"{self.dir}'s model gives non-finite outputs: its weights are damaged; rerun it")
         pred = predictions(self.task, out, self.target)
