@@ -322,6 +322,7 @@ class Run:
             which = "" if self.modality == "tabular" else "'text_column' or 'image_column': ..., "
             raise DataError(f"the DataFrame has no column(s) {', '.join(map(repr, missing))} (its columns: "
                             f"{', '.join(map(str, df.columns))}): pass columns={{{which}'label_column': ...}}")
+        df, part = _eval_rows(df, kw.get("split_column") or "split")
         empty = df[label].isna() | df[label].astype(str).str.strip().eq("")
         df = df[~empty]
         if self.modality == "tabular":
@@ -330,7 +331,7 @@ class Run:
         else:
             items = df[item].tolist()
         labels = [y.strip() if isinstance(y, str) else y for y in df[label].tolist()]
-        return items, labels, {"unlabelled": int(empty.sum()), "source": "<DataFrame>"}
+        return items, labels, {"unlabelled": int(empty.sum()), "source": "<DataFrame>" + part}
 
     def _columns(self) -> list[str]:
         """A table run's feature columns, in the fit's order."""
@@ -570,6 +571,21 @@ def _class_index(y, index: dict, numeric: bool) -> int | None:
         names = ([str(int(y))] if whole else []) + [str(y), str(float(y))]
         return next((index[n] for n in names if n in index), None)
     return int(y) if whole and 0 <= y < len(index) else None
+
+
+def _eval_rows(df, split_column: str):
+    """The rows of a DataFrame that ``evaluate`` scores, as for a CSV: with a split column, its test
+    rows (else val); never its training rows. (rows, a note of which part) ."""
+    from .data.splits import EVAL_ORDER, has_split_column, split_column_parts
+    if not has_split_column([str(c) for c in df.columns], split_column, "the DataFrame"):
+        return df, ""
+    col = df[split_column]
+    idx = split_column_parts(["" if e else str(v) for v, e in zip(col.tolist(), col.isna().tolist())], "the DataFrame")
+    name = next((k for k in EVAL_ORDER if idx.get(k)), None)
+    if name is None:
+        raise DataError(f"the DataFrame's {split_column!r} column marks every row train: evaluate on held-out rows "
+                        f"(split val or test), or drop the column to score every row")
+    return df.iloc[idx[name]], f" ({split_column}={name})"
 
 
 def _recorded(split: dict | None, items: list, labels: list, classes: list[str]) -> bool:

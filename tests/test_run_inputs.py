@@ -54,6 +54,15 @@ def test_a_frame_or_items_of_the_training_rows_are_counted_as_seen(table_run):
     assert "seen" not in run.evaluate(df[df.split == "test"])  # held-out rows: no warning
 
 
+def test_a_frame_with_a_split_column_is_scored_on_its_test_rows_as_its_csv_is(table_run):
+    run, df, csv = table_run
+    whole, from_path = run.evaluate(df), run.evaluate(str(csv))
+    assert whole["n"] == from_path["n"] == 30 and whole["accuracy"] == from_path["accuracy"]  # was all 150 rows
+    assert "seen" not in whole
+    with pytest.raises(DataError, match="marks every row train"):
+        run.evaluate(df[df.split == "train"])
+
+
 def test_a_table_run_predicts_on_a_path_a_frame_and_an_array(table_run, tmp_path):
     run, df, _ = table_run
     new = df.head(7)[["f3", "f1", "f0", "f2", "label"]]  # other column order, a label column: read by name
