@@ -358,7 +358,7 @@ def _by_group(groups: list[int], split, by_rows, labels=None) -> tuple[list[int]
         return by_rows()
     in_val = {reps[j] for j in va}
     out = [i for i, g in enumerate(groups) if g not in in_val], [i for i, g in enumerate(groups) if g in in_val]
-    if labels is not None:
+    if labels is not None and set(labels) - {labels[i] for i in out[1]}:  # only then can rows do better
         rows = by_rows()
         if {labels[i] for i in rows[1]} - {labels[i] for i in out[1]}:
             return rows
