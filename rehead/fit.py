@@ -412,7 +412,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
                           cfg.replace(label_smoothing=0.0) if all(p.solver for p in recipe.phases) else cfg, ds))
     for h in job.hooks:
         if hasattr(h, "prepare"):  # what a method needs before the loop's setup event (the data for scouts)
-            h.prepare(model, ds=ds, phases=recipe.phases, args=cfg, uses_cache=only_features)
+            h.prepare(model, ds=ds, phases=recipe.phases, args=cfg, uses_cache=only_features,
+                      echo=echo)
     info, features = {}, None
     if job.warm:
         features, info = job.warm.features, {"extract_seconds": time.perf_counter() - t0, "skipped": [],

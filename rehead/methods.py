@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 
 import torch
 from torch import nn
@@ -166,6 +167,14 @@ def compute_guide(model, make_loader, labels: list[int], n_scouts: int = 5, scou
     return guide
 
 
+def guide_line(guide: dict[str, torch.Tensor], seconds: float) -> str:
+    """One line on what the scouts found: how much of the model the guide lets move."""
+    v = torch.cat([g.flatten().float() for g in guide.values()])
+    still, free = float((v < 0.01).float().mean()), float((v > 0.5).float().mean())
+    return (f"guided: guide values from the scouts in {seconds:.0f} s: {still:.0%} of {v.numel():,} weights ~0 "
+            f"(held at their pretrained values), {free:.0%} over 0.5; saved as guide.safetensors")
+
+
 GUIDE_ON = ("update", "gradient")
 
 
@@ -190,14 +199,16 @@ class GuidedTransfer(Callback):
         self._by_param: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         self._before: list[torch.Tensor] | None = None
         self._scout_loader = None  # (make_loader(indices, generator), train labels, phases, seed): from prepare
+        self._echo = lambda *a: None
 
     def config(self) -> dict:
         return {"method": "guided", "scouts": self.scouts, "scout_size": self.scout_size,
                 "scout_epochs": self.scout_epochs, "scout_lr": self.scout_lr, "guide_on": self.guide_on}
 
-    def prepare(self, model, ds=None, phases=None, args=None, uses_cache=False, **_) -> None:
+    def prepare(self, model, ds=None, phases=None, args=None, uses_cache=False, echo=None, **_) -> None:
         """What ``fit`` knows that the scouts need: the training split, a loader over its
-        subsets (live data, as the fine-tune sees it) and the phases."""
+        subsets (live data, as the fine-tune sees it) and the phases; ``echo`` says what the scouts did."""
+        self._echo = echo or (lambda *a: None)
         if uses_cache:
             raise ValueError("--method guided fine-tunes the backbone: use --strategy head, finetune, "
                              "gradual or full (not extract)")
@@ -239,8 +250,13 @@ class GuidedTransfer(Callback):
             model = tr.model
             trainable = max((p.trainable if p.trainable >= 0 else len(model.backbone)) for p in phases)
             lr = self.scout_lr or max(p.lr for p in phases)
+            say = self._echo
+            say(f"guided: {self.scouts} scouts of {self.scout_size} training samples, {self.scout_epochs} epochs "
+                f"each at lr {lr:g} on the head and the last {trainable} stage(s)")
+            t0 = time.perf_counter()
             self.guide = compute_guide(model, make_loader, labels, self.scouts, self.scout_size, self.scout_epochs,
                                        lr, trainable, seed=seed, accelerator=tr.acc)
+            say(guide_line(self.guide, time.perf_counter() - t0))
         if run is not None:
             run.save_tensors("guide.safetensors", self.guide)
 

@@ -142,9 +142,14 @@ def test_under_adamw_only_guided_updates_change_the_steps():
 def test_guided_fit_runs_scouts_saves_guides_and_freezes_zero_guide_weights(tmp_path, image_folder, tiny_spec):
     from safetensors.torch import load_file
     hooks = method_hooks("guided", scouts=2, scout_size=6, scout_epochs=1)
+    said = []
     run = fit(image_folder, model=tiny_spec, out=tmp_path / "g", strategy="finetune", unfreeze=1, epochs=1,
-              batch_size=8, workers=0, progress=False, hooks=hooks, echo=quiet)
+              batch_size=8, workers=0, progress=False, hooks=hooks, echo=said.append)
     guide = load_file(str(tmp_path / "g" / "guide.safetensors"))
+    # the scouts are said, and what they found: the share of weights the guide holds still
+    assert any(line.startswith("guided: 2 scouts of 6 training samples, 1 epochs") for line in said)
+    held = float((torch.cat([g.flatten() for g in guide.values()]) < 0.01).float().mean())
+    assert any(f"{held:.0%} of" in line and "guide.safetensors" in line for line in said)
     assert set(guide) == {n for n, _ in run.model.named_parameters()}
     last = run.model.backbone.stage_names[-1]
     assert any(guide[n].max() > 0 for n in guide if f"stages.{last}." in n)
