@@ -288,6 +288,26 @@ def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", 
 COLUMN_HELP = "a CSV's column of {} (default: the one the fit read)"
 
 
+def _evaluate_multitask(run_dir: str, data: Optional[str], as_json: bool) -> None:
+    """Each head of a multi-task run on its own: on DATA's test rows (else val, else all), or its val rows."""
+    from .multitask import evaluate_multitask_run
+    res = evaluate_multitask_run(run_dir, data)
+    for r in res.values():
+        if r.get("warning"):
+            typer.echo(f"warning: {r['warning']}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"kind": "multitask", "tasks": res}, indent=1))
+        return
+    where = f"of {data}" if data else "of the run's val split"
+    for task, r in res.items():
+        if r["accuracy"] is None:
+            typer.echo(f"{task}: no labelled row {where}")
+            continue
+        flag = "" if r["accuracy"] > r["majority_baseline"] else "  (not above its majority class)"
+        typer.echo(f"{task}: accuracy {r['accuracy']:.4f} on {r['n']} labelled rows {where} "
+                   f"(majority-class baseline {r['majority_baseline']:.4f}){flag}")
+
+
 def _columns(run, **given) -> dict:
     """The run's data options (the columns its fit read), with the ones given on the command line."""
     return {**run.data_kw(), **{k: v for k, v in given.items() if v}}
@@ -307,7 +327,11 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
              label_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("labels"))):
     """Accuracy, per-class precision/recall and the confusion matrix (regression: RMSE, MAE, R²;
     multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
-    from .runs import open_run
+    from .runs import open_run, run_kind
+    if run_kind(run_dir) == "multitask":
+        if source_agreement or tta:
+            fail("--source-agreement and --tta are for image runs; a multi-task run is a table's: leave them out")
+        return _evaluate_multitask(run_dir, data, as_json)
     if source_agreement and data:  # one measure a call: DATA was dropped unsaid
         fail(f"--source-agreement measures forgetting on its own images and scores no DATA: run `rehead evaluate "
              f"{run_dir} {data}` for accuracy, and --source-agreement in a call of its own")

@@ -4,7 +4,7 @@ The loss is a weighted sum of each task's cross-entropy (a missing label, -1, is
 by its task). The heads' logits are concatenated so the one training loop
 (``rehead.train.loop.Trainer``) runs unchanged; each head is evaluated on its own (val, and the
 test rows once), and each task's accuracy is logged per epoch (``TaskAccuracy``). A run is scored
-again from Python: ``evaluate_multitask_run(RUN, CSV)``.
+again with `rehead evaluate RUN [CSV]` or, from Python, ``evaluate_multitask_run(RUN, CSV)``.
 """
 from __future__ import annotations
 
@@ -314,6 +314,7 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
               "head": head, "in_dim": int(in_dim), "data_config": backbone.data_config,
               "strategy": recipe.strategy, "data": str(data), "seed": seed}
     run.write_yaml("config.yaml", config)
+    run.write_json("split.json", ds.to_split())  # which rows it trained on and chose with: evaluate says them
     run.remove("checkpoint.pt", "best.safetensors")
     summary = {**_summary(res, test, len(ds.test) if test else 0, trainer, tasks),
                "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
@@ -378,7 +379,7 @@ def _report_end(echo, s: dict, out) -> None:
         echo(f"{t}: val accuracy {_acc(r['accuracy'])} ({r['n']} labelled rows){test}")
     for w in s["warnings"]:
         echo(f"warning: {w}")
-    echo(f"-> {out} (score it again: rehead.multitask.evaluate_multitask_run({str(out)!r}, DATA) from Python)")
+    echo(f"-> {out} (score it again: rehead evaluate {out} DATA; from Python rehead.multitask.evaluate_multitask_run)")
 
 
 def eval_rows(path, tasks: list[str], classes: list[list[str]], split_column: str = "split"):
@@ -426,9 +427,55 @@ def evaluate_multitask(model: MultiTaskModel, data, y: torch.Tensor | None = Non
     return res
 
 
-def evaluate_multitask_run(run_dir, data, batch_size: int = 64, split_column: str = "split") -> dict:
-    """A multi-task run scored on a CSV (its test rows, else val, else all): per task, as ``evaluate_multitask``."""
-    return evaluate_multitask(load_multitask(run_dir), data, batch_size=batch_size, split_column=split_column)
+def evaluate_multitask_run(run_dir, data=None, batch_size: int = 64, split_column: str = "split") -> dict:
+    """A multi-task run scored on a CSV (its test rows, else val, else all), or without ``data`` on its
+    own val rows: per task, as ``evaluate_multitask``. Rows the run trained on or chose with are counted
+    in each task's ``seen``, with a warning: a score on them is optimistic."""
+    model = load_multitask(run_dir)
+    split = _split_record(run_dir)
+    if data is None:
+        if split is None:
+            raise DataError(f"{run_dir} records no val rows (a run made before split.json was kept): give the table "
+                            "to score, evaluate_multitask_run(RUN, CSV)")
+        items = list(split["val"]["items"])
+        y = task_labels(read_table(row_ref(items[0])[0]), model.tasks, model.classes)[[_row(it) for it in items]]
+    else:
+        items, y = eval_rows(data, model.tasks, model.classes, split_column)
+    res = evaluate_multitask(model, items, y, batch_size=batch_size)
+    if data is not None and split is not None:
+        _count_seen(res, split, items, y, model.backbone.data_config.get("columns") or [])
+    return res
+
+
+def _split_record(run_dir) -> dict | None:
+    """The run's split.json, after checking its table is the one it was fitted on."""
+    from .data.splits import file_changes
+    from .rundir import read_json
+    p = Path(run_dir) / "split.json"
+    if not p.exists():
+        return None
+    split = read_json(p)
+    changed = file_changes(split.get("fingerprint") or {})
+    if changed:
+        raise DataError(f"the table {run_dir} was fitted on changed since ({changed[0]}): its rows cannot be told "
+                        "apart from held-out ones; restore it, or score a table of new rows")
+    return split
+
+
+def _count_seen(res: dict, split: dict, items: list, y: torch.Tensor, columns: list[str]) -> None:
+    """Per task, how many of the scored rows (compared by their feature cells) the run trained on or chose
+    its epoch with, and a warning where any."""
+    from .data.tabular import row_cells
+    seen = {k: set(row_cells(list(split[k]["items"]), columns)) for k in ("train", "val")}
+    cells = row_cells(items, columns)
+    for t, (name, r) in enumerate(res.items()):
+        mask = (y[:, t] >= 0).tolist()
+        n = {k: sum(1 for c, m in zip(cells, mask) if m and c in ids) for k, ids in seen.items()}
+        if any(n.values()):
+            r["seen"] = n
+            r["warning"] = (f"{name}: {n['train'] + n['val']} of {r['n']} scored rows were seen by this run "
+                            f"({n['train']} trained on, {n['val']} in the val split that chose its epoch): the "
+                            "score is optimistic; evaluate on rows it has not seen (split=test) for a held-out figure")
 
 
 def load_multitask(run_dir) -> MultiTaskModel:

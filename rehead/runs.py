@@ -2,8 +2,9 @@
 
     fit, soup   a TransferModel: evaluate, predict, report, export
     ensemble    several models, mean probability: evaluate, predict, report (export a member)
-    multitask   one backbone, a head per task: from Python, `rehead.multitask.evaluate_multitask_run`
-                and `load_multitask` (evaluate, predict, report and export take one head)
+    multitask   one backbone, a head per task: `rehead evaluate` scores each head (through
+                `rehead.multitask.evaluate_multitask_run`); predict, report and export take one head,
+                `load_multitask` gives the model
     backbone    an encoder saved by `pretrain` or `adapt`: no head; `rehead fit DATA --model DIR`
     probe, rank, compare
                 experiments: `rehead report DIR`
@@ -18,9 +19,8 @@ WHY_NOT = {
     "backbone": "{d} is an encoder saved by `rehead pretrain` or `rehead adapt`: it has no head to predict with; "
                 "graft one with `rehead fit DATA --model {d}`",
     # evaluate, predict and export all say this (open_run is not told which is asking)
-    "multitask": "{d} is a multi-task run (one head per task): rehead evaluate, predict and export take "
-                 "single-head runs; from Python, "
-                 "`rehead.multitask.evaluate_multitask_run({d!r}, DATA)` scores each head on a CSV, and "
+    "multitask": "{d} is a multi-task run (one head per task): rehead predict and export take single-head "
+                 "runs; `rehead evaluate {d} [DATA]` scores each head, and from Python "
                  "`rehead.multitask.load_multitask({d!r})` gives the model (`.task_logits(x)`: each head's logits)",
     "probe": "{d} is a cut-depth probe, not a model: `rehead report {d}` shows it",
     "rank": "{d} is a backbone ranking, not a model: `rehead report {d}` shows it",

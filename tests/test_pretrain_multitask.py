@@ -245,7 +245,28 @@ def test_a_multitask_run_is_scored_from_python_on_a_csv(mt_run, tmp_path):
     df.assign(b="huge").to_csv(tmp_path / "new.csv", index=False)
     with pytest.raises(DataError, match=r"'b' holds class\(es\) the run never saw: 'huge'"):
         evaluate_multitask_run(run, tmp_path / "new.csv")
-    for cmd in (["evaluate", run, data], ["predict", run, data], ["export", run]):
+    for cmd in (["predict", run, data], ["export", run]):
         r = cli(*cmd)
-        assert r.exit_code == 2 and "rehead evaluate, predict and export take single-head runs" in r.output, r.output
-        assert f"evaluate_multitask_run('{run}', DATA)" in r.output and "evaluate it with" not in r.output
+        assert r.exit_code == 2 and "rehead predict and export take single-head runs" in r.output, r.output
+        assert f"rehead evaluate {run} [DATA]" in r.output and "evaluate it with" not in r.output
+
+
+def test_rehead_evaluate_scores_each_head_and_counts_the_rows_it_trained_on(mt_run, tmp_path):
+    """`rehead evaluate` refused a multi-task run, and evaluate_multitask_run on the training table (no
+    split column) scored every row, training rows included, as if held out."""
+    from rehead.multitask import evaluate_multitask_run
+    data, run, _, s = mt_run
+    r = cli("evaluate", run, data)
+    assert r.exit_code == 0, r.output
+    for t in "ab":
+        assert f"{t}: accuracy {s['tasks'][t]['test_accuracy']:.4f} on {s['tasks'][t]['test_n']} labelled rows" in r.output
+    assert "seen" not in r.output  # the test rows: held out
+    r = cli("evaluate", run, "--json")  # no DATA: its own val rows, the figures the fit reported
+    res = json.loads(r.output)["tasks"]
+    assert [res[t]["accuracy"] for t in "ab"] == pytest.approx([s["tasks"][t]["accuracy"] for t in "ab"])
+    pd.read_csv(data).drop(columns="split").to_csv(tmp_path / "all.csv", index=False)
+    res = evaluate_multitask_run(run, tmp_path / "all.csv")
+    assert res["a"]["n"] == 200 and res["a"]["seen"] == {"train": 120, "val": 30}
+    assert "optimistic" in res["a"]["warning"]
+    r = cli("evaluate", run, tmp_path / "all.csv")
+    assert r.exit_code == 0 and "a: 150 of 200 scored rows were seen by this run" in r.output, r.output
