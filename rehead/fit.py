@@ -200,6 +200,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         cfg = cfg.replace(model=default_model(ds))
     if (cfg.mixup or cfg.cutmix) and ds.modality != "image":
         raise ConfigError(f"--mixup and --cutmix mix images: {ds.source} is {ds.modality} data; leave them out")
+    if cfg.augment_asked and ds.modality != "image":  # its presets crop, flip and recolour images
+        raise ConfigError(f"--augment {cfg.augment} transforms images: {ds.source} is {ds.modality} data; leave it out")
     if getattr(ds, "task", "multiclass") != cfg.task:
         raise DataError(f"the Dataset was built for --task {ds.task} but the fit asks for --task {cfg.task}: "
                         f"build it with task={cfg.task!r}, or pass the data as a path")

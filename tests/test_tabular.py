@@ -180,3 +180,17 @@ def test_multitask_heads_train_together_and_report_each(tmp_path):
     assert {t: again[t]["accuracy"] for t in again} == {t: res[t]["accuracy"] for t in res}
     cfg = json.loads((tmp_path / "mt" / "summary.json").read_text())
     assert cfg["tasks"]["a"]["n"] == len(ds.val) == 36
+
+
+def test_augment_on_a_table_is_refused_before_anything_is_written(tmp_path):
+    """--augment crop with a live strategy on a table (or text) crashed with an AttributeError after the
+    run directory was written: its presets transform images."""
+    from rehead.config import ConfigError
+    from rehead.fit import fit
+    p, _ = low_rank_table(tmp_path / "t.csv")
+    with pytest.raises(ConfigError, match="--augment crop transforms images: .* is tabular data; leave it out"):
+        fit(p, model="tabular:mlp-16-8x1", label_column="a", id_columns="patient,b", strategy="head",
+            augment="crop", epochs=1, out=tmp_path / "r", progress=False, echo=lambda *a: None)
+    assert not (tmp_path / "r").exists()
+    fit(p, model="tabular:mlp-16-8x1", label_column="a", id_columns="patient,b", strategy="head",
+        augment="none", epochs=1, out=tmp_path / "r", progress=False, echo=lambda *a: None)  # none: fine
