@@ -224,14 +224,18 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
+        return cls(**cls._known(d))
+
+    @classmethod
+    def _known(cls, d: dict) -> dict:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown fit option(s): {', '.join(unknown)}; options are: "
                               + ", ".join(f.name for f in fields(cls)))
-        return cls(**d)
+        return d
 
     def replace(self, **kw) -> "FitConfig":
-        return dataclasses.replace(self, **kw)
+        return dataclasses.replace(self, **self._known(kw))
 
     def for_data(self, modality: str) -> "FitConfig":
         """The options left unset, filled for this data. ``--strategy finetune`` on a text encoder

@@ -37,7 +37,7 @@ from .zoo.backbone import Backbone, stage_index
 log = logging.getLogger("rehead")
 
 
-def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = None, overwrite: bool = False,
+def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | None = None, overwrite: bool = False,
         resume: bool = False, progress: bool = True, hooks: list | None = None, echo=print,
         accelerator=None, **options) -> Run:
     """Train a new head (and as much of the backbone as the strategy says) on ``data``.
@@ -48,6 +48,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = 
     ``model`` may also be a ``Backbone`` or an ``nn.Module``. ``resume=True`` continues ``out``.
     """
     t_start = time.perf_counter()
+    config = _config(config, {}) if config is not None else None  # a dict of options, checked, as a FitConfig
     accelerator = accelerator or _accelerator(options.get("precision") or (config.precision if config else "no"))
     main = accelerator.is_main_process
     if not main:
@@ -81,10 +82,13 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | None = 
 
 
 def _config(config: FitConfig | None, options: dict) -> FitConfig:
-    try:
-        return config.replace(**options) if config else FitConfig.from_dict(options)
-    except TypeError as e:  # dataclasses.replace with an unknown field
-        raise ConfigError(str(e)) from None
+    """``config`` (a FitConfig, or a dict of its fields) with ``options`` on top, every name checked."""
+    if isinstance(config, dict):
+        return FitConfig.from_dict({**config, **options})
+    elif config is not None and not isinstance(config, FitConfig):
+        raise ConfigError(f"config= takes a rehead.FitConfig (or a dict of its options), not a "
+                          f"{type(config).__name__}")
+    return config.replace(**options) if config else FitConfig.from_dict(options)
 
 
 def _refuse_idle_find_lr(cfg: FitConfig) -> None:

@@ -43,6 +43,17 @@ def test_the_config_round_trips_through_yaml_and_names_unknown_options():
         FitConfig.from_dict({"lerning_rate": 1})
 
 
+def test_fit_with_config_names_a_typo_and_takes_a_dict(tmp_path):
+    """fit(config=FitConfig(), lrr=3) said "FitConfig.__init__() got an unexpected keyword argument"; a
+    dict as config= was an AttributeError ('dict' has no attribute 'precision')."""
+    from rehead.fit import _config
+    with pytest.raises(ConfigError, match="unknown fit option.*lrr; options are: .*lr"):
+        rehead.fit(tmp_path, config=FitConfig(), lrr=3)
+    assert _config({"strategy": "extract", "lr": 0.1}, {"lr": 0.2}) == FitConfig(strategy="extract", lr=0.2)
+    with pytest.raises(ConfigError, match="config= takes a rehead.FitConfig .* not a str"):
+        rehead.fit(tmp_path, config="extract")
+
+
 @pytest.mark.parametrize("bad, says", [
     ({"lr": "0.1"}, "--lr must be a number (or None: unset), got '0.1'"), ({"seed": "0"}, "--seed must be an integer, got '0'"),
     ({"val_fraction": "0.2"}, "--val-fraction must be a number, got '0.2'"),
