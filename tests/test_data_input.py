@@ -475,6 +475,19 @@ def test_a_torch_dataset_of_normalised_tensors_is_refused_not_clamped(tmp_path):
         _fit_data(torch.utils.data.TensorDataset(x, y), cache_dir=str(cache), task="regression")
 
 
+def test_a_subset_of_an_imagefolder_keeps_its_class_names(tmp_path):
+    """random_split's Subset hid ImageFolder.classes: the run's classes became '0', '1' and a later
+    evaluate on the folder refused its class names."""
+    import torch
+    import torchvision
+    folder = torchvision.datasets.ImageFolder(str(make_images(tmp_path / "imgs", n=6)))
+    part, _ = torch.utils.data.random_split(folder, [10, 2], generator=torch.Generator().manual_seed(0))
+    cache = str(tmp_path / "cache")
+    assert _fit_data(part, cache_dir=cache, val_fraction=0.2).classes == folder.classes
+    both = torch.utils.data.ConcatDataset([part, folder])
+    assert _fit_data(both, cache_dir=cache, val_fraction=0.2).classes == folder.classes
+
+
 def test_a_dataset_object_says_that_fits_val_fraction_and_seed_do_not_split_it(tmp_path):
     ds = load_dataset(make_images(tmp_path, n=6), val_fraction=0.5)
     assert _fit_data(ds) is ds  # the defaults: nothing to say

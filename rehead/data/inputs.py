@@ -73,7 +73,7 @@ def materialise(ds, cache_dir=None) -> Path:
     import torch
     from PIL import Image
     from ..store import default_cache_dir
-    names = getattr(ds, "classes", None)
+    names = _class_names(ds)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     (root / "datasets").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root / "datasets", prefix=".tmp-"))
@@ -113,6 +113,17 @@ def materialise(ds, cache_dir=None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _class_names(ds):
+    """A Dataset's class names; a Subset (``random_split``) reaches through to the dataset it wraps, a
+    ConcatDataset to its parts when they share them (else labels would become '0', '1', ...)."""
+    if getattr(ds, "classes", None) is not None:
+        return ds.classes
+    if getattr(ds, "dataset", None) is not None:
+        return _class_names(ds.dataset)
+    parts = [_class_names(d) for d in getattr(ds, "datasets", None) or []]
+    return parts[0] if parts and parts[0] is not None and all(list(q or []) == list(parts[0]) for q in parts) else None
 
 
 def _is_dataframe(obj) -> bool:
