@@ -382,8 +382,11 @@ def test_in_memory_images_are_decoded_as_their_files_are(tmp_path, image_folder,
     rgb = np.asarray(Image.open(p).convert("RGB"))
     t8 = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
     want = run.logits([p])[0]
-    for x in (Image.open(p), rgb, t8, t8.float() / 255):
+    # numpy as HWC uint8, CHW uint8 and HWC float in [0, 1] (the last two were raw PIL TypeErrors)
+    for x in (Image.open(p), rgb, rgb.transpose(2, 0, 1), rgb / 255.0, t8, t8.float() / 255):
         assert torch.allclose(run.logits([x])[0], want, atol=1e-5), type(x)
+    with pytest.raises(DataError, match="float64 array with values in \\[0, 25.\\]: give floats in \\[0, 1\\]"):
+        run.predict([rgb * 1.0])
     wide = (rgb[..., 0].astype(np.uint16) * 257)  # 16 bits: the file is scaled, so is the image in memory
     Image.fromarray(wide).save(tmp_path / "wide.png")
     assert torch.allclose(run.logits([Image.fromarray(wide)])[0], run.logits([str(tmp_path / "wide.png")])[0], atol=1e-5)

@@ -401,7 +401,7 @@ def in_memory_image(x, cfg: dict, tf) -> torch.Tensor:
     float in [0, 1], CHW); or a tensor already preprocessed (float, normalised, the model's input size),
     which is taken as given."""
     if isinstance(x, np.ndarray):
-        x = Image.fromarray(x)
+        x = array_image(x)
     if isinstance(x, torch.Tensor):
         s = cfg["input_size"]
         image = x.ndim == 3 and x.shape[0] in (1, 3) and x.numel() > 0
@@ -417,6 +417,29 @@ def in_memory_image(x, cfg: dict, tf) -> torch.Tensor:
     if x.getexif().get(ORIENTATION, 1) != 1:
         x = ImageOps.exif_transpose(x)
     return tf(to_rgb(x))
+
+
+def array_image(a: np.ndarray) -> Image.Image:
+    """A numpy image as PIL: HW, HWC or CHW (1, 3 or 4 channels); uint8, 16-bit, bool, or float in [0, 1]."""
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # CHW, as torchvision and tensors lay images out
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
+        raise UnreadableImage(f"a numpy array of shape {a.shape}: give an image, HW, HWC or CHW with 1, 3 or 4 channels")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
+        if not (np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1):
+            raise UnreadableImage(f"a {a.dtype} array with values in [{a.min():.3g}, {a.max():.3g}]: give floats in "
+                                  "[0, 1] or uint8 in 0-255 (un-normalised: rehead applies the model's own)")
+        a = np.rint(a * 255).astype(np.uint8)
+    if a.ndim == 3 and a.dtype != np.uint8:
+        raise UnreadableImage(f"a {a.dtype} array of {a.shape[-1]} channels: give uint8 (0-255) or floats in [0, 1]")
+    try:
+        return Image.fromarray(np.ascontiguousarray(a))
+    except TypeError:
+        raise UnreadableImage(f"a {a.dtype} array of shape {a.shape}: give uint8 (0-255) or floats in [0, 1]") from None
 
 
 def tensor_image(t: torch.Tensor) -> Image.Image:
