@@ -315,9 +315,10 @@ def _solved_heads(cfg: FitConfig, recipe):
     """A linear head on cached features is a convex problem: solve it (one "epoch") instead of
     60 epochs of AdamW that stop short of its optimum. An MLP head keeps SGD with early stopping."""
     if cfg.head == "linear":
+        solver = {"regression": "ridge"}.get(cfg.task, "lbfgs")  # what solves it (train/task_heads.py), as recorded
         for p in recipe.phases:
             if p.on_features:
-                p.solver, p.epochs, p.patience = "lbfgs", 1, None
+                p.solver, p.epochs, p.patience = solver, 1, None
     return recipe
 
 

@@ -31,7 +31,7 @@ class Phase:
     weight_decay: float = 0.01
     on_features: bool = False   # train the head alone on cached features of the frozen prefix
     patience: int | None = None  # early stopping for this phase (else TrainConfig.patience)
-    solver: str | None = None   # "lbfgs": a linear head on cached features solved to its optimum, not stepped
+    solver: str | None = None   # "lbfgs" ("ridge": regression): a linear head on cached features solved, not stepped
     optimizer: str = "adamw"    # live phases: "adamw" or "sgd" (rehead.train.loop.Trainer._optimizer)
 
 
