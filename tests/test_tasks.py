@@ -45,6 +45,7 @@ def test_regression_recovers_a_linear_target_in_its_own_units(tmp_path, one_thre
     run = fit(csv_path, tmp_path / "run", task="regression")
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["val_r2"] > 0.9 and s["val_acc"] is None and s["head_solver"]["solver"].startswith("ridge")
+    assert [p["solver"] for p in run.config["phases"]] == ["ridge"]  # config.yaml said lbfgs
     items, labels = run.val_split()
     res = run.evaluate(items, labels)
     assert res["r2"] > 0.9 and res["rmse"] < 0.3 * np.std(y)
