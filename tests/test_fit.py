@@ -144,6 +144,17 @@ def test_a_warm_extract_run_keeps_the_pretrained_head_and_measures_forgetting(tm
     assert Run(b.dir).source_agreement(items)["source_agreement"] == 1.0  # the backbone never trained
 
 
+def test_a_run_made_from_a_run_keeps_the_pretrained_head_of_its_source(tmp_path, image_folder, tiny_spec):
+    """--model RUN built the source run's architecture without weights, so its "pretrained" head was
+    random: saved as source_head.safetensors, and --source-agreement read 0.0 for an untouched backbone."""
+    a = _fit(image_folder, tmp_path / "a", tiny_spec)
+    c = _fit(image_folder, tmp_path / "c", str(a.dir))
+    sa, sc = (load_file(str(tmp_path / r / "source_head.safetensors")) for r in ("a", "c"))
+    assert sa.keys() == sc.keys() and all(torch.equal(sa[k], sc[k]) for k in sa)
+    items = [str(p) for p in sorted(image_folder.rglob("*.jpg"))[:4]]
+    assert Run(c.dir).source_agreement(items)["source_agreement"] == 1.0  # extract: nothing forgotten
+
+
 def test_predict_keeps_the_input_order_with_unreadable_items(tmp_path, image_folder, tiny_spec):
     run = _fit(image_folder, tmp_path / "a", tiny_spec)
     good = [str(p) for p in sorted(image_folder.rglob("*.jpg"))[:2]]

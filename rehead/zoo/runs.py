@@ -45,5 +45,20 @@ def load_backbone_from_run(run_dir: Path, pretrained: bool = True):
             load_into(bb, sd, str(run_dir))
         except ValueError as e:
             raise BadRun(f"{run_dir}'s weights do not fit the architecture its config.yaml names: {e}") from e
+        _source_head_of(bb, run_dir)
     bb.spec = str(run_dir.resolve())
     return bb
+
+
+def _source_head_of(bb, run_dir: Path) -> None:
+    """The pretrained task head a fit kept aside (source_head.safetensors), else none: the architecture
+    was built without weights, so its head is random, and a run made from this one would keep that head
+    as its "pretrained" one (forgetting measured through random logits)."""
+    path = run_dir / "source_head.safetensors"
+    if bb.source_head[0] is None:
+        return
+    if not path.exists():
+        bb.source_head = [None]
+        return
+    from .file import load_into
+    load_into(bb.source_head[0], load_tensors(path), str(path))
