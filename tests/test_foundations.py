@@ -354,6 +354,19 @@ def test_a_run_fitted_on_an_in_memory_module_says_why_it_cannot_be_reloaded(tmp_
         rehead.Run(tmp_path / "run").predict([str(next(image_folder.rglob("*.jpg")))])
 
 
+def test_a_plain_module_is_cut_below_its_classifier_which_is_kept_as_the_source_head(tmp_path, image_folder):
+    """A torchvision resnet18 was used whole: the new head sat on its 1000 ImageNet logits (in_dim 1000)."""
+    import torch
+    import torchvision
+    m = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    run = rehead.fit(str(image_folder), model=m, out=tmp_path / "run", strategy="extract", **QUIET)
+    assert run.config["head"]["in_dim"] == 512 and isinstance(m.fc, torch.nn.Linear)  # the user's module unchanged
+    x = torch.rand(2, 3, 64, 64)
+    bb = run.model.backbone.eval()
+    with torch.no_grad():  # the source head reads the features the classifier read: the module's own logits
+        assert torch.allclose(bb.source_head[0](bb(x)), m(x), atol=1e-5)
+
+
 def test_evaluate_names_val_images_that_are_gone_and_says_when_none_is_left(tmp_path, image_folder, tiny_spec):
     """It printed "(1 skipped)" naming nothing, and scikit-learn's "Found empty input array" when
     the photos had moved."""
