@@ -474,28 +474,8 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
     if modality == "tabular":
         from .data.tabular import expand_inputs as table_rows
         return table_rows(inputs)
-    from .data.streams import expand_input
-    items = []
-    for s in inputs:
-        streamed = expand_input(s, modality, **(columns or {}))  # tar shards, a datasets folder, Parquet: references
-        if streamed is not None:
-            items += streamed
-            continue
-        if modality != "image":
-            from .data.text import input_texts
-            items += input_texts(s, (columns or {}).get("text_column", "text"))
-            continue
-        from .data.images import list_image_files
-        p = Path(s)
-        if p.is_dir():  # regular image files only: no pipes, no symlink loops, no dot-folders
-            items += list_image_files(p)[0]
-        elif p.suffix.lower() == ".csv" and p.is_file():  # a CSV of image paths, as fit reads one
-            from .data.images import csv_images
-            items += csv_images(p, (columns or {}).get("image_column"))
-        elif p.exists():
-            items.append(str(p))
-        else:
-            fail(f"{s} does not exist")
+    from .data.inputs import path_items
+    items = [it for s in inputs for it in path_items(s, modality, columns)]
     if not items:
         fail("no images found in the given inputs")
     return items

@@ -184,8 +184,9 @@ class Run:
         m = self.model
         k = len(m.backbone)
         try:
-            f, kept, _ = extract(m.backbone, items, [k], FeatureCache(fit.get("cache_dir")), batch_size=batch_size,
-                                 workers=workers, progress=progress, desc="predict")
+            # str: the store keys paths by their text (a pathlib.Path is no str to join)
+            f, kept, _ = extract(m.backbone, [str(i) for i in items], [k], FeatureCache(fit.get("cache_dir")),
+                                 batch_size=batch_size, workers=workers, progress=progress, desc="predict")
         except CacheError:
             return None
         done = set(kept)
@@ -245,11 +246,9 @@ class Run:
         """One row per item, unreadable items marked: multiclass, the top-k labels with
         (calibrated) probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and
         each label's probability (``probs``); regression, the predicted ``value`` in the target's units."""
-        if self.modality == "tabular":  # a CSV path, a DataFrame, a 2-D array or a list of rows
-            from .data.tabular import predict_items
-            items = predict_items(items, self._columns())
-        elif isinstance(items, (str, Path)) or not isinstance(items, (list, tuple)):
-            items = [items]
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise DataError(f"top_k={top_k!r}: give a whole number >= 1, the labels shown per item")
+        items = self._items(items)
         if self.task != "multiclass":
             views, kept, _ = self._views(items, tta=tta, **kw)  # unread items: rows by position (_in_input_order)
             return self._predict_task(items, torch.stack(views).mean(0), kept)
@@ -263,6 +262,52 @@ class Run:
             rows.append({"item": _name(items[i], i), "top": [{"label": self.classes[ci], "prob": float(pi)}
                                                              for pi, ci in zip(p.tolist(), c.tolist())]})
         return _in_input_order(items, kept, rows)
+
+    def _items(self, items) -> list:
+        """What ``predict`` scores, one item a row: a table run's CSV path, DataFrame or array
+        (``predict_items``); a path read as ``rehead predict`` reads it (a CSV or .txt of texts, a folder or
+        CSV of images); a DataFrame's text or image column; a Series or 1-D array of texts; a list."""
+        if self.modality == "tabular":
+            from .data.tabular import predict_items
+            return predict_items(items, self._columns())
+        if isinstance(items, (str, Path)):
+            return self._path_items(items)
+        if _is_frame(items):
+            col = _item_column(self._data_columns(), self.modality)
+            if col not in items.columns:
+                raise DataError(f"the DataFrame has no {col!r} column (its columns: "
+                                f"{', '.join(map(str, items.columns))}): name the {self.modality} column {col!r}, "
+                                "or pass df[column]")
+            return _checked_texts(items[col].tolist(), col) if self.modality == "text" else items[col].tolist()
+        if _is_series(items):  # its values, not str() of the whole Series
+            return _checked_texts(items.tolist(), "the Series") if self.modality == "text" else items.tolist()
+        if self.modality == "text" and isinstance(items, np.ndarray) and items.ndim == 1:
+            return _checked_texts(items.tolist(), "the array")
+        if isinstance(items, (list, tuple)):
+            return list(items)
+        if self.modality == "image" and _in_memory_images([items]):
+            return [items]  # one in-memory image
+        forms = ("a text, a list, pandas Series or 1-D array of texts, a CSV / .txt file of texts"
+                 if self.modality == "text" else
+                 "an image path, a folder or CSV of images, a list of paths, a PIL image, array or tensor, a Series "
+                 "of paths")
+        raise DataError(f"cannot predict on a {type(items).__name__}: a {self.modality} run takes {forms}, or a "
+                        f"DataFrame with a {_item_column(self._data_columns(), self.modality)!r} column")
+
+    def _path_items(self, path) -> list:
+        """A path as ``rehead predict`` reads it (``data.inputs.path_items``); a missing image path stays,
+        named unreadable in its row, but a pathlib.Path is never a text."""
+        from .data.inputs import path_items
+        if isinstance(path, Path) and not os.path.lexists(path):
+            raise DataError(f"{path} does not exist")
+        items = path_items(str(path), self.modality, self.data_kw(), must_exist=False)
+        if not items and Path(path).is_dir():
+            raise DataError(f"{path} is a folder with no image files in it: give a folder of images")
+        return items
+
+    def _data_columns(self) -> dict:
+        """The fit's data options that are set (None: the reader's default)."""
+        return {k: v for k, v in self.data_kw().items() if v is not None}
 
     def _predict_task(self, items, out, kept) -> list[dict]:
         if not torch.isfinite(out).all():
@@ -293,9 +338,13 @@ class Run:
         if labels is None and _is_frame(items):
             items, labels, info = self._frame_columns(items, columns)
         if labels is None:
+            if not isinstance(items, (str, Path)):  # else a raw TypeError where a path was expected
+                raise DataError(f"evaluate got a {type(items).__name__} without labels: give evaluate(items, labels), "
+                                "a DataFrame with a label column, or the path of a labelled dataset")
             items, labels, info = self.eval_data(items, columns)
             return self._metrics(items, labels, self._seen(items, info), **kw)
-        items, labels = list(items), list(labels)
+        # a list as it is (a table run's rows); a DataFrame, Series, array or path read as predict reads it
+        items, labels = list(items) if isinstance(items, (list, tuple)) else self._items(items), list(labels)
         if len(items) != len(labels):
             raise DataError(f"{len(items)} items but {len(labels)} labels: give one label per item")
         split = self._split_json()
@@ -315,7 +364,7 @@ class Run:
         """(items, labels, info) of a DataFrame, read as the CSV path reads a file: a table run's rows
         by the fit's feature column names; rows with an empty label left out and counted."""
         kw = {**self.data_kw(), **{k: v for k, v in (columns or {}).items() if v}}
-        item = kw.get("text_column") or "text" if self.modality == "text" else kw.get("image_column") or "path"
+        item = _item_column(kw, self.modality)
         label = kw.get("label_column") or "label"
         missing = [c for c in ([label] if self.modality == "tabular" else [item, label]) if c not in df.columns]
         if missing:
@@ -339,11 +388,14 @@ class Run:
                     or self.model.backbone.data_config.get("columns") or [])
 
     def _label_indices(self, labels: list) -> list:
-        """Multiclass labels as the run's class indices: class names mapped by name; whole numbers are
-        class indices, except in a run whose class names are numbers (1, 2, 3), where a number is the
-        class it names, as in its CSV, and one that names no class is refused, never re-indexed."""
-        if self.task != "multiclass":
-            return labels
+        """Labels as the model's targets, checked before any work. Multiclass: the run's class indices,
+        class names mapped by name; whole numbers are class indices, except in a run whose class names
+        are numbers (1, 2, 3), where a number is the class it names, as in its CSV, and one that names
+        no class is refused, never re-indexed. Multilabel: ``_label_sets``; regression: finite floats."""
+        if self.task == "regression":
+            return _finite_numbers(labels)
+        if self.task == "multilabel":
+            return self._label_sets(labels)
         index = {c: i for i, c in enumerate(self.classes)}
         numeric = any(_is_number_name(c) for c in self.classes)
         out, bad = [], []
@@ -359,6 +411,28 @@ class Run:
                             "class index; give class names (for indices: [run.classes[i] for i in indices])")
         raise DataError(f"{len(bad)} label(s) are neither one of this run's classes ({shown}) nor a class index "
                         f"0..{len(self.classes) - 1}: e.g. {bad[0]!r}")
+
+    def _label_sets(self, labels: list) -> list[list[int]]:
+        """Multilabel labels as sorted class-index lists: each a list of class names or indices, or an
+        'a|b' string split as its CSV's cells are; a name the run never saw is refused before any work."""
+        from .data import Part
+        from .data.splits import _label_sets as cell_labels
+        index = {c: i for i, c in enumerate(self.classes)}
+        numeric = any(_is_number_name(c) for c in self.classes)
+        out, bad = [], []
+        for y in labels:
+            if isinstance(y, str):
+                names = cell_labels(Part([y], [y], "<labels>"))[0] if y.strip() else [y]  # empty: refused; '|': none
+            else:
+                names = list(y) if isinstance(y, (list, tuple, set, frozenset, np.ndarray)) else [y]
+            got = [_class_index(c, index, numeric) for c in names]
+            bad += [c for c, i in zip(names, got) if i is None]
+            out.append(sorted({i for i in got if i is not None}))
+        if bad:
+            shown = f"{', '.join(self.classes[:10])}{' ...' if len(self.classes) > 10 else ''}"
+            raise DataError(f"{len(bad)} label(s) name no class of this run ({shown}), e.g. {bad[0]!r}: give each "
+                            "item's labels as a list of class names or indices, or as 'a|b' ('|' for none)")
+        return out
 
     @property
     def kind(self) -> str:
@@ -539,7 +613,7 @@ class Run:
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in s.items() if not isinstance(v, (list, dict)))
         imgs = ""
-        for png in ("learning_curves.png", "confusion_matrix.png", "scatter.png", "gallery.png"):
+        for png in REPORT_PLOTS:
             p = self.dir / png
             if p.exists():
                 import base64
@@ -548,8 +622,29 @@ class Run:
                 f"<p>plots: <code>rehead report {html.escape(str(self.dir))}</code></p></div>")
 
 
+# the plots `rehead report` writes into the run directory (rehead/report/html.py), in its order
+REPORT_PLOTS = ("curves.png", "lr_find.png", "scatter.png", "confusion.png", "reliability.png")
+
+
 def _is_frame(obj) -> bool:
     return hasattr(obj, "columns") and hasattr(obj, "iloc")
+
+
+def _is_series(obj) -> bool:
+    return hasattr(obj, "iloc") and hasattr(obj, "tolist") and getattr(obj, "ndim", None) == 1  # a pandas Series
+
+
+def _item_column(kw: dict, modality: str) -> str:
+    """The column of a DataFrame that holds the texts or image paths, as the fit's CSV named it."""
+    return kw.get("text_column") or "text" if modality == "text" else kw.get("image_column") or "path"
+
+
+def _checked_texts(values: list, where: str) -> list:
+    """Texts, each a string: an empty cell (NaN, None) would be scored as some other text."""
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise DataError(f"{where} holds {values[bad]!r} at position {bad}, not a text: fill or drop that row")
+    return values
 
 
 def _is_number_name(c: str) -> bool:
@@ -598,8 +693,30 @@ def _recorded(split: dict | None, items: list, labels: list, classes: list[str])
     for k in ("train", "val", "test"):
         part = split.get(k) or {}
         rec.update((it, y) for it, y in zip(part.get("items") or [], part.get("labels") or []) if isinstance(it, str))
-    return all(isinstance(it, str) and it in rec and isinstance(y, (int, np.integer)) and rec[it] == y
-               for it, y in zip(items, labels))
+    return all(isinstance(it, str) and it in rec and _index_like(y) and rec[it] == y for it, y in zip(items, labels))
+
+
+def _index_like(y) -> bool:
+    """A class index, or (multilabel) a list of them."""
+    whole = (int, np.integer)
+    return isinstance(y, whole) or (isinstance(y, list) and all(isinstance(c, whole) for c in y))
+
+
+def _finite_numbers(labels: list) -> list[float]:
+    """Regression labels as floats (a number, or a string of one as in a CSV); the first that is not
+    a finite number is refused before the model runs, never scored as nan or a crash."""
+    out = []
+    for i, y in enumerate(labels):
+        try:
+            x = float(y) if isinstance(y, (str, int, float, np.integer, np.floating)) and not isinstance(y, bool) \
+                else math.nan
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x):
+            raise DataError(f"label {i} is {y!r}, not a finite number: a regression run is scored on numbers; "
+                            "fix that label or drop its item")
+        out.append(x)
+    return out
 
 
 def _a_part_of(split: dict | None, items: list) -> bool:

@@ -179,3 +179,28 @@ def _modality(items: list, source: str) -> str:
     kinds = sorted({type(i).__name__ for i in items})
     raise DataError(f"{source}: items must be image paths or texts, got {', '.join(kinds)}; save images to files "
                     "(or pass their paths)")
+
+
+def path_items(s: str, modality: str, columns: dict | None = None, must_exist: bool = True) -> list:
+    """One input path as the items it names, as `rehead predict` and ``Run.predict`` read it: a stream's
+    references (tar shards, a datasets folder, Parquet); text, a CSV's text column or a .txt file's lines
+    (a string that names no file is one text); images, a folder's image files (regular files only: no
+    pipes, symlink loops or dot-folders), a CSV's image paths, else the path itself (``must_exist``: a
+    path that is not there is a DataError; else it stays, to be named unreadable)."""
+    columns = {k: v for k, v in (columns or {}).items() if v is not None}
+    from .streams import expand_input
+    streamed = expand_input(s, modality, **columns)
+    if streamed is not None:
+        return streamed
+    if modality != "image":
+        from .text import input_texts
+        return input_texts(s, columns.get("text_column", "text"))
+    from .images import csv_images, list_image_files
+    p = Path(s)
+    if p.is_dir():
+        return list_image_files(p)[0]
+    if p.suffix.lower() == ".csv" and p.is_file():  # a CSV of image paths, as fit reads one
+        return csv_images(p, columns.get("image_column"))
+    if must_exist and not p.exists():
+        raise DataError(f"{s} does not exist")
+    return [str(p)]
