@@ -14,7 +14,29 @@ from .config import FitConfig
 
 MODEL_HELP = FitConfig.__dataclass_fields__["model"].metadata["help"]  # fit's, defaults included
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _Commands(typer.core.TyperGroup):
+    """Click's "unexpected extra argument" with a hint where the extras are what the shell made of an
+    unquoted brace pattern (shards/train-{000..099}.tar became one argument a shard)."""
+
+    def invoke(self, ctx):
+        # click's UsageError, in the copy of click typer carries
+        usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+        try:
+            return super().invoke(ctx)
+        except usage as e:
+            if "unexpected extra argument" in e.message and _expanded_pattern(e.message):
+                e.message += (": several shard paths, as the shell expands an unquoted brace pattern; quote it, "
+                              "e.g. 'shards/train-{000..099}.tar', or give the folder of shards")
+            raise
+
+
+def _expanded_pattern(message: str) -> bool:
+    """Whether click's extras ("... argument(s) (a.tar b.tar)") are all shard or Parquet files."""
+    extras = message[message.rfind("(") + 1:].rstrip(")").split()
+    return bool(extras) and all(a.lower().endswith((".tar", ".parquet")) for a in extras)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Commands,
                   help="Transfer learning in one command: reuse a pretrained network, cut, graft, train.")
 
 

@@ -410,3 +410,12 @@ def test_in_memory_images_are_decoded_as_their_files_are(tmp_path, image_folder,
                           atol=1e-5)
     with pytest.raises(DataError, match="tensor of shape \\(5, 5\\)"):
         run.predict([torch.zeros(5, 5)])
+
+
+def test_an_unquoted_brace_pattern_gets_a_hint_to_quote_it():
+    """The shell expands shards/train-{000..002}.tar into three arguments: click said only "Got unexpected
+    extra argument(s)"."""
+    r = CliRunner().invoke(app, ["fit", "s/train-000.tar", "s/train-001.tar", "s/train-002.tar"])
+    assert r.exit_code == 2 and "quote it" in r.output and "brace pattern" in r.output, r.output
+    r = CliRunner().invoke(app, ["fit", "photos", "extra"])
+    assert r.exit_code == 2 and "brace" not in r.output
