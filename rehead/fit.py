@@ -77,6 +77,10 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     accelerator.wait_for_everyone()
     try:
         return _train(job, run, echo, progress, accelerator, t_start)
+    except (DataError, ConfigError):
+        if main and not run.exists("checkpoint.pt"):  # refused on its data before any training: nothing to resume
+            run.discard()
+        raise
     finally:
         run.release()
 
@@ -719,7 +723,19 @@ def _cached_features(model, ds, cache, cfg: FitConfig, progress, echo):
         echo(f"skipped {len(skipped)} unreadable item(s): " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     if ds.task == "multiclass":  # a label set or a number cannot lose a class
         _check_classes_left(out[0].y, ds)
+    _check_features_vary(out[0].x, model.backbone)
     return tuple(out), {"extract_seconds": time.perf_counter() - t0, "skipped": skipped}
+
+
+def _check_features_vary(x: torch.Tensor, backbone) -> None:
+    """Features that are the same for every training sample hold nothing to learn from: a head on them
+    can only answer the commonest class (the solver crashed on them). A text encoder pooled by its [CLS]
+    token and cut at its embeddings is one: every text starts with the same token."""
+    if len(x) > 1 and bool((x == x[0]).all()):
+        text = " (a text encoder pooled by [CLS] and cut at its embeddings sees only that token: add ?pooling=mean " \
+               "to the model spec)" if backbone.modality == "text" else ""
+        raise DataError(f"the features at cut {len(backbone)} ({backbone.stage_names[-1]}) are the same for every "
+                        f"training sample: nothing to learn from{text}; cut deeper (--cut), or check the model's weights")
 
 
 def _check_classes_left(y: torch.Tensor, ds: Dataset) -> None:

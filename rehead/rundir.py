@@ -148,6 +148,12 @@ class RunDir:
                           "or choose another --out") from None
         self._lock = f
 
+    def discard(self) -> None:
+        """Delete a run directory this process created and claimed, when what it holds is worth nothing
+        (a fit refused on its data before training): a rerun then needs no --overwrite."""
+        if self.writer and self._lock is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def release(self) -> None:
         if self._lock is not None:
             self._lock.close()

@@ -486,3 +486,17 @@ def test_a_phase_early_stopping_ended_is_said_in_the_phases_line(tmp_path, image
     stopped = [p for p in phases if p["epochs_run"] < p["epochs_planned"]]
     assert stopped, phases  # a top LR of 3 cannot improve val every epoch: patience 1 ends the phase early
     assert f"(stopped after {stopped[0]['epochs_run']} of {stopped[0]['epochs_planned']} epochs)" in line
+
+
+def test_features_the_same_for_every_sample_are_refused_and_leave_no_run_behind(tmp_path, tiny_spec):
+    """A CLS-pooled text encoder cut at its embeddings (or any input the prefix maps to one point) crashed
+    the solver with a raw "cannot reshape tensor of 0 elements" and left a run directory behind."""
+    from PIL import Image
+    from rehead.data import DataError
+    for c in ("a", "b"):
+        (tmp_path / "same" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), (90, 120, 30)).save(tmp_path / "same" / c / f"{i}.png")
+    with pytest.raises(DataError, match="are the same for every training sample: nothing to learn from"):
+        _fit(tmp_path / "same", tmp_path / "run", tiny_spec)
+    assert not (tmp_path / "run").exists()  # refused on its data: a rerun needs no --overwrite
