@@ -183,6 +183,21 @@ def test_packaged_lite_variants_map_every_key(v):
     assert bb.data_config["input_size"] == {1: 240, 2: 260}[v] and bb.data_config["mean"] == [0.5] * 3
 
 
+def test_probe_flags_a_cut_whose_features_are_the_same_for_every_sample(tmp_path, tiny_spec):
+    """Such a cut scored the commonest class's share as a val accuracy, said as a reading of the data."""
+    from PIL import Image
+    from rehead.experiments.probe import probe
+    for c, n in (("a", 6), ("b", 4)):
+        (tmp_path / "same" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (90, 120, 30)).save(tmp_path / "same" / c / f"{i}.png")
+    said = []
+    res = probe(str(tmp_path / "same"), model=tiny_spec, cuts="1", out=tmp_path / "p", batch_size=8, workers=0,
+                progress=False, echo=said.append)
+    assert res["rows"][0]["constant"] is True
+    assert any("features the same for every sample: the commonest class" in s for s in said)
+
+
 def test_probe_cli_prints_the_best_depth_and_writes_the_report(tmp_path, tiny_spec, image_folder):
     from typer.testing import CliRunner
     from rehead.cli import app

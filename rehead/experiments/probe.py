@@ -72,8 +72,12 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     rows = []
     for k in ks:
         r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
-        rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]), **r})
-        echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}")
+        x = np.asarray(feats["train"][k])
+        same = bool((x == x[:1]).all())  # one point for every sample: its score is the commonest class's
+        rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(x.shape[1]), **r,
+                     **({"constant": True} if same else {})})
+        echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}"
+             + ("  (features the same for every sample: the commonest class, not a reading)" if same else ""))
     inp = _input_probe(backbone, info["items"], ys, C, seed, cache)
     echo(f"input    {'':12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself, {inp['what']}: "
          "what a linear model reads without the backbone)")
