@@ -130,7 +130,11 @@ def calibrate(run: RunDir, logits: torch.Tensor, labels) -> dict:
 def _bound_reason(z: torch.Tensor, y: torch.Tensor) -> str:
     """Why no T was fitted, by the bound val NLL runs to: sharper without end (val separated perfectly), or
     flatter without end (the val predictions are worth no more than uniform ones: a collapsed or failed model)."""
-    if nll(scaled_probs([z], T_MIN), y) <= nll(scaled_probs([z], T_MAX), y):
+    lo, hi = nll(scaled_probs([z], T_MIN), y), nll(scaled_probs([z], T_MAX), y)
+    if abs(lo - hi) <= 1e-6 * max(1.0, abs(hi)):  # equal logits per sample: no temperature changes anything
+        return ("val NLL is the same at every T: the model gives each val sample the same score for every class "
+                "(it learned nothing these inputs tell apart): no temperature fitted, T = 1")
+    if lo <= hi:
         return (f"val NLL is lowest at T = {T_MIN}, the search's lower bound (e.g. a val split the model "
                 "separates perfectly): no temperature fitted, T = 1")
     return (f"val NLL is lowest at T = {T_MAX}, the search's upper bound: the val predictions are worth no more than "

@@ -56,6 +56,8 @@ def test_the_reason_for_no_temperature_names_the_bound_it_ran_to(tmp_path):
     assert "separates perfectly" in calibrate(run, z, torch.tensor([0, 1] * 10))["reason"]
     wrong = calibrate(run, z * 10, torch.tensor([1, 0] * 10))  # confidently wrong on every sample: a failed model
     assert not wrong["fitted"] and "upper bound" in wrong["reason"] and "separates" not in wrong["reason"]
+    flat = calibrate(run, torch.full((20, 2), 0.3), torch.tensor([1, 0] * 10))  # learned nothing: equal logits
+    assert not flat["fitted"] and "same at every T" in flat["reason"] and "separates" not in flat["reason"]
 
 
 def test_only_multiclass_configs_are_calibrated():
