@@ -140,19 +140,25 @@ def models(as_json: bool = typer.Option(False, "--json")):
 @guarded
 def inspect(model: str, as_json: bool = typer.Option(False, "--json")):
     """A backbone's stages: index, name, output shape, parameters; and its preprocessing."""
+    import torch
     from . import zoo
     from .data import pipeline
     bb = zoo.load(model)
-    rows = bb.describe(pipeline(bb.modality).example_input(bb))
+    example = pipeline(bb.modality).example_input(bb)
+    rows = bb.describe(example)
+    with torch.inference_mode():  # what a head grafted at each cut reads: the stage's output pooled
+        sizes = {k: int(f.shape[-1]) for k, f in bb.forward_cuts(example, list(range(1, len(bb) + 1))).items()}
+    rows = [{**r, "features": sizes.get(r["index"])} for r in rows]
     head = _run_head(model)
     if as_json:
         typer.echo(json.dumps({"model": model, "stages": rows, "data_config": bb.data_config, "head": head}, indent=1,
                               default=str))
         return
     typer.echo(f"{model}: {len(rows)} stages, {sum(r['params'] for r in rows):,} parameters")
-    typer.echo(f"{'#':>3}  {'stage':14} {'output shape':18} {'params':>12}")
-    for r in rows:
-        typer.echo(f"{r['index']:>3}  {r['name']:14} {str(r['output_shape']):18} {r['params']:>12,}")
+    typer.echo(f"{'#':>3}  {'stage':14} {'output shape':18} {'features':>8} {'params':>12}")
+    for r in rows:  # features: what a head grafted at this cut reads (the output pooled)
+        typer.echo(f"{r['index']:>3}  {r['name']:14} {str(r['output_shape']):18} {str(r['features']):>8} "
+                   f"{r['params']:>12,}")
     cfg = {k: v for k, v in bb.data_config.items() if k not in ("feature_mean", "feature_std", "columns", "tokenizer")}
     typer.echo(f"preprocessing: {json.dumps(cfg)}")
     if head:

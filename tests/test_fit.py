@@ -1,6 +1,7 @@
 """fit -> run directory -> evaluate / predict, from Python and from the command line."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,14 @@ def test_features_the_same_for_every_sample_are_refused_and_leave_no_run_behind(
     with pytest.raises(DataError, match="are the same for every training sample: nothing to learn from"):
         _fit(tmp_path / "same", tmp_path / "run", tiny_spec)
     assert not (tmp_path / "run").exists()  # refused on its data: a rerun needs no --overwrite
+
+
+def test_inspect_shows_the_feature_size_a_head_reads_at_each_cut(tmp_path_factory):
+    """A ViT's last stage showed its token sequence (tokens, dim) and nothing said a head reads one vector."""
+    from tests.conftest import timm_spec
+    spec = timm_spec(tmp_path_factory, "test_vit")
+    r = runner.invoke(app, ["inspect", spec])
+    assert r.exit_code == 0 and "features" in r.output, r.output
+    last = [line for line in r.output.splitlines() if "pre_logits" in line or " norm " in line][-1]
+    tokens, width, features = map(int, re.search(r"\((\d+), (\d+)\)\s+(\d+)", last).groups())
+    assert tokens > 1 and features == width  # one pooled vector of the width, not tokens x width
