@@ -67,6 +67,9 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     elif model_obj is not None:
         options["model"] = model_obj  # a spec; FitConfig refuses what is not one by its type
     cfg = _config(config, options)
+    if isinstance(cfg.model, str):  # config.yaml's spec rebuilds the model from any working directory
+        from .zoo.paths import absolute_spec
+        cfg = cfg.replace(model=absolute_spec(cfg.model))
     _refuse_idle_find_lr(cfg)
     _refuse_overridden(cfg)
     if data is None:

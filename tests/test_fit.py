@@ -512,3 +512,20 @@ def test_inspect_shows_the_feature_size_a_head_reads_at_each_cut(tmp_path_factor
     last = [line for line in r.output.splitlines() if "pre_logits" in line or " norm " in line][-1]
     tokens, width, features = map(int, re.search(r"\((\d+), (\d+)\)\s+(\d+)", last).groups())
     assert tokens > 1 and features == width  # one pooled vector of the width, not tokens x width
+
+
+def test_a_run_records_its_model_path_absolute_so_it_loads_from_anywhere(tmp_path, image_folder, tiny_spec,
+                                                                        monkeypatch):
+    """--model runs/a (relative) was recorded as typed: from another directory the run said "'runs/a' is
+    not a model spec"."""
+    monkeypatch.chdir(tmp_path)
+    _fit(image_folder, "a", tiny_spec)
+    c = _fit(image_folder, "c", "a")
+    assert c.config["model"] == str(tmp_path / "a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    item = str(next(image_folder.rglob("*.jpg")))
+    again, first = (r.predict([item])[0]["top"] for r in (Run(tmp_path / "c"), c))
+    assert [t["label"] for t in again] == [t["label"] for t in first]
+    assert [t["prob"] for t in again] == pytest.approx([t["prob"] for t in first], abs=1e-6)
