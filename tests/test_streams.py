@@ -431,3 +431,137 @@ def test_repeated_texts_and_train_test_overlap_are_said_for_parquet_as_for_a_csv
                              "split": ["train"] * 33 + ["test"] * 10}), tmp_path / "x.parquet")
     said = " ".join(load_dataset(tmp_path / "x.parquet").info["warnings"])
     assert "3 repeated row(s)" in said and "2 item(s) are in both train and test" in said, said
+
+
+# -- fixes: per-split class names, mixed folders, --label-column, cut shards, wrong modality, .tar.gz ------
+def _labels_follow_colour(part, classes) -> bool:
+    """Each referenced image's colour is its class (red or blue)."""
+    decode = pipeline("image").decode
+    return all((np.asarray(decode(i)).reshape(-1, 3).mean(0)[0] > 100) == (classes[y] == "red")
+               for i, y in zip(part.items, part.labels))
+
+
+def _shard(path: Path, rows, members=lambda key, y: {"cls": y}) -> Path:
+    """A tar of each row's .jpg plus ``members(key, label)`` ({extension: text})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for _, key, f, y in rows:
+            _add(tf, f"{key}.jpg", f.read_bytes())
+            for ext, text in members(key, y).items():
+                _add(tf, f"{key}.{ext}", text.encode())
+    return path
+
+
+def test_each_split_maps_its_labels_with_its_own_class_names(sources, tmp_path):
+    """class_encode_column per split: train names [red, blue], test [blue, red]; the test labels were
+    named with train's names (every test label swapped)."""
+    datasets = pytest.importorskip("datasets")
+    rows = [r for r in sources["rows"] if r[3]]
+
+    def part(split, names):
+        rs = [r for r in rows if r[0] == split]
+        feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        return datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": None} for _, _, f, _ in rs],
+                                           "label": [names.index(y) for *_, y in rs]}, features=feats)
+    train, test = part("train", ["red", "blue"]), part("test", ["blue", "red"])
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "hf"))
+    (tmp_path / "pq").mkdir()
+    train.to_parquet(str(tmp_path / "pq" / "train-0.parquet"))
+    test.to_parquet(str(tmp_path / "pq" / "test-0.parquet"))
+    for src in (tmp_path / "hf", tmp_path / "pq"):
+        ds = load_dataset(src, val_fraction=0.2, seed=0)
+        assert _labels_follow_colour(ds.test, ds.classes) and _labels_follow_colour(ds.train, ds.classes), src
+        ev = load_eval(src, "image", ds.classes)
+        assert ev.labels == ds.test.labels
+    # names in one file, bare numbers in another: the numbers cannot be matched to names
+    pq.write_table(pa.table({"image": pa.array([b"x"], pa.binary()), "label": [0]}), tmp_path / "pq" / "test-1.parquet")
+    with pytest.raises(DataError, match=r"test-0.parquet names its classes \(ClassLabel\) but .*test-1.parquet "
+                                        r"labels them by number only"):
+        load_dataset(tmp_path / "pq")
+
+
+@pytest.mark.parametrize("data", ["shards", "parquet"])
+def test_class_folders_beside_shards_or_parquet_are_refused(sources, tmp_path, data):
+    d = make_images(tmp_path / "d", n=2)
+    if data == "shards":
+        _shard(d / "extra.tar", sources["rows"][:2])
+        said = r"holds both class folders \(e.g. blue/\) and tar shards \(e.g. extra.tar\): .*move the tar shards out"
+    else:
+        write_parquet(d / "data" / "x.parquet", sources["rows"][:2])
+        said = r"holds both class folders \(e.g. blue/\) and Parquet files \(e.g. data/x.parquet\)"
+    with pytest.raises(DataError, match=said):
+        load_dataset(d)
+    (d / "blue").rename(tmp_path / "blue")  # one class folder left, inside train/: still class folders
+    (d / "red").rename(tmp_path / "red")
+    (d / "train").mkdir()
+    (tmp_path / "red").rename(d / "train" / "red")
+    with pytest.raises(DataError, match=r"class folders \(e.g. train/red/\)"):
+        streams.kind(d)
+
+
+def test_a_named_label_column_wins_over_cls(sources, tmp_path):
+    """--label-column colour names the .json field; the .cls beside it (the other colour) was read instead."""
+    rows = [r for r in sources["rows"] if r[0] == "train" and r[3]]
+    d = tmp_path / "w"
+    other = {"red": "blue", "blue": "red"}
+    _shard(d / "train-000.tar", rows, lambda key, y: {"cls": other[y], "json": json.dumps({"colour": y})})
+    ds = load_dataset(d, label_column="colour", val_fraction=0.2, seed=0)
+    assert ds.classes == ["blue", "red"] and _labels_follow_colour(ds.train, ds.classes)
+    assert not _labels_follow_colour(load_dataset(d, val_fraction=0.2).train, ds.classes)  # the default: .cls
+    with pytest.raises(DataError, match=r"no .shade member and no 'shade' field in .json members .* drop "
+                                        r"--label-column to read the .cls labels"):
+        load_dataset(d, label_column="shade")
+
+
+def test_a_shard_cut_short_is_refused(sources, tmp_path):
+    rows = [r for r in sources["rows"] if r[3]]
+    whole = _shard(tmp_path / "whole" / "train-000.tar", rows)
+    long = tmp_path / "long.tar"  # a pax shard (long names): read by tarfile
+    with tarfile.open(long, "w", format=tarfile.PAX_FORMAT) as tf:
+        for _, key, f, y in rows:
+            _add(tf, f"{'k' * 120}{key}.jpg", f.read_bytes())
+            _add(tf, f"{'k' * 120}{key}.cls", y.encode())
+    for shard in (whole, long):
+        data = shard.read_bytes()
+        members = refs.tar_index(str(shard))
+        last = max(off + size for off, size in members.values())
+        for cut in (last - 100, last + 100, len(data) // 2):  # in the last member, in its padding, mid-way
+            d = tmp_path / f"cut{cut}"
+            d.mkdir()
+            (d / "train-000.tar").write_bytes(data[:cut])
+            with pytest.raises(DataError, match=rf"train-000.tar is cut short at byte {cut} \(no end-of-archive\): "
+                                                "copy it again"):
+                load_dataset(d)
+    import shutil
+    import subprocess
+    if shutil.which("tar"):  # GNU tar's shards pass
+        subprocess.run(["tar", "-cf", str(tmp_path / "gnu.tar"), "-C", str(sources["files"]["red"][0].parent), "."],
+                       check=True)
+        assert len(refs.tar_index(str(tmp_path / "gnu.tar"))) == N_TRAIN + N_TEST
+
+
+def test_shards_of_the_other_modality_are_named(sources, tmp_path):
+    d = tmp_path / "w"
+    _shard(d / "test-000.tar", [r for r in sources["rows"] if r[3]])
+    with pytest.raises(DataError, match=r"these shards hold images \(jpg\) but the run reads text"):
+        load_eval(d, "text", ["blue", "red"])
+    t = tmp_path / "t"
+    t.mkdir()
+    with tarfile.open(t / "test-000.tar", "w") as tf:
+        _add(tf, "a.txt", b"words")
+        _add(tf, "a.cls", b"red")
+    with pytest.raises(DataError, match=r"these shards hold text \(txt\) but the run reads images"):
+        load_eval(t, "image", ["blue", "red"])
+
+
+def test_a_folder_of_compressed_shards_says_gunzip(sources, tmp_path):
+    d = tmp_path / "gz"
+    d.mkdir()
+    with tarfile.open(d / "train-000.tar.gz", "w:gz") as tf:
+        _add(tf, "a.jpg", sources["files"]["red"][0].read_bytes())
+        _add(tf, "a.cls", b"red")
+    for read in (load_dataset, lambda p: streams.expand_input(p, "image")):
+        with pytest.raises(DataError, match=r"compressed tar shards \(e.g. train-000.tar.gz\).*\(gunzip them\)"):
+            read(d)
+    (d / "photo.jpg").write_bytes(sources["files"]["red"][0].read_bytes())  # images beside it: a folder of images
+    assert streams.kind(d) is None

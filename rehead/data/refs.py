@@ -128,12 +128,16 @@ def tar_index(path: str) -> dict[str, tuple[int, int]]:
                 for ti in tf:
                     if ti.isfile():
                         index[ti.name] = (ti.offset_data, ti.size)  # a repeated name: the last one wins, as tar does
+                _check_end(path, tf.offset)  # tarfile stops quietly at a cut or a damaged header
     except (tarfile.TarError, OSError) as e:
+        if str(e) in _TARFILE_CUT:
+            raise _cut_short(path) from None
         raise RefError(f"cannot read tar shard {path}: {e} (shards must be uncompressed .tar files)") from None
     TAR_INDEX[path] = (s, index)
     return index
 
 
+_TARFILE_CUT = ("unexpected end of data", "truncated header", "empty header", "empty file")  # tarfile's words
 _FILE_TYPES = (b"0", b"\0", b"7")
 _EXTENDED = (b"L", b"K", b"x", b"g", b"X")
 
@@ -144,11 +148,11 @@ def _ustar_index(path: str) -> dict[str, tuple[int, int]] | None:
     that (pax, GNU long names, base-256 sizes), or does not check out, so ``tarfile`` decides."""
     index: dict[str, tuple[int, int]] = {}
     with open(path, "rb", buffering=0) as f:
-        fd, end, off = f.fileno(), os.fstat(f.fileno()).st_size, 0
-        while off + 512 <= end:
+        fd, off = f.fileno(), 0
+        while True:
             h = os.pread(fd, 512, off)
-            if len(h) < 512:
-                raise tarfile.ReadError(f"truncated header at offset {off}")
+            if len(h) < 512:  # the file ends before its end-of-archive blocks: a member is lost or cut
+                raise _cut_short(path)
             if not any(h):
                 break  # the end-of-archive blocks
             typ = h[156:157]
@@ -170,6 +174,22 @@ def _ustar_index(path: str) -> dict[str, tuple[int, int]] | None:
                 index[name.decode("utf-8", "surrogateescape")] = (off + 512, size)
             off += 512 + (size + 511) // 512 * 512
     return index
+
+
+def _cut_short(path: str) -> RefError:
+    return RefError(f"{path} is cut short at byte {os.path.getsize(path)} (no end-of-archive): copy it again")
+
+
+def _check_end(path: str, off: int) -> None:
+    """A RefError unless the end-of-archive (a zero block) is at ``off``: a shard cut short by a
+    copy would otherwise lose every sample after the cut without a word."""
+    with open(path, "rb") as f:
+        f.seek(off)
+        block = f.read(512)
+    if len(block) < 512:
+        raise _cut_short(path)
+    if any(block):
+        raise RefError(f"{path} has a damaged tar header at byte {off}: copy it again")
 
 
 def _tar_bytes(path: str, member: str) -> bytes:

@@ -11,13 +11,13 @@ there is none, test kept aside) and the same errors.
   ``.tar`` file, or a brace pattern ``shards-{000..009}.tar``. Members are grouped into samples by
   key (``abc.jpg`` + ``abc.cls``: the name up to the first dot of its last path part). The item is
   the sample's image member (``.jpg``, ``.png``, ...) or, without one, its ``.txt``. The label is
-  the member whose extension is ``--label-column`` (when given), else ``.cls`` (a class index or
-  name), else the ``--label-column`` field (default ``label``) of its ``.json``. The split comes
+  the ``.label`` or ``.cls`` member (a class index or name), else the ``label`` field of its
+  ``.json``; a ``--label-column`` given names the one member extension or JSON field read. The split comes
   from shard names (``train-*.tar``, ``val-*.tar``, ``test-*.tar``) or folders.
 - **Hugging Face datasets on disk**: a ``save_to_disk`` folder of a Dataset or a DatasetDict
   (its train / validation / test splits); the image column (an ``Image`` feature, a struct of
-  bytes and path, or binary) or the ``--text-column``; the ``--label-column`` (ClassLabel names
-  are the class names; -1 is unlabelled). No ``datasets`` import: pyarrow reads the files.
+  bytes and path, or binary) or the ``--text-column``; the ``--label-column`` (each file's own
+  ClassLabel names are the class names; -1 is unlabelled). No ``datasets`` import: pyarrow reads the files.
 - **Parquet**: a ``.parquet`` file or a folder of them (split from file names, ``train-0000.parquet``
   as the Hub writes them, or from ``train/``-style folders); columns as for ``datasets``; an
   optional ``--split-column``. Read by row groups.
@@ -76,11 +76,55 @@ def kind(path) -> str | None:
         return None
     if (p / "dataset_dict.json").is_file() or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file()):
         return "hf"
-    if _tar_files(p):
-        return "webdataset"
-    if _parquet_files(p):
-        return "parquet"
+    for found, k in ((_tar_files(p), "webdataset"), (_parquet_files(p), "parquet")):
+        if found:
+            _refuse_images(p, found[0], k)
+            return k
+    gz = _tar_files(p, ("*.tar.gz", "*.tgz"))
+    if gz and not _images_in(p) and not _an_image(p) and not any(p.glob("*.csv")):  # its only data: say why
+        raise DataError(f"{p} holds compressed tar shards (e.g. {gz[0].name}): shards are read in place by member "
+                        "offset, which needs uncompressed .tar files (gunzip them)")
     return None
+
+
+def _subdirs(d) -> list[str]:
+    try:
+        return sorted(e.path for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _an_image(d) -> str | None:
+    """The name of one image file directly in ``d`` (stops at the first), else None."""
+    from .images import IMAGE_EXTS
+    try:
+        return next((e.name for e in os.scandir(d) if os.path.splitext(e.name)[1].lower() in IMAGE_EXTS
+                     and e.is_file()), None)
+    except OSError:
+        return None
+
+
+def _images_in(p: Path) -> str | None:
+    """One class folder of ``p`` (a subfolder holding images, also inside train/, val/, test/) as
+    'ants/', else None."""
+    for d in _subdirs(p):
+        inner = [d] + (_subdirs(d) if split_of(os.path.basename(d)) else [])
+        hit = next((s for s in inner if _an_image(s)), None)
+        if hit:
+            return os.path.relpath(hit, p) + "/"
+    return None
+
+
+def _refuse_images(p: Path, example: Path, k: str) -> None:
+    """Class folders beside shards or Parquet files: reading either would silently ignore the other."""
+    folder = _images_in(p)
+    if folder is None:
+        return
+    what, how = (("tar shards", "one .tar file, or a pattern like shard-{000..009}.tar") if k == "webdataset"
+                 else ("Parquet files", "one .parquet file"))
+    raise DataError(f"{p} holds both class folders (e.g. {folder}) and {what} (e.g. {example.relative_to(p)}): "
+                    f"to read the class folders, move the {what} out; to read the {what}, move them to a folder "
+                    f"of their own and give that folder (or give {how})")
 
 
 def _is_brace(s: str) -> bool:
@@ -105,12 +149,13 @@ def expand_braces(pattern: str) -> list[str]:
     return [x for o in opts for x in expand_braces(head + o + tail)]
 
 
-def _tar_files(p: Path) -> list[Path]:
-    top = sorted(f for f in p.glob("*.tar") if f.is_file() and not f.name.startswith("."))
+def _tar_files(p: Path, patterns=("*.tar",)) -> list[Path]:
+    def shards(d):
+        return sorted(f for g in patterns for f in d.glob(g) if f.is_file() and not f.name.startswith("."))
+    top = shards(p)
     if top:
         return top
-    return sorted(f for d in p.iterdir() if d.is_dir() and split_of(d.name) for f in d.glob("*.tar")
-                  if f.is_file() and not f.name.startswith("."))
+    return [f for d in sorted(p.iterdir()) if d.is_dir() and split_of(d.name) for f in shards(d)]
 
 
 def _parquet_files(p: Path) -> list[Path]:
@@ -191,7 +236,10 @@ def _key_ext(name: str) -> tuple[str, str]:
 def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None, notes: dict,
                image_column: str | None = None):
     """(items, raw labels) of one shard, from its member index; label members are read (small)."""
-    index = refs.tar_index(shard)
+    try:
+        index = refs.tar_index(shard)
+    except refs.RefError as e:  # a shard cut short or unreadable: before any work, not at its first batch
+        raise DataError(str(e)) from None
     samples: dict[str, dict[str, str]] = {}
     for name in index:
         k, ext = _key_ext(name)
@@ -213,6 +261,7 @@ def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None
             item = img if want != "text" and img else txt if want != "image" else None
             if item is None:
                 notes["no_item"].append(f"{os.path.basename(shard)}::{k}")
+                notes["unwanted"].add("images" if img else "text" if txt else None)  # the run reads the other kind
                 continue
             notes["kinds"].add("image" if item == img else "text")
             items.append(refs.make("tar", shard, item))
@@ -224,7 +273,9 @@ def _wds_shard(shard: str, label_column: str, text_column: str, want: str | None
 
 
 def _wds_label(members: dict, read, label_column: str, shard: str, key: str, notes: dict) -> str:
-    for ext in ((label_column,) if label_column in members else ()) + ("cls", "label"):
+    # a --label-column the user named is that member or JSON field, never the .cls beside it
+    fallback = ("cls", "label") if label_column == "label" else ()
+    for ext in (label_column,) + fallback:
         if ext in members:
             notes["label_from"].add(f".{ext}")
             return read(members[ext]).decode("utf-8-sig", "replace").strip()
@@ -250,13 +301,35 @@ def _check_label_kinds(labels: list[str], source: str) -> None:
                         f"({', '.join(names_[:5])}): they would be different classes; give one kind in every shard")
 
 
+def _refuse_other_kind(source: str, notes: dict, exts: list[str], modality) -> None:
+    """Samples that hold only what the run does not read (images for a text run, or text)."""
+    other = notes["unwanted"] - {None}
+    if modality and other:
+        held = "images" if "images" in other else "text"
+        found = [e for e in exts if e in (IMAGE_EXTS if held == "images" else TEXT_EXTS)]
+        reads = "images" if modality == "image" else modality
+        raise DataError(f"{source}: these shards hold {held} ({', '.join(found)}) but the run reads {reads}: "
+                        f"give {reads} shards")
+
+
+def _no_labels(source: str, label_column: str, exts: list[str]) -> None:
+    """Raise: no sample has the label, saying where it was looked for."""
+    if label_column != "label":  # named with --label-column: only that member or field counts
+        raise DataError(f"{source} has no .{label_column} member and no {label_column!r} field in .json members "
+                        f"(--label-column; member extensions found: {', '.join(exts)})"
+                        + (": drop --label-column to read the .cls labels" if "cls" in exts else ""))
+    raise DataError(f"{source} has no labelled sample: looked for a .{label_column} or .cls member and a "
+                    f"{label_column!r} field in .json members (member extensions found: {', '.join(exts)}): "
+                    "name the member extension or JSON field with --label-column")
+
+
 def _webdataset(path, eval_only, modality, text_column, label_column, split_column, need_labels,
                 image_column=None) -> tuple[str, Parts]:
     source, files = _wds_files(path)
     if not files:
         raise DataError(f"{path} has no .tar shards")
     groups = _grouped(files, eval_only)
-    notes = {"exts": set(), "no_item": [], "kinds": set(), "label_from": set()}
+    notes = {"exts": set(), "no_item": [], "kinds": set(), "label_from": set(), "unwanted": set()}
     parts, warnings = {}, []
     for split, shards in groups.items():
         items, labels = [], []
@@ -271,12 +344,11 @@ def _webdataset(path, eval_only, modality, text_column, label_column, split_colu
         raise DataError(f"{source} has no .{image_column} member (--image-column; member extensions found: "
                         f"{', '.join(exts) or 'none'})")
     if not any(p.items for p in parts.values()):
+        _refuse_other_kind(source, notes, exts, modality)
         raise DataError(f"{source} has no sample with an image ({', '.join('.' + e for e in IMAGE_EXTS)}) or text "
                         f"(.txt) member (member extensions found: {', '.join(exts) or 'none'})")
     if not notes["label_from"] and need_labels:
-        raise DataError(f"{source} has no labelled sample: looked for a .{label_column} or .cls member and a "
-                        f"{label_column!r} field in .json members (member extensions found: {', '.join(exts)}): "
-                        "name the member extension or JSON field with --label-column")
+        _no_labels(source, label_column, exts)
     if len(notes["kinds"]) > 1:
         raise DataError(f"{source} mixes samples with images and samples with only text: give one kind per dataset")
     _check_label_kinds([y for p in parts.values() for y in p.labels], source)
@@ -345,9 +417,25 @@ def _choose_columns(schema, features: dict, where: str, modality, text_column, l
                         f"of Hugging Face Image type, a struct of bytes and path, or binary; the text column "
                         f"{text_column!r}; columns: {', '.join(cols)}): name the text column with --text-column; "
                         "images in a table must be their bytes (a column of file paths: a CSV of path,label reads them)")
-    f = features.get(label_column) or {}
-    names_ = f.get("names") if f.get("_type") == "ClassLabel" else None
-    return item, mod, names_
+    return item, mod
+
+
+def _class_names(schema, label_column: str) -> list[str] | None:
+    """A file's own ClassLabel names: splits saved apart may list the same classes in other orders."""
+    f = _hf_features(schema).get(label_column) or {}
+    return f.get("names") if f.get("_type") == "ClassLabel" else None
+
+
+def _check_named(schema, f: str, label_column: str, names_, choice: dict) -> None:
+    """Integer labels without ClassLabel names in one file and with them in another cannot be matched."""
+    import pyarrow as pa
+    if names_ is None and not pa.types.is_integer(schema.field(label_column).type):
+        return
+    choice.setdefault("named" if names_ is not None else "numbered", f)
+    if "named" in choice and "numbered" in choice:
+        raise DataError(f"{choice['named']} names its classes (ClassLabel) but {choice['numbered']} labels them by "
+                        "number only: the numbers cannot be matched to names; save every split with its ClassLabel "
+                        "feature (or write the labels as names)")
 
 
 def _labels(column, class_names) -> list[str]:
@@ -373,7 +461,7 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
     for f in files:
         schema, get = read_columns(f)
         if not choice:
-            choice.update(zip(("item", "modality", "names"),
+            choice.update(zip(("item", "modality"),
                               _choose_columns(schema, _hf_features(schema), f, modality, text_column, label_column,
                                               need_labels, image_column)))
             choice["split"] = split_column != "\0" and has_split_column(schema.names, split_column, f)
@@ -382,8 +470,10 @@ def _table_part(scheme: str, files: list[str], read_columns, where: str, modalit
             raise DataError(f"{f} lacks column {choice['item']!r} or {label_column!r} that {files[0]} has "
                             f"(columns: {', '.join(schema.names)})")
         if choice["labelled"]:
+            names_ = _class_names(schema, label_column)  # this file's: labels are names from here on
+            _check_named(schema, f, label_column, names_, choice)
             n, ys = get([label_column])
-            labels += _labels(ys[0], choice["names"])
+            labels += _labels(ys[0], names_)
         else:
             n = get([choice["item"]])[0]
             labels += [""] * n
