@@ -77,7 +77,7 @@ class FeatureCache(ShardStore):
                                          "stage_names": backbone.stage_names, "data_config": backbone.data_config,
                                          "cuts": {}}
         cut = len(prefix)
-        if str(cut) in meta["cuts"]:
+        if str(cut) in meta["cuts"] or self.read_only():  # a shared read-only cache: the next fit builds it
             return
         with self._writing(d):
             if not (d / "weights.safetensors").exists():
@@ -138,6 +138,10 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
         if st.num_processes > 1:
             st.wait_for_everyone()  # every process has read the store before any writes to it: one split
     todo = np.flatnonzero(~ok).tolist()
+    if cache and todo:
+        cache.refuse_misses(len(todo), len(items), _split_of(desc))  # a read-only cache cannot take them
+        if ok.any() and progress and st.is_local_main_process:
+            _say_cached(int(ok.sum()), len(items), desc)
     mine = distributed.batch_share(todo, batch_size, st)
     computed: dict[int, dict[int, np.ndarray]] = {k: {} for k in cuts}
     skipped: list[int] = []
@@ -164,6 +168,18 @@ def extract(backbone, items: list, cuts: list[int], cache: FeatureCache | None =
     kept = sorted(set(np.flatnonzero(ok).tolist()) | set(computed[cuts[0]]))
     out = {k: _assemble(hits.get(k, (None, None))[0], computed[k], kept) for k in cuts}
     return out, kept, [str(items[i]) for i in skipped]
+
+
+def _split_of(desc: str) -> str:
+    """"extract train" -> "train": what the features are of, where the bar's label says it."""
+    return desc[len("extract"):].strip() if desc.startswith("extract") else ""
+
+
+def _say_cached(hits: int, total: int, desc: str) -> None:
+    """One line above the bar, where an extraction resumes (e.g. after Ctrl-C): the bar counts only the rest."""
+    what = _split_of(desc)
+    tqdm.write(f"{hits} of {total} {what + ' ' if what else ''}features were already in the cache (an earlier run): "
+               f"computing the other {total - hits}")
 
 
 def sample_keys(pipe, items: list, cache, backbone) -> list[str]:

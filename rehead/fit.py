@@ -226,11 +226,11 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     for h in hooks:  # what a method can check of the data (guided: its scouts' size) before any file is written
         if hasattr(h, "check_data"):
             h.check_data(ds)
-    if cache is not None:
-        cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     stamp = _snapshot_stamp(cfg, ds, cache, hooks) if module is None else None
     warm = _warm_start(cfg, ds, cache, stamp) if stamp and warm_ok and resume_split is None \
         and cfg.strategy != "auto" else None  # auto measures the backbone first
+    if cache is not None and not warm:  # a fit the cache serves whole only reads it (a team's read-only cache)
+        cache.check_writable()  # a read-only or full cache stops here, before the run directory exists
     if warm:
         if ds.modality == "tabular":  # the encoder's columns, checked as prepare_backbone checks them
             from .data.tabular import check_encoder_columns

@@ -47,6 +47,7 @@ DB_TIMEOUT = 60.0  # seconds a process waits for another's write to the index
 SHARD_ROWS = 2048  # rows per shard: a killed extraction loses at most this many samples' work
 SHARD_SECONDS = 60.0  # ... or this much time, whichever comes first
 REMEDY = "pass --no-cache, or --cache-dir DIR on a writable disk with free space"
+ELSEWHERE = "pass --no-cache or another --cache-dir"  # where an unusable index leaves a fit
 
 SCHEMA_VERSION = 2  # PRAGMA user_version of the index; bump when SCHEMA changes
 ADDED_TABLES_FROM = 1  # versions from this one on only lack tables: they are added, nothing is dropped
@@ -120,6 +121,7 @@ class ShardStore:
     shard_rows = SHARD_ROWS
     shard_seconds = SHARD_SECONDS
     absolute = staticmethod(_absolute)  # the form of a path under which its digest and verdict are kept
+    remedy, elsewhere = REMEDY, ELSEWHERE  # what errors suggest: a command without --no-cache sets its own
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else default_cache_dir()
@@ -167,7 +169,15 @@ class ShardStore:
         return not self.root.exists() or next(self.root.iterdir(), None) is None
 
     def _writing(self, path):
-        return _Guard(path)
+        return _Guard(path, remedy=self.remedy, elsewhere=self.elsewhere)
+
+    def read_only(self) -> bool:
+        """Whether the root cannot take writes: a read-only mount, or a folder this user may not write
+        (a team's shared cache). Its index is then opened read-only; reads work, writes are refused."""
+        try:
+            return bool(os.statvfs(self.root).f_flag & os.ST_RDONLY) or not os.access(self.root, os.W_OK)
+        except OSError:  # absent: created on the first write
+            return False
 
     # -- the database ---------------------------------------------------------------------
     def _conn(self, create: bool) -> sqlite3.Connection | None:
@@ -179,6 +189,14 @@ class ShardStore:
             return self._db
         if not create and not self.db_path.exists():
             return None
+        if self.db_path.exists() and self.read_only():
+            db = self._open_read_only()
+        else:
+            db = self._open()
+        self._db, self._pid = db, os.getpid()
+        return db
+
+    def _open(self) -> sqlite3.Connection:
         with self._writing(self.db_path):
             db = sqlite3.connect(str(self.db_path), timeout=DB_TIMEOUT, isolation_level=None, check_same_thread=False)
             _set_wal(db)
@@ -190,7 +208,25 @@ class ShardStore:
                     db.execute(NAMES_TABLE)
                 except sqlite3.OperationalError:  # a read-only index: nothing will be named in it
                     pass
-        self._db, self._pid = db, os.getpid()
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The index of a read-only root: WAL needs its -shm file, which a clean close removed and
+        nobody may create here, so where plain read-only fails it is read as immutable."""
+        uri = self.db_path.absolute().as_uri()
+        with self._reading():
+            for i, mode in enumerate(("?mode=ro", "?mode=ro&immutable=1")):
+                try:
+                    db = sqlite3.connect(uri + mode, uri=True, timeout=DB_TIMEOUT, isolation_level=None,
+                                         check_same_thread=False)
+                    v = db.execute("PRAGMA user_version").fetchone()[0]
+                    break
+                except sqlite3.OperationalError:
+                    if i:
+                        raise
+            if v != SCHEMA_VERSION:
+                raise CacheError(f"feature cache index {self.db_path} has another layout (version {v}) and its "
+                                 f"folder is read-only: use it with the rehead that wrote it, or {self.elsewhere}")
         return db
 
     def _migrate(self, db) -> None:
@@ -201,7 +237,7 @@ class ShardStore:
             v = db.execute("PRAGMA user_version").fetchone()[0]  # again, under the lock: another process may have
             if v > SCHEMA_VERSION:
                 raise CacheError(f"feature cache index {self.db_path} was written by a newer rehead: upgrade, or "
-                                 "pass --cache-dir DIR or --no-cache")
+                                 f"{self.elsewhere}")
             if v < SCHEMA_VERSION:
                 if v < ADDED_TABLES_FROM:
                     for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
@@ -216,7 +252,10 @@ class ShardStore:
             raise
 
     def _write(self, sql_batches: list[tuple[str, list]]) -> None:
-        """Run ``(sql, rows)`` pairs in one immediate transaction."""
+        """Run ``(sql, rows)`` pairs in one immediate transaction (none without rows: a read-only
+        cache is only refused for a write it needs)."""
+        if not any(rows for _, rows in sql_batches):
+            return
         db = self._conn(create=True)
         with self._writing(self.db_path):
             db.execute("BEGIN IMMEDIATE")
@@ -231,6 +270,8 @@ class ShardStore:
     def check_writable(self) -> None:
         """Raise CacheError now if the cache cannot take writes (read-only, not a rehead cache,
         unusable index), so that a fit can stop before it creates its run directory."""
+        if self.read_only():
+            raise CacheError(f"the feature cache at {self.root} is read-only: {self.remedy}")
         db = self._conn(create=True)
         with self._writing(self.db_path):
             db.execute("BEGIN IMMEDIATE")
@@ -374,13 +415,24 @@ class ShardStore:
                 pass
 
     def flush(self) -> None:
-        """Write the digests computed since the last flush."""
+        """Write the digests computed since the last flush; a read-only cache only loses the memo
+        (they are hashed again next time)."""
         if self._pending:
             rows, self._pending = self._pending, []
-            self._write([("INSERT OR REPLACE INTO file_digests VALUES (?,?,?,?,?,?)", rows)])
+            try:
+                self._write([("INSERT OR REPLACE INTO file_digests VALUES (?,?,?,?,?,?)", rows)])
+            except CacheError:
+                if not self.read_only():
+                    raise
+
+    def refuse_misses(self, missing: int, total: int, what: str = "") -> None:
+        """A read-only cache serves what it holds; features it lacks would have to be written."""
+        if missing and self.read_only():
+            raise CacheError(f"the feature cache at {self.root} is read-only and lacks {missing} of the {total} "
+                             f"{what + ' ' if what else ''}features needed: {self.remedy}")
 
     def _reading(self):
-        return _Guard(self.db_path, reading=True)
+        return _Guard(self.db_path, reading=True, remedy=self.remedy, elsewhere=self.elsewhere)
 
     # -- rows ------------------------------------------------------------------------------
     def read(self, mkey: str, skeys: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
@@ -534,7 +586,8 @@ class ShardStore:
 
     # -- housekeeping ------------------------------------------------------------------------
     def models(self) -> list[dict]:
-        """Per model key: shards, samples (distinct keys), bytes, last use."""
+        """Per model key: shards, samples (distinct keys) and bytes of the shard files that exist, the
+        index rows whose file is gone ("missing"), last use."""
         db = self._conn(create=False)
         if db is None:
             return []
@@ -543,16 +596,27 @@ class ShardStore:
             names = dict(db.execute("SELECT mkey, name FROM model_names").fetchall()) if db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name='model_names'").fetchone() else {}
             for mkey, dim, used in db.execute("SELECT mkey, dim, last_used FROM models ORDER BY last_used DESC").fetchall():
-                shards = db.execute("SELECT id, file, keys, checks, bytes FROM shards WHERE mkey=?", (mkey,)).fetchall()
+                rows = db.execute("SELECT id, file, keys, checks FROM shards WHERE mkey=?", (mkey,)).fetchall()
+                sizes = [self._shard_size(mkey, r[1]) for r in rows]
+                shards = [r for r, n in zip(rows, sizes) if n is not None]
                 out.append({"key": mkey, "name": names.get(mkey), "dim": dim, "last_used": used, "shards": len(shards),
-                            "bytes": sum(r[4] for r in shards), "samples": ShardIndex([r[:4] for r in shards]).distinct()})
+                            "bytes": sum(n for n in sizes if n is not None), "missing": len(rows) - len(shards),
+                            "samples": ShardIndex(shards).distinct()})
         return out
+
+    def _shard_size(self, mkey: str, file: str) -> int | None:
+        """A shard file's size; None when it is gone (deleted by hand: its index rows are stale)."""
+        try:
+            return (self.root / "features" / mkey / file).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def size(self) -> dict:
         ms = self.models()
         snaps = [p for p in (self.root / "snapshots").rglob("*") if p.is_file()] if self.root.exists() else []
         index = sum(p.stat().st_size for p in self.root.glob("index.sqlite*")) if self.root.exists() else 0
         return {"path": str(self.root), "models": len(ms), "shards": sum(m["shards"] for m in ms),
+                "missing_shards": sum(m["missing"] for m in ms),
                 "entries": sum(m["samples"] for m in ms), "bytes": sum(m["bytes"] for m in ms),
                 "index_bytes": index, "snapshots": len(list((self.root / "snapshots").glob("*")))
                 if (self.root / "snapshots").exists() else 0,
@@ -561,11 +625,11 @@ class ShardStore:
     def gc(self, max_bytes: int | None = None, orphan_age: float = 3600.0) -> dict:
         """Drop shards no entry points to (superseded rows, orphans of killed writers older than
         ``orphan_age`` seconds), then evict least-recently-used model keys until the shards fit
-        in ``max_bytes``."""
+        in ``max_bytes``. Index rows of shard files deleted by hand are forgotten ("missing_shards")."""
         db = self._conn(create=False)
         if db is None:
-            return {"evicted": [], "freed_bytes": 0, "forgotten_files": 0}
-        freed = self._drop_dead_shards(db, orphan_age)
+            return {"evicted": [], "freed_bytes": 0, "forgotten_files": 0, "missing_shards": 0}
+        freed, missing = self._drop_dead_shards(db, orphan_age)
         forgotten = self._drop_stale_memos(db)
         evicted = []
         ms = sorted(self.models(), key=lambda m: m["last_used"])
@@ -576,7 +640,7 @@ class ShardStore:
             evicted.append(m["key"])
             total -= m["bytes"]
             freed += m["bytes"]
-        return {"evicted": evicted, "freed_bytes": freed, "forgotten_files": forgotten}
+        return {"evicted": evicted, "freed_bytes": freed, "forgotten_files": forgotten, "missing_shards": missing}
 
     def _drop_stale_memos(self, db) -> int:
         """Forget the digests and readable verdicts of files that are gone or changed since (their
@@ -604,30 +668,47 @@ class ShardStore:
         self._checks.clear()
         self._checks_dirs.clear()
 
-    def _drop_dead_shards(self, db, orphan_age: float) -> int:
+    def _drop_dead_shards(self, db, orphan_age: float) -> tuple[int, int]:
+        """Forget the shards whose file is gone, delete those no entry points to, then orphan files;
+        returns (bytes actually freed, shards forgotten as gone)."""
         with self._reading():
-            shards = db.execute("SELECT id, mkey, file, keys, checks, bytes FROM shards ORDER BY id").fetchall()
+            shards = db.execute("SELECT id, mkey, file, keys, checks FROM shards ORDER BY id").fetchall()
+        known = {(r[1], r[2]) for r in shards}
+        sizes = {r[0]: self._shard_size(r[1], r[2]) for r in shards}
+        gone = [r for r in shards if sizes[r[0]] is None]
+        shards = [r for r in shards if sizes[r[0]] is not None]  # the rows they held fall back on older shards
         live = set()
         for mkey in {r[1] for r in shards}:
             live |= ShardIndex([(r[0], r[2], r[3], r[4]) for r in shards if r[1] == mkey]).live_shards()
         dead = [r for r in shards if r[0] not in live]
-        self._write([("DELETE FROM shards WHERE id=?", [(r[0],) for r in dead]),
-                     ("DELETE FROM shard_marks WHERE file=?", [(f"{r[1]}/{r[2]}",) for r in dead])])
-        freed = 0
-        for _, mkey, file, _, _, nbytes in dead:
+        self._forget_shards(gone + dead, emptied={r[1] for r in gone})
+        for _, mkey, file, _, _ in dead:
             (self.root / "features" / mkey / file).unlink(missing_ok=True)
-            freed += nbytes
-        known = {(r[1], r[2]) for r in shards}
-        now = time.time()
+        return sum(sizes[r[0]] for r in dead) + self._drop_orphans(known, orphan_age), len(gone)
+
+    def _forget_shards(self, shards: list[tuple], emptied: set[str]) -> None:
+        """Delete shards' index rows; of the model keys in ``emptied``, those left without a shard."""
+        keys = [(m,) for m in emptied]
+        self._write([("DELETE FROM shards WHERE id=?", [(r[0],) for r in shards]),
+                     ("DELETE FROM shard_marks WHERE file=?", [(f"{r[1]}/{r[2]}",) for r in shards]),
+                     ("DELETE FROM models WHERE mkey=? AND mkey NOT IN (SELECT mkey FROM shards)", keys),
+                     ("DELETE FROM model_names WHERE mkey=? AND mkey NOT IN (SELECT mkey FROM shards)", keys)])
+
+    def _drop_orphans(self, known: set[tuple], orphan_age: float) -> int:
+        """Delete files under features/ the index does not know, older than ``orphan_age``; their bytes."""
+        freed, now = 0, time.time()
         for p in (self.root / "features").glob("*/*"):
             if (p.parent.name, p.name) in known or now - p.stat().st_mtime <= orphan_age:
                 continue
             if p.is_dir():  # the old layout's one-.npy-per-sample folders
-                freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                n = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
                 shutil.rmtree(p, ignore_errors=True)
+                freed += 0 if p.exists() else n
             else:  # a shard whose writer died before indexing it
-                freed += p.stat().st_size
-                p.unlink(missing_ok=True)
+                n = p.stat().st_size
+                with self._writing(p):
+                    p.unlink(missing_ok=True)
+                freed += n
         shutil.rmtree(self.root / "digests", ignore_errors=True)  # the old layout's digest memo
         return freed
 
@@ -692,8 +773,8 @@ class _Guard:
     """Turns the OS's and SQLite's write failures (read-only, full disk, corrupt index) into a
     CacheError naming the path and the remedy."""
 
-    def __init__(self, path, reading: bool = False):
-        self.path, self.reading = path, reading
+    def __init__(self, path, reading: bool = False, remedy: str = REMEDY, elsewhere: str = ELSEWHERE):
+        self.path, self.reading, self.remedy, self.elsewhere = path, reading, remedy, elsewhere
 
     def __enter__(self):
         return self
@@ -705,14 +786,14 @@ class _Guard:
             msg = str(exc)
             if self.reading or not isinstance(exc, sqlite3.OperationalError) or "malformed" in msg:
                 raise CacheError(f"feature cache index {self.path} is unreadable ({msg}): run `rehead cache "
-                                 "clear`, or pass --no-cache or another --cache-dir") from exc
-            raise CacheError(f"cannot write the feature cache at {self.path} ({msg}): {REMEDY}") from exc
+                                 f"clear`, or {self.elsewhere}") from exc
+            raise CacheError(f"cannot write the feature cache at {self.path} ({msg}): {self.remedy}") from exc
         if isinstance(exc, OSError):
             reason = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                       errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                       errno.ENOENT: "no such directory",
                       errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, exc.strerror or str(exc))
-            raise CacheError(f"cannot write the feature cache at {self.path} ({reason}): {REMEDY}") from exc
+            raise CacheError(f"cannot write the feature cache at {self.path} ({reason}): {self.remedy}") from exc
         return False
 
 

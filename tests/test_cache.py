@@ -693,3 +693,135 @@ def test_gc_on_an_empty_cache_and_clear_without_a_terminal_say_so(tmp_path, tiny
     extract(bb, items, [len(bb)], FeatureCache(tmp_path / "c"), workers=0, progress=False)
     r = _cli("cache", "clear", "--cache-dir", str(tmp_path / "c"))  # CliRunner's stdin is no terminal
     assert r.exit_code == 2 and "pass -y" in r.output and _shards(tmp_path / "c"), r.output
+
+
+# -- shard files deleted by hand; a read-only cache; a resumed extraction says so ------------------
+def _put(cache, mkey, keys, value):
+    """put_many, returning the new shard's path."""
+    before = set(_shards(cache.root))
+    cache.put_many(mkey, keys, np.full((len(keys), 1000), value))
+    return (set(_shards(cache.root)) - before).pop()
+
+
+def test_info_and_gc_count_only_shard_files_that_exist(tmp_path):
+    """After `rm -rf $REHEAD_CACHE/features`, info counted the deleted shards and gc 'freed' their bytes."""
+    cache = FeatureCache(tmp_path / "c")
+    _put(cache, "m", ["a", "b"], 1.0).unlink()  # deleted by hand: live rows, gone
+    older = _put(cache, "m", ["c"], 1.0)
+    _put(cache, "m", ["c"], 2.0).unlink()  # the newer copy gone: the older one serves again, never freed
+    _put(cache, "m", ["d"], 1.0).unlink()  # superseded and gone: nothing to free
+    _put(cache, "m", ["d"], 3.0)
+    _put(cache, "gone", ["x"], 1.0).unlink()  # every shard of a key gone
+    r = _cli("cache", "info", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0 and "2 shard(s), 2 sample(s)" in r.output and "4 index entries point to missing" \
+        in r.output, r.output
+    assert cache.size()["missing_shards"] == 4
+    res = FeatureCache(tmp_path / "c").gc()
+    assert res["freed_bytes"] == 0 and res["missing_shards"] == 4 and older.exists()
+    again = FeatureCache(tmp_path / "c")
+    s = again.size()
+    assert (s["models"], s["shards"], s["entries"], s["missing_shards"]) == (1, 2, 2, 0)
+    assert again.get("m", "c")[0] == 1.0 and again.get("m", "d")[0] == 3.0 and again.get("m", "a") is None
+    r = _cli("cache", "info", "--cache-dir", str(tmp_path / "c"))
+    assert "1 model key(s), 2 shard(s), 2 sample(s)" in r.output and "missing" not in r.output, r.output
+
+
+def test_the_store_knows_a_read_only_root(tmp_path, monkeypatch):
+    from rehead import store
+    cache = FeatureCache(tmp_path / "c")
+    assert not cache.read_only()  # absent: created on the first write
+    cache.put("m", "k", np.zeros(3))
+    assert not cache.read_only()
+    real = os.statvfs
+
+    class ReadOnlyMount:
+        def __init__(self, path):
+            self.f_flag = real(path).f_flag | os.ST_RDONLY
+    monkeypatch.setattr(store.os, "statvfs", ReadOnlyMount)
+    assert cache.read_only()
+    monkeypatch.undo()
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False)  # a folder this user may not write
+    assert cache.read_only()
+
+
+def _read_only(monkeypatch):
+    """The store sees a read-only root, and a WAL index opens there as it does on a read-only mount
+    (no -shm file, none may be created): the plain open fails."""
+    import sqlite3
+    from rehead import store
+
+    def no_shm(db):
+        raise sqlite3.OperationalError("unable to open database file")
+    monkeypatch.setattr(store, "_set_wal", no_shm)
+    monkeypatch.setattr(store.ShardStore, "read_only", lambda self: True, raising=False)
+
+
+def test_a_read_only_cache_is_read_and_errors_name_each_commands_options(tmp_path, monkeypatch, tiny_spec):
+    """`rehead cache info` on a read-only cache failed with 'pass --no-cache', an option it lacks."""
+    from rehead.store import CacheError
+    root = tmp_path / "c"
+    cache = FeatureCache(root)
+    shard = _put(cache, "m", ["a", "b"], 1.0)
+    cache.close()
+    _read_only(monkeypatch)
+    r = _cli("cache", "info", "--cache-dir", str(root))
+    assert r.exit_code == 0 and "1 shard(s), 2 sample(s)" in r.output, r.output
+    r = _cli("cache", "gc", "--cache-dir", str(root))  # nothing to delete: a read-only cache is fine
+    assert r.exit_code == 0 and "freed 0.0 MB" in r.output, r.output
+    shard.unlink()  # now gc must write: refused, with the options a cache command has
+    r = _cli("cache", "gc", "--cache-dir", str(root))
+    assert r.exit_code != 0 and "--cache-dir" in r.output and "REHEAD_CACHE" in r.output, r.output
+    assert "--no-cache" not in r.output and len(r.output.strip().splitlines()) == 1
+    # a fit's store: reads what is there, refuses writes up front with a fit's options
+    ro = FeatureCache(root)
+    assert ro.get("m", "a") is None  # read, a miss (its shard is gone)
+    with pytest.raises(CacheError, match="read-only: pass --no-cache"):
+        ro.check_writable()
+    items = _items(make_images(tmp_path / "d", n=2))
+    bb = zoo.load(tiny_spec)
+    with pytest.raises(CacheError, match="read-only and lacks 4 of the 4 features needed: pass --no-cache"):
+        extract(bb, items, [len(bb)], ro, workers=0, progress=False)
+
+
+def test_a_resumed_extraction_says_what_the_cache_already_held(tmp_path, tiny_spec, monkeypatch, capsys):
+    """After Ctrl-C, the rerun's bar counted only the rest ('extract train 0/88'), saying nothing."""
+    items = _items(make_images(tmp_path / "d", n=4))  # 8 images
+    bb = zoo.load(tiny_spec)
+    cache = FeatureCache(tmp_path / "c")
+    cache.shard_rows = 2
+    orig = type(bb).forward_cuts
+    calls = []
+
+    def dies_on_third_batch(self, x, c):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(x))
+        return orig(self, x, c)
+    monkeypatch.setattr(type(bb), "forward_cuts", dies_on_third_batch)
+    kw = dict(batch_size=2, workers=0, progress=True, desc="extract train")
+    with pytest.raises(KeyboardInterrupt):
+        extract(bb, items, [len(bb)], cache, **kw)
+    assert "already in the cache" not in capsys.readouterr().out  # a cold start says nothing
+    monkeypatch.setattr(type(bb), "forward_cuts", orig)
+    extract(bb, items, [len(bb)], cache, **kw)
+    out = capsys.readouterr().out
+    assert out.count("4 of 8 train features were already in the cache (an earlier run): computing the other 4") \
+        == 1, out
+    extract(bb, items, [len(bb)], cache, **kw)  # fully warm: nothing to compute, nothing said
+    assert "already in the cache" not in capsys.readouterr().out
+
+
+def test_a_fit_the_cache_serves_whole_runs_on_a_read_only_cache(tmp_path, monkeypatch, tiny_spec):
+    """A team's read-only cache was refused even when every feature a fit needs was in it; a fit that
+    must write is still refused before its run directory exists."""
+    import rehead
+    from rehead.store import CacheError
+    data, root = make_images(tmp_path / "d", n=6), tmp_path / "c"
+    kw = dict(model=tiny_spec, strategy="extract", workers=0, progress=False, echo=lambda *a: None, cache_dir=str(root))
+    first = rehead.fit(str(data), out=str(tmp_path / "a"), **kw)
+    _read_only(monkeypatch)
+    again = rehead.fit(str(data), out=str(tmp_path / "b"), **kw)
+    assert again.summary["val_acc"] == first.summary["val_acc"]
+    with pytest.raises(CacheError, match="read-only"):
+        rehead.fit(str(data), out=str(tmp_path / "c2"), cut=2, **kw)  # features at another cut: must write
+    assert not (tmp_path / "c2").exists()

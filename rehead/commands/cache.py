@@ -18,6 +18,9 @@ CACHE_DIR = typer.Option(None, "--cache-dir", help="the cache root (default $REH
 def _store(cache_dir):
     from ..store import ShardStore
     st = ShardStore(cache_dir)
+    # errors suggest what these commands take (no --no-cache here)
+    st.remedy = "pass --cache-dir DIR (or set REHEAD_CACHE) naming a writable cache"
+    st.elsewhere = "pass another --cache-dir DIR (or set REHEAD_CACHE)"
     if st.root.exists() and not st.root.is_dir():  # REHEAD_CACHE or --cache-dir naming a file
         fail(f"the feature cache {st.root} is a file, not a folder: point --cache-dir or REHEAD_CACHE at a folder")
     return st
@@ -38,6 +41,10 @@ def cache_info(cache_dir: Optional[str] = CACHE_DIR, as_json: bool = typer.Optio
     typer.echo(f"{s['path']}: {s['models']} model key(s), {s['shards']} shard(s), {s['entries']} sample(s), "
                f"{_mb(s['bytes'])} of features (+{_mb(s['index_bytes'])} index); "
                f"{s['snapshots']} backbone snapshot(s) {_mb(s['snapshot_bytes'])}")
+    if s["missing_shards"]:
+        n = s["missing_shards"]
+        gone = "entry points to a missing shard file" if n == 1 else "entries point to missing shard files"
+        typer.echo(f"  {n} index {gone} (deleted by hand?), not counted above: run `rehead cache gc` to forget them")
     for m in s["per_model"]:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["last_used"]))
         typer.echo(f"  {m['key']}  dim {m['dim']:<5} {m['samples']:>8} samples {m['shards']:>5} shards "
@@ -84,6 +91,7 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
     typer.echo(f"freed {_mb(res['freed_bytes'])}; evicted {len(res['evicted'])} model key(s)"
                + (f" ({', '.join(res['evicted'])})" if res["evicted"] else "")
                + f"; forgot {res['forgotten_files']} file(s) gone or changed since they were read"
+               + (f" and {res['missing_shards']} shard(s) whose file was deleted" if res["missing_shards"] else "")
                + f"; {_mb(left['bytes'])} of features left in {left['path']}"
                + (f" (and {left['snapshots']} backbone snapshot(s), {_mb(left['snapshot_bytes'])}, which "
                   "--max-size does not count)" if left.get("snapshots") else ""))
