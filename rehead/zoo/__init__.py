@@ -79,17 +79,53 @@ def load(spec: str, pretrained: bool = True) -> Backbone:
         if path.is_dir() and (path / "config.yaml").exists():
             from .runs import load_backbone_from_run
             return load_backbone_from_run(path, pretrained=pretrained)
+        hint = _path_hint(path) or _did_you_mean(spec)
         raise ModelNotFound(
-            f"{spec!r} is not a model spec{_did_you_mean(spec)}. Use SOURCE:NAME with SOURCE one of "
+            f"{spec!r} is not a model spec" + (f"{hint} " if hint else ". ") + "Use SOURCE:NAME with SOURCE one of "
             f"{', '.join(sorted(_SOURCES))} (e.g. packaged:efficientnet_lite0), or a run directory; "
             "`rehead models` lists them")
     prefix, name = spec.split(":", 1)
     if prefix not in _SOURCES:
         hint = f"; did you mean timm:{spec}?" if prefix in ("hf-hub", "local-dir") else ""
         raise ModelNotFound(f"unknown source {prefix!r} in {spec!r}{hint}; sources are: {', '.join(sorted(_SOURCES))}")
-    bb = _SOURCES[prefix]["load"](name, pretrained=pretrained)
+    try:
+        bb = _SOURCES[prefix]["load"](name, pretrained=pretrained)
+    except ModelNotFound as e:
+        hint = _cut_hint(spec)
+        if hint is None:
+            raise
+        raise ModelNotFound(hint) from e
     bb.spec = spec
     return bb
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+def _path_hint(path: Path) -> str:
+    """': did you mean hf:DIR?' for a model folder or weights file given without its source ('' if not one)."""
+    cfg = path / "config.json"
+    if cfg.is_file():
+        import json
+        try:
+            timm = "architecture" in json.loads(cfg.read_text())
+        except (OSError, ValueError, TypeError):
+            return ""
+        return (f": did you mean timm:local-dir:{path} (a timm folder)?" if timm else
+                f": did you mean hf:{path} (a Hugging Face transformers folder)?")
+    if path.suffix in WEIGHT_SUFFIXES:
+        return f": did you mean file:{path}#timm:ARCH (or #torchvision:ARCH), ARCH the weights' architecture?"
+    return ""
+
+
+def _cut_hint(spec: str) -> str | None:
+    """`rehead rank` names a cut as SPEC@CUT (its split_candidate); elsewhere that is no model. None where
+    ``spec`` has no @CUT, or its @ is a hub revision (timm:hf-hub:ORG/NAME@REV)."""
+    base, sep, cut = spec.rpartition("@")
+    if not (sep and base and cut) or "/" in cut or ":" in cut or spec.startswith("timm:hf-hub:"):
+        return None
+    return (f"{spec!r}: @{cut} names a cut only in `rehead rank --models`; here give the model alone "
+            f"(--model {base}) and the cut as --cut {cut} (`rehead inspect {base}` lists the stages)")
 
 
 def _did_you_mean(name: str) -> str:

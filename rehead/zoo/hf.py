@@ -421,11 +421,23 @@ def resolve(source: str) -> str:
             raise ModelNotFound(f"{local} has no config.json: give a folder saved with save_pretrained "
                                 "(config.json, weights, tokenizer files) or downloaded with `hf download ORG/NAME "
                                 "--local-dir DIR`")
+        _not_timm(local)
         return str(local.resolve())
     if _looks_local(source):
         raise ModelNotFound(f"no folder {local}: hf:PATH takes a folder with config.json, the weights and the "
                             "tokenizer files (hf:ORG/NAME downloads one from the Hugging Face Hub)")
     return source
+
+
+def _not_timm(folder: Path) -> None:
+    """A timm hub repo's config.json names an 'architecture' (transformers' names a 'model_type')."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # transformers says what is wrong with it
+    if isinstance(cfg, dict) and "architecture" in cfg and "model_type" not in cfg:
+        raise ModelNotFound(f"{folder} is a timm folder (its config.json names an 'architecture', "
+                            f"{cfg['architecture']!r}): use timm:local-dir:{folder}")
 
 
 def _card_file(source: str, name: str) -> dict | list | None:
@@ -473,6 +485,18 @@ def load_tokenizer(source: str):
     return tok
 
 
+def check_tokenizer(tok, config, source: str) -> None:
+    """Without tokenizer files transformers (5) builds a tokenizer of its special tokens alone: every
+    word would be [UNK] and every text the same features, a fit scoring the majority class."""
+    vocab = tok.get_vocab()
+    if not set(vocab) <= set(tok.all_special_tokens) or (getattr(config, "vocab_size", 0) or 0) <= len(vocab):
+        return
+    where = (f"save the tokenizer beside the model with tokenizer.save_pretrained({source!r})"
+             if Path(source).is_dir() else "give a local folder holding the model and its tokenizer (hf:DIR)")
+    raise ModelNotFound(f"{source} has no tokenizer files (tokenizer.json, vocab.txt, ...): its tokenizer knows "
+                        f"{len(vocab)} special tokens and no words, for a model of {config.vocab_size}; {where}")
+
+
 @contextmanager
 def quiet_transformers():
     """transformers' load report (an ANSI table of MISSING / UNEXPECTED keys, printed even under -q) and
@@ -508,6 +532,7 @@ def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
                                     f"{model.main_input_name}): hf: loads text models; for image models use "
                                     "timm: (e.g. timm:hf-hub:ORG/NAME)")
             tokenizer = load_tokenizer(source)
+            check_tokenizer(tokenizer, config, source)
     except ModelNotFound:
         raise
     except (OSError, ValueError) as e:

@@ -12,8 +12,10 @@ for the ResNet family), so it is cut the same way. The names timm has an equival
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+from pathlib import Path
 
 import torch
 
@@ -44,11 +46,44 @@ TORCHVISION = {
 def _offline_error(spec: str, err: Exception, arch: str | None = None) -> ModelNotFound:
     arch = arch or spec
     return ModelNotFound(
-        f"could not fetch pretrained weights for {spec} ({type(err).__name__}: {err}). "
+        f"could not fetch pretrained weights for {spec} ({_why(err)}). "
         f"Offline? Download the weights on a machine with network, then load them with "
         f"file:PATH#{arch} (a .safetensors or state_dict .pth for that architecture); a timm hub repo "
         "downloaded whole (`huggingface-cli download timm/NAME --local-dir FOLDER`) loads as "
         "timm:local-dir:FOLDER; or use a packaged: model (`rehead models`).")
+
+
+def _why(err: Exception) -> str:
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or _unreachable():
+        return f"they are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub is unreachable"
+    return _one_line(err)
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's first line (hub and state-dict errors span many)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _unreachable() -> bool:
+    from .hf import hub_reachable
+    return not hub_reachable()
+
+
+def _hub_guard(name: str, pretrained: bool):
+    """Offline, huggingface_hub retries each request for ~40 s: when the Hub does not answer, timm
+    reads its weights from the local Hugging Face cache alone and fails at once if they are not there
+    (``hf.hub_or_cache``, keyed by the hub repo timm fetches from)."""
+    from .hf import hub_or_cache
+    if name.startswith("hf-hub:"):
+        return hub_or_cache(name.split(":", 1)[1].split("@")[0])
+    if not pretrained:
+        return contextlib.nullcontext()
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return hub_or_cache(repo) if repo else contextlib.nullcontext()  # url weights fail fast offline
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,9 +103,12 @@ def build_timm(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
     ``local-dir:FOLDER``), with rehead's errors."""
     import timm  # imported when a model is built: timm pulls in torchvision and torch._dynamo (~2 s)
     from timm.models import split_model_name_tag
-    if name.split(":", 1)[0] in ("hf-hub", "local-dir"):
+    if name.startswith("local-dir:"):
+        return build_local_dir(Path(name.split(":", 1)[1]).expanduser(), pretrained, **kwargs)
+    if name.startswith("hf-hub:"):
         try:  # even the architecture comes from the hub repo's config.json
-            return timm.create_model(name, pretrained=pretrained, **kwargs)
+            with _hub_guard(name, pretrained):
+                return timm.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as e:
             raise _offline_error(f"timm:{name}", e, "timm:<architecture> (the repo's config.json says which), "
                                  "or timm:local-dir:FOLDER with the repo downloaded") from e
@@ -82,9 +120,90 @@ def build_timm(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
         raise ModelNotFound(f"timm has no pretrained weights {name!r}; tags for {arch}: "
                             + (", ".join(tags) if tags else "none (use timm:" + arch + ")"))
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_guard(name, pretrained):
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as e:  # download failures come as many exception types
         raise _offline_error(f"timm:{name}", e) from e
+
+
+# -- timm:local-dir:FOLDER ----------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+WEIGHT_EXTS = (".safetensors", ".pth", ".pth.tar", ".bin")  # timm's order when no file has a usual name
+
+
+def _local_dir_config(folder: Path, spec: str) -> dict:
+    """The folder's config.json, checked to be a timm hub repo's (with an architecture timm has)."""
+    import json
+    import timm
+    if not folder.is_dir():
+        raise ModelNotFound(f"{spec}: no folder {folder}. It takes a timm hub repo downloaded whole "
+                            "(`hf download timm/NAME --local-dir FOLDER`: config.json + model.safetensors); "
+                            "a weights file alone loads as file:PATH#timm:ARCH")
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise ModelNotFound(f"{folder} has no config.json: {spec} takes a timm hub repo downloaded whole "
+                            "(config.json + model.safetensors); a weights file alone loads as file:PATH#timm:ARCH")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{cfg_file} is not readable JSON ({e}): download the repo again") from e
+    if not isinstance(cfg, dict) or "architecture" not in cfg:
+        hf = isinstance(cfg, dict) and ("model_type" in cfg or "architectures" in cfg)
+        raise ModelNotFound(f"{folder} is not a timm folder (its config.json has no 'architecture')"
+                            + (f": it is a Hugging Face transformers model, use hf:{folder}" if hf else
+                               ": give a timm hub repo downloaded whole, or your weights as file:PATH#timm:ARCH"))
+    if not timm.is_model(cfg["architecture"]):
+        raise ModelNotFound(f"{cfg_file} names architecture {cfg['architecture']!r}, which this timm "
+                            f"({timm.__version__}) does not have: upgrade timm (pip install -U timm)")
+    return cfg
+
+
+def _local_dir_weights(folder: Path) -> Path | None:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    for ext in WEIGHT_EXTS:
+        found = sorted(folder.glob(f"*{ext}"))
+        if found:
+            return found[0]
+    return None
+
+
+def build_local_dir(folder: Path, pretrained: bool, **kwargs) -> torch.nn.Module:
+    """A timm hub repo downloaded whole: the model its config.json describes, with the folder's weights,
+    its classifier sized as the checkpoint's (a fine-tuned repo keeps its own head)."""
+    import timm
+    from .file import load_into, through_filter, with_checkpoint_classes
+    spec = f"timm:local-dir:{folder}"
+    arch = _local_dir_config(folder, spec)["architecture"]
+    weights = _local_dir_weights(folder)
+    if weights is None and pretrained:
+        raise ModelNotFound(f"{folder} has no weights ({', '.join(WEIGHT_FILES[:2])} or another "
+                            f"{'/'.join(WEIGHT_EXTS)} file): download the repo whole, with its weights")
+
+    def build(**kw):
+        try:
+            return timm.create_model(f"local-dir:{folder}", pretrained=False, **{**kwargs, **kw})
+        except Exception as e:  # model arguments this timm does not take
+            raise ModelNotFound(f"{folder}/config.json does not build timm's {arch} ({_one_line(e)}): "
+                                "download the repo again, or upgrade timm") from e
+    model = build()
+    if weights is None:
+        return model
+    sd = _read_timm_weights(weights)
+    sd = through_filter(model, sd)
+    model = with_checkpoint_classes(model, sd, build)
+    if pretrained:
+        load_into(model, sd, f"{weights} (for {arch}, as config.json says)")
+    return model
+
+
+def _read_timm_weights(path: Path) -> dict:
+    from timm.models import load_state_dict
+    try:  # timm's reader: EMA / 'state_dict' / 'model' keys, 'module.' prefixes
+        return load_state_dict(str(path), weights_only=True)
+    except Exception as e:
+        raise ModelNotFound(f"{path} is not a readable checkpoint ({_one_line(e)}): download it again") from e
 
 
 def wrap_timm(model: torch.nn.Module, spec: str) -> TimmBackbone:
@@ -94,7 +213,6 @@ def wrap_timm(model: torch.nn.Module, spec: str) -> TimmBackbone:
 def _timm_stamp(name: str) -> str | None:
     """``timm:local-dir:FOLDER``: the folder's files (a warm fit then skips building the model);
     hub downloads have no stamp."""
-    from pathlib import Path
     from . import file_stamp, timm_stages
     if not name.startswith("local-dir:"):
         return None
@@ -121,9 +239,9 @@ def torchvision_to_timm(name: str) -> str:
     return TORCHVISION[name]
 
 
-def build_torchvision(name: str, pretrained: bool):
+def build_torchvision(name: str, pretrained: bool, **kwargs):
     """timm's copy of a torchvision architecture (with torchvision's weights when pretrained)."""
-    return build_timm(torchvision_to_timm(name), pretrained)
+    return build_timm(torchvision_to_timm(name), pretrained, **kwargs)
 
 
 @register_source("torchvision", "torchvision ImageNet models, as timm's copies holding torchvision's weights: "
