@@ -202,3 +202,12 @@ def test_rank_cut_syntax_elsewhere_points_to_cut():
                                                 r"the model alone \(--model packaged:efficientnet_lite0\) and the "
                                                 r"cut as --cut block3"):
         zoo.load("packaged:efficientnet_lite0@block3")
+
+
+def test_a_path_spec_that_is_gone_is_said_so_not_called_a_bad_spec(tmp_path):
+    """A run made from a run that was later deleted said "'/x/runs/a' is not a model spec"."""
+    from rehead import zoo
+    with pytest.raises(zoo.ModelNotFound, match="runs/a does not exist: a run directory .* moved or deleted"):
+        zoo.load(str(tmp_path / "runs" / "a"))
+    with pytest.raises(zoo.ModelNotFound, match="a Hugging Face Hub model is hf:org/name"):
+        zoo.load("org/name")

@@ -79,6 +79,10 @@ def load(spec: str, pretrained: bool = True) -> Backbone:
         if path.is_dir() and (path / "config.yaml").exists():
             from .runs import load_backbone_from_run
             return load_backbone_from_run(path, pretrained=pretrained)
+        if os.sep in spec and not path.exists():  # a path: a run directory moved or deleted, or a typo
+            hub = f"; a Hugging Face Hub model is hf:{spec}" if spec.count("/") == 1 and not path.is_absolute() else ""
+            raise ModelNotFound(f"{spec} does not exist: a run directory (or model folder) that was moved or "
+                                f"deleted? give its new path; a run made from it needs it to rebuild its model{hub}")
         hint = _path_hint(path) or _did_you_mean(spec)
         raise ModelNotFound(
             f"{spec!r} is not a model spec" + (f"{hint} " if hint else ". ") + "Use SOURCE:NAME with SOURCE one of "
