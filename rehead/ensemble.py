@@ -29,15 +29,19 @@ from .data import DATA_KW
 from .run import BadRun, Run, read_config
 from .rundir import RunDir, load_tensors, read_json
 
-MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json")
+# temperature.json: a member exported or predicted on its own keeps its calibration (the ensemble applies none)
+MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json", "temperature.json")
 
 
 def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) -> Path:
     """Write an ensemble (or, with ``soup``, a weight-averaged run) of ``runs`` to ``out``."""
     members = _check_members(runs)
     out_path = Path(out).resolve()
-    if any(out_path == m.dir.resolve() for m in members):
-        raise BadRun(f"--out {out} is one of the members: choose a new directory")
+    for m in members:  # --overwrite would empty out a member before it is read
+        d = m.dir.resolve()
+        if out_path == d or out_path in d.parents or d in out_path.parents:
+            raise BadRun(f"--out {out} is one of the members, holds one or lies inside one ({m.dir}): choose a new "
+                         "directory (copy the members out first to rebuild an ensemble from its own members/N)")
     if soup:
         _check_soup(members)  # before the directory is claimed: a refused soup leaves nothing
     run = RunDir.create(out, overwrite=overwrite)

@@ -255,5 +255,6 @@ def _meaning(run) -> str:
     if task == "multilabel":
         return "one score per label; sigmoid for each label's probability (a label is on at p >= 0.5)"
     t = float(run.temperature)
+    fitted = "fitted on val" if (Path(run.dir) / "temperature.json").exists() else "none fitted: T = 1"
     return ("unnormalised class scores; softmax(logits / temperature) for the calibrated probabilities rehead "
-            f"predict gives (temperature {t:.4g}, fitted on val), softmax(logits) for the uncalibrated ones")
+            f"predict gives (temperature {t:.4g}, {fitted}), softmax(logits) for the uncalibrated ones")

@@ -165,3 +165,21 @@ def test_a_soup_of_members_on_other_splits_does_not_show_one_members_split_as_it
     make_ensemble([a.dir, b.dir], tmp_path / "ens")
     html = write_report(tmp_path / "ens", echo=lambda *_: None).read_text()
     assert tiny_spec in html.split("<h2>")[0]  # the header names the members' model
+
+
+def test_an_ensemble_rebuilt_over_its_own_members_is_refused_before_anything_is_deleted(tmp_path, two_runs,
+                                                                                         image_folder):
+    """--out the ensemble that holds its members, with --overwrite, emptied members/ before reading them."""
+    a, b = two_runs
+    make_ensemble([a.dir, b.dir], tmp_path / "ens")
+    members = [tmp_path / "ens" / "members" / str(i) for i in (0, 1)]
+    for soup in (False, True):
+        with pytest.raises(BadRun, match="is one of the members, holds one or lies inside one"):
+            make_ensemble(members, tmp_path / "ens", soup=soup, overwrite=True)
+    item = str(next(image_folder.rglob("*.jpg")))
+    assert open_run(tmp_path / "ens").predict([item])  # untouched
+    # a member keeps its calibration: predicted alone it gives its run's probabilities
+    if (a.dir / "temperature.json").exists():
+        assert (members[0] / "temperature.json").read_bytes() == (a.dir / "temperature.json").read_bytes()
+    assert Run(members[0]).predict([item])[0]["top"][0]["prob"] == pytest.approx(
+        a.predict([item])[0]["top"][0]["prob"], abs=1e-6)

@@ -68,6 +68,9 @@ def test_export_on_generated_images_and_sidecar(run, tmp_path):
     # ... and with the sidecar's temperature, its probabilities are the ones rehead predict gives
     assert meta["temperature"] == pytest.approx(run.temperature) and "softmax(logits / temperature)" in \
         meta["output"]["meaning"]
+    fitted = (run.dir / "temperature.json").exists()  # it said "fitted on val" of a run with none
+    assert ("fitted on val" in meta["output"]["meaning"]) == fitted
+    assert ("none fitted: T = 1" in meta["output"]["meaning"]) == (not fitted)
     z = got / meta["temperature"]
     probs = np.exp(z - z.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -109,6 +109,21 @@ def test_report_of_a_probe_run_names_the_best_depth(tmp_path, tiny_spec, image_f
     assert [int(cut) for flag, cut in rows if flag] == [res["best"]["cut"]]
 
 
+def test_report_out_never_replaces_a_users_file_unasked(fit_run, tmp_path):
+    """--out notes.txt replaced the user's file with HTML; --out DIR failed after the work."""
+    from rehead.report import write_report
+    from rehead.rundir import RunExists
+    run = fit_run.dir
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(RunExists, match="give an .html file or a folder"):
+        write_report(run, out=tmp_path / "notes.txt", echo=lambda *_: None)
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    assert write_report(run, out=tmp_path, echo=lambda *_: None) == tmp_path / "report.html"
+    with pytest.raises(RunExists, match="exists: pass --overwrite"):
+        write_report(run, out=tmp_path / "report.html", echo=lambda *_: None)
+    assert write_report(run, out=tmp_path / "report.html", echo=lambda *_: None, overwrite=True).exists()
+
+
 def test_report_refuses_what_is_not_a_run(tmp_path):
     from rehead.report import write_report
     from rehead.run import BadRun

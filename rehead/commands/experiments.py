@@ -116,11 +116,13 @@ def compare(data: str = typer.Argument(...), model: str = typer.Option(DEFAULT, 
 
 @app.command()
 @guarded
-def report(run_dir: str, out: Optional[str] = typer.Option(None, "--out", "-o", help="default RUN_DIR/report.html"),
-           gallery: int = typer.Option(60, help="how many val predictions to show")):
+def report(run_dir: str, out: Optional[str] = typer.Option(None, "--out", "-o", help="an .html file or a folder "
+                                                                                   "(default RUN_DIR/report.html)"),
+           gallery: int = typer.Option(60, help="how many val predictions to show"),
+           overwrite: bool = typer.Option(False, help="replace an existing --out file")):
     """Write report.html for any run (fit, probe, rank, compare): self-contained, opens offline."""
     from ..report import write_report
-    typer.echo(str(write_report(run_dir, out=out, gallery=gallery, echo=typer.echo)))
+    typer.echo(str(write_report(run_dir, out=out, gallery=gallery, echo=typer.echo, overwrite=overwrite)))
 
 
 @app.command()

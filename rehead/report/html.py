@@ -263,11 +263,12 @@ SECTIONS = {"fit": _fit_sections, "soup": _fit_sections, "ensemble": _fit_sectio
             "rank": _rank_sections, "compare": _compare_sections}
 
 
-def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
+def write_report(run_dir, out=None, gallery: int = 60, echo=print, overwrite: bool = False) -> Path:
     """Write ``report.html`` (and the PNG plots) for a run directory; returns the report's path."""
     from ..run import read_config
     d = Path(run_dir)
     cfg = read_config(d)
+    out = report_path(d, out, overwrite)  # before any work: a file of the user's is never replaced unasked
     kind = cfg.get("kind", "fit")
     if kind not in SECTIONS:
         from ..rundir import BadRun
@@ -285,7 +286,24 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print) -> Path:
             f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
             f"<p class='muted'>{escape(str(model))} &middot; {escape(str(d))} &middot; report written "
             f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>\n{body}</body>\n</html>\n")
-    out = Path(out) if out else d / "report.html"
     from ..rundir import atomic_write_bytes
     atomic_write_bytes(out, html.encode("utf-8"))
+    return out
+
+
+def report_path(run_dir: Path, out, overwrite: bool) -> Path:
+    """Where the report goes: RUN_DIR/report.html (rehead's own, rewritten), a folder's report.html, or an
+    .html file; an existing file elsewhere only with ``overwrite``."""
+    from ..rundir import RunExists
+    if out is None:
+        return run_dir / "report.html"
+    out = Path(out)
+    if out.is_dir():
+        out = out / "report.html"
+    elif out.suffix.lower() not in (".html", ".htm"):
+        raise RunExists(f"--out {out}: give an .html file or a folder to write report.html into")
+    if out.exists() and not overwrite and out.resolve() != (run_dir / "report.html").resolve():
+        raise RunExists(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    if not out.parent.is_dir():
+        raise RunExists(f"--out {out}: the folder {out.parent} does not exist")
     return out
