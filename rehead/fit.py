@@ -135,12 +135,12 @@ def _refuse_overridden(cfg: FitConfig) -> None:
 # step (_solved_heads), which leaves the options of gradient training idle too. Checked by fitting with
 # each one changed: the same weights (tests/test_fit.py keeps a few of those checks).
 _IDLE_ON_FEATURES = ("unfreeze", "lr_decay", "lr_min", "layer_decay", "optimizer", "ema", "patience", "freeze_bn",
-                     "train_frozen_bn")
+                     "train_frozen_bn", "budget")
 _IDLE_SOLVED = ("epochs", "lr", "find_lr", "schedule", "warmup", "sgdr_cycle", "sgdr_mult", "weight_decay",
                 "keep_last", "dropout", "hidden")
 _IDLE_ORDER = ("epochs", "lr", "find_lr", "unfreeze", "lr_decay", "lr_min", "layer_decay", "schedule", "warmup",
                "sgdr_cycle", "sgdr_mult", "optimizer", "weight_decay", "ema", "patience", "keep_last", "dropout",
-               "hidden", "freeze_bn", "train_frozen_bn")
+               "hidden", "freeze_bn", "train_frozen_bn", "budget")
 
 
 def _idle_options_note(cfg: FitConfig, recipe, modality: str) -> str | None:

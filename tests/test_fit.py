@@ -399,6 +399,13 @@ def test_an_extract_fit_names_in_one_note_every_option_its_solved_linear_head_le
     assert same(plain.logits(items)[0], idle.logits(items)[0])  # what the fit computes is unchanged
 
 
+def test_a_budget_that_auto_leaves_idle_by_extracting_is_said(tmp_path, image_folder, tiny_spec):
+    """--budget 2 with auto choosing extract was recorded in config.yaml with no word (extract has no live phase)."""
+    run, notes = _said(image_folder, tmp_path / "a", tiny_spec, strategy="auto", budget=2)
+    assert all(p["on_features"] for p in run.config["phases"])  # auto extracts here (tests/test_auto.py)
+    assert any("--budget" in n and "no effect" in n for n in notes), notes
+
+
 def test_an_extract_fit_with_an_mlp_head_flags_only_what_its_trained_head_does_not_use(tmp_path, image_folder,
                                                                                        tiny_spec):
     _, notes = _said(image_folder, tmp_path / "a", tiny_spec, strategy="extract", head="mlp", hidden=8, epochs=2,

@@ -122,6 +122,9 @@ def test_report_out_never_replaces_a_users_file_unasked(fit_run, tmp_path):
     with pytest.raises(RunExists, match="exists: pass --overwrite"):
         write_report(run, out=tmp_path / "report.html", echo=lambda *_: None)
     assert write_report(run, out=tmp_path / "report.html", echo=lambda *_: None, overwrite=True).exists()
+    from rehead.config import ConfigError
+    with pytest.raises(ConfigError, match="--gallery must be >= 0"):  # -5 showed all but the last 5 cards
+        write_report(run, gallery=-5, echo=lambda *_: None)
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path):

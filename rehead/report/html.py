@@ -268,6 +268,9 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print, overwrite: bo
     from ..run import read_config
     d = Path(run_dir)
     cfg = read_config(d)
+    if gallery < 0:  # a negative slice would quietly drop the last cards
+        from ..config import ConfigError
+        raise ConfigError(f"--gallery must be >= 0 (val predictions shown), got {gallery}")
     out = report_path(d, out, overwrite)  # before any work: a file of the user's is never replaced unasked
     kind = cfg.get("kind", "fit")
     if kind not in SECTIONS:
