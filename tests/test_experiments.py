@@ -109,6 +109,9 @@ def test_rank_scores_loadable_candidates_and_names_the_rest(tmp_path, tiny_spec,
     check_self_contained(write_report(tmp_path / "r").read_text())
     with pytest.raises(ValueError, match="none of the candidates"):
         rank(str(image_folder), ["packaged:nope"], out=tmp_path / "r2", progress=False, echo=lambda *_: None)
+    with pytest.raises(zoo.ModelNotFound, match="unknown source 'tim'"):  # a typo was skipped, exit 0
+        rank(str(image_folder), [tiny_spec, "tim:foo"], out=tmp_path / "r3", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "r3").exists()
 
 
 def test_stratified_fractions_are_per_class_seeded_and_nested():

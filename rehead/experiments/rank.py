@@ -120,6 +120,8 @@ def _check_candidates(models: list[str], ds, echo) -> tuple[list[dict], dict]:
         try:
             bb = zoo.load(spec)
         except zoo.ModelNotFound as e:  # offline: say which ones could not be loaded, rank the rest
+            if not zoo.is_spec(spec):  # a typo (tim:foo), not a model missing here: stop, as fit and probe do
+                raise
             echo(f"skipping {cand}: {e}")
             unavailable.append({"model": cand, "reason": str(e)})
             continue

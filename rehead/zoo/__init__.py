@@ -132,6 +132,12 @@ def _cut_hint(spec: str) -> str | None:
             f"(--model {base}) and the cut as --cut {cut} (`rehead inspect {base}` lists the stages)")
 
 
+def is_spec(spec: str) -> bool:
+    """Whether ``spec`` names a source rehead has (or an existing path): a typo, not a model missing offline."""
+    _import_sources()
+    return Path(spec).exists() or (":" in spec and spec.split(":", 1)[0] in _SOURCES)
+
+
 def _did_you_mean(name: str) -> str:
     """': did you mean timm:NAME?' for a bare model name some source knows ('' if none does)."""
     from .packaged import _PACKAGED
@@ -170,4 +176,4 @@ def _import_sources():
         pass
 
 
-__all__ = ["Backbone", "load", "list_models", "register_source", "weights_stamp", "ModelNotFound"]
+__all__ = ["Backbone", "load", "list_models", "register_source", "weights_stamp", "ModelNotFound", "is_spec"]
