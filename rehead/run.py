@@ -273,7 +273,7 @@ class Run:
         if isinstance(items, (str, Path)):
             return self._path_items(items)
         if _is_frame(items):
-            col = _item_column(self._data_columns(), self.modality)
+            col = _item_column(self.data_kw(), self.modality)
             if col not in items.columns:
                 raise DataError(f"the DataFrame has no {col!r} column (its columns: "
                                 f"{', '.join(map(str, items.columns))}): name the {self.modality} column {col!r}, "
@@ -292,7 +292,7 @@ class Run:
                  "an image path, a folder or CSV of images, a list of paths, a PIL image, array or tensor, a Series "
                  "of paths")
         raise DataError(f"cannot predict on a {type(items).__name__}: a {self.modality} run takes {forms}, or a "
-                        f"DataFrame with a {_item_column(self._data_columns(), self.modality)!r} column")
+                        f"DataFrame with a {_item_column(self.data_kw(), self.modality)!r} column")
 
     def _path_items(self, path) -> list:
         """A path as ``rehead predict`` reads it (``data.inputs.path_items``); a missing image path stays,
@@ -304,10 +304,6 @@ class Run:
         if not items and Path(path).is_dir():
             raise DataError(f"{path} is a folder with no image files in it: give a folder of images")
         return items
-
-    def _data_columns(self) -> dict:
-        """The fit's data options that are set (None: the reader's default)."""
-        return {k: v for k, v in self.data_kw().items() if v is not None}
 
     def _predict_task(self, items, out, kept) -> list[dict]:
         if not torch.isfinite(out).all():
