@@ -215,7 +215,7 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
          out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/<data name>)"),
          overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
          resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run directory"),
-         quiet: bool = typer.Option(False, "--quiet", "-q"),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
          processes: int = typer.Option(1, "--processes", help=PROCESSES_HELP), **options):
     """Train a new head (and as much of the backbone as the strategy says) on DATA."""
     if data is None and not resume:
@@ -296,7 +296,7 @@ def lr_find_cmd(data: str, model: Optional[str] = typer.Option(None, "--model", 
                 batch_size: int = typer.Option(32, min=1), workers: int = typer.Option(2, min=0), seed: int = 0,
                 start_lr: float = typer.Option(1e-7, min=1e-12),
                 end_lr: float = typer.Option(10.0, min=1e-12),
-                quiet: bool = typer.Option(False, "--quiet", "-q"),
+                quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
                 task: Optional[str] = typer.Option(None, help="multiclass | regression | multilabel (as fit's)"),
                 text_column: Optional[str] = typer.Option(None, help="text CSVs: the column holding the text"),
                 image_column: Optional[str] = typer.Option(None, help="image CSVs: the path column"),
@@ -344,7 +344,8 @@ def _columns(run, **given) -> dict:
 @app.command()
 @guarded
 def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
-             as_json: bool = typer.Option(False, "--json"), workers: int = 0,
+             as_json: bool = typer.Option(False, "--json"),
+             workers: int = typer.Option(0, min=0, help="data-loading processes (0: in this process)"),
              tta: bool = typer.Option(
                  False, "--tta", help="images: average the probabilities of each image and its horizontal flip"),
              source_agreement: Optional[str] = typer.Option(

@@ -33,6 +33,8 @@ def run_demo(out: str = "runs/demo", overwrite: bool = True, echo=print):
     from .config import DEFAULT_MODEL
     from .features import default_cache_dir
     from .fit import fit
+    from .rundir import RunDir
+    RunDir.check_free(out, overwrite)  # a folder of the user's is refused before the digits are written
     data = default_cache_dir() / "demo" / "digits"
     if not data.exists():
         echo(f"writing scikit-learn's digits as images to {data}")

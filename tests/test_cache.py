@@ -683,10 +683,25 @@ def test_cache_info_names_each_model_key_even_one_cached_before_names(tmp_path, 
     assert f"{tiny_spec} cut 2 ({stage})" in r.output and "unnamed" not in r.output, r.output
 
 
+def test_cache_info_on_a_missing_or_foreign_folder_says_so(tmp_path):
+    """A typo'd --cache-dir read as an empty cache ("0 model key(s)"), and so did a folder of photos."""
+    r = _cli("cache", "info", "--cache-dir", str(tmp_path / "typo"))
+    assert r.exit_code == 0 and "does not exist (check --cache-dir)" in r.output and "0 model" not in r.output
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    for cmd in ("info", "gc"):
+        r = _cli("cache", cmd, "--cache-dir", str(tmp_path / "photos"))
+        assert r.exit_code == 0 and "is not a rehead feature cache" in r.output, r.output
+    assert (tmp_path / "photos" / "cat.jpg").exists()
+
+
 def test_gc_on_an_empty_cache_and_clear_without_a_terminal_say_so(tmp_path, tiny_spec):
     """`cache gc` on a cache with no index died in KeyError 'forgotten_files'; `cache clear </dev/null`
     in "error: Abort: (unexpected ...)"."""
     r = _cli("cache", "gc", "--cache-dir", str(tmp_path / "none"))
+    assert r.exit_code == 0 and "does not exist (check --cache-dir)" in r.output, r.output
+    (tmp_path / "empty").mkdir()
+    r = _cli("cache", "gc", "--cache-dir", str(tmp_path / "empty"))
     assert r.exit_code == 0 and "freed 0" in r.output, r.output
     items = _items(make_images(tmp_path / "d", n=2))
     bb = zoo.load(tiny_spec)

@@ -94,6 +94,21 @@ def test_cli_choices_show_in_help_and_a_wrong_one_fails_before_any_work(tmp_path
     res = runner.invoke(app, ["fit", str(image_folder), "--lr", "-1", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--lr must be > 0" in res.output and not (tmp_path / "r").exists()
     assert "Traceback" not in res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "r"), "--workers", "-1"], env={"COLUMNS": "300"})  # taken
+    assert res.exit_code == 2 and "--workers" in res.output and "greater than or equal to 0" in res.output, res.output
+
+
+def test_a_csv_without_the_named_column_asks_for_the_right_one(tmp_path):
+    """`predict RUN new.csv --text-column foo` said the run reads 'foo' "as its fit did"."""
+    from rehead.data.images import csv_images
+    from rehead.data.text import input_texts
+    (tmp_path / "new.csv").write_text("sentence,path\nhello,a.jpg\n")
+    with pytest.raises(DataError) as e:
+        input_texts(str(tmp_path / "new.csv"), "foo")
+    assert "no 'foo' column (columns: sentence, path)" in str(e.value) and "fit did" not in str(e.value)
+    with pytest.raises(DataError) as e:
+        csv_images(tmp_path / "new.csv", "img")
+    assert "--image-column" in str(e.value) and "fit did" not in str(e.value)
 
 
 def test_help_and_version_do_not_import_torch():
@@ -159,6 +174,16 @@ def test_overwrite_never_deletes_a_folder_rehead_did_not_make(tmp_path):
     run.release()
     RunDir.create(tmp_path / "run", overwrite=True).release()
     assert not (tmp_path / "run" / "old.txt").exists()
+
+
+def test_demo_refuses_a_folder_of_the_users_before_any_work(tmp_path, monkeypatch):
+    """`rehead demo --out photos` wrote the digits to the cache, then was refused by the fit."""
+    monkeypatch.setenv("REHEAD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "photos")])
+    assert r.exit_code != 0 and "not a directory rehead made" in r.output, r.output
+    assert not (tmp_path / "cache").exists() and (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
 
 
 @pytest.mark.parametrize("name, damage", [

@@ -26,6 +26,20 @@ def _store(cache_dir):
     return st
 
 
+def _absent(st, cache_dir) -> bool:
+    """Say so when there is no cache to read: a typo'd --cache-dir read as an empty cache before."""
+    if not st.root.exists():
+        typer.echo(f"no feature cache at {st.root}: the folder does not exist"
+                   + (" (check --cache-dir)" if cache_dir else " (the first fit creates it)"))
+        return True
+    if not st.is_marked() and not (st.root / "index.sqlite").exists() and not st.is_empty():
+        from ..store import MARKER
+        typer.echo(f"{st.root} is not a rehead feature cache (no {MARKER} of rehead's, no index): "
+                   "nothing of it is counted or touched; check --cache-dir / REHEAD_CACHE")
+        return True
+    return False
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -34,7 +48,10 @@ def _mb(n: int) -> str:
 @guarded
 def cache_info(cache_dir: Optional[str] = CACHE_DIR, as_json: bool = typer.Option(False, "--json")):
     """Where the feature cache is: model keys, shards, samples and bytes; snapshots."""
-    s = _store(cache_dir).size()
+    st = _store(cache_dir)
+    if not as_json and _absent(st, cache_dir):
+        return
+    s = st.size()
     if as_json:
         typer.echo(json.dumps(s, indent=1))
         return
@@ -86,6 +103,8 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size",
     from ..store import parse_size
     limit = parse_size(max_size) if max_size is not None else None
     st = _store(cache_dir)
+    if _absent(st, cache_dir):
+        return
     res = st.gc(limit)
     left = st.size()
     typer.echo(f"freed {_mb(res['freed_bytes'])}; evicted {len(res['evicted'])} model key(s)"

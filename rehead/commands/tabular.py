@@ -25,7 +25,7 @@ def pretrain(data: str = typer.Argument(..., help="CSV of numeric feature column
              rows: str = typer.Option("train", help="train | all (all: also the val/test rows' features, no labels)"),
              missing: str = typer.Option("error", help="error | mean: empty cells are an error, or the column mean"),
              overwrite: bool = typer.Option(False, help="replace an existing OUT"),
-             quiet: bool = typer.Option(False, "--quiet", "-q")):
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
     """Pretrain an MLP encoder on a table by masked reconstruction; save only the encoder
     (then: rehead fit TABLE --model OUT)."""
     from ..pretrain import pretrain as run
@@ -47,7 +47,7 @@ def fit_multitask(data: str = typer.Argument(..., help="CSV with two or more lab
                                                "live: no extract or auto)"),
                   epochs: Optional[int] = None, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
                   val_fraction: float = 0.2, overwrite: bool = False,
-                  quiet: bool = typer.Option(False, "--quiet", "-q")):
+                  quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
     """Train one head per label column on a shared backbone; each head is evaluated on its own, on val
     and (scored once, never for selection) on the split=test rows."""
     from ..multitask import fit_multitask as run

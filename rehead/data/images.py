@@ -230,7 +230,7 @@ def csv_images(path, image_column: str | None = None) -> list[str]:
     image_column = image_column or "path"
     if image_column not in header:
         raise DataError(f"{path} has no column {image_column!r} (columns: {', '.join(header)}): the run reads "
-                        f"image paths from the column {image_column!r}, as its fit did: name yours with --image-column")
+                        f"image paths from the column {image_column!r}: name the column that holds them with --image-column")
     return _listed(path, header, rows, image_column)[0]
 
 

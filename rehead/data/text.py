@@ -139,7 +139,7 @@ def input_texts(arg: str, text_column: str = "text") -> list[str]:
         header, rows = read_rows(p)
         if text_column not in header:
             raise DataError(f"{arg} has no {text_column!r} column (columns: {', '.join(header)}): the run reads texts "
-                            f"from the column {text_column!r}, as its fit did: name yours with --text-column")
+                            f"from the column {text_column!r}: name the column that holds them with --text-column")
         texts = column(header, rows, text_column, p)
         if not any(texts):
             raise DataError(f"{arg} has no text in its {text_column!r} column")
