@@ -825,6 +825,9 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
     from .train.lr_find import lr_find, plot
     cfg = _config(config, options)
+    if unfreeze == 0 and "lr_decay" in options:  # it would be recorded and unused: no backbone stage trains
+        raise ConfigError(f"--lr-decay {options['lr_decay']:g} is the LR ratio between unfrozen stages; with "
+                          "--unfreeze 0 only the head is tested: give --unfreeze N, or leave --lr-decay out")
     if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts; with stages
         cfg = cfg.replace(strategy="finetune" if unfreeze else "extract")  # ... at a fine-tune's LR spread
     if out is not None and not isinstance(out, RunDir) and Path(out).exists() and not _is_lr_dir(Path(out)) \

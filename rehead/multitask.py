@@ -225,9 +225,10 @@ def load_tasks(path, label_columns: list[str], id_columns=None, split_column: st
         if c not in table.index:
             raise DataError(f"{table.path} has no column {c!r} (columns: {_some(table.header)}): fix {flag}")
     cells = {c: [v.strip() for v in table.column(c)] for c in tasks}
+    from .data.splits import sorted_classes
     classes = []
     for c, vals in cells.items():
-        cl = sorted(set(vals) - {""})
+        cl = sorted_classes(set(vals) - {""})
         if len(cl) < 2:
             raise DataError(f"{table.path}: label column {c!r} holds fewer than two classes: a head needs two or more")
         classes.append(cl)

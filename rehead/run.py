@@ -667,11 +667,12 @@ def _class_index(y, index: dict, numeric: bool) -> int | None:
 def _eval_rows(df, split_column: str):
     """The rows of a DataFrame that ``evaluate`` scores, as for a CSV: with a split column, its test
     rows (else val); never its training rows. (rows, a note of which part) ."""
-    from .data.splits import EVAL_ORDER, has_split_column, split_column_parts
-    if not has_split_column([str(c) for c in df.columns], split_column, "the DataFrame"):
+    from .data.inputs import frame_splits
+    from .data.splits import EVAL_ORDER, split_column_parts
+    splits = frame_splits(df, split_column, "the DataFrame")
+    if splits is None:
         return df, ""
-    col = df[split_column]
-    idx = split_column_parts(["" if e else str(v) for v, e in zip(col.tolist(), col.isna().tolist())], "the DataFrame")
+    idx = split_column_parts(splits, "the DataFrame")
     name = next((k for k in EVAL_ORDER if idx.get(k)), None)
     if name is None:
         raise DataError(f"the DataFrame's {split_column!r} column marks every row train: evaluate on held-out rows "

@@ -136,3 +136,15 @@ def test_a_class_that_is_one_item_copied_is_split_by_rows_and_the_overlap_said(t
     w = " ".join(ds.info["warnings"])
     assert "in both train and val" in w and "the val score is optimistic" in w
     assert "kept on one side of the train/val split)" not in w.replace("to carve val keeping", "")
+
+
+def test_whole_number_class_names_are_in_numeric_order(tmp_path):
+    """A WebDataset's .cls indices (and folders 0..11) were ordered as strings: class '10' came
+    before '2' in the head, the confusion matrix and the report."""
+    texts = [f"sentence number {i} about topic {i % 12}" for i in range(120)]
+    ds = from_items(texts, [str(i % 12) for i in range(120)], "text", "<list>")
+    assert ds.classes == [str(i) for i in range(12)]
+    ds = from_items(texts, ["b10", "b2"] * 60, "text", "<list>")
+    assert ds.classes == ["b10", "b2"]  # names that are not all numbers: as strings
+    make_images(tmp_path / "img", classes=("1", "10", "2"), n=5, size=8)
+    assert load_dataset(tmp_path / "img").classes == ["1", "2", "10"]

@@ -444,3 +444,21 @@ def test_an_unquoted_brace_pattern_gets_a_hint_to_quote_it():
     assert r.exit_code == 2 and "quote it" in r.output and "brace pattern" in r.output, r.output
     r = CliRunner().invoke(app, ["fit", "photos", "extra"])
     assert r.exit_code == 2 and "brace" not in r.output
+
+
+def test_column_options_on_a_folder_of_class_folders_are_refused(tmp_path, image_folder, tiny_spec):
+    """--label-column on a folder of class folders was recorded in config.yaml and ignored unsaid
+    (fit, probe, rank, lr-find); lr-find's --lr-decay with --unfreeze 0 likewise."""
+    from rehead.fit import fit
+    with pytest.raises(DataError, match="--label-column species: .* folder of image class folders"):
+        fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", label_column="species", **QUIET)
+    assert not (tmp_path / "run").exists()
+    for cmd in (["probe", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "p"),
+                 "--label-column", "species"],
+                ["lr-find", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "l"), "--lr-decay", "2"]):
+        r = runner.invoke(app, cmd, env={"COLUMNS": "300"})
+        assert r.exit_code != 0 and ("folder of image class folders" in r.output or "--unfreeze 0" in r.output), r.output
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "p").exists() and not (tmp_path / "l").exists()
+    run = fit(str(image_folder), model=tiny_spec, out=tmp_path / "ok", label_column="label", **QUIET)  # the default
+    assert run is not None

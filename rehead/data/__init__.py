@@ -172,6 +172,8 @@ def load_dataset(path, modality: str | None = None, val_fraction: float = VAL_FR
         mod, name, parts = _eval_part(mod, path, kw, strict, check, stream)
         from .splits import eval_dataset
         return eval_dataset(mod.MODALITY, name, parts)
+    if not stream:
+        _check_columns_apply(Path(path), mod.MODALITY, kw)
     if stream:
         mod, parts = _stream_parts(path, stream, modality, kw)
     else:
@@ -259,6 +261,21 @@ def _reader(path, modality, kw):
         modality = infer_modality(p, kw.get("text_column", "text"), kw.get("label_column", "label"),
                                   kw.get("image_column"))
     return pipeline(modality), kw, None
+
+
+DATA_DEFAULTS = {"text_column": "text", "image_column": None, "label_column": "label", "id_columns": None,
+                 "split_column": "split", "missing": "error"}
+
+
+def _check_columns_apply(p: Path, modality: str, kw: dict) -> None:
+    """Column options name columns of a CSV, Parquet or shards. A folder of class folders has none:
+    the options would be recorded in config.yaml and ignored unsaid."""
+    given = {k: v for k, v in kw.items() if v != DATA_DEFAULTS.get(k, v)}
+    if not given or modality != "image" or not p.is_dir() or any(p.glob("*.csv")):
+        return
+    flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+    raise DataError(f"{flags}: {p} is a folder of image class folders, labelled by the folder names; column "
+                    "options are for a CSV, Parquet or shards: leave them out")
 
 
 def _stream_parts(path, stream: str, modality, kw, eval_only: bool = False):

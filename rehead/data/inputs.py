@@ -142,11 +142,17 @@ def _from_frame(df, cfg) -> Dataset:
                         "(texts): name them with image_column= or text_column=, or save a table with "
                         "df.to_csv('table.csv', index=False) and fit that file")
     pairs = list(zip(df[item_col].tolist(), df[cfg.label_column].tolist()))
-    splits = None
-    if has_split_column(cols, cfg.split_column, "<DataFrame>"):  # as a CSV's: its train / val / test rows
-        col = df[cfg.split_column]
-        splits = ["" if empty else str(v) for v, empty in zip(col.tolist(), col.isna().tolist())]
+    splits = frame_splits(df, cfg.split_column, "<DataFrame>")
     return from_pairs(pairs, cfg.val_fraction, cfg.seed, source="<DataFrame>", task=cfg.task, splits=splits)
+
+
+def frame_splits(df, split_column: str, source: str) -> list[str] | None:
+    """Each row's value of a DataFrame's split column, as a CSV's is read (an empty cell: ""),
+    or None when it has none."""
+    if not has_split_column([str(c) for c in df.columns], split_column, source):
+        return None
+    col = df[split_column]
+    return ["" if empty else str(v) for v, empty in zip(col.tolist(), col.isna().tolist())]
 
 
 def from_pairs(pairs: list, val_fraction: float, seed: int, source: str, task: str = "multiclass",

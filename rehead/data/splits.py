@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 SPLIT_VALUES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
                 "test": ("test", "testing", "holdout", "independent")}
 EVAL_ORDER = ("test", "val", "all")  # what `evaluate RUN DATA` scores, first found
+
+
+def sorted_classes(names) -> list[str]:
+    """Class names in order: by value when every name is a whole number (a WebDataset's .cls
+    indices, folders 0..12: '2' before '10'), else as strings, as torchvision's ImageFolder sorts."""
+    names = set(names)
+    if names and all(re.fullmatch(r"[+-]?\d+", n.strip()) for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
 
 
 def has_split_column(columns, split_column: str, where) -> bool:
@@ -70,7 +80,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
     base = named[base_name]
     if not base.items:
         raise DataError(f"{base.where} has no labelled row: fill its label column (--label-column names it)")
-    classes = sorted(set(base.labels))
+    classes = sorted_classes(base.labels)
     hint = (numeric_hint(base.labels, base.where, parts.labels_from)
             or multilabel_hint(base.labels, base.where, parts.labels_from)) if parts.labels_from else None
     if hint:
@@ -154,7 +164,7 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
         classes = [parts.labels_from]
         index = None
     else:
-        classes = sorted({c for ys in values[base_name] for c in ys})
+        classes = sorted_classes(c for ys in values[base_name] for c in ys)
         index = {c: i for i, c in enumerate(classes)}
         for k in ("val", "test"):
             extra = sorted({c for ys in values.get(k, []) for c in ys} - set(classes))
@@ -406,7 +416,7 @@ def eval_data(name: str, parts: Parts, classes: list[str], task: str = "multicla
         return EvalData(list(p.items), _numbers(p), n_unlabelled, parts.source, where, list(classes),
                         skipped=list(parts.skipped), warnings=warnings)
     sets = _label_sets(p) if task == "multilabel" else None
-    own = sorted({c for ys in sets for c in ys}) if sets is not None else sorted(set(p.labels))
+    own = sorted_classes(c for ys in sets for c in ys) if sets is not None else sorted_classes(p.labels)
     unknown = [c for c in own if c not in classes]
     if unknown:
         raise DataError(f"{p.where} has class(es) the run never saw: {names(unknown)} (run classes: "
@@ -424,7 +434,7 @@ def eval_dataset(modality: str, name: str, parts: Parts) -> Dataset:
     """The evaluation part as a Dataset's val split, with the data's own classes (the old
     ``load_dataset(eval_only=True)``)."""
     p, n_unlabelled, warnings = _eval_part(name, parts)
-    classes = sorted(set(p.labels))
+    classes = sorted_classes(p.labels)
     index = {c: i for i, c in enumerate(classes)}
     ds = Dataset(modality, classes, Samples([], []), Samples(list(p.items), [index[y] for y in p.labels]),
                  parts.source, skipped=list(parts.skipped),
