@@ -141,7 +141,7 @@ def pick_objective(config, objective: str = "auto", model: str = "") -> str:
 
 def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed) -> None:
     """Every option, before the corpus is read, the model loaded or --out created."""
-    from .config import ConfigError
+    from .config import ConfigError, check_seed
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if epochs < 0:
@@ -149,13 +149,44 @@ def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, m
     if not (lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"--lr must be > 0, got {lr}")
     for flag, v in (("--batch-size", batch_size), ("--max-length", max_length)):
-        if v < 1:
+        if v is not None and v < 1:
             raise ConfigError(f"{flag} must be >= 1, got {v}")
     for flag, v in (("--val-fraction", val_fraction), ("--mlm-probability", mlm_probability)):
         if not 0 < v < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {v}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    check_seed(seed)
+
+# Families whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# the first pad_token_id + 1 rows of max_position_embeddings are never a token's position.
+PADDED_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "roberta-prelayernorm",
+                    "data2vec-text", "ibert", "mpnet", "luke", "xmod"}
+
+
+def max_positions(config) -> int | None:
+    """How many tokens the model's position embeddings take (None: no fixed limit, e.g. relative positions)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n < 1:
+        return None
+    if config.model_type in PADDED_POSITIONS:
+        pad = getattr(config, "pad_token_id", None)
+        n -= (1 if pad is None else pad) + 1
+    return n
+
+
+MAX_LENGTH = 128  # tokens per passage while adapting, when --max-length is not given
+
+
+def checked_max_length(config, max_length: int | None, model: str) -> int:
+    """--max-length, or MAX_LENGTH cut to a smaller model's positions. A given one past the position
+    embeddings is refused: it failed inside the first long batch, with a raw error, after --out was made."""
+    from .config import ConfigError
+    most = max_positions(config)
+    if max_length is None:
+        return MAX_LENGTH if most is None else min(MAX_LENGTH, most)
+    if most is not None and max_length > most:
+        raise ConfigError(f"--max-length {max_length} is more than {model} takes: its maximum is {most} tokens "
+                          f"(its position embeddings); give --max-length {most} or less")
+    return max_length
 
 
 def checkpoint_keys(source: str) -> set[str] | None:
@@ -306,7 +337,7 @@ def _ppl(p: float) -> str:
 
 
 def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr: float = 5e-5,
-          batch_size: int = 16, max_length: int = 128, val_fraction: float = 0.1, mlm_probability: float = 0.15,
+          batch_size: int = 16, max_length: int | None = None, val_fraction: float = 0.1, mlm_probability: float = 0.15,
           seed: int = 0, text_column: str = "text", overwrite: bool = False, progress: bool = True,
           device: str | None = None, echo=print) -> dict:
     """Continue training ``model`` on ``corpus``; write the adapted LM as a run directory ``out``.
@@ -321,7 +352,9 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     RunDir.check_free(out, overwrite)  # before the model loads: a refused start costs nothing
     texts = read_corpus(corpus, text_column)
     source, opts = resolve_source(model)
-    objective = pick_objective(load_config(source), objective, model)
+    config = load_config(source)
+    objective = pick_objective(config, objective, model)
+    max_length = checked_max_length(config, max_length, model)
     torch.manual_seed(seed)  # a head the checkpoint lacks is initialised here
     with quiet_transformers():
         lm, tokenizer, source = load_hf_model(source, pretrained=True, lm=objective)

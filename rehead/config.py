@@ -42,6 +42,14 @@ class ConfigError(ValueError):
     """An option out of range or not one of its choices; the message names the option."""
 
 
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds; torch refused 2**64 with a raw overflow
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"--seed must be >= 0 and <= {SEED_MAX}, got {seed}")
+
+
 def opt(help: str, choices: tuple | None = None, flag: str | None = None, short: str | None = None,
         group: str = "training", cli: bool = True):
     """Field metadata: the CLI's help text, choices and flag spelling."""
@@ -187,9 +195,10 @@ class FitConfig:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {v}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        for name in ("weight_decay", "alpha", "beta", "workers", "mixup", "cutmix", "seed"):  # numpy seeds are >= 0
+        for name in ("weight_decay", "alpha", "beta", "workers", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        check_seed(self.seed)
         if self.unfreeze is not None and self.unfreeze < -1:
             raise ConfigError(f"--unfreeze must be >= 0 (or -1: every stage), got {self.unfreeze}")
         if self.lr_min is not None and self.lr is not None and self.lr_min > self.lr:

@@ -65,7 +65,8 @@ def test_adapt_keeps_spec_options_and_says_nothing_of_a_head_the_checkpoint_has(
     ("batch_size", 0, "--batch-size must be >= 1"), ("max_length", 0, "--max-length must be >= 1"),
     ("val_fraction", 1.0, "--val-fraction must be between 0 and 1"),
     ("mlm_probability", 0.0, "--mlm-probability must be between 0 and 1"),
-    ("objective", "mlm", "--objective must be one of"), ("seed", -1, "--seed must be >= 0")])
+    ("objective", "mlm", "--objective must be one of"), ("seed", -1, "--seed must be >= 0"),
+    ("seed", 2**32, "--seed must be >= 0 and <= 4294967295")])
 def test_bad_options_are_refused_before_out_exists(tmp_path, corpus, tiny_bert_dir, option, value, words):
     from rehead.config import ConfigError
     with pytest.raises(ConfigError, match=words):
@@ -133,6 +134,41 @@ def test_causal_objective_on_an_encoder_is_refused_before_anything_is_written(tm
     r = adapt_cli(tmp_path / "lm", corpus, "--model", "packaged:minilm", "--objective", "causal")
     assert r.exit_code == 2 and "--objective masked" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "lm").exists()
+
+
+def test_a_max_length_past_the_models_positions_is_refused_before_it_loads(tmp_path, corpus, monkeypatch):
+    """`adapt --model packaged:minilm --max-length 1000` (512 positions) failed inside the first long batch,
+    with a raw error, after --out was made."""
+    from rehead.config import ConfigError
+    from rehead.zoo import hf
+    monkeypatch.setattr(hf, "load_hf_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"--max-length 1000 is more than packaged:minilm takes: its maximum is "
+                                          r"512 tokens .*give --max-length 512 or less"):
+        adapt(corpus, "packaged:minilm", tmp_path / "lm", max_length=1000, progress=False, echo=quiet)
+    assert not (tmp_path / "lm").exists()
+    r = adapt_cli(tmp_path / "lm", corpus, "--model", "packaged:minilm", "--max-length", "513")
+    assert r.exit_code == 2 and "its maximum is 512" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "lm").exists()
+
+
+def test_max_positions_leave_out_robertas_padding_offset():
+    """RoBERTa-style position ids start after the padding index: roberta-base's 514 rows take 512 tokens."""
+    from transformers import BertConfig, GPT2Config, MPNetConfig, RobertaConfig, XLMRobertaConfig, XLNetConfig
+    from rehead.adapt import checked_max_length, max_positions
+    from rehead.config import ConfigError
+    assert max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert max_positions(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert max_positions(MPNetConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert max_positions(BertConfig(max_position_embeddings=512)) == 512
+    assert max_positions(GPT2Config(n_positions=1024)) == 1024
+    assert max_positions(XLNetConfig()) is None  # relative positions: no fixed limit to check
+    roberta = RobertaConfig(max_position_embeddings=514, pad_token_id=1)
+    assert checked_max_length(roberta, 512, "hf:roberta-base") == 512
+    with pytest.raises(ConfigError, match="its maximum is 512"):
+        checked_max_length(roberta, 513, "hf:roberta-base")
+    # not given: 128, or a smaller model's maximum (a tiny test BERT has 64 positions)
+    assert checked_max_length(roberta, None, "") == 128
+    assert checked_max_length(BertConfig(max_position_embeddings=64), None, "") == 64
 
 
 def test_causal_attention_is_read_from_the_config_not_the_head_class_name():

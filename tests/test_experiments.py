@@ -288,6 +288,34 @@ def test_bad_experiment_options_are_refused_before_any_work(tmp_path, tiny_spec,
         assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, said", [
+    (["compare", "--scratch-size", "32"], "--scratch-size must be at least 48 (px"),
+    (["compare", "--scratch-size", "0"], "--scratch-size must be at least 48"),
+    (["compare", "--transfer-epochs", "0"], "--transfer-epochs must be at least 1"),
+    (["compare", "--scratch-lr", "0"], "--scratch-lr must be a finite number > 0, got 0.0"),
+    (["compare", "--scratch-lr", "nan"], "--scratch-lr must be a finite number > 0, got nan"),
+    (["compare", "--scratch-epochs", "-1"], "--scratch-epochs must be at least 1, got -1"),
+    (["compare", "--scratch-min-steps", "-1"], "--scratch-min-steps must be 0 or more"),
+    (["compare", "--reference", "0"], "--reference must be a fraction in (0, 1], got 0.0"),
+    (["compare", "--seed", "-1"], "--seed must be >= 0 and <= 4294967295, got -1"),
+    (["probe", "--seed", "-1"], "--seed must be >= 0 and <= 4294967295, got -1"),
+    (["rank", "--models", "packaged:minilm", "--seed", str(2**32)], "--seed must be >= 0 and <= 4294967295")])
+def test_out_of_range_numbers_are_refused_by_name_before_data_is_read_or_out_made(tmp_path, image_folder,
+                                                                                 monkeypatch, args, said):
+    """`compare --scratch-size 32` and `--transfer-epochs 0` failed only after the first transfer arm had
+    trained, leaving a run directory; `--scratch-lr 0` and `--scratch-epochs -1` ran; `probe --seed -1` was
+    blamed on the data ("cannot split ... add samples"), or, with a val split, failed in scikit-learn after
+    the whole extraction. (--reference was already checked: kept here with the others.)"""
+    from typer.testing import CliRunner
+    import rehead.data
+    from rehead.cli import app
+    monkeypatch.setattr(rehead.data, "load_dataset", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("a backbone was loaded"))
+    r = CliRunner().invoke(app, [args[0], str(image_folder), *args[1:], "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and said in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "r").exists()
+
+
 def _tvt(root):
     """train/val/test folders of coloured images (8 / 4 / 4 per class)."""
     from tests.conftest import make_images

@@ -28,6 +28,7 @@ QUIET = {"workers": 0, "progress": False, "echo": lambda *a: None}
     ({"budget": 3, "strategy": "finetune"}, "--budget bounds what --strategy auto plans"),
     ({"ema": 1.5}, "--ema must be in"),
     ({"dropout": 1.0}, "--dropout"), ({"lr": 1e-3, "lr_min": 1e-2}, "--lr-min"), ({"seed": -1}, "--seed must be >= 0"),
+    ({"seed": 2**32}, "<= 4294967295"),
 ])
 def test_a_bad_option_is_refused_when_the_config_is_built(bad, says):
     with pytest.raises(ConfigError, match=says.replace("-", "\\-").replace("\\-\\-", "--")):

@@ -26,6 +26,13 @@ MODEL_HELP = "backbone spec (default: the data's, as `rehead fit` takes it: pack
 WORKERS_HELP = "data loading processes (default 2; on a GPU machine every core but one, at most 16)"
 
 
+def _check_seed(seed: int) -> None:
+    """--seed goes to scikit-learn (the val split, the probes), which refused one outside its range as a
+    bad split or after the whole extraction, leaving a run directory; refused here, before any work."""
+    from ..config import check_seed
+    check_seed(seed)
+
+
 def _workers(workers: int | None) -> int:
     from ..precision import default_workers
     return default_workers() if workers is None else workers
@@ -49,6 +56,7 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
     """Cut-depth sweep: a linear head at every cut depth, on features cached from one forward pass.
 
     Val chooses the best cut; a test split, if the data has one, scores that cut's probe once."""
+    _check_seed(seed)
     if relaunched(processes):
         return
     from ..experiments.probe import probe as run_probe
@@ -76,6 +84,7 @@ def rank(data: str = typer.Argument(...),
     """Score backbones for DATA without fine-tuning (LogME), each checked by a linear probe.
 
     SPEC@CUT candidates naming the same cut are ranked once. A test split, if any, scores each probe once."""
+    _check_seed(seed)
     if relaunched(processes):
         return
     from ..experiments.rank import rank as run_rank

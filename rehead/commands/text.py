@@ -1,6 +1,7 @@
 """``rehead adapt``: continue pretraining a language model on unlabelled domain text."""
 from __future__ import annotations
 
+from typing import Optional
 
 import typer
 
@@ -18,8 +19,10 @@ def adapt(corpus: str = typer.Argument(..., help=".txt (one passage per line), a
           epochs: int = typer.Option(1, help="passes over the corpus; 0: only measure perplexity and save "
                                              "the model as it is (a baseline)"),
           lr: float = 5e-5, batch_size: int = 16,
-          max_length: int = typer.Option(128, help="passages are cut to this many tokens while adapting (the adapted "
-                                                  "backbone keeps the source's max length and pooling)"),
+          max_length: Optional[int] = typer.Option(None, help="passages are cut to this many tokens while adapting "
+                                                             "(default 128, or the model's maximum if smaller; the "
+                                                             "adapted backbone keeps the source's max length and "
+                                                             "pooling)"),
           val_fraction: float = typer.Option(0.1, help="share of passages held out to measure perplexity"),
           mlm_probability: float = 0.15, seed: int = 0,
           text_column: str = typer.Option("text", help="the text column when CORPUS is a CSV"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL, ConfigError, check_seed
 from . import check_options, noise_margin, start_run, write_results
 
 
@@ -45,6 +45,20 @@ def stratified_fraction(labels: list[int], fraction: float, seed: int) -> list[i
     return sorted(idx)
 
 
+def check_transfer(strategy: str, reference: float, transfer_epochs: int | None, seed: int) -> None:
+    """compare's own options, before data is read or a file written (``fit`` would refuse a bad
+    --transfer-epochs as its --epochs, after the images were decoded and the run directory made)."""
+    from ..recipes import STRATEGIES
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)} (the transfer arm's), got {strategy!r}")
+    if not 0 < reference <= 1:
+        raise ConfigError(f"--reference must be a fraction in (0, 1], got {reference}")
+    if transfer_epochs is not None and transfer_epochs < 1:
+        raise ConfigError(f"--transfer-epochs must be at least 1 (leave it out for the strategy's default), "
+                          f"got {transfer_epochs}")
+    check_seed(seed)  # a negative one failed in the first fraction's subset
+
+
 def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
             out="runs/compare", strategy: str = "auto", reference: float = 0.1, scratch_size: int = 128,
             scratch_epochs: int = 15, scratch_min_steps: int = 30, scratch_lr: float = 1e-3,
@@ -53,13 +67,10 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
             progress: bool = True, echo=print) -> dict:
     from ..data import Dataset, load_dataset
     from ..fit import fit
-    from .scratch import scratch_epochs as epochs_for, train_scratch
-    from ..recipes import STRATEGIES
+    from .scratch import check_options as check_scratch, scratch_epochs as epochs_for, train_scratch
     check_options(batch_size=batch_size, workers=workers, val_fraction=val_fraction)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)} (the transfer arm's), got {strategy!r}")
-    if not 0 < reference <= 1:
-        raise ValueError(f"--reference must be a fraction in (0, 1], got {reference}")
+    check_scratch(scratch_size, scratch_epochs, scratch_min_steps, scratch_lr)
+    check_transfer(strategy, reference, transfer_epochs, seed)
     t_start = time.perf_counter()
     fracs = parse_fractions(fractions)
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed)

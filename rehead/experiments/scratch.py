@@ -18,12 +18,30 @@ from torchvision.transforms import v2
 from ..data.images import decode
 
 
+MIN_SIZE = 48  # four (3x3 conv, 2x2 pool) blocks need at least this much image: 48 -> 1 px
+
+
+def check_options(size: int, epochs: int, min_steps: int, lr: float) -> None:
+    """The scratch CNN's options, refused with their flags before compare reads data or writes a file
+    (a bad --scratch-size surfaced from ScratchCNN after the first transfer arm, leaving a run directory)."""
+    from ..config import ConfigError
+    if size < MIN_SIZE:
+        raise ConfigError(f"--scratch-size must be at least {MIN_SIZE} (px: the scratch CNN's four conv+pool "
+                          f"blocks shrink smaller inputs to nothing), got {size}")
+    if epochs < 1:
+        raise ConfigError(f"--scratch-epochs must be at least 1, got {epochs}")
+    if min_steps < 0:
+        raise ConfigError(f"--scratch-min-steps must be 0 or more (0: exactly --scratch-epochs), got {min_steps}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"--scratch-lr must be a finite number > 0, got {lr}")
+
+
 class ScratchCNN(nn.Module):
     def __init__(self, n_classes: int, size: int = 128, widths=(32, 64, 128, 128), hidden: int = 512,
                  dropout: float = 0.5):
         super().__init__()
-        if size < 48:  # four (3x3 conv, 2x2 pool) blocks need at least this much image
-            raise ValueError(f"the scratch CNN needs inputs of at least 48 px, got {size}")
+        if size < MIN_SIZE:
+            raise ValueError(f"the scratch CNN needs inputs of at least {MIN_SIZE} px, got {size}")
         layers, c = [], 3
         for w in widths:
             layers += [nn.Conv2d(c, w, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
