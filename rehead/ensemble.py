@@ -1,12 +1,12 @@
 """Combine finished runs: average their predicted probabilities, or their weights (a model soup).
 
-    rehead ensemble runs/s0 runs/s1 runs/s2 --out runs/ens          # N models, mean probability
+    rehead ensemble runs/s0 runs/s1 runs/s2 --out runs/ens          # N models, mean calibrated probability
     rehead ensemble runs/s0 runs/s1 runs/s2 --out runs/soup --soup  # one model, mean weights
 
 An ensemble directory is self-contained (members are copied, so moving or deleting the
 originals breaks nothing):
 
-    config.yaml   kind: ensemble, members (paths inside the directory), sources
+    config.yaml   kind: ensemble, combine, members (paths inside the directory), sources
     labels.json   the members' common class order
     members/N/    each member's config.yaml, labels.json, model.safetensors (+ summary, split)
     summary.json  the members' own val accuracies
@@ -18,9 +18,17 @@ one run's checkpoints) is an ordinary run directory of ``kind: soup`` whose mode
 the members' element-wise mean, so predict / evaluate / export take it as they take any run.
 It only makes sense for members fine-tuned from the same pretrained weights with the same
 architecture, which is checked.
+
+Each member's probabilities are its calibrated ones, softmax(logits / T) with the member's own
+temperature.json: what ``rehead predict`` on that member shows, so the mean is of the numbers a user
+saw. (Ensembles written before this, ``combine: mean probability``, averaged softmax(logits) and
+keep doing so: a directory's predictions do not change under it.) Before anything is written every
+member's weights are read whole (a truncated model.safetensors was accepted here and failed only at
+predict) and compared: a copy of a member would count twice in the mean.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -29,8 +37,10 @@ from .data import DATA_KW
 from .run import BadRun, Run, read_config
 from .rundir import RunDir, load_tensors, read_json
 
-# temperature.json: a member exported or predicted on its own keeps its calibration (the ensemble applies none)
+# temperature.json: each member's T, applied to its logits before the mean (and when it is predicted or exported alone)
 MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json", "temperature.json")
+CALIBRATED = "mean calibrated probability"  # config.yaml's combine: each member's softmax(logits / its own T)
+UNCALIBRATED = "mean probability"  # what ensembles written before calibrated members said (softmax(logits))
 
 
 def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) -> Path:
@@ -73,14 +83,42 @@ def _check_members(runs: list) -> list[Run]:
                          "members must share their classes, in the same order")
         if m.modality != first.modality:
             raise BadRun(f"{m.dir} takes {m.modality} inputs but {first.dir} takes {first.modality}")
+    _check_weights(members)
     return members
+
+
+def _check_weights(members: list[Run]) -> None:
+    """Every member's weights read whole, and no two alike: a copy of a run (``cp -r runs/a runs/a2``)
+    would be one model counted twice in the mean, and a truncated file failed only at predict."""
+    seen = {}
+    for m in members:
+        try:
+            digest = weights_digest(load_tensors(m.dir / "model.safetensors"))
+            m.temperature  # noqa: B018  (a damaged temperature.json is refused here, not at predict)
+        except BadRun as e:
+            raise BadRun(f"cannot combine {m.dir}: {e}") from None
+        if digest in seen:
+            raise BadRun(f"{m.dir} and {seen[digest].dir} hold the same weights (a copy of one run, or two "
+                         "fits that ended alike): one model would count twice in the mean; give it once")
+        seen[digest] = m
+
+
+def weights_digest(state: dict) -> str:
+    """sha256 of the tensors' names, dtypes, shapes and bytes: the same weights whatever the file's
+    header order or metadata (a re-saved copy is still a copy)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _member_summary(m: Run) -> dict:
     s = m.summary
     seed = (m.config.get("fit") or m.config.get("args") or {}).get("seed")
     return {"source": str(m.dir.resolve()), "model": m.config["model"], "seed": seed,
-            "val_acc": s.get("val_acc"), "last_val_acc": s.get("last_val_acc")}
+            "val_acc": s.get("val_acc"), "last_val_acc": s.get("last_val_acc"), "temperature": m.temperature}
 
 
 def _common_split(members: list[Run]) -> dict | None:
@@ -120,7 +158,7 @@ def _write_ensemble(members: list[Run], run: RunDir) -> None:
                 dst.write_bytes(f, (m.dir / f).read_bytes())
         names.append(f"members/{i}")
     fit = members[0].config.get("fit") or {}
-    run.write_yaml("config.yaml", {"kind": "ensemble", "combine": "mean probability", "members": names,
+    run.write_yaml("config.yaml", {"kind": "ensemble", "combine": CALIBRATED, "members": names,
                                    "models": sorted({str(m.config.get("model")) for m in members}),
                                    "sources": [str(m.dir.resolve()) for m in members],
                                    "data_config": members[0].config.get("data_config"),
@@ -203,16 +241,29 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype)
 
 
+def describe(ens_dir) -> str:
+    """What an ensemble directory averages, in words (the ``ensemble`` command's summary)."""
+    ens = Ensemble(ens_dir)
+    if not ens.calibrated:
+        return ("the mean of the members' uncalibrated probabilities, softmax(logits) (written before members' "
+                "temperatures counted)")
+    temps = ", ".join(f"{m.temperature:.3g}" for m in ens.members)
+    return (f"the mean of the members' calibrated probabilities, each softmax(logits / its own T) as `rehead predict` "
+            f"on it shows (T = {temps}; 1 where a member has no temperature.json); the ensemble adds no T of its own")
+
+
 class Ensemble(Run):
     """An ensemble directory loaded back: logits are the log of the members' mean probability,
-    so ``predict`` / ``evaluate`` (softmax, argmax) give the averaged prediction. No temperature
-    (neither the ensemble's nor its members'): T = 1."""
+    so ``predict`` / ``evaluate`` (softmax, argmax) give the averaged prediction. Each member's
+    probability is its calibrated one (its own temperature.json) unless the directory predates that
+    (``combine: mean probability``); the ensemble has no temperature of its own: T = 1 on the mean."""
 
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
         self.config = read_config(self.dir)
         self.classes = read_json(self.dir / "labels.json")
         self.members = [Run(self.dir / m, lazy=True) for m in self.config["members"]]
+        self.calibrated = self.config.get("combine", UNCALIBRATED) == CALIBRATED
         self._model = None
 
     @property
@@ -226,13 +277,14 @@ class Ensemble(Run):
 
     def _views(self, items: list, tta: bool = False, **kw):
         """One view: the log of the members' mean probability (each member's own views averaged
-        first). Members' temperatures are not applied: an ensemble has T = 1 of its own."""
+        first, each at its own temperature when ``calibrated``)."""
+        from .calibration import scaled_probs
         if tta:
             self.check_tta()
         probs, kept = [], None
         for m in self.members:
             views, k, _ = m._views(items, tta=tta, **kw)
-            probs.append(dict(zip(k, torch.stack([v.softmax(1) for v in views]).mean(0))))
+            probs.append(dict(zip(k, scaled_probs(views, m.temperature if self.calibrated else 1.0).float())))
             kept = k if kept is None else [i for i in kept if i in probs[-1]]
         if not kept:
             return [torch.empty(0, len(self.classes))], [], list(items)

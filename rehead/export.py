@@ -2,12 +2,15 @@
 
 The sidecar says everything a deployment needs that the graph does not hold: how to turn
 an image into the input tensor (decode, JPEG draft, resize and crop, scale, normalise: the exact
-Pillow calls ``predict`` makes), the input and output names and shapes, and the label map.
+Pillow calls ``predict`` makes), a table's raw columns into it (which, in what order), the input
+and output names and shapes, the label map, and the precision the run's features were computed in
+(a bf16 run's ``predict`` may differ slightly from the fp32 graph).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -129,24 +132,23 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    net, args, names, axes = _traced_inputs(model, None if text else example)
-    tmp = out.with_name(f".tmp-{out.name}")  # written whole, then renamed: never half a model at `out`
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
-        if fmt == "onnx":
-            _onnx_export(net, args, tmp, names, axes, opset)
-        else:
-            torch.jit.trace(net, args).save(str(tmp))
-    os.replace(tmp, out)
+    tok_files = _stage_tokenizer(tokenizer, tok_dir, sidecar) if text else None  # refused before the graph is written
+    try:
+        _write_graph(model, None if text else example, fmt, out, opset)
+    except BaseException:
+        if text:
+            shutil.rmtree(_staged(tok_dir), ignore_errors=True)
+        raise
     if text:
-        _save_tokenizer(tokenizer, tok_dir)
-    inputs = ([{"name": n, "shape": ["batch", "tokens"], "dtype": "int64"} for n in names] if text else
-              {"name": "input", "shape": ["batch", *args[0].shape[1:]], "dtype": "float32"})
+        _replace_tokenizer(tok_dir)
+    inputs = ([{"name": n, "shape": ["batch", "tokens"], "dtype": "int64"} for n in TEXT_INPUTS] if text else
+              {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"})
     meta = {"format": fmt, "file": out.name, "run": str(run.dir.resolve()), "model": run.config["model"],
             "cut": run.config["cut"], "modality": run.modality, "input": inputs,
             "output": {"name": "logits", "shape": ["batch", len(run.classes)], "meaning": _meaning(run)},
             "labels": {str(i): c for i, c in enumerate(run.classes)},
-            "data_config": model.backbone.data_config, "torch": torch.__version__}
+            "data_config": model.backbone.data_config, "precision": precision_record(run),
+            "torch": torch.__version__}
     task = getattr(run, "task", "multiclass")
     if task != "multiclass":
         meta["task"] = task
@@ -158,15 +160,67 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
         from .data.images import DECODE
         meta["preprocessing"] = preprocessing_steps(model.backbone.data_config)
         meta["decode"] = DECODE  # exactly how rehead turns a file into RGB pixels
+    if run.modality == "tabular":  # which raw columns, in what order, and what happens to them
+        meta["preprocessing"] = table_steps(model.backbone.data_config)
     if text:  # everything a deployment needs to turn a text into the two inputs
         cfg = model.backbone.data_config
         meta["tokenizer"] = {"dir": tok_dir.name, "max_length": cfg["max_length"], "padding": True,
                              "truncation": True, "how": f"AutoTokenizer.from_pretrained(dir)(texts, padding=True, "
-                                                        f"truncation=True, max_length={cfg['max_length']})"}
+                                                        f"truncation=True, max_length={cfg['max_length']})",
+                             "files": tok_files}  # what a later --overwrite may replace
     if fmt == "onnx":
         meta["opset"] = opset
     atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
     return {**meta, "path": str(out), "sidecar": str(sidecar)}
+
+
+def _write_graph(model, example, fmt: str, out: Path, opset: int | None) -> None:
+    """The traced graph, written whole to a temporary name, then renamed: never half a model at ``out``."""
+    net, args, names, axes = _traced_inputs(model, example)
+    tmp = out.with_name(f".tmp-{out.name}")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
+        if fmt == "onnx":
+            _onnx_export(net, args, tmp, names, axes, opset)
+        else:
+            torch.jit.trace(net, args).save(str(tmp))
+    os.replace(tmp, out)
+
+
+def precision_record(run) -> dict:
+    """The number format the run's backbone computed its features in (rehead.precision) against the
+    graph's. A head kept on bf16 features is scored by ``predict`` with its backbone under bf16
+    autocast wherever the hardware has bf16; the graph is float32 throughout (ONNX Runtime's CPU
+    kernels have no bf16 convolutions), so there the two differ slightly."""
+    features = run.summary.get("inference_precision", "fp32")
+    rec = {"features": features, "graph": "fp32"}
+    if features == "bf16":
+        rec["note"] = ("the head was trained on features the backbone computed under bf16 autocast, and rehead "
+                       "predict runs the backbone so on hardware with bf16 (CUDA GPUs, CPUs with AVX512-BF16 or AMX); "
+                       "this export computes in fp32, so its probabilities may differ from predict's there by up to "
+                       "about 0.01 (0.009 measured); where predict runs in fp32 (REHEAD_FEATURE_PRECISION=fp32, or "
+                       "no bf16 hardware) the two match")
+    return rec
+
+
+def table_steps(cfg: dict) -> list[dict]:
+    """How ``predict`` turns a CSV's rows into the input (rehead.data.tabular): the fit's feature
+    columns by name, their cells as float32; the standardisation is inside the graph."""
+    cols, policy = list(cfg["columns"]), cfg.get("missing", "error")
+    empty = ("predict fills it with the column's training mean (--missing mean); the graph does the same" if
+             policy == "mean" else "predict refuses the row (fitted with --missing error); the graph would read "
+             "it as the column's training mean, which the model never saw")
+    return [{"op": "select_columns", "by": "header name", "columns": cols, "count": len(cols),
+             "call": "x = df[columns]",
+             "note": "these columns, in this order; any other column (label, id, split, extras) is not read, "
+                     "and a table's own column order does not matter"},
+            {"op": "to_float", "dtype": "float32", "call": "x = x.to_numpy(np.float32)",
+             "cells": "spaces stripped; an empty cell, 'na' or 'nan' (any case) is NaN; other text is an error",
+             "missing": policy, "empty_cell": empty,
+             "note": "no other preprocessing: give the raw values, the graph standardises them"},
+            {"op": "standardize", "where": "inside the graph (its first operation)", "call": "none: done by the graph",
+             "how": f"(x - mean) / std per column, mean and std of the fit's {cfg.get('standardised_on_rows', '?')} "
+                    "training rows (a constant column: std 1); a NaN then becomes 0, the column's training mean"}]
 
 
 def _onnx_export(net, args, path: Path, names: list, axes: dict, opset: int) -> None:
@@ -198,19 +252,51 @@ def _traced_inputs(model, x: torch.Tensor | None):
     if x is not None:
         return model, (x.expand(2, *x.shape[1:]).contiguous(),), ["input"], {"input": {0: "batch"}}
     enc = model.backbone.tokenize(["An example sentence.", "A second, somewhat longer example sentence here."])
-    names = ["input_ids", "attention_mask"]
-    return (_TextInputs(model).eval(), (enc["input_ids"], enc["attention_mask"]), names,
-            {n: {0: "batch", 1: "tokens"} for n in names})
+    return (_TextInputs(model).eval(), (enc["input_ids"], enc["attention_mask"]), TEXT_INPUTS,
+            {n: {0: "batch", 1: "tokens"} for n in TEXT_INPUTS})
 
 
-def _save_tokenizer(tokenizer, path: Path) -> None:
-    """Written whole beside the graph, then renamed (an export never leaves half a tokenizer)."""
-    import shutil
-    tmp = path.with_name(f".tmp-{path.name}")
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(f".tmp-{path.name}")
+
+
+def _stage_tokenizer(tokenizer, path: Path, sidecar: Path) -> list[str]:
+    """Save the tokenizer under a temporary name beside ``path`` and return its file names. An
+    existing ``path`` (--overwrite) is replaced only if it holds nothing but files an export writes
+    (this save's, or those the old sidecar lists): like save_pretrained, export never deletes a
+    file it did not write, so a folder holding other files is refused, before anything is written."""
+    from .rundir import RunExists
+    tmp = _staged(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(str(tmp))
+    files = sorted(p.name for p in tmp.iterdir())
+    ours = set(files) | set(_listed_tokenizer_files(sidecar))
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in ours) if path.is_dir() else []
+    if foreign or (path.exists() and not path.is_dir()):
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = f"holds files export did not write ({', '.join(foreign[:5])})" if foreign else "is not a folder"
+        raise RunExists(f"{path} {what}: --overwrite replaces only the tokenizer folder an export wrote; move "
+                        "them out, or choose another --out")
+    return files
+
+
+def _listed_tokenizer_files(sidecar: Path) -> list[str]:
+    """The tokenizer files a previous export's sidecar says it wrote (none if it is unreadable)."""
+    try:
+        files = json.loads(sidecar.read_text())["tokenizer"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _replace_tokenizer(path: Path) -> None:
+    """The staged tokenizer renamed into place (an export never leaves half a tokenizer); what it
+    replaces holds only export's files, checked by _stage_tokenizer."""
     shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    os.replace(_staged(path), path)
 
 
 def load_exported(path):

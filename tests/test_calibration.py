@@ -158,17 +158,27 @@ def test_tta_averages_the_probabilities_of_each_image_and_its_flip(image_run):
 
 
 
-def test_an_ensemble_averages_its_members_flips_without_their_temperature(image_run, tmp_path):
+def test_an_ensemble_averages_its_members_calibrated_flips(image_run, tmp_path):
+    from safetensors.torch import load_file, save_file
     from rehead.ensemble import Ensemble, make_ensemble
     from rehead.run import Run
     twin = tmp_path / "twin"
     shutil.copytree(image_run.dir, twin, ignore=shutil.ignore_patterns(".lock"))
+    w = load_file(str(twin / "model.safetensors"))  # another model: an exact copy is refused (it would count twice)
+    k = next(k for k in sorted(w) if k.startswith("head.") and w[k].is_floating_point())
+    w[k] = w[k] * 1.1
+    save_file(w, str(twin / "model.safetensors"))
+    (twin / "temperature.json").write_text(json.dumps({"temperature": 2.0}))
     ens = Ensemble(make_ensemble([image_run.dir, twin], tmp_path / "ens"))
-    run, paths = Run(image_run.dir), image_run.images[:4]
+    a, b, paths = Run(image_run.dir), Run(twin), image_run.images[:4]
     got = ens.probs(paths, tta=True)[0].log()  # compared as log-probabilities: T = 1 saturates them
-    assert ens.temperature == 1.0
-    assert torch.allclose(got, run.probs(paths, tta=True, calibrated=False)[0].log(), atol=1e-4)
-    assert not torch.allclose(got, run.probs(paths, calibrated=False)[0].log(), atol=1e-2)
+    assert ens.temperature == 1.0  # the ensemble's own; each member's T applies to its logits
+    want = (a.probs(paths, tta=True)[0] + b.probs(paths, tta=True)[0]) / 2
+    assert torch.allclose(got, want.log(), atol=1e-4)
+    raw = (a.probs(paths, tta=True, calibrated=False)[0] + b.probs(paths, tta=True, calibrated=False)[0]) / 2
+    assert not torch.allclose(got, raw.log(), atol=1e-3)
+    assert not torch.allclose(got, ens.probs(paths)[0].log(), atol=1e-2)  # the flips count
+
 
 def test_evaluate_prints_calibration_and_the_report_has_a_reliability_diagram(image_run):
     from typer.testing import CliRunner

@@ -33,7 +33,7 @@ def test_ensemble_predicts_the_mean_of_its_members_probabilities_and_needs_no_or
                                                                                        image_folder):
     a, b = two_runs
     items = sorted(str(p) for p in image_folder.rglob("*.jpg"))
-    expected = (a.logits(items)[0].softmax(1) + b.logits(items)[0].softmax(1)) / 2
+    expected = (a.probs(items)[0] + b.probs(items)[0]) / 2  # each member's calibrated probabilities
     make_ensemble([a.dir, b.dir], tmp_path / "ens")
     shutil.rmtree(a.dir)  # members are copied: the ensemble stands alone
     shutil.rmtree(b.dir)
@@ -119,7 +119,8 @@ def test_members_must_agree(tmp_path, two_runs, image_folder, tiny_spec, one_thr
 
 def test_members_with_one_split_keep_a_val_split(tmp_path, image_folder, tiny_spec, one_thread):
     a = _fit(image_folder, tmp_path / "a", tiny_spec, lr=1e-2)
-    b = _fit(image_folder, tmp_path / "b", tiny_spec, lr=3e-3)
+    # (two extract fits that differ in lr only solve the same head: the same weights, refused as a copy)
+    b = _fit(image_folder, tmp_path / "b", tiny_spec, lr=3e-3, strategy="head", epochs=2)
     ens = open_run(make_ensemble([a.dir, b.dir], tmp_path / "ens"))
     items, labels = ens.val_split()
     assert (items, labels) == a.val_split()
@@ -134,8 +135,9 @@ def test_a_soup_of_members_that_share_no_starting_weights_is_refused(tmp_path, o
     x = rng.normal(size=(60, 4))
     rows = "".join(f"{','.join(f'{v:.4f}' for v in r)},{'ab'[int(r[0] > 0)]}\n" for r in x)
     (tmp_path / "t.csv").write_text("a,b,c,d,label\n" + rows)
-    runs = [_fit(tmp_path / "t.csv", tmp_path / f"s{s}{v}", "tabular:mlp-4-8x1", seed=s, lr=lr)
-            for s, v, lr in ((0, "", 3e-3), (1, "", 3e-3), (0, "b", 1e-2))]
+    # (s0b trains its head by steps: an extract fit differing in lr only solves the same head, a copy)
+    runs = [_fit(tmp_path / "t.csv", tmp_path / f"s{s}{v}", "tabular:mlp-4-8x1", seed=s, lr=lr, **kw)
+            for s, v, lr, kw in ((0, "", 3e-3, {}), (1, "", 3e-3, {}), (0, "b", 1e-2, {"strategy": "head"}))]
     with pytest.raises(BadRun, match="which neither trained: they do not start from the same weights"):
         make_ensemble([runs[0].dir, runs[1].dir], tmp_path / "soup", soup=True)
     assert not (tmp_path / "soup").exists()
@@ -183,3 +185,59 @@ def test_an_ensemble_rebuilt_over_its_own_members_is_refused_before_anything_is_
         assert (members[0] / "temperature.json").read_bytes() == (a.dir / "temperature.json").read_bytes()
     assert Run(members[0]).predict([item])[0]["top"][0]["prob"] == pytest.approx(
         a.predict([item])[0]["top"][0]["prob"], abs=1e-6)
+
+
+def _copy(src, dst, temperature=None):
+    shutil.copytree(src, dst)
+    if temperature is not None:
+        (dst / "temperature.json").write_text(json.dumps({"temperature": temperature}))
+    return dst
+
+
+def test_a_copy_of_a_member_is_refused_before_anything_is_written(tmp_path, two_runs):
+    """`cp -r runs/a runs/a2`: one model counted twice in the mean, silently."""
+    a, b = two_runs
+    a2 = _copy(a.dir, tmp_path / "a2")
+    for soup in (False, True):
+        with pytest.raises(BadRun, match=f"{a2} and {a.dir} hold the same weights"):
+            make_ensemble([a.dir, b.dir, a2], tmp_path / "ens", soup=soup)
+    assert not (tmp_path / "ens").exists()
+    r = runner.invoke(app, ["ensemble", str(a.dir), str(a2), "--out", str(tmp_path / "ens")])
+    assert r.exit_code == 2 and "hold the same weights" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_member_with_a_truncated_weight_file_is_refused_naming_it(tmp_path, two_runs):
+    """A truncated model.safetensors was copied into the ensemble and failed only at predict."""
+    a, b = two_runs
+    bad = _copy(a.dir, tmp_path / "bad")
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(BadRun, match=f"cannot combine {bad}: {w} is not a readable safetensors file"):
+        make_ensemble([b.dir, bad], tmp_path / "ens")
+    assert not (tmp_path / "ens").exists()
+
+
+def test_members_are_averaged_at_their_own_temperatures(tmp_path, two_runs, image_folder):
+    """Each member keeps its temperature.json and predicts calibrated probabilities alone: the ensemble
+    averaged their uncalibrated ones."""
+    a, b = two_runs
+    ca, cb = _copy(a.dir, tmp_path / "ca", 2.0), _copy(b.dir, tmp_path / "cb", 0.5)
+    items = sorted(str(p) for p in image_folder.rglob("*.jpg"))
+    za, zb = a.logits(items)[0], b.logits(items)[0]
+    calibrated = ((za / 2.0).softmax(1) + (zb / 0.5).softmax(1)) / 2
+    make_ensemble([ca, cb], tmp_path / "ens")
+    ens = open_run(tmp_path / "ens")
+    got = ens.logits(items)[0].softmax(1)
+    assert torch.allclose(got, calibrated, atol=1e-5)
+    assert not torch.allclose(got, (za.softmax(1) + zb.softmax(1)) / 2, atol=1e-3)
+    assert ens.predict(items[:1], top_k=1)[0]["top"][0]["prob"] == pytest.approx(float(calibrated[0].max()), abs=1e-5)
+    summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    assert [m["temperature"] for m in summary["members"]] == [2.0, 0.5]
+    # the command says what it averaged
+    r = runner.invoke(app, ["ensemble", str(ca), str(cb), "--out", str(tmp_path / "ens2")])
+    assert r.exit_code == 0 and "calibrated probabilities" in r.output and "T = 2, 0.5" in r.output, r.output
+    # an ensemble written before (combine: mean probability) keeps the predictions it was built with
+    cfg = tmp_path / "ens" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("mean calibrated probability", "mean probability"))
+    old = open_run(tmp_path / "ens").logits(items)[0].softmax(1)
+    assert torch.allclose(old, (za.softmax(1) + zb.softmax(1)) / 2, atol=1e-5)

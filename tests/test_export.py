@@ -219,3 +219,79 @@ def test_a_text_run_exports_with_its_tokenizer_and_gives_the_runs_logits(fmt, tm
     f = load_exported(res["path"])  # from the exported files alone: graph, sidecar, tokenizer
     np.testing.assert_allclose(f(texts), want, atol=1e-4, rtol=0)
     np.testing.assert_allclose(f(texts[2:]), want[2:], atol=1e-4, rtol=0)  # one text, another length
+
+
+def test_the_sidecar_records_the_feature_precision_and_that_a_bf16_run_may_differ(run, tmp_path, monkeypatch,
+                                                                                  image_folder, tiny_spec):
+    """A run whose features were computed in bf16 gave export probabilities up to 0.009 from predict's, and
+    its sidecar did not say so."""
+    from rehead.export import export
+    from rehead.fit import fit
+    meta = json.loads(Path(export(run.dir, "onnx", out=tmp_path / "f.onnx")["sidecar"]).read_text())
+    assert meta["precision"] == {"features": "fp32", "graph": "fp32"}  # no note: predict runs fp32 too
+    monkeypatch.setenv("REHEAD_FEATURE_PRECISION", "bf16")
+    bf = fit(str(image_folder), out=tmp_path / "bf", model=tiny_spec, strategy="extract", epochs=3, workers=0,
+             progress=False, echo=lambda *_: None)
+    meta = json.loads(Path(export(bf.dir, "onnx", out=tmp_path / "b.onnx")["sidecar"]).read_text())
+    assert meta["precision"]["features"] == "bf16" and meta["precision"]["graph"] == "fp32"
+    assert "may differ from predict's" in meta["precision"]["note"]
+
+
+def test_a_table_runs_sidecar_says_which_raw_columns_in_what_order(tmp_path, one_thread):
+    """A table export's sidecar named no input columns: a deployment could not tell what to feed it."""
+    import csv
+    from rehead.export import export, load_exported
+    from rehead.fit import fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)) * [1, 10, 100] + [0, 5, 50]
+    rows = [[f"{v:.4f}" for v in r] + ["ab"[int(r[0] > 0)], f"id{i}"] for i, r in enumerate(x)]
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["a", "b", "c", "label", "key"], *rows])
+    run = fit(str(tmp_path / "t.csv"), model="tabular:mlp-3-8x1", out=tmp_path / "run", strategy="head",
+              epochs=2, workers=0, id_columns="key", missing="mean", progress=False, echo=lambda *_: None)
+    res = export(run.dir, "onnx")
+    steps = {s["op"]: s for s in json.loads(Path(res["sidecar"]).read_text())["preprocessing"]}
+    assert steps["select_columns"]["columns"] == ["a", "b", "c"] and steps["to_float"]["dtype"] == "float32"
+    assert "inside the graph" in steps["standardize"]["where"]
+    assert steps["to_float"]["missing"] == "mean" and "training mean" in steps["to_float"]["empty_cell"]
+    # a new table: columns in another order, an extra one, an empty cell; followed as the sidecar says
+    new = tmp_path / "new.csv"
+    with open(new, "w", newline="") as f:
+        csv.writer(f).writerows([["extra", "c", "a", "b"], ["x", "60", "0.5", ""], ["y", "40", "-1", "3"]])
+    with open(new) as f:
+        table = list(csv.DictReader(f))
+    cells = [[r[c].strip() for c in steps["select_columns"]["columns"]] for r in table]
+    feed = np.array([[float(v) if v.lower() not in ("", "na", "nan") else np.nan for v in r] for r in cells],
+                    np.float32)
+    want = run.logits([f"{new}#0", f"{new}#1"])[0].numpy()
+    np.testing.assert_allclose(load_exported(res["path"])(feed), want, atol=1e-5, rtol=0)
+
+
+def test_overwrite_keeps_a_users_files_in_the_tokenizer_folder(tmp_path, tiny_bert_dir):
+    """--overwrite replaced the tokenizer folder whole, deleting a file a user kept there. Now a folder holding
+    only an export's files is replaced, and one holding other files is refused before anything is written."""
+    from rehead.export import export
+    from rehead.fit import fit
+    from rehead.run import RunExists
+    from tests.test_text import sentiment_rows, write_csv
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(24, 0))
+    run = fit(str(data), model=f"hf:{tiny_bert_dir}", out=tmp_path / "run", strategy="extract", epochs=2,
+              workers=0, cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+    out = tmp_path / "e" / "m.pt"
+    res = export(run.dir, "torchscript", out=out)
+    tok = out.with_name("m.pt.tokenizer")
+    written = sorted(p.name for p in tok.iterdir())
+    assert json.loads(Path(res["sidecar"]).read_text())["tokenizer"]["files"] == written
+    (tok / "stale.json").write_text("{}")  # listed by an earlier export's sidecar: export's own, replaced
+    sc = json.loads(Path(res["sidecar"]).read_text())
+    sc["tokenizer"]["files"].append("stale.json")
+    Path(res["sidecar"]).write_text(json.dumps(sc))
+    export(run.dir, "torchscript", out=out, overwrite=True)
+    assert sorted(p.name for p in tok.iterdir()) == written
+    (tok / "NOTES.md").write_text("mine")
+    before = out.stat().st_mtime_ns, Path(res["sidecar"]).read_bytes()
+    with pytest.raises(RunExists, match=r"holds files export did not write \(NOTES.md\)"):
+        export(run.dir, "torchscript", out=out, overwrite=True)
+    assert (tok / "NOTES.md").read_text() == "mine" and (out.stat().st_mtime_ns, Path(res["sidecar"]).read_bytes()) \
+        == before
+    assert not out.with_name(".tmp-m.pt.tokenizer").exists()

@@ -121,10 +121,17 @@ def test_bert_lora_adapts_attention_of_trained_layers_and_reloads(tmp_path, tiny
     # are placed again from config.yaml
     from rehead.ensemble import Ensemble, make_ensemble
     import shutil
-    shutil.copytree(run.dir, tmp_path / "r_copy")  # the same run twice is refused: a copy of it is another member
-    make_ensemble([run.dir, tmp_path / "r_copy"], tmp_path / "ens")
+    from safetensors.torch import load_file, save_file
+    other = tmp_path / "r_copy"
+    shutil.copytree(run.dir, other)
+    w = load_file(str(other / "model.safetensors"))  # another member: a byte-identical copy is refused (two votes)
+    k = next(k for k in sorted(w) if k.startswith("head.") and w[k].is_floating_point())
+    w[k] = w[k] * 1.1
+    save_file(w, str(other / "model.safetensors"))
+    make_ensemble([run.dir, other], tmp_path / "ens")
     ens = Ensemble(tmp_path / "ens")
-    assert torch.allclose(ens.logits(texts)[0].softmax(1), before.softmax(1), atol=1e-6)
+    want = (again.probs(texts)[0] + rehead.Run(other).probs(texts)[0]) / 2  # each member calibrated
+    assert torch.allclose(ens.logits(texts)[0].softmax(1), want, atol=1e-6)
     merged = lora.merge(again.model)
     merged_logits, _, _ = again.logits(texts)  # the Run now holds the merged model
     assert torch.allclose(merged_logits, before, atol=1e-5)
