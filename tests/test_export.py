@@ -235,6 +235,10 @@ def test_the_sidecar_records_the_feature_precision_and_that_a_bf16_run_may_diffe
     meta = json.loads(Path(export(bf.dir, "onnx", out=tmp_path / "b.onnx")["sidecar"]).read_text())
     assert meta["precision"]["features"] == "bf16" and meta["precision"]["graph"] == "fp32"
     assert "may differ from predict's" in meta["precision"]["note"]
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    r = CliRunner().invoke(app, ["export", str(bf.dir), "--out", str(tmp_path / "c.onnx")])
+    assert r.exit_code == 0 and "note: " in r.output and "may differ from predict's" in r.output, r.output
 
 
 def test_a_table_runs_sidecar_says_which_raw_columns_in_what_order(tmp_path, one_thread):

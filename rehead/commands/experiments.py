@@ -154,3 +154,5 @@ def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", he
     typer.echo(f"{res['sidecar']}  (preprocessing and {'label map' if res.get('task') != 'regression' else 'target'})")
     if "tokenizer" in res:
         typer.echo(f"{Path(res['path']).with_name(res['tokenizer']['dir'])}/  (the tokenizer: {res['tokenizer']['how']})")
+    if res.get("precision", {}).get("note"):  # a bf16 run: the graph's fp32 figures are not predict's exactly
+        typer.echo(f"note: {res['precision']['note']}")
