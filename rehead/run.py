@@ -560,9 +560,13 @@ class Run:
         from .data import pipeline
         from .methods import source_agreement
         tuned = self.model.backbone
-        if not (self.dir / "source_head.safetensors").exists() or len(tuned) != tuned.full_depth:
-            raise BadRun(f"{self.dir} kept no pretrained head at full depth (a cut run, a warm extract run, "
-                         "or a backbone without one): source agreement needs both")
+        if not (self.dir / "source_head.safetensors").exists():
+            raise BadRun(f"{self.dir} kept no pretrained head ({self.config['model']} is a {self.modality} backbone "
+                         "without a source task's classifier, or the run predates kept heads): source agreement "
+                         "reads the backbone through its own head, e.g. an ImageNet model's")
+        if len(tuned) != tuned.full_depth:
+            raise BadRun(f"{self.dir} is cut at stage {len(tuned)} of {tuned.full_depth}: the pretrained head reads "
+                         "the full depth, so source agreement needs a run without --cut")
         pretrained = zoo.load(self.config["model"])
         pipe = pipeline(self.modality)
         before, after = [], []

@@ -148,3 +148,12 @@ def test_whole_number_class_names_are_in_numeric_order(tmp_path):
     assert ds.classes == ["b10", "b2"]  # names that are not all numbers: as strings
     make_images(tmp_path / "img", classes=("1", "10", "2"), n=5, size=8)
     assert load_dataset(tmp_path / "img").classes == ["1", "2", "10"]
+
+
+def test_a_split_is_named_by_the_values_the_file_holds(tmp_path):
+    """golub's split=independent rows were said as "(split=test)" in split.json's how, a value the file lacks."""
+    rows = [[f"text number {i} of the {'ab'[i % 2]} kind", "ab"[i % 2], ["train", "independent"][i >= 30]]
+            for i in range(40)]
+    ds = load_dataset(write_csv(tmp_path / "t.csv", ["text", "label", "split"], rows))
+    assert "(split=independent)" in ds.info["split"] and "(split=test)" not in ds.info["split"], ds.info["split"]
+    assert "(split=train)" in ds.info["split"] and len(ds.test) == 10

@@ -334,6 +334,12 @@ def test_a_reloaded_run_keeps_the_pretrained_source_head(tmp_path, image_folder,
     assert res["n"] == 6 and 0 <= res["source_agreement"] <= 1
     cli = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--source-agreement", str(image_folder)])
     assert cli.exit_code == 0 and "source-task agreement" in cli.output
+    cut = rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "cut", strategy="extract", cut=1, **QUIET)
+    with pytest.raises(BadRun, match="is cut at stage 1 of .*needs a run without --cut"):
+        rehead.Run(cut.dir).source_agreement(items)
+    (tmp_path / "cut" / "source_head.safetensors").unlink()  # as a table or text backbone's run: no source task
+    with pytest.raises(BadRun, match="without a source task's classifier"):
+        rehead.Run(cut.dir).source_agreement(items)
 
 
 def test_the_source_model_as_it_is_predicts_imagenet_labels():

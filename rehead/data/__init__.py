@@ -214,7 +214,7 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
     dropped and counted, duplicates reported, a stratified seeded val split. ``splits``: each
     item's value of a split column (train / val / test), read as a CSV's split column is."""
     from .csvio import drop_unlabelled
-    from .splits import assemble, split_column_parts
+    from .splits import assemble, split_column_parts, split_where
     labels = ["" if y is None else str(y) for y in labels]
     labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
     items = list(items)
@@ -228,7 +228,8 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
         warnings += [w] if w else []
         keep = set(keep)
         parts = {k: Part([items[i] for i in ix if i in keep], [labels[i] for i in ix if i in keep],
-                         f"{source} (split={k})", lines=[i for i in ix if i in keep]) for k, ix in idx.items()}
+                         split_where(source, k, splits, ix), lines=[i for i in ix if i in keep])
+                 for k, ix in idx.items()}
     return assemble(modality, Parts(parts, source, warnings=warnings, labels_from="label"), val_fraction, seed, task)
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import default_collate
 
 from . import DataError, Dataset, Part, Parts, drop_items, refs
 from .csvio import column, names, read_rows
-from .splits import has_split_column, split_column_parts
+from .splits import has_split_column, split_column_parts, split_where
 
 log = logging.getLogger(__name__)
 MODALITY = "image"
@@ -195,8 +195,9 @@ def _csv_parts(path: Path, label_column: str, split_column: str, image_column: s
     items, skipped = _listed(path, header, rows, image_column)
     labels = column(header, rows, label_column, path)
     if has_split_column(header, split_column, path):
-        idx = split_column_parts(column(header, rows, split_column, path), path)
-        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], f"{path} (split={k})",
+        values = column(header, rows, split_column, path)
+        idx = split_column_parts(values, path)
+        parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], split_where(path, k, values, ix),
                          lines=[rows.line[i] for i in ix]) for k, ix in idx.items()}
     else:
         parts = {"all": Part(items, labels, str(path), lines=rows.line)}

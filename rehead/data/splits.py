@@ -64,6 +64,13 @@ def split_column_parts(values: list[str], where) -> dict[str, list[int]]:
     return out
 
 
+def split_where(source, name: str, values: list[str], ix: list[int]) -> str:
+    """Where a split's rows come from, by the values the file holds: golub's 'independent' rows are
+    its test split, said as split=independent, not as a value the file does not have."""
+    raw = sorted({values[i].strip() for i in ix})
+    return f"{source} (split={'/'.join(raw) if raw else name})"
+
+
 # -- training data ---------------------------------------------------------------------------
 def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: str = "multiclass") -> Dataset:
     """Parts -> Dataset: unlabelled rows dropped and counted, labels checked, unreadable items

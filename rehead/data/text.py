@@ -17,7 +17,7 @@ import torch
 
 from . import DataError, Part, Parts, refs
 from .csvio import column, drop_unlabelled, lines, read_rows
-from .splits import has_split_column, split_column_parts
+from .splits import has_split_column, split_column_parts, split_where
 
 log = logging.getLogger(__name__)
 MODALITY = "text"
@@ -102,9 +102,10 @@ def read_parts(path: Path, eval_only: bool = False, text_column: str = "text", l
     t, y, w, header, rows = _read(path, text_column, label_column)
     warnings += w
     if has_split_column(header, split_column, path):
-        idx = split_column_parts(column(header, rows, split_column, path), path)
-        parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], f"{path} (split={k})", lines=[rows.line[i] for i in ix])
-                 for k, ix in idx.items()}
+        values = column(header, rows, split_column, path)
+        idx = split_column_parts(values, path)
+        parts = {k: Part([t[i] for i in ix], [y[i] for i in ix], split_where(path, k, values, ix),
+                         lines=[rows.line[i] for i in ix]) for k, ix in idx.items()}
     else:
         parts = {"all": Part(t, y, str(path), lines=rows.line)}
     return Parts(parts, str(path), warnings=warnings, labels_from=label_column, files=[str(path.absolute())])
