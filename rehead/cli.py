@@ -94,7 +94,7 @@ def guarded(fn):
         except OSError as e:  # a full disk, a read-only folder, a permission: the message names the file
             fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''} (REHEAD_DEBUG=1 shows where)")
         except Exception as e:  # a bug of rehead's: still one line, and how to see more
-            if interrupts.pending():  # not a bug: a Ctrl-C Python ignored, whose workers died first
+            if interrupts.pending() or interrupts.arrived():  # not a bug: a Ctrl-C whose workers died first
                 fail("interrupted", code=130)
             fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                  "(unexpected; REHEAD_DEBUG=1 shows the traceback, please report it)")
@@ -235,7 +235,7 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     except KeyboardInterrupt:
         _interrupted_fit(out)
     except Exception:
-        if not interrupts.pending():
+        if not (interrupts.pending() or interrupts.arrived()):
             raise
         _interrupted_fit(out)  # the DataLoader's workers died of the same Ctrl-C first
 
@@ -263,9 +263,12 @@ def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict
 
 
 def _interrupted_fit(out) -> None:
-    started = (Path(out) / "config.yaml").exists()
-    fail("interrupted" + (f": continue with `rehead fit --resume {out}`" if started else
-                          ": nothing was written"), code=130)
+    from .rundir import RunDir
+    if (Path(out) / "config.yaml").exists():
+        fail(f"interrupted: continue with `rehead fit --resume {out}`", code=130)
+    removed = RunDir.discard_unstarted(out)  # e.g. only --find-lr's plot: it would block the same rerun
+    fail("interrupted: nothing was kept" + (f" ({out} removed: rerun the same command)" if removed else ""),
+         code=130)
 
 
 def _with_options(fn, cls):
@@ -512,7 +515,9 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
 
 @app.command()
 @guarded
-def demo(out: str = typer.Option("runs/demo", "--out", "-o"), overwrite: bool = typer.Option(True)):
+def demo(out: str = typer.Option("runs/demo", "--out", "-o"),
+         overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite",
+                                                  help="replace --out (default: only an earlier demo run there)")):
     """Transfer the default backbone (the packaged ImageNet EfficientNet-Lite2) to scikit-learn's handwritten digits."""
     from .demo import run_demo
     run_demo(out, overwrite=overwrite)
@@ -531,6 +536,7 @@ interrupts.catch_ignored()  # a Ctrl-C that Python would ignore (in a destructor
 
 
 def main():
+    interrupts.install()
     try:
         app()
     except SystemExit as e:

@@ -29,16 +29,29 @@ def digit_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray((pixels * (255 / 16)).astype(np.uint8)).resize((64, 64), Image.NEAREST).convert("RGB")
 
 
-def run_demo(out: str = "runs/demo", overwrite: bool = True, echo=print):
+def run_demo(out: str = "runs/demo", overwrite: bool | None = None, echo=print):
+    """``overwrite``: replace ``out``; None: only when it holds an earlier demo run (the demo is run
+    twice; another run there is the user's, kept unless they say so)."""
     from .config import DEFAULT_MODEL
     from .features import default_cache_dir
     from .fit import fit
     from .rundir import RunDir
-    RunDir.check_free(out, overwrite)  # a folder of the user's is refused before the digits are written
     data = default_cache_dir() / "demo" / "digits"
+    if overwrite is None:
+        overwrite = _is_demo_run(Path(out), data)
+    RunDir.check_free(out, overwrite)  # a folder of the user's is refused before the digits are written
     if not data.exists():
         echo(f"writing scikit-learn's digits as images to {data}")
         write_digits(data)
     echo(f"fitting a new head on {DEFAULT_MODEL} (ImageNet) for 10-class digits")
     return fit(str(data), model=DEFAULT_MODEL, out=out, strategy="extract", overwrite=overwrite,
                echo=echo)
+
+
+def _is_demo_run(out: Path, data: Path) -> bool:
+    import yaml
+    try:
+        said = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("data")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return bool(said) and Path(str(said)).resolve() == data.resolve()

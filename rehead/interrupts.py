@@ -7,10 +7,30 @@ after a Ctrl-C. The CLI installs ``catch_ignored``; the training and extraction 
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 
 _pending = threading.Event()
+_arrived = threading.Event()
+
+
+def install() -> None:
+    """The command line's handlers: an ignored Ctrl-C still stops the command, and SIGTERM (a
+    scheduler's, `timeout`'s, `kill`'s) stops it as Ctrl-C does, saying how to resume, where it
+    ended the process unsaid."""
+    catch_ignored()
+
+    def stop(signum, frame):
+        _arrived.set()
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+def arrived() -> bool:
+    """Whether a Ctrl-C or SIGTERM reached this process (an error raised around it may be its doing)."""
+    return _arrived.is_set()
 
 
 def catch_ignored() -> None:

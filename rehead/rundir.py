@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever deleted by --overwrite
+UNSTARTED = (".lock", MARKER)  # all a claimed directory holds before its command writes anything
 
 
 class RunExists(FileExistsError):
@@ -86,15 +87,17 @@ class RunDir:
 
     # -- claiming ------------------------------------------------------------------
     @staticmethod
-    def check_free(path, overwrite: bool = False, resumable: bool = False) -> bool:
+    def check_free(path, overwrite: bool = False, resumable: bool = False, inputs=()) -> bool:
         """Refuse an --out that ``create`` would refuse (a file; a non-empty folder without
-        ``overwrite``; one rehead did not make), so a command can check before its work; True when
-        ``create`` would replace an existing run. ``resumable``: the command has --resume."""
+        ``overwrite``; one rehead did not make; one holding any of ``inputs``, the paths the command
+        reads), so a command can check before its work; True when ``create`` would replace an
+        existing run. ``resumable``: the command has --resume."""
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise RunExists(f"{p} exists and is not a directory: choose another --out")
-        if not (p.exists() and any(p.iterdir())):
-            return False
+        if not (p.exists() and any(c.name not in UNSTARTED for c in p.iterdir())):
+            return False  # nothing, or only the lock and marker an interrupted start left
+        _check_inputs_outside(p, inputs)
         if not overwrite:
             raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
                             + (", --resume to continue it," if resumable and not (p / "summary.json").exists() else "")
@@ -106,14 +109,16 @@ class RunDir:
         return True
 
     @classmethod
-    def create(cls, path, overwrite: bool = False, writer: bool = True, resumable: bool = False) -> "RunDir":
+    def create(cls, path, overwrite: bool = False, writer: bool = True, resumable: bool = False,
+               inputs=()) -> "RunDir":
         """Claim a new run directory; an existing non-empty one only with ``overwrite``, and only
-        if rehead made it (never a folder of the user's). ``resumable``: the command has --resume."""
+        if rehead made it (never a folder of the user's, nor one holding ``inputs``: the data or
+        model the command reads). ``resumable``: the command has --resume."""
         rd = cls(path, writer)
         if not writer:
             return rd
         p = rd.path
-        if cls.check_free(p, overwrite, resumable):
+        if cls.check_free(p, overwrite, resumable, inputs):
             rd._claim()  # a run still writing there keeps its lock: refuse before deleting anything
             for child in p.iterdir():
                 if child.name != ".lock":
@@ -147,6 +152,24 @@ class RunDir:
             raise RunBusy(f"another rehead process is writing to {self.path}: wait for it to finish, "
                           "or choose another --out") from None
         self._lock = f
+
+    @staticmethod
+    def discard_unstarted(path) -> bool:
+        """Remove a run directory an interrupted command left before it wrote anything to resume from
+        (the lock, the marker, an LR finder's plot): it would block the same command's rerun."""
+        p = Path(path)
+        if not (p / MARKER).exists() or (p / "config.yaml").exists():
+            return False
+        if any(c.name not in UNSTARTED + ("lr_find.json", "lr_find.png", "metrics.csv") for c in p.iterdir()):
+            return False
+        rd = RunDir(p)
+        try:
+            rd._claim()  # another process starting there holds the lock: its directory stays
+        except RunBusy:
+            return False
+        shutil.rmtree(p, ignore_errors=True)
+        rd.release()
+        return True
 
     def discard(self) -> None:
         """Delete a run directory this process created and claimed, when what it holds is worth nothing
@@ -227,6 +250,7 @@ class RunDir:
         try:
             return torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not ours
+            _interrupted(e)
             raise BadRun(f"{p} is unreadable ({type(e).__name__}): delete it and rerun with --overwrite, "
                          "or resume from an earlier copy") from e
 
@@ -258,6 +282,19 @@ def read_json(path: Path):
         raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun with --overwrite") from e
 
 
+def _check_inputs_outside(out: Path, inputs) -> None:
+    """--overwrite empties --out: refused when it holds what the command reads (DATA inside the old
+    run directory, --model naming the run being replaced)."""
+    out = out.resolve()
+    for given in inputs:
+        if not isinstance(given, (str, Path)) or not os.path.exists(str(given).split("{")[0] or "."):
+            continue
+        q = Path(str(given).split("{")[0]).resolve()
+        if q == out or out in q.parents:
+            raise RunExists(f"{out} holds {given}, which this command reads: --overwrite would delete it "
+                            "before it is read; choose another --out")
+
+
 def load_tensors(path: Path) -> dict:
     from safetensors.torch import load_file
     path = Path(path)
@@ -267,8 +304,17 @@ def load_tensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        _interrupted(e)
         raise BadRun(f"{path} is not a readable safetensors file ({_first_line(e)}): "
                      "restore it or rerun the run with --overwrite") from e
+
+
+def _interrupted(e: Exception) -> None:
+    """A Ctrl-C inside a native reader can surface as its own error (safetensors: a TypeError): say
+    it was interrupted, never that a sound file is corrupt (with advice to --overwrite it)."""
+    from . import interrupts
+    if interrupts.arrived():
+        raise KeyboardInterrupt from e
 
 
 def _first_line(e: Exception) -> str:

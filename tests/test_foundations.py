@@ -183,8 +183,19 @@ def test_demo_refuses_a_folder_of_the_users_before_any_work(tmp_path, monkeypatc
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "photos")])
+    assert r.exit_code != 0 and "already exists" in r.output, r.output
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "photos"), "--overwrite"])
     assert r.exit_code != 0 and "not a directory rehead made" in r.output, r.output
     assert not (tmp_path / "cache").exists() and (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
+    # a run of the user's: demo's --overwrite defaulted to on and replaced it, unasked
+    RunDir.create(tmp_path / "precious").release()
+    (tmp_path / "precious" / "config.yaml").write_text("kind: fit\ndata: /elsewhere/photos\n")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "precious")])
+    assert r.exit_code != 0 and "--overwrite" in r.output and (tmp_path / "precious" / "config.yaml").exists()
+    from rehead.demo import _is_demo_run
+    digits = tmp_path / "cache" / "demo" / "digits"
+    (tmp_path / "precious" / "config.yaml").write_text(f"kind: fit\ndata: {digits}\n")
+    assert _is_demo_run(tmp_path / "precious", digits)  # an earlier demo run: replaced without asking
 
 
 @pytest.mark.parametrize("name, damage", [
@@ -308,11 +319,19 @@ def test_resume_says_that_samples_added_since_the_start_are_not_used(tmp_path, i
 def test_ctrl_c_says_how_to_resume(tmp_path, image_folder, tiny_spec, monkeypatch):
     import rehead.fit as fit_module
 
-    def interrupted(*a, **k):
+    def before_start(job, run, *a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(fit_module, "_train", interrupted)
+
+    def started(job, run, *a, **k):
+        run.write_yaml("config.yaml", {"kind": "fit"})
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fit_module, "_train", before_start)
     res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
-    assert res.exit_code == 130 and "interrupted" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 130 and "nothing was kept" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()  # nothing to resume: the same command reruns without --overwrite
+    monkeypatch.setattr(fit_module, "_train", started)
+    res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 130 and f"rehead fit --resume {tmp_path / 'run'}" in res.output, res.output
     res = runner.invoke(app, ["fit", str(image_folder), "--model", tiny_spec, "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 2 and "--resume to continue it" in res.output  # unfinished: resume offered
     monkeypatch.undo()

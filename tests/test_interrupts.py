@@ -43,3 +43,62 @@ def test_an_error_after_an_ignored_ctrl_c_is_reported_as_the_interrupt(tmp_path,
     r = CliRunner().invoke(app, ["fit", str(image_folder), "--out", str(tmp_path / "run")])
     assert r.exit_code == 130 and "rehead fit --resume" in r.output and "RuntimeError" not in r.output
     interrupts._pending.clear()
+
+
+def test_sigterm_stops_a_fit_as_ctrl_c_does_and_says_how_to_resume(tmp_path, image_folder, tiny_spec):
+    """SIGTERM (a scheduler, `timeout`, `kill`) ended a fit with no word; `--resume` worked, unsaid."""
+    import os
+    import signal
+    import subprocess
+    import time
+    env = {**os.environ, "REHEAD_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "rehead", "fit", str(image_folder), "--model", tiny_spec, "--out",
+                          str(out), "--strategy", "finetune", "--epochs", "500", "--workers", "0", "-q"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (out / "metrics.csv").exists() and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    said, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and f"rehead fit --resume {out}" in said, said
+
+
+def test_a_directory_an_interrupted_start_left_blocks_nothing(tmp_path):
+    """Ctrl-C during `fit --find-lr` (or adapt, pretrain) left .lock, the marker and lr_find.json:
+    the same command's rerun was refused ("not empty") and --resume said "no config.yaml"."""
+    from rehead.rundir import MARKER, RunDir, RunExists, load_tensors
+    d = tmp_path / "run"
+    RunDir.create(d).release()
+    assert RunDir.check_free(d) is False  # only the lock and the marker: free, no --overwrite needed
+    RunDir.create(d).release()
+    (d / "lr_find.json").write_text("{}")
+    with pytest.raises(RunExists):
+        RunDir.check_free(d)
+    assert RunDir.discard_unstarted(d) and not d.exists()
+    RunDir.create(d).release()
+    (d / "config.yaml").write_text("kind: fit\n")  # started: kept for --resume
+    assert not RunDir.discard_unstarted(d) and (d / MARKER).exists()
+    (tmp_path / "m.safetensors").write_bytes(b"\x00" * 40)
+    interrupts._arrived.set()  # a Ctrl-C inside safetensors surfaced as its TypeError: not "corrupt"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            load_tensors(tmp_path / "m.safetensors")
+    finally:
+        interrupts._arrived.clear()
+
+
+def test_overwrite_never_empties_a_run_directory_holding_the_data(tmp_path, image_folder, tiny_spec):
+    """`fit runs/old/mydata --out runs/old --overwrite` deleted the 40 photos, then failed raw."""
+    import shutil
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    from rehead.rundir import RunDir
+    RunDir.create(tmp_path / "old").release()
+    (tmp_path / "old" / "config.yaml").write_text("kind: fit\n")
+    shutil.copytree(image_folder, tmp_path / "old" / "mydata")
+    n = len(list((tmp_path / "old" / "mydata").rglob("*.jpg")))
+    r = CliRunner().invoke(app, ["probe", str(tmp_path / "old" / "mydata"), "--model", tiny_spec, "--out",
+                                 str(tmp_path / "old"), "--overwrite", "--workers", "0"], env={"COLUMNS": "300"})
+    assert r.exit_code != 0 and "which this command reads" in r.output, r.output
+    assert len(list((tmp_path / "old" / "mydata").rglob("*.jpg"))) == n

@@ -33,7 +33,10 @@ def check_options(C: float | None = None, batch_size: int | None = None, workers
 def start_run(out, kind: str, config: dict, overwrite: bool = False, writer: bool = True) -> RunDir:
     """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch).
     ``writer=False`` (the other processes of a launched command): nothing is claimed or written."""
-    run = RunDir.create(out, overwrite=overwrite, writer=writer)
+    from ..zoo.paths import spec_path
+    models = config.get("models") or [config.get("model")]
+    inputs = [(config.get("args") or {}).get("data")] + [spec_path(m) for m in models]  # never emptied by --overwrite
+    run = RunDir.create(out, overwrite=overwrite, writer=writer, inputs=inputs)
     run.write_yaml("config.yaml", {"kind": kind, **config})
     return run
 

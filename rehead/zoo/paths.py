@@ -21,6 +21,19 @@ def absolute_spec(spec: str) -> str:
     return spec
 
 
+def spec_path(spec) -> str | None:
+    """The local file or folder a model spec reads (a run directory, hf:DIR ...), or None."""
+    if not isinstance(spec, str):
+        return None
+    if os.path.exists(spec):
+        return spec
+    for prefix in _PATH_SOURCES:
+        if spec.startswith(prefix):
+            path = _split(spec[len(prefix):], prefix)[0]
+            return path if path and os.path.exists(path) else None
+    return None
+
+
 def _split(rest: str, prefix: str) -> tuple[str, str, str]:
     """(the path, its separator, what follows): file:PATH#ARCH, hf:DIR?options, else the whole name."""
     sep = "#" if prefix == "file:" else "?" if prefix == "hf:" else ""
