@@ -2,6 +2,7 @@
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -125,6 +126,23 @@ def test_report_out_never_replaces_a_users_file_unasked(fit_run, tmp_path):
     from rehead.config import ConfigError
     with pytest.raises(ConfigError, match="--gallery must be >= 0"):  # -5 showed all but the last 5 cards
         write_report(run, gallery=-5, echo=lambda *_: None)
+
+
+def test_a_read_only_run_gets_its_report_elsewhere(fit_run, tmp_path, monkeypatch):
+    """`report SHARED_RUN --out mine.html` failed with "Permission denied: RUN/.tmp-..." on a colleague's
+    read-only run: the plots were drawn into the run directory. (Tests run as root, which may write
+    anywhere: the run directory reads as read-only through os.access, as it does for a plain user.)"""
+    import shutil
+    from rehead.report import html as report_html, write_report
+    run = tmp_path / "shared"
+    shutil.copytree(fit_run.dir, run, ignore=shutil.ignore_patterns("*.png", ".lock"))
+    access = report_html.os.access
+    monkeypatch.setattr(report_html.os, "access", lambda p, mode: False if Path(p) == run else access(p, mode))
+    made = {p.name for p in run.iterdir()}
+    path = write_report(run, out=tmp_path / "mine.html", echo=lambda *_: None)
+    check_self_contained(path.read_text())
+    assert "<h2>Confusion matrix</h2>" in path.read_text() and path.read_text().count("data:image/png") >= 3
+    assert {p.name for p in run.iterdir()} == made  # nothing drawn into the run
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path):

@@ -13,6 +13,8 @@ import csv
 import datetime
 import io
 import json
+import os
+import tempfile
 from html import escape
 from pathlib import Path
 
@@ -31,6 +33,19 @@ img.plot{max-width:100%;border:1px solid #eee}.finding{background:#eef6ff;border
 .card.ok{border-color:#2e7d32}.card.bad{border-color:#c62828}.card img{width:100%;display:block}
 .card .t{max-height:9em;overflow:hidden;white-space:pre-wrap}
 """
+
+
+_SCRATCH: list = []  # a temporary folder for plots of a run directory this user cannot write
+
+
+def plot_path(d: Path, name: str) -> Path:
+    """Where a report's plot is drawn: in the run directory (kept beside the run), or, for a read-only
+    run (a colleague's shared one), in a temporary folder: the report embeds it either way."""
+    if os.access(d, os.W_OK):
+        return d / name
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="rehead-report-"))
+    return Path(_SCRATCH[0].name) / name
 
 
 def data_uri(png_path: Path) -> str:
@@ -85,7 +100,7 @@ def _fit_sections(d: Path, cfg: dict, gallery: int, echo) -> list[tuple[str, str
     if (d / "metrics.csv").exists():
         rows = read_csv(d / "metrics.csv")
         if rows:
-            p = plots.plot_curves(rows, d / "curves.png")
+            p = plots.plot_curves(rows, plot_path(d, "curves.png"))
             secs.append(("Learning curves",
                          img(p, "learning curves") + "<p class='muted'>dashed lines: phase boundaries</p>"
                          + "<details><summary>per-epoch table</summary>" + table(rows) + "</details>"))
@@ -102,7 +117,7 @@ def _lr_find(d: Path) -> str:
     if j.exists():
         lf = json.loads(j.read_text())
         if not p.exists():
-            plots.plot_lr_find(lf["lrs"], lf["losses"], lf.get("suggested"), p)
+            p = plots.plot_lr_find(lf["lrs"], lf["losses"], lf.get("suggested"), plot_path(d, "lr_find.png"))
         if lf.get("suggested"):
             note = f"<p>suggested learning rate: <b>{lf['suggested']:.3g}</b></p>"
     return (img(p, "learning-rate finder") + note) if p.exists() else ""
@@ -125,7 +140,7 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
     except Exception as e:  # a report should still come out for a run that cannot be re-evaluated
         return [("Validation predictions", f"<p class='muted'>could not evaluate the run: {escape(str(e))}</p>")]
     if res.get("task") == "regression":
-        p = plots.plot_scatter(res["targets"], res["predictions"], res["classes"][0], d / "scatter.png")
+        p = plots.plot_scatter(res["targets"], res["predictions"], res["classes"][0], plot_path(d, "scatter.png"))
         return [("Predicted vs true", f"<p>RMSE <b>{res['rmse']:.4g}</b>, MAE <b>{res['mae']:.4g}</b>, "
                  f"R² <b>{res['r2']:.4f}</b> on {res['n']} val samples</p>" + img(p, "predicted vs true"))]
     if res.get("task") == "multilabel":
@@ -133,7 +148,7 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
         return [("Per-label scores", f"<p>micro F1 <b>{res['micro_f1']:.4f}</b>, macro F1 <b>{res['macro_f1']:.4f}</b>, "
                  f"mAP <b>{res['map']:.4f}</b> on {res['n']} val samples (F1 at p &ge; 0.5)</p>"
                  + table(per_label, left=("label",)))]
-    p = plots.plot_confusion(res["confusion_matrix"], res["classes"], d / "confusion.png")
+    p = plots.plot_confusion(res["confusion_matrix"], res["classes"], plot_path(d, "confusion.png"))
     per_class = [{"class": c, **{k: (int(v) if k == "support" else v) for k, v in m.items()}}
                  for c, m in res["per_class"].items()]
     secs = [("Confusion matrix", f"<p>accuracy <b>{res['accuracy']:.4f}</b> on {res['n']} val samples</p>"
@@ -151,7 +166,7 @@ def _calibration(d: Path, res: dict) -> str:
     correct = [p == t for p, t in zip(res["predictions"], res["targets"])]
     t = res["temperature"]
     p = plots.plot_reliability(reliability(res["probs_uncalibrated"], correct), reliability(res["probs"], correct),
-                               t, d / "reliability.png")
+                               t, plot_path(d, "reliability.png"))
     s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
     cal = s.get("calibration") or {}
     if t != 1.0:
