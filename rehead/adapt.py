@@ -34,10 +34,12 @@ OBJECTIVES = ("auto", "causal", "masked")
 
 
 CORPUS_KINDS = "a .txt file (one passage per line), a CSV with a text column, or a folder with train.csv"
+CORPUS_SUFFIXES = (".txt", ".csv")  # any other file was read as text: a JPEG gave ~1000 garbled passages
 
 
 def corpus_file(path) -> Path:
-    """The file a corpus argument names: itself, or a folder's train.csv."""
+    """The file a corpus argument names: itself, or a folder's train.csv. Another kind of file is refused:
+    read as text, a JPEG or a spreadsheet became a thousand garbled 'passages', trained on."""
     p = Path(path)
     if p.is_dir():
         if not (p / "train.csv").is_file():
@@ -45,18 +47,34 @@ def corpus_file(path) -> Path:
         return p / "train.csv"
     if not p.is_file():
         raise DataError(f"corpus {path} does not exist: give {CORPUS_KINDS}")
+    if p.suffix.lower() not in CORPUS_SUFFIXES:
+        raise DataError(f"corpus {path} is not a .txt or .csv file: adapt reads {CORPUS_KINDS} (a spreadsheet: "
+                        "save it as CSV UTF-8; a plain text file: name it .txt)")
     return p
+
+
+def corpus_text(p: Path) -> str:
+    """A corpus file's text; one that is not UTF-8 text is refused, not decoded with replacement characters
+    (an image renamed .txt trained on its bytes) nor left to the CSV reader (whose advice is not adapt's)."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                        f"adapt reads {CORPUS_KINDS}, saved as UTF-8") from None
+    if "\x00" in text:  # valid UTF-8 yet binary (a NUL byte is in no text file)
+        raise DataError(f"corpus {p} holds NUL bytes, so it is a binary file, not text: adapt reads {CORPUS_KINDS}")
+    return text
 
 
 def read_corpus(path, text_column: str = "text") -> list[str]:
     """Lines of a .txt (one passage per line), or the text column of a CSV / a folder's train.csv."""
     p = corpus_file(path)
+    text = corpus_text(p)
     if p.suffix.lower() == ".csv":
         from .data.text import read_csv
         texts, _, _ = read_csv(p, text_column, None)
     else:
-        texts = [line.strip() for line in p.read_text(encoding="utf-8", errors="replace").splitlines()]
-        texts = [t for t in texts if t]
+        texts = [t for t in (line.strip() for line in text.splitlines()) if t]
     if len(texts) < 2:
         raise DataError(f"corpus {p} has {len(texts)} non-empty passage(s): need at least 2 "
                         "(some to train on, some held out to measure perplexity)")
@@ -349,7 +367,9 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
     t0 = time.perf_counter()
     # Everything that can be refused is, before --out is created: a failed start leaves no directory behind.
     check_options(objective, epochs, lr, batch_size, max_length, val_fraction, mlm_probability, seed)
-    RunDir.check_free(out, overwrite)  # before the model loads: a refused start costs nothing
+    from .zoo.paths import spec_path
+    reads = [corpus, spec_path(model)]  # never emptied by --overwrite
+    RunDir.check_free(out, overwrite, inputs=reads)  # before the model loads: a refused start costs nothing
     texts = read_corpus(corpus, text_column)
     source, opts = resolve_source(model)
     config = load_config(source)
@@ -362,60 +382,61 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
         raise ValueError(f"{model} has no mask token: use --objective causal")
     prep = preprocessing(lm, tokenizer, source, opts)
     new_head = head_is_new(lm, source)
-    run = RunDir.create(out, overwrite=overwrite)
-    rng = random.Random(seed)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
-    n_val = min(max(1, round(len(texts) * val_fraction)), len(texts) - 1)  # one passage to train on at least
-    val, train = [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
-    accelerator = None
-    if device == "cpu":
-        from accelerate import Accelerator
-        accelerator = Accelerator(cpu=True)
-    kw = dict(tokenizer=tokenizer, objective=objective, max_length=max_length, batch_size=batch_size,
-              mlm_probability=mlm_probability)
-    cbs = [Schedule(), ClipGrad(1.0), HeldOutPerplexity(val, echo=echo, seed=seed, **kw), MetricsCSV()]
-    trainer = Trainer(TrainConfig(seed=seed, task="lm", checkpoints=False), run=run, accelerator=accelerator,
-                      callbacks=cbs + ([Progress()] if progress else []),
-                      loss_fn=lambda logits, labels: lm_loss(logits, labels, objective))
-    device = trainer.acc.device
-    lm.to(device)
-    echo(f"adapt {model} ({objective} LM) on {len(train)} passages, {len(val)} held out")
-    if new_head:
-        echo(f"note: {model}'s checkpoint has no {objective} LM head: it starts from random weights, so the "
-             "first perplexity drop is mostly that head learning")
-    before = perplexity(lm, val, seed=seed, device=device, **kw)
-    echo(f"held-out perplexity before: {_ppl(before)}")
-    if math.isnan(before):
-        echo(f"warning: the {len(val)} held-out passage(s) gave no token to score ({objective} LM, "
-             f"{f'{mlm_probability:.0%} of tokens masked' if objective == 'masked' else 'next-token'}): perplexity cannot say whether "
-             "adapting helped; give a larger corpus or a larger --val-fraction")
-    # Hugging Face's recipe: AdamW, weight decay 0.01, 10% linear warmup then linear decay, clip at 1.
-    trainer.fit(LanguageModel(lm), train, None,
-                [Phase("adapt", epochs, lr, trainable=None, schedule="linear", warmup=0.1, weight_decay=0.01)],
-                make_loader=lambda texts, shuffle, gen: LMBatches(texts, gen, **kw))
-    history = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val_perplexity": r["val_perplexity"]}
-               for r in trainer.history]
-    after = history[-1]["val_perplexity"] if history else before
-    lm.to("cpu").eval()
-    hf_dir = (run.path / "hf").resolve()
-    if run.writer:  # transformers writes its own folder
-        with quiet_transformers():
-            lm.save_pretrained(hf_dir)
-            tokenizer.save_pretrained(hf_dir)
-    report = {"model": model, "source": source, "objective": objective, "corpus": str(corpus),
-              "train_passages": len(train), "heldout_passages": len(val), "epochs": epochs, "lr": lr,
-              "batch_size": batch_size, "max_length": max_length, "seed": seed,
-              "mlm_probability": mlm_probability if objective == "masked" else None,
-              "head_from_random": new_head, "backbone": prep,
-              "perplexity_before": before, "perplexity_after": after, "history": history,
-              "wall_seconds": time.perf_counter() - t0}
-    # The source's pooling / max length / normalize go in the spec: hf/ alone would give the family default.
-    bb = wrap_text_model(lm, tokenizer, str(hf_dir), adapted_spec(hf_dir, prep), prep["max_length"],
-                         prep["pooling"], prep["normalize"])
-    save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
-    run.write_json("adapt.json", report)
-    run.release()
+    run = RunDir.create(out, overwrite=overwrite, inputs=reads)
+    with run.kept_if_finished():  # no --resume: an interrupted adapt leaves no half directory
+        rng = random.Random(seed)
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        n_val = min(max(1, round(len(texts) * val_fraction)), len(texts) - 1)  # one passage to train on at least
+        val, train = [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
+        accelerator = None
+        if device == "cpu":
+            from accelerate import Accelerator
+            accelerator = Accelerator(cpu=True)
+        kw = dict(tokenizer=tokenizer, objective=objective, max_length=max_length, batch_size=batch_size,
+                  mlm_probability=mlm_probability)
+        cbs = [Schedule(), ClipGrad(1.0), HeldOutPerplexity(val, echo=echo, seed=seed, **kw), MetricsCSV()]
+        trainer = Trainer(TrainConfig(seed=seed, task="lm", checkpoints=False), run=run, accelerator=accelerator,
+                          callbacks=cbs + ([Progress()] if progress else []),
+                          loss_fn=lambda logits, labels: lm_loss(logits, labels, objective))
+        device = trainer.acc.device
+        lm.to(device)
+        echo(f"adapt {model} ({objective} LM) on {len(train)} passages, {len(val)} held out")
+        if new_head:
+            echo(f"note: {model}'s checkpoint has no {objective} LM head: it starts from random weights, so the "
+                 "first perplexity drop is mostly that head learning")
+        before = perplexity(lm, val, seed=seed, device=device, **kw)
+        echo(f"held-out perplexity before: {_ppl(before)}")
+        if math.isnan(before):
+            scored = f"{mlm_probability:.0%} of tokens masked" if objective == "masked" else "next-token"
+            echo(f"warning: the {len(val)} held-out passage(s) gave no token to score ({objective} LM, {scored}): "
+                 "perplexity cannot say whether adapting helped; give a larger corpus or a larger --val-fraction")
+        # Hugging Face's recipe: AdamW, weight decay 0.01, 10% linear warmup then linear decay, clip at 1.
+        trainer.fit(LanguageModel(lm), train, None,
+                    [Phase("adapt", epochs, lr, trainable=None, schedule="linear", warmup=0.1, weight_decay=0.01)],
+                    make_loader=lambda texts, shuffle, gen: LMBatches(texts, gen, **kw))
+        history = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val_perplexity": r["val_perplexity"]}
+                   for r in trainer.history]
+        after = history[-1]["val_perplexity"] if history else before
+        lm.to("cpu").eval()
+        hf_dir = (run.path / "hf").resolve()
+        if run.writer:  # transformers writes its own folder
+            with quiet_transformers():
+                lm.save_pretrained(hf_dir)
+                tokenizer.save_pretrained(hf_dir)
+        report = {"model": model, "source": source, "objective": objective, "corpus": str(corpus),
+                  "train_passages": len(train), "heldout_passages": len(val), "epochs": epochs, "lr": lr,
+                  "batch_size": batch_size, "max_length": max_length, "seed": seed,
+                  "mlm_probability": mlm_probability if objective == "masked" else None,
+                  "head_from_random": new_head, "backbone": prep,
+                  "perplexity_before": before, "perplexity_after": after, "history": history,
+                  "wall_seconds": time.perf_counter() - t0}
+        # The source's pooling / max length / normalize go in the spec: hf/ alone would give the family default.
+        bb = wrap_text_model(lm, tokenizer, str(hf_dir), adapted_spec(hf_dir, prep), prep["max_length"],
+                             prep["pooling"], prep["normalize"])
+        save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
+        run.write_json("adapt.json", report)
+        run.release()
     echo(f"held-out perplexity {_ppl(before)} -> {_ppl(after)}; adapted model in {run.path} "
          f"(use it with: rehead fit DATA --model {run.path})")
     return report

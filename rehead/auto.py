@@ -192,10 +192,11 @@ def _steps(lo: int, hi: int) -> list[int]:
 
 
 def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | None = None,
-           user_cut: bool = False, reference: dict | None = None) -> dict:
+           user_cut: bool = False, reference: dict | None = None, needs_training: str | None = None) -> dict:
     """The decks' rule on a probe table (rows as ``probe_table`` makes them, shallow to deep; the
     last row is the top: the full depth, or the cut the user fixed). ``reference``: the same probe on
-    the input itself (``input_row``), or None. Pure: no model, no data.
+    the input itself (``input_row``), or None. ``needs_training``: a ``--method`` that acts on backbone
+    training (l2sp, guided, lora): the plan then always trains stages. Pure: no model, no data.
 
     Returns ``size``, ``similarity``, ``cut``, ``unfreeze`` (the unfreezing steps, [] = the head
     only), ``strategy`` and ``reason`` (in the decks' terms, with the figures behind it)."""
@@ -282,6 +283,10 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
     if user_cut and cut != top_cut:
         cut = top_cut  # a cut the user fixed is kept
         action += f"; but --cut fixes cut {top_cut}"
+    if needs_training and not unfreeze:  # extract would leave the method nothing to act on: the smallest live plan
+        unfreeze = _steps(1, min(2, cut))
+        action += (f"; but --method {needs_training} needs backbone training: the head, then unfreeze "
+                   f"{_say(unfreeze)} (each kept only if val improves)")
     strategy = "extract" if not unfreeze else ("finetune" if len(unfreeze) == 1 else "gradual")
     return {"size": size, "similarity": sim, "cut": int(cut), "unfreeze": unfreeze, "strategy": strategy,
             "reason": f"{size_why} + {sim_why} -> {action}"}
@@ -407,9 +412,10 @@ def plan_auto(cfg, backbone, ds, cache, hooks: list, echo=print):
     """Measure (once) and decide. Returns ``(cfg, hooks)``: ``cfg`` with ``cut`` and ``auto_plan``
     set (so the recipe, config.yaml and --resume follow the plan), ``hooks`` with ``AutoGuard``
     added when the plan has live phases."""
+    from .methods import backbone_method
     plan = cfg.auto_plan
     if plan is None:
-        plan = measure_and_decide(cfg, backbone, ds, cache, echo)
+        plan = measure_and_decide(cfg, backbone, ds, cache, echo, needs_training=backbone_method(hooks))
         cfg = cfg.replace(cut=plan["cut"], auto_plan=plan, augment=plan.get("augment", cfg.augment))
     if plan.get("unfreeze"):
         hooks = list(hooks) + [AutoGuard(plan.get("budget_minutes") or DEFAULT_BUDGET,
@@ -417,7 +423,9 @@ def plan_auto(cfg, backbone, ds, cache, hooks: list, echo=print):
     return cfg, hooks
 
 
-def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
+def measure_and_decide(cfg, backbone, ds, cache, echo=print, needs_training: str | None = None) -> dict:
+    """Probe, decide (``decide``), then time the live phases against the budget. ``needs_training``: a
+    ``--method`` acting on backbone training; when not even one unfrozen epoch fits the budget, refused."""
     from .experiments import split_features
     depth = len(backbone)
     user_cut = cfg.cut is not None
@@ -447,7 +455,7 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
                 echo(f"  {r['cut']:>4} {r['stage']:14} {r['dim']:>5} {r['cv_acc']:>6.3f} {r['val_acc']:>6.3f} "
                      f"{r['acc']:>7.3f} {r['skill']:>6.2f} {r['logme']:>7.3f}"
                      + (f"  (the input itself: {reference['what']})" if r is reference else ""))
-    plan = decide(table, n_train, depth, chance, user_cut=user_cut, reference=reference)
+    plan = decide(table, n_train, depth, chance, user_cut=user_cut, reference=reference, needs_training=needs_training)
     plan.update(table=table, reference=reference, chance=None if chance is None else _r(chance), n_train=n_train,
                 n_val=len(ds.val),
                 extract_seconds=_r(extract_s, 2), probe_seconds=_r(probe_s, 2), budget_minutes=budget,
@@ -459,6 +467,10 @@ def measure_and_decide(cfg, backbone, ds, cache, echo=print) -> dict:
         t0 = time.perf_counter()
         budget_plan(plan, lambda u: time_epoch(backbone, plan["cut"], u, ds, cfg, in_dim), budget, cfg.epochs)
         plan["timing_seconds"] = _r(time.perf_counter() - t0, 2)
+        if needs_training and not plan["unfreeze"]:  # the budget fell back to extract: the method would do nothing
+            from .methods import idle_method_error
+            raise idle_method_error(needs_training, f"one unfrozen epoch takes ~{plan['epoch_seconds'] / 60:.1f} min "
+                                    f"(measured), over auto's {budget:g} min budget", also="raise --budget, or ")
     if plan["unfreeze"] and table and backbone.modality == "image" and cfg.augment is None:
         # live phases are planned and would augment with flips (the default): does a mirror keep the label?
         row = next((r for r in table if r["cut"] == plan["cut"]), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -269,6 +270,25 @@ def _interrupted_fit(out) -> None:
     removed = RunDir.discard_unstarted(out)  # e.g. only --find-lr's plot: it would block the same rerun
     fail("interrupted: nothing was kept" + (f" ({out} removed: rerun the same command)" if removed else ""),
          code=130)
+
+
+@contextmanager
+def restart_if_interrupted(command: str, out: str):
+    """A Ctrl-C says what to do next. These commands have no --resume: their run removes the directory it
+    made when stopped part way (a bare 'interrupted' left a half --out that blocked the rerun)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _interrupted(command, out)
+    except Exception:
+        if not (interrupts.pending() or interrupts.arrived()):
+            raise
+        _interrupted(command, out)  # a Ctrl-C Python ignored stopped a worker first: still the interrupt
+
+
+def _interrupted(command: str, out: str) -> None:
+    fail(f"interrupted: nothing was saved ({command} cannot resume, so no unfinished {out} is left behind): "
+         "run the same command again to start over", code=130)
 
 
 def _with_options(fn, cls):

@@ -72,11 +72,16 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
         cfg = cfg.replace(model=absolute_spec(cfg.model))
     _refuse_idle_find_lr(cfg)
     _refuse_overridden(cfg)
+    _refuse_idle_method(cfg)
     if data is None:
         raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
     out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
+    _refuse_own_model(cfg.model, out)
+    reads = [data] if isinstance(data, (str, Path)) else []  # never emptied by --overwrite
+    if main:  # before the data is read and the model loads, not after (create, the other processes' no-op, later)
+        RunDir.check_free(out, overwrite, resumable=True, inputs=reads)
     job = _prepare(cfg, data, module, hooks, echo)
-    run = RunDir.create(out, overwrite=overwrite, writer=main, resumable=True)
+    run = RunDir.create(out, overwrite=overwrite, writer=main, resumable=True, inputs=reads)
     accelerator.wait_for_everyone()
     try:
         return _train(job, run, echo, progress, accelerator, t_start)
@@ -128,6 +133,42 @@ def _refuse_overridden(cfg: FitConfig) -> None:
     if given and cfg.schedule != "sgdr":
         raise ConfigError(f"--{given[0].replace('_', '-')} shapes --schedule sgdr's restarts; this fit's schedule is "
                           f"{cfg.schedule}: add --schedule sgdr, or leave it out")
+
+
+def _refuse_idle_method(cfg: FitConfig) -> None:
+    """A method acting on backbone training (l2sp, guided, lora) under a strategy that trains no backbone
+    weight changed nothing, and was recorded as if it ran (extract: FitConfig refuses it). Auto plans live
+    phases for such a method (auto.decide), except where it always extracts: other tasks than classes."""
+    from .methods import BACKBONE_METHODS, idle_method_error
+    if cfg.method not in BACKBONE_METHODS:
+        return
+    if cfg.strategy == "head":
+        raise idle_method_error(cfg.method, "--strategy head trains the head alone on a frozen backbone", "head")
+    if cfg.strategy == "auto" and cfg.task != "multiclass":
+        raise idle_method_error(cfg.method, f"--strategy auto extracts for --task {cfg.task} (no backbone weight "
+                                "trains)")
+
+
+def _check_method_trains(hooks: list, recipe) -> None:
+    """The same refusal on the recipe itself, for hooks given as ``hooks=`` and a resumed run's: before
+    the run directory exists (a method's own refusal in ``prepare`` came after it)."""
+    from .methods import backbone_method, idle_method_error
+    method = backbone_method(hooks)
+    if method and not any(p.trainable != 0 and not p.on_features for p in recipe.phases):
+        raise idle_method_error(method, f"--strategy {recipe.strategy} trains no backbone weight", recipe.strategy)
+
+
+def _refuse_own_model(model, out: Path) -> None:
+    """An --out that is (or holds) the model's directory, or a run that model was made from: the fit would
+    delete the weights it reads, and its config.yaml would name itself as its model (every later load of
+    it recursed)."""
+    from .zoo.runs import source_paths
+    target = out.resolve()
+    for i, p in enumerate(source_paths(model)):
+        if p == target or target in p.parents:
+            made = f" (the model {model} is made from it)" if i else ""
+            raise ConfigError(f"--out {out} would replace {p}{made}, whose weights this fit reads: "
+                              "choose another --out")
 
 
 # Options that change nothing when every phase trains the head alone on cached features (extract): the
@@ -254,6 +295,7 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
     model = TransferModel(prefix, head, train_frozen_bn=cfg.train_frozen_bn, freeze_bn=cfg.freeze_bn,
                           layer_decay=cfg.layer_decay)
     recipe = _recipe(cfg, len(ds.train), k)
+    _check_method_trains(hooks, recipe)
     return _Job(cfg, ds, recipe, k, prefix.stage_names[-1], int(in_dim), backbone, model, hooks,
                 cache, stamp, None)
 

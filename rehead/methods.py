@@ -34,6 +34,28 @@ from .recipes import Phase
 from .train.callbacks import Callback
 
 METHODS = ("plain", "l2sp", "guided", "lora")
+# Methods that act on backbone weights as they train: where none trains, each changes nothing (l2sp's
+# alpha, guided's scouts on the backbone, lora's adapters), so a fit with one must train some stage.
+BACKBONE_METHODS = ("l2sp", "guided", "lora")
+TRAINING_STRATEGIES = "--strategy finetune, gradual or full"  # the strategies that train backbone stages
+
+
+def backbone_method(hooks: list) -> str | None:
+    """The name of the first hook acting on backbone training (``BACKBONE_METHODS``), else None."""
+    for h in hooks or []:
+        name = h.config().get("method") if hasattr(h, "config") else None
+        if name in BACKBONE_METHODS:
+            return name
+    return None
+
+
+def idle_method_error(method: str, why: str, strategy: str | None = None, also: str = ""):
+    """The one refusal of a backbone method where no backbone weight would train (``why``: what stops it;
+    ``also``: a remedy said before the strategies)."""
+    from .config import ConfigError
+    instead = f", not {strategy}" if strategy in ("extract", "head") else ""
+    return ConfigError(f"--method {method} needs backbone training, and {why}: {also}use {TRAINING_STRATEGIES}"
+                       f"{instead}")
 
 
 def _split_params(model) -> tuple[list, list]:
@@ -210,8 +232,7 @@ class GuidedTransfer(Callback):
         subsets (live data, as the fine-tune sees it) and the phases; ``echo`` says what the scouts did."""
         self._echo = echo or (lambda *a: None)
         if uses_cache:
-            raise ValueError("--method guided fine-tunes the backbone: use --strategy head, finetune, "
-                             "gradual or full (not extract)")
+            raise idle_method_error("guided", "on cached features no backbone weight trains", "extract")
         if self.guide is not None or ds is None:
             return
         self.check_data(ds)

@@ -23,7 +23,7 @@ from .config import HEADS, ConfigError
 from .data import DataError, pipeline
 from .data.csvio import lines
 from .data.splits import assemble, choose_eval
-from .data.tabular import MODALITY, _as_list, _some, read_parts, read_table, row_ref
+from .data.tabular import MODALITY, _as_list, _some, label_cells, read_parts, read_table, row_ref
 from .heads import make_head
 from .precision import to_device_of
 from .model import TransferModel
@@ -224,7 +224,7 @@ def load_tasks(path, label_columns: list[str], id_columns=None, split_column: st
     for c, flag in [*((c, "--label-columns") for c in tasks), *((c, "--id-columns") for c in ids)]:
         if c not in table.index:
             raise DataError(f"{table.path} has no column {c!r} (columns: {_some(table.header)}): fix {flag}")
-    cells = {c: [v.strip() for v in table.column(c)] for c in tasks}
+    cells = {c: label_cells(table, c) for c in tasks}
     from .data.splits import sorted_classes
     classes = []
     for c, vals in cells.items():
@@ -251,6 +251,8 @@ def task_labels(table, tasks: list[str], classes: list[list[str]]) -> torch.Tens
     out = []
     for c, cl in zip(tasks, classes):
         vals = [v.strip() for v in table.column(c)]
+        if set(vals) - set(cl) - {""}:  # a run's classes as written ("0.0": a run from before label_cells)
+            vals = label_cells(table, c)
         unknown = sorted(set(vals) - set(cl) - {""})
         if unknown:
             raise DataError(f"{table.path}: label column {c!r} holds class(es) the run never saw: "
@@ -290,37 +292,40 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
     backbone = zoo.load(model)
     pipe = pipeline(backbone.modality)
     if hasattr(pipe, "prepare_backbone"):
-        pipe.prepare_backbone(backbone, ds)
+        pipe.prepare_backbone(backbone, ds, echo)  # says what of the table the model reads
     in_dim = backbone(pipe.example_input(backbone)).shape[1]
     seed_everything(seed)
     sizes = [len(c) for c in classes]
     mt = MultiTaskModel(backbone, {t: make_head(in_dim, n, head) for t, n in zip(tasks, sizes)}, sizes, classes)
     recipe = live_recipe(strategy, len(ds.train), len(backbone), epochs, lr, unfreeze)
-    run = RunDir.create(out, overwrite=overwrite)
-    # No single accuracy: the kept epoch is the lowest weighted val loss; each task's accuracy is logged.
-    loss = MultiTaskLoss(sizes, weights)
-    trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask", hooks=[TaskAccuracy(loss, tasks)]),
-                      run=run, loss_fn=loss)
+    from .zoo.paths import spec_path
+    run = RunDir.create(out, overwrite=overwrite, inputs=[data, spec_path(model)])  # never emptied by --overwrite
+    with run.kept_if_finished():  # no --resume: an interrupted run leaves no half directory
+        # No single accuracy: the kept epoch is the lowest weighted val loss; each task's accuracy is logged.
+        loss = MultiTaskLoss(sizes, weights)
+        trainer = Trainer(TrainConfig(seed=seed, progress=progress, task="multitask",
+                                      hooks=[TaskAccuracy(loss, tasks)]), run=run, loss_fn=loss)
 
-    def make_loader(split, shuffle, generator):
-        s, y = (ds.train, y_tr) if split == "train" else (ds.val, y_va)
-        return pipe.make_loader(backbone, s.items, y, batch_size=batch_size, shuffle=shuffle,
-                                generator=generator)
-    trainer.fit(mt, "train", "val", recipe.phases, make_loader=make_loader)
-    run.save_tensors("model.safetensors", mt.state_dict())
-    res = evaluate_multitask(mt, ds.val.items, y_va, classes)
-    # Scored once, after every choice was made on val: reported beside it, never selected on.
-    test = evaluate_multitask(mt, ds.test.items, ds.y_test, classes) if ds.test is not None and len(ds.test) else None
-    config = {"kind": "multitask", "model": model, "tasks": tasks, "classes": classes, "weights": weights,
-              "head": head, "in_dim": int(in_dim), "data_config": backbone.data_config,
-              "strategy": recipe.strategy, "data": str(data), "seed": seed}
-    run.write_yaml("config.yaml", config)
-    run.write_json("split.json", ds.to_split())  # which rows it trained on and chose with: evaluate says them
-    run.remove("checkpoint.pt", "best.safetensors")
-    summary = {**_summary(res, test, len(ds.test) if test else 0, trainer, tasks),
-               "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
-    run.write_json("summary.json", summary)
-    run.release()
+        def make_loader(split, shuffle, generator):
+            s, y = (ds.train, y_tr) if split == "train" else (ds.val, y_va)
+            return pipe.make_loader(backbone, s.items, y, batch_size=batch_size, shuffle=shuffle,
+                                    generator=generator)
+        trainer.fit(mt, "train", "val", recipe.phases, make_loader=make_loader)
+        run.save_tensors("model.safetensors", mt.state_dict())
+        res = evaluate_multitask(mt, ds.val.items, y_va, classes)
+        # Scored once, after every choice was made on val: reported beside it, never selected on.
+        has_test = ds.test is not None and len(ds.test)
+        test = evaluate_multitask(mt, ds.test.items, ds.y_test, classes) if has_test else None
+        config = {"kind": "multitask", "model": model, "tasks": tasks, "classes": classes, "weights": weights,
+                  "head": head, "in_dim": int(in_dim), "data_config": backbone.data_config,
+                  "strategy": recipe.strategy, "data": str(data), "seed": seed}
+        run.write_yaml("config.yaml", config)
+        run.write_json("split.json", ds.to_split())  # which rows it trained on and chose with: evaluate says them
+        run.remove("checkpoint.pt", "best.safetensors")
+        summary = {**_summary(res, test, len(ds.test) if test else 0, trainer, tasks),
+                   "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
+        run.write_json("summary.json", summary)
+        run.release()
     _report_end(echo, summary, run.path)
     return summary
 

@@ -188,34 +188,35 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
     check_options(width, depth, dropout, mask_ratio, epochs, lr, weight_decay, batch_size, seed, rows, missing)
     t0 = time.perf_counter()
     x_np, cols = pretrain_rows(data, label_column, id_columns, split_column, rows, missing, echo)
-    run = RunDir.create(out, overwrite=overwrite)
-    seed_everything(seed)
-    enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")
-    if dropout != 0.1:  # 0.1 is the spec's default
-        enc.spec += f"-d{dropout:g}"
-    info = enc.fit_scaler(x_np, cols, missing)
-    x_raw = torch.from_numpy(x_np)
-    x = enc.scaler(x_raw)  # standardised; missing cells are 0 here
-    observed = ~torch.isnan(x_raw)
-    model = MaskedAutoencoder(enc, nn.Linear(width, len(cols)))
-    # The training loop's metrics.csv: train_loss is the masked-cell MSE; there is no val split.
-    trainer = Trainer(TrainConfig(seed=seed, task="reconstruction", progress=progress, checkpoints=False), run=run,
-                      loss_fn=lambda pred, y: masked_mse(pred, *y))
-    trainer.fit(model, (x, observed), None, [Phase("pretrain", epochs, lr, trainable=None, schedule="onecycle",
-                                                   weight_decay=weight_decay)],
-                make_loader=lambda data, shuffle, gen: MaskedBatches(*data, batch_size, mask_ratio, gen))
-    model.cpu()
-    final, baseline = masked_errors(enc, model.decoder, x, observed, mask_ratio, seed + 1)
-    extra = {"data_config": enc.data_config,
-             "pretrain": {"objective": "masked reconstruction (MSE on hidden standardised values)",
-                          "data": str(Path(data).resolve()), "rows": rows, "n_rows": len(x),
-                          "mask_ratio": mask_ratio, "epochs": epochs, "lr": lr, "seed": seed}}
-    save_backbone(enc, run, extra)
-    summary = {"spec": enc.spec, "n_rows": len(x), "features": len(cols), **info,
-               "masked_mse": final, "masked_mse_predicting_mean": baseline, "masked_mse_rows": "pretraining rows",
-               "wall_seconds": time.perf_counter() - t0}
-    run.write_json("summary.json", summary)
-    run.release()
+    run = RunDir.create(out, overwrite=overwrite, inputs=[data])
+    with run.kept_if_finished():
+        seed_everything(seed)
+        enc = TabularBackbone(len(cols), width, depth, dropout, spec=f"tabular:mlp-{len(cols)}-{width}x{depth}")
+        if dropout != 0.1:  # 0.1 is the spec's default
+            enc.spec += f"-d{dropout:g}"
+        info = enc.fit_scaler(x_np, cols, missing)
+        x_raw = torch.from_numpy(x_np)
+        x = enc.scaler(x_raw)  # standardised; missing cells are 0 here
+        observed = ~torch.isnan(x_raw)
+        model = MaskedAutoencoder(enc, nn.Linear(width, len(cols)))
+        # The training loop's metrics.csv: train_loss is the masked-cell MSE; there is no val split.
+        trainer = Trainer(TrainConfig(seed=seed, task="reconstruction", progress=progress, checkpoints=False), run=run,
+                          loss_fn=lambda pred, y: masked_mse(pred, *y))
+        trainer.fit(model, (x, observed), None, [Phase("pretrain", epochs, lr, trainable=None, schedule="onecycle",
+                                                       weight_decay=weight_decay)],
+                    make_loader=lambda data, shuffle, gen: MaskedBatches(*data, batch_size, mask_ratio, gen))
+        model.cpu()
+        final, baseline = masked_errors(enc, model.decoder, x, observed, mask_ratio, seed + 1)
+        extra = {"data_config": enc.data_config,
+                 "pretrain": {"objective": "masked reconstruction (MSE on hidden standardised values)",
+                              "data": str(Path(data).resolve()), "rows": rows, "n_rows": len(x),
+                              "mask_ratio": mask_ratio, "epochs": epochs, "lr": lr, "seed": seed}}
+        save_backbone(enc, run, extra)
+        summary = {"spec": enc.spec, "n_rows": len(x), "features": len(cols), **info,
+                   "masked_mse": final, "masked_mse_predicting_mean": baseline, "masked_mse_rows": "pretraining rows",
+                   "wall_seconds": time.perf_counter() - t0}
+        run.write_json("summary.json", summary)
+        run.release()
     echo(f"pretrained {enc.spec} on {len(x)} rows: {mse_verdict(final, baseline, len(x))} -> {run.path}")
     return summary
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever deleted by --overwrite
@@ -170,6 +171,17 @@ class RunDir:
         shutil.rmtree(p, ignore_errors=True)
         rd.release()
         return True
+
+    @contextmanager
+    def kept_if_finished(self):
+        """Keep the directory only if the block finishes: a command without --resume that stops part
+        way (Ctrl-C, an error) leaves no half directory, which its rerun would refuse as existing."""
+        try:
+            yield self
+        except BaseException:
+            self.discard()
+            self.release()
+            raise
 
     def discard(self) -> None:
         """Delete a run directory this process created and claimed, when what it holds is worth nothing

@@ -181,3 +181,45 @@ def test_causal_attention_is_read_from_the_config_not_the_head_class_name():
     assert not causal_attention(BertConfig(architectures=["BertLMHeadModel"]))
     assert pick_objective(BertConfig(architectures=["BertLMHeadModel"])) == "masked"
     assert pick_objective(GPT2Config(architectures=["GPT2LMHeadModel"]), "causal") == "causal"
+
+
+JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffdb004300") + bytes(range(256)) * 8
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("img.jpg", JPEG, "is not a .txt or .csv file"),
+    ("table.xlsx", b"text\nfirst passage\nsecond passage\n", "is not a .txt or .csv file"),
+    ("corpus", b"first passage\nsecond passage\n", "is not a .txt or .csv file"),
+    ("img.txt", JPEG, "is not UTF-8 text (byte 0xff at offset 0)"),
+    ("nul.txt", b"first passage\x00\nsecond passage\n", "holds NUL bytes"),
+    ("img.csv", JPEG, "is not UTF-8 text")])
+def test_a_corpus_that_is_not_text_is_refused_before_out_exists(tmp_path, name, content, words):
+    """`adapt img.jpg` read the JPEG as UTF-8 with replacement characters: ~1000 garbled 'passages',
+    trained on; a CSV renamed .xlsx was read as lines of text."""
+    p = tmp_path / name
+    p.write_bytes(content)
+    r = adapt_cli(tmp_path / "lm", p, "--model", "packaged:minilm", "--epochs", "0")
+    assert r.exit_code == 2 and words in r.output and str(p) in r.output, r.output
+    assert ".txt" in r.output and "text column" in r.output, r.output  # what is taken instead
+    assert not (tmp_path / "lm").exists()
+
+
+def test_an_interrupted_adapt_leaves_no_directory_and_says_to_run_it_again(tmp_path, corpus, tiny_bert_dir,
+                                                                          monkeypatch):
+    """Ctrl-C printed a bare 'error: interrupted' and left .lock, .rehead-run and metrics.csv in --out: the
+    rerun was refused ('already exists') and `fit --model OUT` said it 'is not a model spec'."""
+    from rehead.train import loop
+    calls = []
+
+    def ctrl_c():
+        calls.append(1)
+        if len(calls) == 3:  # the second epoch's start: the first one's metrics.csv is written
+            raise KeyboardInterrupt
+    args = [corpus, "--model", f"hf:{tiny_bert_dir}", "--epochs", "3", "--max-length", "16"]
+    with monkeypatch.context() as m:
+        m.setattr(loop, "check_interrupt", ctrl_c)
+        r = adapt_cli(tmp_path / "lm", *args)
+    assert r.exit_code == 130 and "nothing was saved" in r.output, r.output
+    assert "rehead adapt cannot resume" in r.output and "run the same command again" in r.output, r.output
+    assert not (tmp_path / "lm").exists()
+    assert adapt_cli(tmp_path / "lm", *args).exit_code == 0  # the same command, no --overwrite

@@ -157,3 +157,6 @@ def test_a_split_is_named_by_the_values_the_file_holds(tmp_path):
     ds = load_dataset(write_csv(tmp_path / "t.csv", ["text", "label", "split"], rows))
     assert "(split=independent)" in ds.info["split"] and "(split=test)" not in ds.info["split"], ds.info["split"]
     assert "(split=train)" in ds.info["split"] and len(ds.test) == 10
+    table = [[f"{i % 7}.5", f"{i % 3}.25", "ab"[i % 2], ["train", "independent"][i >= 30]] for i in range(40)]
+    ds = load_dataset(write_csv(tmp_path / "g.csv", ["x", "y", "label", "split"], table))  # golub's case: a table
+    assert ds.modality == "tabular" and "(split=independent)" in ds.info["split"], ds.info["split"]

@@ -536,3 +536,37 @@ def test_a_run_records_its_model_path_absolute_so_it_loads_from_anywhere(tmp_pat
     again, first = (r.predict([item])[0]["top"] for r in (Run(tmp_path / "c"), c))
     assert [t["label"] for t in again] == [t["label"] for t in first]
     assert [t["prob"] for t in again] == pytest.approx([t["prob"] for t in first], abs=1e-6)
+
+
+def test_a_fit_into_the_directory_of_its_own_model_is_refused_before_any_work(tmp_path, image_folder, tiny_spec,
+                                                                             monkeypatch):
+    from rehead.config import ConfigError
+    from rehead.fit import fit
+    _fit(image_folder, tmp_path / "bb", tiny_spec, epochs=1)
+    _fit(image_folder, tmp_path / "r2", str(tmp_path / "bb"), epochs=1)  # made from bb: bb rebuilds it
+    before = (tmp_path / "bb" / "config.yaml").read_text()
+    import sys
+    monkeypatch.setattr(sys.modules["rehead.fit"], "_prepare", lambda *a, **k: pytest.fail("work began"))
+    for model, out in ((tmp_path / "bb", tmp_path / "bb"), (tmp_path / "bb", tmp_path / "bb" / ".." / "bb"),
+                       (tmp_path / "r2", tmp_path / "bb"), (tmp_path / "bb", tmp_path)):
+        with pytest.raises(ConfigError, match="--out .* would replace"):
+            fit(str(image_folder), model=model, out=out, overwrite=True, strategy="extract", progress=False,
+                echo=lambda *a: None)
+    assert (tmp_path / "bb" / "config.yaml").read_text() == before
+
+
+def test_a_run_whose_model_leads_back_to_itself_is_a_clear_error(tmp_path, image_folder, tiny_spec):
+    import yaml
+    from rehead import zoo
+    from rehead.rundir import BadRun
+    for name in ("a", "b"):
+        _fit(image_folder, tmp_path / name, tiny_spec, epochs=1)
+    for name, model in (("a", "a"), ("b", "c"), ("c", "b")):  # a names itself; b and c each other
+        if name == "c":
+            (tmp_path / "c").mkdir()
+            (tmp_path / "c" / "config.yaml").write_text((tmp_path / "b" / "config.yaml").read_text())
+        cfg = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": str(tmp_path / model)}))
+    for name in ("a", "b"):
+        with pytest.raises(BadRun, match="leads back to itself"):
+            zoo.load(str(tmp_path / name))

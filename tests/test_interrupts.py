@@ -102,3 +102,7 @@ def test_overwrite_never_empties_a_run_directory_holding_the_data(tmp_path, imag
                                  str(tmp_path / "old"), "--overwrite", "--workers", "0"], env={"COLUMNS": "300"})
     assert r.exit_code != 0 and "which this command reads" in r.output, r.output
     assert len(list((tmp_path / "old" / "mydata").rglob("*.jpg"))) == n
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "old" / "mydata"), "--model", tiny_spec, "--out",
+                                 str(tmp_path / "old"), "--overwrite", "--workers", "0"], env={"COLUMNS": "300"})
+    assert r.exit_code != 0 and "which this command reads" in r.output, r.output
+    assert len(list((tmp_path / "old" / "mydata").rglob("*.jpg"))) == n

@@ -206,3 +206,66 @@ def test_cli_source_agreement_with_data_is_refused_not_dropped(tmp_path, image_f
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), str(image_folder), "--source-agreement",
                                  str(image_folder)])
     assert r.exit_code == 2 and "scores no DATA" in r.output and "agreement" not in r.output.split("error")[0]
+
+
+def _encoder(tmp_path):
+    """A tiny table and an encoder pretrained on it (the golub repro in small)."""
+    from rehead.pretrain import pretrain
+    from tests.test_tabular import low_rank_table
+    p, _ = low_rank_table(tmp_path / "t.csv")
+    pretrain(p, tmp_path / "enc", width=16, depth=2, epochs=2, label_column="a", id_columns="patient,b",
+             progress=False, echo=quiet)
+    return p, dict(model=str(tmp_path / "enc"), label_column="a", id_columns="patient,b", batch_size=8,
+                   workers=0, progress=False)
+
+
+def test_auto_with_a_backbone_method_plans_backbone_training_and_says_so(tmp_path, image_folder, tiny_spec):
+    said = []  # auto alone extracts on this data (test_fit's test_auto_strategy_says_what_it_chose)
+    run = fit(image_folder, model=tiny_spec, out=tmp_path / "r", method="l2sp", alpha=5.0, epochs=1, workers=0,
+              progress=False, echo=said.append)
+    assert run.config["strategy"] != "extract" and any(p["trainable"] != 0 for p in run.config["phases"])
+    assert any(s.startswith("strategy auto -> ") and "--method l2sp needs backbone training" in s for s in said)
+    assert run.config["methods"] == [{"method": "l2sp", "alpha": 5.0, "beta": 0.01}]
+
+
+def test_auto_that_cannot_afford_backbone_training_refuses_a_backbone_method_before_writing(tmp_path, image_folder,
+                                                                                           tiny_spec, monkeypatch):
+    from rehead import auto
+    from rehead.config import ConfigError
+    monkeypatch.setattr(auto, "time_epoch", lambda *a, **k: 1e9)  # no unfrozen epoch fits the budget
+    with pytest.raises(ConfigError, match="--method l2sp needs backbone training.*--strategy finetune"):
+        fit(image_folder, model=tiny_spec, out=tmp_path / "r", method="l2sp", workers=0, progress=False, echo=quiet)
+    assert not (tmp_path / "r").exists()
+
+
+def test_decide_with_a_backbone_method_never_plans_extract():
+    from rehead.auto import decide
+    for n in (5, 200):  # similarity unmeasured; small + similar
+        row = {"cut": 4, "stage": "s4", "acc": 0.99, "skill": 0.98}
+        plan = decide(None if n == 5 else [row], n, 4, chance=0.5, needs_training="guided")
+        assert plan["unfreeze"] and plan["strategy"] != "extract", plan
+        assert "--method guided needs backbone training" in plan["reason"]
+    assert decide(None, 5, 4)["strategy"] == "extract"
+
+
+def test_guided_on_a_table_with_auto_trains_the_encoder_and_leaves_no_broken_run(tmp_path):
+    p, kw = _encoder(tmp_path)  # was: refused after auto's probe, leaving a run --resume could never finish
+    said = []
+    run = fit(p, out=tmp_path / "g", method="guided", scouts=2, scout_size=6, scout_epochs=1, epochs=1,
+              echo=said.append, **kw)
+    assert run.config["strategy"] != "extract" and (tmp_path / "g" / "guide.safetensors").exists()
+    assert any("--method guided needs backbone training" in s for s in said)
+
+
+def test_a_backbone_method_where_no_backbone_weight_trains_is_refused_before_the_run_directory(tmp_path,
+                                                                                            image_folder, tiny_spec):
+    from rehead.config import ConfigError
+    allowed = "finetune, gradual or full"  # one list, in every such refusal
+    for kw in ({"strategy": "head", "method": "guided"}, {"strategy": "head", "method": "l2sp"},
+               {"strategy": "extract", "hooks": method_hooks("guided")},
+               {"strategy": "extract", "hooks": method_hooks("l2sp")},
+               {"strategy": "auto", "task": "multilabel", "method": "l2sp"}):
+        with pytest.raises(ConfigError, match=allowed):
+            fit(image_folder, model=tiny_spec, out=tmp_path / "x", epochs=1, workers=0, progress=False, echo=quiet,
+                **kw)
+        assert not (tmp_path / "x").exists(), kw

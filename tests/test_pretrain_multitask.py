@@ -270,3 +270,55 @@ def test_rehead_evaluate_scores_each_head_and_counts_the_rows_it_trained_on(mt_r
     assert "optimistic" in res["a"]["warning"]
     r = cli("evaluate", run, tmp_path / "all.csv")
     assert r.exit_code == 0 and "a: 150 of 200 scored rows were seen by this run" in r.output, r.output
+
+
+# -- interrupted runs, label cells as written -----------------------------------------------------
+def ctrl_c_at(monkeypatch, call: int):
+    """A Ctrl-C at the training loop's ``call``-th interrupt check (mid-training, files already written)."""
+    from rehead.train import loop
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "check_interrupt", check)
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "fit-multitask"])
+def test_an_interrupted_run_leaves_no_directory_and_says_to_run_it_again(tmp_path, monkeypatch, cmd):
+    """Ctrl-C printed a bare 'error: interrupted' and left a half --out (fit-multitask: checkpoint.pt but no
+    config.yaml; pretrain: .lock, .rehead-run, metrics.csv) that the rerun refused as existing, `fit --resume`
+    as 'not a rehead run directory' and `--model` as 'not a model spec'. Neither command can resume."""
+    p = iris(tmp_path / "iris.csv")
+    args = {"pretrain": ["pretrain", p, "--id-columns", "big", "--width", 8, "--depth", 1],
+            "fit-multitask": ["fit-multitask", p, "--label-columns", "label,big", "--model", "tabular:mlp-4-8x1"]}
+    args = [*args[cmd], "--out", tmp_path / "out", "--epochs", 3, "-q"]
+    with monkeypatch.context() as m:
+        ctrl_c_at(m, 8)  # in the second epoch
+        r = cli(*args)
+    assert r.exit_code == 130 and "nothing was saved" in r.output, r.output
+    assert f"rehead {cmd} cannot resume" in r.output and "run the same command again" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+    r = cli(*args)  # the same command, no --overwrite
+    assert r.exit_code == 0, r.output
+
+
+def test_fit_multitask_keeps_whole_number_classes_pandas_wrote_as_floats(tmp_path):
+    """An int column with an empty cell is float to pandas, so to_csv writes 0 and 1 as 0.0 and 1.0: the
+    classes were "0.0" and "1.0", not the 0 and 1 the user gave. A column of other numbers stays as written."""
+    from pathlib import Path
+    from rehead.multitask import evaluate_multitask_run, fit_multitask
+    df = pd.read_csv(iris(tmp_path / "full.csv"))
+    df["code"] = (df["big"] == "big").astype(int)
+    df.loc[::10, "code"] = None
+    df.to_csv(tmp_path / "gaps.csv", index=False)
+    assert ",1.0\n" in (tmp_path / "gaps.csv").read_text()
+    s = fit_multitask(tmp_path / "gaps.csv", "label,code", "tabular:mlp-4-8x1", tmp_path / "mt", id_columns="big",
+                      epochs=1, progress=False, echo=lambda *_: None)
+    assert s["tasks"]["code"]["classes"] == ["0", "1"], s["tasks"]["code"]
+    assert "- '1'" in (tmp_path / "mt" / "config.yaml").read_text()
+    assert evaluate_multitask_run(tmp_path / "mt", tmp_path / "gaps.csv")["code"]["n"] == 135
+    from rehead.data.tabular import Table, label_cells
+    t = Table(Path("t.csv"), ["a", "b", "c"], [["0.5", "1.0", "07"], ["1.0", "", "1"]])
+    assert (label_cells(t, "a"), label_cells(t, "b"), label_cells(t, "c")) == (["0.5", "1.0"], ["1", ""], ["07", "1"])

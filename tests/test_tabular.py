@@ -49,13 +49,47 @@ def test_a_column_that_numbers_the_rows_is_said_to_be_an_identifier(tmp_path):
     rows = list(csv.reader(open(p)))
     rows[0].insert(1, "n")
     for i, r in enumerate(rows[1:]):
+        r[0] = str(1000 + 7 * i)  # a numbered patient: read (and warned of) as the number it is
         r.insert(1, str(i + 1))
     write_csv(tmp_path / "n.csv", rows[0], rows[1:])
-    said = " ".join(load_dataset(tmp_path / "n.csv", label_column="a", id_columns="b").info["warnings"])
+    said = " ".join(warned(tmp_path / "n.csv", "tabular:mlp-18-8x1", id_columns="b"))
     assert "'patient', 'n' look like row identifiers" in said and "--id-columns patient,n" in said
-    assert not load_dataset(tmp_path / "n.csv", label_column="a", id_columns="patient,n,b").info.get("warnings")
+    assert not warned(tmp_path / "n.csv", "tabular:mlp-16-8x1", id_columns="patient,n,b")
     # real counts are not numbered rows
-    assert not load_dataset(p, label_column="a", id_columns="patient,b").info.get("warnings")
+    assert not warned(p, "tabular:mlp-16-8x1", id_columns="patient,b")
+
+
+def warned(path, model, **kw) -> list[str]:
+    """The data warnings a fit of ``model`` on the table says and records (said when the model meets the
+    table: what is read depends on it)."""
+    from rehead.data.tabular import prepare_backbone
+    ds = load_dataset(path, label_column="a", **kw)
+    said = []
+    prepare_backbone(zoo.load(str(model)), ds, said.append)
+    assert [f"warning: {w}" for w in ds.info.get("warnings", [])] == [s for s in said if s.startswith("warning")]
+    return ds.info.get("warnings", [])
+
+
+def test_a_column_a_pretrained_encoder_does_not_read_is_said_not_read_and_not_counted(tmp_path):
+    """fit --model ENC (pretrained with --id-columns patient) without --id-columns warned that 'patient' is read
+    as a feature, then noted the encoder does not read it; config.yaml recorded the table's 17 columns, not the
+    16 read. An id-like column the encoder does read is warned of, with the fix in its pretraining."""
+    from rehead.fit import fit
+    from rehead.pretrain import pretrain
+    p, _ = low_rank_table(tmp_path / "t.csv")
+    rows = list(csv.reader(open(p)))
+    write_csv(tmp_path / "n.csv", ["n", *rows[0]], [[str(i + 1), *r] for i, r in enumerate(rows[1:])])
+    pretrain(tmp_path / "n.csv", tmp_path / "enc", width=8, depth=1, epochs=1, label_column="a",
+             id_columns="patient,b", progress=False, echo=lambda *_: None)  # reads n (1..80): an identifier
+    said = []
+    fit(tmp_path / "n.csv", model=str(tmp_path / "enc"), out=tmp_path / "run", strategy="full", epochs=1,
+        progress=False, label_column="a", id_columns="b", echo=said.append)
+    text = " | ".join(said)
+    assert "'patient'" not in " ".join(s for s in said if s.startswith("warning")), text
+    assert "'n' look like row identifiers and the encoder reads them" in text and "pretrain it again" in text, text
+    assert any(s.startswith("note: the encoder reads the 17 column(s)") and "'patient'" in s for s in said), text
+    import yaml
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data_summary"]["features"] == 17
 
 
 def test_standardisation_is_fitted_on_training_rows_only_and_travels(tmp_path):

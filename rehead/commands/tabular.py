@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, guarded
+from ..cli import app, guarded, restart_if_interrupted
 
 
 @app.command()
@@ -29,10 +29,11 @@ def pretrain(data: str = typer.Argument(..., help="CSV of numeric feature column
     """Pretrain an MLP encoder on a table by masked reconstruction; save only the encoder
     (then: rehead fit TABLE --model OUT)."""
     from ..pretrain import pretrain as run
-    run(data, out, width=width, depth=depth, dropout=dropout, mask_ratio=mask_ratio, epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, label_column=label_column, id_columns=id_columns,
-        split_column=split_column, rows=rows, missing=missing, overwrite=overwrite, progress=not quiet,
-        echo=typer.echo)
+    with restart_if_interrupted("rehead pretrain", out):
+        run(data, out, width=width, depth=depth, dropout=dropout, mask_ratio=mask_ratio, epochs=epochs, lr=lr,
+            batch_size=batch_size, seed=seed, label_column=label_column, id_columns=id_columns,
+            split_column=split_column, rows=rows, missing=missing, overwrite=overwrite, progress=not quiet,
+            echo=typer.echo)
 
 
 @app.command("fit-multitask")
@@ -51,6 +52,7 @@ def fit_multitask(data: str = typer.Argument(..., help="CSV with two or more lab
     """Train one head per label column on a shared backbone; each head is evaluated on its own, on val
     and (scored once, never for selection) on the split=test rows."""
     from ..multitask import fit_multitask as run
-    run(data, label_columns, model, out, weights=weights, id_columns=id_columns, split_column=split_column,
-        strategy=strategy, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
-        overwrite=overwrite, progress=not quiet, echo=typer.echo)
+    with restart_if_interrupted("rehead fit-multitask", out):
+        run(data, label_columns, model, out, weights=weights, id_columns=id_columns, split_column=split_column,
+            strategy=strategy, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
+            overwrite=overwrite, progress=not quiet, echo=typer.echo)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, guarded
+from ..cli import app, guarded, restart_if_interrupted
 
 
 @app.command()
@@ -31,6 +31,7 @@ def adapt(corpus: str = typer.Argument(..., help=".txt (one passage per line), a
     """Continue training a language model on a domain corpus; report held-out perplexity before
     and after. The output directory is a backbone: `rehead fit DATA --model OUT`."""
     from ..adapt import adapt as run_adapt
-    run_adapt(corpus, model, out, objective=objective, epochs=epochs, lr=lr, batch_size=batch_size,
-              max_length=max_length, val_fraction=val_fraction, mlm_probability=mlm_probability, seed=seed,
-              text_column=text_column, overwrite=overwrite, progress=not quiet, echo=typer.echo)
+    with restart_if_interrupted("rehead adapt", out):
+        run_adapt(corpus, model, out, objective=objective, epochs=epochs, lr=lr, batch_size=batch_size,
+                  max_length=max_length, val_fraction=val_fraction, mlm_probability=mlm_probability, seed=seed,
+                  text_column=text_column, overwrite=overwrite, progress=not quiet, echo=typer.echo)

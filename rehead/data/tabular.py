@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from . import DataError, Dataset, Part, Parts
 from .csvio import read_rows
-from .splits import has_split_column, split_column_parts
+from .splits import has_split_column, split_column_parts, split_where
 
 MODALITY = "tabular"
 
@@ -100,6 +101,20 @@ def read_table(path) -> Table:
     return _TABLES[key]
 
 
+WHOLE = re.compile(r"[+-]?\d+(\.0*)?")
+
+
+def label_cells(table: Table, name: str) -> list[str]:
+    """A label column's stripped cells, as written; but a column of whole numbers written as floats reads as
+    the whole numbers ("1.0" -> "1"): pandas writes an int column with an empty cell as floats (0 -> 0.0), so
+    the classes the user gave as 0 and 1 came back as "0.0" and "1.0"."""
+    cells = [v.strip() for v in table.column(name)]
+    given = [v for v in cells if v]
+    if not any("." in v for v in given) or not all(WHOLE.fullmatch(v) for v in given):
+        return cells
+    return [str(int(v.split(".")[0])) if "." in v else v for v in cells]
+
+
 def feature_columns(table: Table, label_column, id_columns, split_column) -> list[str]:
     skip = set(id_columns) | {split_column} | set([label_column] if isinstance(label_column, str) else label_column or [])
     cols = [c for c in table.header if c not in skip]
@@ -133,10 +148,18 @@ def id_like(table: Table, cols: list[str]) -> list[str]:
 
 def id_warning(table: Table, cols: list[str]) -> str | None:
     ids = id_like(table, cols)
-    if not ids:
-        return None
+    return id_message(table.path, ids) if ids else None
+
+
+def id_message(where, ids: list[str], pretrained: bool = False) -> str:
+    """The warning for identifier-like columns a model reads; a pretrained encoder reads its own columns,
+    so the fix is in its pretraining, not in this fit's --id-columns."""
     shown = ", ".join(repr(c) for c in ids[:5]) + (" ..." if len(ids) > 5 else "")
-    return (f"{table.path}: column(s) {shown} look like row identifiers and are read as features (a model can "
+    if pretrained:
+        return (f"{where}: column(s) {shown} look like row identifiers and the encoder reads them (it was pretrained "
+                "with them as features; a model can learn the row order from them): pretrain it again leaving them "
+                f"out with --id-columns {','.join(ids)}")
+    return (f"{where}: column(s) {shown} look like row identifiers and are read as features (a model can "
             f"learn the row order from them): leave them out with --id-columns {','.join(ids)}")
 
 
@@ -190,17 +213,20 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
     fj = [table.index[c] for c in cols]
     keys = [tuple(r[j] for j in fj) for r in table.rows]  # same cells = same sample
     if has_split_column(table.header, split_column, table.path):
-        idx = split_column_parts([v.strip() for v in table.column(split_column)], table.path)
-        where = {k: f"{table.path} (split={k})" for k in idx}
+        values = [v.strip() for v in table.column(split_column)]
+        idx = split_column_parts(values, table.path)
+        where = {k: split_where(table.path, k, values, ix) for k, ix in idx.items()}
     else:
         idx, where = {"all": list(range(len(items)))}, {"all": str(table.path)}
     at = getattr(table.rows, "line", None)
     parts = {k: Part([items[i] for i in ix], [labels[i] for i in ix], where[k], [keys[i] for i in ix],
                      [at[i] for i in ix] if at else None) for k, ix in idx.items()}
-    w = None if eval_only else id_warning(table, cols)
-    return Parts(parts, str(table.path), warnings=[w] if w else [], files=[str(table.path)], labels_from=label_column,
+    # Identifier-like columns are warned of by prepare_backbone, once the model is known: a pretrained
+    # encoder reads its own columns, and a warning here said 'read as a feature' of a column it never reads.
+    return Parts(parts, str(table.path), files=[str(table.path)], labels_from=label_column,
                  info={"features": len(cols), "missing": missing},
                  extra={"feature_columns": cols, "missing": missing,
+                        "id_like": [] if eval_only else id_like(table, cols),
                         "held_columns": [c for c in table.header if c not in cols]})
 
 
@@ -334,6 +360,7 @@ def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
         cols = backbone.data_config["columns"]
         missing = backbone.data_config.get("missing", "error")
         check_values(rows_of(items, cols), cols, ds.source, missing, items)
+        columns_read(ds, cols, echo, pretrained=True)
         return
     x = rows_of(items, cols)  # a non-numeric column first: its fix changes the feature count
     if len(cols) != backbone.in_features:
@@ -342,6 +369,20 @@ def prepare_backbone(backbone, ds: Dataset, echo=None) -> None:
                         "with --id-columns")
     check_values(x, cols, ds.source, missing, items)
     backbone.fit_scaler(rows_of(ds.train.items, cols), cols, missing)
+    columns_read(ds, cols, echo, pretrained=False)
+
+
+def columns_read(ds: Dataset, cols: list[str], echo=None, pretrained: bool = False) -> None:
+    """What the model reads of the table, said and recorded once it is known: the feature count (a pretrained
+    encoder's columns, not the table's), and a warning for the identifier-like columns among them only."""
+    ds.info = {**ds.info, "features": len(cols)}  # a new dict: a caller's Dataset may share the old one
+    ids = [c for c in getattr(ds, "id_like", ()) if c in cols]
+    if not ids:
+        return
+    w = id_message(ds.source, ids, pretrained)
+    ds.info["warnings"] = [*ds.info.get("warnings", []), w]  # the run's record of its data warnings
+    if echo:
+        echo(f"warning: {w}")
 
 
 def text_column_hint(ds: Dataset) -> str:

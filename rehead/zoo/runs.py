@@ -2,9 +2,13 @@
 prefix of a fit run. The registry reads run directories here, without importing ``rehead.run``."""
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 from ..rundir import BadRun, RunDir, load_tensors, read_yaml
+
+_loading = threading.local()  # .dirs: the run directories this thread is loading, outermost first
 
 
 def save_backbone(backbone, out, extra: dict | None = None) -> None:
@@ -15,9 +19,46 @@ def save_backbone(backbone, out, extra: dict | None = None) -> None:
     run.save_tensors("backbone.safetensors", backbone.state_dict())
 
 
+def source_paths(spec) -> list[Path]:
+    """The local paths a model spec is built from, resolved: the folder or file it names, then, while
+    that is a run directory, the one its config.yaml names as its model, and so on (a cycle stops)."""
+    paths: list[Path] = []
+    p = _named_path(spec)
+    while p is not None and p not in paths:
+        paths.append(p)
+        try:
+            p = _named_path(read_yaml(p / "config.yaml").get("model")) if (p / "config.yaml").is_file() else None
+        except BadRun:
+            p = None
+    return paths
+
+
+def _named_path(spec) -> Path | None:
+    from .paths import spec_path
+    p = spec_path(spec)
+    return Path(p).resolve() if p else None
+
+
 def load_backbone_from_run(run_dir: Path, pretrained: bool = True):
-    from . import load
+    """Through a guard: a run whose model leads back to itself (a fit written over its own model
+    directory) is one clear error, not a RecursionError."""
     run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    stack = _loading.__dict__.setdefault("dirs", [])
+    if key in stack:
+        chain = " -> ".join(str(p) for p in stack[stack.index(key):] + [key])
+        raise BadRun(f"{run_dir}'s model leads back to itself ({chain}): its config.yaml names itself, or a run "
+                     "made from it, as its model (a fit with --out over its own model replaced those weights); fit "
+                     "it again from the model it was first made from")
+    stack.append(key)
+    try:
+        return _load_from_run(run_dir, pretrained)
+    finally:
+        stack.pop()
+
+
+def _load_from_run(run_dir: Path, pretrained: bool):
+    from . import load
     cfg = read_yaml(run_dir / "config.yaml")
     kind = cfg.get("kind", "fit")
     if kind not in ("backbone", "fit", "soup"):
