@@ -248,7 +248,7 @@ def decide(table: list[dict] | None, n_train: int, depth: int, chance: float | N
             cut = best["cut"]
             where = f"features from an earlier cut, cut {cut} ({best['stage']}), "
         unfreeze = _steps(max(1, cut // 2), -1) if cut > 1 else [-1]
-        action = where + "the head, then unfreeze half the stages, then all of them (each kept only if val improves)"
+        action = where + f"the head, then unfreeze {_say(unfreeze)} (each kept only if val improves)"
     elif sim == "unmeasured" or (size == "small" and sim == "similar"):
         action = "features from the top: extract (a new head on frozen features)"
     elif size == "small" and earlier_better:
@@ -316,8 +316,14 @@ def fit_budget(plan: dict, epoch_seconds: float, budget_minutes: float, epochs: 
     e = epochs or max(1, min(MAX_EPOCHS, affordable // len(steps)))
     plan.update(unfreeze=steps, epochs=int(e),
                 strategy="finetune" if len(steps) == 1 else "gradual")
-    plan["reason"] += (f"; {e} epoch(s) per unfreezing phase: ~{len(steps) * e * epoch_seconds / 60:.1f} of "
-                       f"{budget_minutes:g} min (measured ~{epoch_seconds:.0f} s an epoch)")
+    need_s = len(steps) * e * epoch_seconds
+    if epochs and need_s > budget_s:  # not capped: the user's --epochs is kept, and AutoGuard keeps to the budget
+        plan["reason"] += (f"; --epochs {e} asked: ~{need_s / 60:.1f} min (measured ~{epoch_seconds:.0f} s an epoch), "
+                           f"over the {budget_minutes:g} min budget: the budget stops the phases early (raise "
+                           "--budget for every epoch)")
+    else:
+        plan["reason"] += (f"; {e} epoch(s) per unfreezing phase: ~{need_s / 60:.1f} of {budget_minutes:g} min "
+                           f"(measured ~{epoch_seconds:.0f} s an epoch)")
     return plan
 
 

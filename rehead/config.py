@@ -80,7 +80,7 @@ class FitConfig:
         "what --strategy auto measured and chose (written by auto, read back by --resume)", cli=False))
     epochs: int | None = field(default=None, metadata=opt("epochs per phase (strategy default when unset)"))
     lr: float | None = field(default=None, metadata=opt("top learning rate, the head's (strategy default when unset; text finetune and auto: 2e-3)"))
-    find_lr: bool = field(default=False, metadata=opt("run the LR finder on the head first and train at its suggestion (unfrozen phases at their usual fraction of it: finetune /10)"))
+    find_lr: bool = field(default=False, metadata=opt("run the LR finder and train at its suggestion: with unfrozen phases it steps the first one's stages and sets that phase's LR (the others keep the recipe's ratios); else the head's"))
     unfreeze: int | None = field(default=None, metadata=opt(
         "finetune/gradual: how many last stages to unfreeze, -1 every one (default 2; text finetune: -1)"))
     lr_decay: float | None = field(default=None, metadata=opt(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shlex
 import sys
 import time
 import types
@@ -422,14 +423,8 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
 def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resuming: bool = False) -> Run | None:
     cfg, ds, recipe = job.cfg, job.ds, job.recipe
     if job.cfg.find_lr and cfg.lr is None and not resuming:
-        if recipe.phases and all(p.solver for p in recipe.phases):  # auto chose extract: no LR to find
-            echo(f"note: --find-lr has nothing to set: this fit runs extract, whose {cfg.head} head is solved on "
-                 "cached features with no learning rate; the range test is skipped")
-            cfg = job.cfg = cfg.replace(find_lr=False)  # config.yaml records what ran
-        else:
-            res = find_lr(ds, config=cfg, out=run, progress=progress, echo=echo)
-            cfg = job.cfg = cfg.replace(lr=res["suggested"])
-            recipe = job.recipe = _recipe(cfg, len(ds.train), job.cut)
+        _find_lr_for(job, run, echo, progress)
+        cfg, recipe = job.cfg, job.recipe
     t0 = time.perf_counter()
     if recipe.reason:
         echo(f"strategy {'auto -> ' if cfg.strategy == 'auto' else ''}{recipe.strategy}: {recipe.reason}")
@@ -520,6 +515,41 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     run.remove("checkpoint.pt", "best.safetensors")
     _report_end(echo, summary, ds, run.path)
     return run_obj
+
+
+def _find_lr_for(job: _Job, run: RunDir, echo, progress) -> None:
+    """--find-lr inside fit: sets ``job.cfg.lr`` (and the recipe) from a range test. With unfrozen phases
+    the test steps the first one's stages (their LR spread as the recipe's), and its suggestion is that
+    phase's LR: the head alone on cached features suggested 0.115 on MiniLM, whose unfrozen phases then ran
+    at 0.0115, 57x text's default, and the fine-tune fell apart. --lr is set so that the recipe gives that
+    phase the suggestion (the other phases keep the recipe's ratios to it): --resume rebuilds it from --lr."""
+    cfg, ds, recipe = job.cfg, job.ds, job.recipe
+    if recipe.phases and all(p.solver for p in recipe.phases):  # auto chose extract: no LR to find
+        echo(f"note: --find-lr has nothing to set: this fit runs extract, whose {cfg.head} head is solved on "
+             "cached features with no learning rate; the range test is skipped")
+        job.cfg = cfg.replace(find_lr=False)  # config.yaml records what ran
+        return
+    live = [i for i, p in enumerate(recipe.phases) if not p.on_features and p.trainable != 0]
+    if not live:
+        res = find_lr(ds, config=cfg, out=run, progress=progress, echo=echo)
+        job.cfg = cfg.replace(lr=res["suggested"])
+        job.recipe = _recipe(job.cfg, len(ds.train), job.cut)
+        return
+    first = recipe.phases[live[0]]
+    res = find_lr(ds, config=cfg, out=run, unfreeze=first.trainable, progress=progress, echo=echo, hint=False)
+    share = _recipe(cfg.replace(lr=1.0), len(ds.train), job.cut).phases[live[0]].lr  # the phase's LR per unit --lr
+    job.cfg = cfg.replace(lr=res["suggested"] / share)
+    job.recipe = _recipe(job.cfg, len(ds.train), job.cut)
+    echo(_found_lr_line(job.recipe, live, first.trainable))
+
+
+def _found_lr_line(recipe, live: list[int], unfreeze: int) -> str:
+    """Which LR --find-lr found, and what each phase runs at."""
+    stages = "every stage" if unfreeze == -1 else f"the last {unfreeze} stage(s)"
+    found = recipe.phases[live[0]].lr
+    said = [f"{p.name} {p.lr:.2e}" if i in live else f"{p.name} solved (no LR)" if p.solver else
+            f"{p.name} {p.lr:.2e} (the recipe's ratio to it)" for i, p in enumerate(recipe.phases)]
+    return f"--find-lr: {found:.2e}, measured with {stages} training; phases: {', '.join(said)}"
 
 
 def _kept_on_features(trainer, recipe, features) -> bool:
@@ -736,6 +766,8 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
                                                               f"val loss {p['best_val_loss']:.4f}") + _stopped(p)
                                     for p in phases)
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
+    elif phases and _stopped(phases[0]):  # one phase: no phases line, but an early stop is still worth saying
+        echo(f"{phases[0]['phase']}{_stopped(phases[0])}; kept epoch {s['kept_epoch']}")
     for note in (s.get("note"), s.get("input_note"), s.get("budget_note")):
         if note:
             echo(note)
@@ -748,8 +780,9 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
     if "test_n" in s:
         test = "; test " + ", ".join(f"{'accuracy' if k == 'acc' else k} {s['test_' + k]:.4f}" for k in keys) \
             + f" ({s['test_n']} samples, scored once, not used for selection)"
+    q = shlex.quote(str(out))  # a path with spaces pastes into a shell as one argument
     echo(f"{val} ({len(ds.val)} samples){test} -> {out}\n"
-         f"next: rehead evaluate {out} | rehead predict {out} FILES | rehead report {out}")
+         f"next: rehead evaluate {q} | rehead predict {q} FILES | rehead report {q}")
 
 
 def _cached_features(model, ds, cache, cfg: FitConfig, progress, echo):
@@ -862,16 +895,16 @@ def _hooks_from(cfg_yaml: dict) -> list:
 # -- LR finder -------------------------------------------------------------------------------------
 def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir | None = None, unfreeze: int = 0,
             steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0, progress: bool = True,
-            echo=print, **options) -> dict:
+            echo=print, hint: bool = True, **options) -> dict:
     """LR range test for the head (``unfreeze=0``: on cached features) or the head plus the last
-    ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``."""
+    ``unfreeze`` stages (live, discriminative LRs kept in ratio). Writes lr_find.json/png to ``out``.
+    ``hint``: say what to give `rehead fit` (off when fit runs the test itself)."""
     from .train.lr_find import lr_find, plot
     cfg = _config(config, options)
     if unfreeze == 0 and "lr_decay" in options:  # it would be recorded and unused: no backbone stage trains
         raise ConfigError(f"--lr-decay {options['lr_decay']:g} is the LR ratio between unfrozen stages; with "
                           "--unfreeze 0 only the head is tested: give --unfreeze N, or leave --lr-decay out")
-    if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts; with stages
-        cfg = cfg.replace(strategy="finetune" if unfreeze else "extract")  # ... at a fine-tune's LR spread
+    cfg = _range_test_config(cfg, unfreeze)
     if out is not None and not isinstance(out, RunDir) and Path(out).exists() and not _is_lr_dir(Path(out)) \
             and any(Path(out).iterdir()):  # before the range test, not after it
         raise RunExists(f"{out} exists and holds more than an lr-find output (lr_find.json/png): choose another --out")
@@ -907,7 +940,7 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     lo, hi = res["range"]
     echo(f"suggested LR {res['suggested']:.2e} (steepest descent over a decade, at most the minimum's / 10); "
          f"try {lo:.1e} .. {hi:.1e}" + (f"; plot: {where}" if where else ""))
-    if unfreeze:  # measured with the stages training: finetune's unfrozen phase runs at --lr / 10
+    if unfreeze and hint:  # measured with the stages training: finetune's unfrozen phase runs at --lr / 10
         echo(f"note: measured with the last {unfreeze} stage(s) training, as the top group's LR: `rehead fit "
              f"--strategy finetune --unfreeze {unfreeze}` runs its unfrozen phase at --lr / 10, so give it "
              f"--lr {res['suggested'] * 10:.1e}")
@@ -915,6 +948,18 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
         echo("note: the loss barely fell anywhere in the range test: the suggestion is weak; "
              "the data may be far from what this model learned (try an earlier --cut or more --unfreeze)")
     return res
+
+
+def _range_test_config(cfg: FitConfig, unfreeze: int) -> FitConfig:
+    """The options the range test runs on: auto's plan, its budget and the --method (the test steps the
+    plain model, with no method hooks) do not apply to it, and FitConfig refuses them beside the strategy
+    the test takes (extract; finetune with stages): `fit --strategy auto --find-lr --budget 0.5` crashed."""
+    from dataclasses import fields
+    plain = {f.name: f.default for f in fields(FitConfig) if f.metadata.get("group") == "method"}
+    cfg = cfg.replace(budget=None, auto_plan=None, **plain)
+    if cfg.strategy == "auto":  # the range test needs no plan: skip auto's probe at several cuts; with stages
+        cfg = cfg.replace(strategy="finetune" if unfreeze else "extract")  # ... at a fine-tune's LR spread
+    return cfg
 
 
 def _is_lr_dir(p: Path) -> bool:

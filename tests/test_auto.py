@@ -322,3 +322,40 @@ def test_the_mirror_check_tells_digits_from_photos(tmp_path):
     assert d["changes_labels"] and d["val_acc"] - d["val_acc_mirrored"] >= MIRROR_DROP, d
     assert not h["changes_labels"], h  # 0.95 -> 0.90 on 20 photos: one photo, not a loss
     assert d["n"] == 120 and h["n"] == 20
+
+
+# -- --find-lr under auto ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["l2sp", "lora"])  # l2sp: with --budget, the crash as it was
+def test_find_lr_with_auto_a_budget_and_a_method_runs_the_range_test_and_the_fit(tmp_path, tiny_spec, one_thread,
+                                                                                method):
+    """The range test's own config kept --budget and --method under strategy extract, which FitConfig refuses:
+    `fit --strategy auto --find-lr --budget 0.1 [--method l2sp]` crashed after auto's probe."""
+    said = []
+    data = _noise(tmp_path / "noise")
+    run = _quiet_fit(data, tmp_path / "n", tiny_spec, said, budget=0.1, find_lr=True, method=method, epochs=1)
+    assert any(s.startswith("suggested LR") for s in said), said
+    cfg = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())["fit"]
+    assert cfg["lr"] is not None and cfg["budget"] == 0.1 and cfg["method"] == method
+    assert run.summary["val_acc"] is not None
+
+
+def test_a_poor_plan_says_the_unfreezing_steps_it_runs():
+    """The reason said "then unfreeze half the stages, then all of them" whatever the steps were: cut 1
+    (the best of a poor table) unfreezes every stage at once."""
+    d = decide(table({1: 0.30, 4: 0.20, 9: 0.12}), 200, 9, 0.1)
+    assert (d["similarity"], d["cut"], d["unfreeze"]) == ("poor", 1, [-1])
+    assert "the head, then unfreeze every stage (each" in d["reason"] and "half" not in d["reason"]
+    d = decide(table({4: 0.15, 6: 0.14, 8: 0.15, 9: 0.15}), 200, 9, 0.1)
+    assert d["unfreeze"] == [4, -1] and "the head, then unfreeze the last 4, then every stage" in d["reason"]
+
+
+def test_epochs_over_the_budget_are_said_to_be_stopped_by_it():
+    """--epochs 3 --budget 0.5 said "3 epoch(s) per unfreezing phase: ~1.0 of 0.5 min", as if they fit."""
+    p = fit_budget({"unfreeze": [1], "strategy": "finetune", "reason": "r"}, epoch_seconds=20, budget_minutes=0.5,
+                   epochs=3)
+    assert p["epochs"] == 3 and "~1.0 of 0.5 min" not in p["reason"]
+    assert "--epochs 3 asked: ~1.0 min (measured ~20 s an epoch), over the 0.5 min budget: the budget stops the " \
+           "phases early" in p["reason"]
+    p = fit_budget({"unfreeze": [1], "strategy": "finetune", "reason": "r"}, epoch_seconds=5, budget_minutes=0.5,
+                   epochs=3)  # within it: said as before
+    assert "3 epoch(s) per unfreezing phase: ~0.2 of 0.5 min" in p["reason"]

@@ -570,3 +570,45 @@ def test_a_run_whose_model_leads_back_to_itself_is_a_clear_error(tmp_path, image
     for name in ("a", "b"):
         with pytest.raises(BadRun, match="leads back to itself"):
             zoo.load(str(tmp_path / name))
+
+
+def test_find_lr_with_unfrozen_phases_measures_their_stages_and_runs_them_at_the_suggestion(tmp_path, image_folder,
+                                                                                           tiny_spec, monkeypatch):
+    """--find-lr measured the head alone on cached features and ran the unfrozen phases at that / 10: on MiniLM
+    0.0115, 57x text's default, which wrecked the fine-tune. The range test now steps the first unfrozen
+    phase's stages, and that phase runs at its suggestion."""
+    import yaml
+    from rehead import fit as fit_module
+    calls, real = [], fit_module.find_lr
+    monkeypatch.setattr(fit_module, "find_lr", lambda *a, **k: calls.append(k) or calls.append(real(*a, **k))
+                        or calls[-1])
+    said = []
+    rehead.fit(str(image_folder), model=tiny_spec, out=str(tmp_path / "r"), strategy="finetune", unfreeze=1, epochs=1,
+               find_lr=True, workers=0, progress=False, echo=said.append)
+    kw, res = calls
+    assert kw["unfreeze"] == 1
+    phases = {p["name"]: p for p in yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["phases"]}
+    assert phases["unfreeze1"]["lr"] == pytest.approx(res["suggested"])
+    line = next(s for s in said if s.startswith("--find-lr: "))
+    assert f"{res['suggested']:.2e}, measured with the last 1 stage(s) training" in line
+    assert f"unfreeze1 {res['suggested']:.2e}" in line and "head solved (no LR)" in line
+    assert not any("so give it --lr" in s for s in said)  # the standalone finder's hint is not for this fit
+
+
+def test_a_single_phase_early_stopping_ended_is_said_too(tmp_path, image_folder, tiny_spec):
+    """Only a multi-phase run's "phases:" line said a phase stopped early; one phase said nothing."""
+    said = []
+    run = rehead.fit(str(image_folder), model=tiny_spec, out=str(tmp_path / "r"), strategy="head", epochs=6, lr=300.0,
+                     patience=1, workers=0, progress=False, echo=said.append)
+    (p,) = run.summary["phases"]
+    assert p["epochs_run"] < p["epochs_planned"] == 6, p  # a head LR of 300 cannot improve val every epoch
+    assert f"head (stopped after {p['epochs_run']} of 6 epochs); kept epoch {run.summary['kept_epoch']}" in said
+
+
+def test_the_closing_hint_quotes_a_run_path_with_spaces(tmp_path, image_folder, tiny_spec):
+    said = []
+    out = tmp_path / "my runs" / "r"
+    rehead.fit(str(image_folder), model=tiny_spec, out=str(out), strategy="extract", workers=0, progress=False,
+               echo=said.append)
+    hint = next(s for s in said if "next: " in s).split("next: ")[1]
+    assert hint == f"rehead evaluate '{out}' | rehead predict '{out}' FILES | rehead report '{out}'"
