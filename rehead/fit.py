@@ -486,7 +486,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     for p in summary["phases"]:  # a phase that ended before its epochs (--patience, a budget) is said so
         p["epochs_planned"] = recipe.phases[p["phase_index"]].epochs
     summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
-                                    mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto")
+                                    mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto",
+                                    method=cfg.method)
     summary["augment"] = augment
     summary["input_note"] = _input_note(summary, cfg.auto_plan)
     summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
@@ -649,7 +650,8 @@ def headline(task: str) -> tuple[str, ...]:
 
 
 def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
-                  trainable: list = (), mixed: bool = False, planned: bool = False) -> str | None:
+                  trainable: list = (), mixed: bool = False, planned: bool = False,
+                  method: str = "plain") -> str | None:
     """When unfreezing never beat the head phase, the run keeps the head's weights: say so, and what
     to try among what this run did not do (augmentation only for images not already augmented,
     fewer stages only when a phase unfroze more than one; ``trainable``: the phases' stage counts)."""
@@ -665,23 +667,25 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
         said = (f"{best_later['phase']} best {best_later['best_val_acc']:.4f} <= {phases[0]['phase']} "
                 f"{phases[0]['best_val_acc']:.4f}")
     same = "accuracy" if phases[0]["best_val_acc"] is not None else "result"
+    from .methods import BACKBONE_METHODS  # extract refuses a backbone method: the advice says to drop it
+    extract = f"--strategy extract{' --method plain' if method in BACKBONE_METHODS else ''} (the same {same} in seconds)"
     kept = f"{said}: kept the {phases[0]['phase']} weights; unfreezing did not pay here"
     flat = _barely_learned(phases[0], best_later)
     if flat:  # the unfrozen stages hardly moved: too little training, not too much
         return (f"{kept}, and it barely trained ({flat}). Try a higher --lr (or --find-lr), more --epochs, or "
-                f"--strategy extract (the same {same} in seconds)")
+                f"{extract}")
     solved = _fits_its_samples(phases[0])
     if solved:  # the unfrozen phases start at ~zero loss: too little to learn from (bench/digits_large.py)
         tries = ["--mixup 0.2 --cutmix 1.0"] if modality == "image" and not mixed else []
-        tries += ["a higher --lr with --unfreeze -1", f"--strategy extract (the same {same} in seconds)"]
+        tries += ["a higher --lr with --unfreeze -1", extract]
         return (f"{kept}, and the head already fit its training samples ({solved}), which leaves the unfrozen "
                 f"stages little to learn from. Try {', '.join(tries[:-1])} or {tries[-1]}")
     # the head's train loss is on clean features: compared only with a phase that saw clean inputs too
     rose = _loss_rose(phases[0], best_later) if not (modality == "image" and augment) else None
     if rose:  # the unfrozen steps undid the head's fit: too large, not too small (a higher --lr would be wrong)
         return (f"{kept}, and its train loss rose ({rose}): the unfrozen steps undid what the head had fit. "
-                f"Try a lower --lr or --strategy extract (the same {same} in seconds)")
-    tries = [f"--strategy extract (the same {same} in seconds)", "a lower --lr"]
+                f"Try a lower --lr or {extract}")
+    tries = [extract, "a lower --lr"]
     if modality == "image" and not augment:  # only what this run did not already do
         tries.append("--augment light")
     if not planned and any(t is not None and (t == -1 or t > 1) for t in trainable):  # auto plans its own stages
@@ -863,14 +867,15 @@ def _added_since(ds: Dataset, cfg: FitConfig) -> int:
 
 def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
     main = accelerator.is_main_process
+    seen = RunDir.open(out, writer=False)  # read first: a finished run (read-only, a colleague's) needs no lock
+    cfg_yaml = seen.read_yaml()
+    if cfg_yaml.get("kind", "fit") != "fit" or "fit" not in cfg_yaml:
+        raise BadRun(f"{out} is not a fit run made by this version of rehead: nothing to resume")
+    if seen.exists("model.safetensors") and not seen.exists("checkpoint.pt"):
+        echo(f"{out} already finished; nothing to resume")
+        return Run(out)
     run = RunDir.open(out, writer=main)
     try:
-        cfg_yaml = run.read_yaml()
-        if cfg_yaml.get("kind", "fit") != "fit" or "fit" not in cfg_yaml:
-            raise BadRun(f"{out} is not a fit run made by this version of rehead: nothing to resume")
-        if run.exists("model.safetensors") and not run.exists("checkpoint.pt"):
-            echo(f"{out} already finished; nothing to resume")
-            return Run(out)
         cfg = FitConfig.from_dict(cfg_yaml["fit"])
         job = _prepare(cfg, None, None, _hooks_from(cfg_yaml), echo, resume_split=run.read_json("split.json"))
         added = _added_since(job.ds, cfg)

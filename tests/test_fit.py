@@ -288,6 +288,8 @@ def test_a_finetune_that_keeps_its_head_suggests_only_what_it_did_not_try():
     text = _no_gain_note(s, "text", None, [0, -1])
     assert "--augment" not in text and "fewer --unfreeze stages" in text and "--strategy extract" in text
     assert _no_gain_note({**s, "kept_phase": "unfreeze2"}, "image", None, [0, 2]) is None
+    l2sp = _no_gain_note(s, "image", "light", [0, 2], method="l2sp")  # extract would refuse --method l2sp
+    assert "--strategy extract --method plain" in l2sp and "--strategy extract (" not in l2sp
 
 
 def test_a_finetune_that_barely_trained_is_told_to_train_more_not_less():
@@ -612,3 +614,19 @@ def test_the_closing_hint_quotes_a_run_path_with_spaces(tmp_path, image_folder, 
                echo=said.append)
     hint = next(s for s in said if "next: " in s).split("next: ")[1]
     assert hint == f"rehead evaluate '{out}' | rehead predict '{out}' FILES | rehead report '{out}'"
+
+
+def test_resuming_a_finished_run_needs_no_write_access(tmp_path, image_folder, tiny_spec, monkeypatch, capsys):
+    """`fit --resume` on a finished read-only run (a colleague's) said "Permission denied: .lock", not that
+    it had finished: the lock was taken before the run was read."""
+    from rehead.fit import fit
+    from rehead.rundir import RunDir
+    fit(str(image_folder), model=tiny_spec, out=tmp_path / "run", strategy="extract", workers=0, progress=False,
+        echo=lambda *_: None)
+
+    def read_only(self):
+        raise PermissionError(13, "Permission denied", str(self.path / ".lock"))
+    monkeypatch.setattr(RunDir, "_claim", read_only)
+    said = []
+    run = fit(out=tmp_path / "run", resume=True, progress=False, echo=said.append)
+    assert run is not None and any("already finished" in s for s in said), said
