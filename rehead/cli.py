@@ -95,7 +95,7 @@ def guarded(fn):
         except OSError as e:  # a full disk, a read-only folder, a permission: the message names the file
             fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''} (REHEAD_DEBUG=1 shows where)")
         except Exception as e:  # a bug of rehead's: still one line, and how to see more
-            if interrupts.pending() or interrupts.arrived():  # not a bug: a Ctrl-C whose workers died first
+            if interrupts.stopped():  # not a bug: a Ctrl-C whose workers died first
                 fail("interrupted", code=130)
             fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                  "(unexpected; REHEAD_DEBUG=1 shows the traceback, please report it)")
@@ -236,7 +236,7 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     except KeyboardInterrupt:
         _interrupted_fit(out)
     except Exception:
-        if not (interrupts.pending() or interrupts.arrived()):
+        if not interrupts.stopped():
             raise
         _interrupted_fit(out)  # the DataLoader's workers died of the same Ctrl-C first
 
@@ -281,7 +281,7 @@ def restart_if_interrupted(command: str, out: str):
     except KeyboardInterrupt:
         _interrupted(command, out)
     except Exception:
-        if not (interrupts.pending() or interrupts.arrived()):
+        if not interrupts.stopped():
             raise
         _interrupted(command, out)  # a Ctrl-C Python ignored stopped a worker first: still the interrupt
 

@@ -28,6 +28,12 @@ def install() -> None:
         signal.signal(sig, stop)
 
 
+def stopped() -> bool:
+    """Whether an error now may be a stop's doing: a Ctrl-C Python ignored (``pending``) or a Ctrl-C /
+    SIGTERM that reached the process (``arrived``)."""
+    return pending() or arrived()
+
+
 def arrived() -> bool:
     """Whether a Ctrl-C or SIGTERM reached this process (an error raised around it may be its doing)."""
     return _arrived.is_set()

@@ -299,9 +299,12 @@ def _check_inputs_outside(out: Path, inputs) -> None:
     run directory, --model naming the run being replaced)."""
     out = out.resolve()
     for given in inputs:
-        if not isinstance(given, (str, Path)) or not os.path.exists(str(given).split("{")[0] or "."):
+        if not isinstance(given, (str, Path)):
             continue
-        q = Path(str(given).split("{")[0]).resolve()
+        path = str(given).split("{")[0] or "."  # a brace pattern of shards: the folder they are in
+        if not os.path.exists(path):
+            continue
+        q = Path(path).resolve()
         if q == out or out in q.parents:
             raise RunExists(f"{out} holds {given}, which this command reads: --overwrite would delete it "
                             "before it is read; choose another --out")
