@@ -230,7 +230,7 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     from .fit import fit as run_fit
     try:
         if resume:
-            run_fit(None, out=out, resume=True, progress=not quiet)
+            run_fit(None, out=out, resume=True, progress=not quiet, workers=options.get("workers"))
         else:
             run_fit(data, out=out, config=cfg, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt:
@@ -247,7 +247,8 @@ def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict
     import dataclasses  # the options' defaults are the fields' own (_fit_params), not FitConfig()'s resolved ones
     flags = {f.name: (f.metadata.get("flag") or "--" + f.name.replace("_", "-"), f.default)
              for f in dataclasses.fields(FitConfig)}
-    given = [flags[k][0] for k, v in options.items() if k in flags and v != flags[k][1]]
+    given = [flags[k][0] for k, v in options.items()
+             if k in flags and v != flags[k][1] and k != "workers"]  # --workers changes how data loads, not the run
     given += ["--out"] * bool(out and Path(out) != Path(run)) + ["--overwrite"] * overwrite
     if given:
         fail(f"--resume continues {run} with the options in its config.yaml; {', '.join(given)} would be ignored: "

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     if resume:
         if out is None:
             raise BadRun("resume needs the run directory: rehead fit --resume RUN_DIR")
-        return _resume(Path(out), echo, progress, accelerator, t_start)
+        return _resume(Path(out), echo, progress, accelerator, t_start, workers=options.pop("workers", None))
     model_obj = options.pop("model", None)
     if isinstance(model_obj, os.PathLike):  # a run directory or a weights file given as a Path: its spec, as text
         model_obj = os.fspath(model_obj)
@@ -865,7 +865,7 @@ def _added_since(ds: Dataset, cfg: FitConfig) -> int:
     return sum(1 for s in (now.train, now.val, now.test) if s is not None for i in s.items if i not in had)
 
 
-def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
+def _resume(out: Path, echo, progress, accelerator, t_start, workers: int | None = None) -> Run:
     main = accelerator.is_main_process
     seen = RunDir.open(out, writer=False)  # read first: a finished run (read-only, a colleague's) needs no lock
     cfg_yaml = seen.read_yaml()
@@ -877,6 +877,10 @@ def _resume(out: Path, echo, progress, accelerator, t_start) -> Run:
     run = RunDir.open(out, writer=main)
     try:
         cfg = FitConfig.from_dict(cfg_yaml["fit"])
+        if workers is not None and workers != cfg.workers:  # loading processes only: the run's options stay its own
+            echo(f"note: loading data with {workers} worker process(es) for this resume (the run started with "
+                 f"{cfg.workers}); augmentation draws differ, so the result may differ slightly from an unbroken run")
+            cfg = replace(cfg, workers=workers)  # checked as any option is
         job = _prepare(cfg, None, None, _hooks_from(cfg_yaml), echo, resume_split=run.read_json("split.json"))
         added = _added_since(job.ds, cfg)
         if added:

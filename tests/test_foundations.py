@@ -222,6 +222,11 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, image_folder, tiny_sp
                         ([str(tmp_path)], "on its own data")):
         res = runner.invoke(app, ["fit", *extra, "--resume", str(tmp_path / "run")])
         assert res.exit_code == 2 and says in res.output, res.output
+    # --workers changes how data loads, not the run: taken, and said (it was refused as "would be ignored")
+    rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "cut", strategy="extract", epochs=2, **QUIET)
+    (tmp_path / "cut" / "model.safetensors").unlink()
+    res = runner.invoke(app, ["fit", "--workers", "1", "--resume", str(tmp_path / "cut"), "-q"])
+    assert res.exit_code == 0 and "1 worker process(es) for this resume" in res.output, res.output
 
 
 def test_every_kind_of_run_opens_or_says_why_not(tmp_path):
