@@ -913,7 +913,8 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
     if unfreeze == 0 and "lr_decay" in options:  # it would be recorded and unused: no backbone stage trains
         raise ConfigError(f"--lr-decay {options['lr_decay']:g} is the LR ratio between unfrozen stages; with "
                           "--unfreeze 0 only the head is tested: give --unfreeze N, or leave --lr-decay out")
-    cfg = _range_test_config(cfg, unfreeze)
+    lora = cfg.method == "lora" and unfreeze != 0  # its adapters are what trains: the test steps them
+    lora_cfg, cfg = cfg, _range_test_config(cfg, unfreeze)
     if out is not None and not isinstance(out, RunDir) and Path(out).exists() and not _is_lr_dir(Path(out)) \
             and any(Path(out).iterdir()):  # before the range test, not after it
         raise RunExists(f"{out} exists and holds more than an lr-find output (lr_find.json/png): choose another --out")
@@ -930,6 +931,9 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
         res = lr_find(tm.head, loader, loss_fn, start_lr, end_lr, steps)
     else:
         tm.set_trainable_last(unfreeze)
+        if lora:  # the plain backbone's weights, stepped instead, suggested an LR for another problem
+            from .lora import LoRA
+            LoRA().prepare(tm, ds, phases=[types.SimpleNamespace(trainable=unfreeze)], args=lora_cfg)
         pipe = pipeline(tm.backbone.modality)
         loader = pipe.make_loader(tm.backbone, ds.train.items, per_item(ds.train.labels, ds.task, len(ds.classes)),
                                   batch_size=cfg.batch_size,
@@ -961,7 +965,7 @@ def find_lr(data, *, config: FitConfig | None = None, out: str | Path | RunDir |
 
 def _range_test_config(cfg: FitConfig, unfreeze: int) -> FitConfig:
     """The options the range test runs on: auto's plan, its budget and the --method (the test steps the
-    plain model, with no method hooks) do not apply to it, and FitConfig refuses them beside the strategy
+    model with no method hooks; lora's adapters find_lr puts in itself) do not apply to it, and FitConfig refuses them beside the strategy
     the test takes (extract; finetune with stages): `fit --strategy auto --find-lr --budget 0.5` crashed."""
     from dataclasses import fields
     plain = {f.name: f.default for f in fields(FitConfig) if f.metadata.get("group") == "method"}

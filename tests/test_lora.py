@@ -205,3 +205,20 @@ def test_lora_resume_rebuilds_the_adapters_and_ends_like_an_uninterrupted_run(tm
     a, _, _ = whole.logits(items)
     b, _, _ = rehead.Run(resumed.dir).logits(items)
     assert torch.allclose(a, b, atol=atol(1e-6))
+
+
+def test_find_lr_with_lora_steps_the_adapters(tmp_path, image_folder, tiny_vit_spec, monkeypatch):
+    """fit's --find-lr under --method lora stepped the plain backbone's weights (every one of its stages),
+    an LR for another problem than the adapters the fit then trains."""
+    from rehead.train import lr_find as lr_find_module
+    stepped, real = [], lr_find_module.lr_find
+
+    def spy(model, *a, param_groups=None, **k):
+        ids = {id(p) for g in param_groups for p in g["params"]}
+        stepped.extend(n for n, p in model.named_parameters() if id(p) in ids)
+        return real(model, *a, param_groups=param_groups, **k)
+
+    monkeypatch.setattr(lr_find_module, "lr_find", spy)
+    _fit(image_folder, tmp_path / "r", tiny_vit_spec, epochs=1, find_lr=True, lr=None)
+    backbone = [n for n in stepped if not n.startswith("head.")]
+    assert backbone and all("lora_" in n for n in backbone), backbone[:5]
