@@ -34,6 +34,7 @@ from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
+from .zoo.paths import spec_path
 
 log = logging.getLogger("rehead")
 
@@ -77,8 +78,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     if data is None:
         raise DataError("give the data: a folder, a CSV, a DataFrame, a list of (item, label) pairs or a Dataset")
     out = Path(out or f"runs/{Path(str(data)).stem if isinstance(data, (str, Path)) else 'latest'}")
-    _refuse_own_model(cfg.model, out)
-    reads = [data] if isinstance(data, (str, Path)) else []  # never emptied by --overwrite
+    reads = [data, spec_path(cfg.model)]  # never emptied by --overwrite, nor the runs the model is made from
     if main:  # before the data is read and the model loads, not after (create, the other processes' no-op, later)
         RunDir.check_free(out, overwrite, resumable=True, inputs=reads)
     job = _prepare(cfg, data, module, hooks, echo)
@@ -157,19 +157,6 @@ def _check_method_trains(hooks: list, recipe) -> None:
     method = backbone_method(hooks)
     if method and not any(p.trainable != 0 and not p.on_features for p in recipe.phases):
         raise idle_method_error(method, f"--strategy {recipe.strategy} trains no backbone weight", recipe.strategy)
-
-
-def _refuse_own_model(model, out: Path) -> None:
-    """An --out that is (or holds) the model's directory, or a run that model was made from: the fit would
-    delete the weights it reads, and its config.yaml would name itself as its model (every later load of
-    it recursed)."""
-    from .zoo.runs import source_paths
-    target = out.resolve()
-    for i, p in enumerate(source_paths(model)):
-        if p == target or target in p.parents:
-            made = f" (the model {model} is made from it)" if i else ""
-            raise ConfigError(f"--out {out} would replace {p}{made}, whose weights this fit reads: "
-                              "choose another --out")
 
 
 # Options that change nothing when every phase trains the head alone on cached features (extract): the

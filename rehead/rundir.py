@@ -296,7 +296,9 @@ def read_json(path: Path):
 
 def _check_inputs_outside(out: Path, inputs) -> None:
     """--overwrite empties --out: refused when it holds what the command reads (DATA inside the old
-    run directory, --model naming the run being replaced)."""
+    run directory, --model naming the run being replaced, or a run that model was made from: each load
+    of it rebuilds that one, and a run whose config.yaml named itself recursed on every load)."""
+    from .zoo.runs import source_paths
     out = out.resolve()
     for given in inputs:
         if not isinstance(given, (str, Path)):
@@ -304,10 +306,11 @@ def _check_inputs_outside(out: Path, inputs) -> None:
         path = str(given).split("{")[0] or "."  # a brace pattern of shards: the folder they are in
         if not os.path.exists(path):
             continue
-        q = Path(path).resolve()
-        if q == out or out in q.parents:
-            raise RunExists(f"{out} holds {given}, which this command reads: --overwrite would delete it "
-                            "before it is read; choose another --out")
+        for i, q in enumerate(source_paths(path)):
+            if q == out or out in q.parents:
+                said = f"{q}, the run {given} is made from" if i else f"{given}"
+                raise RunExists(f"{out} holds {said}, which this command reads: --overwrite would delete it "
+                                "before it is read; choose another --out")
 
 
 def load_tensors(path: Path) -> dict:

@@ -542,8 +542,8 @@ def test_a_run_records_its_model_path_absolute_so_it_loads_from_anywhere(tmp_pat
 
 def test_a_fit_into_the_directory_of_its_own_model_is_refused_before_any_work(tmp_path, image_folder, tiny_spec,
                                                                              monkeypatch):
-    from rehead.config import ConfigError
     from rehead.fit import fit
+    from rehead.rundir import RunExists
     _fit(image_folder, tmp_path / "bb", tiny_spec, epochs=1)
     _fit(image_folder, tmp_path / "r2", str(tmp_path / "bb"), epochs=1)  # made from bb: bb rebuilds it
     before = (tmp_path / "bb" / "config.yaml").read_text()
@@ -551,7 +551,7 @@ def test_a_fit_into_the_directory_of_its_own_model_is_refused_before_any_work(tm
     monkeypatch.setattr(sys.modules["rehead.fit"], "_prepare", lambda *a, **k: pytest.fail("work began"))
     for model, out in ((tmp_path / "bb", tmp_path / "bb"), (tmp_path / "bb", tmp_path / "bb" / ".." / "bb"),
                        (tmp_path / "r2", tmp_path / "bb"), (tmp_path / "bb", tmp_path)):
-        with pytest.raises(ConfigError, match="--out .* would replace"):
+        with pytest.raises(RunExists, match="which this command reads: --overwrite would delete it"):
             fit(str(image_folder), model=model, out=out, overwrite=True, strategy="extract", progress=False,
                 echo=lambda *a: None)
     assert (tmp_path / "bb" / "config.yaml").read_text() == before
