@@ -108,10 +108,16 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     """Write the run's model to ``out`` (default RUN/export/model.onnx|.pt) and ``<out>.json``;
     ``opset``: ONNX only (default 17)."""
     from .data import pipeline
-    from .rundir import RunExists, atomic_write_bytes, read_yaml
+    from .rundir import RunExists, missing_folders, read_yaml
     from .runs import open_run
-    modality = (read_yaml(Path(run_dir) / "config.yaml").get("data_config") or {}).get("modality")
+    config = read_yaml(Path(run_dir) / "config.yaml")
+    modality = (config.get("data_config") or {}).get("modality")
     opset = check_options(fmt, out, opset, modality)
+    given = out
+    if out and _is_folder(out):
+        out = Path(out) / f"model{FORMATS[fmt]}"
+    out = Path(out) if out else Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
+    check_outside_data(out, given, config.get("data"), run_dir)
     run = open_run(run_dir)
     from .lora import merge
     model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
@@ -121,26 +127,32 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if text and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
                          f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
-    if out and _is_folder(out):
-        out = Path(out) / f"model{FORMATS[fmt]}"
-    out = Path(out) if out else run.dir / "export" / f"model{FORMATS[fmt]}"
     sidecar = out.with_name(out.name + ".json")
     tok_dir = out.with_name(out.name + ".tokenizer")
-    for p in (out, sidecar) + ((tok_dir,) if text else ()):
+    written = (out, sidecar) + ((tok_dir,) if text else ())
+    for p in written:
         if p.exists() and not overwrite:
             raise RunExists(f"{p} exists: pass --overwrite to replace it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    tok_files = _stage_tokenizer(tokenizer, tok_dir, sidecar) if text else None  # refused before the graph is written
+    made = missing_folders(out.parent)  # an export stopped part way removes them, and only them
+    new = [p for p in written if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_graph(model, None if text else example, fmt, out, opset)
-    except BaseException:
-        if text:
-            shutil.rmtree(_staged(tok_dir), ignore_errors=True)
+        meta = _write_files(run, model, example, text, tokenizer, fmt, out, sidecar, tok_dir, opset)
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no half export, no folder it made left behind
+        _remove_unfinished(out, tok_dir if text else None, new, made)
         raise
-    if text:
-        _replace_tokenizer(tok_dir)
+    return {**meta, "path": str(out), "sidecar": str(sidecar)}
+
+
+def _write_files(run, model, example, text: bool, tokenizer, fmt: str, out: Path, sidecar: Path, tok_dir: Path,
+                 opset: int | None) -> dict:
+    """Write the graph, the tokenizer (text runs) and the sidecar; return the sidecar's content. All of
+    it is worked out before the graph is written: only a stop between the renames can leave a graph
+    without its sidecar."""
+    from .rundir import atomic_write_bytes
+    tok_files = _stage_tokenizer(tokenizer, tok_dir, sidecar) if text else None  # refused before the graph is written
     inputs = ([{"name": n, "shape": ["batch", "tokens"], "dtype": "int64"} for n in TEXT_INPUTS] if text else
               {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"})
     meta = {"format": fmt, "file": out.name, "run": str(run.dir.resolve()), "model": run.config["model"],
@@ -170,21 +182,74 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
                              "files": tok_files}  # what a later --overwrite may replace
     if fmt == "onnx":
         meta["opset"] = opset
+    _write_graph(model, None if text else example, fmt, out, opset)
+    if text:
+        _replace_tokenizer(tok_dir)
     atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
-    return {**meta, "path": str(out), "sidecar": str(sidecar)}
+    return meta
+
+
+def check_outside_data(out: Path, given, data, run_dir) -> None:
+    """Refuse an --out inside the folder the run was trained on (its config.yaml's ``data``), before
+    anything is written: the next fit on that folder would read the export as data (model.onnx in a
+    class folder, its sidecar a file of the data). A rehead run directory kept in the data is never
+    read as data, so a run's default RUN/export/ there is fine. A CSV's folder is not checked: the
+    CSV says which files are data."""
+    if not isinstance(data, str) or not os.path.isdir(data):
+        return
+    if not _inside_data(out.parent, Path(data)):
+        return
+    default = Path(run_dir) / "export"
+    instead = f" (e.g. the default, {default}/)" if not _inside_data(default, Path(data)) else ""
+    what = f"--out {given}" if given else f"the default --out {default}/"
+    raise ValueError(f"{what} is inside {data}, the data {run_dir} was trained on (its config.yaml's data): the "
+                     f"next fit there would read the export as data; give an --out outside {data}{instead}")
+
+
+def _inside_data(folder: Path, data: Path) -> bool:
+    """Whether ``folder`` (existing or not) is ``data`` or inside it, and not inside a run directory there."""
+    from .rundir import MARKER
+    root, p = data.resolve(), folder.resolve()
+    if p != root and root not in p.parents:
+        return False
+    while p != root:
+        if (p / MARKER).is_file():  # a run directory: the data readers skip it
+            return False
+        p = p.parent
+    return True
+
+
+def _remove_unfinished(out: Path, tok_dir: Path | None, new: list[Path], made: list[Path]) -> None:
+    """Remove what an export stopped part way wrote: its temporary files, the files it was creating
+    (``new``: not there before; one --overwrite replaced stays) and the folders it made, innermost first,
+    if they are empty then: never a folder or file that was there before."""
+    out.with_name(f".tmp-{out.name}").unlink(missing_ok=True)
+    if tok_dir is not None:
+        shutil.rmtree(_staged(tok_dir), ignore_errors=True)
+    for p in new:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    from .rundir import remove_empty
+    remove_empty(made)
 
 
 def _write_graph(model, example, fmt: str, out: Path, opset: int | None) -> None:
     """The traced graph, written whole to a temporary name, then renamed: never half a model at ``out``."""
     net, args, names, axes = _traced_inputs(model, example)
     tmp = out.with_name(f".tmp-{out.name}")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
-        if fmt == "onnx":
-            _onnx_export(net, args, tmp, names, axes, opset)
-        else:
-            torch.jit.trace(net, args).save(str(tmp))
-    os.replace(tmp, out)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
+            if fmt == "onnx":
+                _onnx_export(net, args, tmp, names, axes, opset)
+            else:
+                torch.jit.trace(net, args).save(str(tmp))
+        os.replace(tmp, out)
+    except BaseException:  # a stop mid-write: no half graph under the temporary name either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def precision_record(run) -> dict:

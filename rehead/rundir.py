@@ -119,6 +119,7 @@ class RunDir:
         if not writer:
             return rd
         p = rd.path
+        rd.made = missing_folders(p)  # what kept_if_finished removes if the command stops part way
         if cls.check_free(p, overwrite, resumable, inputs):
             rd._claim()  # a run still writing there keeps its lock: refuse before deleting anything
             for child in p.iterdir():
@@ -175,13 +176,30 @@ class RunDir:
     @contextmanager
     def kept_if_finished(self):
         """Keep the directory only if the block finishes: a command without --resume that stops part
-        way (Ctrl-C, an error) leaves no half directory, which its rerun would refuse as existing."""
+        way (Ctrl-C, SIGTERM, an error) leaves no half directory, which its rerun would refuse as existing.
+        A directory the command made goes, with the (then empty) parent folders it made; one that was
+        there before (an empty folder of the user's, a run --overwrite replaced when it claimed it) stays,
+        emptied of what this command wrote."""
         try:
             yield self
         except BaseException:
-            self.discard()
-            self.release()
+            self._discard_unfinished()
             raise
+
+    def _discard_unfinished(self) -> None:
+        if not self.writer or self._lock is None:
+            return
+        path, made = Path(os.path.abspath(self.path)), getattr(self, "made", [])
+        if path in made:
+            shutil.rmtree(path, ignore_errors=True)
+            remove_empty(made[:made.index(path)])
+        else:
+            for child in path.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() \
+                        else child.unlink(missing_ok=True)
+            (path / ".lock").unlink(missing_ok=True)
+        self.release()
 
     def discard(self) -> None:
         """Delete a run directory this process created and claimed, when what it holds is worth nothing
@@ -292,6 +310,25 @@ def read_json(path: Path):
         raise BadRun(f"{path} is missing: the run is incomplete; rerun it with --overwrite") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun with --overwrite") from e
+
+
+def missing_folders(path) -> list[Path]:
+    """The folders from ``path`` up that do not exist yet, outermost first: those mkdir(parents=True) makes."""
+    missing, p = [], Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        missing.insert(0, p)
+        p = p.parent
+    return missing
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Remove folders a stopped command made (outermost first in ``made``), innermost first, while empty:
+    one holding another command's files stays, and so do the folders above it."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _check_inputs_outside(out: Path, inputs) -> None:

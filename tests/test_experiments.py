@@ -400,3 +400,65 @@ def test_the_scratch_arm_reports_its_last_epoch_not_the_best_val_one(monkeypatch
     res = train_scratch(x, y, x, y, 2, size=48, epochs=2, min_steps=0, x_test=x, y_test=y)
     assert (res["val_acc"], res["kept_epoch"], chose) == (0.5, 2, [False])  # the last epoch's weights and figures
     assert 0 <= res["test_acc"] <= 1
+
+
+def _ctrl_c(*_a, **_k):
+    raise KeyboardInterrupt  # what Ctrl-C or SIGTERM (rehead.interrupts: stopped as Ctrl-C) does mid-run
+
+
+@pytest.mark.parametrize("command, stop_at", [
+    (["probe", "--cuts", "1,2"], "rehead.experiments.probe.linear_probe"),  # after the extraction
+    (["rank", "--models", "{spec}"], "rehead.experiments.rank.logme"),
+    (["compare", "--fractions", "1.0", "--scratch-size", "48", "--scratch-epochs", "1", "--scratch-min-steps", "1",
+      "--transfer-epochs", "1", "--workers", "0"], "rehead.experiments.compare._decoded")])
+def test_an_interrupted_experiment_leaves_no_directory_and_says_to_run_it_again(tmp_path, tiny_spec, image_folder,
+                                                                                monkeypatch, command, stop_at):
+    """Ctrl-C left the half --out (config.yaml, labels.json) and said only 'interrupted': the same command's
+    rerun was refused as 'already exists', and --overwrite was needed to run it again."""
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    name, *opts = [a.replace("{spec}", tiny_spec) for a in command]
+    extra = [] if name == "compare" else ["--workers", "0"]
+    args = [name, str(image_folder), *opts, *extra, "--no-report", "--quiet"] + (["--model", tiny_spec] if
+                                                                                  name != "rank" else [])
+    out = tmp_path / "runs" / "x"  # runs/ too is made by the command
+    reached = []
+
+    def stop(*a, **k):
+        reached.append(sorted(p.name for p in out.iterdir()))
+        raise KeyboardInterrupt  # what Ctrl-C or SIGTERM (stopped as Ctrl-C by rehead.interrupts) does mid-run
+    with monkeypatch.context() as m:
+        m.setattr(stop_at, stop)
+        r = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert "config.yaml" in reached[0], reached  # it stopped part way, its run directory begun
+    assert r.exit_code == 130 and "nothing was saved" in r.output, r.output
+    assert f"rehead {name} cannot resume" in r.output and "run the same command again" in r.output, r.output
+    assert not out.exists() and not (tmp_path / "runs").exists()  # nor the runs/ folder it made
+    if name == "compare":
+        return  # the rerun of the other two shows the same: a slow one spared
+    r = CliRunner().invoke(app, [*args, "--out", str(out)])  # the same command, no --overwrite
+    assert r.exit_code == 0 and (out / "results.json").exists(), r.output
+    # --overwrite replaces the run when it is claimed (as it says); stopped part way, the folder, which was
+    # there before, stays, empty: nothing half, and the same command runs again
+    with monkeypatch.context() as m:
+        m.setattr(stop_at, stop)
+        r = CliRunner().invoke(app, [*args, "--out", str(out), "--overwrite"])
+    assert r.exit_code == 130 and "run the same command again" in r.output, r.output
+    assert out.is_dir() and list(out.iterdir()) == []
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--overwrite"])
+    assert r.exit_code == 0 and (out / "results.json").exists(), r.output
+
+
+def test_an_experiment_stopped_in_its_report_keeps_the_finished_run_and_says_so(tmp_path, tiny_spec, image_folder,
+                                                                               monkeypatch):
+    """The run is whole once results.json is written: a Ctrl-C in the report says how to write it, not
+    'nothing was saved'."""
+    from typer.testing import CliRunner
+    import rehead.report
+    from rehead.cli import app
+    out = tmp_path / "p"
+    monkeypatch.setattr(rehead.report, "write_report", _ctrl_c)
+    r = CliRunner().invoke(app, ["probe", str(image_folder), "--model", tiny_spec, "--cuts", "1", "--workers", "0",
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 130 and "holds the finished run" in r.output and f"rehead report {out}" in r.output, r.output
+    assert (out / "results.json").exists()

@@ -299,3 +299,63 @@ def test_overwrite_keeps_a_users_files_in_the_tokenizer_folder(tmp_path, tiny_be
     assert (tok / "NOTES.md").read_text() == "mine" and (out.stat().st_mtime_ns, Path(res["sidecar"]).read_bytes()) \
         == before
     assert not out.with_name(".tmp-m.pt.tokenizer").exists()
+
+
+def _export_cli(*args):
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    return CliRunner().invoke(app, ["export", *map(str, args)])
+
+
+def test_an_interrupted_export_removes_what_it_made_and_only_that(run, tmp_path, monkeypatch):
+    """`export RUN --out NEWDIR/` stopped by Ctrl-C left NEWDIR (empty, or with a temporary graph) and said
+    only 'interrupted'. Now what it made goes; a folder or file that was there before stays."""
+    import rehead.export
+    import rehead.rundir
+
+    def stop_in_graph(model, example, fmt, out, opset):  # the traced graph half written
+        out.with_name(f".tmp-{out.name}").write_bytes(b"half")
+        raise KeyboardInterrupt
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's")
+    with monkeypatch.context() as m:
+        m.setattr(rehead.export, "_write_graph", stop_in_graph)
+        for out in (tmp_path / "new" / "sub", mine, mine / "deeper"):
+            r = _export_cli(run.dir, "--out", f"{out}/")
+            assert r.exit_code == 130 and "run the same command again" in r.output, r.output
+            assert not (tmp_path / "new").exists()
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+            assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+        m.setattr(rehead.rundir, "atomic_write_bytes", _stop)  # the graph in place, its sidecar not yet
+        r = _export_cli(run.dir, "--out", tmp_path / "new" / "m.onnx")
+        assert r.exit_code == 130 and not (tmp_path / "new").exists(), r.output
+    r = _export_cli(run.dir, "--out", f"{tmp_path / 'new' / 'sub'}/")  # the same command, no --overwrite
+    assert r.exit_code == 0 and (tmp_path / "new" / "sub" / "model.onnx.json").is_file(), r.output
+
+
+def _stop(*_a, **_k):
+    raise KeyboardInterrupt
+
+
+def test_export_refuses_an_out_inside_the_runs_data(run, tmp_path):
+    """`export RUN --out DATA/bees/` wrote model.onnx and its sidecar into a class folder of the training
+    data, which the next fit on it would read."""
+    import shutil
+    from rehead.rundir import MARKER
+    data = Path(run.config["data"])
+    before = sorted(str(p) for p in data.rglob("*"))
+    cls = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    for out in (f"{cls}/", cls / "m.onnx", data, f"{data / 'exports'}/"):
+        r = _export_cli(run.dir, "--out", out)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert f"is inside {data}, the data" in r.output and "give an --out outside" in r.output, r.output
+        assert sorted(str(p) for p in data.rglob("*")) == before  # nothing written, no folder made
+    kept = data / "runs"  # a rehead run directory kept in the data is never read as data: its export is fine
+    (kept / "x").mkdir(parents=True)
+    (kept / "x" / MARKER).touch()
+    try:
+        r = _export_cli(run.dir, "--out", f"{kept / 'x' / 'export'}/")
+        assert r.exit_code == 0 and (kept / "x" / "export" / "model.onnx").is_file(), r.output
+    finally:
+        shutil.rmtree(kept)

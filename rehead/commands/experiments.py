@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import PROCESSES_HELP, app, guarded, relaunched
+from ..cli import PROCESSES_HELP, app, fail, guarded, relaunched, restart_if_interrupted
 from ..config import DEFAULT_MODEL as DEFAULT
 
 
@@ -17,8 +17,22 @@ def _out(out: Optional[str], kind: str, data: str) -> str:
 
 def _report(res: dict | None, no_report: bool):
     if res is not None and not no_report:  # None: a process other than the first under accelerate launch
+        from .. import interrupts
         from ..report import write_report
-        typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
+        try:
+            typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
+        except KeyboardInterrupt:
+            _report_interrupted(res["dir"])
+        except Exception:
+            if not interrupts.stopped():
+                raise
+            _report_interrupted(res["dir"])
+
+
+def _report_interrupted(run_dir: str):
+    """Not "nothing was saved": the run finished; only its report.html is missing."""
+    fail(f"interrupted while writing the report: {run_dir} holds the finished run; `rehead report {run_dir}` "
+         "writes its report.html", code=130)
 
 
 MODEL_HELP = "backbone spec (default: the data's, as `rehead fit` takes it: packaged:efficientnet_lite2 for " \
@@ -60,10 +74,13 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
     if relaunched(processes):
         return
     from ..experiments.probe import probe as run_probe
-    res = run_probe(data, model=model, cuts=cuts, out=_out(out, "probe", data), C=c, batch_size=batch_size,
-                    workers=_workers(workers), seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
-                    use_cache=not no_cache, overwrite=overwrite, progress=not quiet,
-                    data_kw={"text_column": text_column, "image_column": image_column, "label_column": label_column})
+    out = _out(out, "probe", data)
+    with restart_if_interrupted("rehead probe", out):  # no --resume: an interrupted probe leaves no half --out
+        res = run_probe(data, model=model, cuts=cuts, out=out, C=c, batch_size=batch_size,
+                        workers=_workers(workers), seed=seed, val_fraction=val_fraction, cache_dir=cache_dir,
+                        use_cache=not no_cache, overwrite=overwrite, progress=not quiet,
+                        data_kw={"text_column": text_column, "image_column": image_column,
+                                 "label_column": label_column})
     _report(res, no_report)
 
 
@@ -88,10 +105,13 @@ def rank(data: str = typer.Argument(...),
     if relaunched(processes):
         return
     from ..experiments.rank import rank as run_rank
-    res = run_rank(data, models, out=_out(out, "rank", data), C=c, batch_size=batch_size, workers=_workers(workers),
-                   seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
-                   overwrite=overwrite, progress=not quiet,
-                   data_kw={"text_column": text_column, "image_column": image_column, "label_column": label_column})
+    out = _out(out, "rank", data)
+    with restart_if_interrupted("rehead rank", out):  # no --resume: an interrupted rank leaves no half --out
+        res = run_rank(data, models, out=out, C=c, batch_size=batch_size, workers=_workers(workers),
+                       seed=seed, val_fraction=val_fraction, cache_dir=cache_dir, use_cache=not no_cache,
+                       overwrite=overwrite, progress=not quiet,
+                       data_kw={"text_column": text_column, "image_column": image_column,
+                                "label_column": label_column})
     _report(res, no_report)
 
 
@@ -115,11 +135,13 @@ def compare(data: str = typer.Argument(...), model: str = typer.Option(DEFAULT, 
 
     Both arms keep their last epoch; a test split, if any, scores both once and decides the finding."""
     from ..experiments.compare import compare as run_compare
-    res = run_compare(data, model=model, fractions=fractions, out=_out(out, "compare", data), strategy=strategy,
-                      reference=reference, scratch_size=scratch_size, scratch_epochs=scratch_epochs,
-                      scratch_min_steps=scratch_min_steps, scratch_lr=scratch_lr, transfer_epochs=transfer_epochs,
-                      batch_size=batch_size, workers=workers, seed=seed, val_fraction=val_fraction,
-                      cache_dir=cache_dir, overwrite=overwrite, progress=not quiet)
+    out = _out(out, "compare", data)
+    with restart_if_interrupted("rehead compare", out):  # no --resume: an interrupted compare leaves no half --out
+        res = run_compare(data, model=model, fractions=fractions, out=out, strategy=strategy,
+                          reference=reference, scratch_size=scratch_size, scratch_epochs=scratch_epochs,
+                          scratch_min_steps=scratch_min_steps, scratch_lr=scratch_lr, transfer_epochs=transfer_epochs,
+                          batch_size=batch_size, workers=workers, seed=seed, val_fraction=val_fraction,
+                          cache_dir=cache_dir, overwrite=overwrite, progress=not quiet)
     _report(res, no_report)
 
 
@@ -142,7 +164,8 @@ def export(run_dir: str, format: str = typer.Option("onnx", "--format", "-f", he
            overwrite: bool = False, as_json: bool = typer.Option(False, "--json")):
     """The trained model (prefix + head, eval mode) as ONNX or TorchScript, with a JSON sidecar."""
     from ..export import export as run_export
-    res = run_export(run_dir, fmt=format, out=out, overwrite=overwrite, opset=opset)
+    with restart_if_interrupted("rehead export", out or f"{Path(run_dir) / 'export'}/"):  # nothing half left
+        res = run_export(run_dir, fmt=format, out=out, overwrite=overwrite, opset=opset)
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return

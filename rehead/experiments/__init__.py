@@ -10,6 +10,7 @@ Each writes a run directory (``config.yaml`` with ``kind``, ``results.json``,
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -30,15 +31,20 @@ def check_options(C: float | None = None, batch_size: int | None = None, workers
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
 
 
-def start_run(out, kind: str, config: dict, overwrite: bool = False, writer: bool = True) -> RunDir:
-    """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch).
-    ``writer=False`` (the other processes of a launched command): nothing is claimed or written."""
+@contextmanager
+def started_run(out, kind: str, config: dict, overwrite: bool = False, writer: bool = True):
+    """A fresh, claimed run directory with ``config.yaml`` (``kind`` first, so every reader can dispatch),
+    kept only if the block finishes (``RunDir.kept_if_finished``). An experiment has no --resume: one
+    stopped part way left its half directory, config.yaml included, and the same command's rerun was
+    refused as "already exists". ``writer=False`` (the other processes of a launched command): nothing is claimed or
+    written, nor removed."""
     from ..zoo.paths import spec_path
     models = config.get("models") or [config.get("model")]
     inputs = [(config.get("args") or {}).get("data")] + [spec_path(m) for m in models]  # never emptied by --overwrite
     run = RunDir.create(out, overwrite=overwrite, writer=writer, inputs=inputs)
-    run.write_yaml("config.yaml", {"kind": kind, **config})
-    return run
+    with run.kept_if_finished():
+        run.write_yaml("config.yaml", {"kind": kind, **config})
+        yield run
 
 
 def write_results(run: RunDir, rows: list[dict], extra: dict | None = None) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import DEFAULT_MODEL, ConfigError, check_seed
-from . import check_options, noise_margin, start_run, write_results
+from . import check_options, noise_margin, started_run, write_results
 
 
 def parse_fractions(fractions) -> list[float]:
@@ -80,67 +80,67 @@ def compare(data, model: str = DEFAULT_MODEL, fractions="0.05,0.1,0.25,0.5,1.0",
     args = {"data": ds.source, "model": model, "fractions": fracs, "strategy": strategy, "reference": reference,
             "scratch_size": scratch_size, "scratch_epochs": scratch_epochs, "scratch_min_steps": scratch_min_steps,
             "scratch_lr": scratch_lr, "transfer_epochs": transfer_epochs, "seed": seed, "val_fraction": val_fraction}
-    out = start_run(out, "compare", {"model": model, "fractions": fracs,
-                                     "scratch": "4 conv blocks (32-64-128-128) + dropout 0.5 + dense 512, "
-                                                f"{scratch_size}px, classic augmentation",
-                                     "data_summary": ds.summary(), "args": args}, overwrite=overwrite)
-    out.write_json("labels.json", ds.classes)
-    test = ds.test if ds.test is not None and len(ds.test) else None
-    n_images = len(ds.train) + len(ds.val) + (len(test) if test is not None else 0)
-    echo(f"decoding {n_images} images once at {scratch_size}px for the scratch CNN")
-    x_tr, y_tr, kept_tr = _decoded(ds.train, scratch_size)
-    x_va, y_va, _ = _decoded(ds.val, scratch_size)
-    x_te, y_te, _ = _decoded(test, scratch_size) if test is not None else (None, None, [])
-    rows = []
-    for f in fracs:
-        idx = stratified_fraction(ds.train.labels, f, seed)
-        sub = Dataset(ds.modality, ds.classes, ds.train.subset(idx), ds.val, ds.source,
-                      info={"fraction": f}, test=test)
-        n = len(idx)
-        # (a) transfer: the ordinary fit pipeline (features cached once, shared by every fraction)
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            run = fit(sub, model=model, out=Path(tmp) / "run", strategy=strategy, epochs=transfer_epochs,
-                      batch_size=batch_size, workers=workers, seed=seed, cache_dir=cache_dir, progress=False,
-                      keep_last=True, echo=lambda *_: None)  # the last epoch, as the scratch arm
-            summary = run.summary
-            arm = out.subdir(f"arms/transfer-{f:g}")
-            for name in ("metrics.csv", "summary.json", "config.yaml"):
-                arm.write_bytes(name, (run.dir / name).read_bytes())
-        rows.append({"fraction": f, "n_train": n, "arm": "transfer", "val_acc": summary["val_acc"],
-                     "val_loss": summary["val_loss"], "test_acc": summary.get("test_acc"),
-                     "strategy": summary["strategy"], "seconds": time.perf_counter() - t0})
-        # (b) scratch: same samples (those that decoded), same val split
-        t0 = time.perf_counter()
-        pos = {i: j for j, i in enumerate(kept_tr)}
-        sel = torch.tensor([pos[i] for i in idx if i in pos], dtype=torch.long)
-        ep = epochs_for(len(sel), scratch_epochs, scratch_min_steps)
-        if ep != scratch_epochs:  # the user's number is overridden: say so, and how to keep it
-            echo(f"note: fraction {f:g}: the scratch CNN trains {ep} epochs, not --scratch-epochs {scratch_epochs}, "
-                 f"to take at least --scratch-min-steps {scratch_min_steps} steps on {len(sel)} samples "
-                 f"(--scratch-min-steps 0 keeps {scratch_epochs})")
-        res = train_scratch(x_tr[sel], y_tr[sel], x_va, y_va, len(ds.classes), size=scratch_size,
-                            epochs=scratch_epochs, min_steps=scratch_min_steps, lr=scratch_lr, seed=seed,
-                            progress=progress, x_test=x_te, y_test=y_te)
-        out.subdir(f"arms/scratch-{f:g}").write_rows("metrics.csv", res["history"])
-        rows.append({"fraction": f, "n_train": len(sel), "arm": "scratch", "val_acc": res["val_acc"],
-                     "val_loss": res["val_loss"], "test_acc": res.get("test_acc"), "epochs": res["epochs"],
-                     "epochs_asked": scratch_epochs, "seconds": time.perf_counter() - t0})
-        echo(f"fraction {f:g} ({n} samples): {_said(rows[-2])} ({rows[-2]['seconds']:.0f}s), "
-             f"{_said(rows[-1])} ({rows[-1]['seconds']:.0f}s, {res['epochs']} epochs)")
-    metric = "test_acc" if test is not None and all(r["test_acc"] is not None for r in rows) else "val_acc"
-    n_scored = len(y_te) if metric == "test_acc" else len(y_va)
-    finding = scratch_needs(rows, reference, n_val=n_scored, metric=metric)
-    result = {"finding": finding, "protocol": protocol(strategy, metric, n_scored), "n_val": len(y_va),
-              "n_test": len(y_te) if test is not None else 0, "total_seconds": time.perf_counter() - t_start,
-              "scratch_params": res["params"]}
-    write_results(out, rows, result)
-    from ..report.plots import plot_compare
-    plot_compare(rows, out / "compare.png", reference=finding["reference"],
-                 title=f"{model} vs scratch CNN on {Path(str(ds.source)).name}")
-    echo(finding["text"])
-    echo(result["protocol"])
-    return {"rows": rows, **result, "dir": str(out.path)}
+    with started_run(out, "compare", {"model": model, "fractions": fracs,
+                                      "scratch": "4 conv blocks (32-64-128-128) + dropout 0.5 + dense 512, "
+                                                 f"{scratch_size}px, classic augmentation",
+                                      "data_summary": ds.summary(), "args": args}, overwrite=overwrite) as out:
+        out.write_json("labels.json", ds.classes)
+        test = ds.test if ds.test is not None and len(ds.test) else None
+        n_images = len(ds.train) + len(ds.val) + (len(test) if test is not None else 0)
+        echo(f"decoding {n_images} images once at {scratch_size}px for the scratch CNN")
+        x_tr, y_tr, kept_tr = _decoded(ds.train, scratch_size)
+        x_va, y_va, _ = _decoded(ds.val, scratch_size)
+        x_te, y_te, _ = _decoded(test, scratch_size) if test is not None else (None, None, [])
+        rows = []
+        for f in fracs:
+            idx = stratified_fraction(ds.train.labels, f, seed)
+            sub = Dataset(ds.modality, ds.classes, ds.train.subset(idx), ds.val, ds.source,
+                          info={"fraction": f}, test=test)
+            n = len(idx)
+            # (a) transfer: the ordinary fit pipeline (features cached once, shared by every fraction)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                run = fit(sub, model=model, out=Path(tmp) / "run", strategy=strategy, epochs=transfer_epochs,
+                          batch_size=batch_size, workers=workers, seed=seed, cache_dir=cache_dir, progress=False,
+                          keep_last=True, echo=lambda *_: None)  # the last epoch, as the scratch arm
+                summary = run.summary
+                arm = out.subdir(f"arms/transfer-{f:g}")
+                for name in ("metrics.csv", "summary.json", "config.yaml"):
+                    arm.write_bytes(name, (run.dir / name).read_bytes())
+            rows.append({"fraction": f, "n_train": n, "arm": "transfer", "val_acc": summary["val_acc"],
+                         "val_loss": summary["val_loss"], "test_acc": summary.get("test_acc"),
+                         "strategy": summary["strategy"], "seconds": time.perf_counter() - t0})
+            # (b) scratch: same samples (those that decoded), same val split
+            t0 = time.perf_counter()
+            pos = {i: j for j, i in enumerate(kept_tr)}
+            sel = torch.tensor([pos[i] for i in idx if i in pos], dtype=torch.long)
+            ep = epochs_for(len(sel), scratch_epochs, scratch_min_steps)
+            if ep != scratch_epochs:  # the user's number is overridden: say so, and how to keep it
+                echo(f"note: fraction {f:g}: the scratch CNN trains {ep} epochs, not --scratch-epochs "
+                     f"{scratch_epochs}, to take at least --scratch-min-steps {scratch_min_steps} steps on {len(sel)} samples "
+                     f"(--scratch-min-steps 0 keeps {scratch_epochs})")
+            res = train_scratch(x_tr[sel], y_tr[sel], x_va, y_va, len(ds.classes), size=scratch_size,
+                                epochs=scratch_epochs, min_steps=scratch_min_steps, lr=scratch_lr, seed=seed,
+                                progress=progress, x_test=x_te, y_test=y_te)
+            out.subdir(f"arms/scratch-{f:g}").write_rows("metrics.csv", res["history"])
+            rows.append({"fraction": f, "n_train": len(sel), "arm": "scratch", "val_acc": res["val_acc"],
+                         "val_loss": res["val_loss"], "test_acc": res.get("test_acc"), "epochs": res["epochs"],
+                         "epochs_asked": scratch_epochs, "seconds": time.perf_counter() - t0})
+            echo(f"fraction {f:g} ({n} samples): {_said(rows[-2])} ({rows[-2]['seconds']:.0f}s), "
+                 f"{_said(rows[-1])} ({rows[-1]['seconds']:.0f}s, {res['epochs']} epochs)")
+        metric = "test_acc" if test is not None and all(r["test_acc"] is not None for r in rows) else "val_acc"
+        n_scored = len(y_te) if metric == "test_acc" else len(y_va)
+        finding = scratch_needs(rows, reference, n_val=n_scored, metric=metric)
+        result = {"finding": finding, "protocol": protocol(strategy, metric, n_scored), "n_val": len(y_va),
+                  "n_test": len(y_te) if test is not None else 0, "total_seconds": time.perf_counter() - t_start,
+                  "scratch_params": res["params"]}
+        write_results(out, rows, result)
+        from ..report.plots import plot_compare
+        plot_compare(rows, out / "compare.png", reference=finding["reference"],
+                     title=f"{model} vs scratch CNN on {Path(str(ds.source)).name}")
+        echo(finding["text"])
+        echo(result["protocol"])
+        return {"rows": rows, **result, "dir": str(out.path)}
 
 
 def _decoded(samples, size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fit import check_modality, default_model
-from . import check_options, linear_probe, noise_margin, quiet, split_features, start_run, write_results
+from . import check_options, linear_probe, noise_margin, quiet, split_features, started_run, write_results
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -59,56 +59,57 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     ks = parse_cuts(cuts, backbone)
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
             "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size, "data_kw": data_kw}
-    out = start_run(out, "probe", {"model": model, "cuts": ks, "stage_names": backbone.stage_names,
-                                   "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
-                                   "data_config": backbone.data_config, "data_summary": ds.summary(),
-                                   "args": args}, overwrite=overwrite, writer=main)
-    out.write_json("labels.json", ds.classes)
-    feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
-    test = features_of_test(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
-    if not main:
-        return None
-    t_probe = time.perf_counter()
-    rows = []
-    for k in ks:
-        r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
-        x = np.asarray(feats["train"][k])
-        same = bool((x == x[:1]).all())  # one point for every sample: its score is the commonest class's
-        rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(x.shape[1]), **r,
-                     **({"constant": True} if same else {})})
-        echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}"
-             + ("  (features the same for every sample: the commonest class, not a reading)" if same else ""))
-    inp = _input_probe(backbone, info["items"], ys, C, seed, cache)
-    echo(f"input    {'':12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself, {inp['what']}: "
-         "what a linear model reads without the backbone)")
-    probe_s = time.perf_counter() - t_probe
-    # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
-    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0, -r["cut"]))
-    source = ds.source
-    near = near_best(rows, best, len(ys["val"]))
-    scored = score_on_test(feats, ys, test, best["cut"], C, seed, "the best cut's probe (chosen on val)")
-    result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
-                       "test_acc": scored.get("test_acc"),
-                       "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}",
-                       "within_noise": near},
-              "test": scored, "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
-              "input": inp, "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
-              "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
-    write_results(out, rows, result)
-    from ..report.plots import plot_probe
-    plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}", input_row=inp)
-    echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
-         f"{result['best']['fit_command']}")
-    echo(scored["text"])
-    if near:
-        echo(f"note: cuts {', '.join(str(c) for c in near)} score within two standard errors of it (val has "
-             f"{len(ys['val'])} samples; one is {1 / len(ys['val']):.4f} of accuracy): on this val split the "
-             "choice between them is noise; a larger --val-fraction or more data would tell them apart")
-    if inp["val_acc"] >= best["val_acc"]:
-        how = "better than" if inp["val_acc"] > best["val_acc"] else "as well as"
-        echo(f"note: the input itself ({inp['what']}) reads this data {how} the best cut (val acc "
-             f"{inp['val_acc']:.4f}): the source adds nothing a model of the input would not")
-    return {"rows": rows, **result, "dir": str(out.path)}
+    with started_run(out, "probe", {"model": model, "cuts": ks, "stage_names": backbone.stage_names,
+                                    "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
+                                    "data_config": backbone.data_config, "data_summary": ds.summary(),
+                                    "args": args}, overwrite=overwrite, writer=main) as out:
+        out.write_json("labels.json", ds.classes)
+        feats, ys, info = split_features(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
+        test = features_of_test(backbone, ds, ks, cache, batch_size, workers, strict, progress, echo)
+        if not main:
+            return None
+        t_probe = time.perf_counter()
+        rows = []
+        for k in ks:
+            r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+            x = np.asarray(feats["train"][k])
+            same = bool((x == x[:1]).all())  # one point for every sample: its score is the commonest class's
+            rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(x.shape[1]), **r,
+                         **({"constant": True} if same else {})})
+            echo(f"cut {k:>2} {rows[-1]['stage']:12} dim {rows[-1]['dim']:>5}  val acc {r['val_acc']:.4f}"
+                 + ("  (features the same for every sample: the commonest class, not a reading)" if same else ""))
+        inp = _input_probe(backbone, info["items"], ys, C, seed, cache)
+        echo(f"input    {'':12} dim {inp['dim']:>5}  val acc {inp['val_acc']:.4f}  (the input itself, {inp['what']}: "
+             "what a linear model reads without the backbone)")
+        probe_s = time.perf_counter() - t_probe
+        # Best: highest val accuracy, then lowest val loss, then the shallower (cheaper) cut.
+        best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"] if r["val_loss"] == r["val_loss"] else 0,
+                                        -r["cut"]))
+        source = ds.source
+        near = near_best(rows, best, len(ys["val"]))
+        scored = score_on_test(feats, ys, test, best["cut"], C, seed, "the best cut's probe (chosen on val)")
+        result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
+                           "test_acc": scored.get("test_acc"),
+                           "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}",
+                           "within_noise": near},
+                  "test": scored, "n_train": int(len(ys["train"])), "n_val": int(len(ys["val"])),
+                  "input": inp, "extract_seconds": info["extract_seconds"], "probe_seconds": probe_s,
+                  "total_seconds": time.perf_counter() - t_start, "skipped": info["skipped"]}
+        write_results(out, rows, result)
+        from ..report.plots import plot_probe
+        plot_probe(rows, best["cut"], out / "probe.png", title=f"{model} on {Path(str(ds.source)).name}", input_row=inp)
+        echo(f"best depth: cut {best['cut']} ({best['stage']}), val acc {best['val_acc']:.4f}  ->  "
+             f"{result['best']['fit_command']}")
+        echo(scored["text"])
+        if near:
+            echo(f"note: cuts {', '.join(str(c) for c in near)} score within two standard errors of it (val has "
+                 f"{len(ys['val'])} samples; one is {1 / len(ys['val']):.4f} of accuracy): on this val split the "
+                 "choice between them is noise; a larger --val-fraction or more data would tell them apart")
+        if inp["val_acc"] >= best["val_acc"]:
+            how = "better than" if inp["val_acc"] > best["val_acc"] else "as well as"
+            echo(f"note: the input itself ({inp['what']}) reads this data {how} the best cut (val acc "
+                 f"{inp['val_acc']:.4f}): the source adds nothing a model of the input would not")
+        return {"rows": rows, **result, "dir": str(out.path)}
 
 
 def near_best(rows: list[dict], best: dict, n_val: int) -> list[int]:

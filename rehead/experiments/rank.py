@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import check_options, linear_probe, noise_margin, quiet, split_features, start_run, write_results
+from . import check_options, linear_probe, noise_margin, quiet, split_features, started_run, write_results
 from .logme import logme
 from .probe import features_of_test, score_on_test
 
@@ -57,55 +57,57 @@ def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, wo
             "batch_size": batch_size, "data_kw": data_kw}
     unavailable, cuts = _check_candidates(models, ds, echo)  # every refusal before any extraction or file
     duplicates = same_cuts(cuts, echo)
-    out = start_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
-                                  "data_summary": ds.summary(), "args": args}, overwrite=overwrite, writer=main)
-    out.write_json("labels.json", ds.classes)
-    rows = []
-    n_test = 0
-    for cand, (spec, k) in cuts.items():  # loadable ones, each name once
-        if any(d["model"] == cand for d in duplicates):
-            continue
-        bb = zoo.load(spec)
-        t0 = time.perf_counter()
-        feats, ys, info = split_features(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
-        test = features_of_test(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
+    with started_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
+                                   "data_summary": ds.summary(), "args": args},
+                     overwrite=overwrite, writer=main) as out:
+        out.write_json("labels.json", ds.classes)
+        rows = []
+        n_test = 0
+        for cand, (spec, k) in cuts.items():  # loadable ones, each name once
+            if any(d["model"] == cand for d in duplicates):
+                continue
+            bb = zoo.load(spec)
+            t0 = time.perf_counter()
+            feats, ys, info = split_features(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
+            test = features_of_test(bb, ds, [k], cache, batch_size, workers, strict, progress, echo)
+            if not main:
+                continue  # its share of the extraction is done; the first process scores
+            t1 = time.perf_counter()
+            score = logme(feats["train"][k], ys["train"])
+            logme_s = time.perf_counter() - t1
+            pr = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+            scored = score_on_test(feats, ys, test, k, C, seed, "this backbone's probe")
+            n_test = scored["n_test"]
+            rows.append({"model": cand, "cut": k, "stage": bb.stage_names[k - 1],
+                         "dim": int(feats["train"][k].shape[1]),
+                         "input_size": bb.data_config.get("input_size"), "logme": score,
+                         "probe_val_acc": pr["val_acc"], "probe_test_acc": scored.get("test_acc"),
+                         "probe_train_acc": pr["train_acc"],
+                         "extract_seconds": info["extract_seconds"], "logme_seconds": logme_s,
+                         "seconds": time.perf_counter() - t0})
+            echo(f"{cand:40} LogME {score:+.4f}  probe val acc {pr['val_acc']:.4f}"
+                 + (f"  test acc {scored['test_acc']:.4f}" if scored["scored"] else ""))
         if not main:
-            continue  # its share of the extraction is done; the first process scores
-        t1 = time.perf_counter()
-        score = logme(feats["train"][k], ys["train"])
-        logme_s = time.perf_counter() - t1
-        pr = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
-        scored = score_on_test(feats, ys, test, k, C, seed, "this backbone's probe")
-        n_test = scored["n_test"]
-        rows.append({"model": cand, "cut": k, "stage": bb.stage_names[k - 1], "dim": int(feats["train"][k].shape[1]),
-                     "input_size": bb.data_config.get("input_size"), "logme": score,
-                     "probe_val_acc": pr["val_acc"], "probe_test_acc": scored.get("test_acc"),
-                     "probe_train_acc": pr["train_acc"],
-                     "extract_seconds": info["extract_seconds"], "logme_seconds": logme_s,
-                     "seconds": time.perf_counter() - t0})
-        echo(f"{cand:40} LogME {score:+.4f}  probe val acc {pr['val_acc']:.4f}"
-             + (f"  test acc {scored['test_acc']:.4f}" if scored["scored"] else ""))
-    if not main:
-        return None
-    if not rows:
-        raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
-    rows.sort(key=lambda r: -r["logme"])
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i
-    n_val = len(ds.val)
-    result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates,
-              "agreement": agreement(rows, n_val), "test": _test_note(n_test),
-              "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val}
-    write_results(out, rows, result)
-    from ..report.plots import plot_rank
-    plot_rank(rows, out / "rank.png")
-    a = result["agreement"]
-    echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
-                                                 if a.get("kendall_tau") is not None else ""))
-    echo(result["test"]["text"])
-    if a["within_noise"]:
-        echo(noise_note(a, n_val))
-    return {"rows": rows, **result, "dir": str(out.path)}
+            return None
+        if not rows:
+            raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
+        rows.sort(key=lambda r: -r["logme"])
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+        n_val = len(ds.val)
+        result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates,
+                  "agreement": agreement(rows, n_val), "test": _test_note(n_test),
+                  "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val}
+        write_results(out, rows, result)
+        from ..report.plots import plot_rank
+        plot_rank(rows, out / "rank.png")
+        a = result["agreement"]
+        echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
+                                                     if a.get("kendall_tau") is not None else ""))
+        echo(result["test"]["text"])
+        if a["within_noise"]:
+            echo(noise_note(a, n_val))
+        return {"rows": rows, **result, "dir": str(out.path)}
 
 
 def _check_candidates(models: list[str], ds, echo) -> tuple[list[dict], dict]:
