@@ -29,7 +29,7 @@ from .model import TransferModel
 from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
 from .run import Run, head_logits
-from .rundir import BadRun, RunDir, RunExists
+from .rundir import LR_FIND_FILES, UNSTARTED, BadRun, RunDir, RunExists
 from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
@@ -964,7 +964,7 @@ def _range_test_config(cfg: FitConfig, unfreeze: int) -> FitConfig:
 
 def _is_lr_dir(p: Path) -> bool:
     """An lr-find output directory (only its own files): safe to refresh."""
-    return p.is_dir() and all(c.name in ("lr_find.json", "lr_find.png", ".lock", ".rehead-run") for c in p.iterdir())
+    return p.is_dir() and all(c.name in UNSTARTED + LR_FIND_FILES for c in p.iterdir())
 
 
 __all__ = ["fit", "find_lr", "FitConfig", "DEFAULT_MODEL"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever deleted by --overwrite
 UNSTARTED = (".lock", MARKER)  # all a claimed directory holds before its command writes anything
+LR_FIND_FILES = ("lr_find.json", "lr_find.png")  # what an LR range test writes (lr-find, fit --find-lr)
 
 
 class RunExists(FileExistsError):
@@ -162,7 +163,7 @@ class RunDir:
         p = Path(path)
         if not (p / MARKER).exists() or (p / "config.yaml").exists():
             return False
-        if any(c.name not in UNSTARTED + ("lr_find.json", "lr_find.png", "metrics.csv") for c in p.iterdir()):
+        if any(c.name not in UNSTARTED + LR_FIND_FILES + ("metrics.csv",) for c in p.iterdir()):
             return False
         rd = RunDir(p)
         try:
