@@ -462,3 +462,20 @@ def test_an_experiment_stopped_in_its_report_keeps_the_finished_run_and_says_so(
                                  "--out", str(out), "--quiet"])
     assert r.exit_code == 130 and "holds the finished run" in r.output and f"rehead report {out}" in r.output, r.output
     assert (out / "results.json").exists()
+
+
+def test_a_probe_scores_the_head_its_suggested_fit_trains(tmp_path, tiny_spec):
+    """The probe solved a fixed C=1 scikit-learn logistic regression; the fit it suggests (`--cut K --strategy
+    extract`) solves its head with C and scaling cross-validated: test 0.950 from the probe, 0.975 from the fit,
+    same split and cut. Both now solve the same head: the same val loss and test accuracy."""
+    import rehead
+    from rehead.experiments.probe import probe
+    data = _tvt(tmp_path / "tvt")
+    res = probe(str(data), model=tiny_spec, cuts="2", out=tmp_path / "p", workers=0, progress=False,
+                echo=lambda *_: None)
+    run = rehead.fit(str(data), model=tiny_spec, cut=2, strategy="extract", out=tmp_path / "f", workers=0,
+                     progress=False, echo=lambda *_: None)
+    (row,) = res["rows"]
+    assert row["val_loss"] == pytest.approx(run.summary["phases"][0]["best_val_loss"], rel=1e-2)  # fp32 vs fp64
+    assert row["C"] == run.summary["head_solver"]["C"] and row["scaling"] == run.summary["head_solver"]["scaling"]
+    assert res["best"]["test_acc"] == run.summary["test_acc"]

@@ -246,3 +246,14 @@ def test_solved_task_heads_take_one_scale_for_all_where_faint_columns_are_noise(
                      - head(torch.as_tensor(x[:1], dtype=torch.float32))).abs().max().item()
         assert moved < 0.5, (solve.__name__, moved)
         assert solve(signal * np.array([1e3, 1.0, 1e-3, 1.0]), target)[1]["scaling"] == "column", solve.__name__
+
+
+def test_features_constant_on_every_row_give_the_class_priors_not_a_crash():
+    """`fit --strategy extract` (and probe) at a cut whose features are the same for every sample failed
+    in the solver with "cannot reshape tensor of 0 elements": the head is now the biases alone."""
+    x = np.full((10, 5), 0.3, dtype=np.float32)
+    y = np.array([0] * 6 + [1] * 4)
+    head, info = fit_linear_head(x, y, 2)
+    with torch.no_grad():
+        p = torch.softmax(head(torch.from_numpy(x)), 1)
+    assert torch.allclose(p[0], torch.tensor([0.6, 0.4]), atol=0.02) and float(head.weight.detach().abs().max()) == 0.0

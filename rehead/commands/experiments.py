@@ -58,7 +58,8 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
           model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
           cuts: str = typer.Option("all", help="all | 3,5,9 | 3-9 | stage names"),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/probe-<data>)"),
-          c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic-regression probes"),
+          c: Optional[float] = typer.Option(None, "--C", help="inverse L2 strength of the probes (default: cross-validated on "
+                                                              "train, as fit's head)"),
           batch_size: int = 32, workers: Optional[int] = typer.Option(None, help=WORKERS_HELP), seed: int = 0,
           val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
           overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),
@@ -89,7 +90,8 @@ def probe(data: str = typer.Argument(..., help="folder of class folders, train/v
 def rank(data: str = typer.Argument(...),
          models: str = typer.Option(..., help="comma-separated specs; SPEC@CUT ranks a cut of a backbone"),
          out: Optional[str] = typer.Option(None, "--out", "-o"),
-         c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the check probes"),
+         c: Optional[float] = typer.Option(None, "--C", help="inverse L2 strength of the check probes (default: "
+                                                              "cross-validated on train, as fit's head)"),
          batch_size: int = 32, workers: Optional[int] = typer.Option(None, help=WORKERS_HELP), seed: int = 0,
          val_fraction: float = 0.2, cache_dir: Optional[str] = None, no_cache: bool = typer.Option(False, "--no-cache"),
          overwrite: bool = False, no_report: bool = typer.Option(False, "--no-report"),

@@ -53,29 +53,28 @@ def write_results(run: RunDir, rows: list[dict], extra: dict | None = None) -> N
     run.write_json("results.json", {"rows": rows, **(extra or {})})
 
 
-def linear_probe(x_train, y_train, x_val, y_val, C: float = 1.0, seed: int = 0) -> dict:
-    """Multinomial logistic regression (L2, lbfgs) on standardised features.
+def linear_probe(x_train, y_train, x_val, y_val, C: float | None = None, seed: int = 0) -> dict:
+    """The linear head `rehead fit --strategy extract` solves on the same features
+    (``fit_linear_head``: softmax + L2 to its optimum, C by 5-fold CV on train unless given, per-column
+    or one global scale by CV), so the figures a probe prints are the ones its suggested fit gets. A
+    fixed C=1 scikit-learn probe scored test 0.950 where the fit at the same cut scored 0.975.
 
-    Chosen over the gradient-descent Trainer for probes: it converges to the optimum of
-    a convex problem in well under a second for thousands of samples, has no epochs or
-    LR to tune (so depths and backbones are compared on equal terms), and is deterministic.
-    """
-    from sklearn.linear_model import LogisticRegression
+    No epochs or LR to tune (depths and backbones are compared on equal terms), and deterministic."""
+    import torch
     from sklearn.metrics import log_loss
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from ..train.linear_head import fit_linear_head
     t0 = time.perf_counter()
-    xtr, xva = np.asarray(x_train, dtype=np.float64), np.asarray(x_val, dtype=np.float64)
-    ytr, yva = np.asarray(y_train), np.asarray(y_val)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-    clf.fit(xtr, ytr)
-    p = clf.predict_proba(xva)
-    labels = clf.classes_
-    pred = labels[p.argmax(1)]
-    return {"train_acc": float((clf.predict(xtr) == ytr).mean()),
-            "val_acc": float((pred == yva).mean()) if len(yva) else 0.0,
-            "val_loss": float(log_loss(yva, p, labels=labels)) if len(set(yva.tolist())) > 1 else float("nan"),
-            "fit_seconds": time.perf_counter() - t0}
+    xtr, xva = np.asarray(x_train, dtype=np.float32), np.asarray(x_val, dtype=np.float32)
+    ytr, yva = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
+    k = int(max(ytr.max(), yva.max(initial=0))) + 1
+    head, info = fit_linear_head(xtr, ytr, k, C=C, seed=seed, scaling="auto")
+    with torch.no_grad():
+        p = {name: torch.softmax(head(torch.from_numpy(x)).double(), 1).numpy() for name, x in (("tr", xtr), ("va", xva))}
+    labels = np.arange(k)
+    return {"train_acc": float((p["tr"].argmax(1) == ytr).mean()),
+            "val_acc": float((p["va"].argmax(1) == yva).mean()) if len(yva) else 0.0,
+            "val_loss": float(log_loss(yva, p["va"], labels=labels)) if len(set(yva.tolist())) > 1 else float("nan"),
+            "C": info["C"], "scaling": info["scaling"], "fit_seconds": time.perf_counter() - t0}
 
 
 def noise_margin(acc: float, n: int) -> float:

@@ -35,7 +35,7 @@ def parse_cuts(cuts, backbone) -> list[int]:
     return sorted(set(out))
 
 
-def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float = 1.0,
+def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float | None = None,
           batch_size: int = 32, workers: int = 2, seed: int = 0, val_fraction: float = 0.2,
           cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
           overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
@@ -60,7 +60,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
     args = {"data": ds.source, "model": model, "cuts": cuts if isinstance(cuts, str) else list(cuts), "C": C,
             "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size, "data_kw": data_kw}
     with started_run(out, "probe", {"model": model, "cuts": ks, "stage_names": backbone.stage_names,
-                                    "head": "logistic regression (sklearn lbfgs, L2, standardised features)",
+                                    "head": "the linear head fit solves (softmax + L2; C and scaling by CV on train unless --C)",
                                     "data_config": backbone.data_config, "data_summary": ds.summary(),
                                     "args": args}, overwrite=overwrite, writer=main) as out:
         out.write_json("labels.json", ds.classes)

@@ -35,7 +35,7 @@ def parse_models(models) -> list[str]:
     return models
 
 
-def rank(data, models, out="runs/rank", C: float = 1.0, batch_size: int = 32, workers: int = 2, seed: int = 0,
+def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int = 32, workers: int = 2, seed: int = 0,
          val_fraction: float = 0.2, cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
          overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
     """LogME and a check probe per candidate; returns ``results.json``'s content. Under ``accelerate

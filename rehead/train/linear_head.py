@@ -231,6 +231,9 @@ def _rotate(xs):
     """(z, basis, eig): z = xs @ basis with basis (d, r) orthonormal spanning xs's row space,
     eig = per-direction mean square of z (the covariance eigenvalues), r = numerical rank."""
     n, d = xs.shape
+    if not bool((xs != 0).any()):  # every column constant on these rows: one zero column, so that the solve
+        zero = xs.new_zeros  # fits the biases alone (the class priors) instead of failing on an empty basis
+        return zero(n, 1), zero(d, 1), xs.new_ones(1)
     if n >= d:
         evals, evecs = torch.linalg.eigh(xs.T @ xs / n)
         keep = evals > evals.max() * 1e-12
