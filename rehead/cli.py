@@ -438,16 +438,17 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
 
 
 def _echo_task_metrics(res: dict, counted: str) -> None:
+    from .tasks import macro_said
     if res["task"] == "regression":
         typer.echo(f"rmse {res['rmse']:.4f}, mae {res['mae']:.4f}, r2 {res['r2']:.4f}{counted} "
                    f"(target {res['classes'][0]!r}, in its own units)")
         return
     typer.echo(f"micro f1 {res['micro_f1']:.4f}, macro f1 {res['macro_f1']:.4f}, mAP {res['map']:.4f}{counted} "
-               "(f1 at p >= 0.5)")
+               f"(f1 at p >= 0.5{macro_said(res)})")
     typer.echo(f"{'label':20} {'f1':>6} {'ap':>6} {'n':>5}")
-    for c, m in res["per_label"].items():
-        ap = f"{m['ap']:6.3f}" if m["ap"] is not None else f"{'-':>6}"
-        typer.echo(f"{c:20} {m['f1']:6.3f} {ap} {m['support']:5}")
+    for c, m in res["per_label"].items():  # a label with no positive here has no recall: no f1 or ap to show
+        f1, ap = (f"{m['f1']:6.3f}", f"{m['ap']:6.3f}") if m["ap"] is not None else (f"{'-':>6}", f"{'-':>6}")
+        typer.echo(f"{c:20} {f1} {ap} {m['support']:5}")
 
 
 @app.command()

@@ -154,7 +154,10 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 def multilabel_metrics(y_true, probs, classes: list[str] | None = None) -> dict:
     """Per-label F1 at p >= 0.5, micro/macro F1, and mAP (mean over labels with a positive of
-    scikit-learn's average precision: a label with no positive has none)."""
+    scikit-learn's average precision: a label with no positive has none). Macro-F1 averages the same
+    labels as mAP: a label with no positive in the scored data has no recall, and counting its F1 as 0
+    would pull the mean down for a label the data cannot test (its false positives still count in
+    micro-F1). ``labels_scored`` / ``labels_without_positive`` say which labels the two means cover."""
     from sklearn.metrics import average_precision_score, f1_score
     y, p = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
     pred = (p >= 0.5).astype(np.int64)
@@ -164,10 +167,18 @@ def multilabel_metrics(y_true, probs, classes: list[str] | None = None) -> dict:
     aps = {names[j]: float(average_precision_score(y[:, j], p[:, j])) for j in has_pos}
     per = f1_score(y, pred, average=None, zero_division=0) if len(y) else np.zeros(k)
     return {"micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)) if len(y) else math.nan,
-            "macro_f1": float(np.mean(per)) if k else math.nan,
+            "macro_f1": float(np.mean(per[has_pos])) if has_pos else math.nan,
             "map": float(np.mean(list(aps.values()))) if aps else math.nan,
+            "labels_scored": len(has_pos), "labels_without_positive": [names[j] for j in range(k) if j not in has_pos],
             "per_label": {names[j]: {"f1": float(per[j]), "ap": aps.get(names[j]), "support": int(y[:, j].sum())}
                           for j in range(k)}}
+
+
+def macro_said(res: dict) -> str:
+    """Which labels macro-F1 and mAP average, where some had no positive in the scored data."""
+    left = res.get("labels_without_positive") or []
+    return (f"; macro f1 and mAP over the {res['labels_scored']} label(s) with a positive here, "
+            f"{len(left)} without one left out: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}") if left else ""
 
 
 def epoch_metrics(task: str, out: torch.Tensor, y: torch.Tensor, target: dict | None = None) -> dict:

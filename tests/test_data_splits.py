@@ -160,3 +160,65 @@ def test_a_split_is_named_by_the_values_the_file_holds(tmp_path):
     table = [[f"{i % 7}.5", f"{i % 3}.25", "ab"[i % 2], ["train", "independent"][i >= 30]] for i in range(40)]
     ds = load_dataset(write_csv(tmp_path / "g.csv", ["x", "y", "label", "split"], table))  # golub's case: a table
     assert ds.modality == "tabular" and "(split=independent)" in ds.info["split"], ds.info["split"]
+
+
+def test_a_carved_multilabel_val_keeps_a_training_row_of_every_label(tmp_path):
+    """A random val took the only row of a label: the head never saw it and macro-F1 counted it 0, unsaid."""
+    rows = [[f"text number {i}", "a|b" if i % 3 else "a"] for i in range(40)]
+    rows[5][1] += "|once"
+    rows[7][1] += "|twice"
+    rows[8][1] += "|twice"
+    rows += [rows[7][:], rows[7][:]]  # copies of a 'twice' row: moved back with it, never split
+    with_test = [r + ["train"] for r in rows] + [[f"held out {i}", "a|b", "test"] for i in range(6)]
+    plain = write_csv(tmp_path / "ml.csv", ["text", "label"], rows)
+    split = write_csv(tmp_path / "mls.csv", ["text", "label", "split"], with_test)
+    for seed in range(25):
+        for p in (plain, split):
+            ds = load_dataset(p, task="multilabel", seed=seed, val_fraction=0.3)
+            in_train = {c for ys in ds.train.labels for c in ys}
+            assert in_train == set(range(len(ds.classes))), (p, seed)
+            assert len(ds.train) + len(ds.val) == 42 and not set(ds.train.items) & set(ds.val.items), (p, seed)
+    w = " ".join(ds.info["warnings"])
+    assert "label(s) 'once' appear on one row only: that row stays in train" in w and "'twice'" not in w
+
+
+def test_a_multilabel_val_with_every_label_in_train_is_the_plain_random_split(tmp_path):
+    rows = [[f"text number {i}", "a|b" if i % 3 else "a"] for i in range(40)]
+    ds = load_dataset(write_csv(tmp_path / "ml.csv", ["text", "label"], rows), task="multilabel", seed=3)
+    order = np.random.default_rng(3).permutation(40)
+    assert ds.val.items == [f"text number {i}" for i in sorted(order[:8])]
+
+
+def test_float_labels_with_a_split_column_get_the_numeric_hint(tmp_path):
+    """Without a split column the hint said '--task regression'; with one, only 'not in train' was said."""
+    rng = np.random.default_rng(0)
+    rows = [[f"{v:.4f}" for v in rng.normal(size=3)] + [f"{rng.integers(25, 346)}.0", "test" if i % 4 == 0 else "train"]
+            for i in range(120)]
+    p = write_csv(tmp_path / "diab.csv", ["x0", "x1", "x2", "label", "split"], rows)
+    with pytest.raises(DataError, match=r"not in .*\(split=train\).*every class must have training samples\. .*"
+                                        r"distinct numbers.*use --task regression"):
+        load_dataset(p, "tabular")
+
+
+def test_a_constant_regression_target_is_refused_before_training(tmp_path):
+    """Every label 5.0 trained and said 'val rmse 0.0000, mae 0.0000, r2 nan' with no word why."""
+    rows = [[f"text number {i}", "5.0"] for i in range(30)]
+    with pytest.raises(DataError, match=r"c\.csv: every one of its 30 labels in column 'label' is 5: a constant"):
+        load_dataset(write_csv(tmp_path / "c.csv", ["text", "label"], rows), task="regression")
+    seed = next(s for s in range(50) if np.random.default_rng(s).permutation(3)[0] == 2)  # the 7 goes to val
+    p = write_csv(tmp_path / "v.csv", ["text", "label"], [["x", "5"], ["y", "5"], ["z", "7"]])
+    with pytest.raises(DataError, match=r"training rows left after carving val all have label 5 .*give a val split"):
+        load_dataset(p, task="regression", seed=seed, val_fraction=0.34)
+    other = next(s for s in range(50) if np.random.default_rng(s).permutation(3)[0] != 2)
+    ds = load_dataset(p, task="regression", seed=other, val_fraction=0.34)
+    assert sorted(ds.train.labels + ds.val.labels) == [5.0, 5.0, 7.0]
+
+
+def test_skipping_the_last_training_row_of_a_label_is_an_error_for_multilabel_too(tmp_path):
+    from rehead.data import drop_items
+    rows = [[f"text number {i}", "a|b" if i % 3 else "a"] for i in range(20)]
+    rows[4][1] += "|rare"
+    ds = load_dataset(write_csv(tmp_path / "ml.csv", ["text", "label"], rows), task="multilabel")
+    assert drop_items(ds, ["text number 1"]) == ["text number 1"]
+    with pytest.raises(DataError, match=r"class\(es\) 'rare' of .* have no training sample left after 1 unreadable"):
+        drop_items(ds, ["text number 4"])

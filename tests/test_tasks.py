@@ -173,6 +173,25 @@ def test_multilabel_empty_cells_are_unlabelled_and_the_warning_says_how_to_write
     assert "An item that has none of the labels is written '|'" in " ".join(ds.info["warnings"])
 
 
+def test_macro_f1_leaves_out_labels_without_a_positive_as_map_does():
+    """A label with no positive in the scored data counted f1 0 in macro-F1 while mAP left it out."""
+    from rehead.tasks import epoch_metrics, multilabel_metrics
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    p = np.where(y == 1, 0.9, 0.1)
+    m = multilabel_metrics(y, p, ["a", "b", "once"])
+    assert m["macro_f1"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
+    assert m["labels_scored"] == 2 and m["labels_without_positive"] == ["once"]
+    assert m["per_label"]["once"]["ap"] is None and m["per_label"]["once"]["support"] == 0
+    assert epoch_metrics("multilabel", torch.logit(torch.tensor(p, dtype=torch.float32)), torch.tensor(y))["macro_f1"] \
+        == pytest.approx(1.0)
+    p[3, 2] = 0.9  # a false positive of the absent label still costs micro-F1
+    assert multilabel_metrics(y, p)["micro_f1"] < 1.0
+    assert np.isnan(multilabel_metrics(np.zeros((2, 2)), np.zeros((2, 2)))["macro_f1"])
+    from rehead.tasks import macro_said  # what evaluate and the report say beside the two means
+    assert macro_said(m) == "; macro f1 and mAP over the 2 label(s) with a positive here, 1 without one left out: once"
+    assert macro_said(multilabel_metrics(y[:3, :2], p[:3, :2])) == ""
+
+
 # -- class weights, label smoothing ------------------------------------------------------------------
 def test_balanced_class_weights_are_n_over_k_count_and_change_the_loss():
     from rehead.tasks import balanced_weights, loss_for

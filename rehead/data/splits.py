@@ -106,7 +106,7 @@ def assemble(modality: str, parts: Parts, val_fraction: float, seed: int, task: 
             extra = sorted(set(named[k].labels) - set(classes))
             if extra:
                 raise DataError(f"{named[k].where} has label(s) not in {base.where}: {names(extra)}: "
-                                "every class must have training samples")
+                                "every class must have training samples" + (f". {hint}" if hint else ""))
     named = {k: _drop_skipped(p, parts.skipped) for k, p in named.items()}
     for k in ("val", "test"):
         if k in named and not named[k].items:  # e.g. a test.csv whose labels are all empty
@@ -193,6 +193,12 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     if parts.skipped:
         warnings.append(_skipped_warning(parts.skipped))
     train_all = built[base_name]
+    if task == "regression":
+        _require_varying(train_all.labels, base.where, parts.labels_from)
+    else:
+        once = _once_labels(train_all.labels, classes, base.where, carved="val" not in built)
+        if once:
+            warnings.append(once)
     if "val" in built:
         train, val = train_all, built["val"]
         how = f"train: {named['train'].where}; val: {named['val'].where}"
@@ -200,8 +206,12 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     else:
         keys = [k for it, k in zip(base.items, _keys(base)) if it not in parts.skipped]  # as samples() keeps
         tr, va = _random_split(len(train_all), val_fraction, seed, base.where, keys)
+        if task == "multilabel":
+            tr, va = _each_label_in_train(train_all.labels, tr, va, keys)
         _said_leaks(keys, tr, va, base.where, warnings)
         train, val = train_all.subset(tr), train_all.subset(va)
+        if task == "regression":
+            _require_varying(train.labels, base.where, parts.labels_from, carved=True)
         how = f"random {val_fraction:.0%} val (not stratified: {task}) of {base.where}, seed {seed}"
     test = built.get("test") if base_name == "train" else None
     if test is not None:
@@ -211,6 +221,53 @@ def assemble_task(modality: str, parts: Parts, val_fraction: float, seed: int, t
     info = {"split": how, **parts.info, **({"warnings": warnings} if warnings else {})}
     return Dataset(modality, classes, train, val, parts.source, skipped=list(parts.skipped), info=info, test=test,
                    files=list(parts.files), task=task)
+
+
+def _require_varying(values: list[float], where, column, carved: bool = False) -> None:
+    """A regression target that is one number on every training row leaves nothing to learn: the
+    head would predict it, rmse 0 and r2 undefined (nan) on a val of that number, and say nothing why."""
+    if len(values) < 2 or min(values) != max(values):
+        return
+    if carved:
+        raise DataError(f"{where}: the {len(values)} training rows left after carving val all have label "
+                        f"{values[0]:g} (the other values went to val): a regression needs varying training targets; "
+                        "add rows, change --val-fraction or --seed, or give a val split")
+    raise DataError(f"{where}: every one of its {len(values)} labels in column {column!r} is {values[0]:g}: a constant "
+                    "target leaves nothing to learn (rmse 0, r2 undefined); check the label column "
+                    "(--label-column names it)")
+
+
+def _once_labels(label_sets: list[list[int]], classes: list[str], where, carved: bool) -> str | None:
+    """Labels on a single training row, said as for classes; a carved val never takes that row."""
+    counts = Counter(c for ys in label_sets for c in ys)
+    once = [classes[c] for c in sorted(counts) if counts[c] == 1]
+    if not once:
+        return None
+    kept = (": that row stays in train, so the carved val has no positive of them to score (left out of "
+            "macro-F1 and mAP)") if carved else ""
+    return (f"{where}: label(s) {names(once)} appear on one row only{kept}; the model can hardly learn a label "
+            "from one example: add examples or merge the label")
+
+
+def _each_label_in_train(label_sets: list[list[int]], tr: list[int], va: list[int], keys=None):
+    """A random val may take every row of a rare label, leaving no training positive to learn it from (and a
+    head that never predicts it): one val row of each such label (with its copies) goes back to train.
+    Nothing moves when every label has a training row, so such splits stay exactly as before."""
+    in_train = {c for i in tr for c in label_sets[i]}
+    missing = sorted({c for i in va for c in label_sets[i]} - in_train)
+    if not missing:
+        return tr, va
+    same = [_key(k) for k in keys] if keys is not None else list(range(len(label_sets)))
+    back: set[int] = set()
+    for c in missing:
+        if c in in_train:  # brought back with an earlier label's row
+            continue
+        first = next(i for i in va if c in label_sets[i])
+        for i in va:
+            if same[i] == same[first]:
+                back.add(i)
+                in_train.update(label_sets[i])
+    return sorted(set(tr) | back), [i for i in va if i not in back]
 
 
 def _numbers(p: Part) -> list[float]:
@@ -463,9 +520,9 @@ def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
         removed += [s.items[i] for i in range(len(s)) if s.items[i] in bad]
         setattr(ds, name, s.subset(keep))
     ds.skipped += removed
-    if ds.task != "multiclass":  # a label set or a number: no class can be left without samples
+    if ds.task == "regression":  # a number: no class can be left without samples
         return removed
-    have = Counter(ds.train.labels)
+    have = Counter(c for ys in ds.train.labels for c in ys) if ds.task == "multilabel" else Counter(ds.train.labels)
     gone = [c for i, c in enumerate(ds.classes) if have[i] == 0]
     if gone:
         raise DataError(f"class(es) {names(gone)} of {ds.source} have no training sample left after "

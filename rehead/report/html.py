@@ -144,9 +144,10 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
         return [("Predicted vs true", f"<p>RMSE <b>{res['rmse']:.4g}</b>, MAE <b>{res['mae']:.4g}</b>, "
                  f"R² <b>{res['r2']:.4f}</b> on {res['n']} val samples</p>" + img(p, "predicted vs true"))]
     if res.get("task") == "multilabel":
+        from ..tasks import macro_said
         per_label = [{"label": c, **m} for c, m in res["per_label"].items()]
         return [("Per-label scores", f"<p>micro F1 <b>{res['micro_f1']:.4f}</b>, macro F1 <b>{res['macro_f1']:.4f}</b>, "
-                 f"mAP <b>{res['map']:.4f}</b> on {res['n']} val samples (F1 at p &ge; 0.5)</p>"
+                 f"mAP <b>{res['map']:.4f}</b> on {res['n']} val samples (F1 at p &ge; 0.5{escape(macro_said(res))})</p>"
                  + table(per_label, left=("label",)))]
     p = plots.plot_confusion(res["confusion_matrix"], res["classes"], plot_path(d, "confusion.png"))
     per_class = [{"class": c, **{k: (int(v) if k == "support" else v) for k, v in m.items()}}
