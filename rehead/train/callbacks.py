@@ -8,6 +8,7 @@ Raising ``CancelFit`` ends training cleanly (``after_fit`` still runs).
 """
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -219,6 +220,8 @@ class Checkpoint(Callback):
             "optimizer": tr.opt.state_dict(), "phase": tr.phase_index, "epoch": tr.epoch,
             "frozen": list(getattr(m, "frozen", [])), "rng": rng_state(),
             "best": tr.best, "bad": tr.bad, "history": tr.history,
+            # what the solved head's cross-validation chose (summary.json's head_solver): a resume skips that phase
+            "solved": json.dumps(getattr(tr, "solved", None), default=float),
             "callbacks": {type(cb).__name__: cb.checkpoint_state(tr) for cb in tr.callbacks
                           if hasattr(cb, "checkpoint_state")}})
 

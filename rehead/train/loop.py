@@ -22,6 +22,7 @@ callback (``rehead.train.callbacks``) on these events, in this order:
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from contextlib import nullcontext
@@ -160,6 +161,8 @@ class Trainer:
         if resume:
             start_phase, start_epoch = resume["phase"], resume["epoch"] + 1
             self.best, self.bad, self.history = resume["best"], resume["bad"], list(resume["history"])
+            if resume.get("solved"):  # the solved head's phase ran before the checkpoint: what it chose
+                self.solved = json.loads(resume["solved"])
         self._val_loaders = {}
         try:
             self._event("setup")
