@@ -88,7 +88,9 @@ class FitConfig:
     lr_min: float | None = field(default=None, metadata=opt("or spread LRs geometrically from lr-min to lr"))
     layer_decay: float | None = field(default=None, metadata=opt(
         "layer-wise LR decay per block (ViTs, transformers; e.g. 0.75), from the model's own grouping"))
-    schedule: str = field(default="onecycle", metadata=opt("LR schedule within a phase", SCHEDULES))
+    schedule: str = field(default="onecycle", metadata=opt(
+        "LR schedule within a phase (under onecycle a head trained by steps on cached features runs at a constant LR)",
+        SCHEDULES))
     optimizer: str = field(default="adamw", metadata=opt(
         "optimizer of the phases that train on images or texts: adamw, or sgd (momentum 0.9, Nesterov) at 10x "
         "the LRs: its steps follow the gradient's size, so where the head already fits the training data the "

@@ -854,6 +854,9 @@ def _added_since(ds: Dataset, cfg: FitConfig) -> int:
 
 def _resume(out: Path, echo, progress, accelerator, t_start, workers: int | None = None) -> Run:
     main = accelerator.is_main_process
+    if not out.exists():  # "not a rehead run directory (no config.yaml)" read as if a folder were there
+        raise BadRun(f"{out} does not exist: nothing to resume (a fit interrupted before it wrote anything leaves "
+                     "nothing: run the same command again, without --resume)")
     seen = RunDir.open(out, writer=False)  # read first: a finished run (read-only, a colleague's) needs no lock
     cfg_yaml = seen.read_yaml()
     if cfg_yaml.get("kind", "fit") != "fit" or "fit" not in cfg_yaml:

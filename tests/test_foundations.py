@@ -222,6 +222,8 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, image_folder, tiny_sp
                         ([str(tmp_path)], "on its own data")):
         res = runner.invoke(app, ["fit", *extra, "--resume", str(tmp_path / "run")])
         assert res.exit_code == 2 and says in res.output, res.output
+    res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "never")])
+    assert res.exit_code == 2 and "does not exist: nothing to resume" in res.output, res.output
     # --workers changes how data loads, not the run: taken, and said (it was refused as "would be ignored")
     rehead.fit(str(image_folder), model=tiny_spec, out=tmp_path / "cut", strategy="extract", epochs=2, **QUIET)
     (tmp_path / "cut" / "model.safetensors").unlink()
