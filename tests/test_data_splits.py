@@ -220,5 +220,5 @@ def test_skipping_the_last_training_row_of_a_label_is_an_error_for_multilabel_to
     rows[4][1] += "|rare"
     ds = load_dataset(write_csv(tmp_path / "ml.csv", ["text", "label"], rows), task="multilabel")
     assert drop_items(ds, ["text number 1"]) == ["text number 1"]
-    with pytest.raises(DataError, match=r"class\(es\) 'rare' of .* have no training sample left after 1 unreadable"):
+    with pytest.raises(DataError, match=r"label\(s\) 'rare' of .* have no training sample left after 1 unreadable"):
         drop_items(ds, ["text number 4"])

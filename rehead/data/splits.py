@@ -525,9 +525,10 @@ def drop_items(ds: Dataset, bad, why: str = "unreadable") -> list:
     have = Counter(c for ys in ds.train.labels for c in ys) if ds.task == "multilabel" else Counter(ds.train.labels)
     gone = [c for i, c in enumerate(ds.classes) if have[i] == 0]
     if gone:
-        raise DataError(f"class(es) {names(gone)} of {ds.source} have no training sample left after "
+        what = "label(s)" if ds.task == "multilabel" else "class(es)"
+        raise DataError(f"{what} {names(gone)} of {ds.source} have no training sample left after "
                         f"{len(removed)} {why} item(s) were skipped (e.g. {removed[0] if removed else '?'}): fix or "
-                        "remove those files, or remove the class")
+                        f"remove those files, or remove the {what[:-3]}")
     return removed
 
 
