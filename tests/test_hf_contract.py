@@ -254,13 +254,17 @@ def test_finetune_a_tiny_model_from_a_csv(family, tiny_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("model_type,kw,match", [
-    ("vit", dict(image_size=32, patch_size=8), "not a text model.*timm:"),
+    # a transformers image checkpoint: refused as one (timm cannot read its folder, so no timm:hf-hub: advice)
+    ("vit", dict(image_size=32, patch_size=8), "is an image model.*image checkpoints are not supported"),
+    ("convnext", dict(image_size=32, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1]),
+     "is an image model.*image checkpoints are not supported"),
     ("t5", dict(d_model=32, num_layers=2, num_heads=4, d_ff=37, d_kv=8), "encoder-decoder"),
-    ("albert", dict(embedding_size=16), "no list of 3 transformer blocks"),  # one block shared by all layers
+    # one block shared by all layers: said as such, not as "no list of blocks"
+    ("albert", dict(embedding_size=16), "shares its transformer blocks across layers.*ALBERT"),
 ])
 def test_models_rehead_cannot_cut_are_refused_with_a_reason(model_type, kw, match, tmp_path):
     from transformers import AutoConfig, AutoModel
-    sizes = {} if model_type == "t5" else dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+    sizes = {} if model_type in ("t5", "convnext") else dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                                 intermediate_size=37)
     AutoModel.from_config(AutoConfig.for_model(model_type, **sizes, **kw)).save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)

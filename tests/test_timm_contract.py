@@ -122,6 +122,10 @@ def test_features_equal_timms_own(name):
     rows = bb.describe(x[:1])
     assert [r["name"] for r in rows] == bb.stage_names
     assert all(rows[k - 1]["output_shape"][0] == many[k].shape[1] for k in cuts[:-1])
+    if len(bb) > len(inter):  # a pre_logits / head_conv stage outputs the feature vector itself (not NHWC,
+        assert rows[-1]["output_shape"] == tuple(many[len(bb)].shape[1:])  # tokens or the map before conv_head)
+    else:
+        assert rows[-1]["output_shape"][0] == many[len(bb)].shape[1]
     assert sum(r["params"] for r in rows) == sum(p.numel() for p in bb.parameters())
     assert bb.stage_names[-1] in ("pre_logits", "head_conv") or len(bb) == len(inter)
 
@@ -166,6 +170,18 @@ def test_extract_fit_and_onnx_export(name, tmp_path):
         want = run.model.eval().cpu()(x).numpy()  # the export runs on the CPU: so does the reference
     # relative to the logits' size: untrained Inception-v3 gives logits of ~1e7
     np.testing.assert_allclose(f(x.numpy()), want, rtol=1e-5, atol=1e-4 * (1 + np.abs(want).max()))
+    # the pretrained classifier is kept with the run (LeViT's: a distilled pair of heads on one feature),
+    # except DeiT-distilled's, whose two heads read two tokens (refused: see below)
+    heads = _build(name)[0].get_classifier()
+    kept = name != "deit_distilled" and any(True for h in (heads if isinstance(heads, tuple) else (heads,))
+                                           for _ in h.parameters())
+    assert (run.dir / "source_head.safetensors").exists() == kept
+    if name == "levit":
+        from rehead.run import Run
+        bb = Run(run.dir).model.backbone.eval().cpu()
+        ref = _build(name)[0].eval()
+        with torch.no_grad():
+            torch.testing.assert_close(bb.source_head[0](bb(x)), ref(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vit", "convnext", "efficientnet_lite", "swin"])
@@ -237,3 +253,63 @@ def test_moving_the_backbone_moves_what_timm_runs(name, overwrite):
         torch.testing.assert_close(bb(x), want, atol=1e-9, rtol=0)
         torch.testing.assert_close(bb.cut(1)(x), ref.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
                                    .mean((2, 3)), atol=1e-9, rtol=0)
+
+
+# -- what rehead cannot carry is refused, truthfully ---------------------------------------------
+
+def test_distilled_heads_on_one_feature_are_kept_and_give_timms_own_logits():
+    """LeViT and EfficientFormer average two heads that read the same pooled feature: rehead keeps both
+    as the source head, and its logits are timm's."""
+    import timm
+    from rehead.zoo.timm_stages import timm_backbone
+    torch.manual_seed(0)
+    eff = timm.create_model("efficientformer_l1", pretrained=False, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32),
+                            num_vit=1)
+    for bb, size in ((zoo.load("contract:levit"), 64),
+                     (timm_backbone(eff, "eff", dict(image_data_config(eff.pretrained_cfg), input_size=224)), 224)):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
+        assert isinstance(bb.model.get_classifier(), tuple) and bb.source_head[0] is not None
+        with torch.no_grad():
+            want = bb.model.eval()(x)
+            torch.testing.assert_close(bb.source_head[0](bb(x)), want, atol=1e-5, rtol=1e-5)
+        top = bb.source_predict(x, top_k=1)
+        assert [t[0]["index"] for t in top] == want.argmax(1).tolist()
+
+
+def test_distilled_deit_is_refused_as_a_pair_of_heads_not_as_headless():
+    """DeiT-distilled's two heads read two tokens; rehead's feature is their mean, so no head on it gives
+    timm's logits: none is kept, and predicting with it says why (not "no pretrained head")."""
+    bb = zoo.load("contract:deit_distilled")
+    assert bb.source_head[0] is None
+    x = torch.randn(1, 3, 64, 64)
+    for b in (bb, bb.cut(len(bb))):
+        with pytest.raises(ValueError, match="has a pretrained classifier.*distilled pair of heads.*does not carry"):
+            b.source_predict(x)
+
+
+def test_grayscale_models_are_refused_up_front():
+    import timm
+    from rehead.zoo.timm_stages import timm_backbone
+    model = timm.create_model("resnet10t", pretrained=False, in_chans=1)
+    cfg = dict(image_data_config(model.pretrained_cfg), input_size=32)
+    with pytest.raises(ValueError, match="^gray takes 1-channel input; rehead's image pipeline feeds RGB"):
+        timm_backbone(model, "gray", cfg)
+    del model.in_chans  # a model that does not say: read off its first convolution when 3 channels fail
+    with pytest.raises(ValueError, match="^gray takes 1-channel input; rehead's image pipeline feeds RGB"):
+        timm_backbone(model, "gray", cfg)
+
+
+@pytest.mark.parametrize("arch,kw,size", [
+    # feature_info names modules the model does not have
+    ("twins_svt_small", dict(img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+     64),
+    # two branches side by side: a forward pass does not go through the feature points in order
+    ("crossvit_tiny_240", dict(depth=((1, 1, 0), (1, 1, 0)), embed_dim=[16, 32], num_heads=[1, 1]), 240),
+])
+def test_families_rehead_cannot_cut_are_refused_in_user_terms(arch, kw, size):
+    import timm
+    from rehead.zoo.timm_stages import timm_backbone
+    model = timm.create_model(arch, pretrained=False, **kw)
+    with pytest.raises(ValueError, match="models cannot be cut into stages by rehead: .*Use another family, e.g. "
+                                         "timm:resnet50"):
+        timm_backbone(model, arch, dict(image_data_config(model.pretrained_cfg), input_size=size))

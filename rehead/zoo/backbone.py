@@ -33,6 +33,7 @@ class Backbone(nn.Module):
         # The pretrained task head (e.g. ImageNet classifier), kept aside, never trained.
         self.source_head = [source_head]  # a list so it is not a registered submodule
         self.source_labels: list[str] | None = None  # the source head's class names, where known
+        self.source_head_note: str | None = None  # why a classifier the model has is not kept, where it is not
         self.full_depth = len(stages)
         self._weights_id = None
 
@@ -96,6 +97,9 @@ class Backbone(nn.Module):
         """The pretrained network used as it is: top-k of its own head (e.g. ImageNet classes) per
         input, ``[[{"label", "index", "prob"}, ...], ...]``. Needs the full depth and a known head."""
         head = self.source_head[0]
+        note = getattr(self, "source_head_note", None)
+        if head is None and note:
+            raise ValueError(note)
         if head is None or len(self) != self.full_depth:
             raise ValueError(f"{self.spec} has no pretrained head to predict with"
                              + (" at this cut" if head is not None else ""))

@@ -102,6 +102,13 @@ def analyse(base: nn.Module) -> dict:
     lists = [(name, m) for name, m in base.named_modules()
              if isinstance(m, nn.ModuleList) and len(m) > 0 and (n is None or len(m) == n)]
     if not lists:
+        groups = getattr(base.config, "num_hidden_groups", None)
+        if n and isinstance(groups, int) and groups < n:  # ALBERT: one block (group) run again for every layer
+            raise ModelNotFound(
+                f"{type(base).__name__} shares its transformer blocks across layers ({groups} block"
+                f"{'s' if groups != 1 else ''} run {n} times, as ALBERT does): its layers have no weights of their "
+                "own, so rehead cannot cut it into per-layer stages. Use a model with one block per layer "
+                "(BERT, RoBERTa, DistilBERT, DeBERTa, ELECTRA, ModernBERT ...)")
         raise ModelNotFound(
             f"rehead found no list of {n} transformer blocks in {type(base).__name__}: it takes transformers "
             "models whose base model keeps its blocks in one nn.ModuleList (BERT, RoBERTa, DistilBERT, DeBERTa, "
@@ -528,9 +535,13 @@ def load_hf_model(source: str, pretrained: bool, lm: str | None = None):
             model, info = (auto.from_pretrained(source, output_loading_info=True) if pretrained
                            else (auto.from_config(config), {}))
             if getattr(model, "main_input_name", "input_ids") != "input_ids":
-                raise ModelNotFound(f"{source} is not a text model ({config.model_type} takes "
-                                    f"{model.main_input_name}): hf: loads text models; for image models use "
-                                    "timm: (e.g. timm:hf-hub:ORG/NAME)")
+                kind = "an image model" if model.main_input_name == "pixel_values" else "not a text model"
+                raise ModelNotFound(f"{source} is {kind} ({config.model_type} takes {model.main_input_name}): "
+                                    "hf: loads transformers text models only; transformers image checkpoints "
+                                    "are not supported (and timm cannot read this checkpoint either). The timm version "
+                                    "of the model works, if you can get it: timm:NAME, timm:hf-hub:ORG/NAME (e.g. "
+                                    "timm/vit_base_patch16_224.augreg_in21k) or a downloaded timm folder with "
+                                    "timm:local-dir:DIR")
             tokenizer = load_tokenizer(source)
             check_tokenizer(tokenizer, config, source)
     except ModelNotFound:

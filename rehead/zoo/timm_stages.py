@@ -100,6 +100,17 @@ def _has_state(mod: nn.Module) -> bool:
     return bool(mod._parameters) or bool(mod._buffers)
 
 
+FAMILIES_THAT_CUT = ("timm:resnet50, timm:convnext_tiny, timm:efficientnet_b0, timm:vit_base_patch16_224, "
+                     "timm:swin_tiny_patch4_window7_224 or another family the README lists as tested")
+
+
+def uncuttable(model: nn.Module, why: str) -> ValueError:
+    """The refusal for a timm family whose stage boundaries rehead cannot read."""
+    return ValueError(f"timm's {type(model).__name__} models cannot be cut into stages by rehead: {why}, so rehead "
+                      "cannot tell which layers make up each stage (it needs that to cut the network, cache features "
+                      f"per stage and fine-tune the last stages). Use another family, e.g. {FAMILIES_THAT_CUT}")
+
+
 def trace_plan(model: nn.Module, input_size: int) -> dict:
     """Stage names and the timm modules (by name) each stage owns, from one traced forward pass."""
     extra = _extra_blocks(model)
@@ -107,7 +118,8 @@ def trace_plan(model: nn.Module, input_size: int) -> dict:
     named = dict(model.named_modules())
     missing = [p for p in points if p not in named]
     if missing:
-        raise ValueError(f"{type(model).__name__}: feature_info names modules it does not have: {missing}")
+        raise uncuttable(model, "timm's description of its stages (feature_info) names layers the model does not "
+                                f"have ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})")
     n = len(points)
     stage = [0]
     first: dict[str, int] = {}
@@ -134,7 +146,9 @@ def trace_plan(model: nn.Module, input_size: int) -> dict:
             h.remove()
         model.train(was)
     if stage[0] != n:
-        raise ValueError(f"{type(model).__name__}: a forward pass went through {stage[0]} of its {n} feature points")
+        raise uncuttable(model, f"its forward pass does not go through its {n} stages one after the other the way "
+                                f"timm's description of them (feature_info) says (only {stage[0]} of them were reached "
+                                "in order)")
 
     # Owner of each module: the stage it first ran in. A module that never ran belongs with its
     # parent (its weights are used by the parent's code, e.g. EVA's qkv); the classifier belongs to none.
@@ -257,6 +271,7 @@ class TimmBackbone(Backbone):
         new = TimmBackbone(model, self.plan, self.data_config, self.spec, depth=k,
                            source_head=self.source_head[0], full_depth=self.full_depth)
         new.source_labels = self.source_labels
+        new.source_head_note = self.source_head_note
         new.train(self.training)
         return new
 
@@ -326,8 +341,8 @@ class TimmBackbone(Backbone):
                 res = self.model.forward_intermediates(example, indices=list(range(n)), **kw, **self.plan["extra"])
                 final, inter = (None, res) if kw else res
                 shapes[:n] = [tuple(t.shape[1:]) for t in inter]
-                if len(self) > n:
-                    shapes[-1] = tuple(final.shape[1:])
+                if len(self) > n:  # the last stage's output is the pre-logits feature vector, not the raw map
+                    shapes[-1] = tuple(self.model.forward_head(final, pre_logits=True).shape[1:])
         return [{"index": i + 1, "name": name, "output_shape": shapes[i],
                  "params": sum(p.numel() for p in self.stages[name].parameters())}
                 for i, name in enumerate(self.stage_names)]
@@ -371,14 +386,71 @@ def timm_backbone(model: nn.Module, spec: str, data_config: dict | None = None) 
                          "timm:vit_base_patch16_224, timm:convnext_tiny)")
     model.eval()
     cfg = data_config or image_data_config(model.pretrained_cfg)
-    plan = trace_plan(model, int(cfg["input_size"]))
+    chans = getattr(model, "in_chans", None)
+    if isinstance(chans, int) and chans != 3:
+        raise _not_rgb(model, spec, chans)
+    try:
+        plan = trace_plan(model, int(cfg["input_size"]))
+    except RuntimeError as e:  # a model that does not say its input channels, and takes other than 3
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is not None and conv.in_channels != 3:
+            raise _not_rgb(model, spec, conv.in_channels) from e
+        raise
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    note = None
+    if isinstance(head, (tuple, list)):  # distilled models: (head, head_dist)
+        head, note = _distilled_head(model, spec, head, int(cfg["input_size"]))
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         head = None
     bb = TimmBackbone(model, plan, cfg, spec, source_head=head)
+    bb.source_head_note = note
     bb.source_labels = source_labels(model) if head is not None else None
     bb.eval()
     return bb
+
+
+def _not_rgb(model: nn.Module, spec: str, chans: int) -> ValueError:
+    return ValueError(f"{spec} takes {chans}-channel input; rehead's image pipeline feeds RGB (every image is "
+                      f"converted to 3 channels): use a 3-channel version of the model (timm's {type(model).__name__} "
+                      "built with in_chans=3, its default)")
+
+
+class DistilledHeads(nn.Module):
+    """The pretrained classifier of a distilled timm model whose two heads read the same feature vector
+    (LeViT, EfficientFormer): timm's prediction is the mean of both heads' logits."""
+
+    def __init__(self, head: nn.Module, head_dist: nn.Module):
+        super().__init__()
+        self.head, self.head_dist = head, head_dist
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.head(x) + self.head_dist(x)) / 2
+
+
+def _distilled_head(model: nn.Module, spec: str, heads, input_size: int):
+    """(source head, note): the pair of heads of a distilled model as one head on the pooled features
+    when that gives timm's own logits (checked on a random input), else None and why."""
+    heads = [h for h in heads if isinstance(h, nn.Module)]
+    if len(heads) != 2 or not any(True for h in heads for _ in h.parameters()):
+        return None, None  # no classifier (num_classes=0): nothing to carry
+    pair = DistilledHeads(*heads)
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        final = model.forward_features(x)
+        want, got = model.forward_head(final), pair(model.forward_head(final, pre_logits=True))
+    if isinstance(want, torch.Tensor) and want.shape == got.shape and \
+            torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max()))):
+        return pair, None
+    tokens = hasattr(model, "dist_token")  # DeiT: the heads read the class and the distillation token
+    return None, (f"{spec} has a pretrained classifier, but it is a distilled pair of heads (timm's "
+                  f"{type(model).__name__}: " + ("a class-token head and a distillation-token head whose logits timm "
+                  "averages) that read two different tokens, while rehead keeps one feature vector per image (the "
+                  "mean of both tokens)" if tokens else "two heads whose logits timm averages, not both on rehead's "
+                  "one feature vector per image)") +
+                  ": a head on it would not give timm's own predictions, so rehead does not carry "
+                  "this classifier. Fitting a new head on its features works as usual; for the pretrained model's own "
+                  "predictions use timm directly, or a model whose single head rehead keeps (e.g. the non-distilled "
+                  "timm:deit_tiny_patch16_224)")
 
 
 def source_labels(model: nn.Module) -> list[str] | None:
