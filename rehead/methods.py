@@ -345,7 +345,8 @@ def source_predictions(backbone, inputs: torch.Tensor, batch_size: int = 64, fro
     classifier) on ``inputs``. ``from_stage``: the inputs are states entering that stage."""
     head = backbone.source_head[0]
     if head is None:
-        raise ValueError(f"{backbone.spec} kept no source head: forgetting cannot be measured on it")
+        raise ValueError(getattr(backbone, "source_head_note", None)  # why a classifier it has is not carried
+                         or f"{backbone.spec} kept no source head: forgetting cannot be measured on it")
     was = backbone.training
     backbone.eval()
     out = []

@@ -561,6 +561,9 @@ class Run:
         from .methods import source_agreement
         tuned = self.model.backbone
         if not (self.dir / "source_head.safetensors").exists():
+            note = getattr(tuned, "source_head_note", None)  # a classifier the model has but rehead does not carry
+            if note:
+                raise BadRun(f"{self.dir} kept no pretrained head: {note}")
             raise BadRun(f"{self.dir} kept no pretrained head ({self.config['model']} is a {self.modality} backbone "
                          "without a source task's classifier, or the run predates kept heads): source agreement "
                          "reads the backbone through its own head, e.g. an ImageNet model's")

@@ -285,6 +285,9 @@ def test_distilled_deit_is_refused_as_a_pair_of_heads_not_as_headless():
     for b in (bb, bb.cut(len(bb))):
         with pytest.raises(ValueError, match="has a pretrained classifier.*distilled pair of heads.*does not carry"):
             b.source_predict(x)
+    from rehead.methods import source_predictions  # forgetting (evaluate --source-agreement) says the same
+    with pytest.raises(ValueError, match="has a pretrained classifier.*distilled pair of heads.*does not carry"):
+        source_predictions(bb, x)
 
 
 def test_grayscale_models_are_refused_up_front():
