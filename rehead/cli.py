@@ -441,7 +441,9 @@ def _echo_task_metrics(res: dict, counted: str) -> None:
     from .tasks import macro_said
     if res["task"] == "regression":
         typer.echo(f"rmse {res['rmse']:.4f}, mae {res['mae']:.4f}, r2 {res['r2']:.4f}{counted} "
-                   f"(target {res['classes'][0]!r}, in its own units)")
+                   f"(target {res['classes'][0]!r}, in its own units"
+                   + ("; r2 is undefined: every target scored here is the same value" if res.get("n") and
+                      res["r2"] != res["r2"] else "") + ")")
         return
     typer.echo(f"micro f1 {res['micro_f1']:.4f}, macro f1 {res['macro_f1']:.4f}, mAP {res['map']:.4f}{counted} "
                f"(f1 at p >= 0.5{macro_said(res)})")

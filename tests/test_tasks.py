@@ -66,6 +66,12 @@ def test_regression_run_loads_back_and_evaluates_a_new_csv(tmp_path, one_thread)
     res = run.evaluate(str(write_table(tmp_path / "new.csv", x2, [f"{v:.4f}" for v in y2])))
     assert res["n"] == 60 and res["r2"] > 0.8
     assert "r2=" in repr(run) and "task='regression'" in repr(run)
+    # held-out rows that all share one target: r2 is undefined, and evaluate says why it prints nan
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    same = write_table(tmp_path / "same.csv", x2[:5], ["3.0"] * 5)
+    out = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(same)]).output
+    assert "r2 nan" in out and "r2 is undefined: every target scored here is the same value" in out, out
     # a prediction far beyond the training targets is flagged (a held-out photo got 461 for targets 3..30)
     assert min(y) - 1e-3 <= run.target["min"] < run.target["mean"] < run.target["max"] <= max(y) + 1e-3  # train split
     rows = run.predict([f"{tmp_path / 'new.csv'}#{i}" for i in range(3)])
