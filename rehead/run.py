@@ -661,7 +661,14 @@ def _class_index(y, index: dict, numeric: bool) -> int | None:
     """The class index that label ``y`` stands for, or None. ``numeric``: the class names are numbers,
     so a number is read as the name it spells (2, 2.0 or 2.5, as a CSV cell would), never as an index."""
     if isinstance(y, str):
-        return index.get(y)
+        if y in index or not numeric:
+            return index.get(y)
+        try:  # "1" for a class named "1.0" (a run whose table pandas wrote as floats) and the reverse
+            y = float(y)
+        except ValueError:
+            return None
+        if not math.isfinite(y):
+            return None
     if isinstance(y, bool) or not isinstance(y, (int, float, np.integer, np.floating)):
         return None
     whole = float(y).is_integer()

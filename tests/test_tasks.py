@@ -307,3 +307,19 @@ def test_an_extract_fit_reports_plain_losses_when_its_solved_head_ignores_label_
             for r in (fit(data, tmp_path / "plain", strategy="extract"),
                       fit(data, tmp_path / "smooth", strategy="extract", label_smoothing=0.2))]
     assert loss[0] == pytest.approx(loss[1])
+
+
+def test_whole_number_labels_written_as_floats_are_the_whole_numbers(tmp_path, one_thread):
+    """A table whose int label column pandas wrote as floats (0 -> 0.0) trained classes "0.0" and "1.0":
+    predict answered "1.0" for the user's class 1. Now "0" and "1"; a run from before (classes "0.0",
+    "1.0") still evaluates such a table, and one with "0" / "1"."""
+    import json
+    x, _ = linear_target()
+    data = write_table(tmp_path / "c.csv", x, ["1.0" if v > 0 else "0.0" for v in x[:, 0]])
+    run = fit(data, tmp_path / "r", strategy="extract")
+    assert run.classes == ["0", "1"]
+    acc = run.evaluate(str(data))["accuracy"]
+    (run.dir / "labels.json").write_text(json.dumps(["0.0", "1.0"]))  # as a run made before
+    old = rehead.Run(run.dir)
+    plain = write_table(tmp_path / "plain.csv", x, ["1" if v > 0 else "0" for v in x[:, 0]])
+    assert old.evaluate(str(data))["accuracy"] == old.evaluate(str(plain))["accuracy"] == acc

@@ -473,6 +473,18 @@ def _eval_part(name: str, parts: Parts):
     return p2, len(p.items) - len(keep), warnings
 
 
+def class_lookup(classes: list[str]) -> dict[str, int]:
+    """A run's class names -> index, "1" and "1.0" one class where a name is a whole number: a run from
+    before tables' whole-number floats were read as whole numbers has classes "0.0" and "1.0"."""
+    index = {c: i for i, c in enumerate(classes)}
+    for c, i in list(index.items()):
+        whole = re.fullmatch(r"([+-]?\d+)(\.0*)?", c)
+        if whole:
+            for alias in (str(int(whole.group(1))), f"{int(whole.group(1))}.0"):
+                index.setdefault(alias, i)
+    return index
+
+
 def eval_data(name: str, parts: Parts, classes: list[str], task: str = "multiclass") -> EvalData:
     p, n_unlabelled, warnings = _eval_part(name, parts)
     if task == "regression":
@@ -481,11 +493,11 @@ def eval_data(name: str, parts: Parts, classes: list[str], task: str = "multicla
                         skipped=list(parts.skipped), warnings=warnings)
     sets = _label_sets(p) if task == "multilabel" else None
     own = sorted_classes(c for ys in sets for c in ys) if sets is not None else sorted_classes(p.labels)
-    unknown = [c for c in own if c not in classes]
+    index = class_lookup(classes)
+    unknown = [c for c in own if c not in index]
     if unknown:
         raise DataError(f"{p.where} has class(es) the run never saw: {names(unknown)} (run classes: "
                         f"{names(classes, 20)}): remove those rows, or evaluate a run trained on them")
-    index = {c: i for i, c in enumerate(classes)}
     for w in warnings:
         log.info(w)  # the caller says them, once (fit, probe, evaluate...)
     labels = [sorted(index[c] for c in ys) for ys in sets] if sets is not None else [index[y] for y in p.labels]

@@ -208,7 +208,7 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
     # Cells are parsed later, for the columns the model actually reads (a pretrained encoder
     # reads its own columns by name, so extra text columns in the table are no obstacle).
     cols = feature_columns(table, label_column, ids, split_column)
-    labels = [v.strip() for v in table.column(label_column)]
+    labels = label_cells(table, label_column)  # classes 0 and 1, not "0.0" and "1.0" (pandas's floats)
     items = [f"{table.path}#{i}" for i in range(len(table.rows))]
     fj = [table.index[c] for c in cols]
     keys = [tuple(r[j] for j in fj) for r in table.rows]  # same cells = same sample
