@@ -26,6 +26,7 @@ from torch import nn
 
 from .data import DataError
 from .recipes import Phase
+from .zoo.hf import max_positions
 from .train.callbacks import Callback, ClipGrad, MetricsCSV, Progress, Schedule
 from .zoo import ModelNotFound
 from .zoo.hf import quiet_transformers
@@ -152,6 +153,11 @@ def pick_objective(config, objective: str = "auto", model: str = "") -> str:
         raise ConfigError(f"--objective causal needs a decoder (GPT-2, Llama ...): {model or 'the model'} is an "
                           f"encoder ({config.model_type}) whose attention sees every token, the next one included; "
                           "use --objective masked (or a decoder model)")
+    if objective == "masked" and causal:
+        from .config import ConfigError
+        raise ConfigError(f"--objective masked needs an encoder (BERT, RoBERTa ...): {model or 'the model'} is a "
+                          f"decoder ({config.model_type}) whose attention sees only earlier tokens, with no masked-LM "
+                          "head; use --objective causal (or an encoder model)")
     if objective != "auto":
         return objective
     return "causal" if causal else "masked"
@@ -173,23 +179,6 @@ def check_options(objective, epochs, lr, batch_size, max_length, val_fraction, m
         if not 0 < v < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {v}")
     check_seed(seed)
-
-# Families whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
-# the first pad_token_id + 1 rows of max_position_embeddings are never a token's position.
-PADDED_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "roberta-prelayernorm",
-                    "data2vec-text", "ibert", "mpnet", "luke", "xmod"}
-
-
-def max_positions(config) -> int | None:
-    """How many tokens the model's position embeddings take (None: no fixed limit, e.g. relative positions)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if not isinstance(n, int) or n < 1:
-        return None
-    if config.model_type in PADDED_POSITIONS:
-        pad = getattr(config, "pad_token_id", None)
-        n -= (1 if pad is None else pad) + 1
-    return n
-
 
 MAX_LENGTH = 128  # tokens per passage while adapting, when --max-length is not given
 

@@ -154,7 +154,8 @@ def test_a_max_length_past_the_models_positions_is_refused_before_it_loads(tmp_p
 def test_max_positions_leave_out_robertas_padding_offset():
     """RoBERTa-style position ids start after the padding index: roberta-base's 514 rows take 512 tokens."""
     from transformers import BertConfig, GPT2Config, MPNetConfig, RobertaConfig, XLMRobertaConfig, XLNetConfig
-    from rehead.adapt import checked_max_length, max_positions
+    from rehead.adapt import checked_max_length
+    from rehead.zoo.hf import max_positions
     from rehead.config import ConfigError
     assert max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
     assert max_positions(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
@@ -181,6 +182,9 @@ def test_causal_attention_is_read_from_the_config_not_the_head_class_name():
     assert not causal_attention(BertConfig(architectures=["BertLMHeadModel"]))
     assert pick_objective(BertConfig(architectures=["BertLMHeadModel"])) == "masked"
     assert pick_objective(GPT2Config(architectures=["GPT2LMHeadModel"]), "causal") == "causal"
+    from rehead.config import ConfigError  # masked on a decoder said "Offline? ... hf download" for a local folder
+    with pytest.raises(ConfigError, match=r"--objective masked needs an encoder.*use --objective causal"):
+        pick_objective(GPT2Config(), "masked", "hf:gpt2")
 
 
 JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffdb004300") + bytes(range(256)) * 8
@@ -223,3 +227,12 @@ def test_an_interrupted_adapt_leaves_no_directory_and_says_to_run_it_again(tmp_p
     assert "rehead adapt cannot resume" in r.output and "run the same command again" in r.output, r.output
     assert not (tmp_path / "lm").exists()
     assert adapt_cli(tmp_path / "lm", *args).exit_code == 0  # the same command, no --overwrite
+
+
+def test_a_corpus_csv_without_its_text_column_names_only_the_option_adapt_has(tmp_path):
+    """The refusal suggested `--text-column / --label-column`; adapt reads no labels and has no --label-column."""
+    from rehead.adapt import read_corpus
+    from rehead.data import DataError
+    (tmp_path / "c.csv").write_text("sentence\nthe market rose\n")
+    with pytest.raises(DataError, match=r"no column\(s\) 'text' .*name yours with --text-column$"):
+        read_corpus(tmp_path / "c.csv")

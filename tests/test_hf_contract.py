@@ -270,3 +270,30 @@ def test_models_rehead_cannot_cut_are_refused_with_a_reason(model_type, kw, matc
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(zoo.ModelNotFound, match=match):
         zoo.load(f"hf:{tmp_path}")
+
+
+def test_a_decoder_gives_a_text_the_same_features_alone_and_in_a_batch_whatever_its_tokenizer_pads(tmp_path,
+                                                                                                     one_thread):
+    """A GPT-2 whose tokenizer pads on the left (as many decoders ship) numbered a text's positions after the
+    padding: alone and beside a longer text it gave features 2.5 apart, and a prediction that depended on
+    its batch (the cache kept whichever it met first)."""
+    from transformers import AutoTokenizer
+    d = save_tiny(tmp_path / "gpt2", "gpt2")
+    AutoTokenizer.from_pretrained(d, padding_side="left").save_pretrained(d)  # saved as left-padding
+    bb = zoo.load(f"hf:{d}").eval()
+    with torch.inference_mode():
+        alone = bb(bb.tokenize(SENTENCES[:1]))[0]
+        batched = bb(bb.tokenize(SENTENCES[:1] + SENTENCES[2:3]))[0]
+    assert torch.allclose(alone, batched, atol=1e-5), (alone - batched).abs().max()
+
+
+def test_max_length_fits_the_position_embeddings(tiny_dirs, one_thread):
+    """RoBERTa's positions start after the padding index: a default max_length of all 64 positions crashed
+    in the first long batch ("index 64 is out of bounds"), after --out was made; a ?max_length past them too."""
+    d = tiny_dirs["roberta"]
+    bb = zoo.load(f"hf:{d}").eval()
+    assert bb.data_config["max_length"] == 63  # 64 positions, less the padding index 0 and the one before
+    with torch.inference_mode():
+        assert bb(bb.tokenize([" ".join(["good"] * 200)])).shape == (1, 32)
+    with pytest.raises(ValueError, match=r"max_length=100 is more than the model takes: .* hold 63 tokens"):
+        zoo.load(f"hf:{d}?max_length=100")

@@ -35,7 +35,8 @@ def _read(path: Path, text_column: str, label_column: str | None):
     missing = [c for c in (text_column, label_column) if c and c not in header]
     if missing:
         raise DataError(f"{path} has no column(s) {', '.join(repr(c) for c in missing)} (columns: "
-                        f"{', '.join(header) or 'none'}): name yours with --text-column / --label-column")
+                        f"{', '.join(header) or 'none'}): name yours with "
+                        + ("--text-column / --label-column" if label_column else "--text-column"))
     texts = column(header, rows, text_column, path)
     labels = column(header, rows, label_column, path) if label_column else [""] * len(texts)
     keep = [i for i, t in enumerate(texts) if t]

@@ -606,10 +606,37 @@ def adapt_options(source: str) -> tuple[dict, str | None]:
                   f"({said or 'its defaults'}); --model {run} is the same backbone")
 
 
+# Families whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# the first pad_token_id + 1 rows of max_position_embeddings are never a token's position.
+PADDED_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "roberta-prelayernorm",
+                    "data2vec-text", "ibert", "mpnet", "luke", "xmod"}
+
+
+def max_positions(config) -> int | None:
+    """How many tokens the model's position embeddings take (None: no fixed limit, e.g. relative positions)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n < 1:
+        return None
+    if config.model_type in PADDED_POSITIONS:
+        pad = getattr(config, "pad_token_id", None)
+        n -= (1 if pad is None else pad) + 1
+    return n
+
+
 def default_max_length(tokenizer, config) -> int:
+    """The tokenizer's length, at most 512 and at most the tokens the position embeddings take (an
+    XLM-R with 130 positions takes 128: 130 crashed inside the first long batch, after --out was made)."""
     m = getattr(tokenizer, "model_max_length", None) or 10**9
-    pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
+    pos = max_positions(config) or 10**9
     return int(min(DEFAULT_MAX_LENGTH if m > 10**6 else m, pos, 512))
+
+
+def check_max_length(config, max_length: int, spec: str) -> None:
+    """A ?max_length past the position embeddings is refused on load, not met in the first long batch."""
+    most = max_positions(config)
+    if most is not None and max_length > most:
+        raise ValueError(f"{spec}: max_length={max_length} is more than the model takes: its position embeddings "
+                         f"hold {most} tokens; give ?max_length={most} or less")
 
 
 def wrap_text_model(model, tokenizer, source: str, spec: str, max_length: int | None = None,
@@ -621,6 +648,9 @@ def wrap_text_model(model, tokenizer, source: str, spec: str, max_length: int | 
     chosen = bool(pooling or card)
     pooling = pooling or card or ("last" if is_decoder(base) else "cls")
     ml = max_length or card_len or default_max_length(tokenizer, base.config)
+    if max_length:
+        check_max_length(base.config, max_length, spec or source)
+    tokenizer.padding_side = "right"  # a decoder's positions count from the first token: left padding moved them
     bb = TextBackbone(base, tokenizer, ml, spec, source, pooling, normalize)
     bb.load_notes = load_notes(getattr(model, "rehead_loading", None) or {}, spec or source, pooling, chosen)
     return bb
