@@ -476,10 +476,24 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         if tta:
             run.check_tta()  # before the inputs are listed
         columns = _columns(run, text_column=text_column, image_column=image_column)
-        rows = run.predict(expand_inputs(inputs, run.modality, columns), top_k=top_k, tta=tta)
+        items = expand_inputs(inputs, run.modality, columns)
+        rows = run.predict(items, top_k=top_k, tta=tta)
+        _say_truncated(run, items)
     _print_predictions(rows, as_json, top_k)
     if rows and all("error" in r for r in rows):  # a script must be able to tell that nothing was predicted
         fail(f"none of the {len(rows)} input(s) could be read (e.g. {rows[0]['item']}: {rows[0]['error']})")
+
+
+def _say_truncated(run, items: list) -> None:
+    """Texts past the backbone's max length are read cut, as fit says of its own: said here too (stderr)."""
+    from .data import refs
+    count = getattr(run.model.backbone, "count_truncated", None) if run.modality == "text" else None
+    texts = [t for t in items if isinstance(t, str) and not refs.is_ref(t)]
+    cut = count(texts) if count and texts else 0
+    if cut:
+        ml = run.model.backbone.data_config["max_length"]
+        typer.echo(f"note: {cut} of {len(texts)} texts are longer than {ml} tokens, the backbone's max length: "
+                   f"they were read cut to their first {ml} tokens", err=True)
 
 
 def _print_predictions(rows: list[dict], as_json: bool, top_k: int) -> None:

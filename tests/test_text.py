@@ -199,6 +199,10 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "what a wonderful and superb film"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("what a wonderful and superb film: pos ")
+    # a text past the backbone's max length is read cut: said as fit says it, on stderr (--json stays JSON)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "a superb film " * 400, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["top"], r.output
+    assert "note: 1 of 1 texts are longer than" in r.stderr and "read cut to their first" in r.stderr, r.stderr
     # a CSV (the fit's text column) or a .txt file of texts: one prediction a row, never the file's
     # name classified as a sentence; a missing one, another column or a gap in the rows is an error
     write_csv(tmp_path / "new.csv", [("what a wonderful and superb film", ""), ("the plot was awful and terrible", "")])
