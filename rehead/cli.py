@@ -487,11 +487,14 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
 def _say_truncated(run, items: list) -> None:
     """Texts past the backbone's max length are read cut, as fit says of its own: said here too (stderr)."""
     from .data import refs
-    count = getattr(run.model.backbone, "count_truncated", None) if run.modality == "text" else None
+    if run.modality != "text":
+        return
+    backbone = (getattr(run, "members", None) or [run])[0].model.backbone  # an ensemble: its first member's
+    count = getattr(backbone, "count_truncated", None)
     texts = [t for t in items if isinstance(t, str) and not refs.is_ref(t)]
     cut = count(texts) if count and texts else 0
     if cut:
-        ml = run.model.backbone.data_config["max_length"]
+        ml = backbone.data_config["max_length"]
         typer.echo(f"note: {cut} of {len(texts)} texts are longer than {ml} tokens, the backbone's max length: "
                    f"they were read cut to their first {ml} tokens", err=True)
 
