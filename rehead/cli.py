@@ -228,17 +228,11 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     out = resume or out or f"runs/{Path(data.split('{')[0].rstrip('-_') or data).stem}"
     cfg = None if resume else FitConfig(**options)  # every option checked before torch is even imported
     from .fit import fit as run_fit
-    try:
+    with on_interrupt(lambda: _interrupted_fit(out)):
         if resume:
             run_fit(None, out=out, resume=True, progress=not quiet, workers=options.get("workers"))
         else:
             run_fit(data, out=out, config=cfg, overwrite=overwrite, progress=not quiet)
-    except KeyboardInterrupt:
-        _interrupted_fit(out)
-    except Exception:
-        if not interrupts.stopped():
-            raise
-        _interrupted_fit(out)  # the DataLoader's workers died of the same Ctrl-C first
 
 
 def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict) -> None:
@@ -274,22 +268,24 @@ def _interrupted_fit(out) -> None:
 
 
 @contextmanager
-def restart_if_interrupted(command: str, out: str):
-    """A Ctrl-C says what to do next. These commands have no --resume: their run removes the directory it
-    made when stopped part way (a bare 'interrupted' left a half --out that blocked the rerun)."""
+def on_interrupt(say):
+    """A Ctrl-C (or SIGTERM) in the block ends in ``say()``, which says what to do next and exits; so
+    does any error raised while one arrived (the DataLoader's workers died of the same Ctrl-C first)."""
     try:
         yield
     except KeyboardInterrupt:
-        _interrupted(command, out)
+        say()
     except Exception:
         if not interrupts.stopped():
             raise
-        _interrupted(command, out)  # a Ctrl-C Python ignored stopped a worker first: still the interrupt
+        say()
 
 
-def _interrupted(command: str, out: str) -> None:
-    fail(f"interrupted: nothing was saved ({command} cannot resume, so no unfinished {out} is left behind): "
-         "run the same command again to start over", code=130)
+def restart_if_interrupted(command: str, out: str):
+    """These commands have no --resume: their run removes the directory it made when stopped part way
+    (a bare 'interrupted' left a half --out that blocked the rerun), and the Ctrl-C says so."""
+    return on_interrupt(lambda: fail(f"interrupted: nothing was saved ({command} cannot resume, so no unfinished "
+                                     f"{out} is left behind): run the same command again to start over", code=130))
 
 
 def _with_options(fn, cls):

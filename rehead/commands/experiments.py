@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import PROCESSES_HELP, app, fail, guarded, relaunched, restart_if_interrupted
+from ..cli import PROCESSES_HELP, app, fail, guarded, on_interrupt, relaunched, restart_if_interrupted
 from ..config import DEFAULT_MODEL as DEFAULT
 
 
@@ -17,16 +17,9 @@ def _out(out: Optional[str], kind: str, data: str) -> str:
 
 def _report(res: dict | None, no_report: bool):
     if res is not None and not no_report:  # None: a process other than the first under accelerate launch
-        from .. import interrupts
         from ..report import write_report
-        try:
+        with on_interrupt(lambda: _report_interrupted(res["dir"])):
             typer.echo(f"report: {write_report(res['dir'], echo=lambda *_: None)}")
-        except KeyboardInterrupt:
-            _report_interrupted(res["dir"])
-        except Exception:
-            if not interrupts.stopped():
-                raise
-            _report_interrupted(res["dir"])
 
 
 def _report_interrupted(run_dir: str):
