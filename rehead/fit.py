@@ -277,6 +277,8 @@ def _prepare(cfg: FitConfig, data, module, hooks, echo, resume_split: dict | Non
         cfg, hooks = plan_auto(cfg, backbone, ds, cache, hooks, echo)
     k = backbone.stage_index(cfg.cut)
     prefix = backbone.cut(k)
+    if cfg.auto_plan is None:  # auto chose its cut by a probe's val score, which already says what it reads
+        _check_last_token_cut(prefix, ds)
     with torch.inference_mode():
         in_dim = prefix.forward_cuts(pipe.example_input(prefix), [k])[k].shape[1]
     head = _new_head(cfg, in_dim, len(ds.classes))
@@ -805,6 +807,25 @@ def _check_features_vary(x: torch.Tensor, backbone) -> None:
                "to the model spec)" if backbone.modality == "text" else ""
         raise DataError(f"the features at cut {len(backbone)} ({backbone.stage_names[-1]}) are the same for every "
                         f"training sample: nothing to learn from{text}; cut deeper (--cut), or check the model's weights")
+
+
+def _check_last_token_cut(prefix, ds: Dataset) -> None:
+    """A decoder pooled by its last token and cut at its embeddings reads that token's embedding and
+    position alone: where its tokenizer ends every text with the same token (EOS, [SEP]), the features
+    carry only each text's length (the [CLS] case of encoders is caught as features that never vary)."""
+    if prefix.modality != "text" or len(prefix) != 1 or prefix.data_config.get("pooling") != "last":
+        return
+    from .data import refs
+    texts = [t for t in ds.train.items[:64] if isinstance(t, str) and not refs.is_ref(t)]
+    if len(texts) < 2:
+        return
+    enc = prefix.tokenize(texts)
+    last = enc["input_ids"][torch.arange(len(texts)), enc["attention_mask"].sum(1) - 1]
+    if len(set(last.tolist())) == 1:
+        raise ConfigError(f"--cut {prefix.stage_names[-1]} keeps only the embeddings of a model pooled by its last "
+                          "token, and its tokenizer ends every text with the same token: the features would hold "
+                          "each text's length and nothing else; cut deeper (--cut), or add ?pooling=mean to the "
+                          "model spec")
 
 
 def _check_classes_left(y: torch.Tensor, ds: Dataset) -> None:

@@ -297,3 +297,21 @@ def test_max_length_fits_the_position_embeddings(tiny_dirs, one_thread):
         assert bb(bb.tokenize([" ".join(["good"] * 200)])).shape == (1, 32)
     with pytest.raises(ValueError, match=r"max_length=100 is more than the model takes: .* hold 63 tokens"):
         zoo.load(f"hf:{d}?max_length=100")
+
+
+def test_a_decoder_cut_at_its_embeddings_where_every_text_ends_alike_is_refused(tmp_path, tiny_dirs, one_thread):
+    """GPT-2 pooled by its last token and cut at its embeddings read the [SEP] its tokenizer appends to every
+    text: features that held only each text's length, accepted as a fit."""
+    import rehead
+    from rehead.config import ConfigError
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(24):
+            w.writerow([" ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 + i % 4)), "ab"[i % 2]])
+    opts = dict(strategy="extract", progress=False, echo=lambda *a: None, workers=0)
+    with pytest.raises(ConfigError, match="ends every text with the same token.*add \\?pooling=mean"):
+        rehead.fit(str(tmp_path / "t.csv"), model=f"hf:{tiny_dirs['gpt2']}", cut=1, out=tmp_path / "r", **opts)
+    assert not (tmp_path / "r").exists()
+    rehead.fit(str(tmp_path / "t.csv"), model=f"hf:{tiny_dirs['gpt2']}?pooling=mean", cut=1, out=tmp_path / "m",
+               **opts)
