@@ -53,13 +53,14 @@ def write_results(run: RunDir, rows: list[dict], extra: dict | None = None) -> N
     run.write_json("results.json", {"rows": rows, **(extra or {})})
 
 
-def linear_probe(x_train, y_train, x_val, y_val, C: float | None = None, seed: int = 0) -> dict:
+def linear_probe(x_train, y_train, x_val, y_val, C: float | None = None, seed: int = 0) -> tuple[dict, object]:
     """The linear head `rehead fit --strategy extract` solves on the same features
     (``fit_linear_head``: softmax + L2 to its optimum, C by 5-fold CV on train unless given, per-column
     or one global scale by CV), so the figures a probe prints are the ones its suggested fit gets. A
     fixed C=1 scikit-learn probe scored test 0.950 where the fit at the same cut scored 0.975.
 
-    No epochs or LR to tune (depths and backbones are compared on equal terms), and deterministic."""
+    No epochs or LR to tune (depths and backbones are compared on equal terms), and deterministic.
+    Returns (the row's figures, the solved head: what ``probe_accuracy`` scores a test split with)."""
     import torch
     from sklearn.metrics import log_loss
     from ..train.linear_head import fit_linear_head
@@ -74,7 +75,15 @@ def linear_probe(x_train, y_train, x_val, y_val, C: float | None = None, seed: i
     return {"train_acc": float((p["tr"].argmax(1) == ytr).mean()),
             "val_acc": float((p["va"].argmax(1) == yva).mean()) if len(yva) else 0.0,
             "val_loss": float(log_loss(yva, p["va"], labels=labels)) if len(set(yva.tolist())) > 1 else float("nan"),
-            "C": info["C"], "scaling": info["scaling"], "fit_seconds": time.perf_counter() - t0}
+            "C": info["C"], "scaling": info["scaling"], "fit_seconds": time.perf_counter() - t0}, head
+
+
+def probe_accuracy(head, x, y) -> float:
+    """The accuracy of a probe's solved head on other rows (a test split): no second solve."""
+    import torch
+    with torch.no_grad():
+        pred = head(torch.from_numpy(np.asarray(x, dtype=np.float32))).argmax(1).numpy()
+    return float((pred == np.asarray(y)).mean()) if len(pred) else 0.0
 
 
 def noise_margin(acc: float, n: int) -> float:

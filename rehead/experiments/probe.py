@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fit import check_modality, default_model
-from . import check_options, linear_probe, noise_margin, quiet, split_features, started_run, write_results
+from . import check_options, linear_probe, noise_margin, probe_accuracy, quiet, split_features, started_run, write_results
 
 
 def parse_cuts(cuts, backbone) -> list[int]:
@@ -69,9 +69,9 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
         if not main:
             return None
         t_probe = time.perf_counter()
-        rows = []
+        rows, heads = [], {}
         for k in ks:
-            r = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+            r, heads[k] = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
             x = np.asarray(feats["train"][k])
             same = bool((x == x[:1]).all())  # one point for every sample: its score is the commonest class's
             rows.append({"cut": k, "stage": backbone.stage_names[k - 1], "dim": int(x.shape[1]), **r,
@@ -87,7 +87,7 @@ def probe(data, model: str | None = None, cuts="all", out="runs/probe", C: float
                                         -r["cut"]))
         source = ds.source
         near = near_best(rows, best, len(ys["val"]))
-        scored = score_on_test(feats, ys, test, best["cut"], C, seed, "the best cut's probe (chosen on val)")
+        scored = score_on_test(heads[best["cut"]], test, best["cut"], "the best cut's probe (chosen on val)")
         result = {"best": {"cut": best["cut"], "stage": best["stage"], "val_acc": best["val_acc"],
                            "test_acc": scored.get("test_acc"),
                            "fit_command": f"rehead fit {source} --model {model} --cut {best['cut']}",
@@ -134,15 +134,14 @@ def features_of_test(backbone, ds, cuts: list[int], cache, batch_size: int, work
     return {k: v.numpy() for k, v in f.items()}, np.asarray(ds.test.labels)[np.asarray(kept, dtype=np.int64)]
 
 
-def score_on_test(feats: dict, ys: dict, test, cut: int, C: float, seed: int, what: str) -> dict:
-    """``results.json``'s ``test``: the probe at ``cut`` scored once on the test split, or why not.
-    The probe is refit on train (deterministic: the very probe val scored) and only scored on test:
-    test never chooses anything."""
+def score_on_test(head, test, cut: int, what: str) -> dict:
+    """``results.json``'s ``test``: the probe at ``cut`` (its solved ``head``, the very one val scored)
+    scored once on the test split, or why not: test never chooses anything."""
     if test is None:
         return {"scored": False, "what": None, "n_test": 0,
                 "text": "no test split: nothing was scored on test (val figures only)"}
     x, y = test
-    acc = linear_probe(feats["train"][cut], ys["train"], x[cut], y, C=C, seed=seed)["val_acc"]
+    acc = probe_accuracy(head, x[cut], y)
     return {"scored": True, "what": what, "n_test": int(len(y)), "test_acc": acc,
             "text": f"test acc {acc:.4f} of {what}: {len(y)} test samples, scored once, never for selection"}
 
@@ -154,6 +153,6 @@ def _input_probe(backbone, items: dict, ys: dict, C: float, seed: int, cache=Non
     """The probe on the input itself (``reference``), as each cut's: the baseline a cut has to beat."""
     from ..reference import describe, sampled
     xtr, ytr, xva, yva = sampled(backbone.modality, backbone, items, ys, INPUT_MAX, seed, cache)
-    r = linear_probe(xtr, ytr, xva, yva, C=C, seed=seed)
+    r, _ = linear_probe(xtr, ytr, xva, yva, C=C, seed=seed)
     return {"cut": 0, "stage": "input", "what": describe(backbone.modality), "dim": int(xtr.shape[1]),
             "n_train": len(ytr), "n_val": len(yva), **r}

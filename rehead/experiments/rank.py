@@ -75,8 +75,8 @@ def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int 
             t1 = time.perf_counter()
             score = logme(feats["train"][k], ys["train"])
             logme_s = time.perf_counter() - t1
-            pr = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
-            scored = score_on_test(feats, ys, test, k, C, seed, "this backbone's probe")
+            pr, head = linear_probe(feats["train"][k], ys["train"], feats["val"][k], ys["val"], C=C, seed=seed)
+            scored = score_on_test(head, test, k, "this backbone's probe")
             n_test = scored["n_test"]
             rows.append({"model": cand, "cut": k, "stage": bb.stage_names[k - 1],
                          "dim": int(feats["train"][k].shape[1]),
