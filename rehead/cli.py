@@ -402,6 +402,7 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         res = run.evaluate(data, workers=workers, tta=tta, columns=columns)
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
+    _say_truncated(run, res.get("items") or [])
     if as_json:
         per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
         typer.echo(json.dumps({"kind": run.kind, **{k: v for k, v in res.items() if k not in per_item}}, indent=1))
@@ -481,7 +482,8 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
 
 
 def _say_truncated(run, items: list) -> None:
-    """Texts past the backbone's max length are read cut, as fit says of its own: said here too (stderr)."""
+    """Texts past the backbone's max length are read cut, as fit says of its own: said by predict and
+    evaluate too (stderr: --json stays JSON)."""
     from .data import refs
     if run.modality != "text":
         return

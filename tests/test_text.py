@@ -231,6 +231,11 @@ def test_extract_on_minilm_then_predict_and_evaluate(sentiment_folder, tmp_path,
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "alt.csv"), "--json",
                                  "--text-column", "sentence", "--label-column", "y"])
     assert r.exit_code == 0 and json.loads(r.output)["n"] == 2, r.output
+    # evaluate read a text past the max length cut, unsaid (fit and predict say it): said, on stderr
+    write_csv(tmp_path / "long.csv", [("a superb film " * 400, "pos"), ("an awful film", "neg")])
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "long.csv"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 2, r.output
+    assert "note: 1 of 2 texts are longer than" in r.stderr, r.stderr
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "the film in results.csv was superb"])
     assert r.exit_code == 0 and r.output.startswith("the film in results.csv was superb: "), r.output
     # a text longer than a file name may be (it died in "File name too long"), a folder, another file
