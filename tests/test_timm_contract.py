@@ -55,6 +55,7 @@ ARCHS = {
     "xception": ("xception41", {}, 64),
     "levit": ("levit_128s", dict(img_size=64), 64),
     "levit_conv": ("levit_conv_128s", dict(img_size=64), 64),
+    "efficientformer": ("efficientformer_l1", dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_vit=1), 224),
     "pvt_v2": ("pvt_v2_b0", {}, 64),
     "edgenext": ("edgenext_xx_small", {}, 64),
     "fastvit": ("fastvit_t8", {}, 64),
