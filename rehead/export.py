@@ -117,7 +117,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if out and _is_folder(out):
         out = Path(out) / f"model{FORMATS[fmt]}"
     out = Path(out) if out else Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
-    check_outside_data(out, given, config.get("data"), run_dir)
+    check_outside_data(out, given, config, run_dir)
     run = open_run(run_dir)
     from .lora import merge
     model = merge(run.model).eval()  # LoRA adapters folded into the base weights (peft's merge_and_unload)
@@ -127,8 +127,7 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
     if text and not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"export of a text run needs a Hugging Face tokenizer to ship beside the graph; "
                          f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
-    sidecar = out.with_name(out.name + ".json")
-    tok_dir = out.with_name(out.name + ".tokenizer")
+    sidecar, tok_dir = _beside(out)
     written = (out, sidecar) + ((tok_dir,) if text else ())
     for p in written:
         if p.exists() and not overwrite:
@@ -148,10 +147,8 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
 
 def _write_files(run, model, example, text: bool, tokenizer, fmt: str, out: Path, sidecar: Path, tok_dir: Path,
                  opset: int | None) -> dict:
-    """Write the graph, the tokenizer (text runs) and the sidecar; return the sidecar's content. All of
-    it is worked out before the graph is written: only a stop between the renames can leave a graph
-    without its sidecar."""
-    from .rundir import atomic_write_bytes
+    """Write the graph, the tokenizer (text runs) and the sidecar under temporary names, then rename them
+    into place (_install); return the sidecar's content. Until the renames an existing export is untouched."""
     tok_files = _stage_tokenizer(tokenizer, tok_dir, sidecar) if text else None  # refused before the graph is written
     inputs = ([{"name": n, "shape": ["batch", "tokens"], "dtype": "int64"} for n in TEXT_INPUTS] if text else
               {"name": "input", "shape": ["batch", *example.shape[1:]], "dtype": "float32"})
@@ -183,18 +180,37 @@ def _write_files(run, model, example, text: bool, tokenizer, fmt: str, out: Path
     if fmt == "onnx":
         meta["opset"] = opset
     _write_graph(model, None if text else example, fmt, out, opset)
-    if text:
-        _replace_tokenizer(tok_dir)
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
+    _staged(sidecar).write_bytes(json.dumps(meta, indent=1).encode())
+    _install(out, sidecar, tok_dir if text else None)
     return meta
 
 
-def check_outside_data(out: Path, given, data, run_dir) -> None:
+def _install(out: Path, sidecar: Path, tok_dir: Path | None) -> None:
+    """Rename the staged graph, tokenizer and sidecar into place. Each rename is atomic, the set is not:
+    so the old sidecar goes first and the new one comes last. An export stopped between them (Ctrl-C,
+    SIGTERM, a kill, a crash) then leaves at worst a graph without a sidecar, which a deployment cannot
+    miss, never a graph beside another export's sidecar (its labels, temperature, preprocessing)."""
+    sidecar.unlink(missing_ok=True)
+    os.replace(_staged(out), out)
+    if tok_dir is not None:
+        _replace_tokenizer(tok_dir)
+    os.replace(_staged(sidecar), sidecar)
+
+
+def _beside(out: Path) -> tuple[Path, Path]:
+    """The sidecar and (text runs) the tokenizer folder an export to ``out`` writes beside it."""
+    return out.with_name(out.name + ".json"), out.with_name(out.name + ".tokenizer")
+
+
+def check_outside_data(out: Path, given, config: dict, run_dir) -> None:
     """Refuse an --out inside the folder the run was trained on (its config.yaml's ``data``), before
     anything is written: the next fit on that folder would read the export as data (model.onnx in a
     class folder, its sidecar a file of the data). A rehead run directory kept in the data is never
-    read as data, so a run's default RUN/export/ there is fine. A CSV's folder is not checked: the
-    CSV says which files are data."""
+    read as data, so a run's default RUN/export/ there is fine. Data that is a file (a CSV) names its
+    data files itself: see _check_off_data_files."""
+    data = config.get("data")
+    if isinstance(data, str) and os.path.isfile(data):
+        return _check_off_data_files(out, given, data, config, run_dir)
     if not isinstance(data, str) or not os.path.isdir(data):
         return
     if not _inside_data(out.parent, Path(data)):
@@ -204,6 +220,53 @@ def check_outside_data(out: Path, given, data, run_dir) -> None:
     what = f"--out {given}" if given else f"the default --out {default}/"
     raise ValueError(f"{what} is inside {data}, the data {run_dir} was trained on (its config.yaml's data): the "
                      f"next fit there would read the export as data; give an --out outside {data}{instead}")
+
+
+def _check_off_data_files(out: Path, given, data: str, config: dict, run_dir) -> None:
+    """A CSV fit reads the CSV and the images it lists, nothing beside them: an export in their folders
+    is never read as data. But --overwrite replaces the export's files (graph, sidecar, the tokenizer
+    folder), and an --out inside a file fails half way: refuse either on the CSV or a file it lists.
+    Files are compared by identity (a link or another spelling of a path is the same file), and the
+    CSV is read only when something is there to destroy (not for a new export)."""
+    sidecar, tok_dir = _beside(out)
+    mine = [out, sidecar, *(tok_dir.iterdir() if tok_dir.is_dir() else ())]
+    at_risk = {_identity(p): p for p in mine + [q for q in out.parents if q.exists() and not q.is_dir()]}
+    at_risk.pop(None, None)
+    if not at_risk:
+        return
+    for f in (data, *_listed_files(data, config)):
+        p = at_risk.get(_identity(f))
+        if p is not None:
+            what = f"--out {given}" if given else f"the default --out {Path(run_dir) / 'export'}/"
+            how = "write into" if p in out.parents else "replace"
+            which = "the data" if f == data else f"a file {data} lists, the data"
+            raise ValueError(f"{what} would {how} {f}, {which} {run_dir} was trained on (its config.yaml's data): "
+                             f"give an --out that is not a data file nor inside one")
+
+
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None for a missing one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _listed_files(data: str, config: dict) -> list[str]:
+    """The files an image CSV lists: its path column, relative to the CSV (as rehead.data.images reads it)."""
+    from .data import DataError
+    from .data.csvio import column, read_rows
+    if (config.get("data_config") or {}).get("modality") != "image" or not data.lower().endswith(".csv"):
+        return []  # a text or table CSV holds its data; Parquet and shards are read whole
+    col = (config.get("fit") or {}).get("image_column") or "path"
+    try:
+        header, rows = read_rows(data)
+    except DataError:  # unreadable now: the fit that reads it will say so
+        return []
+    if col not in header:
+        return []
+    return [os.path.join(os.path.dirname(data), p) for p in column(header, rows, col, data) if p]
 
 
 def _inside_data(folder: Path, data: Path) -> bool:
@@ -220,10 +283,12 @@ def _inside_data(folder: Path, data: Path) -> bool:
 
 
 def _remove_unfinished(out: Path, tok_dir: Path | None, new: list[Path], made: list[Path]) -> None:
-    """Remove what an export stopped part way wrote: its temporary files, the files it was creating
-    (``new``: not there before; one --overwrite replaced stays) and the folders it made, innermost first,
-    if they are empty then: never a folder or file that was there before."""
-    out.with_name(f".tmp-{out.name}").unlink(missing_ok=True)
+    """Remove what an export stopped part way wrote: its temporary files (the one place they are
+    removed), the files it was creating (``new``: not there before; one --overwrite replaced stays) and
+    the folders it made, innermost first, if they are empty then: never a folder or file that was there
+    before."""
+    _staged(out).unlink(missing_ok=True)
+    _staged(_beside(out)[0]).unlink(missing_ok=True)
     if tok_dir is not None:
         shutil.rmtree(_staged(tok_dir), ignore_errors=True)
     for p in new:
@@ -236,20 +301,15 @@ def _remove_unfinished(out: Path, tok_dir: Path | None, new: list[Path], made: l
 
 
 def _write_graph(model, example, fmt: str, out: Path, opset: int | None) -> None:
-    """The traced graph, written whole to a temporary name, then renamed: never half a model at ``out``."""
+    """The traced graph, written to its temporary name for _install to rename to ``out``: never half a
+    model at ``out``. Half a graph left by a stop or an error is _remove_unfinished's to remove."""
     net, args, names, axes = _traced_inputs(model, example)
-    tmp = out.with_name(f".tmp-{out.name}")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
-            if fmt == "onnx":
-                _onnx_export(net, args, tmp, names, axes, opset)
-            else:
-                torch.jit.trace(net, args).save(str(tmp))
-        os.replace(tmp, out)
-    except BaseException:  # a stop mid-write: no half graph under the temporary name either
-        tmp.unlink(missing_ok=True)
-        raise
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarning / exporter deprecation chatter
+        if fmt == "onnx":
+            _onnx_export(net, args, _staged(out), names, axes, opset)
+        else:
+            torch.jit.trace(net, args).save(str(_staged(out)))
 
 
 def precision_record(run) -> dict:
@@ -295,7 +355,6 @@ def _onnx_export(net, args, path: Path, names: list, axes: dict, opset: int) -> 
         torch.onnx.export(net, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
                           opset_version=opset, dynamic_axes={**axes, "logits": {0: "batch"}})
     except torch.onnx.OnnxExporterError as e:
-        path.unlink(missing_ok=True)
         raise ValueError(f"this model does not export at --opset {opset} ({str(e).splitlines()[0]}): "
                          f"pass a higher --opset (at most {opset_range(None)[1]})") from None
 
@@ -340,8 +399,7 @@ def _stage_tokenizer(tokenizer, path: Path, sidecar: Path) -> list[str]:
     files = sorted(p.name for p in tmp.iterdir())
     ours = set(files) | set(_listed_tokenizer_files(sidecar))
     foreign = sorted(p.name for p in path.iterdir() if p.name not in ours) if path.is_dir() else []
-    if foreign or (path.exists() and not path.is_dir()):
-        shutil.rmtree(tmp, ignore_errors=True)
+    if foreign or (path.exists() and not path.is_dir()):  # export's _remove_unfinished removes tmp
         what = f"holds files export did not write ({', '.join(foreign[:5])})" if foreign else "is not a folder"
         raise RunExists(f"{path} {what}: --overwrite replaces only the tokenizer folder an export wrote; move "
                         "them out, or choose another --out")

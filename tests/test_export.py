@@ -1,5 +1,6 @@
 """Export: the ONNX / TorchScript file computes the run's own logits, and says how to feed it."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -311,31 +312,118 @@ def test_an_interrupted_export_removes_what_it_made_and_only_that(run, tmp_path,
     """`export RUN --out NEWDIR/` stopped by Ctrl-C left NEWDIR (empty, or with a temporary graph) and said
     only 'interrupted'. Now what it made goes; a folder or file that was there before stays."""
     import rehead.export
-    import rehead.rundir
-
-    def stop_in_graph(model, example, fmt, out, opset):  # the traced graph half written
-        out.with_name(f".tmp-{out.name}").write_bytes(b"half")
-        raise KeyboardInterrupt
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("the user's")
     with monkeypatch.context() as m:
-        m.setattr(rehead.export, "_write_graph", stop_in_graph)
+        m.setattr(rehead.export, "_write_graph", _stop_in_graph)
         for out in (tmp_path / "new" / "sub", mine, mine / "deeper"):
             r = _export_cli(run.dir, "--out", f"{out}/")
             assert r.exit_code == 130 and "run the same command again" in r.output, r.output
             assert not (tmp_path / "new").exists()
             assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
             assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
-        m.setattr(rehead.rundir, "atomic_write_bytes", _stop)  # the graph in place, its sidecar not yet
+    with monkeypatch.context() as m:  # the graph renamed into place, its sidecar not yet
+        m.setattr(os, "replace", _stop_at_rename(1))
         r = _export_cli(run.dir, "--out", tmp_path / "new" / "m.onnx")
         assert r.exit_code == 130 and not (tmp_path / "new").exists(), r.output
     r = _export_cli(run.dir, "--out", f"{tmp_path / 'new' / 'sub'}/")  # the same command, no --overwrite
     assert r.exit_code == 0 and (tmp_path / "new" / "sub" / "model.onnx.json").is_file(), r.output
 
 
-def _stop(*_a, **_k):
+def _stop_in_graph(model, example, fmt, out, opset):
+    """Stands in for export's _write_graph: the traced graph half written to its temporary name, then a Ctrl-C."""
+    out.with_name(f".tmp-{out.name}").write_bytes(b"half")
     raise KeyboardInterrupt
+
+
+def _stop_at_rename(n: int):
+    """An os.replace that stops the command (a Ctrl-C) at its call number n, counting from 0, before renaming."""
+    real, done = os.replace, []
+
+    def replace(src, dst):
+        if len(done) == n:
+            raise KeyboardInterrupt
+        real(src, dst)
+        done.append(dst)
+    return replace
+
+
+def test_an_overwrite_stopped_anywhere_never_pairs_a_graph_with_another_exports_sidecar(run, tmp_path, monkeypatch):
+    """--overwrite renamed the new graph over the old one, then wrote its sidecar: stopped in between, it left the
+    new graph beside the old sidecar (another export's labels, temperature, preprocessing), unsaid. Now a stop
+    before the renames leaves the old export as it was, and one between them at worst a graph without a sidecar.
+    The two exports differ in their opset, which both the graph and the sidecar record."""
+    import onnx
+    import rehead.export
+    from rehead.export import export
+    out, sidecar = tmp_path / "m.onnx", tmp_path / "m.onnx.json"
+
+    def paired() -> bool:
+        graph = {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""]
+        return not sidecar.exists() or json.loads(sidecar.read_text())["opset"] == graph
+    export(run.dir, "onnx", out=out, opset=17)
+    old = out.read_bytes(), sidecar.read_bytes()
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):  # stopped writing the graph
+        m.setattr(rehead.export, "_write_graph", _stop_in_graph)
+        export(run.dir, "onnx", out=out, overwrite=True, opset=14)
+    assert (out.read_bytes(), sidecar.read_bytes()) == old and sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.json"]
+    n = 0
+    while True:  # stopped before rename n, for each n until the export ends
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", _stop_at_rename(n))
+            try:
+                export(run.dir, "onnx", out=out, overwrite=True, opset=14)
+            except KeyboardInterrupt:
+                pass
+            else:
+                break
+        assert paired(), f"stopped before rename {n}: the graph beside another export's sidecar"
+        assert out.exists() and set(os.listdir(tmp_path)) <= {"m.onnx", "m.onnx.json"}  # no temporary left
+        out.write_bytes(old[0])
+        sidecar.write_bytes(old[1])
+        n += 1
+    assert n >= 2 and paired() and json.loads(sidecar.read_text())["opset"] == 14  # graph and sidecar: two renames
+
+
+def test_export_refuses_to_replace_or_write_into_a_csv_runs_data(tmp_path, tiny_spec):
+    """A run trained from a CSV was not checked: `--out data.csv/` died on a bare "File exists", and --overwrite
+    replaced a file the CSV lists (an image saved as odd.pt) with the graph. Beside the CSV or among its images an
+    export is fine: a CSV fit reads the CSV and the files it lists, nothing else."""
+    import shutil
+    from rehead.data import load_dataset
+    from rehead.fit import fit
+    d = tmp_path / "d"
+    make_images(d / "imgs", n=4)
+    shutil.copy(d / "imgs" / "red" / "red_0.jpg", d / "imgs" / "red" / "odd.pt")
+    rows = [f"imgs/{c}/{c}_{i}.jpg,{c}" for c in ("red", "blue") for i in range(4)] + ["imgs/red/odd.pt,red"]
+    data = d / "data.csv"
+    data.write_text("\n".join(["path,label", *rows]) + "\n")
+    run = fit(str(data), model=tiny_spec, out=tmp_path / "run", strategy="extract", epochs=2, workers=0,
+              cache_dir=str(tmp_path / "cache"), progress=False, echo=lambda *_: None)
+
+    def files():
+        return {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    before, odd = files(), d / "imgs" / "red" / "odd.pt"
+    for args, says in (
+            (["-f", "torchscript", "--out", odd, "--overwrite"], f"would replace {odd}, a file {data} lists"),
+            (["--out", f"{data}/"], f"would write into {data}, the data {run.dir} was trained on"),
+            (["--out", f"{d / 'imgs' / 'red' / 'red_1.jpg'}/"], f"would write into {d / 'imgs' / 'red' / 'red_1.jpg'}, "
+             f"a file {data} lists")):
+        r = _export_cli(run.dir, *args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert says in r.output and "give an --out that is not a data file" in r.output, r.output
+        assert files() == before  # nothing written
+
+    def read():  # what a fit on the CSV reads
+        ds = load_dataset(str(data))
+        return sorted(ds.train.items + ds.val.items)
+    items = read()
+    for out in (d / "data.onnx", f"{d / 'imgs' / 'red'}/"):
+        r = _export_cli(run.dir, "--out", out)
+        assert r.exit_code == 0, r.output
+    assert (d / "data.onnx.json").is_file() and (d / "imgs" / "red" / "model.onnx").is_file()
+    assert read() == items
 
 
 def test_export_refuses_an_out_inside_the_runs_data(run, tmp_path):
