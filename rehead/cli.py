@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -228,7 +229,8 @@ def _fit(data: Optional[str] = typer.Argument(None, help="folder of class folder
     out = resume or out or f"runs/{Path(data.split('{')[0].rstrip('-_') or data).stem}"
     cfg = None if resume else FitConfig(**options)  # every option checked before torch is even imported
     from .fit import fit as run_fit
-    with on_interrupt(lambda: _interrupted_fit(out)):
+    started = time.time()  # a summary.json older than this is a finished run from before (--overwrite's, put back)
+    with on_interrupt(lambda: _interrupted_fit(out, started)):
         if resume:
             run_fit(None, out=out, resume=True, progress=not quiet, workers=options.get("workers"))
         else:
@@ -258,10 +260,16 @@ def _resume_takes_no_options(run: str, data, out, overwrite: bool, options: dict
                  "run with --out NEW_DIR")
 
 
-def _interrupted_fit(out) -> None:
-    from .rundir import RunDir
+def _interrupted_fit(out, started: float) -> None:
+    from .rundir import REPLACED, RunDir
+    done = Path(out) / "summary.json"
+    if done.exists():  # a fit --overwrite stopped before its first checkpoint put the old run back
+        fail(f"interrupted before the new run saved anything: {out} is the run --overwrite was to replace, as it was"
+             if done.stat().st_mtime < started else f"interrupted after the run finished: {out} is complete", code=130)
     if (Path(out) / "config.yaml").exists():
-        fail(f"interrupted: continue with `rehead fit --resume {out}`", code=130)
+        kept = f" (the run --overwrite replaces stays in {Path(out) / REPLACED} until this one finishes)" \
+            if (Path(out) / REPLACED).is_dir() else ""
+        fail(f"interrupted: continue with `rehead fit --resume {out}`{kept}", code=130)
     removed = RunDir.discard_unstarted(out)  # e.g. only --find-lr's plot: it would block the same rerun
     fail("interrupted: nothing was kept" + (f" ({out} removed: rerun the same command)" if removed else ""),
          code=130)

@@ -55,10 +55,9 @@ def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) 
     if soup:
         _check_soup(members)  # before the directory is claimed: a refused soup leaves nothing
     run = RunDir.create(out, overwrite=overwrite)
-    try:
+    with run.kept_if_finished():  # stopped part way: no half ensemble, and a run --overwrite replaced comes back
         (_write_soup if soup else _write_ensemble)(members, run)
-    finally:
-        run.release()
+    run.release()
     return run.path
 
 

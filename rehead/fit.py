@@ -86,11 +86,16 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     accelerator.wait_for_everyone()
     try:
         return _train(job, run, echo, progress, accelerator, t_start)
-    except (DataError, ConfigError):
-        if main and not run.exists("checkpoint.pt"):  # refused on its data before any training: nothing to resume
-            run.discard()
+    except BaseException as e:
+        if main and not run.exists("checkpoint.pt") and not run.exists("summary.json"):  # nothing to resume
+            if isinstance(e, (DataError, ConfigError)):  # refused on its data before any training
+                run.discard()
+            else:  # stopped: a run --overwrite replaced comes back (none: the run restarts on --resume)
+                run.restore_replaced()
         raise
     finally:
+        if run.exists("summary.json"):  # finished: the run --overwrite replaced goes
+            run.finish()
         run.release()
 
 
@@ -904,6 +909,8 @@ def _resume(out: Path, echo, progress, accelerator, t_start, workers: int | None
         echo(f"resuming {out}")
         return _train(job, run, echo, progress, accelerator, t_start, resuming=resuming)
     finally:
+        if run.exists("summary.json"):  # finished: the run --overwrite replaced goes
+            run.finish()
         run.release()
 
 

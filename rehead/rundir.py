@@ -4,7 +4,8 @@ Every file a run leaves (config.yaml, labels.json, split.json, metrics.csv, chec
 best.safetensors, model.safetensors, summary.json, ...) is written here, atomically (a temporary
 file renamed over the target), so a killed run never leaves a half-written file. A RunDir is
 claimed with an OS lock held for the life of the process: a second fit into the same directory
-stops with a clear message, and a killed run leaves no stale lock behind.
+stops with a clear message, and a killed run leaves no stale lock behind. --overwrite keeps the
+run it replaces (moved into RUN/.replaced) until the new run finishes, so a stopped one loses nothing.
 
 Readers (``read_yaml``, ``read_json``, ``load_tensors``, ``load_checkpoint``) turn every error
 into one ``BadRun`` line that names the file and the remedy.
@@ -23,6 +24,7 @@ from pathlib import Path
 MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever deleted by --overwrite
 UNSTARTED = (".lock", MARKER)  # all a claimed directory holds before its command writes anything
 LR_FIND_FILES = ("lr_find.json", "lr_find.png")  # what an LR range test writes (lr-find, fit --find-lr)
+REPLACED = ".replaced"  # inside a run: the run --overwrite replaced, kept until the new one finishes
 
 
 class RunExists(FileExistsError):
@@ -115,22 +117,61 @@ class RunDir:
                inputs=()) -> "RunDir":
         """Claim a new run directory; an existing non-empty one only with ``overwrite``, and only
         if rehead made it (never a folder of the user's, nor one holding ``inputs``: the data or
-        model the command reads). ``resumable``: the command has --resume."""
+        model the command reads). ``resumable``: the command has --resume.
+
+        --overwrite deletes nothing here: the old run moves into ``REPLACED`` inside the directory,
+        and goes only when the new run finishes (``finish``, which ``kept_if_finished`` calls); a
+        command stopped before it has anything to keep puts it back (``restore_replaced``). A
+        directory that already holds ``REPLACED`` (an earlier --overwrite that never finished) keeps
+        that, the run the user had before it; the unfinished run beside it is deleted, as asked."""
         rd = cls(path, writer)
         if not writer:
             return rd
         p = rd.path
         rd.made = missing_folders(p)  # what kept_if_finished removes if the command stops part way
         if cls.check_free(p, overwrite, resumable, inputs):
-            rd._claim()  # a run still writing there keeps its lock: refuse before deleting anything
-            for child in p.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            rd._claim()  # a run still writing there keeps its lock: refuse before moving anything
+            rd._set_aside_old()
         else:
             p.mkdir(parents=True, exist_ok=True)
             rd._claim()
         (p / MARKER).touch()
         return rd
+
+    def _set_aside_old(self) -> None:
+        """Move the run --overwrite replaces into REPLACED (renames: instant, nothing copied)."""
+        stash = self.path / REPLACED
+        old = [c for c in self.path.iterdir() if c.name not in (".lock", REPLACED)]
+        if stash.exists() or all(c.name in UNSTARTED + LR_FIND_FILES for c in old):
+            _delete(old)  # an unfinished run over a kept one; or only an LR finder's output, remade in seconds
+            return
+        stash.mkdir()
+        try:
+            for child in old:
+                child.rename(stash / child.name)
+        except BaseException:  # a Ctrl-C between two renames: the old run goes back whole
+            self._unstash()
+            raise
+
+    def restore_replaced(self) -> bool:
+        """Put back the run --overwrite replaced, deleting what this command wrote: it stopped before it had
+        anything worth keeping. False when there is none (no --overwrite, or it replaced nothing)."""
+        if not (self.writer and (self.path / REPLACED).is_dir()):
+            return False
+        _delete([c for c in self.path.iterdir() if c.name not in (".lock", REPLACED)])
+        self._unstash()
+        return True
+
+    def _unstash(self) -> None:
+        stash = self.path / REPLACED
+        for child in stash.iterdir():
+            child.rename(self.path / child.name)
+        stash.rmdir()
+
+    def finish(self) -> None:
+        """The new run is whole: the run --overwrite replaced goes."""
+        if self.writer:
+            shutil.rmtree(self.path / REPLACED, ignore_errors=True)
 
     @classmethod
     def open(cls, path, writer: bool = True) -> "RunDir":
@@ -179,13 +220,15 @@ class RunDir:
         """Keep the directory only if the block finishes: a command without --resume that stops part
         way (Ctrl-C, SIGTERM, an error) leaves no half directory, which its rerun would refuse as existing.
         A directory the command made goes, with the (then empty) parent folders it made; one that was
-        there before (an empty folder of the user's, a run --overwrite replaced when it claimed it) stays,
-        emptied of what this command wrote."""
+        there before stays, emptied of what this command wrote: an empty folder of the user's is empty
+        again, and a run --overwrite replaced is put back as it was. When the block finishes, that
+        replaced run goes (``finish``)."""
         try:
             yield self
         except BaseException:
             self._discard_unfinished()
             raise
+        self.finish()
 
     def _discard_unfinished(self) -> None:
         if not self.writer or self._lock is None:
@@ -194,18 +237,16 @@ class RunDir:
         if path in made:
             shutil.rmtree(path, ignore_errors=True)
             remove_empty(made[:made.index(path)])
-        else:
-            for child in path.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() \
-                        else child.unlink(missing_ok=True)
+        elif not self.restore_replaced():  # the old run's own .lock stays with it
+            _delete([c for c in path.iterdir() if c.name != ".lock"])
             (path / ".lock").unlink(missing_ok=True)
         self.release()
 
     def discard(self) -> None:
         """Delete a run directory this process created and claimed, when what it holds is worth nothing
-        (a fit refused on its data before training): a rerun then needs no --overwrite."""
-        if self.writer and self._lock is not None:
+        (a fit refused on its data before training): a rerun then needs no --overwrite. A run --overwrite
+        replaced comes back instead."""
+        if self.writer and self._lock is not None and not self.restore_replaced():
             shutil.rmtree(self.path, ignore_errors=True)
 
     def release(self) -> None:
@@ -311,6 +352,11 @@ def read_json(path: Path):
         raise BadRun(f"{path} is missing: the run is incomplete; rerun it with --overwrite") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun with --overwrite") from e
+
+
+def _delete(paths) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def missing_folders(path) -> list[Path]:

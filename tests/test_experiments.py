@@ -438,13 +438,14 @@ def test_an_interrupted_experiment_leaves_no_directory_and_says_to_run_it_again(
         return  # the rerun of the other two shows the same: a slow one spared
     r = CliRunner().invoke(app, [*args, "--out", str(out)])  # the same command, no --overwrite
     assert r.exit_code == 0 and (out / "results.json").exists(), r.output
-    # --overwrite replaces the run when it is claimed (as it says); stopped part way, the folder, which was
-    # there before, stays, empty: nothing half, and the same command runs again
+    # --overwrite replaces the run once the new one finishes; stopped part way, the run that was there
+    # before is back as it was: nothing half, and the same command runs again
+    finished = {p.name: p.is_file() and p.read_bytes() for p in out.iterdir()}
     with monkeypatch.context() as m:
         m.setattr(stop_at, stop)
         r = CliRunner().invoke(app, [*args, "--out", str(out), "--overwrite"])
     assert r.exit_code == 130 and "run the same command again" in r.output, r.output
-    assert out.is_dir() and list(out.iterdir()) == []
+    assert {p.name: p.is_file() and p.read_bytes() for p in out.iterdir()} == finished
     r = CliRunner().invoke(app, [*args, "--out", str(out), "--overwrite"])
     assert r.exit_code == 0 and (out / "results.json").exists(), r.output
 
