@@ -31,7 +31,7 @@ from .recipes import build_recipe
 from .run import Run, head_logits
 from .rundir import LR_FIND_FILES, UNSTARTED, BadRun, RunDir, RunExists
 from .tasks import per_item, target_stats, to_tensor
-from .train.callbacks import MixImages, WeightEMA
+from .train.callbacks import MixImages, WeightEMA, score
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
 from .zoo.paths import spec_path
@@ -479,9 +479,9 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary = _summary(trainer, recipe, info, t_start)
     for p in summary["phases"]:  # a phase that ended before its epochs (--patience, a budget) is said so
         p["epochs_planned"] = recipe.phases[p["phase_index"]].epochs
-    summary["note"] = _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
-                                    mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto",
-                                    method=cfg.method)
+    summary["note"] = _keep_last_note(summary) if cfg.keep_last else \
+        _no_gain_note(summary, model.backbone.modality, augment, [p.trainable for p in recipe.phases],
+                      mixed=bool(cfg.mixup or cfg.cutmix), planned=cfg.strategy == "auto", method=cfg.method)
     summary["augment"] = augment
     summary["input_note"] = _input_note(summary, cfg.auto_plan)
     summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
@@ -685,6 +685,26 @@ def _no_gain_note(s: dict, modality: str = "image", augment: str | None = None,
     if not planned and any(t is not None and (t == -1 or t > 1) for t in trainable):  # auto plans its own stages
         tries.append("fewer --unfreeze stages")
     return f"{kept}. Try {', '.join(tries[:-1])} or {tries[-1]}"
+
+
+def _keep_last_note(s: dict) -> str | None:
+    """--keep-last ends with the last epoch whatever val says: when an earlier epoch scored val better (a
+    later phase undid what the head had fit), say which, as a run keeping its best epoch would have."""
+    def best(p):  # a phase's best row, in the loop's own order (callbacks.score)
+        return score({"val_loss": p["best_val_loss"], **({"val_acc": p["best_val_acc"]}
+                                                           if p["best_val_acc"] is not None else {})})
+    if not s["phases"] or s.get("val_loss") is None:
+        return None
+    top = max(s["phases"], key=best)
+    kept = score({k: s[k] for k in ("val_acc", "val_loss") if s.get(k) is not None})
+    if best(top) <= kept:
+        return None
+    fig = (lambda acc, loss: f"val {acc:.4f}") if s.get("val_acc") is not None else \
+        (lambda acc, loss: f"val loss {loss:.4f}")
+    return (f"--keep-last kept the last epoch ({s['kept_phase']} epoch {s['kept_epoch']}, "
+            f"{fig(s.get('val_acc'), s['val_loss'])}), below {top['phase']} epoch {top['epoch']} "
+            f"({fig(top['best_val_acc'], top['best_val_loss'])}): the later epochs made val worse; leave --keep-last "
+            "out to keep the best val epoch")
 
 
 def _input_note(s: dict, plan: dict | None) -> str | None:

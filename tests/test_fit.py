@@ -630,3 +630,25 @@ def test_resuming_a_finished_run_needs_no_write_access(tmp_path, image_folder, t
     said = []
     run = fit(out=tmp_path / "run", resume=True, progress=False, echo=said.append)
     assert run is not None and any("already finished" in s for s in said), said
+
+
+def test_keep_last_says_when_a_later_epoch_made_val_worse(tmp_path):
+    """--keep-last kept an unfrozen phase that took val from 1.0 to 0.82 with no note (the note that says
+    unfreezing did not pay only looks at runs that kept the head), and summary.json's best_epoch is the kept
+    one: the note names the better epoch; the same run keeping its best epoch gives the plain note."""
+    from sklearn.datasets import load_iris
+    d = load_iris(as_frame=True)
+    df = d.frame.drop(columns="target").assign(label=d.target.map(dict(enumerate(d.target_names))))
+    df.drop_duplicates().to_csv(tmp_path / "iris.csv", index=False)
+    notes = {}
+    for keep_last in (True, False):
+        rehead.fit(str(tmp_path / "iris.csv"), model="tabular:mlp-4-8x1", out=tmp_path / f"r{keep_last}",
+                   strategy="finetune", epochs=2, unfreeze=1, keep_last=keep_last, lr=30.0, val_fraction=0.3,
+                   progress=False, echo=lambda *a: None)
+        s = json.loads((tmp_path / f"r{keep_last}" / "summary.json").read_text())
+        notes[keep_last] = s["note"] or ""
+        head = s["phases"][0]
+        assert head["best_val_acc"] > s["phases"][1]["best_val_acc"]  # the unfrozen steps undid the head's fit
+    assert notes[True].startswith("--keep-last kept the last epoch (unfreeze1 epoch 2, val ") and \
+        f"below head epoch 1 (val {head['best_val_acc']:.4f}): the later epochs made val worse" in notes[True], notes
+    assert "kept the head weights; unfreezing did not pay here" in notes[False], notes
