@@ -652,3 +652,15 @@ def test_keep_last_says_when_a_later_epoch_made_val_worse(tmp_path):
     assert notes[True].startswith("--keep-last kept the last epoch (unfreeze1 epoch 2, val ") and \
         f"below head epoch 1 (val {head['best_val_acc']:.4f}): the later epochs made val worse" in notes[True], notes
     assert "kept the head weights; unfreezing did not pay here" in notes[False], notes
+
+
+def test_an_image_run_given_a_folder_of_csv_files_says_they_are_not_images(tmp_path, image_folder, tiny_spec):
+    """`rehead evaluate IMAGE_RUN texts/` said "texts has no class folders: put each class's images in a folder":
+    the folder holds a text set (train.csv, test.csv), which is what to say."""
+    _fit(image_folder, tmp_path / "run", tiny_spec)
+    (tmp_path / "texts").mkdir()
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / "texts" / name).write_text("text,label\na fine film,pos\nan awful film,neg\n")
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "texts")])
+    assert r.exit_code == 2 and "it holds test.csv, train.csv: text or table data, and this reads images" in r.output, \
+        r.output

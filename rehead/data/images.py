@@ -114,6 +114,7 @@ def list_image_files(folder) -> tuple[list[str], dict[str, str]]:
     return sorted(files), skipped
 
 
+TABLE_EXTS = (".csv", ".tsv", ".txt", ".parquet", ".jsonl")  # what a text or table set is written as
 RUN_NOT_DATA = "a rehead run directory: its plots are not data (keep runs out of the data folder)"
 
 
@@ -129,6 +130,11 @@ def _class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     runs = {str(d): RUN_NOT_DATA for d in dirs if _is_run(str(d))}  # `fit photos/ --out photos/run`: not a class
     dirs = [d for d in dirs if str(d) not in runs]
     if not dirs:
+        tables = sorted(f.name for f in root.iterdir() if f.suffix.lower() in TABLE_EXTS and f.is_file())
+        if tables:  # an image run or model given a text or table set (`evaluate IMAGE_RUN texts/`)
+            raise DataError(f"{root} has no class folders; it holds {', '.join(tables[:3])}: text or table data, "
+                            "and this reads images (a folder of class folders): give the images, or a run made "
+                            "on data like these")
         raise DataError(f"{root} has no class folders: put each class's images in a folder "
                         f"named after the class (e.g. {root}/cats/*.jpg)")
     found, skipped = {}, dict(runs)
