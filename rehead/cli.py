@@ -384,6 +384,7 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
              label_column: Optional[str] = typer.Option(None, help=COLUMN_HELP.format("labels"))):
     """Accuracy, per-class precision/recall and the confusion matrix (regression: RMSE, MAE, R²;
     multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
+    from .ensemble import kind_said
     from .runs import open_run, run_kind
     if run_kind(run_dir) == "multitask":
         if source_agreement or tta:
@@ -415,10 +416,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
         typer.echo(json.dumps({"kind": run.kind, **{k: v for k, v in res.items() if k not in per_item}}, indent=1))
         return
-    if run.kind != "fit":  # an ensemble or a soup is said as such, never read as one model's score
-        n = len(run.members) if run.kind == "ensemble" else len(run.config["soup"]["members"])
-        typer.echo(f"{run.kind} of {n} runs ("
-                   + ("their mean probability)" if run.kind == "ensemble" else "one model of their mean weights)"))
+    if kind_said(run):  # an ensemble or a soup is said as such, never read as one model's score
+        typer.echo(kind_said(run))
     counted = f" on {res['n']} samples" + (" of the run's val split" if data is None else "") \
         + (f" ({res['skipped']} skipped, unreadable: {', '.join(res.get('skipped_items', []))}"
            f"{' ...' if res['skipped'] > len(res.get('skipped_items', [])) else ''})" if res["skipped"] else "") \
@@ -428,10 +427,14 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         _echo_task_metrics(res, counted)
         return
     typer.echo(f"accuracy {res['accuracy']:.4f}{counted}")
-    if "ece" in res:
+    if "ece" in res:  # an ensemble's T are its members', each applied to its own logits before the mean
+        temps = res.get("member_temperatures") or [res["temperature"]]
+        said = ("members' T = " if "member_temperatures" in res else "T = ") + ", ".join(f"{t:.3f}" for t in temps)
+        if run.kind == "soup" and temps == [1.0]:  # its members' T were fitted to other weights: none carried over
+            said += " (none fitted for the soup)"
         typer.echo(f"calibration: ECE {res['ece']:.4f} (uncalibrated {res['ece_uncalibrated']:.4f}), NLL "
-                   f"{res['nll']:.4f} (uncalibrated {res['nll_uncalibrated']:.4f}), T = {res['temperature']:.3f}"
-                   + (" fitted on this val split: optimistic" if data is None and res["temperature"] != 1.0 else ""))
+                   f"{res['nll']:.4f} (uncalibrated {res['nll_uncalibrated']:.4f}), {said}"
+                   + (" fitted on this val split: optimistic" if data is None and any(t != 1.0 for t in temps) else ""))
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}")
     for c, m in res["per_class"].items():
         typer.echo(f"{c:20} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1-score']:6.3f} {int(m['support']):5}")
@@ -477,7 +480,10 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
             fail("--tta needs a run directory, not a backbone spec")
         rows = _source_predict(run_dir, inputs, top_k)
     else:
+        from .ensemble import kind_said
         run = open_run(run_dir)
+        if kind_said(run):  # an ensemble or a soup is said as such (stderr: --json and scripts read stdout)
+            typer.echo(kind_said(run), err=True)
         if tta:
             run.check_tta()  # before the inputs are listed
         columns = _columns(run, text_column=text_column, image_column=image_column)

@@ -8,10 +8,11 @@ originals breaks nothing):
 
     config.yaml   kind: ensemble, combine, members (paths inside the directory), sources
     labels.json   the members' common class order
-    members/N/    each member's config.yaml, labels.json, model.safetensors (+ summary, split)
+    members/N/    each member's config.yaml, labels.json, model.safetensors (+ summary, split or seen, T)
     summary.json  the members' own val accuracies
     split.json    only when every member was trained on the same split
     seen.json     otherwise: every sample some member trained or chose on, so `evaluate` can warn
+                  (a member that is itself a soup of other splits counts with its own seen.json)
 
 A soup (Wortsman et al. 2022, "Model soups"; timm's ``avg_checkpoints.py`` does the same for
 one run's checkpoints) is an ordinary run directory of ``kind: soup`` whose model.safetensors is
@@ -21,10 +22,11 @@ architecture, which is checked.
 
 Each member's probabilities are its calibrated ones, softmax(logits / T) with the member's own
 temperature.json: what ``rehead predict`` on that member shows, so the mean is of the numbers a user
-saw. (Ensembles written before this, ``combine: mean probability``, averaged softmax(logits) and
-keep doing so: a directory's predictions do not change under it.) Before anything is written every
-member's weights are read whole (a truncated model.safetensors was accepted here and failed only at
-predict) and compared: a copy of a member would count twice in the mean.
+saw; ``evaluate``'s "uncalibrated" figures are the mean of the members' softmax(logits), and it names
+the members' T (``member_temperatures``). (Ensembles written before this, ``combine: mean probability``,
+averaged softmax(logits) and keep doing so: a directory's predictions do not change under it.) Before
+anything is written every member's weights are read whole (a truncated model.safetensors was accepted
+here and failed only at predict) and compared: a copy of a member would count twice in the mean.
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ from .data import DATA_KW
 from .run import BadRun, Run, read_config
 from .rundir import RunDir, load_tensors, read_json
 
-# temperature.json: each member's T, applied to its logits before the mean (and when it is predicted or exported alone)
-MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json", "temperature.json")
+# temperature.json: each member's T, applied to its logits before the mean (and when it is predicted or exported alone);
+# seen.json: what a soup member's own members saw (members/N evaluated alone warns as the soup does)
+MEMBER_FILES = ("config.yaml", "labels.json", "model.safetensors", "summary.json", "split.json", "seen.json",
+                "temperature.json")
 CALIBRATED = "mean calibrated probability"  # config.yaml's combine: each member's softmax(logits / its own T)
 UNCALIBRATED = "mean probability"  # what ensembles written before calibrated members said (softmax(logits))
 
@@ -127,11 +131,12 @@ def _common_split(members: list[Run]) -> dict | None:
 
 
 def _seen_by_any(members: list[Run]) -> dict:
-    """The union of the members' train and val items: a score on any of them is optimistic."""
+    """The union of the members' train and val items: a score on any of them is optimistic. A soup
+    member of other splits has no split.json but a seen.json, itself such a union (soups nest)."""
     seen = {"train": set(), "val": set()}
     for m in members:
-        p = m.dir / "split.json"
-        split = read_json(p) if p.exists() else {}
+        p = next((m.dir / f for f in ("split.json", "seen.json") if (m.dir / f).exists()), None)
+        split = read_json(p) if p else {}
         for k in seen:
             seen[k].update((split.get(k) or {}).get("items") or [])
     return {k: {"items": sorted(v, key=str)} for k, v in seen.items()}
@@ -246,9 +251,18 @@ def describe(ens_dir) -> str:
     if not ens.calibrated:
         return ("the mean of the members' uncalibrated probabilities, softmax(logits) (written before members' "
                 "temperatures counted)")
-    temps = ", ".join(f"{m.temperature:.3g}" for m in ens.members)
+    temps = ", ".join(f"{t:.3g}" for t in ens.member_temperatures)
     return (f"the mean of the members' calibrated probabilities, each softmax(logits / its own T) as `rehead predict` "
             f"on it shows (T = {temps}; 1 where a member has no temperature.json); the ensemble adds no T of its own")
+
+
+def kind_said(run) -> str | None:
+    """An ensemble or a soup in words (evaluate and predict say it: never read as one model's); None for a fit."""
+    if run.kind == "ensemble":
+        return f"ensemble of {len(run.members)} runs (their mean probability)"
+    if run.kind == "soup":
+        return f"soup of {len(run.config['soup']['members'])} runs (one model of their mean weights)"
+    return None
 
 
 class Ensemble(Run):
@@ -274,19 +288,52 @@ class Ensemble(Run):
     def modality(self) -> str:
         return self.members[0].modality
 
-    def _views(self, items: list, tta: bool = False, **kw):
-        """One view: the log of the members' mean probability (each member's own views averaged
-        first, each at its own temperature when ``calibrated``)."""
+    @property
+    def member_temperatures(self) -> list[float]:
+        """The T each member's logits are divided by before the mean (1 in an ensemble from before that)."""
+        return [m.temperature if self.calibrated else 1.0 for m in self.members]
+
+    def _mean_probs(self, items: list, tta: bool = False, **kw):
+        """(mean of the members' probabilities at their temperatures, mean of their softmax(logits), kept,
+        skipped): each member's own views averaged first; one pass of each model gives both."""
         from .calibration import scaled_probs
         if tta:
             self.check_tta()
-        probs, kept = [], None
-        for m in self.members:
+        cal, raw, kept = [], [], None
+        for m, t in zip(self.members, self.member_temperatures):
             views, k, _ = m._views(items, tta=tta, **kw)
-            probs.append(dict(zip(k, scaled_probs(views, m.temperature if self.calibrated else 1.0).float())))
-            kept = k if kept is None else [i for i in kept if i in probs[-1]]
-        if not kept:
-            return [torch.empty(0, len(self.classes))], [], list(items)
-        mean = torch.stack([torch.stack([p[i] for i in kept]) for p in probs]).mean(0)
+            cal.append(dict(zip(k, scaled_probs(views, t).float())))
+            raw.append(dict(zip(k, scaled_probs(views).float())))
+            kept = k if kept is None else [i for i in kept if i in cal[-1]]
         kept_set = set(kept)
-        return [mean.log()], kept, [items[i] for i in range(len(items)) if i not in kept_set]
+        skipped = [items[i] for i in range(len(items)) if i not in kept_set]
+        if not kept:
+            empty = torch.empty(0, len(self.classes))
+            return empty, empty, [], skipped
+        return _member_mean(cal, kept), _member_mean(raw, kept), kept, skipped
+
+    def _views(self, items: list, tta: bool = False, **kw):
+        """One view: the log of the members' mean (calibrated) probability."""
+        probs, kept, skipped = self.probs(items, tta=tta, **kw)
+        return [probs.log()], kept, skipped
+
+    def probs(self, items: list, tta: bool = False, calibrated: bool = True, **kw):
+        """The members' mean probability; ``calibrated=False``: the mean of their softmax(logits)."""
+        cal, raw, kept, skipped = self._mean_probs(items, tta=tta, **kw)
+        return (cal if calibrated else raw), kept, skipped
+
+    def _metrics(self, items, labels, info: dict, tta: bool = False, views=None, **kw) -> dict:
+        """A run's metrics of the mean; "uncalibrated" is the mean of the members' softmax(logits) (the ensemble
+        has no T of its own: T = 1 on the mean), and ``member_temperatures`` says the T that were applied.
+        (``views``, a fit's cached test logits, never comes to an ensemble.)"""
+        from .calibration import ece, nll
+        cal, raw, kept, skipped = self._mean_probs(items, tta=tta, **kw)
+        res = super()._metrics(items, labels, info, tta=tta, views=([cal.log()], kept, skipped))
+        y = res["targets"]
+        return {**res, "ece_uncalibrated": ece(raw, y), "nll_uncalibrated": nll(raw, y),
+                "member_temperatures": self.member_temperatures, "probs_uncalibrated": raw.max(1).values.tolist()}
+
+
+def _member_mean(probs: list[dict], kept: list) -> torch.Tensor:
+    """The mean over members of each kept item's probabilities (``probs``: one {index: row} per member)."""
+    return torch.stack([torch.stack([p[i] for i in kept]) for p in probs]).mean(0)

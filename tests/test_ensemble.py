@@ -241,3 +241,73 @@ def test_members_are_averaged_at_their_own_temperatures(tmp_path, two_runs, imag
     cfg.write_text(cfg.read_text().replace("mean calibrated probability", "mean probability"))
     old = open_run(tmp_path / "ens").logits(items)[0].softmax(1)
     assert torch.allclose(old, (za.softmax(1) + zb.softmax(1)) / 2, atol=1e-5)
+
+
+def test_an_ensemble_or_soup_holding_a_soup_knows_what_the_soups_members_saw(tmp_path, two_runs, image_folder,
+                                                                              tiny_spec):
+    """A soup of members split apart has seen.json, no split.json: an ensemble or soup holding it read only
+    split.json, so a score on what the inner soup's members trained on read as held out."""
+    from tests.conftest import make_images
+    a, b = two_runs  # seeds 0 and 1: other splits of image_folder
+    c = _fit(make_images(tmp_path / "other", seed=1), tmp_path / "c", tiny_spec)  # other images (seen by content)
+    make_ensemble([a.dir, b.dir], tmp_path / "ab", soup=True)
+    make_ensemble([tmp_path / "ab", c.dir], tmp_path / "abc", soup=True)  # a soup of a soup
+    make_ensemble([tmp_path / "abc", c.dir], tmp_path / "ens")  # an ensemble of that
+    want = open_run(tmp_path / "ab").evaluate(str(image_folder))["seen"]
+    assert sum(want.values()) == 20
+    for d in ("abc", "ens", "ens/members/0"):  # a member of an ensemble evaluated alone warns as it did
+        assert open_run(tmp_path / d).evaluate(str(image_folder)).get("seen") == want, d
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(image_folder)])
+    assert r.exit_code == 0 and "20 of 20 samples were seen by this ensemble" in r.output
+
+
+@pytest.fixture
+def twins(tmp_path, image_folder, tiny_spec, one_thread):
+    """Two models on one split (so an ensemble of them has a val split), with temperatures 10 and 4
+    (large: the tiny runs separate val all but perfectly, and T = 1 gives an NLL near 0)."""
+    from safetensors.torch import save_file
+    a = _fit(image_folder, tmp_path / "a", tiny_spec)
+    ca, cb = _copy(a.dir, tmp_path / "ca", 10.0), _copy(a.dir, tmp_path / "cb", 4.0)
+    w = load_file(str(cb / "model.safetensors"))  # another model: a copy is refused
+    for k in [k for k in w if k.startswith("head.") and w[k].is_floating_point()]:
+        w[k] = w[k] * 1.5
+    save_file(w, str(cb / "model.safetensors"))
+    return ca, cb
+
+
+def test_ensemble_calibration_is_against_the_members_raw_mean_and_names_their_temperatures(tmp_path, twins):
+    """Evaluate showed "uncalibrated" equal to calibrated and T = 1.000: the members' T were applied, and the
+    figure without them is the mean of the members' softmax(logits)."""
+    from rehead.calibration import ece, nll
+    ca, cb = twins
+    ens = open_run(make_ensemble([ca, cb], tmp_path / "ens"))
+    items, labels = ens.val_split()
+    za, zb = Run(ca).logits(items)[0].double(), Run(cb).logits(items)[0].double()
+    raw = (za.softmax(1) + zb.softmax(1)) / 2
+    cal = ((za / 10).softmax(1) + (zb / 4).softmax(1)) / 2
+    res = ens.evaluate(items, labels)
+    assert res["nll"] == pytest.approx(nll(cal, labels), abs=1e-5)
+    assert res["nll_uncalibrated"] == pytest.approx(nll(raw, labels), abs=1e-5)
+    assert res["ece_uncalibrated"] == pytest.approx(ece(raw, labels), abs=1e-4)
+    assert res["nll"] - res["nll_uncalibrated"] > 1e-2  # the temperatures are seen to change something
+    assert res["member_temperatures"] == [10.0, 4.0] and res["temperature"] == 1.0  # the ensemble adds none
+    r = runner.invoke(app, ["evaluate", str(ens.dir)])  # the val split the members' T were fitted on
+    assert r.exit_code == 0 and "members' T = 10.000, 4.000 fitted on this val split: optimistic" in r.output, r.output
+    assert "T = 1.000" not in r.output
+    assert json.loads(runner.invoke(app, ["evaluate", str(ens.dir), "--json"]).stdout)["member_temperatures"] == [10, 4]
+    soup = make_ensemble([ca, cb], tmp_path / "soup", soup=True)  # one new model: no T of its own
+    r = runner.invoke(app, ["evaluate", str(soup)])
+    assert r.exit_code == 0 and "T = 1.000 (none fitted for the soup)" in r.output and "optimistic" not in r.output
+
+
+def test_predict_says_an_ensemble_or_a_soup_on_stderr(tmp_path, twins, image_folder):
+    ca, cb = twins
+    img = str(next(image_folder.rglob("*.jpg")))
+    for soup, said in ((False, "ensemble of 2 runs (their mean probability)"),
+                       (True, "soup of 2 runs (one model of their mean weights)")):
+        out = make_ensemble([ca, cb], tmp_path / f"soup{soup}", soup=soup)
+        r = runner.invoke(app, ["predict", str(out), img, "--json"])
+        assert r.exit_code == 0 and said in r.stderr, r.output
+        assert json.loads(r.stdout)[0]["item"] == img  # stdout stays JSON
+    r = runner.invoke(app, ["predict", str(ca), img])
+    assert r.exit_code == 0 and "runs (" not in r.output  # a fit is one model

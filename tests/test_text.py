@@ -296,8 +296,8 @@ def test_ensemble_and_soup_of_fine_tuned_text_runs_take_raw_sentences(sentiment_
         assert r.exit_code == 0, r.output
         r = cli.invoke(app, ["predict", str(tmp_path / out), "a wonderful film", "--json"])
         assert r.exit_code == 0, r.output
-        top = json.loads(r.output)[0]["top"]
-        assert json.loads(r.output)[0]["item"] == "a wonderful film" and abs(sum(t["prob"] for t in top) - 1) < 1e-5
+        top = json.loads(r.stdout)[0]["top"]
+        assert json.loads(r.stdout)[0]["item"] == "a wonderful film" and abs(sum(t["prob"] for t in top) - 1) < 1e-5
         # seeds draw different val splits out of train.csv; test.csv is what both members left unseen
         r = cli.invoke(app, ["evaluate", str(tmp_path / out), "--json"])
         assert r.exit_code == 2 and "held-out data" in r.output
