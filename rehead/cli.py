@@ -386,6 +386,7 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
     multilabel: per-label F1, micro/macro F1, mAP), on the run's val split or DATA."""
     from .ensemble import kind_said
     from .runs import open_run, run_kind
+    _run_first("evaluate", run_dir, data)
     if run_kind(run_dir) == "multitask":
         if source_agreement or tta:
             fail("--source-agreement and --tta are for image runs; a multi-task run is a table's: leave them out")
@@ -445,6 +446,17 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
         typer.echo(f"{c:{w}}" + " ".join(f"{v:8d}" for v in row))
 
 
+def _run_first(command: str, run_dir: str, *others) -> None:
+    """`rehead evaluate DATA RUN`: the arguments swapped, said as such (not only "DATA is not a run directory")."""
+    from .rundir import is_run_dir
+    if not Path(run_dir).exists() or is_run_dir(Path(run_dir)):
+        return
+    run = next((o for o in others if o and is_run_dir(Path(o))), None)
+    if run is not None:
+        fail(f"{run_dir} is not a rehead run directory and {run} is: give the run directory first "
+             f"(`rehead {command} {run} {run_dir}`)")
+
+
 def _echo_task_metrics(res: dict, counted: str) -> None:
     from .tasks import macro_said
     if res["task"] == "regression":
@@ -481,6 +493,7 @@ def predict(run_dir: str = typer.Argument(..., help="a run directory, or a backb
         rows = _source_predict(run_dir, inputs, top_k)
     else:
         from .ensemble import kind_said
+        _run_first("predict", run_dir, *inputs)
         run = open_run(run_dir)
         if kind_said(run):  # an ensemble or a soup is said as such (stderr: --json and scripts read stdout)
             typer.echo(kind_said(run), err=True)

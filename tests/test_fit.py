@@ -664,3 +664,12 @@ def test_an_image_run_given_a_folder_of_csv_files_says_they_are_not_images(tmp_p
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "texts")])
     assert r.exit_code == 2 and "it holds test.csv, train.csv: text or table data, and this reads images" in r.output, \
         r.output
+
+
+def test_evaluate_and_predict_with_the_arguments_swapped_say_so(tmp_path, image_folder, tiny_spec):
+    """`rehead evaluate DATA RUN` said only "DATA is not a rehead run directory (no config.yaml)"."""
+    _fit(image_folder, tmp_path / "run", tiny_spec)
+    for cmd in ("evaluate", "predict"):
+        r = CliRunner().invoke(app, [cmd, str(image_folder), str(tmp_path / "run")])
+        assert r.exit_code == 2 and f"is not a rehead run directory and {tmp_path / 'run'} is: give the run " \
+            f"directory first (`rehead {cmd} {tmp_path / 'run'} {image_folder}`)" in r.output, r.output
