@@ -32,7 +32,9 @@ def test_probe_every_depth_from_one_pass_names_the_best_cut(tmp_path, tiny_spec,
     assert calls["n"] == 3 * depth
     # the input itself as the baseline: these images' colour is their label, so their pixels read it
     assert (res["input"]["what"], res["input"]["val_acc"], res["input"]["n_train"]) == ("16x16 pixels", 1.0, 16)
-    assert any(s.startswith("note: the input itself (16x16 pixels) reads this data as well") for s in said)
+    # 1.0 against the best cut's 1.0 on 4 val samples: a tie within noise, not "as well as" (nor "better")
+    assert any(s.startswith("note: the input itself (16x16 pixels, val acc 1.0000) and the best cut (1.0000) tie "
+                            "within noise") for s in said)
     assert [r["cut"] for r in res["rows"]] == list(range(1, depth + 1))
     assert all(0 <= r["val_acc"] <= 1 for r in res["rows"])
     best = res["best"]
@@ -92,23 +94,34 @@ def test_logme_is_the_maximised_evidence_of_the_bayesian_linear_model():
     assert logme(good, labels) > logme(rng.normal(size=(200, 32)), labels)
 
 
-def test_rank_scores_loadable_candidates_and_names_the_rest(tmp_path, tiny_spec, image_folder):
+def _offline_source(monkeypatch, spec):
+    """``offline:NAME``: a real model whose weights are not here (its architecture builds, its weights do not)."""
+    def load(name, pretrained=True):
+        if pretrained:
+            raise zoo.ModelNotFound(f"could not fetch pretrained weights for offline:{name}. Offline?")
+        return zoo.load(spec, pretrained=False)
+    zoo._import_sources()
+    monkeypatch.setitem(zoo._SOURCES, "offline", {"load": load, "describe": "", "list": None, "stamp": None})
+
+
+def test_rank_scores_loadable_candidates_and_names_the_rest(tmp_path, tiny_spec, image_folder, monkeypatch):
     from rehead.experiments.rank import rank, split_candidate
     assert split_candidate("packaged:efficientnet_lite0@6") == ("packaged:efficientnet_lite0", "6")
     assert split_candidate("file:/a@b/w.safetensors#timm:x") == ("file:/a@b/w.safetensors#timm:x", None)
-    res = rank(str(image_folder), [tiny_spec, f"{tiny_spec}@2", "packaged:nope"], out=tmp_path / "r", workers=0,
+    _offline_source(monkeypatch, tiny_spec)
+    res = rank(str(image_folder), [tiny_spec, f"{tiny_spec}@2", "offline:net"], out=tmp_path / "r", workers=0,
                progress=False, echo=lambda *_: None)
     assert [r["rank"] for r in res["rows"]] == [1, 2]
     assert sorted(r["model"] for r in res["rows"]) == sorted([tiny_spec, f"{tiny_spec}@2"])
     assert res["rows"][0]["logme"] >= res["rows"][1]["logme"]
     assert {r["cut"] for r in res["rows"]} == {2, len(zoo.load(tiny_spec))}
-    assert res["unavailable"][0]["model"] == "packaged:nope"
+    assert res["unavailable"][0]["model"] == "offline:net"
     assert (tmp_path / "r" / "rank.png").exists()
     from rehead.report import write_report
     from tests.test_report import check_self_contained
     check_self_contained(write_report(tmp_path / "r").read_text())
     with pytest.raises(ValueError, match="none of the candidates"):
-        rank(str(image_folder), ["packaged:nope"], out=tmp_path / "r2", progress=False, echo=lambda *_: None)
+        rank(str(image_folder), ["offline:net"], out=tmp_path / "r2", progress=False, echo=lambda *_: None)
     with pytest.raises(zoo.ModelNotFound, match="unknown source 'tim'"):  # a typo was skipped, exit 0
         rank(str(image_folder), [tiny_spec, "tim:foo"], out=tmp_path / "r3", progress=False, echo=lambda *_: None)
     assert not (tmp_path / "r3").exists()
@@ -480,3 +493,85 @@ def test_a_probe_scores_the_head_its_suggested_fit_trains(tmp_path, tiny_spec):
     assert row["val_loss"] == pytest.approx(run.summary["phases"][0]["best_val_loss"], rel=1e-2)  # fp32 vs fp64
     assert row["C"] == run.summary["head_solver"]["C"] and row["scaling"] == run.summary["head_solver"]["scaling"]
     assert res["best"]["test_acc"] == run.summary["test_acc"]
+
+
+def test_the_probes_suggested_fit_carries_the_options_behind_its_figures(tmp_path, tiny_spec, image_folder):
+    """`probe --val-fraction 0.3` suggested `rehead fit DATA --model M --cut 8`: strategy auto on a 0.2 split,
+    other figures than the probe's (val 0.8333 vs 0.7889). The command now reproduces them; --C, which fit
+    has not, is said."""
+    import shlex
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    from rehead.experiments import fit_command
+    said = []
+    from rehead.experiments.probe import probe
+    res = probe(str(image_folder), model=tiny_spec, cuts="2", out=tmp_path / "p", workers=0, seed=1,
+                val_fraction=0.3, progress=False, echo=said.append)
+    cmd = res["best"]["fit_command"]
+    assert cmd.endswith("--cut 2 --strategy extract --seed 1 --val-fraction 0.3"), cmd
+    assert json.loads((tmp_path / "p" / "results.json").read_text())["best"]["fit_command"] == cmd
+    r = CliRunner().invoke(app, shlex.split(cmd)[1:] + ["--out", str(tmp_path / "f"), "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["val_acc"] == res["best"]["val_acc"]  # the probe's figure, from the fit it suggests
+    assert res["best"]["fit_note"] is None and not any("has no --C" in s for s in said)
+    # column options at fit's defaults are left out, others carried (quoted); --C is said, fit has none
+    assert fit_command("d d.csv", "packaged:minilm", 3, data_kw={"text_column": "body", "label_column": "label",
+                                                                  "image_column": None}) == \
+        "rehead fit 'd d.csv' --model packaged:minilm --cut 3 --strategy extract --text-column body"
+    c = probe(str(image_folder), model=tiny_spec, cuts="1", out=tmp_path / "c", workers=0, C=0.5, progress=False,
+              echo=said.append)
+    assert "rehead fit has no --C" in c["best"]["fit_note"] and c["best"]["fit_note"] in said
+
+
+def test_the_input_is_better_than_the_best_cut_only_beyond_noise():
+    """TF-IDF at 0.875 was "better" than a cut at 0.850 on 40 val samples (one sample apart; 2 SE ~ 0.11)."""
+    from rehead.experiments.probe import input_note
+    inp = {"what": "TF-IDF", "val_acc": 0.875, "n_val": 40}
+    tie = input_note(inp, {"val_acc": 0.85}, 40)
+    assert "tie within noise" in tie and "better" not in tie
+    assert "reads this data better" in input_note({**inp, "val_acc": 1.0}, {"val_acc": 0.6}, 40)
+    assert "tie within noise" in input_note({**inp, "val_acc": 0.8}, {"val_acc": 0.85}, 40)  # a little below: a tie too
+    assert input_note({**inp, "val_acc": 0.5}, {"val_acc": 0.95}, 40) is None  # the cut reads it better
+    assert "tie within noise" in input_note({**inp, "val_acc": 1.0, "n_val": 2}, {"val_acc": 0.5}, 2)
+
+
+def test_rank_stops_at_a_name_that_is_no_model_and_says_a_repeat_or_a_single_candidate(tmp_path, tiny_spec,
+                                                                                     image_folder, monkeypatch):
+    """`--models packaged:efficientnet_lite0,packaged:efficientnet_lite9` skipped the typo as "not loadable here"
+    and ranked one candidate as "best by LogME"; `--models X,X` dropped the repeat silently."""
+    from rehead.experiments.rank import rank
+    quiet = dict(workers=0, progress=False)
+    for typo, said in (("packaged:efficientnet_lite9", "no packaged model 'efficientnet_lite9'"),
+                       ("timm:resnet5O", "timm has no model 'resnet5O'")):
+        with pytest.raises(zoo.ModelNotFound, match=said):
+            rank(str(image_folder), [tiny_spec, typo], out=tmp_path / "r", echo=lambda *_: None, **quiet)
+        assert not (tmp_path / "r").exists()
+    said = []
+    res = rank(str(image_folder), [tiny_spec, tiny_spec], out=tmp_path / "r", echo=said.append, **quiet)
+    assert res["repeated"] == [tiny_spec] and len(res["rows"]) == 1
+    assert f"note: {tiny_spec} is listed 2 times in --models: ranked once" in said
+    assert any(s.startswith(f"nothing to rank: only {tiny_spec} was scored") for s in said)
+    assert not any("best by LogME" in s for s in said)
+    from rehead.report import write_report
+    html = write_report(tmp_path / "r").read_text()
+    assert "nothing to rank" in html and "listed more than once" in html and "best by LogME" not in html
+
+
+def _rows(*rows):
+    return [{"model": m, "logme": lm, "probe_val_acc": acc, "probe_val_loss": loss}
+            for m, lm, acc, loss in rows]
+
+
+def test_ranks_probe_breaks_ties_explicitly_and_names_the_model_it_prefers():
+    """The probe's best was the first of equal accuracies in LogME order (so a tie read as agreeing), and
+    the report said "the probe prefers another" without naming it."""
+    from rehead.experiments.rank import agreement, finding
+    tied = _rows(("a", 2.0, 0.75, 0.6), ("b", 1.0, 0.75, 0.5))  # equal accuracy: b's lower val loss decides
+    a = agreement(tied, 40)
+    assert a["probe_best"] == "b" and not a["same_best"] and a["within_noise"] == ["a"]
+    assert finding(tied, a).endswith("the probe's top is a tie within noise (b, a): it cannot confirm or "
+                                     "contradict LogME's pick")
+    apart = _rows(("a", 2.0, 0.5, 0.6), ("b", 1.0, 0.95, 0.2))
+    assert finding(apart, agreement(apart, 400)).endswith("the probe prefers b (val acc 0.9500 against 0.5000)")
+    assert finding(apart[::-1], agreement(apart[::-1], 400)).endswith("the probe agrees on the best")

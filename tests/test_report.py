@@ -108,6 +108,10 @@ def test_report_of_a_probe_run_names_the_best_depth(tmp_path, tiny_spec, image_f
     rows = re.findall(r"<tr class='(best|)'><td class=''>(\d+)</td><td class='l'>", html)
     assert [int(cut) for _, cut in rows] == [r["cut"] for r in res["rows"]]
     assert [int(cut) for flag, cut in rows if flag] == [res["best"]["cut"]]
+    # the input itself, which the CLI compares the best cut with: a row of the table and the same note
+    # (1.0 against 1.0 on 4 val samples: a tie within noise); it was only a dotted line in the plot
+    assert "<td class='l'>the input itself (16x16 pixels)</td>" in html
+    assert "the input itself (16x16 pixels, val acc 1.0000) and the best cut (1.0000) tie within noise" in html
 
 
 def test_report_out_never_replaces_a_users_file_unasked(fit_run, tmp_path):
@@ -150,6 +154,38 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
     from rehead.run import BadRun
     with pytest.raises(BadRun, match="not a rehead run directory"):
         write_report(tmp_path)
+
+
+def test_report_of_an_lr_find_folder_points_to_its_plot(tmp_path):
+    """It said "not a rehead run directory (no config.yaml)" of the folder `rehead lr-find --out` wrote."""
+    from rehead.report import write_report
+    from rehead.run import BadRun
+    (tmp_path / "lr_find.json").write_text(json.dumps({"lrs": [1e-4, 1e-2], "losses": [0.7, 0.5], "suggested": 3e-3}))
+    (tmp_path / "lr_find.png").write_bytes(b"png")
+    with pytest.raises(BadRun, match=r"is a `rehead lr-find` output, not a run directory: open its plot, "
+                                     rf"{tmp_path / 'lr_find.png'} \(the figures are in .*lr_find.json \(suggested "
+                                     r"learning rate 0.003\)\)"):
+        write_report(tmp_path)
+
+
+def test_report_of_an_ensemble_names_the_members_temperatures(fit_run, tmp_path):
+    """It said "no temperature applied (T = 1): the run has no temperature.json"; each member's T was applied."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from rehead.ensemble import make_ensemble
+    from rehead.report import write_report
+    members = []
+    for i, t in enumerate((1.104, 1.032)):
+        d = shutil.copytree(fit_run.dir, tmp_path / f"m{i}", ignore=shutil.ignore_patterns("*.png", ".lock"))
+        (d / "temperature.json").write_text(json.dumps({"temperature": t}))
+        w = load_file(str(d / "model.safetensors"))  # another model: a copy of a member is refused
+        save_file({k: v * (1 + i / 2) if k.startswith("head.") and v.is_floating_point() else v
+                   for k, v in w.items()}, str(d / "model.safetensors"))
+        members.append(d)
+    html = write_report(make_ensemble(members, tmp_path / "ens"), echo=lambda *_: None).read_text()
+    check_self_contained(html)
+    assert "each member's temperature applied (T = 1.104, 1.032)" in html
+    assert "no temperature applied" not in html
 
 
 def test_report_cli_prints_the_path(fit_run):

@@ -92,6 +92,31 @@ def noise_margin(acc: float, n: int) -> float:
     return 2 * max((acc * (1 - acc) / n) ** 0.5, 1 / n)
 
 
+def fit_command(data, model: str, cut: int, seed: int = 0, val_fraction: float | None = None,
+                data_kw: dict | None = None) -> str:
+    """The ``rehead fit`` that trains the head a probe scored: ``--strategy extract`` (fit's default,
+    auto, may train stages) on the same split (``--seed``, ``--val-fraction``) and columns. Options at
+    fit's defaults are left out: a command that dropped them got another split (val 0.8333 vs 0.7889)."""
+    import dataclasses
+    import shlex
+    from ..config import FitConfig
+    default = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+    given = {"seed": seed, "val_fraction": val_fraction, **(data_kw or {})}
+    opts = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in given.items()
+            if k in default and v is not None and v != default[k]]
+    return " ".join([f"rehead fit {shlex.quote(str(data))} --model {shlex.quote(str(model))} --cut {cut}",
+                     "--strategy extract", *opts])
+
+
+def fixed_C_note(C: float | None) -> str | None:
+    """`rehead fit` has no --C: its linear head's C is always cross-validated, so a probe at a fixed C is
+    not the head its suggested fit solves; said rather than hidden."""
+    if C is None:
+        return None
+    return (f"note: rehead fit has no --C (its head's C is cross-validated on train): the suggested fit solves its "
+            f"head at its own C, so its figures may differ from these at --C {C:g}; probe without --C to see the fit's")
+
+
 def quiet(*_a, **_k):
     """The echo of every process but the first under ``accelerate launch``: one process reports."""
 

@@ -35,6 +35,14 @@ def parse_models(models) -> list[str]:
     return models
 
 
+def repeated(models: list[str], echo=print) -> list[str]:
+    """Candidates listed more than once (``--models X,X``), said: each is ranked once (they were dropped silently)."""
+    again = sorted({m for i, m in enumerate(models) if m in models[:i]}, key=models.index)
+    for m in again:
+        echo(f"note: {m} is listed {models.count(m)} times in --models: ranked once")
+    return again
+
+
 def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int = 32, workers: int = 2, seed: int = 0,
          val_fraction: float = 0.2, cache_dir: str | None = None, use_cache: bool = True, strict: bool = False,
          overwrite: bool = False, progress: bool = True, data_kw: dict | None = None, echo=print) -> dict:
@@ -49,13 +57,15 @@ def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int 
     main = state().is_main_process
     echo = echo if main else quiet
     models = parse_models(models)
+    again = repeated(models, echo)
     cache = FeatureCache(cache_dir) if use_cache else None  # opens nothing until used
     ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
                                                              memo=cache, **(data_kw or {}))
     ds.say_warnings(echo)
     args = {"data": ds.source, "models": models, "C": C, "seed": seed, "val_fraction": val_fraction,
             "batch_size": batch_size, "data_kw": data_kw}
-    unavailable, cuts = _check_candidates(models, ds, echo)  # every refusal before any extraction or file
+    once = list(dict.fromkeys(models))
+    unavailable, cuts = _check_candidates(once, ds, echo)  # every refusal before any extraction or file
     duplicates = same_cuts(cuts, echo)
     with started_run(out, "rank", {"models": models, "score": "LogME (train split); check: linear probe val acc",
                                    "data_summary": ds.summary(), "args": args},
@@ -81,7 +91,8 @@ def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int 
             rows.append({"model": cand, "cut": k, "stage": bb.stage_names[k - 1],
                          "dim": int(feats["train"][k].shape[1]),
                          "input_size": bb.data_config.get("input_size"), "logme": score,
-                         "probe_val_acc": pr["val_acc"], "probe_test_acc": scored.get("test_acc"),
+                         "probe_val_acc": pr["val_acc"], "probe_val_loss": pr["val_loss"],
+                         "probe_test_acc": scored.get("test_acc"),
                          "probe_train_acc": pr["train_acc"],
                          "extract_seconds": info["extract_seconds"], "logme_seconds": logme_s,
                          "seconds": time.perf_counter() - t0})
@@ -95,15 +106,14 @@ def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int 
         for i, r in enumerate(rows, 1):
             r["rank"] = i
         n_val = len(ds.val)
-        result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates,
+        result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates, "repeated": again,
                   "agreement": agreement(rows, n_val), "test": _test_note(n_test),
                   "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val}
         write_results(out, rows, result)
         from ..report.plots import plot_rank
         plot_rank(rows, out / "rank.png")
         a = result["agreement"]
-        echo(f"best by LogME: {rows[0]['model']}" + (f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}"
-                                                     if a.get("kendall_tau") is not None else ""))
+        echo(finding(rows, a))
         echo(result["test"]["text"])
         if a["within_noise"]:
             echo(noise_note(a, n_val))
@@ -122,7 +132,7 @@ def _check_candidates(models: list[str], ds, echo) -> tuple[list[dict], dict]:
         try:
             bb = zoo.load(spec)
         except zoo.ModelNotFound as e:  # offline: say which ones could not be loaded, rank the rest
-            if not zoo.is_spec(spec):  # a typo (tim:foo), not a model missing here: stop, as fit and probe do
+            if names_no_model(spec):  # a typo (tim:foo, packaged:efficientnet_lite9): stop, as fit and probe do
                 raise
             echo(f"skipping {cand}: {e}")
             unavailable.append({"model": cand, "reason": str(e)})
@@ -132,6 +142,25 @@ def _check_candidates(models: list[str], ds, echo) -> tuple[list[dict], dict]:
     if len(unavailable) == len(models):
         raise ValueError("none of the candidates could be loaded: " + "; ".join(u["reason"] for u in unavailable))
     return unavailable, cuts
+
+
+def names_no_model(spec: str) -> bool:
+    """Whether a candidate that failed to load names no model at all (a typo), rather than a real one whose
+    weights or package are missing here. A real name builds its architecture without weights; the Hub
+    alone knows its own names (hf:ORG/NAME, timm:hf-hub:...), so offline those are never called typos."""
+    from .. import zoo
+    if not zoo.is_spec(spec):
+        return True
+    source, _, name = spec.partition(":")
+    if source == "packaged":  # every packaged name is listed, installed or not
+        return spec not in {m["spec"] for m in zoo.list_models()}
+    if (source == "hf" and not name.startswith(("/", ".", "~"))) or name.startswith("hf-hub:"):
+        return False
+    try:
+        zoo.load(spec, pretrained=False)
+    except zoo.ModelNotFound:
+        return True
+    return False
 
 
 def same_cuts(cuts: dict, echo=print) -> list[dict]:
@@ -147,19 +176,47 @@ def same_cuts(cuts: dict, echo=print) -> list[dict]:
     return dups
 
 
+def probe_order(r: dict) -> tuple:
+    """The probe's best: the highest val accuracy, then the lowest val loss (as probe's cuts); still tied,
+    the first in LogME order (said as a tie: ``within_noise`` holds it). It was the first of equal
+    accuracies in LogME order alone, so a tie read as the probe agreeing with LogME."""
+    loss = r.get("probe_val_loss", float("nan"))
+    return r["probe_val_acc"], -loss if loss == loss else float("-inf")
+
+
 def agreement(rows: list[dict], n_val: int | None = None) -> dict:
     """Does LogME order the candidates as the probe does? Kendall's tau, whether the top agrees, and
-    (with ``n_val``) the candidates whose probe val accuracy is within noise of the best probe's."""
-    best = max(rows, key=lambda r: r["probe_val_acc"])
+    (with ``n_val``) the candidates whose probe val accuracy is within noise of the best probe's
+    (an exact tie always is: one sample is the least a split tells apart)."""
+    best = max(rows, key=probe_order)  # max keeps the first of equals: LogME's order
     margin = noise_margin(best["probe_val_acc"], n_val) if n_val else 0.0
     near = [r["model"] for r in rows if r is not best and r["probe_val_acc"] >= best["probe_val_acc"] - margin]
-    out = {"kendall_tau": None, "same_best": rows[0]["probe_val_acc"] == best["probe_val_acc"],
-           "probe_best": best["model"], "within_noise": near if n_val else []}
+    out = {"kendall_tau": None, "same_best": best is rows[0], "probe_best": best["model"], "within_noise": near}
     if len(rows) < 2:
         return out
     from scipy.stats import kendalltau
     tau = kendalltau([r["logme"] for r in rows], [r["probe_val_acc"] for r in rows]).statistic
     return {**out, "kendall_tau": None if tau != tau else float(tau)}
+
+
+def finding(rows: list[dict], a: dict) -> str:
+    """The line under a rank (and its report's finding): the best by LogME and what the probe says of it;
+    one candidate ranks nothing (it was still called "best by LogME")."""
+    if len(rows) < 2:
+        return (f"nothing to rank: only {rows[0]['model']} was scored (LogME {rows[0]['logme']:+.4f}, probe val acc "
+                f"{rows[0]['probe_val_acc']:.4f}); give two or more loadable --models to rank them")
+    tau = f"; Kendall tau LogME vs probe accuracy {a['kendall_tau']:+.2f}" if a.get("kendall_tau") is not None else ""
+    top = [a["probe_best"], *a.get("within_noise", [])]
+    if len(top) > 1 and rows[0]["model"] in top:
+        probe = (f"the probe's top is a tie within noise ({', '.join(top)}): it cannot confirm or contradict "
+                 "LogME's pick")
+    elif a.get("same_best"):
+        probe = "the probe agrees on the best"
+    else:
+        acc = next(r["probe_val_acc"] for r in rows if r["model"] == a["probe_best"])
+        probe = (f"the probe prefers {a['probe_best']} (val acc {acc:.4f} against {rows[0]['probe_val_acc']:.4f})"
+                 + (f", tied within noise with {', '.join(top[1:])}" if len(top) > 1 else ""))
+    return f"best by LogME: {rows[0]['model']}{tau}; {probe}"
 
 
 def noise_note(a: dict, n_val: int) -> str:

@@ -165,25 +165,58 @@ def _calibration(d: Path, res: dict) -> str:
     test figures when the fit had a test split: val is where T was fitted, so its figures flatter."""
     from ..calibration import reliability
     correct = [p == t for p, t in zip(res["predictions"], res["targets"])]
-    t = res["temperature"]
+    members = _member_temperatures(d)
+    t = res["temperature"] if members is None else 1.0  # an ensemble adds no T of its own
+    applied = f"each member's T ({', '.join(f'{m:.3f}' for m in members)})" if members else None
     p = plots.plot_reliability(reliability(res["probs_uncalibrated"], correct), reliability(res["probs"], correct),
-                               t, plot_path(d, "reliability.png"))
+                               applied or t, plot_path(d, "reliability.png"))
     s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
     cal = s.get("calibration") or {}
-    if t != 1.0:
+    if members is not None:
+        where = _ensemble_calibration(members)
+    elif t != 1.0:
         where = ("<p class='muted'>figures from the <b>val</b> split, the split T was fitted on: the calibrated "
                  "ECE is optimistic. Held-out data measures it fairly: <code>rehead evaluate RUN DATA</code>.</p>")
     else:
         where = ("<p class='muted'>figures from the <b>val</b> split; no temperature applied (T = 1): "
                  + escape(cal.get("reason") or "the run has no temperature.json") + ".</p>")
-    html = (f"<p>temperature <b>{t:.3f}</b>; val ECE <b>{res['ece_uncalibrated']:.4f}</b> uncalibrated, "
-            f"<b>{res['ece']:.4f}</b> with T; NLL {res['nll_uncalibrated']:.4f} &rarr; {res['nll']:.4f} "
+    html = (f"<p>{escape(applied) if applied else f'temperature <b>{t:.3f}</b>'}; val ECE "
+            f"<b>{res['ece_uncalibrated']:.4f}</b> uncalibrated, <b>{res['ece']:.4f}</b> with T; NLL "
+            f"{res['nll_uncalibrated']:.4f} &rarr; {res['nll']:.4f} "
             f"({res['n']} samples, 15 equal-width bins, top label)</p>" + where)
     if "test_ece" in s:
         html += (f"<p>held-out <b>test</b> split (scored once at the end of the fit): ECE "
                  f"{s['test_ece_uncalibrated']:.4f} uncalibrated, <b>{s['test_ece']:.4f}</b> with T; NLL "
                  f"{s['test_nll_uncalibrated']:.4f} &rarr; {s['test_nll']:.4f} ({s.get('test_n')} samples)</p>")
     return html + img(p, "reliability diagram")
+
+
+def _member_temperatures(d: Path) -> list[float] | None:
+    """An ensemble's members' own T (members/N/temperature.json; 1 where a member has none), each applied to
+    its member's probabilities before the mean: read from the directory (an ensemble has no temperature.json
+    of its own, and its report said none was applied). [] for an ensemble made before members were
+    calibrated (it averages their raw probabilities); None for one model."""
+    from ..calibration import read_temperature
+    from ..ensemble import CALIBRATED
+    from ..run import read_config
+    cfg = read_config(d)
+    if cfg.get("kind") != "ensemble":
+        return None
+    if cfg.get("combine") != CALIBRATED:
+        return []
+    return [read_temperature(d / m) for m in cfg.get("members") or []]
+
+
+def _ensemble_calibration(members: list[float]) -> str:
+    if not members:
+        return ("<p class='muted'>figures from the <b>val</b> split; the members' probabilities are averaged "
+                "uncalibrated (T = 1: this ensemble was made before each member's temperature was applied); "
+                "make it again with <code>rehead ensemble</code> to apply them.</p>")
+    return ("<p class='muted'>figures from the <b>val</b> split; each member's temperature applied (T = "
+            + ", ".join(f"{m:.3f}" for m in members) + ") to its own probabilities before the mean; the ensemble "
+            "adds none of its own. Each T was fitted on its member's val split: where that is this split, the "
+            "calibrated ECE is optimistic. Held-out data measures it fairly: <code>rehead evaluate RUN DATA</code>."
+            "</p>")
 
 
 def _gallery(res: dict, modality: str, limit: int) -> str:
@@ -228,8 +261,14 @@ def _results(d: Path) -> dict:
 def _probe_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     r = _results(d)
     b = r["best"]
+    from ..experiments.probe import input_note
+    inp = r.get("input")  # older runs have no input record
+    note = input_note(inp, b, r["n_val"]) if inp else None
     find = (f"<p class='finding'>best depth: <b>cut {b['cut']} ({escape(b['stage'])})</b>, val accuracy "
-            f"{b['val_acc']:.4f}. Use it: <code>{escape(b['fit_command'])}</code></p>")
+            f"{b['val_acc']:.4f}. Use it: <code>{escape(b['fit_command'])}</code>"
+            + (f"<br>{escape(note)}" if note else "") + "</p>")
+    if b.get("fit_note"):
+        find += f"<p class='muted'>{escape(b['fit_note'])}</p>"
     if b.get("within_noise"):
         find += (f"<p class='muted'>cuts {', '.join(map(str, b['within_noise']))} score within two standard errors "
                  f"of it on {r['n_val']} val samples: this val split cannot tell them apart.</p>")
@@ -238,21 +277,23 @@ def _probe_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     timing = (f"<p class='muted'>features for all {len(r['rows'])} depths from one pass: "
               f"{r['extract_seconds']:.1f}s; {len(r['rows'])} probes: {r['probe_seconds']:.1f}s</p>")
     cols = ["cut", "stage", "dim", "train_acc", "val_acc", "val_loss", "fit_seconds"]
+    # the input itself: the baseline every cut has to beat (it was only a dotted line in the plot)
+    rows = r["rows"] + ([{**inp, "cut": "none", "stage": f"the input itself ({inp['what']})"}] if inp else [])
     return [("Best depth", find), ("Accuracy against depth", img(d / "probe.png", "probe plot")
-             + table(r["rows"], cols, best=lambda x: x["cut"] == b["cut"], left=("stage",)) + timing)]
+             + table(rows, cols, best=lambda x: x["cut"] == b["cut"], left=("stage",)) + timing)]
 
 
 def _rank_sections(d: Path, cfg: dict, *_) -> list[tuple[str, str]]:
     r = _results(d)
+    from ..experiments.rank import finding
+    find = f"<p class='finding'>{escape(finding(r['rows'], r.get('agreement', {})))}</p>"
     a = r.get("agreement", {})
-    tau = a.get("kendall_tau")
-    find = (f"<p class='finding'>best by LogME: <b>{escape(r['best'])}</b>"
-            + (f"; Kendall tau between LogME and probe accuracy: {tau:+.2f}" if tau is not None else "")
-            + ("; the probe agrees on the best" if a.get("same_best") else "; the probe prefers another") + "</p>")
     if a.get("within_noise"):
         find += (f"<p class='muted'>{escape(', '.join(a['within_noise']))}: probe val accuracy within two standard "
                  f"errors of the best probe's ({escape(a['probe_best'])}) on {r['n_val']} val samples: this val split "
                  "cannot order them, so whether the probe agrees with LogME among them is noise.</p>")
+    for m in r.get("repeated", []):
+        find += f"<p class='muted'>{escape(m)} is listed more than once in --models: ranked once.</p>"
     for dup in r.get("duplicates", []):
         find += (f"<p class='muted'>{escape(dup['model'])} is the same cut as {escape(dup['same_as'])} "
                  f"(cut {dup['cut']}): ranked once.</p>")
@@ -283,6 +324,7 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print, overwrite: bo
     """Write ``report.html`` (and the PNG plots) for a run directory; returns the report's path."""
     from ..run import read_config
     d = Path(run_dir)
+    _not_lr_find(d)
     cfg = read_config(d)
     if gallery < 0:  # a negative slice would quietly drop the last cards
         from ..config import ConfigError
@@ -308,6 +350,22 @@ def write_report(run_dir, out=None, gallery: int = 60, echo=print, overwrite: bo
     from ..rundir import atomic_write_bytes
     atomic_write_bytes(out, html.encode("utf-8"))
     return out
+
+
+def _not_lr_find(d: Path) -> None:
+    """A `rehead lr-find --out` folder holds its plot and figures, no run: said, with where they are (it was
+    "not a rehead run directory (no config.yaml)")."""
+    if (d / "config.yaml").exists() or not any((d / f).exists() for f in ("lr_find.png", "lr_find.json")):
+        return
+    from ..rundir import BadRun
+    try:
+        lr = json.loads((d / "lr_find.json").read_text()).get("suggested")
+    except (OSError, ValueError, AttributeError):
+        lr = None
+    said = f" (suggested learning rate {lr:.3g})" if isinstance(lr, (int, float)) else ""
+    raise BadRun(f"{d} is a `rehead lr-find` output, not a run directory: open its plot, {d / 'lr_find.png'} "
+                 f"(the figures are in {d / 'lr_find.json'}{said}); `rehead fit --find-lr` runs the same test "
+                 "inside a run, whose report shows it")
 
 
 def report_path(run_dir: Path, out, overwrite: bool) -> Path:

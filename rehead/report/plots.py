@@ -163,12 +163,14 @@ def plot_scatter(y_true, y_pred, name: str, path) -> Path:
     return _save(fig, path)
 
 
-def plot_reliability(before: list[dict], after: list[dict], temperature: float, path, split: str = "val") -> Path:
+def plot_reliability(before: list[dict], after: list[dict], temperature: float | str, path, split: str = "val") -> Path:
     """Reliability diagrams (top-label accuracy per confidence bin against the diagonal), without
-    and with the run's temperature, each with its ECE."""
+    and with the run's temperature (or a text naming what was applied: an ensemble's members' own T), each
+    with its ECE."""
     from ..calibration import ece_of_bins
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    for ax, bins, name in ((axes[0], before, "uncalibrated (T = 1)"), (axes[1], after, f"T = {temperature:.3f}")):
+    after_name = temperature if isinstance(temperature, str) else f"T = {temperature:.3f}"
+    for ax, bins, name in ((axes[0], before, "uncalibrated (T = 1)"), (axes[1], after, after_name)):
         full = [b for b in bins if b["n"]]
         w = bins[0]["hi"] - bins[0]["lo"]
         ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=w, align="edge", color=BLUE,
