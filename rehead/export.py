@@ -189,12 +189,16 @@ def _install(out: Path, sidecar: Path, tok_dir: Path | None) -> None:
     """Rename the staged graph, tokenizer and sidecar into place. Each rename is atomic, the set is not:
     so the old sidecar goes first and the new one comes last. An export stopped between them (Ctrl-C,
     SIGTERM, a kill, a crash) then leaves at worst a graph without a sidecar, which a deployment cannot
-    miss, never a graph beside another export's sidecar (its labels, temperature, preprocessing)."""
-    sidecar.unlink(missing_ok=True)
-    os.replace(_staged(out), out)
-    if tok_dir is not None:
-        _replace_tokenizer(tok_dir)
-    os.replace(_staged(sidecar), sidecar)
+    miss, never a graph beside another export's sidecar (its labels, temperature, preprocessing). Under
+    the CLI a Ctrl-C or SIGTERM waits for the renames to end (``interrupts.deferred``): only a kill or a
+    crash can leave that graph alone."""
+    from . import interrupts
+    with interrupts.deferred():
+        sidecar.unlink(missing_ok=True)
+        os.replace(_staged(out), out)
+        if tok_dir is not None:
+            _replace_tokenizer(tok_dir)
+        os.replace(_staged(sidecar), sidecar)
 
 
 def _beside(out: Path) -> tuple[Path, Path]:

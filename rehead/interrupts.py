@@ -10,9 +10,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 _pending = threading.Event()
 _arrived = threading.Event()
+_deferring = threading.Event()
 
 
 def install() -> None:
@@ -23,6 +25,9 @@ def install() -> None:
 
     def stop(signum, frame):
         _arrived.set()
+        if _deferring.is_set():  # inside ``deferred``: raised when its block ends
+            _pending.set()
+            return
         raise KeyboardInterrupt
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
@@ -62,3 +67,15 @@ def check() -> None:
     if _pending.is_set():
         _pending.clear()
         raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred():
+    """A block a Ctrl-C or SIGTERM does not cut in two (renames that only make sense together): one
+    arriving inside it is raised when the block ends. Only under the CLI's handlers (``install``)."""
+    _deferring.set()
+    try:
+        yield
+    finally:
+        _deferring.clear()
+    check()
