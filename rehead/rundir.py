@@ -158,8 +158,10 @@ class RunDir:
         anything worth keeping. False when there is none (no --overwrite, or it replaced nothing)."""
         if not (self.writer and (self.path / REPLACED).is_dir()):
             return False
-        _delete([c for c in self.path.iterdir() if c.name not in (".lock", REPLACED)])
-        self._unstash()
+        from . import interrupts
+        with interrupts.deferred():  # a second, impatient Ctrl-C must not leave the old run half put back
+            _delete([c for c in self.path.iterdir() if c.name not in (".lock", REPLACED)])
+            self._unstash()
         return True
 
     def _unstash(self) -> None:
