@@ -575,3 +575,20 @@ def test_ranks_probe_breaks_ties_explicitly_and_names_the_model_it_prefers():
     apart = _rows(("a", 2.0, 0.5, 0.6), ("b", 1.0, 0.95, 0.2))
     assert finding(apart, agreement(apart, 400)).endswith("the probe prefers b (val acc 0.9500 against 0.5000)")
     assert finding(apart[::-1], agreement(apart[::-1], 400)).endswith("the probe agrees on the best")
+
+
+def test_rank_suggests_the_fit_its_best_candidates_probe_scored(tmp_path, tiny_spec, image_folder):
+    """`rank` ended at "best by LogME: X" with no command; the one it gives now gets the probe's val figure."""
+    import shlex
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    from rehead.experiments.rank import rank
+    said = []
+    res = rank(str(image_folder), [tiny_spec, f"{tiny_spec}@1"], out=tmp_path / "r", workers=0, seed=1,
+               val_fraction=0.3, progress=False, echo=said.append)
+    best, cmd = res["rows"][0], res["fit_command"]
+    assert cmd.endswith(f"--cut {best['cut']} --strategy extract --seed 1 --val-fraction 0.3"), cmd
+    assert any(s.startswith("best by LogME") and s.endswith(f"->  {cmd}") for s in said), said
+    r = CliRunner().invoke(app, shlex.split(cmd)[1:] + ["--out", str(tmp_path / "f"), "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["val_acc"] == best["probe_val_acc"]

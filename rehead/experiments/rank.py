@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 
-from . import check_options, linear_probe, noise_margin, quiet, split_features, started_run, write_results
+from . import (check_options, fit_command, linear_probe, noise_margin, quiet, split_features, started_run,
+               write_results)
 from .logme import logme
 from .probe import features_of_test, score_on_test
 
@@ -108,12 +109,15 @@ def rank(data, models, out="runs/rank", C: float | None = None, batch_size: int 
         n_val = len(ds.val)
         result = {"best": rows[0]["model"], "unavailable": unavailable, "duplicates": duplicates, "repeated": again,
                   "agreement": agreement(rows, n_val), "test": _test_note(n_test),
-                  "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val}
+                  "total_seconds": time.perf_counter() - t_start, "n_train": len(ds.train), "n_val": n_val,
+                  # the fit whose head the best candidate's probe scored (its figures, on the same split)
+                  "fit_command": fit_command(ds.source, split_candidate(rows[0]["model"])[0], rows[0]["cut"], seed,
+                                             val_fraction, data_kw) if len(rows) > 1 else None}
         write_results(out, rows, result)
         from ..report.plots import plot_rank
         plot_rank(rows, out / "rank.png")
         a = result["agreement"]
-        echo(finding(rows, a))
+        echo(finding(rows, a) + (f"  ->  {result['fit_command']}" if result["fit_command"] else ""))
         echo(result["test"]["text"])
         if a["within_noise"]:
             echo(noise_note(a, n_val))
