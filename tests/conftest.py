@@ -46,6 +46,22 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def cli_handlers():
+    """The CLI's Ctrl-C / SIGTERM handlers (``interrupts.install``) for one test, then the test process's own back."""
+    import signal
+    import sys
+    from rehead import interrupts
+    saved, hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
+    interrupts.install()
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+    sys.unraisablehook = hook
+    interrupts._arrived.clear()
+    interrupts._pending.clear()
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models: a second intra-op thread only waits for the other on a busy 2-core machine."""
     n = torch.get_num_threads()

@@ -1,7 +1,6 @@
 """Export: the ONNX / TorchScript file computes the run's own logits, and says how to feed it."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -450,12 +449,11 @@ def test_export_refuses_an_out_inside_the_runs_data(run, tmp_path):
         shutil.rmtree(kept)
 
 
-def test_a_ctrl_c_between_the_renames_waits_for_them_under_the_cli(run, tmp_path, monkeypatch):
+def test_a_ctrl_c_between_the_renames_waits_for_them_under_the_cli(run, tmp_path, monkeypatch, cli_handlers):
     """Under the CLI's handlers a Ctrl-C (or SIGTERM) arriving between the graph's and the sidecar's renames
     stopped the export there: a new graph and no sidecar. It now lands once the renames are done: the new
     export is whole, and the command still stops."""
     import signal
-    from rehead import interrupts
     from rehead.export import export
     out, sidecar = tmp_path / "m.onnx", tmp_path / "m.onnx.json"
     export(run.dir, "onnx", out=out, opset=17)
@@ -466,16 +464,7 @@ def test_a_ctrl_c_between_the_renames_waits_for_them_under_the_cli(run, tmp_path
         calls.append(dst)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # a real signal, through the CLI's handler
-    saved, hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
-    try:
-        interrupts.install()
-        monkeypatch.setattr(os, "replace", ctrl_c_after_the_first)
-        with pytest.raises(KeyboardInterrupt):
-            export(run.dir, "onnx", out=out, overwrite=True, opset=14)
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-        sys.unraisablehook = hook
-        interrupts._arrived.clear()
-        interrupts._pending.clear()
+    monkeypatch.setattr(os, "replace", ctrl_c_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        export(run.dir, "onnx", out=out, overwrite=True, opset=14)
     assert len(calls) == 2 and json.loads(sidecar.read_text())["opset"] == 14  # both renames ran

@@ -186,12 +186,10 @@ def test_the_cli_says_which_run_a_stopped_overwrite_left(old_run, monkeypatch):
     assert f"stays in {out / '.replaced'} until this one finishes" in r.output, r.output
 
 
-def test_a_second_ctrl_c_while_the_old_run_is_put_back_waits_for_it(old_run, monkeypatch):
+def test_a_second_ctrl_c_while_the_old_run_is_put_back_waits_for_it(old_run, monkeypatch, cli_handlers):
     """A user pressing Ctrl-C twice: the second landed while the stopped --overwrite was moving the old run
     back, leaving it split between RUN and RUN/.replaced. Under the CLI's handlers it now waits for the move."""
     import signal
-    import sys
-    from rehead import interrupts
     data, out, before = old_run
     real, moved = Path.rename, []
 
@@ -202,19 +200,10 @@ def test_a_second_ctrl_c_while_the_old_run_is_put_back_waits_for_it(old_run, mon
             if len(moved) == 1:
                 os.kill(os.getpid(), signal.SIGINT)
         return result
-    saved, hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
-    try:
-        interrupts.install()
-        with monkeypatch.context() as m:
-            ctrl_c_when(m, lambda: True)  # the first Ctrl-C: in the first epoch
-            m.setattr(Path, "rename", rename)
-            with pytest.raises(KeyboardInterrupt):
-                tabular_fit(data, out, seed=2, overwrite=True)
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-        sys.unraisablehook = hook
-        interrupts._arrived.clear()
-        interrupts._pending.clear()
+    with monkeypatch.context() as m:
+        ctrl_c_when(m, lambda: True)  # the first Ctrl-C: in the first epoch
+        m.setattr(Path, "rename", rename)
+        with pytest.raises(KeyboardInterrupt):
+            tabular_fit(data, out, seed=2, overwrite=True)
     assert len(moved) > 1
     assert_still_the_old_run(out, before)
