@@ -9,7 +9,7 @@ probe's accuracy says little on its own: scikit-learn's digits probe 0.88-0.93 a
 - text: TF-IDF of words and word pairs (the ``TEXT_FEATURES`` most frequent in the training texts);
 - tables: the raw columns (missing values filled with the training mean).
 
-When that reads the labels better than the source's best cut (by auto's ``MARGIN``), the source
+When that reads the labels better than the source's best cut (by auto's ``margin``), the source
 reads this data worse than its own input does: the data is *different* from the source, whatever
 the probe's skill.
 """

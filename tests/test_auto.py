@@ -359,3 +359,21 @@ def test_epochs_over_the_budget_are_said_to_be_stopped_by_it():
     p = fit_budget({"unfreeze": [1], "strategy": "finetune", "reason": "r"}, epoch_seconds=5, budget_minutes=0.5,
                    epochs=3)  # within it: said as before
     assert "3 epoch(s) per unfreezing phase: ~0.2 of 0.5 min" in p["reason"]
+
+
+def test_a_lead_within_two_standard_errors_is_not_acted_on_and_is_said():
+    # golub-like: 68 pooled rows, an earlier cut 0.947 vs the top's 0.895 (over MARGIN, under 2 SE = 0.074)
+    few = [{**r, "n": 68} for r in table({6: 0.947, 9: 0.895})]
+    d = decide(few, 38, 9, 0.1)
+    assert (d["similarity"], d["cut"]) == ("similar", 9)
+    assert "not told apart: cut 6" in d["reason"] and "within two standard errors (0.074) on 68 pooled" in d["reason"]
+    # the same lead on 4,000 samples is a finding (2 SE = 0.010 < MARGIN: MARGIN rules)
+    many = [{**r, "n": 4000} for r in few]
+    d = decide(many, 3000, 9, 0.1)
+    assert (d["similarity"], d["cut"]) == ("different", 6) and "margin >= 0.020" in d["reason"]
+    # the input itself is held to the same rule
+    pixels = {"cut": 0, "stage": "input", "what": "16x16 pixels", "acc": 0.99, "n": 68}
+    d = decide(few, 38, 9, 0.1, reference=pixels)
+    assert "not told apart" in d["reason"] and "the input itself (16x16 pixels) probes 0.990 vs" in d["reason"]
+    assert d["similarity"] == "similar"
+    assert decide(few, 38, 9, 0.1, reference={**pixels, "n": 4000})["similarity"] == "similar"  # fewer rows rule
