@@ -12,7 +12,11 @@ originals breaks nothing):
     summary.json  the members' own val accuracies
     split.json    only when every member was trained on the same split
     seen.json     otherwise: every sample some member trained or chose on, so `evaluate` can warn
-                  (a member that is itself a soup of other splits counts with its own seen.json)
+                  (a member that is itself a soup of other splits counts with its own seen.json); the
+                  fingerprint of the CSVs they came from (table rows are named by number, so an edited
+                  table is said, not matched); and ``unrecorded``: members with neither file (a run from
+                  an older rehead, or made by hand), which the check cannot cover: said when the
+                  ensemble is made and when it is evaluated (``with_unrecorded``)
 
 A soup (Wortsman et al. 2022, "Model soups"; timm's ``avg_checkpoints.py`` does the same for
 one run's checkpoints) is an ordinary run directory of ``kind: soup`` whose model.safetensors is
@@ -36,6 +40,7 @@ from pathlib import Path
 import torch
 
 from .data import DATA_KW
+from .data.tabular import row_tables
 from .run import BadRun, Run, read_config
 from .rundir import RunDir, load_tensors, read_json
 
@@ -47,8 +52,10 @@ CALIBRATED = "mean calibrated probability"  # config.yaml's combine: each member
 UNCALIBRATED = "mean probability"  # what ensembles written before calibrated members said (softmax(logits))
 
 
-def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) -> Path:
-    """Write an ensemble (or, with ``soup``, a weight-averaged run) of ``runs`` to ``out``."""
+def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False, echo=print) -> Path:
+    """Write an ensemble (or, with ``soup``, a weight-averaged run) of ``runs`` to ``out``; ``echo``
+    says what the ensemble cannot vouch for (members with no record of their training samples, tables
+    of which no one version is known), as ``rehead.fit`` says its warnings."""
     members = _check_members(runs)
     out_path = Path(out).resolve()
     for m in members:  # --overwrite would empty out a member before it is read
@@ -62,6 +69,8 @@ def make_ensemble(runs: list, out, soup: bool = False, overwrite: bool = False) 
     with run.kept_if_finished():  # stopped part way: no half ensemble, and a run --overwrite replaced comes back
         (_write_soup if soup else _write_ensemble)(members, run)
     run.release()
+    for w in record_gaps(run.path):
+        echo(f"warning: {w}")
     return run.path
 
 
@@ -124,6 +133,16 @@ def _member_summary(m: Run) -> dict:
             "val_acc": s.get("val_acc"), "last_val_acc": s.get("last_val_acc"), "temperature": m.temperature}
 
 
+RECORDS = ("split.json", "seen.json")  # what a run trained or chose on: its split, or its members' union
+UNKNOWN_VERSION = "unknown"  # a fingerprint's sha256 where no one version of a file is known (never a file's)
+
+
+def _record(run_dir: Path) -> dict | None:
+    """A run's split.json, or (an ensemble's or soup's members split apart) seen.json; None without either."""
+    p = next((run_dir / f for f in RECORDS if (run_dir / f).exists()), None)
+    return read_json(p) if p else None
+
+
 def _common_split(members: list[Run]) -> dict | None:
     """The members' split if they all have the same one (then the val split is fair to all)."""
     splits = [read_json(m.dir / "split.json") if (m.dir / "split.json").exists() else None for m in members]
@@ -132,14 +151,99 @@ def _common_split(members: list[Run]) -> dict | None:
 
 def _seen_by_any(members: list[Run]) -> dict:
     """The union of the members' train and val items: a score on any of them is optimistic. A soup
-    member of other splits has no split.json but a seen.json, itself such a union (soups nest)."""
+    member of other splits has no split.json but a seen.json, itself such a union (soups nest).
+    With it the fingerprint of the files they were read from, as split.json has: table rows are named
+    by number ("t.csv#7") and read back by ``evaluate``, so a table edited since is said rather than
+    matched. A file two members read in different versions, or whose rows a record names without its
+    sha256 (a seen.json from before this), gets UNKNOWN_VERSION: never a file's digest, so ``evaluate``
+    says it cannot tell. ``unrecorded``: the members (and a soup member's members) without a record."""
     seen = {"train": set(), "val": set()}
+    files, unknown = {}, set()
     for m in members:
-        p = next((m.dir / f for f in ("split.json", "seen.json") if (m.dir / f).exists()), None)
-        split = read_json(p) if p else {}
+        rec = _record(m.dir) or {}
+        named = [it for k in seen for it in (rec.get(k) or {}).get("items") or []]
         for k in seen:
-            seen[k].update((split.get(k) or {}).get("items") or [])
-    return {k: {"items": sorted(v, key=str)} for k, v in seen.items()}
+            seen[k].update((rec.get(k) or {}).get("items") or [])
+        known = (rec.get("fingerprint") or {}).get("files") or {}
+        for f, sha in known.items():
+            if files.setdefault(f, sha) != sha:  # two versions of one file: its rows by number name two things
+                unknown.add(f)
+        if m.modality == "tabular":  # rows by number in a table of no recorded version
+            unknown |= row_tables(named) - set(known)
+    files.update(dict.fromkeys(unknown, UNKNOWN_VERSION))
+    return {**{k: {"items": sorted(v, key=str)} for k, v in seen.items()}, "fingerprint": {"files": files},
+            "unrecorded": unrecorded([m.dir for m in members], [str(m.dir.resolve()) for m in members])}
+
+
+def unrecorded(dirs: list[Path], names: list[str]) -> list[str]:
+    """Of the runs at ``dirs`` (called ``names``), those with no record of the samples they trained on
+    (neither split.json nor seen.json: a run from an older rehead, or made by hand), and those a soup
+    or ensemble among them lists as such: what a check for seen samples cannot cover."""
+    out = []
+    for d, name in zip(dirs, names):
+        if not any((d / f).exists() for f in RECORDS):
+            out.append(name)
+        elif not (d / "split.json").exists():
+            try:
+                inner = read_json(d / "seen.json").get("unrecorded") or []
+            except (BadRun, AttributeError):  # damaged: its own check says so where it reads it
+                inner = []
+            out += [f"{n} (in {name})" for n in inner]
+    return out
+
+
+def unrecorded_said(names: list[str], kind: str) -> str:
+    """The warning for members (``names``) with no record of their training samples."""
+    one = len(names) == 1
+    return (f"{'member' if one else f'{len(names)} members'} {', '.join(names)} {'has' if one else 'have'} no record "
+            f"of the samples {'it' if one else 'they'} trained or chose on (neither split.json nor seen.json: a run "
+            f"from an older rehead, or made by hand): the count of samples this {kind} has seen leaves "
+            f"{'it' if one else 'them'} out, so a score may be optimistic without a warning saying so; evaluate on "
+            "data you know none of its members trained on")
+
+
+def unrecorded_of(run) -> list[str]:
+    """The members of an ensemble or soup (and of a soup among them) with no record of their training
+    samples: an ensemble's read from its members/N (so one made before seen.json listed them is said
+    too), a soup's from its seen.json. [] for a fit."""
+    if isinstance(run, Ensemble):
+        sources = run.config.get("sources") or []
+        names = [f"{m}" + (f" (from {sources[i]})" if i < len(sources) else "")
+                 for i, m in enumerate(run.config["members"])]
+        return unrecorded([m.dir for m in run.members], names)
+    if run.kind == "soup" and (run.dir / "seen.json").exists():
+        try:
+            return list(read_json(run.dir / "seen.json").get("unrecorded") or [])
+        except (BadRun, AttributeError):
+            return []
+    return []
+
+
+def with_unrecorded(run, info: dict) -> dict:
+    """``info`` (``Run._seen``'s) plus the members whose samples its count of seen ones cannot cover."""
+    gaps = unrecorded_of(run)
+    if not gaps:
+        return info
+    return {**info, "unrecorded": gaps, "warnings": info.get("warnings", []) + [unrecorded_said(gaps, run.kind)]}
+
+
+def record_gaps(run_dir) -> list[str]:
+    """What an ensemble's or soup's seen.json cannot vouch for, in words: members without a record
+    of their samples, and tables of which no one version is known (``_seen_by_any``)."""
+    d = Path(run_dir)
+    if not (d / "seen.json").exists():
+        return []
+    rec = read_json(d / "seen.json")
+    kind = read_config(d).get("kind", "ensemble")
+    out = [unrecorded_said(rec["unrecorded"], kind)] if rec.get("unrecorded") else []
+    files = (rec.get("fingerprint") or {}).get("files") or {}
+    unknown = [f for f, sha in files.items() if sha == UNKNOWN_VERSION]
+    if unknown:
+        out.append(f"the members name rows of {', '.join(unknown)} by number, but "
+                   f"{'it was' if len(unknown) == 1 else 'they were'} read in different versions by different members "
+                   "(edited between their fits), or in a version a member did not record: `evaluate` cannot tell "
+                   "which rows of a table they trained on, and will say so instead of counting them")
+    return out
 
 
 def _write_common(members: list[Run], run: RunDir, summary: dict) -> None:
@@ -311,6 +415,11 @@ class Ensemble(Run):
             empty = torch.empty(0, len(self.classes))
             return empty, empty, [], skipped
         return _member_mean(cal, kept), _member_mean(raw, kept), kept, skipped
+
+    def _seen(self, items, info: dict) -> dict:
+        """A run's count of the samples its members saw, and a warning naming the members (or a soup
+        member's members) that left no record of theirs, which the count cannot cover."""
+        return with_unrecorded(self, super()._seen(items, info))
 
     def _views(self, items: list, tta: bool = False, **kw):
         """One view: the log of the members' mean (calibrated) probability."""

@@ -439,9 +439,17 @@ class Run:
         """``info`` plus how many of ``items`` this run trained on or chose with (its split.json; an
         ensemble's or soup's members split apart: seen.json, their union), and a warning when any:
         a score on them is optimistic, and it must not look like a held-out one."""
+        if self.kind == "soup":  # its members' own gaps (an ensemble adds them in Ensemble._seen)
+            from .ensemble import with_unrecorded
+            info = with_unrecorded(self, info)
         own = (self.dir / "split.json").exists()
         p = self.dir / ("split.json" if own else "seen.json")
-        if not p.exists():  # an ensemble or soup made before seen.json
+        if not p.exists():
+            if self.kind in ("ensemble", "soup"):  # made before seen.json: nothing to count with, said
+                w = (f"cannot tell whether any of these samples were seen: this {self.kind} was made before rehead "
+                     "recorded what its members trained on (no seen.json); evaluate on data you know none of its "
+                     "members trained on, or remake it with `rehead ensemble`")
+                return {**info, "warnings": info.get("warnings", []) + [w]}
             return info
         try:
             split = read_json(p)

@@ -311,3 +311,83 @@ def test_predict_says_an_ensemble_or_a_soup_on_stderr(tmp_path, twins, image_fol
         assert json.loads(r.stdout)[0]["item"] == img  # stdout stays JSON
     r = runner.invoke(app, ["predict", str(ca), img])
     assert r.exit_code == 0 and "runs (" not in r.output  # a fit is one model
+
+
+def test_a_member_with_no_record_of_its_samples_is_named_when_built_and_evaluated(tmp_path, two_runs, image_folder,
+                                                                                    tiny_spec):
+    """A member with neither split.json nor seen.json (a run from an older rehead, or made by hand) added
+    nothing to the "seen" warning, silently: the ensemble claimed a clean evaluation it could not vouch for."""
+    a, b = two_runs
+    old = _copy(b.dir, tmp_path / "old")
+    (old / "split.json").unlink()
+    said = []
+    make_ensemble([a.dir, old], tmp_path / "ens", echo=said.append)
+    assert len(said) == 1 and f"member {old.resolve()} has no record of the samples it trained" in said[0], said
+    assert json.loads((tmp_path / "ens" / "seen.json").read_text())["unrecorded"] == [str(old.resolve())]
+    res = open_run(tmp_path / "ens").evaluate(str(image_folder))
+    assert res["unrecorded"] == [f"members/1 (from {old.resolve()})"]
+    assert any("members/1 (from" in w and "no record of the samples" in w for w in res["warnings"]), res["warnings"]
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(image_folder)])
+    assert r.exit_code == 0 and f"warning: member members/1 (from {old.resolve()}) has no record" in r.stderr, r.output
+    # the command says it when the ensemble is made, on stderr
+    r = runner.invoke(app, ["ensemble", str(a.dir), str(old), "--out", str(tmp_path / "ens2")])
+    assert r.exit_code == 0 and f"warning: member {old.resolve()} has no record" in r.stderr, r.output
+    # an ensemble made before this (no "unrecorded" in its seen.json) is read from its members/N
+    seen = json.loads((tmp_path / "ens2" / "seen.json").read_text())
+    del seen["unrecorded"]
+    (tmp_path / "ens2" / "seen.json").write_text(json.dumps(seen))
+    got = open_run(tmp_path / "ens2").evaluate(str(image_folder))["unrecorded"]
+    assert got == [f"members/1 (from {old.resolve()})"], got
+    # a soup records them too, and an ensemble holding it names them through it
+    said.clear()
+    make_ensemble([a.dir, old], tmp_path / "soup", soup=True, echo=said.append)
+    assert len(said) == 1 and "this soup has seen" in said[0]
+    c = _fit(image_folder, tmp_path / "c", tiny_spec, seed=2, strategy="head", epochs=1)
+    make_ensemble([tmp_path / "soup", c.dir], tmp_path / "outer", echo=said.append)
+    got = open_run(tmp_path / "outer").evaluate(str(image_folder))["unrecorded"]
+    assert got == [f"{old.resolve()} (in members/0 (from {(tmp_path / 'soup').resolve()}))"], got
+    # the soup evaluated alone names them too
+    got = open_run(tmp_path / "soup").evaluate(str(image_folder))
+    assert got["unrecorded"] == [str(old.resolve())], got.get("unrecorded")
+    # a soup made before seen.json existed (neither record): said that nothing could be counted
+    (tmp_path / "soup" / "seen.json").unlink()
+    w = open_run(tmp_path / "soup").evaluate(str(image_folder))["warnings"]
+    assert any("this soup was made before rehead recorded what its members trained on" in x for x in w), w
+    # members that all kept their records: nothing said
+    said.clear()
+    make_ensemble([a.dir, b.dir], tmp_path / "clean", echo=said.append)
+    assert said == [] and "unrecorded" not in open_run(tmp_path / "clean").evaluate(str(image_folder))
+
+
+def _table(path, seed):
+    import numpy as np
+    x = np.random.default_rng(seed).normal(size=(60, 4))
+    rows = "".join(f"{','.join(f'{v:.4f}' for v in r)},{'ab'[int(r[0] > 0)]}\n" for r in x)
+    path.write_text("a,b,c,d,label\n" + rows)
+    return path
+
+
+def test_an_ensemble_of_table_runs_knows_which_version_of_the_table_its_members_saw(tmp_path, one_thread):
+    """Table rows are named by number ("t.csv#7") and read back to compare by cells: split.json keeps the
+    table's sha256, so a fit says when its table changed, but an ensemble's seen.json kept none, and rows
+    read from the edited table were compared as if they were the ones trained on (here: none seen)."""
+    import shutil
+    t = _table(tmp_path / "t.csv", 0)
+    held = shutil.copy(t, tmp_path / "held.csv")  # the very rows, in another file: recognised by their cells
+    runs = [_fit(t, tmp_path / f"s{s}", "tabular:mlp-4-8x1", seed=s, strategy="head", epochs=1) for s in (0, 1)]
+    said = []
+    ens = open_run(make_ensemble([r.dir for r in runs], tmp_path / "ens", echo=said.append))
+    assert said == []
+    assert json.loads((tmp_path / "ens" / "seen.json").read_text())["fingerprint"]["files"] == \
+        json.loads((runs[0].dir / "split.json").read_text())["fingerprint"]["files"]
+    assert sum(ens.evaluate(str(held))["seen"].values()) == 60
+    _table(t, 1)  # the training table edited: same columns, same row count, other rows
+    res = ens.evaluate(str(held))
+    assert "seen" not in res and any("cannot tell which of these rows" in w and f"{t} was modified" in w
+                                     for w in res["warnings"]), res.get("warnings")
+    # members fitted on two versions of one table: no one version is the ensemble's, said when made and evaluated
+    late = _fit(t, tmp_path / "late", "tabular:mlp-4-8x1", seed=2, strategy="head", epochs=1)
+    make_ensemble([runs[0].dir, late.dir], tmp_path / "mixed", echo=said.append)
+    assert len(said) == 1 and f"rows of {t} by number" in said[0] and "different versions" in said[0], said
+    res = open_run(tmp_path / "mixed").evaluate(str(held))
+    assert "seen" not in res and any("cannot tell which of these rows" in w for w in res["warnings"])

@@ -188,6 +188,30 @@ def test_report_of_an_ensemble_names_the_members_temperatures(fit_run, tmp_path)
     assert "no temperature applied" not in html
 
 
+def test_report_of_an_ensemble_shows_the_temperatures_the_ensemble_applies(fit_run, tmp_path, monkeypatch):
+    """The report read members/N/temperature.json itself, a second account of what ``Ensemble.member_temperatures``
+    applies: it shows the ensemble's own (here patched, so the two would differ), and none for one made before."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from rehead.ensemble import Ensemble, make_ensemble
+    from rehead.report import write_report
+    members = []
+    for i in range(2):
+        d = shutil.copytree(fit_run.dir, tmp_path / f"m{i}", ignore=shutil.ignore_patterns("*.png", ".lock"))
+        w = load_file(str(d / "model.safetensors"))  # another model: a copy of a member is refused
+        save_file({k: v * (1 + i / 2) if k.startswith("head.") and v.is_floating_point() else v
+                   for k, v in w.items()}, str(d / "model.safetensors"))
+        members.append(d)
+    ens = make_ensemble(members, tmp_path / "ens", echo=lambda *_: None)
+    monkeypatch.setattr(Ensemble, "member_temperatures", property(lambda self: [2.5, 0.75]))
+    html = write_report(ens, echo=lambda *_: None).read_text()
+    assert "each member's temperature applied (T = 2.500, 0.750)" in html
+    cfg = ens / "config.yaml"  # an ensemble made before members' T were applied: their raw probabilities
+    cfg.write_text(cfg.read_text().replace("mean calibrated probability", "mean probability"))
+    html = write_report(ens, echo=lambda *_: None).read_text()
+    assert "this ensemble was made before each member's temperature was applied" in html and "2.500" not in html
+
+
 def test_report_cli_prints_the_path(fit_run):
     from typer.testing import CliRunner
     from rehead.cli import app

@@ -20,7 +20,8 @@ def ensemble(runs: List[str] = typer.Argument(..., help="two or more fit run dir
     `rehead predict` shows them) or, with --soup, their weights. The result is a run directory:
     `rehead evaluate OUT DATA`, `rehead predict OUT ...`."""
     from ..ensemble import describe, make_ensemble
-    d = make_ensemble(runs, out, soup=soup, overwrite=overwrite)
+    # warnings (members with no record of their training samples: the seen check cannot cover them) on stderr
+    d = make_ensemble(runs, out, soup=soup, overwrite=overwrite, echo=lambda w: typer.echo(w, err=True))
     typer.echo(f"{'soup' if soup else 'ensemble'} of {len(runs)} runs: {d}")
     # say what the mean is of: members' calibrated probabilities, or (a soup) their weights
     typer.echo(f"  predicts {describe(d)}" if not soup else

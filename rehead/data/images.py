@@ -213,9 +213,8 @@ def _csv_parts(path: Path, label_column: str, split_column: str, image_column: s
 def _listed(path: Path, header, rows, image_column: str) -> tuple[list[str], dict[str, str]]:
     """The CSV's image paths made absolute (relative to the CSV), and those that are not regular
     files (named, to be skipped); a missing one is an error."""
-    # abspath, not resolve: normalises '..' without following symlinks (a looping one would raise)
     given = column(header, rows, image_column, path)
-    items = [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in given]
+    items = _absolute(path, given)
     skipped, gone = {}, []
     for n, p in enumerate(items):
         why = not_regular(p) if p else "missing"
@@ -229,16 +228,41 @@ def _listed(path: Path, header, rows, image_column: str) -> tuple[list[str], dic
     return items, skipped
 
 
-def csv_images(path, image_column: str | None = None) -> list[str]:
-    """For ``predict``: every image a CSV lists (its path column, relative to the CSV; no label
-    needed). Rows that are not regular files stay in, for predict to name as unreadable."""
-    path = Path(path)
+def _absolute(path: Path, given: list[str]) -> list[str]:
+    """A CSV's path cells as files, relative to the CSV's folder ('' stays ''); abspath, not resolve:
+    normalises '..' without following symlinks (a looping one would raise)."""
+    return [os.path.abspath(os.path.join(path.parent, p)) if p else "" for p in given]
+
+
+def _image_rows(path: Path, image_column: str | None):
+    """(header, rows, column) of a CSV of image paths; DataError when it cannot be read or lacks the column."""
     header, rows = read_rows(path)
     image_column = image_column or "path"
     if image_column not in header:
         raise DataError(f"{path} has no column {image_column!r} (columns: {', '.join(header)}): the run reads "
                         f"image paths from the column {image_column!r}: name the column that holds them with --image-column")
+    return header, rows, image_column
+
+
+def csv_images(path, image_column: str | None = None) -> list[str]:
+    """For ``predict``: every image a CSV lists (its path column, relative to the CSV; no label
+    needed). Rows that are not regular files stay in, for predict to name as unreadable."""
+    path = Path(path)
+    header, rows, image_column = _image_rows(path, image_column)
     return _listed(path, header, rows, image_column)[0]
+
+
+def listed_files(path, image_column: str | None = None) -> list[str]:
+    """The files an image CSV lists in its path column (``image_column``, default 'path'), as a fit and
+    predict read them (relative to the CSV's folder); empty cells left out, nothing checked on disk. For
+    a check that must not fail where reading the data will say why (export's: an --out that would
+    replace a file the run was trained on): [] for a CSV that cannot be read or lacks the column."""
+    path = Path(path)
+    try:
+        header, rows, image_column = _image_rows(path, image_column)
+    except DataError:
+        return []
+    return [p for p in _absolute(path, column(header, rows, image_column, path)) if p]
 
 
 # -- readability (before any run directory exists) ----------------------------------------------

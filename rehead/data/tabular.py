@@ -230,6 +230,13 @@ def read_parts(path, eval_only: bool = False, label_column: str = "label", id_co
                         "held_columns": [c for c in table.header if c not in cols]})
 
 
+def row_tables(items) -> set[str]:
+    """The tables that row references ("/path/t.csv#7") name: a record of rows by number holds
+    only while those files are as they were (their fingerprint; other items are left out)."""
+    return {path for path, _, row in (str(it).rpartition("#") for it in items if isinstance(it, str))
+            if path and row.isdigit()}
+
+
 def row_ref(item) -> tuple[str, int]:
     """(path, row) of a table row reference ``/path/table.csv#ROW``."""
     path, _, row = str(item).rpartition("#")

@@ -155,17 +155,17 @@ def _evaluation_sections(d: Path, gallery: int, echo) -> list[tuple[str, str]]:
     secs = [("Confusion matrix", f"<p>accuracy <b>{res['accuracy']:.4f}</b> on {res['n']} val samples</p>"
              + img(p, "confusion matrix") + table(per_class, left=("class",)))]
     if "ece" in res:
-        secs.append(("Calibration", _calibration(d, res)))
+        secs.append(("Calibration", _calibration(d, res, run)))
     secs.append(("Validation predictions", _gallery(res, run.modality, gallery)))
     return secs
 
 
-def _calibration(d: Path, res: dict) -> str:
+def _calibration(d: Path, res: dict, run) -> str:
     """ECE before / after the run's temperature on val, a reliability diagram, and the held-out
     test figures when the fit had a test split: val is where T was fitted, so its figures flatter."""
     from ..calibration import reliability
     correct = [p == t for p, t in zip(res["predictions"], res["targets"])]
-    members = _member_temperatures(d)
+    members = _member_temperatures(run)
     t = res["temperature"] if members is None else 1.0  # an ensemble adds no T of its own
     applied = f"each member's T ({', '.join(f'{m:.3f}' for m in members)})" if members else None
     p = plots.plot_reliability(reliability(res["probs_uncalibrated"], correct), reliability(res["probs"], correct),
@@ -191,20 +191,15 @@ def _calibration(d: Path, res: dict) -> str:
     return html + img(p, "reliability diagram")
 
 
-def _member_temperatures(d: Path) -> list[float] | None:
-    """An ensemble's members' own T (members/N/temperature.json; 1 where a member has none), each applied to
-    its member's probabilities before the mean: read from the directory (an ensemble has no temperature.json
-    of its own, and its report said none was applied). [] for an ensemble made before members were
-    calibrated (it averages their raw probabilities); None for one model."""
-    from ..calibration import read_temperature
-    from ..ensemble import CALIBRATED
-    from ..run import read_config
-    cfg = read_config(d)
-    if cfg.get("kind") != "ensemble":
+def _member_temperatures(run) -> list[float] | None:
+    """An ensemble's members' own T, each applied to its member's probabilities before the mean, as the
+    ensemble applies them (``Ensemble.member_temperatures``: an ensemble has no temperature.json of its
+    own, and its report said none was applied). [] for an ensemble made before members were calibrated
+    (it averages their raw probabilities); None for one model."""
+    from ..ensemble import Ensemble
+    if not isinstance(run, Ensemble):
         return None
-    if cfg.get("combine") != CALIBRATED:
-        return []
-    return [read_temperature(d / m) for m in cfg.get("members") or []]
+    return run.member_temperatures if run.calibrated else []
 
 
 def _ensemble_calibration(members: list[float]) -> str:
