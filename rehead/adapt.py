@@ -425,7 +425,7 @@ def adapt(corpus, model: str, out, objective: str = "auto", epochs: int = 1, lr:
                              prep["pooling"], prep["normalize"])
         save_backbone(bb, run, extra={"adapt": {k: v for k, v in report.items() if k != "history"}})
         run.write_json("adapt.json", report)
-        run.release()
+    run.release()  # after kept_if_finished's finish: the old run gone before another claim
     echo(f"held-out perplexity {_ppl(before)} -> {_ppl(after)}; adapted model in {run.path} "
          f"(use it with: rehead fit DATA --model {run.path})")
     return report

@@ -80,6 +80,8 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        from .rundir import said_replaced
+        said_replaced.clear()  # a run an unfinished --overwrite left is said once a command
         if os.environ.get("REHEAD_DEBUG"):
             return fn(*a, **kw)
         try:
@@ -577,6 +579,15 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
     if not items:
         fail("no images found in the given inputs")
     return items
+
+
+@app.command()
+@guarded
+def restore(run_dir: str = typer.Argument(..., help="a run directory holding .replaced (an --overwrite that never "
+                                                    "finished)")):
+    """Put back the run an unfinished --overwrite (killed) set aside in RUN/.replaced; the new run's files go."""
+    from .rundir import RunDir
+    typer.echo(RunDir.restore(run_dir))
 
 
 @app.command()

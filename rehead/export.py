@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -129,13 +130,18 @@ def export(run_dir, fmt: str = "onnx", out=None, overwrite: bool = False, opset:
                          f"{run.config['model']} has none: use `rehead predict` or load the run in Python")
     sidecar, tok_dir = _beside(out)
     written = (out, sidecar) + ((tok_dir,) if text else ())
+    left = leftover_note(out)  # an export killed part way
+    if left and not overwrite:
+        raise RunExists(f"{left}. Or pass --overwrite to replace it all with this export, or choose another --out")
     for p in written:
         if p.exists() and not overwrite:
             raise RunExists(f"{p} exists: pass --overwrite to replace it, or choose another --out")
+    if left:
+        print(f"note: {left}. This --overwrite replaces it all with a whole export", file=sys.stderr, flush=True)
     for p in model.parameters():
         p.requires_grad_(False)
     made = missing_folders(out.parent)  # an export stopped part way removes them, and only them
-    new = [p for p in written if not p.exists()]
+    new = [p for p in written if not p.exists() and not _aside(p).exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         meta = _write_files(run, model, example, text, tokenizer, fmt, out, sidecar, tok_dir, opset)
@@ -186,19 +192,97 @@ def _write_files(run, model, example, text: bool, tokenizer, fmt: str, out: Path
 
 
 def _install(out: Path, sidecar: Path, tok_dir: Path | None) -> None:
-    """Rename the staged graph, tokenizer and sidecar into place. Each rename is atomic, the set is not:
-    so the old sidecar goes first and the new one comes last. An export stopped between them (Ctrl-C,
-    SIGTERM, a kill, a crash) then leaves at worst a graph without a sidecar, which a deployment cannot
-    miss, never a graph beside another export's sidecar (its labels, temperature, preprocessing). Under
-    the CLI a Ctrl-C or SIGTERM waits for the renames to end (``interrupts.deferred``): only a kill or a
-    crash can leave that graph alone."""
+    """Rename the staged graph, tokenizer and sidecar into place. Each rename is atomic, the set is not, so
+    an export stopped between two of them (Ctrl-C, SIGTERM, a kill, a crash) must leave one whole export:
+    the files it replaces are first renamed aside (``_aside``), the old sidecar first, and deleted only once
+    the new sidecar, renamed last, is in place. At every instant the old export is whole on disk (in place or
+    aside) or the new one is in place; the names in place never pair a graph with another export's sidecar
+    (at worst a graph without one, which a deployment cannot miss). A stop with Python still running (an
+    error, a Ctrl-C outside the CLI) puts the old export back; a kill leaves the asides, which the next
+    export to ``out`` says (``leftover_note``). Under the CLI a Ctrl-C or SIGTERM waits for the renames to
+    end (``interrupts.deferred``)."""
     from . import interrupts
+    parts = [out] + ([tok_dir] if tok_dir is not None else [])
     with interrupts.deferred():
-        sidecar.unlink(missing_ok=True)
-        os.replace(_staged(out), out)
-        if tok_dir is not None:
-            _replace_tokenizer(tok_dir)
-        os.replace(_staged(sidecar), sidecar)
+        if sidecar.exists():  # the export in place is whole: asides are what a killed one left of an older one
+            _drop_asides(out)
+        try:
+            for p in (sidecar, *parts):  # an aside already there is kept: the last whole export, a kill left it
+                if p.exists() and not _aside(p).exists():
+                    os.replace(p, _aside(p))
+            for p in parts:
+                _put(_staged(p), p)
+            os.replace(_staged(sidecar), sidecar)
+        except BaseException:
+            _put_back(out)
+            raise
+        _drop_asides(out)
+
+
+def _aside(path: Path) -> Path:
+    """Where --overwrite keeps a file (or the tokenizer folder) of the export it replaces until the new
+    export is in place."""
+    return path.with_name(f".replaced-{path.name}")
+
+
+def _put(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; a folder at ``dst`` (a tokenizer a killed export left, whose sidecar never
+    came) goes first."""
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def _put_back(out: Path) -> None:
+    """Every aside back in place, the sidecar last: the export --overwrite was replacing, whole again. One
+    that cannot be put back (a full disk, a second Ctrl-C outside the CLI) stops it there: the old sidecar
+    stays aside, never beside the new graph, and the next export says what is left."""
+    sidecar, tok_dir = _beside(out)
+    try:
+        for p in (out, tok_dir, sidecar):
+            if _aside(p).exists():
+                _put(_aside(p), p)
+    except BaseException:
+        pass  # the error that stopped the export is the one to raise
+
+
+def _drop_asides(out: Path) -> None:
+    """Delete the export an --overwrite replaced, once the new one is in place (its sidecar aside first: a
+    leftover without it is never taken for a whole export)."""
+    sidecar, tok_dir = _beside(out)
+    for p in (sidecar, out, tok_dir):
+        a = _aside(p)
+        if a.is_dir() and not a.is_symlink():
+            shutil.rmtree(a, ignore_errors=True)
+        else:
+            a.unlink(missing_ok=True)
+
+
+def leftover_note(out: Path) -> str | None:
+    """What an export to ``out`` that was killed part way left, in one sentence, with the commands that put
+    the export it was replacing back; None when it left nothing."""
+    import shlex
+    sidecar, tok_dir = _beside(out)
+    kept = [p for p in (out, tok_dir, sidecar) if _aside(p).exists()]
+    if not kept:
+        if out.is_file() and not sidecar.exists():
+            return (f"{out} has no sidecar ({sidecar.name}) beside it: an export to it stopped part way "
+                    "(killed?), and it is not a whole export")
+        return None
+    names = ", ".join(_aside(p).name for p in kept)
+    if sidecar.exists():
+        return (f"{names} beside {out} are what a `rehead export --overwrite` killed after it finished left "
+                f"of the export it replaced: {out} and its sidecar are whole; delete them (`rm -rf "
+                f"{' '.join(shlex.quote(str(_aside(p))) for p in kept)}`)")
+    if not _aside(sidecar).exists():
+        return (f"{names} beside {out} are part of an export a killed `rehead export --overwrite` was replacing, "
+                f"and no sidecar is in place: neither is a whole export; delete them (`rm -rf "
+                f"{' '.join(shlex.quote(str(_aside(p))) for p in kept)}`)")
+    put_back = " && ".join((f"rm -rf {shlex.quote(str(p))} && " if p == tok_dir else "")
+                           + f"mv -f {shlex.quote(str(_aside(p)))} {shlex.quote(str(p))}" for p in kept)
+    return (f"a `rehead export --overwrite` to {out} was killed between its renames: {out} is not a whole "
+            f"export (no sidecar), and the export it was replacing is whole beside it ({names}); to put that one "
+            f"back: `{put_back}`")
 
 
 def _beside(out: Path) -> tuple[Path, Path]:
@@ -258,19 +342,11 @@ def _identity(path) -> tuple[int, int] | None:
 
 
 def _listed_files(data: str, config: dict) -> list[str]:
-    """The files an image CSV lists: its path column, relative to the CSV (as rehead.data.images reads it)."""
-    from .data import DataError
-    from .data.csvio import column, read_rows
+    """The files an image CSV lists: its path column, as rehead.data.images reads it."""
+    from .data.images import listed_files
     if (config.get("data_config") or {}).get("modality") != "image" or not data.lower().endswith(".csv"):
         return []  # a text or table CSV holds its data; Parquet and shards are read whole
-    col = (config.get("fit") or {}).get("image_column") or "path"
-    try:
-        header, rows = read_rows(data)
-    except DataError:  # unreadable now: the fit that reads it will say so
-        return []
-    if col not in header:
-        return []
-    return [os.path.join(os.path.dirname(data), p) for p in column(header, rows, col, data) if p]
+    return listed_files(data, (config.get("fit") or {}).get("image_column"))
 
 
 def _inside_data(folder: Path, data: Path) -> bool:
@@ -417,13 +493,6 @@ def _listed_tokenizer_files(sidecar: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
-
-
-def _replace_tokenizer(path: Path) -> None:
-    """The staged tokenizer renamed into place (an export never leaves half a tokenizer); what it
-    replaces holds only export's files, checked by _stage_tokenizer."""
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(_staged(path), path)
 
 
 def load_exported(path):

@@ -325,7 +325,7 @@ def fit_multitask(data, label_columns, model: str, out, weights: list[float] | s
         summary = {**_summary(res, test, len(ds.test) if test else 0, trainer, tasks),
                    "wall_seconds": time.perf_counter() - t0, "val_rows": len(ds.val)}
         run.write_json("summary.json", summary)
-        run.release()
+    run.release()  # after kept_if_finished's finish: the old run gone before another claim
     _report_end(echo, summary, run.path)
     return summary
 

@@ -216,7 +216,7 @@ def pretrain(data, out, width: int = 256, depth: int = 3, dropout: float = 0.1, 
                    "masked_mse": final, "masked_mse_predicting_mean": baseline, "masked_mse_rows": "pretraining rows",
                    "wall_seconds": time.perf_counter() - t0}
         run.write_json("summary.json", summary)
-        run.release()
+    run.release()  # after kept_if_finished's finish: the old run gone before another claim
     echo(f"pretrained {enc.spec} on {len(x)} rows: {mse_verdict(final, baseline, len(x))} -> {run.path}")
     return summary
 

@@ -16,7 +16,9 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ MARKER = ".rehead-run"  # written at claim: only a directory carrying it is ever
 UNSTARTED = (".lock", MARKER)  # all a claimed directory holds before its command writes anything
 LR_FIND_FILES = ("lr_find.json", "lr_find.png")  # what an LR range test writes (lr-find, fit --find-lr)
 REPLACED = ".replaced"  # inside a run: the run --overwrite replaced, kept until the new one finishes
+REPLACING = ".replacing"  # the run being moved aside, renamed to REPLACED once all of it is in
+FINISHED = ("summary.json", "adapt.json", "results.json")  # a command's last file: the new run is whole
 
 
 class RunExists(FileExistsError):
@@ -101,12 +105,14 @@ class RunDir:
             raise RunExists(f"{p} exists and is not a directory: choose another --out")
         if not (p.exists() and any(c.name not in UNSTARTED for c in p.iterdir())):
             return False  # nothing, or only the lock and marker an interrupted start left
+        say_replaced(p, overwriting=overwrite)
         _check_inputs_outside(p, inputs)
         if not overwrite:
             raise RunExists(f"run directory {p} already exists and is not empty: pass --overwrite to replace it"
                             + (", --resume to continue it," if resumable and not (p / "summary.json").exists() else "")
                             + " or choose another --out")
-        if not (p / MARKER).exists():  # a config.yaml alone may be the user's own project file
+        if not any((d / MARKER).exists() for d in (p, p / REPLACED, p / REPLACING)):  # a config.yaml alone may be
+            # the user's own project file (a kill just after the old run was set aside left the marker with it)
             raise RunExists(f"{p} is not a directory rehead made (no {MARKER} marker): --overwrite only replaces "
                             "rehead's run directories, never a folder of yours; choose another --out (a run from "
                             "before rehead marked its directories: delete it yourself)")
@@ -139,19 +145,36 @@ class RunDir:
         return rd
 
     def _set_aside_old(self) -> None:
-        """Move the run --overwrite replaces into REPLACED (renames: instant, nothing copied)."""
+        """Move the run --overwrite replaces into REPLACED (renames: instant, nothing copied). It goes into
+        REPLACING first, renamed REPLACED once all of it is in: a kill between two renames leaves REPLACING,
+        which the next claim puts back (``_unsplit``), never half a run that a later --overwrite would
+        take for the unfinished one and delete."""
+        self._unsplit()
         stash = self.path / REPLACED
         old = [c for c in self.path.iterdir() if c.name not in (".lock", REPLACED)]
         if stash.exists() or all(c.name in UNSTARTED + LR_FIND_FILES for c in old):
             _delete(old)  # an unfinished run over a kept one; or only an LR finder's output, remade in seconds
             return
-        stash.mkdir()
+        part = self.path / REPLACING
+        part.mkdir()
         try:
             for child in old:
-                child.rename(stash / child.name)
+                child.rename(part / child.name)
+            part.rename(stash)
         except BaseException:  # a Ctrl-C between two renames: the old run goes back whole
-            self._unstash()
+            self._unsplit()
             raise
+
+    def _unsplit(self) -> bool:
+        """Put back what REPLACING holds: an --overwrite killed while it moved the old run aside (the rest
+        of that run is still in place). Nothing is deleted. False when there is none."""
+        part = self.path / REPLACING
+        if not part.is_dir():
+            return False
+        for child in part.iterdir():
+            child.rename(self.path / child.name)
+        part.rmdir()
+        return True
 
     def restore_replaced(self) -> bool:
         """Put back the run --overwrite replaced, deleting what this command wrote: it stopped before it had
@@ -171,14 +194,38 @@ class RunDir:
         stash.rmdir()
 
     def finish(self) -> None:
-        """The new run is whole: the run --overwrite replaced goes."""
+        """The new run is whole: the run --overwrite replaced goes. Call it before ``release``: once the
+        lock is free a second --overwrite may claim the directory and keep REPLACED as the user's run."""
         if self.writer:
             shutil.rmtree(self.path / REPLACED, ignore_errors=True)
+
+    @classmethod
+    def restore(cls, path) -> str:
+        """`rehead restore RUN`: put back the run an --overwrite that never finished (killed) set aside in
+        RUN/.replaced, deleting what the new run wrote; or, where the kill came while the old run was being
+        moved aside, put its parts back together (deleting nothing). Refused while a process writes there.
+        Returns what was done, in words."""
+        p = Path(path)
+        if not ((p / REPLACED).is_dir() or (p / REPLACING).is_dir()):
+            raise BadRun(f"{p} holds no run set aside by --overwrite (no {p / REPLACED}): nothing to restore")
+        rd = cls(p)
+        rd._claim()  # refused while a command is writing there (an --overwrite still running)
+        try:
+            if rd._unsplit():
+                if not (p / REPLACED).is_dir():
+                    return f"{p} is the run an --overwrite was moving aside when it stopped, put back together"
+            new = sorted(c.name for c in p.iterdir() if c.name not in UNSTARTED + (REPLACED,))
+            rd.restore_replaced()
+        finally:
+            rd.release()
+        return (f"{p} is the run --overwrite replaced, as it was"
+                + (f"; the unfinished new run's files were deleted ({', '.join(new)})" if new else ""))
 
     @classmethod
     def open(cls, path, writer: bool = True) -> "RunDir":
         """Claim an existing run directory (resume, or a command adding files to it)."""
         rd = cls(path, writer)
+        say_replaced(rd.path)
         if not rd.path.is_dir() or not is_run_dir(rd.path):
             raise BadRun(f"{rd.path} is not a rehead run directory (no config.yaml)")
         if writer:
@@ -224,7 +271,8 @@ class RunDir:
         A directory the command made goes, with the (then empty) parent folders it made; one that was
         there before stays, emptied of what this command wrote: an empty folder of the user's is empty
         again, and a run --overwrite replaced is put back as it was. When the block finishes, that
-        replaced run goes (``finish``)."""
+        replaced run goes (``finish``); release the lock after the block, never inside it (a second
+        --overwrite claiming before ``finish`` would keep that run as the user's, then see it deleted)."""
         try:
             yield self
         except BaseException:
@@ -332,6 +380,7 @@ class RunDir:
 def read_yaml(path: Path) -> dict:
     import yaml
     path = Path(path)
+    say_replaced(path.parent)
     if path.parent.is_file():  # `rehead evaluate DATA RUN`: the arguments swapped
         raise BadRun(f"{path.parent} is a file, not a rehead run directory: give the run directory first "
                      "(e.g. `rehead evaluate RUN DATA`, `rehead predict RUN FILES`)")
@@ -354,6 +403,88 @@ def read_json(path: Path):
         raise BadRun(f"{path} is missing: the run is incomplete; rerun it with --overwrite") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadRun(f"{path} is unreadable ({_first_line(e)}): restore it or rerun with --overwrite") from e
+
+
+said_replaced: set[str] = set()  # the runs say_replaced spoke of: once each (the CLI clears it per command)
+
+
+def say_replaced(path, overwriting: bool = False) -> None:
+    """Say once, on stderr, that the run directory ``path`` holds a run an --overwrite set aside and never
+    finished with (the process was killed, or the machine went down), and what the user can do. Nothing is
+    said while a process holds the directory's lock: that is an --overwrite still running."""
+    p = Path(path)
+    try:
+        left = (p / REPLACED).is_dir() or (p / REPLACING).is_dir()
+    except OSError:
+        return
+    key = os.path.abspath(p)
+    if not left or key in said_replaced or os.environ.get("RANK", "0") != "0":  # launched: the main process says it
+        return
+    held = _lock_held(p)
+    if held:
+        return
+    said_replaced.add(key)
+    print(replaced_note(p, overwriting, held is None), file=sys.stderr, flush=True)
+
+
+def _lock_held(p: Path) -> bool | None:
+    """Whether a process holds the run's lock (is writing it); None where that cannot be told."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        f = open(p / ".lock", "rb")  # a reader never creates the lock file
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    with f:  # closing drops the shared lock at once
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+    return False
+
+
+def replaced_note(p: Path, overwriting: bool = False, unknown_lock: bool = False) -> str:
+    """What ``say_replaced`` says of ``p``: where the old run is, whether anything is writing there, and the
+    commands that keep the new run or put the old one back."""
+    q = shlex.quote(str(p))
+    free = ("rehead cannot tell whether a process is writing to it (no file locks here)" if unknown_lock else
+            "no process is writing to it (its lock is free)")
+    if (p / REPLACING).is_dir():
+        return (f"note: {p} is split: an `--overwrite` was killed while it moved the run it replaces aside, part "
+                f"of which is in {p / REPLACING}; {free}. `rehead restore {q}` puts it back together (it deletes "
+                "nothing)" + ("; this --overwrite does that first." if overwriting else "."))
+    head = (f"note: {p / REPLACED} holds the run an earlier `--overwrite` replaced: that --overwrite never finished "
+            f"(it was killed, or the machine went down), and {free}. {p} holds the new run")
+    if overwriting:
+        return (head + f", unfinished: this --overwrite deletes it and keeps the old run in {p / REPLACED} until "
+                f"this one finishes (then the old run goes; stopped before, it comes back). To keep the old run "
+                f"instead, stop this command and run `rehead restore {q}`.")
+    finished = (p / "config.yaml").exists() and not (p / "checkpoint.pt").exists() \
+        and any((p / f).exists() for f in FINISHED)
+    if finished:
+        keep = (f", which finished: only the old run's deletion was left undone. Keep the new run: "
+                f"`rm -rf {shlex.quote(str(p / REPLACED))}`")
+    elif _resumable(p):
+        keep = (f", unfinished. Finish it: `rehead fit --resume {q}` (then the old run is deleted)")
+    else:
+        keep = (", unfinished, and it cannot be resumed. Start it again: rerun the same command with --overwrite "
+                f"(the old run stays in {p / REPLACED} until that one finishes)")
+    return head + keep + (f". Get the old run back instead: `rehead restore {q}` (it deletes the new run's files "
+                          "and puts the old run back as it was). Until then nothing is deleted.")
+
+
+def _resumable(p: Path) -> bool:
+    """A fit that `rehead fit --resume` can continue: its config.yaml and split.json are written."""
+    import yaml
+    try:
+        cfg = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("kind", "fit") == "fit" and "fit" in cfg and (p / "split.json").exists()
 
 
 def _delete(paths) -> None:

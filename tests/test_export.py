@@ -338,11 +338,13 @@ def _stop_in_graph(model, example, fmt, out, opset):
 
 
 def _stop_at_rename(n: int):
-    """An os.replace that stops the command (a Ctrl-C) at its call number n, counting from 0, before renaming."""
-    real, done = os.replace, []
+    """An os.replace that stops the command (a Ctrl-C, once) at its call number n, counting from 0, before
+    renaming."""
+    real, done, stopped = os.replace, [], []
 
     def replace(src, dst):
-        if len(done) == n:
+        if len(done) == n and not stopped:
+            stopped.append(dst)
             raise KeyboardInterrupt
         real(src, dst)
         done.append(dst)
@@ -467,4 +469,65 @@ def test_a_ctrl_c_between_the_renames_waits_for_them_under_the_cli(run, tmp_path
     monkeypatch.setattr(os, "replace", ctrl_c_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         export(run.dir, "onnx", out=out, overwrite=True, opset=14)
-    assert len(calls) == 2 and json.loads(sidecar.read_text())["opset"] == 14  # both renames ran
+    assert [p.name for p in calls] == [".replaced-m.onnx.json", ".replaced-m.onnx", "m.onnx", "m.onnx.json"]
+    assert json.loads(sidecar.read_text())["opset"] == 14  # every rename ran, and the old export's asides went
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.json"]
+
+
+def test_an_overwrite_killed_between_any_two_renames_leaves_a_whole_export_and_the_next_one_says_so(
+        run, tmp_path, monkeypatch, capsys):
+    """`export --overwrite` deleted the old sidecar, then renamed the new graph and sidecar into place: killed in
+    between (kill -9, a power cut), the old export was gone and the new one not in place, and the next export
+    said only "m.onnx exists". Now the old export's files are renamed aside (.replaced-*) and deleted only once
+    the new one is in place: at every instant the old export is whole on disk or the new one is in place. The
+    next export says what a kill left; without --overwrite it gives the commands that put the old export back
+    (run here), with --overwrite it ends with one whole export and nothing else."""
+    import re
+    import shutil
+    import subprocess
+    from rehead.export import export
+    from rehead.run import RunExists
+    d = tmp_path / "e"
+    out = d / "m.onnx"
+    export(run.dir, "onnx", out=out, opset=17)
+    old = {p.name: p.read_bytes() for p in d.iterdir()}
+    assert sorted(old) == ["m.onnx", "m.onnx.json"]
+    real, kills = os.replace, []
+
+    def replace(src, dst):  # a kill just before each rename: what it leaves on disk, copied
+        kills.append(tmp_path / f"kill{len(kills)}")
+        shutil.copytree(d, kills[-1])
+        real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        export(run.dir, "onnx", out=out, overwrite=True, opset=14)
+    new = {p.name: p.read_bytes() for p in d.iterdir()}
+    assert sorted(new) == ["m.onnx", "m.onnx.json"] and json.loads(new["m.onnx.json"])["opset"] == 14
+    assert len(kills) >= 2
+    mended = 0
+    for snap in kills:
+        files = {p.name: p.read_bytes() for p in snap.iterdir()}
+        in_place = (files.get("m.onnx"), files.get("m.onnx.json"))
+        new_in_place = in_place == (new["m.onnx"], new["m.onnx.json"])
+        old_in_place = in_place == (old["m.onnx"], old["m.onnx.json"])
+        old_on_disk = old["m.onnx"] in (files.get("m.onnx"), files.get(".replaced-m.onnx")) and \
+            old["m.onnx.json"] in (files.get("m.onnx.json"), files.get(".replaced-m.onnx.json"))
+        assert new_in_place or old_on_disk, f"{snap.name}: neither export whole ({sorted(files)})"
+        assert in_place[1] is None or new_in_place or old_in_place, f"{snap.name}: a graph beside another's sidecar"
+        if new_in_place or old_in_place:
+            continue
+        mend = tmp_path / f"{snap.name}-mended"  # what the user does: the commands the refusal gives
+        shutil.copytree(snap, mend)
+        with pytest.raises(RunExists) as e:
+            export(run.dir, "onnx", out=mend / "m.onnx", opset=14)
+        said = str(e.value)
+        assert "is not a whole export" in said and "--overwrite" in said, said
+        subprocess.run(["bash", "-c", re.search(r"put that one back: `([^`]+)`", said).group(1)], check=True)
+        assert {p.name: p.read_bytes() for p in mend.iterdir() if not p.name.startswith(".tmp-")} == old
+        capsys.readouterr()
+        export(run.dir, "onnx", out=snap / "m.onnx", overwrite=True, opset=14)
+        assert "is not a whole export" in capsys.readouterr().err
+        assert sorted(p.name for p in snap.iterdir()) == ["m.onnx", "m.onnx.json"]
+        assert json.loads((snap / "m.onnx.json").read_text())["opset"] == 14
+        mended += 1
+    assert mended >= 2  # states a kill leaves that are neither export in place: each said and mended
