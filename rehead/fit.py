@@ -312,7 +312,7 @@ def default_model(ds: Dataset) -> str:
     """The data's default backbone (fit's, probe's); tables have none: refused, saying what to give."""
     if ds.modality not in DEFAULT_MODELS:
         raise DataError(f"{ds.source} is {ds.modality} data, which has no default backbone: give one with --model"
-                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them{_text_hint(ds)}")
+                        f"{_MODEL_HINT.get(ds.modality, '')}; `rehead models` lists them{_column_hint(ds)}")
     return DEFAULT_MODELS[ds.modality]
 
 
@@ -323,14 +323,14 @@ def check_modality(backbone: Backbone, ds: Dataset, model: str) -> None:
         a = "an" if ds.modality[0] in "aeiou" else "a"
         raise DataError(f"{ds.source} is {ds.modality} data but {model} is a backbone for "
                         f"{backbone.modality} data: choose {a} {ds.modality} model{hint}; `rehead models` lists them"
-                        f"{_text_hint(ds)}")
+                        f"{_column_hint(ds)}")
 
 
-def _text_hint(ds: Dataset) -> str:
+def _column_hint(ds: Dataset) -> str:
     if ds.modality != "tabular":
         return ""
-    from .data.tabular import text_column_hint
-    return text_column_hint(ds)
+    from .data.tabular import column_hint
+    return column_hint(ds)
 
 
 def task_loss(cfg: FitConfig, ds: Dataset):
@@ -635,6 +635,7 @@ def _summary(trainer, recipe, info: dict, t_start: float) -> dict:
             "kept_phase": kept.get("phase"), "kept_epoch": kept.get("epoch"),
             "best_epoch": kept.get("global_epoch"), "epochs_run": len(hist),
             "last_val_acc": hist[-1].get("val_acc") if hist else None, "phases": trainer.phase_best,
+            "diverged": trainer.diverged,
             "wall_seconds": time.perf_counter() - t_start, **info}
 
 
@@ -786,7 +787,8 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
              + f" -> kept {s['kept_phase']} epoch {s['kept_epoch']}")
     elif phases and _stopped(phases[0]):  # one phase: no phases line, but an early stop is still worth saying
         echo(f"{phases[0]['phase']}{_stopped(phases[0])}; kept epoch {s['kept_epoch']}")
-    for note in (s.get("note"), s.get("input_note"), s.get("budget_note")):
+    for note in (s.get("diverged") and "stopped: " + s["diverged"], s.get("note"), s.get("input_note"),
+                 s.get("budget_note")):
         if note:
             echo(note)
     keys = headline(ds.task)

@@ -1,5 +1,6 @@
 """The fine-tuning engine: strategies, schedules, LR finder, resume after a kill, several processes."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -278,3 +279,28 @@ def test_lr_find_with_stages_says_the_lr_finetune_needs(tmp_path, image_folder, 
                   batch_size=8, progress=False, echo=said.append)
     note = next(s for s in said if s.startswith("note: measured with the last 1"))
     assert f"--lr {res['suggested'] * 10:.1e}" in note  # finetune's unfrozen phase runs at --lr / 10
+
+
+def test_a_live_phase_that_blows_up_ends_the_fit_there_and_says_why():
+    """A finite blow-up (train loss far over a uniform guess's) passed the loop's NaN check, and the phase
+    ran its remaining epochs from broken weights: packaged mpnet at MiniLM's text LRs went from train loss
+    0.07 to 29.99 in its first unfrozen epoch (val 0.959 -> 0.904), then spent 18 more minutes."""
+    from rehead.train.loop import IndexedTensors, TrainConfig, Trainer
+    torch.manual_seed(0)
+    x = torch.randn(96, 8)
+    data = IndexedTensors(x, (x[:, 0] > 0).long())
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    phases = [Phase("head", 10, 3e-2, trainable=None, schedule="constant"),
+              Phase("live", 3, 30.0, trainable=None, schedule="constant"),
+              Phase("more", 2, 30.0, trainable=None, schedule="constant")]
+    tr = Trainer(TrainConfig(progress=False, checkpoints=False))
+    hist = tr.fit(model, data, data, phases, batch_size=16)
+    live = [r for r in hist if r["phase"] != "head"]
+    assert [r["phase"] for r in live] == ["live"] and live[0]["train_loss"] > 2 * math.log(2), live
+    assert tr.diverged.startswith("live epoch 1: train loss") and "Try a lower --lr" in tr.diverged
+    assert tr.kept["phase"] == "head"  # the best epoch so far is what the model ends with
+    # an epoch that is the best so far is never stopped, whatever its loss: a plain run is untouched
+    tr = Trainer(TrainConfig(progress=False, checkpoints=False))
+    tr.fit(torch.nn.Sequential(torch.nn.Linear(8, 2)), data, data,
+           [Phase("head", 2, 3e-2, trainable=None), Phase("live", 2, 1e-3, trainable=None)], batch_size=16)
+    assert tr.diverged is None and len(tr.history) == 4

@@ -127,7 +127,8 @@ def train_scratch(x_train, y_train, x_val, y_val, n_classes: int, size: int = 12
     def loader(data, shuffle, generator):
         return torch.utils.data.DataLoader(data, batch_size=batch_size if shuffle else 64, shuffle=shuffle,
                                            generator=generator)
-    trainer = Trainer(TrainConfig(seed=seed, progress=progress, select_best=False), run_dir=run_dir)
+    # every epoch it was given, blown up or not: the curves transfer is compared with
+    trainer = Trainer(TrainConfig(seed=seed, progress=progress, select_best=False, blowup=False), run_dir=run_dir)
     hist = trainer.fit(model, train, val, [Phase("scratch", ep, lr, schedule="onecycle", weight_decay=1e-4)],
                        make_loader=loader)
     last = hist[-1]

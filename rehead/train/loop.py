@@ -34,7 +34,7 @@ import torch
 from ..heads import loss_for
 from ..interrupts import check as check_interrupt
 from ..recipes import Phase  # noqa: F401  (re-exported: Phase lives with the recipes)
-from .callbacks import (EVENTS, BestWeights, CancelFit, Checkpoint, EarlyStopping, MetricsCSV, Progress,
+from .callbacks import (EVENTS, BestWeights, Blowup, CancelFit, Checkpoint, EarlyStopping, MetricsCSV, Progress,
                         Schedule, TrainingDiverged)
 from .schedules import SCHEDULES, lr_factor  # noqa: F401  (re-exported)
 
@@ -51,6 +51,7 @@ class TrainConfig:
     local: bool = False       # this process's model alone, where it is: no DDP, no sharding, no autocast
     hooks: list = field(default_factory=list)  # callbacks added to the standard ones (L2-SP, Guided Transfer)
     class_weight: str | None = None  # "balanced": also the linear solver's sample weights (multiclass)
+    blowup: bool = True       # end the fit when a live epoch diverges (callbacks.Blowup)
 
 
 SCORED = ("regression", "multilabel")  # tasks whose rows carry their own metrics, not an accuracy
@@ -64,7 +65,7 @@ def uses_sgd(ph) -> bool:
 
 
 def standard_callbacks(cfg: TrainConfig) -> list:
-    cbs = [Schedule(), BestWeights(cfg.select_best), EarlyStopping(), MetricsCSV()]
+    cbs = [Schedule(), BestWeights(cfg.select_best), EarlyStopping(), MetricsCSV()] + ([Blowup()] if cfg.blowup else [])
     if cfg.checkpoints:
         cbs.append(Checkpoint())
     if cfg.progress:
@@ -105,7 +106,8 @@ class Trainer:
     ``callbacks=None``: the standard set (schedule, best weights, early stopping, metrics.csv,
     checkpoints, progress) plus ``cfg.hooks``; a list replaces the standard set. ``run``: where
     metrics and checkpoints go (none: nothing is written). After ``fit``: ``history`` (one row per
-    epoch), ``kept`` (the epoch whose weights the model ends with) and ``phase_best``.
+    epoch), ``kept`` (the epoch whose weights the model ends with), ``phase_best`` and ``diverged``
+    (None, or why ``Blowup`` ended the fit early).
 
     What callbacks read: ``model`` (whole, unwrapped), ``net`` (what steps: the model, or its head on
     cached features), ``opt``, ``phase``/``phase_index``, ``epoch``, ``step``, ``steps_per_epoch``,
@@ -131,6 +133,7 @@ class Trainer:
         self.callbacks = sorted(cbs + list(self.cfg.hooks), key=lambda c: getattr(c, "order", 50))
         self.history: list[dict] = []
         self.kept, self.phase_best = None, []
+        self.diverged: str | None = None  # set by Blowup when it ends the fit: what diverged, in words
 
     def _event(self, name: str) -> None:
         for cb in self.callbacks:
