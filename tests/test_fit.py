@@ -378,6 +378,22 @@ def test_a_text_csv_whose_text_column_is_named_otherwise_is_told_to_name_it(tmp_
     assert not (tmp_path / "r").exists()
 
 
+def test_an_image_csv_whose_path_column_is_named_otherwise_is_told_to_name_it(tmp_path, image_folder, tiny_spec):
+    """A CSV of file,label listing photos is read as a table (no 'path' column): the error said to choose a
+    tabular model; the fix is --image-column file (evaluate already said so)."""
+    from rehead.data import DataError
+    p = tmp_path / "imgs.csv"
+    rows = [f"{f},{f.parent.name}\n" for f in sorted(image_folder.rglob("*.jpg"))]
+    p.write_text("file,label\n" + "".join(rows))
+    for model in (None, tiny_spec):
+        with pytest.raises(DataError, match="if column 'file' lists image files, pass --image-column file"):
+            rehead.fit(str(p), model=model, out=tmp_path / "r", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+    run = rehead.fit(str(p), model=tiny_spec, out=tmp_path / "r", image_column="file", progress=False,
+                     echo=lambda *_: None)  # the hint's fix works
+    assert run.modality == "image"
+
+
 # -- options an extract fit leaves idle; a Path as the model ---------------------------------------------
 def _said(data, out, spec, **kw):
     said = []

@@ -392,16 +392,21 @@ def columns_read(ds: Dataset, cols: list[str], echo=None, pretrained: bool = Fal
         echo(f"warning: {w}")
 
 
-def text_column_hint(ds: Dataset) -> str:
+def column_hint(ds: Dataset) -> str:
     """'; if column 'sentence' holds texts, pass --text-column sentence' when a feature column of the
-    table reads as sentences (words with spaces, not numbers): a text CSV whose text column is named
-    otherwise than 'text' is read as a table, and the fix is that option, not a table encoder."""
+    table reads as sentences (words with spaces, not numbers), '; if column 'file' lists image files, pass
+    --image-column file' when most of its cells name image files: a text or image CSV whose column is named
+    otherwise than 'text' / 'path' is read as a table, and the fix is that option, not a table encoder."""
+    from .images import IMAGE_EXTS
     try:
         table = read_table(ds.source)
     except (DataError, OSError, TypeError):
         return ""
     for c in getattr(ds, "feature_columns", ()):
         cells = [v.strip() for v in table.column(c)[:200]]
+        if sum(os.path.splitext(v)[1].lower() in IMAGE_EXTS for v in cells) > len(cells) / 2:
+            return (f"; if column {c!r} lists image files, pass --image-column {c} (an image CSV's column is "
+                    "'path' by default)")
         if sum(" " in v and not _is_number(v) for v in cells) > len(cells) / 2:
             return f"; if column {c!r} holds texts, pass --text-column {c} (a text CSV's column is 'text' by default)"
     return ""
