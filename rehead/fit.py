@@ -29,7 +29,7 @@ from .model import TransferModel
 from .precision import extraction_device, feature_precision
 from .recipes import build_recipe
 from .run import Run, head_logits
-from .rundir import LR_FIND_FILES, UNSTARTED, BadRun, RunDir, RunExists
+from .rundir import LR_FIND_FILES, REPLACED, UNSTARTED, BadRun, RunDir, RunExists
 from .tasks import per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA, score
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
@@ -910,7 +910,14 @@ def _resume(out: Path, echo, progress, accelerator, t_start, workers: int | None
     if cfg_yaml.get("kind", "fit") != "fit" or "fit" not in cfg_yaml:
         raise BadRun(f"{out} is not a fit run made by this version of rehead: nothing to resume")
     if seen.exists("model.safetensors") and not seen.exists("checkpoint.pt"):
-        echo(f"{out} already finished; nothing to resume")
+        if main and (out / REPLACED).is_dir():  # killed after it finished, before the run it replaced went
+            done = RunDir.open(out)  # its lock: refused while a process still writes there
+            done.finish()
+            done.release()
+            echo(f"{out} already finished; the run its --overwrite replaced ({out / REPLACED}) is deleted now, "
+                 "as that --overwrite asked")
+        else:
+            echo(f"{out} already finished; nothing to resume")
         return Run(out)
     run = RunDir.open(out, writer=main)
     try:

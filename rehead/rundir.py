@@ -467,6 +467,9 @@ def replaced_note(p: Path, overwriting: bool = False, unknown_lock: bool = False
         and any((p / f).exists() for f in FINISHED)
     if finished:
         keep = (f", which finished: only the old run's deletion was left undone. Keep the new run: "
+                f"`rehead fit --resume {q}` (it deletes the old one) or `rm -rf {shlex.quote(str(p / REPLACED))}`"
+                if _resumable(p) else
+                f", which finished: only the old run's deletion was left undone. Keep the new run: "
                 f"`rm -rf {shlex.quote(str(p / REPLACED))}`")
     elif _resumable(p):
         keep = (f", unfinished. Finish it: `rehead fit --resume {q}` (then the old run is deleted)")

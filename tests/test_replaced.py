@@ -179,3 +179,17 @@ def test_the_lock_is_let_go_only_once_the_replaced_run_is_gone(tmp_path, monkeyp
     run(2)
     assert seen and not any(seen), "the lock let go while RUN/.replaced was still there"
     assert not (tmp_path / "out" / REPLACED).exists()
+
+
+def test_resume_of_a_fit_that_finished_before_the_old_run_went_deletes_it_and_says_so(old_run, tmp_path):
+    """Killed after the new fit wrote summary.json, before RUN/.replaced went: `--resume` said "already
+    finished; nothing to resume" and left the old run there for good."""
+    data, out, before = old_run
+    shutil.copytree(out, tmp_path / "old")
+    tabular_fit(data, out, seed=2, overwrite=True)  # the new run, finished
+    (tmp_path / "old").rename(out / REPLACED)  # ... as a kill just before finish() leaves it
+    r = cli("evaluate", out)
+    assert f"Keep the new run: `rehead fit --resume {out}` (it deletes the old one)" in said_once(r, out)
+    r = cli("fit", "--resume", out, "--quiet")
+    assert r.exit_code == 0 and "is deleted now, as that --overwrite asked" in r.output, r.output
+    assert not (out / REPLACED).exists() and (out / "summary.json").exists()
