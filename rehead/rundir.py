@@ -28,6 +28,8 @@ UNSTARTED = (".lock", MARKER)  # all a claimed directory holds before its comman
 LR_FIND_FILES = ("lr_find.json", "lr_find.png")  # what an LR range test writes (lr-find, fit --find-lr)
 REPLACED = ".replaced"  # inside a run: the run --overwrite replaced, kept until the new one finishes
 REPLACING = ".replacing"  # the run being moved aside, renamed to REPLACED once all of it is in
+LOCK_GRACE = 3.0  # seconds a busy lock is waited for: a stopped fit's data-loading workers (forked, so they
+# share its lock) outlive it by a moment, and `--resume` right after a SIGTERM was refused as "busy"
 FINISHED = ("summary.json", "adapt.json", "results.json")  # a command's last file: the new run is whole
 
 
@@ -237,13 +239,20 @@ class RunDir:
             import fcntl
         except ImportError:  # no advisory locks (Windows): the directory check above still applies
             return
+        import time
         f = open(self.path / ".lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise RunBusy(f"another rehead process is writing to {self.path}: wait for it to finish, "
-                          "or choose another --out") from None
+        deadline = time.monotonic() + LOCK_GRACE
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                f.close()
+                raise RunBusy(f"another rehead process is writing to {self.path}: wait for it to finish, "
+                              "or choose another --out") from None
         self._lock = f
 
     @staticmethod

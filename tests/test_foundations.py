@@ -158,6 +158,25 @@ def test_a_run_directory_is_claimed_by_one_process(tmp_path):
     again.release()
 
 
+def test_a_lock_let_go_a_moment_later_is_waited_for(tmp_path):
+    """`fit --resume` right after a SIGTERM was refused as "another rehead process is writing": the stopped
+    fit's data-loading workers, forked with its lock, outlive it by a moment. A child holding the lock for
+    half a second stands for them."""
+    import subprocess
+    import sys
+    import time
+    RunDir.create(tmp_path / "run").release()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); "
+        "time.sleep(0.5)"), str(tmp_path / "run" / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    rd = RunDir.create(tmp_path / "run")  # claimed again, as a rerun would
+    assert time.monotonic() - t0 < 3.0
+    rd.release()
+    holder.wait()
+
+
 def test_overwrite_never_deletes_a_folder_rehead_did_not_make(tmp_path):
     mine = tmp_path / "photos"
     mine.mkdir()
