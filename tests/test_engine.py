@@ -296,7 +296,7 @@ def test_a_live_phase_that_blows_up_ends_the_fit_there_and_says_why():
     tr = Trainer(TrainConfig(progress=False, checkpoints=False))
     hist = tr.fit(model, data, data, phases, batch_size=16)
     live = [r for r in hist if r["phase"] != "head"]
-    assert [r["phase"] for r in live] == ["live"] and live[0]["train_loss"] > 2 * math.log(2), live
+    assert [r["phase"] for r in live] == ["live"] and live[0]["train_loss"] > 10 * math.log(2), live
     assert tr.diverged.startswith("live epoch 1: train loss") and "Try a lower --lr" in tr.diverged
     assert tr.kept["phase"] == "head"  # the best epoch so far is what the model ends with
     # an epoch that is the best so far is never stopped, whatever its loss: a plain run is untouched
