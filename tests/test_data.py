@@ -105,3 +105,16 @@ def test_raw_crops_normalised_on_the_device_equal_the_workers_floats(tmp_path):
     (_, a, _), = make_loader(BB, paths[:2], None, batch_size=8, workers=0, raw=True,
                              transform=lambda im: torch.zeros(3, 64, 64))
     assert a.dtype == torch.float32
+
+
+def test_label_sets_given_as_lists_are_read_as_label_sets():
+    """(item, [labels]) pairs and a Hugging Face Sequence(ClassLabel) column were read as one label per
+    whole list ("['even', 'small']", "[0, 2]"): six "labels" for three, silently."""
+    import pyarrow as pa
+    from rehead.data import from_items
+    from rehead.data.streams import _labels
+    assert _labels(pa.array([[0, 1], [2], [], None]), ["even", "loop", "small"]) == ["even|loop", "small", "|", ""]
+    items = [f"t{i}" for i in range(20)]
+    labels = [["even", "small"] if i % 2 else ("even",) if i % 3 else [] for i in range(20)]
+    ds = from_items(items, labels, "text", "pairs", task="multilabel")
+    assert ds.classes == ["even", "small"]

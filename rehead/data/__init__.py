@@ -215,7 +215,10 @@ def from_items(items: list, labels: list, modality: str, source: str, val_fracti
     item's value of a split column (train / val / test), read as a CSV's split column is."""
     from .csvio import drop_unlabelled
     from .splits import assemble, split_column_parts, split_where
-    labels = ["" if y is None else str(y) for y in labels]
+    from .streams import label_set
+    # a label set (a list, tuple or set: multilabel) is written as a CSV cell is, 'a|b'; str() gave "['a', 'b']"
+    labels = ["" if y is None else label_set(y) if isinstance(y, (list, tuple, set, frozenset)) else str(y)
+              for y in labels]
     labels = ["" if y.strip().lower() == "nan" else y for y in labels]  # pandas' empty cell
     items = list(items)
     warnings = []

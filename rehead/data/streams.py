@@ -423,7 +423,11 @@ def _choose_columns(schema, features: dict, where: str, modality, text_column, l
 def _class_names(schema, label_column: str) -> list[str] | None:
     """A file's own ClassLabel names: splits saved apart may list the same classes in other orders."""
     f = _hf_features(schema).get(label_column) or {}
-    return f.get("names") if f.get("_type") == "ClassLabel" else None
+    if isinstance(f, list) and f:  # a list of one feature: a label set's
+        f = f[0]
+    if isinstance(f, dict) and f.get("_type") in ("Sequence", "List", "LargeList"):  # a label set: its items' names
+        f = f.get("feature") or {}
+    return f.get("names") if isinstance(f, dict) and f.get("_type") == "ClassLabel" else None
 
 
 def _check_named(schema, f: str, label_column: str, names_, choice: dict) -> None:
@@ -442,7 +446,9 @@ def _labels(column, class_names) -> list[str]:
     """Raw label strings: ClassLabel indices to names (-1 and None: unlabelled); numbers as text."""
     out = []
     for v in column.to_pylist():
-        if v is None:
+        if isinstance(v, (list, tuple)):  # a label set (Sequence(ClassLabel)): 'a|b', '|' for none of them
+            out.append(label_set(_labels(_pa_array(v), class_names)))
+        elif v is None:
             out.append("")
         elif class_names is not None and isinstance(v, int):
             out.append(class_names[v] if 0 <= v < len(class_names) else "")
@@ -451,6 +457,18 @@ def _labels(column, class_names) -> list[str]:
         else:
             out.append(str(v).strip())
     return out
+
+
+def _pa_array(values):
+    import pyarrow as pa
+    return pa.array(values)
+
+
+def label_set(names) -> str:
+    """A label set (a list, tuple or set of names) as a multilabel cell: 'a|b', or '|' for none of them."""
+    from .splits import SEP
+    names = sorted({str(n).strip() for n in names if n is not None and str(n).strip()})
+    return SEP.join(names) if names else SEP
 
 
 def _table_part(scheme: str, files: list[str], read_columns, where: str, modality, text_column, label_column,
