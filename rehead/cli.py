@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -417,7 +418,8 @@ def evaluate(run_dir: str, data: Optional[str] = typer.Argument(None),
     _say_truncated(run, res.get("items") or [])
     if as_json:
         per_item = ("predictions", "targets", "items", "probs", "probs_uncalibrated")
-        typer.echo(json.dumps({"kind": run.kind, **{k: v for k, v in res.items() if k not in per_item}}, indent=1))
+        typer.echo(json.dumps(_finite({"kind": run.kind, **{k: v for k, v in res.items() if k not in per_item}}),
+                              indent=1))
         return
     if kind_said(run):  # an ensemble or a soup is said as such, never read as one model's score
         typer.echo(kind_said(run))
@@ -579,6 +581,18 @@ def expand_inputs(inputs: list[str], modality: str, columns: dict | None = None)
     if not items:
         fail("no images found in the given inputs")
     return items
+
+
+def _finite(obj):
+    """``obj`` with NaN and infinite floats as None: ``--json`` output is JSON (a bare NaN is not, for jq
+    or JSON.parse); the text output says why a figure is undefined (an R² on one target value)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 @app.command()

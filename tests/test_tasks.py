@@ -72,6 +72,9 @@ def test_regression_run_loads_back_and_evaluates_a_new_csv(tmp_path, one_thread)
     same = write_table(tmp_path / "same.csv", x2[:5], ["3.0"] * 5)
     out = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(same)]).output
     assert "r2 nan" in out and "r2 is undefined: every target scored here is the same value" in out, out
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(same), "--json"])
+    import json
+    assert json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))["r2"] is None  # a bare NaN was
     # a prediction far beyond the training targets is flagged (a held-out photo got 461 for targets 3..30)
     assert min(y) - 1e-3 <= run.target["min"] < run.target["mean"] < run.target["max"] <= max(y) + 1e-3  # train split
     rows = run.predict([f"{tmp_path / 'new.csv'}#{i}" for i in range(3)])
@@ -323,3 +326,16 @@ def test_whole_number_labels_written_as_floats_are_the_whole_numbers(tmp_path, o
     old = rehead.Run(run.dir)
     plain = write_table(tmp_path / "plain.csv", x, ["1" if v > 0 else "0" for v in x[:, 0]])
     assert old.evaluate(str(data))["accuracy"] == old.evaluate(str(plain))["accuracy"] == acc
+
+
+def test_multilabel_targets_collate_without_pytorchs_slow_path_warning():
+    """Multilabel live phases printed PyTorch's "creating a tensor from a list of numpy.ndarrays is extremely
+    slow" warning once per batch, through -q: the multi-hot targets are stacked first."""
+    import warnings
+    from rehead.data.images import collate_skip
+    batch = [(i, torch.zeros(3, 4, 4), np.array([1.0, 0.0, 1.0], dtype=np.float32)) for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idx, x, y = collate_skip(batch + [None])
+    assert y.shape == (3, 3) and y.dtype == torch.float32 and idx.tolist() == [0, 1, 2]
+    assert collate_skip([(0, torch.zeros(3, 4, 4), 2), (1, torch.zeros(3, 4, 4), 0)])[2].tolist() == [2, 0]

@@ -612,7 +612,8 @@ def collate_skip(batch):
     # (N, H, W, C) by default_collate: one copy, in a loader worker straight into the shared memory
     # the batch travels in (stack, then contiguous, then sharing copied every batch three times).
     x = default_collate([x.permute(1, 2, 0) for x in xs]).permute(0, 3, 1, 2)
-    return torch.tensor(idx), x, torch.tensor(ys)
+    # multilabel targets are multi-hot arrays: stacked first (torch.tensor of a list of arrays is slow, and warns)
+    return torch.tensor(idx), x, torch.as_tensor(np.stack(ys)) if isinstance(ys[0], np.ndarray) else torch.tensor(ys)
 
 
 # -- the pipeline interface (see rehead.data.pipeline) ----------------------------------
