@@ -304,3 +304,41 @@ def test_a_live_phase_that_blows_up_ends_the_fit_there_and_says_why():
     tr.fit(torch.nn.Sequential(torch.nn.Linear(8, 2)), data, data,
            [Phase("head", 2, 3e-2, trainable=None), Phase("live", 2, 1e-3, trainable=None)], batch_size=16)
     assert tr.diverged is None and len(tr.history) == 4
+
+
+
+def test_a_head_solved_to_be_fine_tuned_puts_no_huge_weight_on_a_faint_unit():
+    """packaged mpnet's pooled features have near-dead units (spread 3e-7 and 4e-6 of the widest column's);
+    its solved head weighed them at ~1e6 (standardised, then folded back), the first unfrozen steps moved
+    them and the train loss went to 30-68 (0.04 on the head) at every LR tried: each fine-tune "diverged"
+    and was stopped. On 500 PhraseBank rows, with a unit under a thousandth of the widest spread left out
+    of a head that will be fine-tuned: train loss 0.14, val 0.94 -> 0.96."""
+    from rehead.train.callbacks import Callback
+    from rehead.train.loop import IndexedTensors, TrainConfig, Trainer
+
+    class Net(torch.nn.Module):  # features in, so the cached features are the inputs themselves
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(x)
+
+    class HeadAtUnfreeze(Callback):
+        weight = None
+
+        def before_phase(self, tr):
+            if tr.phase.name == "live":
+                self.weight = tr.model.head.weight.detach().clone()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    y = ((x[:, 0] + x[:, 5]) > 0).long()
+    x[:, 5] *= 1e-5  # faint, and it carries half the label on its own
+    data = IndexedTensors(x, y)
+    phases = [Phase("head", 1, 0.0, on_features=True, solver="lbfgs"), Phase("live", 1, 1e-4, trainable=None)]
+    seen = HeadAtUnfreeze()
+    tr = Trainer(TrainConfig(progress=False, checkpoints=False, hooks=[seen]))
+    tr.fit(Net(), data, data, phases, batch_size=50, features=(data, data))
+    assert seen.weight is not None
+    assert seen.weight.abs().max() < 1e3, seen.weight  # the faint unit has no say, not a ~1e5 weight

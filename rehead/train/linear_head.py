@@ -132,7 +132,7 @@ def _fit(x_train, y_train, n_classes, cs, folds, seed, class_weight, scoring, pa
     # have columns of ~1e-33 that carry label signal (1.1-1.3 points on rt_polarity and
     # financial_phrasebank). Folded back they need weights of ~1e31, which is harmless on frozen
     # features but makes fine-tuning diverge at its first step: a head that will be fine-tuned passes
-    # ``min_relative_std`` (e.g. 1e-7: float32's resolution relative to the widest column).
+    # ``min_relative_std`` (``rehead.train.loop.FAINT``: a thousandth of the widest column's spread).
     constant = (std * std <= n * torch.finfo(f64).eps * mean * mean) | (std < 1e-36) \
         | (std < min_relative_std * std.max())
     std = torch.where(constant, torch.ones_like(std), std)

@@ -100,6 +100,15 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+# A head the backbone will be fine-tuned under leaves out columns whose spread is under this fraction of
+# the widest column's. Standardised, then folded back, such a column gets a weight of 1 / its spread; the
+# first unfrozen steps move the near-dead unit behind it and the logits explode. Pretrained encoders have a
+# few such units, far below the rest: MiniLM's pooled columns 3e-32, 4e-32, 7e-9 relative, then 0.39; mpnet's
+# 8e-34, 9e-33, 3e-7, 4e-6, then 0.24. At 1e-7 (float32's resolution) mpnet kept two, weighed at ~1e6, and
+# every fine-tune of it blew up (train loss 30-68); at 1e-3 it trains (tests/test_engine.py).
+FAINT = 1e-3
+
+
 class Trainer:
     """``Trainer(cfg, run=RunDir | None, accelerator=None, callbacks=None, loss_fn=None)``.
 
@@ -313,8 +322,7 @@ class Trainer:
         linear = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         if len(linear) != 1:
             raise ValueError(f"the {self.phase.solver} solver fits one linear layer; this head has {len(linear)}")
-        # A head the backbone will be fine-tuned under must not lean on columns too faint for float32.
-        faint = 1e-7 if any(not p.on_features for p in self.phases) else 0.0
+        faint = FAINT if any(not p.on_features for p in self.phases) else 0.0
         if self.cfg.task in SCORED:
             return self._solve_task(data, linear[0], faint)
         # Per-column standardisation (scikit-learn's pipeline) or one scale for all columns (the
