@@ -470,9 +470,29 @@ def test_a_torch_dataset_of_normalised_tensors_is_refused_not_clamped(tmp_path):
     assert list((cache / "datasets").iterdir()) == []  # nothing half-written
     ds = _fit_data(torch.utils.data.TensorDataset(x, y), cache_dir=str(cache), val_fraction=0.25)
     assert ds.classes == ["0", "1"] and (len(ds.train), len(ds.val)) == (6, 2)
-    # fit's task= reaches the folder it is written to (it was read as multiclass, then refused later)
-    with pytest.raises(DataError, match="--task regression needs its labels in a CSV column"):
-        _fit_data(torch.utils.data.TensorDataset(x, y), cache_dir=str(cache), task="regression")
+
+
+def test_a_torch_dataset_trains_regression_and_multilabel_tasks(tmp_path):
+    """A torch Dataset was written as class folders whatever the task: `task="regression"` was refused
+    with "class folders give one class per item" and a path in rehead's cache, for data with one number a
+    sample. Numbers and label sets (names, or a multi-hot vector) now become a labels.csv beside the PNGs."""
+    import torch
+    from rehead.data.inputs import materialise
+    x = torch.rand(12, 3, 8, 8)
+    cache = str(tmp_path / "cache")
+    reg = _fit_data(torch.utils.data.TensorDataset(x, x.mean((1, 2, 3))), cache_dir=cache, task="regression",
+                    val_fraction=0.25)
+    got = sorted(reg.train.labels + reg.val.labels)
+    assert reg.task == "regression" and got == pytest.approx(sorted(x.mean((1, 2, 3)).tolist()), abs=1e-6)
+    hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]]).repeat(3, 1)
+    ds = torch.utils.data.TensorDataset(x, hot)
+    ds.classes = ["cat", "dog", "owl"]
+    ml = _fit_data(ds, cache_dir=cache, task="multilabel", val_fraction=0.25)
+    assert ml.classes == ["cat", "dog", "owl"] and len(ml.train) + len(ml.val) == 12
+    table = (materialise(ds, cache, "multilabel")).read_text().splitlines()
+    assert table[:3] == ["path,label", "train/items/0000000.png,cat|owl", "train/items/0000001.png,dog"]
+    with pytest.raises(DataError, match="item 0 has label 0: --task multilabel needs a list of label names"):
+        _fit_data(torch.utils.data.TensorDataset(x, torch.arange(12)), cache_dir=cache, task="multilabel")
 
 
 def test_a_subset_of_an_imagefolder_keeps_its_class_names(tmp_path):

@@ -28,7 +28,7 @@ def as_dataset(data, cfg, memo=None) -> Dataset:
     if isinstance(data, (list, tuple)):
         return from_pairs(list(data), cfg.val_fraction, cfg.seed, source="<list of (item, label) pairs>", task=cfg.task)
     if _is_torch_dataset(data):
-        return load_dataset(materialise(data, cfg.cache_dir), val_fraction=cfg.val_fraction, seed=cfg.seed,
+        return load_dataset(materialise(data, cfg.cache_dir, cfg.task), val_fraction=cfg.val_fraction, seed=cfg.seed,
                             strict=cfg.strict, task=cfg.task, memo=memo, **cfg.data_kw)
     raise DataError(f"cannot train on a {type(data).__name__}: give a folder or CSV path, a pandas DataFrame, "
                     "a list of (item, label) pairs (items: image paths or texts) or a torch Dataset of (image, label)")
@@ -62,57 +62,91 @@ def _is_torch_dataset(obj) -> bool:
     return isinstance(obj, torch.utils.data.Dataset)
 
 
-def materialise(ds, cache_dir=None) -> Path:
-    """A torch Dataset of (image, label) as a folder of class folders of PNGs, once, under the cache:
-    its images get an identity (the feature cache, split.json and --resume need one). The folder is
-    named by a hash of every PNG's bytes and label, so the same data is written once."""
+def materialise(ds, cache_dir=None, task: str = "multiclass") -> Path:
+    """A torch Dataset of (image, label) as PNGs under the cache, once: its images get an identity (the
+    feature cache, split.json and --resume need one). Multiclass: a folder of class folders; regression and
+    multilabel: ``train/`` of PNGs and a ``labels.csv`` (path,label: a number, or a label set 'a|b'), whose
+    path is returned. The folder is named by a hash of every PNG's bytes, label and the task, so the same
+    data is written once."""
     import hashlib
-    import io
     import shutil
     import tempfile
-    import torch
-    from PIL import Image
     from ..store import default_cache_dir
     names = _class_names(ds)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     (root / "datasets").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root / "datasets", prefix=".tmp-"))
-    h = hashlib.sha256(b"train-layout\0")  # folders written before the train/ layout are not reused
+    h = hashlib.sha256(b"train-layout\0" + (b"" if task == "multiclass" else task.encode() + b"\0"))
+    rows = ["path,label"]
     try:
         for i in range(len(ds)):
-            item = ds[i]
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise DataError(f"the Dataset's item {i} is not an (image, label) pair")
-            img, label = item
-            label = names[int(label)] if names is not None and not isinstance(label, str) else str(
-                label.item() if isinstance(label, torch.Tensor) else label)
-            if isinstance(img, torch.Tensor):  # CHW, float in [0, 1] or uint8
-                arr = img.detach().cpu()
-                if arr.is_floating_point() and arr.numel():
-                    lo, hi = arr.min().item(), arr.max().item()
-                    if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # normalised (or NaN): clamping would change it
-                        raise DataError(f"the Dataset's item {i} is a tensor with values in [{lo:.3g}, {hi:.3g}], "
-                                        "outside [0, 1]: rehead applies the backbone's own normalisation, so give "
-                                        "it un-normalised tensors in [0, 1] (drop T.Normalize from the transform) "
-                                        "or PIL images")
-                img = tensor_image(arr)
-            if not isinstance(img, Image.Image):
-                raise DataError(f"the Dataset's item {i} holds a {type(img).__name__}: give PIL images or CHW tensors")
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, "PNG")
-            h.update(label.encode() + b"\0" + buf.getvalue())
+            png, label = _png_and_label(ds[i], i, names, task)
+            h.update(label.encode() + b"\0" + png)
             # under train/: a class named train, val or test is then a class, not a split folder
-            (tmp / "train" / label).mkdir(parents=True, exist_ok=True)
-            (tmp / "train" / label / f"{i:07d}.png").write_bytes(buf.getvalue())
+            folder = tmp / "train" / (label if task == "multiclass" else "items")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:07d}.png").write_bytes(png)
+            rows.append(f"train/items/{i:07d}.png,{_csv_cell(label)}")
+        if task != "multiclass":
+            (tmp / "labels.csv").write_text("\n".join(rows) + "\n")
         dest = root / "datasets" / h.hexdigest()[:24]
         if dest.exists():
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, dest)
-        return dest
+        return dest if task == "multiclass" else dest / "labels.csv"
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _png_and_label(item, i: int, names, task: str) -> tuple[bytes, str]:
+    """One Dataset item as (PNG bytes, its label as a CSV cell would hold it)."""
+    import io
+    import torch
+    from PIL import Image
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise DataError(f"the Dataset's item {i} is not an (image, label) pair")
+    img, label = item
+    if isinstance(img, torch.Tensor):  # CHW, float in [0, 1] or uint8
+        arr = img.detach().cpu()
+        if arr.is_floating_point() and arr.numel():
+            lo, hi = arr.min().item(), arr.max().item()
+            if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # normalised (or NaN): clamping would change it
+                raise DataError(f"the Dataset's item {i} is a tensor with values in [{lo:.3g}, {hi:.3g}], "
+                                "outside [0, 1]: rehead applies the backbone's own normalisation, so give "
+                                "it un-normalised tensors in [0, 1] (drop T.Normalize from the transform) "
+                                "or PIL images")
+        img = tensor_image(arr)
+    if not isinstance(img, Image.Image):
+        raise DataError(f"the Dataset's item {i} holds a {type(img).__name__}: give PIL images or CHW tensors")
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "PNG")
+    return buf.getvalue(), _label_text(label, i, names, task)
+
+
+def _label_text(label, i: int, names, task: str) -> str:
+    """A Dataset label as text: a class name (an index through the Dataset's ``classes``), a number
+    (regression), or a label set 'a|b' from names or a multi-hot vector (multilabel)."""
+    import torch
+    from .streams import label_set
+    if isinstance(label, torch.Tensor):
+        label = label.item() if label.numel() == 1 and task != "multilabel" else label.tolist()
+    if task == "multilabel":
+        if isinstance(label, (list, tuple, set)) and label and all(isinstance(v, (int, float)) for v in label) \
+                and set(label) <= {0, 1}:  # a multi-hot vector: the names of its ones
+            label = [names[j] if names is not None and j < len(names) else str(j) for j, v in enumerate(label) if v]
+        if not isinstance(label, (list, tuple, set)):
+            raise DataError(f"the Dataset's item {i} has label {label!r:.40}: --task multilabel needs a list of "
+                            "label names or a multi-hot vector")
+        return label_set(label)
+    if task == "regression":
+        return str(label)
+    return names[int(label)] if names is not None and not isinstance(label, str) else str(label)
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def _class_names(ds):
