@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import is_multiclass
 from .heads import make_head
 from .model import TransferModel
 from .data import DataError
@@ -474,7 +475,7 @@ class Run:
         whose = "its" if one else "a member's"
         parts = ([f"{n['train']} in {whose} training split"] if n["train"] else []) + (
             [f"{n['val']} in {whose} val split, which chose {whose} kept epoch"
-             + (" and temperature" if one else "")] if n["val"] else [])
+             + (" and temperature" if one and is_multiclass(self.config) else "")] if n["val"] else [])
         w = (f"{sum(n.values())} of {len(items)} samples were seen by this {'run' if one else self.kind}: "
              f"{'; '.join(parts)}. The score is optimistic: evaluate on data it has not seen (a test split) "
              "for a held-out figure")

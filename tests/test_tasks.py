@@ -99,6 +99,11 @@ def test_regression_trained_by_gradient_keeps_the_lowest_val_loss_epoch(tmp_path
     assert s["best_epoch"] == int(best["global_epoch"])
     assert s["val_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-4)
     assert run.evaluate(*run.val_split())["rmse"] == pytest.approx(float(best["val_rmse"]), rel=1e-3)
+    # the samples-seen warning named a temperature, which a regression run never fits
+    from typer.testing import CliRunner
+    from rehead.cli import app
+    said = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "reg.csv")]).output
+    assert "val split, which chose its kept epoch" in said and "temperature" not in said, said
 
 
 def test_a_non_numeric_regression_label_stops_before_the_run_directory(tmp_path):
