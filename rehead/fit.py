@@ -487,8 +487,8 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["budget_note"] = _budget_note(summary, cfg, job.hooks)
     solved = getattr(trainer, "solved", None)
     if solved:  # the L2 strength cross-validation chose on the training split
-        keys = ("C", "scaling", "folds", "seconds") if cfg.task == "multiclass" else ("solver", "alpha", "l2", "scaling",
-                                                                                     "folds", "seconds")
+        keys = ("C", "scaling", "class_weight", "folds", "seconds") if cfg.task == "multiclass" else (
+            "solver", "alpha", "l2", "scaling", "folds", "seconds")
         summary["head_solver"] = {k: solved.get(k) for k in keys if k in solved or cfg.task == "multiclass"}
     summary["skipped"] = [str(s) for s in ds.skipped] + list(summary.get("skipped", []))
     run_obj = Run(run.path, lazy=True) if job.warm else Run(run.path, model=model)

@@ -229,6 +229,9 @@ def test_balanced_class_weights_change_the_solved_head(tmp_path, one_thread):
     balanced = fit(data, tmp_path / "bal", class_weight="balanced")
     w0, w1 = plain.model.head[-1].weight, balanced.model.head[-1].weight
     assert not torch.allclose(w0, w1, atol=1e-3)
+    # summary.json's head_solver says which weighting the solve used
+    assert (plain.summary["head_solver"]["class_weight"], balanced.summary["head_solver"]["class_weight"]) \
+        == (None, "balanced")
     items, y = plain.val_split()
     rare = plain.classes.index("rare")
     recall = [np.mean([p == rare for p, t in zip(r.evaluate(items, y)["predictions"], y) if t == rare])
