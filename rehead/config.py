@@ -105,7 +105,9 @@ class FitConfig:
     freeze_bn: bool = field(default=True, metadata=opt(
         "keep every BatchNorm's pretrained statistics, in unfrozen stages too (the measured default; "
         "--train-frozen-bn overrides it)", flag="--freeze-bn/--no-freeze-bn"))
-    precision: str = field(default="no", metadata=opt("mixed precision", PRECISIONS))
+    precision: str = field(default="no", metadata=opt(
+        "mixed precision of the training steps (fp16: CUDA only, fp32 on a CPU); val, T and test are scored in fp32",
+        PRECISIONS))
     augment: str | None = field(default=None, metadata=opt(
         "augment training images in live phases (default: light when image stages are unfrozen, "
         "else none; see docs/notes/issue-14.md for the measured table)", AUGMENTS))

@@ -26,11 +26,11 @@ from .data.inputs import as_dataset
 from .features import FeatureCache, extract, sample_keys
 from .heads import make_head
 from .model import TransferModel
-from .precision import extraction_device, feature_precision
+from .precision import extraction_device, feature_precision, training_note
 from .recipes import build_recipe
 from .run import Run, head_logits
 from .rundir import LR_FIND_FILES, REPLACED, UNSTARTED, BadRun, RunDir, RunExists
-from .tasks import per_item, target_stats, to_tensor
+from .tasks import epoch_metrics, per_item, target_stats, to_tensor
 from .train.callbacks import MixImages, WeightEMA, score
 from .train.loop import IndexedTensors, TrainConfig, Trainer, seed_everything
 from .zoo.backbone import Backbone, stage_index
@@ -416,6 +416,9 @@ def _warm_start(cfg: FitConfig, ds: Dataset, cache: FeatureCache, stamp: str) ->
 # -- training --------------------------------------------------------------------------------------
 def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resuming: bool = False) -> Run | None:
     cfg, ds, recipe = job.cfg, job.ds, job.recipe
+    said = training_note(accelerator.mixed_precision, accelerator.device, any(not p.on_features for p in recipe.phases))
+    if said:  # once, before any extraction or step
+        echo(said)
     if job.cfg.find_lr and cfg.lr is None and not resuming:
         _find_lr_for(job, run, echo, progress)
         cfg, recipe = job.cfg, job.recipe
@@ -495,8 +498,13 @@ def _train(job: _Job, run: RunDir, echo, progress, accelerator, t_start, resumin
     summary["kept_on_features"] = _kept_on_features(trainer, recipe, features)
     run_obj.inference_precision = summary["inference_precision"] = \
         feature_precision(extraction_device()) if summary["kept_on_features"] else "fp32"
+    summary["training_precision"] = trainer.precision
+    rescore = trainer.precision != "fp32" and summary.get("val_loss") is not None
+    val = _val_logits(run_obj, model, ds, cfg, features, only_features) if rescore or is_multiclass(cfg) else None
+    if rescore:
+        _rescore_val(summary, trainer, cfg.task, len(ds.classes), *val)
     if is_multiclass(cfg):  # before the test split is scored, so that its figures use T
-        summary["calibration"] = calibrate(run, *_val_logits(run_obj, model, ds, cfg, features, only_features))
+        summary["calibration"] = calibrate(run, *val)
         echo(summary_line(summary["calibration"]))
     if getattr(ds, "test", None) is not None and len(ds.test):
         # Scored once, after every choice was made on val: reported, never selected on.
@@ -561,6 +569,18 @@ def _val_logits(run_obj: Run, model, ds: Dataset, cfg: FitConfig, features, only
         return head_logits(model, features[1].x, len(ds.classes)), features[1].y
     logits, kept, _ = run_obj.logits(ds.val.items, batch_size=cfg.batch_size, workers=cfg.workers)
     return logits, [ds.val.labels[i] for i in kept]
+
+
+def _rescore_val(summary: dict, trainer, task: str, n_classes: int, logits, labels) -> None:
+    """The summary's val figures of the kept weights out of autocast, as `rehead evaluate` scores the run: the
+    loop's (metrics.csv, the phases line) ran under the steps' autocast. Those stay in ``val_in_training``."""
+    y = labels if torch.is_tensor(labels) else to_tensor(labels, task, n_classes)
+    loss_fn, dev = trainer.loss_fn, getattr(trainer, "device", "cpu")  # class weights sit where the loop put them
+    with torch.no_grad():
+        figures = {"loss": float(loss_fn(logits.to(dev), y.to(dev))),
+                   **epoch_metrics(task, logits, y, getattr(loss_fn, "target", None))}
+    summary["val_in_training"] = {f"val_{k}": summary.get(f"val_{k}") for k in figures}
+    summary.update({f"val_{k}": v for k, v in figures.items()})
 
 
 def _test_views(job: _Job, model, only_features: bool, progress: bool) -> tuple | None:
@@ -800,8 +820,11 @@ def _report_end(echo, s: dict, ds: Dataset, out: Path) -> None:
     if "test_n" in s:
         test = "; test " + ", ".join(f"{'accuracy' if k == 'acc' else k} {s['test_' + k]:.4f}" for k in keys) \
             + f" ({s['test_n']} samples, scored once, not used for selection)"
+    n = f"{len(ds.val)} samples"
+    if s.get("val_in_training"):  # the phases line's figures are the loop's, under autocast
+        n += f", scored as evaluate scores the run; the phases' figures ran in {s['training_precision']}"
     q = shlex.quote(str(out))  # a path with spaces pastes into a shell as one argument
-    echo(f"{val} ({len(ds.val)} samples){test} -> {out}\n"
+    echo(f"{val} ({n}){test} -> {out}\n"
          f"next: rehead evaluate {q} | rehead predict {q} FILES | rehead report {q}")
 
 

@@ -5,7 +5,8 @@ under bf16 autocast where the hardware has bf16 arithmetic: CUDA GPUs that suppo
 with AVX512-BF16 or AMX (oneDNN then runs convolutions and matmuls in bf16: 2.6x the fp32 forward
 of EfficientNet-Lite0 on this project's CPU, bench/extract_speed.py; accuracy against fp32 in
 bench/results/feature_precision.json). Elsewhere, and when ``REHEAD_FEATURE_PRECISION=fp32``, it
-stays fp32. Training steps are unaffected (``--precision`` sets theirs).
+stays fp32. Training steps are unaffected (``--precision`` sets theirs; ``training_note`` says where
+that setting cannot hold as asked).
 """
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def _native_bf16(device: torch.device) -> bool:
         return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
                     or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
     return False
+
+
+def training_note(asked: str, device: torch.device | str, live: bool) -> str | None:
+    """What ``--precision`` will not do as asked on ``device``, said before a fit trains; None when it will.
+    fp16 on a CPU: accelerate autocasts only GPUs to fp16, so the steps run fp32. bf16 on a CPU without
+    bf16 arithmetic: live phases (the backbone's forward) run emulated, ~10x an fp32 epoch."""
+    device = torch.device(device)
+    if device.type != "cpu" or asked not in ("fp16", "bf16"):
+        return None
+    native = _native_bf16(device)
+    if asked == "fp16":
+        fix = "use --precision bf16 on this CPU" if native else "leave --precision out: this CPU has no bf16 " \
+            "arithmetic either"
+        return f"note: --precision fp16 needs a CUDA GPU; this fit runs on the CPU: training in fp32 ({fix})"
+    if live and not native:
+        return ("warning: --precision bf16 on a CPU without bf16 arithmetic (AVX512-BF16 or AMX): its live phases "
+                "run emulated, about 10x slower than fp32; leave --precision out to train in fp32")
+    return None
 
 
 def autocast(device: torch.device | str, precision: str):

@@ -143,6 +143,7 @@ class Trainer:
         self.history: list[dict] = []
         self.kept, self.phase_best = None, []
         self.diverged: str | None = None  # set by Blowup when it ends the fit: what diverged, in words
+        self._prepared: list = []  # the nets accelerate prepared (its autocast wraps their forward)
 
     def _event(self, name: str) -> None:
         for cb in self.callbacks:
@@ -187,7 +188,21 @@ class Trainer:
         except CancelFit:
             pass
         self._event("after_fit")
+        self._drop_autocast()
         return self.history
+
+    @property
+    def precision(self) -> str:
+        """What the steps ran in: "bf16" or "fp16" under accelerate's autocast, else "fp32" (fp16 asked on a
+        CPU included: accelerate runs it in fp32)."""
+        return self.acc.mixed_precision if self.acc.native_amp and not self.cfg.local else "fp32"
+
+    def _drop_autocast(self) -> None:
+        """Take accelerate's autocast off each prepared net's forward: the model handed back scores in fp32
+        (a fit's val, T and test), as the run loaded from disk does."""
+        for wrapped in self._prepared:
+            self.acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+        self._prepared = []
 
     def _phase(self, pi, ph, e0, train_data, val_data, features, make_loader, param_groups):
         cfg, acc, base = self.cfg, self.acc, self.model
@@ -206,6 +221,7 @@ class Trainer:
             self.wrapped, self.device = self.net, next(self.net.parameters()).device
         else:
             self.wrapped, opt, self.device = acc.prepare_model(self.net), acc.prepare_optimizer(opt), acc.device
+            self._prepared.append(self.wrapped)
         if isinstance(self.loss_fn, torch.nn.Module):  # its class weights go where the logits are
             self.loss_fn.to(self.device)
         self.opt, self.phase, self.phase_index = opt, ph, pi
