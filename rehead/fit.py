@@ -51,7 +51,10 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     """
     t_start = time.perf_counter()
     config = _config(config, {}) if config is not None else None  # a dict of options, checked, as a FitConfig
-    accelerator = accelerator or _accelerator(options.get("precision") or (config.precision if config else "no"))
+    precision = options.get("precision") or (config.precision if config else "no")
+    if resume and out is not None:  # the steps go on in the precision they started in
+        precision = _recorded_precision(Path(out)) or precision
+    accelerator = accelerator or _accelerator(precision)
     main = accelerator.is_main_process
     if not main:
         echo = _silent
@@ -202,6 +205,15 @@ def _accelerator(precision: str = "no"):
     from .distributed import state
     state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
     return Accelerator(mixed_precision=precision)
+
+
+def _recorded_precision(out: Path) -> str | None:
+    """The --precision a run directory's config.yaml records; None where it cannot be read (_resume names why)."""
+    import yaml
+    try:
+        return str(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["fit"].get("precision") or "no")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _silent(*_a, **_k):

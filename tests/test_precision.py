@@ -176,3 +176,25 @@ def test_bf16_without_bf16_arithmetic_warns_once_before_live_phases(tmp_path, fr
     fit(str(image_folder), tmp_path / "extract", model=tiny_spec, strategy="extract", epochs=1, workers=0,
         precision="bf16", progress=False, echo=echo)
     assert not any(warning in m for m, _ in lines)
+
+
+def test_a_resumed_fit_trains_in_the_precision_it_started_in(tmp_path, fresh_accelerator, image_folder, tiny_spec,
+                                                             one_thread):
+    """`fit --resume` made its accelerator before reading the run's config.yaml: a bf16 run went on in fp32."""
+    from accelerate.state import AcceleratorState
+    from rehead.fit import fit
+    from rehead.train.callbacks import Callback
+
+    class Stop(Callback):  # the process is interrupted after the first live epoch
+        def after_epoch(self, tr):
+            if not tr.on_features:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        fit(str(image_folder), out, model=tiny_spec, strategy="finetune", epochs=2, unfreeze=1, workers=0,
+            batch_size=8, precision="bf16", progress=False, echo=lambda *a: None, hooks=[Stop()])
+    assert (out / "checkpoint.pt").exists() and not (out / "summary.json").exists()
+    AcceleratorState._reset_state()  # a new process, as `rehead fit --resume RUN` is
+    run = fit(out=out, resume=True, progress=False, echo=lambda *a: None)
+    assert run.summary["training_precision"] == "bf16"
