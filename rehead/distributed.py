@@ -33,6 +33,19 @@ def state():
     return PartialState(cpu=cpu)
 
 
+def accelerator(precision: str = "no"):
+    """An ``Accelerator`` at ``precision``. accelerate keeps one precision a process and refuses another
+    ("AcceleratorState has already been initialized ... restart your runtime"): a notebook's second fit at
+    another --precision then failed. Its state is reset first, as transformers' Trainer does; the process
+    group (``PartialState``) is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision)
+
+
 def close() -> None:
     """Destroy the process group a launched command made, while Python is still whole: left to the
     interpreter's exit, gloo's threads can die holding tensors ("terminate called without an active

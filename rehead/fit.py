@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import zoo
+from . import distributed, zoo
 from .calibration import calibrate, is_multiclass, summary_line
 from .config import DEFAULT_MODEL, DEFAULT_MODELS, ConfigError, FitConfig
 from .data import DataError, Dataset, load_dataset, pipeline
@@ -54,7 +54,7 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     precision = options.get("precision") or (config.precision if config else "no")
     if resume and out is not None:  # the steps go on in the precision they started in
         precision = _recorded_precision(Path(out)) or precision
-    accelerator = accelerator or _accelerator(precision)
+    accelerator = accelerator or distributed.accelerator(precision)
     main = accelerator.is_main_process
     if not main:
         echo = _silent
@@ -198,13 +198,6 @@ def _idle_options_note(cfg: FitConfig, recipe, modality: str) -> str | None:
                 "(use --strategy finetune, or --head mlp for a trained head)")
     return (f"note: {which} trains only the {cfg.head} head, on cached features: {', '.join(names)} {verb} no effect "
             "(use --strategy finetune to train backbone stages)")
-
-
-def _accelerator(precision: str = "no"):
-    from accelerate import Accelerator
-    from .distributed import state
-    state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
-    return Accelerator(mixed_precision=precision)
 
 
 def _recorded_precision(out: Path) -> str | None:

@@ -198,3 +198,14 @@ def test_a_resumed_fit_trains_in_the_precision_it_started_in(tmp_path, fresh_acc
     AcceleratorState._reset_state()  # a new process, as `rehead fit --resume RUN` is
     run = fit(out=out, resume=True, progress=False, echo=lambda *a: None)
     assert run.summary["training_precision"] == "bf16"
+
+
+def test_fits_at_different_precisions_run_one_after_another_in_one_process(tmp_path, fresh_accelerator, image_folder,
+                                                                         tiny_spec, one_thread):
+    """A notebook's second fit at another --precision raised accelerate's "AcceleratorState has already been
+    initialized and cannot be changed, restart your runtime" (a raw ValueError)."""
+    from rehead.fit import fit
+    for i, p in enumerate(("bf16", "no", "bf16")):
+        run = fit(str(image_folder), tmp_path / str(i), model=tiny_spec, strategy="head", epochs=1, workers=0,
+                  precision=p, progress=False, echo=lambda *a: None)
+        assert run.summary["training_precision"] == ("fp32" if p == "no" else p)

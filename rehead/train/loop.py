@@ -127,10 +127,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig | None = None, run=None, accelerator=None, callbacks: list | None = None,
                  loss_fn=None, run_dir=None):
-        from accelerate import Accelerator
+        from .. import distributed
         from ..rundir import RunDir
         self.cfg = cfg or TrainConfig()
-        self.acc = accelerator or Accelerator(mixed_precision=self.cfg.mixed_precision)
+        self.acc = accelerator or distributed.accelerator(self.cfg.mixed_precision)
         run = run if run is not None else run_dir  # run_dir=PATH: the older spelling
         if run is not None and not isinstance(run, RunDir):
             run = RunDir(run)
