@@ -43,7 +43,11 @@ def accelerator(precision: str = "no"):
     state()  # first: launched on a machine without a GPU, CPU processes (alone, accelerate would see one)
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=precision)
+    try:
+        return Accelerator(mixed_precision=precision)
+    except BaseException:  # refused half-made ("fp8" needs transformer_engine): no broken state for the next fit
+        AcceleratorState._reset_state()
+        raise
 
 
 def close() -> None:

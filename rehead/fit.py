@@ -50,19 +50,14 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     ``model`` may also be a ``Backbone`` or an ``nn.Module``. ``resume=True`` continues ``out``.
     """
     t_start = time.perf_counter()
-    config = _config(config, {}) if config is not None else None  # a dict of options, checked, as a FitConfig
-    precision = options.get("precision") or (config.precision if config else "no")
-    if resume and out is not None:  # the steps go on in the precision they started in
-        precision = _recorded_precision(Path(out)) or precision
-    accelerator = accelerator or distributed.accelerator(precision)
-    main = accelerator.is_main_process
-    if not main:
-        echo = _silent
-    progress = progress and accelerator.is_local_main_process
     if resume:
         if out is None:
             raise BadRun("resume needs the run directory: rehead fit --resume RUN_DIR")
+        _refuse_with_resume(Path(out), data, config, hooks, options)
+        # the steps go on in the precision they started in
+        accelerator, echo, progress = _process(accelerator, _recorded_precision(Path(out)) or "no", echo, progress)
         return _resume(Path(out), echo, progress, accelerator, t_start, workers=options.pop("workers", None))
+    config = _config(config, {}) if config is not None else None  # a dict of options, checked, as a FitConfig
     model_obj = options.pop("model", None)
     if isinstance(model_obj, os.PathLike):  # a run directory or a weights file given as a Path: its spec, as text
         model_obj = os.fspath(model_obj)
@@ -71,7 +66,9 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
         options["model"] = getattr(module, "spec", None) or f"module:{type(module).__name__}"
     elif model_obj is not None:
         options["model"] = model_obj  # a spec; FitConfig refuses what is not one by its type
-    cfg = _config(config, options)
+    cfg = _config(config, options)  # every option checked before accelerate is asked for its precision
+    accelerator, echo, progress = _process(accelerator, cfg.precision, echo, progress)
+    main = accelerator.is_main_process
     if isinstance(cfg.model, str):  # config.yaml's spec rebuilds the model from any working directory
         from .zoo.paths import absolute_spec
         cfg = cfg.replace(model=absolute_spec(cfg.model))
@@ -198,6 +195,24 @@ def _idle_options_note(cfg: FitConfig, recipe, modality: str) -> str | None:
                 "(use --strategy finetune, or --head mlp for a trained head)")
     return (f"note: {which} trains only the {cfg.head} head, on cached features: {', '.join(names)} {verb} no effect "
             "(use --strategy finetune to train backbone stages)")
+
+
+def _process(accelerator, precision: str, echo, progress):
+    """(accelerator, echo, progress) of this process: the other processes of a launch say nothing."""
+    accelerator = accelerator or distributed.accelerator(precision)
+    return (accelerator, echo if accelerator.is_main_process else _silent,
+            progress and accelerator.is_local_main_process)
+
+
+def _refuse_with_resume(out: Path, data, config, hooks, options: dict) -> None:
+    """A resume continues the run as its config.yaml says: data, options, config= or hooks= given with it
+    would be ignored, so they are refused (as `rehead fit --resume RUN --epochs 10` is)."""
+    given = ([f"data ({data!r:.60})"] if data is not None else []) + (["config="] if config is not None else []) \
+        + (["hooks="] if hooks else []) + [f"{k}=" for k in options if k != "workers"]
+    if given:
+        raise ConfigError(f"resume=True continues {out} with the data and options in its config.yaml; "
+                          f"{', '.join(given)} would be ignored: leave them out, or start a new run "
+                          "(overwrite=True, or another out=)")
 
 
 def _recorded_precision(out: Path) -> str | None:

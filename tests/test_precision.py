@@ -209,3 +209,21 @@ def test_fits_at_different_precisions_run_one_after_another_in_one_process(tmp_p
         run = fit(str(image_folder), tmp_path / str(i), model=tiny_spec, strategy="head", epochs=1, workers=0,
                   precision=p, progress=False, echo=lambda *a: None)
         assert run.summary["training_precision"] == ("fp32" if p == "no" else p)
+
+
+def test_a_precision_typo_is_refused_before_accelerate_and_the_next_fit_runs(tmp_path, fresh_accelerator, image_folder,
+                                                                          tiny_spec, one_thread):
+    """fit asked accelerate for the precision before checking it: "bfloat16" got accelerate's raw ValueError
+    (listing fp8, which rehead does not take), "fp8" a half-made AcceleratorState, and every later fit in the
+    process failed ("'AcceleratorState' object has no attribute '_mixed_precision'") until a restart."""
+    from rehead.config import ConfigError
+    from rehead.distributed import accelerator
+    from rehead.fit import fit
+    kw = dict(model=tiny_spec, strategy="head", epochs=1, workers=0, progress=False, echo=lambda *a: None)
+    for p in ("bfloat16", "fp8"):
+        with pytest.raises(ConfigError, match=f"--precision must be one of no, fp16, bf16, got '{p}'"):
+            fit(str(image_folder), tmp_path / p, precision=p, **kw)
+        assert not (tmp_path / p).exists()
+    with pytest.raises(ValueError):  # accelerate itself refuses fp8 here (no transformer_engine), half-way
+        accelerator("fp8")
+    assert fit(str(image_folder), tmp_path / "after", **kw).summary["training_precision"] == "fp32"
