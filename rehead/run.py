@@ -418,10 +418,14 @@ class Run:
         numeric = any(_is_number_name(c) for c in self.classes)
         out, bad = [], []
         for y in labels:
-            if isinstance(y, str):
+            hot = _multi_hot_row(y, len(self.classes))
+            if hot is not None:  # a 0/1 vector, as fit reads a Dataset's multi-hot targets
+                names = hot
+            elif isinstance(y, str):
                 names = cell_labels(Part([y], [y], "<labels>"))[0] if y.strip() else [y]  # empty: refused; '|': none
             else:
-                names = list(y) if isinstance(y, (list, tuple, set, frozenset, np.ndarray)) else [y]
+                names = y.tolist() if isinstance(y, (np.ndarray, torch.Tensor)) else list(y) \
+                    if isinstance(y, (list, tuple, set, frozenset)) else [y]
             got = [_class_index(c, index, numeric) for c in names]
             bad += [c for c, i in zip(names, got) if i is None]
             out.append(sorted({i for i in got if i is not None}))
@@ -814,3 +818,21 @@ def _in_memory_images(items: list) -> bool:
     from PIL import Image
     return all(isinstance(i, (Image.Image, torch.Tensor, np.ndarray)) for i in items)
 
+
+
+def _multi_hot_row(y, k: int) -> list[int] | None:
+    """The class indices of a multi-hot row (``[1, 0, 1]``: classes 0 and 2), or None when ``y`` is not one.
+    A row of k zeros and ones is multi-hot when it is an array or tensor, holds floats or bools, or k > 2 (an
+    index list of k entries from {0, 1} would repeat one); two whole numbers of a two-class run are either,
+    so they are refused."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    array = isinstance(y, np.ndarray)
+    values = y.reshape(-1).tolist() if array else list(y) if isinstance(y, (list, tuple)) else None
+    if values is None or len(values) != k or not all(
+            isinstance(v, (bool, int, float, np.integer, np.floating)) and v in (0, 1) for v in values):
+        return None
+    if not (array or k > 2 or any(isinstance(v, (bool, float, np.floating)) for v in values)):
+        raise DataError(f"label {list(y)!r} of a two-label run is either a multi-hot vector or a list of label "
+                        "indices: give label names (e.g. 'a|b'), or a multi-hot array or float vector")
+    return [i for i, v in enumerate(values) if v]
