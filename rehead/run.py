@@ -64,11 +64,13 @@ class Run:
     """A finished run loaded back: predict and evaluate need nothing but the directory."""
     task = "multiclass"  # what ensembles and soups (subclasses with their own __init__) always are
     target = None
+    _identity = None  # the run directory's marker file as loaded (None: not checked)
 
     def __init__(self, run_dir: str | Path, model: TransferModel | None = None, lazy: bool = False):
         """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``
         hands over what it just saved instead of rebuilding it); ``lazy``: build it on first use."""
         self.dir = Path(run_dir)
+        self._identity = _dir_identity(self.dir)
         self.config = read_config(self.dir)
         self.classes = read_json(self.dir / "labels.json")
         if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
@@ -112,8 +114,16 @@ class Run:
     def modality(self) -> str:
         return (self.config.get("data_config") or {}).get("modality") or self.model.backbone.modality
 
+    def _check_same(self) -> None:
+        """This object's model, config and classes are the directory's as loaded: a later fit with overwrite
+        (or a deleted run) would otherwise mix them with the new run's temperature and summary."""
+        if self._identity is not None and _dir_identity(self.dir) != self._identity:
+            raise BadRun(f"{self.dir} was replaced (a later fit with overwrite) or removed since this Run was loaded: "
+                         f"load it again, rehead.Run({str(self.dir)!r})")
+
     @property
     def summary(self) -> dict:
+        self._check_same()
         p = self.dir / "summary.json"
         return read_json(p) if p.exists() else {}
 
@@ -122,6 +132,7 @@ class Run:
         """The temperature fitted on val at the end of the fit (temperature.json); 1.0 for a run
         without one, and for runs that are not multiclass."""
         from .calibration import is_multiclass, read_temperature
+        self._check_same()
         return read_temperature(self.dir) if is_multiclass(self.config) else 1.0
 
     # -- inference -----------------------------------------------------------------------
@@ -143,6 +154,7 @@ class Run:
                progress: bool = False):
         """([logits] or, with ``tta``, [logits, logits of the horizontally flipped images], kept, skipped)."""
         from tqdm.auto import tqdm
+        self._check_same()
         if tta:
             self.check_tta()
         items = list(items)
@@ -595,6 +607,7 @@ class Run:
         return {"source_agreement": source_agreement(b, a), "n": len(b)}
 
     def val_split(self) -> tuple[list, list[int]]:
+        self._check_same()
         p = self.dir / "split.json"
         if not p.exists():  # an ensemble or soup whose members were split differently
             raise BadRun(f"{self.dir} has no val split that all of its models left unseen: evaluate on "
@@ -615,7 +628,10 @@ class Run:
 
     # -- display -------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        s = self.summary
+        try:
+            s = self.summary
+        except BadRun:
+            return f"Run({str(self.dir)!r}: replaced or removed since loaded; load it again)"
         key = {"regression": "r2", "multilabel": "map"}.get(self.task, "acc")
         acc = f", val_{key}={s['val_' + key]:.4f}" if isinstance(s.get("val_" + key), float) else ""
         test = f", test_{key}={s['test_' + key]:.4f}" if isinstance(s.get("test_" + key), float) else ""
@@ -625,7 +641,10 @@ class Run:
 
     def _repr_html_(self) -> str:
         """A notebook cell: the summary figures and, when there is one, the report's plots."""
-        s = self.summary
+        try:
+            s = self.summary
+        except BadRun:
+            return f"<pre>{html.escape(repr(self))}</pre>"
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in s.items() if not isinstance(v, (list, dict)))
         imgs = ""
@@ -836,3 +855,14 @@ def _multi_hot_row(y, k: int) -> list[int] | None:
         raise DataError(f"label {list(y)!r} of a two-label run is either a multi-hot vector or a list of label "
                         "indices: give label names (e.g. 'a|b'), or a multi-hot array or float vector")
     return [i for i, v in enumerate(values) if v]
+
+
+def _dir_identity(path: Path) -> tuple | None:
+    """The run directory's marker file (written when a command claims it) as (device, inode): a later
+    --overwrite writes a new one, `rehead restore` brings the old one back. None for runs without one."""
+    from .rundir import MARKER
+    try:
+        st = (Path(path) / MARKER).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -207,3 +207,20 @@ def test_a_second_ctrl_c_while_the_old_run_is_put_back_waits_for_it(old_run, mon
             tabular_fit(data, out, seed=2, overwrite=True)
     assert len(moved) > 1
     assert_still_the_old_run(out, before)
+
+
+def test_a_run_object_from_before_an_overwrite_refuses_to_mix_the_two_runs(old_run, tmp_path):
+    """A notebook's Run kept its model, config and classes but read temperature.json and summary.json from
+    disk at each call: after a fit with overwrite=True it predicted with the old weights and the new T (bees
+    0.981 where neither run says that) and its repr showed the old strategy beside the new val accuracy."""
+    from rehead.rundir import BadRun
+    data, out, _ = old_run
+    old = open_run(out)
+    items, _ = old.val_split()
+    fit(data, model="tabular:mlp-4-8x1", out=out, strategy="head", epochs=1, seed=2, overwrite=True, **QUIET)
+    for use in (lambda: old.predict(items[:2]), lambda: old.summary, lambda: old.val_split(), lambda: old.temperature):
+        with pytest.raises(BadRun, match="was replaced .* since this Run was loaded: load it again"):
+            use()
+    assert "replaced or removed since loaded" in repr(old)
+    new = open_run(out)  # loaded again: the new run, whole
+    assert new.config["strategy"] == "head" and len(new.predict(items[:2])) == 2
