@@ -259,6 +259,7 @@ class Run:
         """One row per item, unreadable items marked: multiclass, the top-k labels with
         (calibrated) probabilities (``top``); multilabel, every label with p >= 0.5 (``labels``) and
         each label's probability (``probs``); regression, the predicted ``value`` in the target's units."""
+        _check_options("predict", kw, ("top_k", "tta"))
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise DataError(f"top_k={top_k!r}: give a whole number >= 1, the labels shown per item")
         items = self._items(items)
@@ -343,6 +344,8 @@ class Run:
         run's by name; ``columns`` (``text_column``, ``image_column``, ``label_column``) where its CSV or
         DataFrame names them otherwise than the fit's data did. In a run whose class names are numbers
         a number label is the class it names, never an index (see ``_label_indices``)."""
+        _check_options("evaluate", {k: v for k, v in kw.items() if k not in ("tta", "views")},
+                       ("labels", "columns", "tta"))
         info = {}
         if labels is None and _is_frame(items):
             items, labels, info = self._frame_columns(items, columns)
@@ -866,3 +869,18 @@ def _dir_identity(path: Path) -> tuple | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+INFERENCE_OPTIONS = ("batch_size", "workers", "progress")
+
+
+def _check_options(method: str, kw: dict, named: tuple) -> None:
+    """An option the method does not take is named as its own (it reached Run._views, whose TypeError named
+    that private method), with the closest one it takes."""
+    import difflib
+    takes = (*named, *INFERENCE_OPTIONS)
+    for k in kw:
+        if k not in INFERENCE_OPTIONS:
+            close = difflib.get_close_matches(k, takes, n=1)
+            raise TypeError(f"Run.{method}() got an unexpected keyword argument {k!r}"
+                            + (f" (did you mean {close[0]}?)" if close else "") + f"; it takes {', '.join(takes)}")

@@ -68,7 +68,8 @@ def test_a_table_run_predicts_on_a_path_a_frame_and_an_array(table_run, tmp_path
     new = df.head(7)[["f3", "f1", "f0", "f2", "label"]]  # other column order, a label column: read by name
     new.to_csv(tmp_path / "new.csv", index=False)
     x = df.head(7)[["f0", "f1", "f2", "f3"]].values
-    outs = [run.predict(a) for a in (str(tmp_path / "new.csv"), [str(tmp_path / "new.csv")], new, x, list(x))]
+    dicts = new.to_dict("records")  # rows as {column: value}: were a raw "float() argument ... not 'dict'"
+    outs = [run.predict(a) for a in (str(tmp_path / "new.csv"), [str(tmp_path / "new.csv")], new, dicts, x, list(x))]
     for out in outs:
         assert len(out) == 7 and [o["top"] for o in out] == [o["top"] for o in outs[-1]]
     assert len(run.predict(x[0])) == 1  # one row of features
@@ -78,6 +79,11 @@ def test_a_table_run_predicts_on_a_path_a_frame_and_an_array(table_run, tmp_path
         run.predict(new.drop(columns="f2"))
     with pytest.raises(DataError, match="cannot predict on a int.*CSV path, a DataFrame"):
         run.predict(3)
+    # a misspelt option reached the private Run._views, whose TypeError named it
+    with pytest.raises(TypeError, match=r"Run.predict\(\) got an unexpected .* 'topk' \(did you mean top_k\?\)"):
+        run.predict(x, topk=1)
+    with pytest.raises(TypeError, match=r"Run.evaluate\(\) .* 'batchsize' \(did you mean batch_size\?\)"):
+        run.evaluate(x, list(df.head(7).label), batchsize=8)
 
 
 # -- text, image, multilabel and regression runs: tiny models, one fit each ---------------------------

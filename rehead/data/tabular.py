@@ -292,8 +292,8 @@ def expand_inputs(inputs: list[str]) -> list:
 def predict_items(x, columns: list[str]) -> list:
     """What a table run predicts on, as items, one a row: a CSV path (all its rows, read by the fit's
     column names, as ``rehead predict`` reads one), a DataFrame (by column names), a 2-D array (rows x
-    features in the fit's column order; 1-D: one row), or a list of rows (number sequences, row
-    references ``t.csv#7``, CSV paths)."""
+    features in the fit's column order; 1-D: one row), or a list of rows (number sequences, dicts of
+    column: value, row references ``t.csv#7``, CSV paths)."""
     if isinstance(x, (str, Path)):
         x = [x]
     if hasattr(x, "columns") and hasattr(x, "iloc"):
@@ -304,6 +304,9 @@ def predict_items(x, columns: list[str]) -> list:
         raise DataError(f"cannot predict on a {type(x).__name__}: a table run takes a CSV path, a DataFrame with "
                         f"the fit's columns ({_some(columns)}), a 2-D array of {len(columns)} features a row, or a "
                         "list of rows")
+    if x and all(isinstance(it, dict) for it in x):  # rows as {column: value}: read by name, as a DataFrame's
+        import pandas as pd
+        return frame_rows(pd.DataFrame(list(x)), columns)
     items = []
     for it in x:
         if isinstance(it, (str, Path)) and not _is_row_ref(str(it)):
