@@ -476,9 +476,10 @@ class Run:
             seen = {k: set(split[k]["items"]) for k in ("train", "val")}
         except (KeyError, TypeError, ValueError, OSError):
             return info  # val_split() names a broken split.json; a score on new data does not need it
-        # split.json names samples by path or text: in-memory images (unhashable) are never among them
+        # split.json names samples by path or text; in-memory images by their PNG's bytes (below)
+        pngs = _png_digests(items) if self.modality == "image" else {}
         items = [str(it) if isinstance(it, Path) else it if isinstance(it, str) or self.modality == "tabular"
-                 else None for it in items]
+                 else pngs.get(i) for i, it in enumerate(items)]
         if self.modality == "tabular":  # rows are "file#row": compared by their cells, not their numbers
             keyed = self._seen_rows(split, seen, items, info)
             if isinstance(keyed, dict):
@@ -793,6 +794,11 @@ def _seen_by_content(seen: dict, items: list) -> tuple[dict, list]:
         except Exception:  # unreadable: compared by its name only
             return None
     every = {p for ids in seen.values() for p in ids}
+    if any(isinstance(it, str) and it.startswith("png:") for it in items) and len(every) <= MAX_HASHED:
+        # in-memory images: a torch Dataset's were written as PNGs (data.inputs.materialise), so the same image
+        # given again encodes to the same bytes
+        d = {p: digest(p) for p in every if p.lower().endswith(".png")}
+        seen = {k: ids | {"png:" + d[p][7:] for p in ids if d.get(p)} for k, ids in seen.items()}
     new = {it for it in items if isinstance(it, str) and it not in every}
     if any(refs.is_ref(p) for p in every | new) and len(every) <= MAX_HASHED:
         d = {p: digest(p) for p in every | new}
@@ -884,3 +890,20 @@ def _check_options(method: str, kw: dict, named: tuple) -> None:
             close = difflib.get_close_matches(k, takes, n=1)
             raise TypeError(f"Run.{method}() got an unexpected keyword argument {k!r}"
                             + (f" (did you mean {close[0]}?)" if close else "") + f"; it takes {', '.join(takes)}")
+
+
+def _png_digests(items: list) -> dict[int, str]:
+    """``{index: "png:<sha256>"}`` of the in-memory images among ``items`` (PIL images, CHW tensors), encoded
+    as ``data.inputs.materialise`` writes a torch Dataset's images."""
+    import io
+    from PIL import Image
+    from .data.images import tensor_image
+    out = {}
+    for i, it in enumerate(items):
+        if isinstance(it, torch.Tensor) and it.dim() == 3:
+            it = tensor_image(it)
+        if isinstance(it, Image.Image):
+            buf = io.BytesIO()
+            it.convert("RGB").save(buf, "PNG")
+            out[i] = "png:" + hashlib.sha256(buf.getvalue()).hexdigest()
+    return out

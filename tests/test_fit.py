@@ -696,3 +696,22 @@ def test_evaluate_and_predict_with_the_arguments_swapped_say_so(tmp_path, image_
         r = CliRunner().invoke(app, [cmd, str(image_folder), str(tmp_path / "run")])
         assert r.exit_code == 2 and f"is not a rehead run directory and {tmp_path / 'run'} is: give the run " \
             f"directory first (`rehead {cmd} {tmp_path / 'run'} {image_folder}`)" in r.output, r.output
+
+
+def test_the_in_memory_images_a_run_trained_on_are_counted_as_seen(tmp_path, tiny_spec, one_thread):
+    """A run fitted on a TensorDataset can only be evaluated with tensors, and those were never matched with
+    its training split: a score on its own training images (0.95, against a held-out val of 0.75) read as
+    held out. They are now compared by the PNG bytes the Dataset was written as."""
+    from rehead.fit import fit
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 16, 16, generator=g)
+    y = torch.arange(24).remainder(2)
+    x[y == 1, 0] *= 0.2
+    run = fit(torch.utils.data.TensorDataset(x, y), tmp_path / "r", model=tiny_spec, strategy="extract",
+              val_fraction=0.25, workers=0, progress=False, echo=lambda *a: None,
+              cache_dir=str(tmp_path / "cache"))
+    res = run.evaluate(list(x), y.tolist())
+    assert res["seen"] == {"train": 18, "val": 6}, res.get("seen")
+    assert "24 of 24 samples were seen by this run" in res["warnings"][-1]
+    fresh = torch.rand(4, 3, 16, 16, generator=g)  # images it never saw: nothing said
+    assert "seen" not in run.evaluate(list(fresh), [0, 1, 0, 1])
