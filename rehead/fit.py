@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, zoo
+from . import distributed, interrupts, zoo
 from .calibration import calibrate, is_multiclass, summary_line
 from .config import DEFAULT_MODEL, DEFAULT_MODELS, ConfigError, FitConfig
 from .data import DataError, Dataset, load_dataset, pipeline
@@ -49,6 +49,11 @@ def fit(data=None, out: str | Path | None = None, *, config: FitConfig | dict | 
     ``rehead.data.Dataset``. ``options``: any field of ``FitConfig`` (``model=``, ``strategy=``, ...);
     ``model`` may also be a ``Backbone`` or an ``nn.Module``. ``resume=True`` continues ``out``.
     """
+    with interrupts.ignored_caught():  # a Ctrl-C Python ignores (in a destructor) still stops a fit from Python
+        return _fit(data, out, config, overwrite, resume, progress, hooks, echo, accelerator, options)
+
+
+def _fit(data, out, config, overwrite, resume, progress, hooks, echo, accelerator, options) -> Run:
     t_start = time.perf_counter()
     if resume:
         if out is None:

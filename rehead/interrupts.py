@@ -2,8 +2,8 @@
 
 A KeyboardInterrupt raised inside a destructor (a DataLoader iterator being collected between
 epochs) is "ignored": Python prints its traceback and goes on, so the fit would run to its end
-after a Ctrl-C. The CLI installs ``catch_ignored``; the training and extraction loops call
-``check`` at every step, so such a Ctrl-C stops the run there, as any other does.
+after a Ctrl-C. The CLI installs ``catch_ignored`` (``rehead.fit`` for its own call); the training and
+extraction loops call ``check`` at every step, so such a Ctrl-C stops the run there, as any other does.
 """
 from __future__ import annotations
 
@@ -54,6 +54,20 @@ def catch_ignored() -> None:
             return
         previous(unraisable)
     sys.unraisablehook = hook
+
+
+@contextmanager
+def ignored_caught():
+    """``catch_ignored`` for one call from Python (``rehead.fit``): a Ctrl-C that lands in a destructor or a
+    fork hook stops it as under the CLI; the caller's hook comes back after, and a Ctrl-C still pending when
+    the call ends is dropped, not left to stop the next call at its first step."""
+    previous = sys.unraisablehook
+    catch_ignored()
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        _pending.clear()
 
 
 def pending() -> bool:

@@ -27,6 +27,25 @@ def test_an_ignored_ctrl_c_stops_the_loop(monkeypatch):
     interrupts.check()  # raised once, not again
 
 
+def test_an_ignored_ctrl_c_stops_a_fit_started_from_python(tmp_path, image_folder, tiny_spec):
+    """Only the CLI routed an ignored Ctrl-C to the loops' check: from Python (a notebook) a Ctrl-C that landed
+    in a destructor or a fork hook was printed as "Exception ignored" and the fit ran to its end."""
+    import rehead
+    from rehead.train.callbacks import Callback
+
+    class CtrlCInADestructor(Callback):
+        def after_epoch(self, tr):
+            if len(tr.history) == 1:
+                _Collected()
+
+    hook = sys.unraisablehook
+    with pytest.raises(KeyboardInterrupt):
+        rehead.fit(str(image_folder), tmp_path / "r", model=tiny_spec, strategy="head", epochs=3, workers=0,
+                   progress=False, echo=lambda *a: None, hooks=[CtrlCInADestructor()])
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
+    assert sys.unraisablehook is hook and not interrupts.pending()  # the caller's hook back, nothing left over
+
+
 def test_an_error_after_an_ignored_ctrl_c_is_reported_as_the_interrupt(tmp_path, monkeypatch, image_folder):
     """Ctrl-C stops the DataLoader's workers too; when Python ignored the main process's own
     KeyboardInterrupt, the workers' death surfaces first: still "interrupted", with the resume hint."""
