@@ -477,7 +477,8 @@ class Run:
         except (KeyError, TypeError, ValueError, OSError):
             return info  # val_split() names a broken split.json; a score on new data does not need it
         # split.json names samples by path or text; in-memory images by their PNG's bytes (below)
-        pngs = _png_digests(items) if self.modality == "image" else {}
+        pngs = _png_digests(items) if self.modality == "image" and any(
+            str(p).lower().endswith(".png") for ids in seen.values() for p in ids) else {}
         items = [str(it) if isinstance(it, Path) else it if isinstance(it, str) or self.modality == "tabular"
                  else pngs.get(i) for i, it in enumerate(items)]
         if self.modality == "tabular":  # rows are "file#row": compared by their cells, not their numbers
