@@ -104,8 +104,8 @@ def _unwrap(model):
 # the widest column's. Standardised, then folded back, such a column gets a weight of 1 / its spread; the
 # first unfrozen steps move the near-dead unit behind it and the logits explode. Pretrained encoders have a
 # few such units, far below the rest: MiniLM's pooled columns 3e-32, 4e-32, 7e-9 relative, then 0.39; mpnet's
-# 8e-34, 9e-33, 3e-7, 4e-6, then 0.24. At 1e-7 (float32's resolution) mpnet kept two, weighed at ~1e6, and
-# every fine-tune of it blew up (train loss 30-68); at 1e-3 it trains (tests/test_engine.py).
+# 8e-34, 9e-33, 3e-7, 4e-6, then 0.24. At 1e-7 (float32's resolution) mpnet kept two, weighed at ~1e6 where
+# CV chose per-column scaling, and those fine-tunes blew up (train loss 30-68); at 1e-3 they train.
 FAINT = 1e-3
 
 
