@@ -69,9 +69,8 @@ class Run:
     def __init__(self, run_dir: str | Path, model: TransferModel | None = None, lazy: bool = False):
         """Load the run at ``run_dir``; ``model``: the run's model already in memory (``fit``
         hands over what it just saved instead of rebuilding it); ``lazy``: build it on first use."""
-        self.dir = Path(run_dir)
-        self._home = self.dir.absolute()  # where it was loaded from, whatever the working directory later
-        self._identity = _dir_identity(self._home)
+        self.dir = Path(run_dir).absolute()  # its files are read where it was loaded from, whatever the cwd later
+        self._identity = _dir_identity(self.dir)
         self.config = read_config(self.dir)
         self.classes = read_json(self.dir / "labels.json")
         if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
@@ -118,7 +117,7 @@ class Run:
     def _check_same(self) -> None:
         """This object's model, config and classes are the directory's as loaded: a later fit with overwrite
         (or a deleted run) would otherwise mix them with the new run's temperature and summary."""
-        if self._identity is not None and _dir_identity(self._home) != self._identity:
+        if self._identity is not None and _dir_identity(self.dir) != self._identity:
             raise BadRun(f"{self.dir} was replaced (a later fit with overwrite) or removed since this Run was loaded: "
                          f"load it again, rehead.Run({str(self.dir)!r})")
 

@@ -556,6 +556,8 @@ def test_a_run_records_its_model_path_absolute_so_it_loads_from_anywhere(tmp_pat
     again, first = (r.predict([item])[0]["top"] for r in (Run(tmp_path / "c"), c))
     assert [t["label"] for t in again] == [t["label"] for t in first]
     assert [t["prob"] for t in again] == pytest.approx([t["prob"] for t in first], abs=1e-6)
+    # a Run loaded by a relative path read its summary (and temperature) relative to the new working directory
+    assert c.summary == Run(tmp_path / "c").summary and c.summary["val_acc"] is not None
 
 
 def test_a_fit_into_the_directory_of_its_own_model_is_refused_before_any_work(tmp_path, image_folder, tiny_spec,
